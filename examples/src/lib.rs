@@ -1,0 +1,47 @@
+//! Shared helpers for the mlinfra examples. Not a library for users: each example is a file
+//! under `examples/` with its own run command.
+
+/// What one layer of the stack can do today. The README's status table says the same in prose.
+#[derive(Debug, Clone, Copy)]
+pub struct Layer {
+    /// The layer number in the design (1 = data, 7 = agent).
+    pub level: &'static str,
+    /// The crate that implements it.
+    pub krate: &'static str,
+    /// What works today, honestly.
+    pub status: &'static str,
+}
+
+/// The seven layers, bottom first.
+pub const LAYERS: [Layer; 6] = [
+    Layer {
+        level: "1",
+        krate: "mlinfra-data",
+        status: "error type only; datasets are next",
+    },
+    Layer {
+        level: "2",
+        krate: "mlinfra-loader",
+        status: "run-time device choice (cpu, cuda:N) with typed errors; the loader is next",
+    },
+    Layer {
+        level: "3-4",
+        krate: "mlinfra-train",
+        status: "error type only",
+    },
+    Layer {
+        level: "5",
+        krate: "mlinfra-serve",
+        status: "error type only",
+    },
+    Layer {
+        level: "6",
+        krate: "mlinfra-kernels",
+        status: "software-Vulkan runtime probe; GELU kernel checked against an f64 twin",
+    },
+    Layer {
+        level: "7",
+        krate: "mlinfra-agent",
+        status: "error type only",
+    },
+];

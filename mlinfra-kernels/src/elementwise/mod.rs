@@ -1,0 +1,3 @@
+//! Elementwise kernels: one unit per element, bound by memory traffic.
+
+pub mod gelu;

@@ -1,0 +1,49 @@
+//! The error type of `mlinfra-kernels`.
+
+/// Errors returned by `mlinfra-kernels`.
+///
+/// Each variant documents who is at fault: the machine (a missing driver), the device runtime,
+/// or a lower layer.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// No software (CPU) Vulkan adapter exists on this machine (the machine). On Debian or
+    /// Ubuntu the driver comes from `package`.
+    #[error("no software Vulkan adapter found: install `{package}` (apt-get install {package})")]
+    NoSoftwareAdapter {
+        /// The distribution package that provides it.
+        package: &'static str,
+        /// What wgpu reported.
+        #[source]
+        source: Box<cubecl::wgpu::WgpuInitError>,
+    },
+    /// The device runtime failed to run or read back a kernel (the device, or an internal bug).
+    #[error("kernel `{kernel}` failed on the device")]
+    Device {
+        /// The kernel that was running.
+        kernel: &'static str,
+        /// What the runtime reported.
+        #[source]
+        source: Box<cubecl::server::ServerError>,
+    },
+    /// A device request failed in the layers below (for example `cuda:0` without `cuda`).
+    #[error(transparent)]
+    Loader(#[from] mlinfra_loader::Error),
+}
+
+/// `Result` with [`Error`] as the default error type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_stays_small() {
+        assert!(
+            size_of::<Error>() <= 40,
+            "Error is {} bytes",
+            size_of::<Error>()
+        );
+    }
+}

@@ -1,0 +1,5 @@
+//! Integration tests of `mlinfra-kernels`: one binary, one module per area. Kernels run on the
+//! software Vulkan adapter (lavapipe) through cubecl's wgpu runtime.
+
+mod gelu;
+mod runtime;

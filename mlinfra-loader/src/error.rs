@@ -1,0 +1,55 @@
+//! The error type of `mlinfra-loader`.
+
+/// Errors returned by `mlinfra-loader`.
+///
+/// Each variant documents who is at fault: the caller, the build, the machine, or a lower layer.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A device name did not parse (caller error). Accepted: `cpu`, `cuda`, `cuda:N`.
+    #[error("invalid device `{spec}`: expected `cpu`, `cuda` or `cuda:N`")]
+    InvalidDevice {
+        /// The text that was given.
+        spec: Box<str>,
+    },
+    /// The caller asked for a device this build left out (build configuration).
+    #[error(
+        "device {device} needs the `{feature}` cargo feature, which this build does not enable"
+    )]
+    FeatureDisabled {
+        /// The cargo feature that would provide it.
+        feature: &'static str,
+        /// The device that was asked for.
+        device: crate::Device,
+    },
+    /// The device exists in this build but not on this machine: no driver, or no such ordinal
+    /// (the machine).
+    #[error("device {device} is unavailable: {available} such device(s) found")]
+    DeviceUnavailable {
+        /// The device that was asked for.
+        device: crate::Device,
+        /// How many devices of that kind the driver reports.
+        available: usize,
+    },
+    /// A dataset operation failed in the layer below.
+    #[error(transparent)]
+    Data(#[from] mlinfra_data::Error),
+}
+
+/// `Result` with [`Error`] as the default error type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Pinned so growth is a decision: box any payload that would push it past this.
+    #[test]
+    fn error_stays_small() {
+        assert!(
+            size_of::<Error>() <= 40,
+            "Error is {} bytes",
+            size_of::<Error>()
+        );
+    }
+}
