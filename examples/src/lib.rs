@@ -17,7 +17,7 @@ pub const LAYERS: [Layer; 6] = [
     Layer {
         level: "1",
         krate: "mlinfra-data",
-        status: "error type only; datasets are next",
+        status: "local Parquet datasets: open, project, take, streaming scan, typed errors",
     },
     Layer {
         level: "2",

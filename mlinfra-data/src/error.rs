@@ -1,10 +1,11 @@
 //! The error type of `mlinfra-data`.
 
-use std::path::PathBuf;
+use std::path::Path;
 
 /// Errors returned by `mlinfra-data`.
 ///
-/// Each variant documents who is at fault: the caller, the input data, or external I/O.
+/// Each variant documents who is at fault: the caller, the input data, or external I/O. Paths
+/// name the file at fault; the underlying cause, when there is one, is the error's `source`.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
@@ -12,25 +13,176 @@ pub enum Error {
     #[error("i/o error on {path}")]
     Io {
         /// The file the operation was on.
-        path: PathBuf,
+        path: Box<Path>,
         /// What the operating system reported.
         #[source]
         source: std::io::Error,
+    },
+    /// The dataset URI matched no Parquet file: an empty directory, a glob without matches
+    /// (caller).
+    #[error("no parquet files found at `{uri}`")]
+    NoFiles {
+        /// The URI as given.
+        uri: Box<str>,
+    },
+    /// The dataset URI is malformed (caller).
+    #[error("invalid dataset uri `{uri}`: {reason}")]
+    InvalidUri {
+        /// The URI as given.
+        uri: Box<str>,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// The URI names an object store this build cannot read yet (caller).
+    #[error("`{scheme}://` datasets are not supported yet (local paths and file:// are)")]
+    UnsupportedScheme {
+        /// The URI scheme, for example `s3`.
+        scheme: Box<str>,
+    },
+    /// A file is not valid Parquet, or a page in it failed to decode (input data).
+    #[error("invalid parquet data in {path}")]
+    Parquet {
+        /// The file at fault.
+        path: Box<Path>,
+        /// What the Parquet reader reported.
+        #[source]
+        source: Box<parquet::errors::ParquetError>,
+    },
+    /// Decoded data failed an Arrow operation: usually data that is corrupt in a way the
+    /// decoder did not catch (input data), otherwise an internal bug.
+    #[error("invalid arrow data from {path}")]
+    Arrow {
+        /// The file the data came from.
+        path: Box<Path>,
+        /// What Arrow reported.
+        #[source]
+        source: Box<arrow::error::ArrowError>,
+    },
+    /// A file's footer contradicts itself, for example a negative row count (input data).
+    #[error("corrupt metadata in {path}: {what}")]
+    CorruptMetadata {
+        /// The file at fault.
+        path: Box<Path>,
+        /// What is inconsistent.
+        what: &'static str,
+    },
+    /// Decoding returned a different number of rows than the footer promises. Refused rather
+    /// than delivered short: silently missing rows would change what a model trains on (input
+    /// data, or a decoder bug).
+    #[error("{path} decoded to {decoded} rows where its footer promises {expected}")]
+    RowCountMismatch {
+        /// The file at fault.
+        path: Box<Path>,
+        /// Rows the footer promises for what was read.
+        expected: u64,
+        /// Rows the decoder returned.
+        decoded: u64,
+    },
+    /// A shard's schema differs from the dataset's, which is the first shard's (input data).
+    #[error("schema of {path} differs from the dataset schema (taken from {first})")]
+    SchemaMismatch {
+        /// The shard whose schema differs.
+        path: Box<Path>,
+        /// The first shard, whose schema is the dataset's.
+        first: Box<Path>,
+    },
+    /// A column name is not in the dataset's schema (caller).
+    #[error("no column named `{name}` in the dataset")]
+    NoSuchColumn {
+        /// The name asked for.
+        name: Box<str>,
+    },
+    /// A row index is past the end of the dataset (caller).
+    #[error("row {index} out of range ({rows} rows)")]
+    RowOutOfRange {
+        /// The index asked for.
+        index: u64,
+        /// The number of rows in the dataset.
+        rows: u64,
+    },
+    /// A row group would decode to more bytes than the configured cap allows; refused before
+    /// any allocation (input data, or a cap set too low by the caller).
+    #[error(
+        "row group {row_group} of {path} holds {bytes} bytes of pages, over the {limit}-byte decode limit"
+    )]
+    DecodeLimit {
+        /// The file at fault.
+        path: Box<Path>,
+        /// The row group that was refused.
+        row_group: usize,
+        /// Its uncompressed page bytes for the projected columns, from the footer.
+        bytes: u64,
+        /// The limit in force ([`DatasetBuilder::with_max_decoded_bytes`]).
+        ///
+        /// [`DatasetBuilder::with_max_decoded_bytes`]: crate::DatasetBuilder::with_max_decoded_bytes
+        limit: u64,
+    },
+    /// The Parquet or Arrow decoder panicked on this input. The panic is contained and reported
+    /// here rather than unwinding through the caller (input data, and a bug in the decoder).
+    #[error("decoder panicked on {path}: {message}")]
+    DecoderPanic {
+        /// The file being decoded.
+        path: Box<Path>,
+        /// The panic message.
+        message: Box<str>,
     },
 }
 
 /// `Result` with [`Error`] as the default error type.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+impl Error {
+    pub(crate) fn io(path: &Path, source: std::io::Error) -> Self {
+        Error::Io {
+            path: path.into(),
+            source,
+        }
+    }
+
+    pub(crate) fn parquet(path: &Path, source: parquet::errors::ParquetError) -> Self {
+        Error::Parquet {
+            path: path.into(),
+            source: Box::new(source),
+        }
+    }
+
+    pub(crate) fn arrow(path: &Path, source: arrow::error::ArrowError) -> Self {
+        Error::Arrow {
+            path: path.into(),
+            source: Box::new(source),
+        }
+    }
+}
+
+/// Runs `decode` on data from `path`, turning a panic inside the Parquet or Arrow decoders into
+/// [`Error::DecoderPanic`]. Malformed files have made those decoders panic before; a dataset
+/// library must not take its caller down with them.
+pub(crate) fn contain_panics<T>(path: &Path, decode: impl FnOnce() -> Result<T>) -> Result<T> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(decode)) {
+        Ok(result) => result,
+        Err(payload) => {
+            let message = payload
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "non-string panic payload".to_owned());
+            Err(Error::DecoderPanic {
+                path: path.into(),
+                message: message.into(),
+            })
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// Errors travel through every `Result` in the crate; keep them small (box big payloads).
+    /// Pinned so growth is a decision: box any payload that would push it past this.
     #[test]
     fn error_stays_small() {
         assert!(
-            size_of::<Error>() <= 32,
+            size_of::<Error>() <= 48,
             "Error is {} bytes",
             size_of::<Error>()
         );
@@ -38,15 +190,29 @@ mod tests {
 
     #[test]
     fn io_error_names_the_path_and_keeps_the_cause_as_source() {
-        let error = Error::Io {
-            path: PathBuf::from("/data/shard-0.parquet"),
-            source: std::io::Error::from(std::io::ErrorKind::NotFound),
-        };
+        let error = Error::io(
+            Path::new("/data/shard-0.parquet"),
+            std::io::Error::from(std::io::ErrorKind::NotFound),
+        );
         assert_eq!(error.to_string(), "i/o error on /data/shard-0.parquet");
         let source = std::error::Error::source(&error).expect("the cause is kept as source");
         assert_eq!(
             source.to_string(),
             std::io::Error::from(std::io::ErrorKind::NotFound).to_string()
         );
+    }
+
+    #[test]
+    fn panics_become_typed_errors_naming_the_file() {
+        let path = Path::new("bad.parquet");
+        let error = contain_panics::<()>(path, || panic!("index out of bounds")).unwrap_err();
+        match error {
+            Error::DecoderPanic { path: at, message } => {
+                assert_eq!(&*at, path);
+                assert_eq!(&*message, "index out of bounds");
+            }
+            other => panic!("expected DecoderPanic, got {other:?}"),
+        }
+        assert_eq!(contain_panics(path, || Ok(7)).unwrap(), 7);
     }
 }

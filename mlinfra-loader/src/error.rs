@@ -31,9 +31,16 @@ pub enum Error {
         /// How many devices of that kind the driver reports.
         available: usize,
     },
-    /// A dataset operation failed in the layer below.
+    /// A dataset operation failed in the layer below. Boxed: the data layer's error names
+    /// files and rows, and every `Result` of this crate would otherwise carry its size.
     #[error(transparent)]
-    Data(#[from] mlinfra_data::Error),
+    Data(Box<mlinfra_data::Error>),
+}
+
+impl From<mlinfra_data::Error> for Error {
+    fn from(error: mlinfra_data::Error) -> Self {
+        Error::Data(Box::new(error))
+    }
 }
 
 /// `Result` with [`Error`] as the default error type.

@@ -9,9 +9,6 @@ pub enum Error {
     /// Choosing a device failed in the layers below.
     #[error(transparent)]
     Loader(#[from] mlinfra_loader::Error),
-    /// A dataset operation failed in the data layer.
-    #[error(transparent)]
-    Data(#[from] mlinfra_data::Error),
 }
 
 /// `Result` with [`Error`] as the default error type.

@@ -111,6 +111,18 @@ pub fn testdata(relative: &str) -> Option<PathBuf> {
     }
 }
 
+/// Writes `line` to the process's stderr, past the test harness's output capture (which only
+/// intercepts the `print!` family), so CI logs show it even when the test passes: which driver
+/// ran, which corpus files were read.
+pub fn log_line(line: &str) {
+    use std::io::Write;
+    let mut stderr = std::io::stderr().lock();
+    // A closed stderr is no reason to fail a test.
+    let _ = stderr
+        .write_all(line.as_bytes())
+        .and_then(|()| stderr.write_all(b"\n"));
+}
+
 /// Resolves a corpus path with [`testdata`], or returns from the enclosing test (after printing
 /// the skip line) when it is missing outside CI.
 #[macro_export]

@@ -1,9 +1,9 @@
 //! The software Vulkan adapter: found and named, or a failure that says what to install.
 
-use std::io::Write;
 use std::process::Command;
 
 use mlinfra_kernels::wgpu::{SOFTWARE_VULKAN_PACKAGE, software_device};
+use mlinfra_test_utils::log_line;
 
 /// Fails (never skips) when the adapter is missing, with the package to install in the message.
 /// The adapter name goes straight to stderr, past the test harness's capture, so CI logs show
@@ -11,13 +11,11 @@ use mlinfra_kernels::wgpu::{SOFTWARE_VULKAN_PACKAGE, software_device};
 #[test]
 fn software_adapter_is_present_and_named() {
     let device = software_device().unwrap_or_else(|error| panic!("{}", report(&error)));
-    writeln!(
-        std::io::stderr(),
+    log_line(&format!(
         "wgpu software adapter: {} (driver: {})",
         device.adapter_name(),
         device.driver()
-    )
-    .unwrap();
+    ));
     assert!(!device.adapter_name().is_empty());
 }
 

@@ -1,0 +1,347 @@
+//! [`Dataset`]: one logical table over many Parquet files.
+//!
+//! Opening reads only footers (and page indexes, when the files have them): schema, row counts
+//! per file and per row group. Rows are numbered `0..num_rows` across the files in sorted path
+//! order; [`Dataset::take`] and [`Dataset::scan`] read by that numbering.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arrow::array::RecordBatch;
+use arrow::datatypes::SchemaRef;
+use parquet::arrow::ProjectionMask;
+use parquet::arrow::arrow_reader::{ArrowReaderMetadata, ArrowReaderOptions};
+use parquet::file::metadata::PageIndexPolicy;
+use rayon::prelude::*;
+
+use crate::error::contain_panics;
+use crate::{Error, Result, source};
+
+/// Default cap on the uncompressed page bytes of one row group's projected columns: 1 GiB.
+/// See [`DatasetBuilder::with_max_decoded_bytes`].
+pub const DEFAULT_MAX_DECODED_BYTES: u64 = 1 << 30;
+
+/// Options for opening a [`Dataset`].
+///
+/// ```no_run
+/// use mlinfra_data::DatasetBuilder;
+///
+/// let dataset = DatasetBuilder::new("data/train-*.parquet")
+///     .with_max_decoded_bytes(256 << 20)
+///     .build()?;
+/// # Ok::<(), mlinfra_data::Error>(())
+/// ```
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct DatasetBuilder {
+    uri: String,
+    max_decoded_bytes: u64,
+}
+
+impl DatasetBuilder {
+    /// Options for the dataset at `uri`: a Parquet file, a directory, a glob, or a `file://` URI.
+    pub fn new(uri: impl Into<String>) -> Self {
+        Self {
+            uri: uri.into(),
+            max_decoded_bytes: DEFAULT_MAX_DECODED_BYTES,
+        }
+    }
+
+    /// Refuse to decode a row group whose projected columns hold more than `bytes` of
+    /// uncompressed pages (as the footer states), with [`Error::DecodeLimit`], before
+    /// allocating anything. A guard against files that would exhaust memory.
+    ///
+    /// Defaults to [`DEFAULT_MAX_DECODED_BYTES`].
+    pub fn with_max_decoded_bytes(mut self, bytes: u64) -> Self {
+        self.max_decoded_bytes = bytes;
+        self
+    }
+
+    /// Resolves the URI and reads every file's footer.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NoFiles`], [`Error::InvalidUri`], [`Error::UnsupportedScheme`] for the URI;
+    /// [`Error::Io`], [`Error::Parquet`], [`Error::CorruptMetadata`], [`Error::DecoderPanic`]
+    /// for a file that cannot be opened; [`Error::SchemaMismatch`] when files disagree.
+    pub fn build(self) -> Result<Dataset> {
+        let files = source::resolve(&self.uri)?;
+        let mut shards: Vec<Shard> = files
+            .into_par_iter()
+            .map(Shard::open)
+            .collect::<Result<_>>()?;
+
+        // `resolve` never returns an empty list, so there is a first shard.
+        let schema = Arc::clone(shards[0].metadata.schema());
+        if let Some(other) = shards
+            .iter()
+            .find(|s| s.metadata.schema().fields() != schema.fields())
+        {
+            return Err(Error::SchemaMismatch {
+                path: other.path.as_path().into(),
+                first: shards[0].path.as_path().into(),
+            });
+        }
+        let mut first_row = 0u64;
+        for shard in &mut shards {
+            shard.first_row = first_row;
+            first_row += shard.num_rows;
+        }
+        let columns: Arc<[usize]> = (0..schema.fields().len()).collect();
+        Ok(Dataset {
+            shared: Arc::new(Shared {
+                uri: self.uri,
+                shards,
+                num_rows: first_row,
+                max_decoded_bytes: self.max_decoded_bytes,
+            }),
+            columns,
+            schema,
+        })
+    }
+}
+
+/// One logical table over one or many Parquet files with the same schema.
+///
+/// Rows are numbered `0..num_rows()` across the files in sorted path order.
+///
+/// # Costs
+///
+/// - [`open`](Dataset::open): one footer read per file, in parallel (rayon); memory is the
+///   footers and page indexes, kilobytes per file.
+/// - [`project`](Dataset::project), `clone`: free (views sharing the opened footers).
+/// - [`take`](Dataset::take): one reader per file touched, one read and decode per page that
+///   holds a requested row, for each projected column.
+/// - [`scan`](Dataset::scan): every page once; at most `readahead + 1` decoded row groups alive.
+#[derive(Debug, Clone)]
+pub struct Dataset {
+    shared: Arc<Shared>,
+    /// Root column indices read, in output order.
+    columns: Arc<[usize]>,
+    /// The output schema: the file schema projected to `columns`.
+    schema: SchemaRef,
+}
+
+#[derive(Debug)]
+struct Shared {
+    uri: String,
+    shards: Vec<Shard>,
+    num_rows: u64,
+    max_decoded_bytes: u64,
+}
+
+impl Dataset {
+    /// Opens the dataset at `uri` with default options; see [`DatasetBuilder`].
+    ///
+    /// # Errors
+    ///
+    /// As [`DatasetBuilder::build`].
+    pub fn open(uri: impl Into<String>) -> Result<Self> {
+        DatasetBuilder::new(uri).build()
+    }
+
+    /// The URI the dataset was opened from.
+    pub fn uri(&self) -> &str {
+        &self.shared.uri
+    }
+
+    /// The schema of the batches this dataset returns (after projection).
+    pub fn schema(&self) -> &SchemaRef {
+        &self.schema
+    }
+
+    /// Rows in the dataset, from the footers.
+    pub fn num_rows(&self) -> u64 {
+        self.shared.num_rows
+    }
+
+    /// The files, in row order.
+    pub fn shards(&self) -> &[Shard] {
+        &self.shared.shards
+    }
+
+    /// A view of this dataset reading only the named columns, in the given order.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NoSuchColumn`] for a name the schema does not have.
+    pub fn project<S: AsRef<str>>(&self, columns: &[S]) -> Result<Dataset> {
+        let file_schema = self.shared.shards[0].metadata.schema();
+        let columns: Arc<[usize]> = columns
+            .iter()
+            .map(|name| {
+                let name = name.as_ref();
+                file_schema
+                    .index_of(name)
+                    .map_err(|_| Error::NoSuchColumn { name: name.into() })
+            })
+            .collect::<Result<_>>()?;
+        let schema = Arc::new(
+            file_schema
+                .project(&columns)
+                .expect("indices come from index_of on this schema"),
+        );
+        Ok(Dataset {
+            shared: Arc::clone(&self.shared),
+            columns,
+            schema,
+        })
+    }
+
+    /// The shard holding global row `row` and the row's index inside it.
+    pub(crate) fn locate(&self, row: u64) -> (usize, u64) {
+        let shards = &self.shared.shards;
+        let shard = shards.partition_point(|s| s.first_row + s.num_rows <= row);
+        (shard, row - shards[shard].first_row)
+    }
+
+    /// The Parquet projection mask of this view for `shard`.
+    pub(crate) fn mask(&self, shard: &Shard) -> ProjectionMask {
+        ProjectionMask::roots(
+            shard.metadata.parquet_schema(),
+            self.columns.iter().copied(),
+        )
+    }
+
+    /// Puts a batch decoded through [`Dataset::mask`] into this view's column order: the
+    /// Parquet reader returns projected columns in file order, whatever order was asked for.
+    /// Free when the orders agree; otherwise a reshuffle of `Arc`s, no data copied.
+    pub(crate) fn arrange(&self, batch: RecordBatch, path: &Path) -> Result<RecordBatch> {
+        let mut file_order = self.columns.to_vec();
+        file_order.sort_unstable();
+        file_order.dedup();
+        if *file_order == *self.columns {
+            return Ok(batch);
+        }
+        let positions: Vec<usize> = self
+            .columns
+            .iter()
+            .map(|c| {
+                file_order
+                    .binary_search(c)
+                    .expect("file_order holds every column")
+            })
+            .collect();
+        batch.project(&positions).map_err(|e| Error::arrow(path, e))
+    }
+
+    /// Checks that decoding `row_group` of `shard` stays under the decode cap.
+    pub(crate) fn check_decode_limit(&self, shard: &Shard, row_group: usize) -> Result<()> {
+        let parquet_schema = shard.metadata.parquet_schema();
+        let group = &shard.metadata.metadata().row_groups()[row_group];
+        let bytes: u64 = group
+            .columns()
+            .iter()
+            .enumerate()
+            .filter(|(leaf, _)| {
+                self.columns
+                    .contains(&parquet_schema.get_column_root_idx(*leaf))
+            })
+            .map(|(_, column)| u64::try_from(column.uncompressed_size()).unwrap_or(u64::MAX))
+            .fold(0u64, u64::saturating_add);
+        let limit = self.shared.max_decoded_bytes;
+        if bytes > limit {
+            return Err(Error::DecodeLimit {
+                path: shard.path.as_path().into(),
+                row_group,
+                bytes,
+                limit,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// One Parquet file of a [`Dataset`]: where it is and how its rows are grouped.
+#[derive(Debug)]
+pub struct Shard {
+    path: PathBuf,
+    metadata: ArrowReaderMetadata,
+    first_row: u64,
+    num_rows: u64,
+    /// `row_group_starts[g]` is the first row of row group `g` inside this file; one extra
+    /// entry holds `num_rows`, so group `g` spans `starts[g]..starts[g + 1]`.
+    row_group_starts: Vec<u64>,
+}
+
+impl Shard {
+    fn open(path: PathBuf) -> Result<Self> {
+        let file = File::open(&path).map_err(|e| Error::io(&path, e))?;
+        // Page indexes let `take` read only the pages holding the requested rows; arrow-rs skips
+        // them unless asked. `Optional`: files without them still open.
+        let options = ArrowReaderOptions::new().with_page_index_policy(PageIndexPolicy::Optional);
+        let metadata = contain_panics(&path, || {
+            ArrowReaderMetadata::load(&file, options).map_err(|e| Error::parquet(&path, e))
+        })?;
+        let mut row_group_starts = Vec::with_capacity(metadata.metadata().num_row_groups() + 1);
+        let mut rows = 0u64;
+        for group in metadata.metadata().row_groups() {
+            row_group_starts.push(rows);
+            let group_rows =
+                u64::try_from(group.num_rows()).map_err(|_| Error::CorruptMetadata {
+                    path: path.as_path().into(),
+                    what: "negative row group row count",
+                })?;
+            rows = rows
+                .checked_add(group_rows)
+                .ok_or_else(|| Error::CorruptMetadata {
+                    path: path.as_path().into(),
+                    what: "row counts overflow",
+                })?;
+        }
+        row_group_starts.push(rows);
+        Ok(Shard {
+            path,
+            metadata,
+            first_row: 0,
+            num_rows: rows,
+            row_group_starts,
+        })
+    }
+
+    /// The file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Rows in this file (the sum of its row groups' counts).
+    pub fn num_rows(&self) -> u64 {
+        self.num_rows
+    }
+
+    /// The dataset-wide index of this file's first row.
+    pub fn first_row(&self) -> u64 {
+        self.first_row
+    }
+
+    /// Rows in each row group, in file order.
+    pub fn row_group_rows(&self) -> impl ExactSizeIterator<Item = u64> + '_ {
+        self.row_group_starts.windows(2).map(|w| w[1] - w[0])
+    }
+
+    /// Row groups in this file.
+    pub fn num_row_groups(&self) -> usize {
+        self.row_group_starts.len() - 1
+    }
+
+    pub(crate) fn metadata(&self) -> &ArrowReaderMetadata {
+        &self.metadata
+    }
+
+    /// The row group holding file-local row `row`, and that group's first row.
+    pub(crate) fn row_group_of(&self, row: u64) -> (usize, u64) {
+        let group = self.row_group_starts.partition_point(|&start| start <= row) - 1;
+        (group, self.row_group_starts[group])
+    }
+
+    /// Rows in row group `group`.
+    pub(crate) fn rows_in_group(&self, group: usize) -> u64 {
+        self.row_group_starts[group + 1] - self.row_group_starts[group]
+    }
+
+    /// Opens the file again for reading data.
+    pub(crate) fn open_file(&self) -> Result<File> {
+        File::open(&self.path).map_err(|e| Error::io(&self.path, e))
+    }
+}

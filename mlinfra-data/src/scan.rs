@@ -1,0 +1,207 @@
+//! Streaming scans: [`Dataset::scan`].
+//!
+//! A scan walks the dataset's row groups in order. Up to `readahead` row groups are decoded
+//! ahead of the consumer, in parallel on rayon's pool, and delivered in dataset order.
+//!
+//! # Memory bound
+//!
+//! At most `readahead + 1` decoded row groups are alive at once (the window ahead, plus the one
+//! being handed out), whatever the dataset's size. Batches never span row groups: a batch has at
+//! most `batch_size` rows and may have fewer at the end of a row group.
+//!
+//! # Failure
+//!
+//! The first error ends the scan: it is returned once, then the iterator yields `None`. A panic
+//! inside a decoder is contained and returned as [`Error::DecoderPanic`]; the consumer never
+//! hangs waiting for a worker that died.
+
+use std::collections::VecDeque;
+
+use arrow::array::RecordBatch;
+use crossbeam_channel::Receiver;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+
+use crate::dataset::Dataset;
+use crate::error::contain_panics;
+use crate::take::check_row_count;
+use crate::{Error, Result};
+
+/// Default rows per batch of a scan: arrow-rs's and pyarrow's default.
+pub const DEFAULT_BATCH_SIZE: usize = 8192;
+
+/// Default row groups decoded ahead of the consumer.
+pub const DEFAULT_READAHEAD: usize = 4;
+
+/// Options for a [`Scan`]; from [`Dataset::scan`].
+#[derive(Debug, Clone)]
+#[must_use = "a scan builder does nothing until `build` is called"]
+pub struct ScanBuilder {
+    dataset: Dataset,
+    batch_size: usize,
+    readahead: usize,
+}
+
+impl ScanBuilder {
+    /// Rows per batch (at least 1).
+    ///
+    /// Defaults to [`DEFAULT_BATCH_SIZE`].
+    pub fn with_batch_size(mut self, batch_size: usize) -> Self {
+        self.batch_size = batch_size.max(1);
+        self
+    }
+
+    /// Row groups decoded ahead of the consumer (at least 1): more overlaps more decoding with
+    /// consumption and uses more threads, at the cost of memory (see the module docs).
+    ///
+    /// Defaults to [`DEFAULT_READAHEAD`].
+    pub fn with_readahead(mut self, row_groups: usize) -> Self {
+        self.readahead = row_groups.max(1);
+        self
+    }
+
+    /// Starts the scan: the first `readahead` row groups begin decoding now.
+    pub fn build(self) -> Scan {
+        let tasks = self
+            .dataset
+            .shards()
+            .iter()
+            .enumerate()
+            .flat_map(|(shard, s)| (0..s.num_row_groups()).map(move |group| (shard, group)))
+            .collect();
+        let mut scan = Scan {
+            dataset: self.dataset,
+            batch_size: self.batch_size,
+            readahead: self.readahead,
+            tasks,
+            in_flight: VecDeque::new(),
+            current: Vec::new().into_iter(),
+            finished: false,
+        };
+        scan.fill_window();
+        scan
+    }
+}
+
+/// An in-order iterator over a dataset's batches; see the [module docs](self).
+#[derive(Debug)]
+pub struct Scan {
+    dataset: Dataset,
+    batch_size: usize,
+    readahead: usize,
+    /// Row groups not yet started, as (shard, row group), in dataset order.
+    tasks: VecDeque<(usize, usize)>,
+    /// Row groups started, oldest first: each receiver yields that row group's batches once.
+    in_flight: VecDeque<Receiver<Result<Vec<RecordBatch>>>>,
+    /// Batches of the row group being handed out.
+    current: std::vec::IntoIter<RecordBatch>,
+    finished: bool,
+}
+
+impl Dataset {
+    /// A streaming scan over every row, in order; configure it, then `build`.
+    ///
+    /// ```no_run
+    /// # use mlinfra_data::Dataset;
+    /// let dataset = Dataset::open("data/")?;
+    /// let mut rows = 0;
+    /// for batch in dataset.scan().with_batch_size(4096).build() {
+    ///     rows += batch?.num_rows();
+    /// }
+    /// assert_eq!(rows as u64, dataset.num_rows());
+    /// # Ok::<(), mlinfra_data::Error>(())
+    /// ```
+    pub fn scan(&self) -> ScanBuilder {
+        ScanBuilder {
+            dataset: self.clone(),
+            batch_size: DEFAULT_BATCH_SIZE,
+            readahead: DEFAULT_READAHEAD,
+        }
+    }
+
+    /// Decodes one row group of one shard, whole. Never panics: it runs on a rayon worker,
+    /// where an escaping panic would abort the process.
+    fn read_row_group(
+        &self,
+        shard: usize,
+        group: usize,
+        batch_size: usize,
+    ) -> Result<Vec<RecordBatch>> {
+        let shard = &self.shards()[shard];
+        let path = shard.path();
+        contain_panics(path, || {
+            self.check_decode_limit(shard, group)?;
+            let file = shard.open_file()?;
+            let batches =
+                ParquetRecordBatchReaderBuilder::new_with_metadata(file, shard.metadata().clone())
+                    .with_projection(self.mask(shard))
+                    .with_row_groups(vec![group])
+                    .with_batch_size(batch_size)
+                    .build()
+                    .map_err(|e| Error::parquet(path, e))?
+                    .map(|batch| self.arrange(batch.map_err(|e| Error::arrow(path, e))?, path))
+                    .collect::<Result<Vec<_>>>()?;
+            check_row_count(path, shard.rows_in_group(group), &batches)?;
+            Ok(batches)
+        })
+    }
+}
+
+impl Scan {
+    /// Starts row groups until `readahead` are in flight or none are left.
+    fn fill_window(&mut self) {
+        while self.in_flight.len() < self.readahead {
+            let Some((shard, group)) = self.tasks.pop_front() else {
+                break;
+            };
+            let (sender, receiver) = crossbeam_channel::bounded(1);
+            let dataset = self.dataset.clone();
+            let batch_size = self.batch_size;
+            rayon::spawn(move || {
+                // `read_row_group` contains panics itself; a send error only means the scan was
+                // dropped, and the result is not wanted.
+                let _ = sender.send(dataset.read_row_group(shard, group, batch_size));
+            });
+            self.in_flight.push_back(receiver);
+        }
+    }
+}
+
+impl Iterator for Scan {
+    type Item = Result<RecordBatch>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            if let Some(batch) = self.current.next() {
+                return Some(Ok(batch));
+            }
+            if self.finished {
+                return None;
+            }
+            let Some(receiver) = self.in_flight.pop_front() else {
+                self.finished = true;
+                return None;
+            };
+            self.fill_window();
+            // A disconnected channel means the worker ended without sending; `read_row_group`
+            // contains panics, so this is only reachable through a bug here. Still an error,
+            // never a hang.
+            let outcome = receiver.recv().unwrap_or_else(|_| {
+                Err(Error::DecoderPanic {
+                    path: self.dataset.shards()[0].path().into(),
+                    message: "scan worker exited without a result".into(),
+                })
+            });
+            match outcome {
+                Ok(batches) => self.current = batches.into_iter(),
+                Err(error) => {
+                    self.finished = true;
+                    self.in_flight.clear();
+                    self.tasks.clear();
+                    return Some(Err(error));
+                }
+            }
+        }
+    }
+}
+
+impl std::iter::FusedIterator for Scan {}

@@ -1,0 +1,161 @@
+//! Random access: [`Dataset::take`].
+//!
+//! # How
+//!
+//! 1. The requested indices are sorted and deduplicated, then split by file and row group.
+//! 2. For each file holding requested rows, one reader is built over only those row groups, with
+//!    a [`RowSelection`] of the requested rows. With the file's offset index (the page index,
+//!    loaded at open), the reader fetches and decodes only the pages that hold selected rows.
+//!    Files are read in parallel (rayon).
+//! 3. The rows come back in sorted order; one `take` kernel puts them in the requested order,
+//!    repeating duplicates.
+//!
+//! # Costs
+//!
+//! Per file touched: one open and one reader. Per selected page: one read and one decode, for
+//! each projected column. Memory: the selected rows, twice (sorted, then reordered).
+
+use std::ops::Range;
+
+use arrow::array::{RecordBatch, UInt32Array};
+use parquet::arrow::arrow_reader::{ParquetRecordBatchReaderBuilder, RowSelection};
+
+use crate::dataset::{Dataset, Shard};
+use crate::error::contain_panics;
+use crate::{Error, Result};
+use rayon::prelude::*;
+
+impl Dataset {
+    /// The rows at `indices` (global row numbers), in that order; indices may repeat.
+    ///
+    /// ```no_run
+    /// # use mlinfra_data::Dataset;
+    /// let dataset = Dataset::open("data/")?.project(&["emb", "label"])?;
+    /// let batch = dataset.take(&[17, 3, 17, 99_000])?;
+    /// assert_eq!(batch.num_rows(), 4);
+    /// # Ok::<(), mlinfra_data::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`Error::RowOutOfRange`] for an index `>= num_rows()` (checked before any read);
+    /// otherwise the read errors of the files touched.
+    pub fn take(&self, indices: &[u64]) -> Result<RecordBatch> {
+        let rows = self.num_rows();
+        if let Some(&index) = indices.iter().find(|&&i| i >= rows) {
+            return Err(Error::RowOutOfRange { index, rows });
+        }
+        let mut sorted = indices.to_vec();
+        sorted.sort_unstable();
+        sorted.dedup();
+
+        let per_shard = self.split_by_shard(&sorted);
+        let parts: Vec<Vec<RecordBatch>> = per_shard
+            .into_par_iter()
+            .map(|(shard, local_rows)| self.read_rows(&self.shards()[shard], &local_rows))
+            .collect::<Result<_>>()?;
+        let sorted_batch = arrow::compute::concat_batches(self.schema(), parts.iter().flatten())
+            .map_err(|e| Error::arrow(self.shards()[0].path(), e))?;
+        if sorted.len() == indices.len() && indices.is_sorted() {
+            return Ok(sorted_batch);
+        }
+        // Position of each requested index in the sorted, deduplicated rows. u32 is the `take`
+        // kernel's index type; a batch of over 4 billion rows is not a `take` use case.
+        let order: UInt32Array = indices
+            .iter()
+            .map(|i| {
+                sorted
+                    .binary_search(i)
+                    .map(|p| p as u32)
+                    .expect("every index was kept")
+            })
+            .collect();
+        arrow::compute::take_record_batch(&sorted_batch, &order)
+            .map_err(|e| Error::arrow(self.shards()[0].path(), e))
+    }
+
+    /// Sorted, unique global rows grouped as (shard, file-local rows), in shard order.
+    fn split_by_shard(&self, sorted: &[u64]) -> Vec<(usize, Vec<u64>)> {
+        let mut groups: Vec<(usize, Vec<u64>)> = Vec::new();
+        for &row in sorted {
+            let (shard, local) = self.locate(row);
+            match groups.last_mut() {
+                Some((last, rows)) if *last == shard => rows.push(local),
+                _ => groups.push((shard, vec![local])),
+            }
+        }
+        groups
+    }
+
+    /// Reads the sorted, unique file-local `rows` of `shard`, in that order.
+    fn read_rows(&self, shard: &Shard, rows: &[u64]) -> Result<Vec<RecordBatch>> {
+        let (row_groups, selection) = selection_for(shard, rows);
+        for &group in &row_groups {
+            self.check_decode_limit(shard, group)?;
+        }
+        let file = shard.open_file()?;
+        let path = shard.path();
+        contain_panics(path, || {
+            let reader =
+                ParquetRecordBatchReaderBuilder::new_with_metadata(file, shard.metadata().clone())
+                    .with_projection(self.mask(shard))
+                    .with_row_groups(row_groups)
+                    .with_row_selection(selection)
+                    .with_batch_size(rows.len().max(1))
+                    .build()
+                    .map_err(|e| Error::parquet(path, e))?;
+            let batches = reader
+                .map(|batch| self.arrange(batch.map_err(|e| Error::arrow(path, e))?, path))
+                .collect::<Result<Vec<_>>>()?;
+            check_row_count(path, rows.len() as u64, &batches)?;
+            Ok(batches)
+        })
+    }
+}
+
+/// Fails with [`Error::RowCountMismatch`] unless `batches` hold exactly `expected` rows.
+pub(crate) fn check_row_count(
+    path: &std::path::Path,
+    expected: u64,
+    batches: &[RecordBatch],
+) -> Result<()> {
+    let decoded: u64 = batches.iter().map(|b| b.num_rows() as u64).sum();
+    if decoded != expected {
+        return Err(Error::RowCountMismatch {
+            path: path.into(),
+            expected,
+            decoded,
+        });
+    }
+    Ok(())
+}
+
+/// The row groups holding `rows` (sorted, unique, file-local) and the selection of those rows
+/// relative to the concatenation of exactly those row groups, as the reader counts them.
+fn selection_for(shard: &Shard, rows: &[u64]) -> (Vec<usize>, RowSelection) {
+    let mut row_groups: Vec<usize> = Vec::new();
+    let mut ranges: Vec<Range<usize>> = Vec::new();
+    // Rows of the row groups selected so far: the selection's coordinate origin for the next.
+    let mut selected_rows_before = 0u64;
+    let mut current_group_start = 0u64;
+    for &row in rows {
+        let (group, group_start) = shard.row_group_of(row);
+        if row_groups.last() != Some(&group) {
+            if let Some(&previous) = row_groups.last() {
+                selected_rows_before += shard.rows_in_group(previous);
+            }
+            row_groups.push(group);
+            current_group_start = group_start;
+        }
+        let at = (selected_rows_before + row - current_group_start) as usize;
+        match ranges.last_mut() {
+            Some(range) if range.end == at => range.end += 1,
+            _ => ranges.push(at..at + 1),
+        }
+    }
+    let total = selected_rows_before + row_groups.last().map_or(0, |&g| shard.rows_in_group(g));
+    (
+        row_groups,
+        RowSelection::from_consecutive_ranges(ranges.into_iter(), total as usize),
+    )
+}

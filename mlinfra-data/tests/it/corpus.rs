@@ -1,0 +1,145 @@
+//! The Apache `parquet-testing` corpus: every file opens and scans, or yields a typed error;
+//! every file in `bad_data` yields a typed error. Never a panic, a hang or a huge allocation.
+
+use std::path::{Path, PathBuf};
+
+use mlinfra_data::{Dataset, Error};
+use mlinfra_test_utils::{log_line, require_testdata};
+
+/// What reading one corpus file came to.
+#[derive(Debug)]
+enum Outcome {
+    /// Opened and scanned in full; the rows scanned match the footer.
+    Read { rows: u64 },
+    /// A typed error, at open or during the scan.
+    Refused(Error),
+}
+
+fn read_whole(path: &Path) -> Outcome {
+    let dataset = match Dataset::open(path.to_str().unwrap()) {
+        Ok(dataset) => dataset,
+        Err(error) => return Outcome::Refused(error),
+    };
+    let mut rows = 0u64;
+    for batch in dataset.scan().with_batch_size(1024).build() {
+        match batch {
+            Ok(batch) => rows += batch.num_rows() as u64,
+            Err(error) => return Outcome::Refused(error),
+        }
+    }
+    assert_eq!(
+        rows,
+        dataset.num_rows(),
+        "{}: scanned rows differ from the footer",
+        path.display()
+    );
+    Outcome::Read { rows }
+}
+
+fn parquet_files(dir: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            files.extend(parquet_files(&path));
+        } else if path.to_string_lossy().ends_with(".parquet") {
+            files.push(path);
+        }
+    }
+    files.sort();
+    files
+}
+
+/// One line per file on stderr, past the harness's capture: the CI log shows what was read.
+fn report(name: &str, outcome: &Outcome) {
+    let line = match outcome {
+        Outcome::Read { rows } => format!("read {rows} rows"),
+        Outcome::Refused(error) => format!("refused: {error}"),
+    };
+    log_line(&format!("corpus {name}: {line}"));
+}
+
+#[test]
+fn every_data_file_reads_or_is_refused_with_a_typed_error() {
+    let root = require_testdata!("parquet-testing/data");
+    let files = parquet_files(&root);
+    assert!(
+        files.len() > 50,
+        "corpus looks incomplete: {} files",
+        files.len()
+    );
+    let mut panics = Vec::new();
+    for path in &files {
+        let outcome = read_whole(path);
+        let name = path.strip_prefix(&root).unwrap().display().to_string();
+        report(&name, &outcome);
+        if let Outcome::Refused(Error::DecoderPanic { .. }) = outcome {
+            panics.push(name);
+        }
+    }
+    assert!(panics.is_empty(), "decoders panicked on: {panics:?}");
+}
+
+/// `bad_data` holds files that crashed some reader. All but one are malformed and refused.
+///
+/// `ARROW-GH-43605.parquet` is the exception: it crashed the Go reader on RLE runs of bit width
+/// 0, which the format allows (every value is 0), and the fix upstream
+/// (apache/parquet-testing#57, apache/arrow#43607) made readers decode it. Reading it whole,
+/// with the footer's row count, is the correct outcome.
+#[test]
+fn every_bad_data_file_is_refused() {
+    const VALID_REGRESSION_FILE: &str = "ARROW-GH-43605.parquet";
+    let root = require_testdata!("parquet-testing/bad_data");
+    let files = parquet_files(&root);
+    assert!(
+        files.len() >= 5,
+        "corpus looks incomplete: {} files",
+        files.len()
+    );
+    for path in &files {
+        let outcome = read_whole(path);
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        report(&name, &outcome);
+        if name == VALID_REGRESSION_FILE {
+            assert!(
+                matches!(outcome, Outcome::Read { rows: 21186 }),
+                "{name}: {outcome:?}"
+            );
+        } else {
+            let refused_typed = matches!(
+                &outcome,
+                Outcome::Refused(e) if !matches!(e, Error::DecoderPanic { .. })
+            );
+            assert!(refused_typed, "{name}: {outcome:?}");
+        }
+    }
+}
+
+/// Files of the `data` corpus whose outcome is a specific refusal, with the reason.
+#[test]
+fn known_refusals_say_why() {
+    let root = require_testdata!("parquet-testing/data");
+    // 4 KB of brotli that inflates to 2 GiB of string pages: the decode cap refuses it from the
+    // footer's sizes, before allocating.
+    let outcome = read_whole(&root.join("large_string_map.brotli.parquet"));
+    let refused_by_cap = matches!(
+        outcome,
+        Outcome::Refused(Error::DecodeLimit {
+            bytes: 2_147_483_827,
+            ..
+        })
+    );
+    assert!(refused_by_cap, "{outcome:?}");
+    // A repeated group without LIST annotation: arrow-rs 60 decodes 0 of the footer's 6 rows.
+    // Refused rather than delivered empty; when arrow-rs reads it, this test says so.
+    let outcome = read_whole(&root.join("repeated_no_annotation.parquet"));
+    let refused_short = matches!(
+        outcome,
+        Outcome::Refused(Error::RowCountMismatch {
+            expected: 6,
+            decoded: 0,
+            ..
+        })
+    );
+    assert!(refused_short, "{outcome:?}");
+}

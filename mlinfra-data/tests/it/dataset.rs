@@ -1,0 +1,279 @@
+//! `Dataset` over files the tests write: open, projection, take, scan, and their errors.
+
+use std::path::Path;
+
+use arrow::array::AsArray;
+use arrow::datatypes::UInt64Type;
+use mlinfra_data::{Dataset, DatasetBuilder, Error};
+use mlinfra_test_utils::rng::SplitMix64;
+
+use crate::fixtures::{Layout, assert_rows, write_dataset, write_file};
+
+/// Files of uneven sizes (one of a single row), row groups and pages that do not divide them.
+fn uneven() -> Layout {
+    Layout {
+        rows_per_file: vec![1000, 1, 2500],
+        row_group_rows: 300,
+        page_rows: 64,
+    }
+}
+
+fn open_dir(dir: &Path) -> Dataset {
+    Dataset::open(dir.to_str().unwrap()).unwrap()
+}
+
+#[test]
+fn open_reads_counts_from_footers() {
+    let dir = tempfile::tempdir().unwrap();
+    write_dataset(dir.path(), &uneven());
+    let dataset = open_dir(dir.path());
+
+    assert_eq!(dataset.num_rows(), 3501);
+    assert_eq!(dataset.schema().fields().len(), 4);
+    let shards = dataset.shards();
+    assert_eq!(shards.len(), 3);
+    assert_eq!(
+        shards[0].row_group_rows().collect::<Vec<_>>(),
+        [300, 300, 300, 100]
+    );
+    assert_eq!(shards[1].row_group_rows().collect::<Vec<_>>(), [1]);
+    assert_eq!(shards[2].first_row(), 1001);
+    assert_eq!(shards.iter().map(|s| s.num_rows()).sum::<u64>(), 3501);
+}
+
+#[test]
+fn file_dir_glob_and_file_uri_name_the_same_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let paths = write_dataset(dir.path(), &uneven());
+    // Files a directory scan must skip, as Spark and pyarrow do.
+    std::fs::write(dir.path().join("_SUCCESS"), b"").unwrap();
+    std::fs::write(dir.path().join(".part-000.parquet.crc"), b"not parquet").unwrap();
+    std::fs::write(dir.path().join("notes.txt"), b"not parquet").unwrap();
+    let root = dir.path().to_str().unwrap();
+
+    for uri in [
+        root.to_owned(),
+        format!("{root}/part-*.parquet"),
+        format!("file://{root}"),
+    ] {
+        let dataset = Dataset::open(uri.as_str()).unwrap_or_else(|e| panic!("{uri}: {e}"));
+        assert_eq!(dataset.num_rows(), 3501, "{uri}");
+    }
+    let single = Dataset::open(paths[2].to_str().unwrap()).unwrap();
+    assert_eq!(single.num_rows(), 2500);
+    assert_rows(&single.take(&[0, 2499]).unwrap(), &[1001, 3500]);
+}
+
+/// Random indices (unsorted, with repeats) across files, row groups and pages, on several
+/// layouts; every value is checked against the row's ground truth.
+#[test]
+fn take_returns_requested_rows_in_order() {
+    let layouts = [
+        uneven(),
+        Layout {
+            rows_per_file: vec![4096],
+            row_group_rows: 4096,
+            page_rows: 1024,
+        },
+        Layout {
+            rows_per_file: vec![10, 10, 10, 10],
+            row_group_rows: 3,
+            page_rows: 1,
+        },
+    ];
+    for (case, layout) in layouts.iter().enumerate() {
+        let dir = tempfile::tempdir().unwrap();
+        write_dataset(dir.path(), layout);
+        let dataset = open_dir(dir.path());
+        let rows = dataset.num_rows();
+        let mut rng = SplitMix64::new(case as u64);
+        for count in [1, 2, 17, 256] {
+            let ids: Vec<u64> = (0..count).map(|_| rng.next_u64() % rows).collect();
+            let batch = dataset.take(&ids).unwrap();
+            assert_rows(&batch, &ids);
+        }
+        // Every row, in reverse.
+        let all: Vec<u64> = (0..rows).rev().collect();
+        assert_rows(&dataset.take(&all).unwrap(), &all);
+    }
+}
+
+#[test]
+fn take_with_projection_keeps_the_requested_column_order() {
+    let dir = tempfile::tempdir().unwrap();
+    write_dataset(dir.path(), &uneven());
+    let dataset = open_dir(dir.path()).project(&["label", "id"]).unwrap();
+    let names: Vec<_> = dataset
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| f.name().clone())
+        .collect();
+    assert_eq!(names, ["label", "id"]);
+
+    let batch = dataset.take(&[3500, 0, 1000]).unwrap();
+    assert_eq!(batch.schema(), *dataset.schema());
+    assert_rows(&batch, &[3500, 0, 1000]);
+}
+
+#[test]
+fn take_of_nothing_is_an_empty_batch_with_the_schema() {
+    let dir = tempfile::tempdir().unwrap();
+    write_dataset(dir.path(), &uneven());
+    let dataset = open_dir(dir.path()).project(&["emb"]).unwrap();
+    let batch = dataset.take(&[]).unwrap();
+    assert_eq!(batch.num_rows(), 0);
+    assert_eq!(batch.schema(), *dataset.schema());
+}
+
+#[test]
+fn take_out_of_range_is_refused_before_reading() {
+    let dir = tempfile::tempdir().unwrap();
+    write_dataset(dir.path(), &uneven());
+    let dataset = open_dir(dir.path());
+    match dataset.take(&[0, 3501, 5]) {
+        Err(Error::RowOutOfRange {
+            index: 3501,
+            rows: 3501,
+        }) => {}
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn scan_yields_every_row_once_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    write_dataset(dir.path(), &uneven());
+    let dataset = open_dir(dir.path());
+    for (batch_size, readahead) in [(1000, 1), (128, 4), (1, 2), (100_000, 64)] {
+        let mut next = 0u64;
+        for batch in dataset
+            .scan()
+            .with_batch_size(batch_size)
+            .with_readahead(readahead)
+            .build()
+        {
+            let batch = batch.unwrap();
+            assert!(batch.num_rows() <= batch_size && batch.num_rows() > 0);
+            let ids = batch
+                .column(0)
+                .as_primitive::<UInt64Type>()
+                .values()
+                .to_vec();
+            assert_eq!(ids, (next..next + ids.len() as u64).collect::<Vec<_>>());
+            assert_rows(&batch, &ids);
+            next += ids.len() as u64;
+        }
+        assert_eq!(next, 3501, "batch size {batch_size}, readahead {readahead}");
+    }
+}
+
+#[test]
+fn scan_of_a_projection_reads_only_those_columns() {
+    let dir = tempfile::tempdir().unwrap();
+    write_dataset(dir.path(), &uneven());
+    let dataset = open_dir(dir.path()).project(&["name"]).unwrap();
+    let rows: usize = dataset
+        .scan()
+        .build()
+        .map(|b| {
+            let b = b.unwrap();
+            assert_eq!(b.num_columns(), 1);
+            b.num_rows()
+        })
+        .sum();
+    assert_eq!(rows, 3501);
+}
+
+#[test]
+fn a_shard_with_another_schema_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    write_dataset(dir.path(), &uneven());
+    // Same column names, different type for `label`.
+    let other = dir.path().join("part-999.parquet");
+    let batch = arrow::array::RecordBatch::try_from_iter([(
+        "id",
+        std::sync::Arc::new(arrow::array::Int64Array::from(vec![1i64])) as arrow::array::ArrayRef,
+    )])
+    .unwrap();
+    let mut writer = parquet::arrow::ArrowWriter::try_new(
+        std::fs::File::create(&other).unwrap(),
+        batch.schema(),
+        None,
+    )
+    .unwrap();
+    writer.write(&batch).unwrap();
+    writer.close().unwrap();
+
+    match Dataset::open(dir.path().to_str().unwrap()) {
+        Err(Error::SchemaMismatch { path, first }) => {
+            assert_eq!(&*path, other.as_path());
+            assert!(first.ends_with("part-000.parquet"), "{}", first.display());
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn caller_errors_are_typed() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().to_str().unwrap();
+    assert!(matches!(Dataset::open(root), Err(Error::NoFiles { .. })));
+    assert!(matches!(
+        Dataset::open(format!("{root}/*.parquet")),
+        Err(Error::NoFiles { .. })
+    ));
+    assert!(matches!(
+        Dataset::open(format!("{root}/[.parquet")),
+        Err(Error::InvalidUri { .. })
+    ));
+
+    write_dataset(dir.path(), &uneven());
+    match open_dir(dir.path()).project(&["id", "missing"]) {
+        Err(Error::NoSuchColumn { name }) => assert_eq!(&*name, "missing"),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn decode_limit_refuses_before_allocating() {
+    let dir = tempfile::tempdir().unwrap();
+    write_dataset(dir.path(), &uneven());
+    let dataset = DatasetBuilder::new(dir.path().to_str().unwrap())
+        .with_max_decoded_bytes(64)
+        .build()
+        .unwrap();
+    assert!(matches!(
+        dataset.take(&[5]),
+        Err(Error::DecodeLimit {
+            row_group: 0,
+            limit: 64,
+            ..
+        })
+    ));
+    let mut scan = dataset.scan().build();
+    assert!(matches!(scan.next(), Some(Err(Error::DecodeLimit { .. }))));
+    assert!(scan.next().is_none(), "a scan ends after its first error");
+}
+
+#[test]
+fn garbage_and_truncated_files_are_parquet_errors_naming_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let garbage = dir.path().join("garbage.parquet");
+    std::fs::write(&garbage, b"PAR1 this is not a parquet file at all PAR1").unwrap();
+    let good = dir.path().join("good.parquet");
+    write_file(&good, 0..500, 100, 10);
+    let bytes = std::fs::read(&good).unwrap();
+
+    let truncated = dir.path().join("truncated.parquet");
+    std::fs::write(&truncated, &bytes[..bytes.len() / 2]).unwrap();
+    let empty = dir.path().join("empty.parquet");
+    std::fs::write(&empty, b"").unwrap();
+
+    for path in [&garbage, &truncated, &empty] {
+        match Dataset::open(path.to_str().unwrap()) {
+            Err(Error::Parquet { path: at, .. }) => assert_eq!(&*at, path.as_path()),
+            other => panic!("{}: {other:?}", path.display()),
+        }
+    }
+}
