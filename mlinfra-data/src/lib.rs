@@ -47,6 +47,7 @@
 
 mod dataset;
 mod error;
+mod pool;
 pub mod scan;
 mod source;
 pub mod take;

@@ -1,7 +1,8 @@
 //! Streaming scans: [`Dataset::scan`].
 //!
 //! A scan walks the dataset's row groups in order. Up to `readahead` row groups are decoded
-//! ahead of the consumer, in parallel on rayon's pool, and delivered in dataset order.
+//! ahead of the consumer, in parallel on a decode pool of the crate's own (one thread per core;
+//! never the caller's rayon pool, which could deadlock), and delivered in dataset order.
 //!
 //! # Memory bound
 //!
@@ -156,7 +157,7 @@ impl Scan {
             let (sender, receiver) = crossbeam_channel::bounded(1);
             let dataset = self.dataset.clone();
             let batch_size = self.batch_size;
-            rayon::spawn(move || {
+            crate::pool::spawn(move || {
                 // `read_row_group` contains panics itself; a send error only means the scan was
                 // dropped, and the result is not wanted.
                 let _ = sender.send(dataset.read_row_group(shard, group, batch_size));

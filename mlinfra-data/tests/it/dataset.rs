@@ -277,3 +277,33 @@ fn garbage_and_truncated_files_are_parquet_errors_naming_the_file() {
         }
     }
 }
+
+/// A consumer that is itself a rayon worker (here the only thread of its pool) blocks waiting
+/// for batches; the decoding must not be queued behind it on the same pool. Fails by timeout
+/// rather than hanging the test binary.
+#[test]
+fn scan_inside_a_saturated_rayon_pool_does_not_deadlock() {
+    let dir = tempfile::tempdir().unwrap();
+    write_dataset(dir.path(), &uneven());
+    let dataset = open_dir(dir.path());
+    let (done, finished) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(1)
+            .build()
+            .unwrap();
+        let rows: usize = pool.install(|| {
+            dataset
+                .scan()
+                .with_readahead(3)
+                .build()
+                .map(|b| b.unwrap().num_rows())
+                .sum()
+        });
+        done.send(rows).unwrap();
+    });
+    let rows = finished
+        .recv_timeout(std::time::Duration::from_secs(60))
+        .expect("scan from inside a one-thread rayon pool deadlocked");
+    assert_eq!(rows, 3501);
+}
