@@ -59,24 +59,39 @@ fn report(name: &str, outcome: &Outcome) {
     log_line(&format!("corpus {name}: {line}"));
 }
 
-#[test]
-fn every_data_file_reads_or_is_refused_with_a_typed_error() {
-    let root = require_testdata!("parquet-testing/data");
-    let files = files_ending(&root, ".parquet");
+/// Reads every file under `root` whose name ends in `suffix` (at least `min_files` of them),
+/// logs each outcome, and hands it to `check` with the file's path relative to `root`.
+fn read_corpus(root: &Path, suffix: &str, min_files: usize, mut check: impl FnMut(&str, Outcome)) {
+    let files = files_ending(root, suffix);
     assert!(
-        files.len() > 50,
+        files.len() >= min_files,
         "corpus looks incomplete: {} files",
         files.len()
     );
-    let mut panics = Vec::new();
     for path in &files {
         let outcome = read_whole(path);
-        let name = path.strip_prefix(&root).unwrap().display().to_string();
+        let name = path.strip_prefix(root).unwrap().display().to_string();
         report(&name, &outcome);
-        if let Outcome::Refused(Error::DecoderPanic { .. }) = outcome {
-            panics.push(name);
-        }
+        check(&name, outcome);
     }
+}
+
+/// Asserts a typed refusal that is not a contained decoder panic.
+fn assert_refused(name: &str, outcome: &Outcome) {
+    let refused =
+        matches!(outcome, Outcome::Refused(e) if !matches!(e, Error::DecoderPanic { .. }));
+    assert!(refused, "{name}: {outcome:?}");
+}
+
+#[test]
+fn every_data_file_reads_or_is_refused_with_a_typed_error() {
+    let root = require_testdata!("parquet-testing/data");
+    let mut panics = Vec::new();
+    read_corpus(&root, ".parquet", 50, |name, outcome| {
+        if let Outcome::Refused(Error::DecoderPanic { .. }) = outcome {
+            panics.push(name.to_owned());
+        }
+    });
     assert!(panics.is_empty(), "decoders panicked on: {panics:?}");
 }
 
@@ -90,29 +105,16 @@ fn every_data_file_reads_or_is_refused_with_a_typed_error() {
 fn every_bad_data_file_is_refused() {
     const VALID_REGRESSION_FILE: &str = "ARROW-GH-43605.parquet";
     let root = require_testdata!("parquet-testing/bad_data");
-    let files = files_ending(&root, ".parquet");
-    assert!(
-        files.len() >= 5,
-        "corpus looks incomplete: {} files",
-        files.len()
-    );
-    for path in &files {
-        let outcome = read_whole(path);
-        let name = path.file_name().unwrap().to_string_lossy().into_owned();
-        report(&name, &outcome);
+    read_corpus(&root, ".parquet", 5, |name, outcome| {
         if name == VALID_REGRESSION_FILE {
             assert!(
                 matches!(outcome, Outcome::Read { rows: 21186 }),
                 "{name}: {outcome:?}"
             );
         } else {
-            let refused_typed = matches!(
-                &outcome,
-                Outcome::Refused(e) if !matches!(e, Error::DecoderPanic { .. })
-            );
-            assert!(refused_typed, "{name}: {outcome:?}");
+            assert_refused(name, &outcome);
         }
-    }
+    });
 }
 
 /// Files of the `data` corpus whose outcome is a specific refusal, with the reason.
@@ -150,20 +152,7 @@ fn known_refusals_say_why() {
 #[test]
 fn encrypted_files_without_keys_are_refused() {
     let root = require_testdata!("parquet-testing/data");
-    let files = files_ending(&root, ".parquet.encrypted");
-    assert!(
-        files.len() >= 10,
-        "corpus looks incomplete: {} files",
-        files.len()
-    );
-    for path in &files {
-        let outcome = read_whole(path);
-        let name = path.strip_prefix(&root).unwrap().display().to_string();
-        report(&name, &outcome);
-        let refused_typed = matches!(
-            &outcome,
-            Outcome::Refused(e) if !matches!(e, Error::DecoderPanic { .. })
-        );
-        assert!(refused_typed, "{name}: {outcome:?}");
-    }
+    read_corpus(&root, ".parquet.encrypted", 10, |name, outcome| {
+        assert_refused(name, &outcome)
+    });
 }
