@@ -97,6 +97,7 @@ impl DatasetBuilder {
                 max_decoded_bytes: self.max_decoded_bytes,
             }),
             columns,
+            arrangement: None,
             schema,
         })
     }
@@ -119,6 +120,9 @@ pub struct Dataset {
     shared: Arc<Shared>,
     /// Root column indices read, in output order.
     columns: Arc<[usize]>,
+    /// Where each output column sits in a decoded batch, when that differs from output order
+    /// (see [`Dataset::arrange`]); computed once per projection, not per batch.
+    arrangement: Option<Arc<[usize]>>,
     /// The output schema: the file schema projected to `columns`.
     schema: SchemaRef,
 }
@@ -184,6 +188,7 @@ impl Dataset {
         );
         Ok(Dataset {
             shared: Arc::clone(&self.shared),
+            arrangement: arrangement(&columns),
             columns,
             schema,
         })
@@ -208,22 +213,10 @@ impl Dataset {
     /// Parquet reader returns projected columns in file order, whatever order was asked for.
     /// Free when the orders agree; otherwise a reshuffle of `Arc`s, no data copied.
     pub(crate) fn arrange(&self, batch: RecordBatch, path: &Path) -> Result<RecordBatch> {
-        let mut file_order = self.columns.to_vec();
-        file_order.sort_unstable();
-        file_order.dedup();
-        if *file_order == *self.columns {
-            return Ok(batch);
+        match &self.arrangement {
+            None => Ok(batch),
+            Some(positions) => batch.project(positions).map_err(|e| Error::arrow(path, e)),
         }
-        let positions: Vec<usize> = self
-            .columns
-            .iter()
-            .map(|c| {
-                file_order
-                    .binary_search(c)
-                    .expect("file_order holds every column")
-            })
-            .collect();
-        batch.project(&positions).map_err(|e| Error::arrow(path, e))
     }
 
     /// Checks that decoding `row_group` of `shard` stays under the decode cap.
@@ -251,6 +244,26 @@ impl Dataset {
         }
         Ok(())
     }
+}
+
+/// Where each of `columns` (output order) sits in a batch the Parquet reader decodes, which
+/// holds the distinct columns in file order; `None` when the two orders agree.
+fn arrangement(columns: &[usize]) -> Option<Arc<[usize]>> {
+    let mut file_order = columns.to_vec();
+    file_order.sort_unstable();
+    file_order.dedup();
+    if file_order == columns {
+        return None;
+    }
+    let positions = columns
+        .iter()
+        .map(|c| {
+            file_order
+                .binary_search(c)
+                .expect("file_order holds every column")
+        })
+        .collect();
+    Some(positions)
 }
 
 /// One Parquet file of a [`Dataset`]: where it is and how its rows are grouped.
