@@ -95,6 +95,7 @@ impl DatasetBuilder {
                 shards,
                 num_rows: first_row,
                 max_decoded_bytes: self.max_decoded_bytes,
+                manifest: std::sync::OnceLock::new(),
             }),
             columns,
             arrangement: None,
@@ -128,11 +129,13 @@ pub struct Dataset {
 }
 
 #[derive(Debug)]
-struct Shared {
+pub(crate) struct Shared {
     uri: String,
     shards: Vec<Shard>,
     num_rows: u64,
     max_decoded_bytes: u64,
+    /// Computed on first use by [`Dataset::manifest`]: it reads every byte.
+    pub(crate) manifest: std::sync::OnceLock<crate::Manifest>,
 }
 
 impl Dataset {
@@ -192,6 +195,15 @@ impl Dataset {
             columns,
             schema,
         })
+    }
+
+    /// The schema of the files, before projection.
+    pub(crate) fn file_schema(&self) -> &SchemaRef {
+        self.shared.shards[0].metadata.schema()
+    }
+
+    pub(crate) fn shared(&self) -> &Shared {
+        &self.shared
     }
 
     /// The shard holding global row `row` and the row's index inside it.

@@ -117,6 +117,16 @@ pub enum Error {
         /// [`DatasetBuilder::with_max_decoded_bytes`]: crate::DatasetBuilder::with_max_decoded_bytes
         limit: u64,
     },
+    /// A manifest or cache index is not valid JSON of the expected shape, has another format
+    /// version, or records a fingerprint its contents do not hash to (input data: an edited or
+    /// corrupted file).
+    #[error("invalid manifest {path}: {what}")]
+    InvalidManifest {
+        /// The file read, or `(in memory)`.
+        path: Box<Path>,
+        /// What is wrong.
+        what: Box<str>,
+    },
     /// The Parquet or Arrow decoder panicked on this input. The panic is contained and reported
     /// here rather than unwinding through the caller (input data, and a bug in the decoder).
     #[error("decoder panicked on {path}: {message}")]

@@ -47,6 +47,7 @@
 
 mod dataset;
 mod error;
+pub mod manifest;
 mod pool;
 pub mod scan;
 mod source;
@@ -54,4 +55,5 @@ pub mod take;
 
 pub use dataset::{DEFAULT_MAX_DECODED_BYTES, Dataset, DatasetBuilder, Shard};
 pub use error::{Error, Result};
+pub use manifest::{Manifest, ShardEntry, Verification};
 pub use scan::{Scan, ScanBuilder};

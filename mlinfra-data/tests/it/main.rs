@@ -3,3 +3,4 @@
 mod corpus;
 mod dataset;
 mod fixtures;
+mod manifest;
