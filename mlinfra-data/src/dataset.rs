@@ -306,13 +306,13 @@ impl Shard {
             let group_rows =
                 u64::try_from(group.num_rows()).map_err(|_| Error::CorruptMetadata {
                     path: path.as_path().into(),
-                    what: "negative row group row count",
+                    what: "negative row group row count".into(),
                 })?;
             rows = rows
                 .checked_add(group_rows)
                 .ok_or_else(|| Error::CorruptMetadata {
                     path: path.as_path().into(),
-                    what: "row counts overflow",
+                    what: "row counts overflow".into(),
                 })?;
         }
         row_group_starts.push(rows);

@@ -58,13 +58,15 @@ pub enum Error {
         #[source]
         source: Box<arrow::error::ArrowError>,
     },
-    /// A file's footer contradicts itself, for example a negative row count (input data).
+    /// A file's metadata (a Parquet footer, an Arrow IPC footer or message header) contradicts
+    /// itself or the file, for example a negative row count or an offset past the end (input
+    /// data).
     #[error("corrupt metadata in {path}: {what}")]
     CorruptMetadata {
         /// The file at fault.
         path: Box<Path>,
-        /// What is inconsistent.
-        what: &'static str,
+        /// What is inconsistent, and where.
+        what: Box<str>,
     },
     /// Decoding returned a different number of rows than the footer promises. Refused rather
     /// than delivered short: silently missing rows would change what a model trains on (input
@@ -116,6 +118,15 @@ pub enum Error {
         ///
         /// [`DatasetBuilder::with_max_decoded_bytes`]: crate::DatasetBuilder::with_max_decoded_bytes
         limit: u64,
+    },
+    /// [`IpcCacheBuilder::create`] was pointed at a directory that holds other files and no
+    /// cache; it deletes nothing it did not write (caller).
+    ///
+    /// [`IpcCacheBuilder::create`]: crate::cache::IpcCacheBuilder::create
+    #[error("{path} is not empty and holds no mlinfra cache; refusing to replace it")]
+    CacheDirInUse {
+        /// The directory.
+        path: Box<Path>,
     },
     /// A manifest or cache index is not valid JSON of the expected shape, has another format
     /// version, or records a fingerprint its contents do not hash to (input data: an edited or

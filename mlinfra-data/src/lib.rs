@@ -45,6 +45,7 @@
 #![warn(missing_docs)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+pub mod cache;
 mod dataset;
 mod error;
 pub mod manifest;
@@ -53,6 +54,7 @@ pub mod scan;
 mod source;
 pub mod take;
 
+pub use cache::{IpcCache, IpcCacheBuilder, IpcFile};
 pub use dataset::{DEFAULT_MAX_DECODED_BYTES, Dataset, DatasetBuilder, Shard};
 pub use error::{Error, Result};
 pub use manifest::{Manifest, ShardEntry, Verification};

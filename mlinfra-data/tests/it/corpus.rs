@@ -156,3 +156,112 @@ fn encrypted_files_without_keys_are_refused() {
         assert_refused(name, &outcome)
     });
 }
+
+/// The Parquet files OSS-Fuzz found crashing a reader (arrow-testing `data/parquet/fuzzing`):
+/// each is refused with a typed error.
+///
+/// Where arrow-rs 60 itself panics, the panic is contained and reported as
+/// [`Error::DecoderPanic`]: still a typed error, the caller survives. Those files are listed
+/// here so that a new panic (or a fixed one) shows up as a test failure.
+#[test]
+fn parquet_fuzz_corpus_is_refused() {
+    const ARROW_RS_PANICS: &[&str] = &[
+        // byte_stream_split_decoder.rs:67: "index out of bounds: the len is 5 but the index is 5".
+        "clusterfuzz-testcase-minimized-parquet-arrow-fuzz-5670235492581376",
+        // delta_byte_array.rs:95: "attempt to add with overflow" (an overflow check: tests
+        // build with them on; a release build wraps instead, and then refuses the page).
+        "clusterfuzz-testcase-minimized-parquet-arrow-fuzz-6696667471020032",
+    ];
+    let root = require_testdata!("arrow-testing/data/parquet/fuzzing");
+    let mut read = 0;
+    let mut panics = Vec::new();
+    read_corpus(&root, "", 50, |name, outcome| match outcome {
+        Outcome::Read { .. } => read += 1,
+        Outcome::Refused(Error::DecoderPanic { .. }) => panics.push(name.to_owned()),
+        refused => assert_refused(name, &refused),
+    });
+    log_line(&format!(
+        "parquet fuzz corpus: {read} files read whole, {} contained arrow-rs panics",
+        panics.len()
+    ));
+    assert_eq!(panics, ARROW_RS_PANICS);
+}
+
+/// Opens `path` as a memory-mapped IPC file and decodes every batch.
+fn read_ipc(path: &Path) -> Result<Vec<arrow::array::RecordBatch>, Error> {
+    let file = mlinfra_data::IpcFile::open(path)?;
+    (0..file.num_batches())
+        .map(|i| file.batch(i).cloned())
+        .collect()
+}
+
+/// The IPC files OSS-Fuzz found crashing a reader (arrow-testing `data/arrow-ipc-file`): the
+/// zero-copy reader refuses each with a typed error and never panics.
+#[test]
+fn ipc_fuzz_corpus_is_refused_without_panics() {
+    let root = require_testdata!("arrow-testing/data/arrow-ipc-file");
+    let files = files_ending(&root, "");
+    assert!(files.len() >= 20, "corpus looks incomplete");
+    for path in files {
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        match read_ipc(&path) {
+            Ok(batches) => log_line(&format!(
+                "ipc corpus {name}: read {} batches",
+                batches.len()
+            )),
+            Err(error) => {
+                log_line(&format!("ipc corpus {name}: refused: {error}"));
+                assert!(
+                    !matches!(error, Error::DecoderPanic { .. }),
+                    "{name}: {error}"
+                );
+            }
+        }
+    }
+}
+
+/// The integration files of arrow-testing (`*.arrow_file`, written by the Arrow implementations'
+/// integration suite): read zero-copy, each equals what arrow's own `FileReader` (a copying
+/// reader, the independent reference) decodes; the ones refused are refused for a documented
+/// reason (buffers misaligned for their type, which the zero-copy reader will not realign).
+#[test]
+fn ipc_integration_files_match_arrows_file_reader() {
+    let root = require_testdata!("arrow-testing/data/arrow-ipc-stream/integration");
+    let files = files_ending(&root, ".arrow_file");
+    assert!(files.len() >= 20, "corpus looks incomplete");
+    let (mut matched, mut refused) = (0, 0);
+    for path in &files {
+        let name = path.strip_prefix(&root).unwrap().display().to_string();
+        let reference: Result<Vec<_>, _> =
+            arrow::ipc::reader::FileReader::try_new(std::fs::File::open(path).unwrap(), None)
+                .and_then(|reader| reader.collect());
+        match (read_ipc(path), reference) {
+            (Ok(ours), Ok(theirs)) => {
+                assert_eq!(
+                    ours, theirs,
+                    "{name}: zero-copy read differs from FileReader"
+                );
+                matched += 1;
+            }
+            (Err(error), reference) => {
+                log_line(&format!(
+                    "ipc integration {name}: refused: {error} (FileReader: {})",
+                    if reference.is_ok() {
+                        "reads it"
+                    } else {
+                        "refuses it too"
+                    }
+                ));
+                assert!(
+                    !matches!(error, Error::DecoderPanic { .. }),
+                    "{name}: {error}"
+                );
+                refused += 1;
+            }
+            (Ok(_), Err(error)) => panic!("{name}: read, but FileReader refuses it: {error}"),
+        }
+    }
+    log_line(&format!(
+        "ipc integration files: {matched} equal to FileReader, {refused} refused"
+    ));
+}

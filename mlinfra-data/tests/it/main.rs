@@ -1,5 +1,6 @@
 //! Integration tests of `mlinfra-data`: one binary, one module per area.
 
+mod cache;
 mod corpus;
 mod dataset;
 mod fixtures;

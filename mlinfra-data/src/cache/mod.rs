@@ -1,0 +1,456 @@
+//! The Arrow IPC cache: a dataset (or a projection of it) materialised as uncompressed,
+//! 64-byte-aligned Arrow IPC files that are memory-mapped and read without copying.
+//!
+//! This is the loader's fast path. Parquet is compact but every read decodes; the cache pays
+//! that once, after which [`IpcCache::take`] is a gather from the page cache and
+//! [`IpcCache::batches`] hands out views of it. pyarrow's memory-mapped IPC files and HF
+//! `datasets`' Arrow cache are the same idea.
+//!
+//! # Layout
+//!
+//! ```text
+//! DIR/mlinfra-cache.json   index: format, source fingerprint, columns, files with row counts
+//! DIR/part-00000.arrow     Arrow IPC file format, uncompressed, 64-byte aligned
+//! DIR/part-00001.arrow     ...
+//! ```
+//!
+//! The cache records the fingerprint of the dataset it was built from and the projected
+//! columns; [`IpcCacheBuilder::open_or_create`] reuses a cache only when both match, so a
+//! changed source is never served stale. A cache is built in a temporary sibling directory and
+//! renamed into place: readers see a whole cache or none.
+//!
+//! # Costs
+//!
+//! Building: one full scan of the projected columns, written at disk speed; disk use is the
+//! decoded size. Opening: one footer per file. [`IpcCache::take`]: a binary search per row and
+//! one copy of each requested row; batches decode lazily on first touch (see [`IpcFile`]).
+
+mod ipc_file;
+
+use std::fs::File;
+use std::io::BufWriter;
+use std::path::{Path, PathBuf};
+
+use arrow::array::RecordBatch;
+use arrow::datatypes::SchemaRef;
+use arrow::ipc::MetadataVersion;
+use arrow::ipc::writer::{FileWriter, IpcWriteOptions};
+use serde::{Deserialize, Serialize};
+
+pub use ipc_file::IpcFile;
+
+use crate::dataset::Dataset;
+use crate::manifest::schema_fingerprint;
+use crate::{Error, Result};
+
+/// The cache format this build writes and reads.
+pub const CACHE_FORMAT: u32 = 1;
+
+/// Name of the index file inside a cache directory.
+pub const INDEX_FILE: &str = "mlinfra-cache.json";
+
+/// Default rows per record batch in cache files.
+pub const DEFAULT_BATCH_ROWS: usize = 8192;
+
+/// Default size at which a cache file is closed and the next one started: 1 GiB.
+pub const DEFAULT_MAX_FILE_BYTES: u64 = 1 << 30;
+
+/// Buffer alignment of cache files: a cache line, and what SIMD loads want.
+const ALIGNMENT: usize = 64;
+
+/// The index stored as [`INDEX_FILE`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CacheIndex {
+    format: u32,
+    /// Fingerprint of the dataset the cache was built from.
+    source_fingerprint: String,
+    /// The projected columns, in order.
+    columns: Vec<String>,
+    schema_fingerprint: String,
+    files: Vec<CacheFileEntry>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CacheFileEntry {
+    name: String,
+    rows: u64,
+}
+
+/// Options for building an [`IpcCache`]; from [`Dataset::ipc_cache`].
+#[derive(Debug, Clone)]
+#[must_use = "a cache builder does nothing until `create` or `open_or_create` is called"]
+pub struct IpcCacheBuilder {
+    dataset: Dataset,
+    dir: PathBuf,
+    batch_rows: usize,
+    max_file_bytes: u64,
+}
+
+impl Dataset {
+    /// A builder for the IPC cache of this view (its projected columns) in `dir`.
+    ///
+    /// ```no_run
+    /// # use mlinfra_data::Dataset;
+    /// let dataset = Dataset::open("data/")?.project(&["emb", "label"])?;
+    /// let cache = dataset.ipc_cache("/tmp/train-cache").open_or_create()?;
+    /// let batch = cache.take(&[42, 7, 99_000])?;
+    /// # Ok::<(), mlinfra_data::Error>(())
+    /// ```
+    pub fn ipc_cache(&self, dir: impl Into<PathBuf>) -> IpcCacheBuilder {
+        IpcCacheBuilder {
+            dataset: self.clone(),
+            dir: dir.into(),
+            batch_rows: DEFAULT_BATCH_ROWS,
+            max_file_bytes: DEFAULT_MAX_FILE_BYTES,
+        }
+    }
+}
+
+impl IpcCacheBuilder {
+    /// Rows per record batch (at least 1). Batches are the unit of lazy decoding.
+    ///
+    /// Defaults to [`DEFAULT_BATCH_ROWS`].
+    pub fn with_batch_rows(mut self, rows: usize) -> Self {
+        self.batch_rows = rows.max(1);
+        self
+    }
+
+    /// Start a new cache file once the current one holds this many bytes of arrays.
+    ///
+    /// Defaults to [`DEFAULT_MAX_FILE_BYTES`].
+    pub fn with_max_file_bytes(mut self, bytes: u64) -> Self {
+        self.max_file_bytes = bytes.max(1);
+        self
+    }
+
+    /// Opens the cache in the directory if it was built from this dataset (same fingerprint)
+    /// with the same columns; otherwise builds it, replacing a stale cache.
+    ///
+    /// # Errors
+    ///
+    /// As [`IpcCacheBuilder::create`]; a damaged existing cache is rebuilt, not an error.
+    pub fn open_or_create(self) -> Result<IpcCache> {
+        if self.dir.join(INDEX_FILE).exists() {
+            let fingerprint = self.dataset.fingerprint()?;
+            if let Ok(cache) = IpcCache::open(&self.dir)
+                && cache.index.source_fingerprint == fingerprint
+                && cache.index.columns == column_names(&self.dataset)
+            {
+                return Ok(cache);
+            }
+        }
+        self.create()
+    }
+
+    /// Builds the cache, replacing any cache already in the directory.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::CacheDirInUse`] when the directory exists, is not empty, and is not a cache
+    /// (nothing is deleted); the dataset's read errors; [`Error::Io`] for the writes.
+    pub fn create(self) -> Result<IpcCache> {
+        let dir = &self.dir;
+        if dir.exists() && !dir.join(INDEX_FILE).exists() {
+            let mut entries = std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))?;
+            if entries.next().is_some() {
+                return Err(Error::CacheDirInUse {
+                    path: dir.as_path().into(),
+                });
+            }
+        }
+        let staging = staging_dir(dir);
+        let _ = std::fs::remove_dir_all(&staging);
+        std::fs::create_dir_all(&staging).map_err(|e| Error::io(&staging, e))?;
+        let index = self
+            .write_files(&staging)
+            .inspect_err(|_| drop(std::fs::remove_dir_all(&staging)))?;
+        // Replace the old cache: the window between removal and rename shows no cache, never
+        // a mixed one.
+        if dir.exists() {
+            std::fs::remove_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        }
+        std::fs::rename(&staging, dir).map_err(|e| Error::io(dir, e))?;
+        IpcCache::from_index(dir, index)
+    }
+
+    /// Writes the cache files and the index into `staging`.
+    fn write_files(&self, staging: &Path) -> Result<CacheIndex> {
+        let mut files: Vec<CacheFileEntry> = Vec::new();
+        let mut current: Option<PartWriter> = None;
+        for batch in self.dataset.scan().with_batch_size(self.batch_rows).build() {
+            let batch = batch?;
+            let part = match &mut current {
+                Some(part) => part,
+                None => current.insert(PartWriter::create(staging, files.len(), &batch.schema())?),
+            };
+            part.write(&batch)?;
+            if part.bytes >= self.max_file_bytes {
+                files.push(current.take().expect("just written").finish()?);
+            }
+        }
+        // An empty dataset still makes one (empty) file, which carries the schema.
+        if current.is_none() && files.is_empty() {
+            current = Some(PartWriter::create(staging, 0, self.dataset.schema())?);
+        }
+        if let Some(part) = current {
+            files.push(part.finish()?);
+        }
+        let index = CacheIndex {
+            format: CACHE_FORMAT,
+            source_fingerprint: self.dataset.fingerprint()?.to_owned(),
+            columns: column_names(&self.dataset),
+            schema_fingerprint: schema_fingerprint(self.dataset.schema()),
+            files,
+        };
+        let json = serde_json::to_string_pretty(&index).expect("the index is plain data");
+        crate::manifest::write_atomically(&staging.join(INDEX_FILE), json.as_bytes())?;
+        Ok(index)
+    }
+}
+
+/// One cache file being written.
+struct PartWriter {
+    writer: FileWriter<BufWriter<File>>,
+    name: String,
+    path: PathBuf,
+    /// Array bytes written so far, the measure for rolling to the next file.
+    bytes: u64,
+    rows: u64,
+}
+
+impl PartWriter {
+    fn create(dir: &Path, number: usize, schema: &arrow::datatypes::Schema) -> Result<Self> {
+        let name = format!("part-{number:05}.arrow");
+        let path = dir.join(&name);
+        let file = File::create(&path).map_err(|e| Error::io(&path, e))?;
+        let options = IpcWriteOptions::try_new(ALIGNMENT, false, MetadataVersion::V5)
+            .expect("64 is a valid IPC alignment");
+        let writer = FileWriter::try_new_with_options(
+            BufWriter::with_capacity(8 << 20, file),
+            schema,
+            options,
+        )
+        .map_err(|e| Error::arrow(&path, e))?;
+        Ok(PartWriter {
+            writer,
+            name,
+            path,
+            bytes: 0,
+            rows: 0,
+        })
+    }
+
+    fn write(&mut self, batch: &RecordBatch) -> Result<()> {
+        self.writer
+            .write(batch)
+            .map_err(|e| Error::arrow(&self.path, e))?;
+        self.bytes += batch.get_array_memory_size() as u64;
+        self.rows += batch.num_rows() as u64;
+        Ok(())
+    }
+
+    /// Writes the footer and flushes the file to disk.
+    fn finish(mut self) -> Result<CacheFileEntry> {
+        let path = &self.path;
+        self.writer.finish().map_err(|e| Error::arrow(path, e))?;
+        let file = self
+            .writer
+            .into_inner()
+            .map_err(|e| Error::arrow(path, e))?
+            .into_inner()
+            .map_err(|e| Error::io(path, e.into_error()))?;
+        file.sync_all().map_err(|e| Error::io(path, e))?;
+        Ok(CacheFileEntry {
+            name: self.name,
+            rows: self.rows,
+        })
+    }
+}
+
+fn staging_dir(dir: &Path) -> PathBuf {
+    let mut name = dir.file_name().unwrap_or_default().to_os_string();
+    name.push(format!(".tmp-{}", std::process::id()));
+    dir.with_file_name(name)
+}
+
+fn column_names(dataset: &Dataset) -> Vec<String> {
+    dataset
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| f.name().clone())
+        .collect()
+}
+
+/// A dataset materialised as memory-mapped Arrow IPC files; see the [module docs](self).
+#[derive(Debug)]
+pub struct IpcCache {
+    dir: PathBuf,
+    index: CacheIndex,
+    files: Vec<IpcFile>,
+    schema: SchemaRef,
+    /// Every (file, batch) in row order, with the global first row of each; one extra entry
+    /// holds the row count.
+    chunk_starts: Vec<u64>,
+    chunks: Vec<(usize, usize)>,
+}
+
+impl IpcCache {
+    /// Opens the cache in `dir`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Io`] for a missing index or file; [`Error::InvalidManifest`] for an index that
+    /// is not valid; [`Error::CorruptMetadata`] when a file disagrees with the index (rows,
+    /// schema); the errors of [`IpcFile::open`].
+    pub fn open(dir: impl AsRef<Path>) -> Result<Self> {
+        let dir = dir.as_ref();
+        let index_path = dir.join(INDEX_FILE);
+        let json = std::fs::read_to_string(&index_path).map_err(|e| Error::io(&index_path, e))?;
+        let invalid = |what: String| Error::InvalidManifest {
+            path: index_path.as_path().into(),
+            what: what.into(),
+        };
+        let index: CacheIndex =
+            serde_json::from_str(&json).map_err(|e| invalid(format!("not a cache index: {e}")))?;
+        if index.format != CACHE_FORMAT {
+            return Err(invalid(format!(
+                "format {} (this build reads format {CACHE_FORMAT})",
+                index.format
+            )));
+        }
+        Self::from_index(dir, index)
+    }
+
+    fn from_index(dir: &Path, index: CacheIndex) -> Result<Self> {
+        let mut files = Vec::with_capacity(index.files.len());
+        let mut chunks = Vec::new();
+        let mut chunk_starts = vec![0u64];
+        for (i, entry) in index.files.iter().enumerate() {
+            if entry.name.contains(['/', '\\']) || entry.name.starts_with('.') {
+                return Err(Error::InvalidManifest {
+                    path: dir.join(INDEX_FILE).into(),
+                    what: format!("file name `{}` leaves the cache directory", entry.name).into(),
+                });
+            }
+            let file = IpcFile::open(dir.join(&entry.name))?;
+            let mismatch = |what: String| Error::CorruptMetadata {
+                path: file.path().into(),
+                what: what.into(),
+            };
+            if file.num_rows() != entry.rows {
+                return Err(mismatch(format!(
+                    "holds {} rows where the cache index records {}",
+                    file.num_rows(),
+                    entry.rows
+                )));
+            }
+            if schema_fingerprint(file.schema()) != index.schema_fingerprint {
+                return Err(mismatch("schema differs from the cache index".into()));
+            }
+            let base = *chunk_starts.last().expect("starts with 0");
+            for (batch, start) in file.batch_starts()[1..].iter().enumerate() {
+                chunks.push((i, batch));
+                chunk_starts.push(base + start);
+            }
+            files.push(file);
+        }
+        let schema = match files.first() {
+            Some(file) => file.schema().clone(),
+            // The builder always writes at least one file, which carries the schema.
+            None => {
+                return Err(Error::InvalidManifest {
+                    path: dir.join(INDEX_FILE).into(),
+                    what: "the cache holds no files".into(),
+                });
+            }
+        };
+        Ok(IpcCache {
+            dir: dir.to_path_buf(),
+            index,
+            files,
+            schema,
+            chunk_starts,
+            chunks,
+        })
+    }
+
+    /// The cache directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The schema of the cached columns.
+    pub fn schema(&self) -> &SchemaRef {
+        &self.schema
+    }
+
+    /// Rows in the cache.
+    pub fn num_rows(&self) -> u64 {
+        *self.chunk_starts.last().expect("never empty")
+    }
+
+    /// Fingerprint of the dataset the cache was built from.
+    pub fn source_fingerprint(&self) -> &str {
+        &self.index.source_fingerprint
+    }
+
+    /// The cache files, in row order.
+    pub fn files(&self) -> &[IpcFile] {
+        &self.files
+    }
+
+    /// Every batch in row order, decoded on first touch; each is a view of the mapping (an
+    /// `Arc` clone, no data copied).
+    pub fn batches(&self) -> impl Iterator<Item = Result<RecordBatch>> + '_ {
+        self.chunks
+            .iter()
+            .map(|&(file, batch)| self.files[file].batch(batch).cloned())
+    }
+
+    /// The rows at `indices` (global row numbers), in that order; indices may repeat. One copy
+    /// per requested row (arrow's `interleave`), no decoding beyond first touch of a batch.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::RowOutOfRange`] for an index `>= num_rows()`, checked before any read; the
+    /// decode errors of [`IpcFile::batch`].
+    pub fn take(&self, indices: &[u64]) -> Result<RecordBatch> {
+        let rows = self.num_rows();
+        if let Some(&index) = indices.iter().find(|&&i| i >= rows) {
+            return Err(Error::RowOutOfRange { index, rows });
+        }
+        if indices.is_empty() {
+            return Ok(RecordBatch::new_empty(self.schema.clone()));
+        }
+        // Each index as (chunk, row in chunk); then the distinct chunks, decoded once each.
+        let located: Vec<(usize, usize)> = indices
+            .iter()
+            .map(|&i| {
+                let chunk = self.chunk_starts.partition_point(|&start| start <= i) - 1;
+                (chunk, (i - self.chunk_starts[chunk]) as usize)
+            })
+            .collect();
+        let mut touched: Vec<usize> = located.iter().map(|&(chunk, _)| chunk).collect();
+        touched.sort_unstable();
+        touched.dedup();
+        let batches = touched
+            .iter()
+            .map(|&chunk| {
+                let (file, batch) = self.chunks[chunk];
+                self.files[file].batch(batch)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let pairs: Vec<(usize, usize)> = located
+            .iter()
+            .map(|&(chunk, row)| {
+                let slot = touched.binary_search(&chunk).expect("every chunk kept");
+                (slot, row)
+            })
+            .collect();
+        arrow::compute::interleave_record_batch(&batches, &pairs)
+            .map_err(|e| Error::arrow(&self.dir, e))
+    }
+}
