@@ -17,7 +17,7 @@ pub const LAYERS: [Layer; 6] = [
     Layer {
         level: "1",
         krate: "mlinfra-data",
-        status: "local Parquet datasets: open, project, take, streaming scan, typed errors",
+        status: "Parquet datasets (take, scan), fingerprints, mmap IPC cache, CSV/JSON conversion, GGUF/safetensors",
     },
     Layer {
         level: "2",

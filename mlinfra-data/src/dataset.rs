@@ -96,6 +96,7 @@ impl DatasetBuilder {
                 num_rows: first_row,
                 max_decoded_bytes: self.max_decoded_bytes,
                 manifest: std::sync::OnceLock::new(),
+                bytes_read: Arc::default(),
             }),
             columns,
             arrangement: None,
@@ -136,6 +137,8 @@ pub(crate) struct Shared {
     max_decoded_bytes: u64,
     /// Computed on first use by [`Dataset::manifest`]: it reads every byte.
     pub(crate) manifest: std::sync::OnceLock<crate::Manifest>,
+    /// Data bytes fetched by `take` and `scan` ([`Dataset::bytes_read`]).
+    pub(crate) bytes_read: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Dataset {
@@ -363,10 +366,5 @@ impl Shard {
     /// Rows in row group `group`.
     pub(crate) fn rows_in_group(&self, group: usize) -> u64 {
         self.row_group_starts[group + 1] - self.row_group_starts[group]
-    }
-
-    /// Opens the file again for reading data.
-    pub(crate) fn open_file(&self) -> Result<File> {
-        File::open(&self.path).map_err(|e| Error::io(&self.path, e))
     }
 }

@@ -2,6 +2,8 @@
 
 use std::path::Path;
 
+use crate::tensor::TensorFormat;
+
 /// Errors returned by `mlinfra-data`.
 ///
 /// Each variant documents who is at fault: the caller, the input data, or external I/O. Paths
@@ -138,6 +140,73 @@ pub enum Error {
         /// What is wrong.
         what: Box<str>,
     },
+    /// A CSV or JSON-lines record cannot be parsed or does not fit the schema: a wrong field
+    /// count, invalid UTF-8, a value that does not parse as its column's type, a line that is
+    /// not one JSON object, an unterminated quote (input data). Returned only under
+    /// [`BadRecords::Fail`], or for a CSV header, which is never skipped.
+    ///
+    /// [`BadRecords::Fail`]: crate::convert::BadRecords::Fail
+    #[error("{path}:{line}: {what}")]
+    MalformedRecord {
+        /// The input file.
+        path: Box<Path>,
+        /// The 1-based line on which the record starts.
+        line: u64,
+        /// What is wrong with the record, in this crate's words.
+        what: Box<str>,
+    },
+    /// A record is longer than the configured limit, usually because of an unterminated quote
+    /// that swallows the rest of the file (input data, or a limit set too low by the caller).
+    /// Never skipped: after an unbalanced quote there is no reliable place to resume.
+    #[error("{path}:{line}: record exceeds the {limit}-byte limit")]
+    RecordTooLarge {
+        /// The input file.
+        path: Box<Path>,
+        /// The 1-based line on which the record starts.
+        line: u64,
+        /// The limit in force ([`Conversion::with_max_record_bytes`]).
+        ///
+        /// [`Conversion::with_max_record_bytes`]: crate::convert::Conversion::with_max_record_bytes
+        limit: u64,
+    },
+    /// No schema was given and the input has nothing to infer one from: an empty file, only
+    /// blank lines, JSON objects without keys, or (under `BadRecords::Skip`) no parsable record
+    /// among those sampled (input data; pass a schema to convert an empty file to an empty
+    /// Parquet file).
+    #[error("{path} has no records to infer a schema from")]
+    EmptyInput {
+        /// The input file.
+        path: Box<Path>,
+    },
+    /// A conversion option is out of range or contradicts another, for example a zstd level
+    /// outside 1..=22 or a delimiter equal to the quote character (caller).
+    #[error("invalid option `{option}`: {reason}")]
+    InvalidOption {
+        /// The setter at fault, for example `with_compression`.
+        option: &'static str,
+        /// What is wrong with the value.
+        reason: Box<str>,
+    },
+    /// A tensor file (GGUF, safetensors) is malformed, or uses something this reader does not
+    /// support, such as a GGUF version, a big-endian file, or a tensor type that cannot be
+    /// converted to `f32` (input data).
+    #[error("invalid or unsupported {format} file {path}: {what}")]
+    TensorFile {
+        /// The file at fault.
+        path: Box<Path>,
+        /// Its format.
+        format: TensorFormat,
+        /// What is wrong, and at which byte offset when the fault is in a particular field.
+        what: Box<str>,
+    },
+    /// No tensor with this name in the file (caller).
+    #[error("no tensor named `{name}` in {path}")]
+    NoSuchTensor {
+        /// The file that was searched.
+        path: Box<Path>,
+        /// The name asked for.
+        name: Box<str>,
+    },
     /// The Parquet or Arrow decoder panicked on this input. The panic is contained and reported
     /// here rather than unwinding through the caller (input data, and a bug in the decoder).
     #[error("decoder panicked on {path}: {message}")]
@@ -164,6 +233,25 @@ impl Error {
         Error::Parquet {
             path: path.into(),
             source: Box::new(source),
+        }
+    }
+
+    pub(crate) fn tensor_file(
+        path: &Path,
+        format: TensorFormat,
+        what: impl Into<Box<str>>,
+    ) -> Self {
+        Error::TensorFile {
+            path: path.into(),
+            format,
+            what: what.into(),
+        }
+    }
+
+    pub(crate) fn no_such_tensor(path: &Path, name: &str) -> Self {
+        Error::NoSuchTensor {
+            path: path.into(),
+            name: name.into(),
         }
     }
 

@@ -26,15 +26,24 @@
 //!
 //! # Principal types
 //!
-//! - [`Dataset`] / [`DatasetBuilder`]: open, inspect ([`Dataset::shards`]), project.
-//! - [`Dataset::take`]: random access by global row number.
+//! - [`Dataset`] / [`DatasetBuilder`]: open, inspect ([`Dataset::shards`], [`Dataset::summary`]),
+//!   project.
+//! - [`Dataset::take`]: random access by global row number, reading only the pages that hold the
+//!   rows ([`Dataset::bytes_read`] counts what was fetched).
 //! - [`Scan`] / [`ScanBuilder`]: streaming, in order, `readahead` row groups in flight.
+//! - [`Manifest`]: shards with content hashes; its hash is the dataset's fingerprint
+//!   ([`Dataset::fingerprint`]), and [`Manifest::verify`] finds changed or missing shards.
+//! - [`IpcCache`]: the dataset materialised as memory-mapped Arrow IPC files read without
+//!   copying ([`Dataset::ipc_cache`]); the loader's fast path.
+//! - [`convert::Conversion`]: CSV and JSON lines to Parquet.
+//! - [`tensor::GgufFile`], [`tensor::SafetensorsFile`]: memory-mapped model weights.
 //!
 //! # Status
 //!
-//! Local files, directories and globs. Object stores, the memory-mapped Arrow IPC cache,
-//! predicate pruning, manifests, CSV/JSON conversion and tensor files (GGUF, safetensors) are
-//! the next milestones; the README's status table tracks what works.
+//! Local files, directories and globs. Object stores (`s3://`, `gs://`, `az://`, `http(s)://`
+//! are recognised and refused with [`Error::UnsupportedScheme`]), predicate pruning, read
+//! coalescing and encrypted Parquet are the next milestones; the README's status table tracks
+//! what works.
 //!
 //! # Features
 //!
@@ -46,16 +55,22 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod cache;
+pub mod convert;
 mod dataset;
 mod error;
 pub mod manifest;
+mod mmap;
 mod pool;
+mod read;
 pub mod scan;
 mod source;
+mod summary;
 pub mod take;
+pub mod tensor;
 
 pub use cache::{IpcCache, IpcCacheBuilder, IpcFile};
 pub use dataset::{DEFAULT_MAX_DECODED_BYTES, Dataset, DatasetBuilder, Shard};
 pub use error::{Error, Result};
 pub use manifest::{Manifest, ShardEntry, Verification};
 pub use scan::{Scan, ScanBuilder};
+pub use summary::{ColumnSummary, Summary};

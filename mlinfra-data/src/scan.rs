@@ -131,7 +131,7 @@ impl Dataset {
         let path = shard.path();
         contain_panics(path, || {
             self.check_decode_limit(shard, group)?;
-            let file = shard.open_file()?;
+            let file = self.shard_reader(shard)?;
             let batches =
                 ParquetRecordBatchReaderBuilder::new_with_metadata(file, shard.metadata().clone())
                     .with_projection(self.mask(shard))

@@ -93,7 +93,7 @@ impl Dataset {
         for &group in &row_groups {
             self.check_decode_limit(shard, group)?;
         }
-        let file = shard.open_file()?;
+        let file = self.shard_reader(shard)?;
         let path = shard.path();
         contain_panics(path, || {
             let reader =

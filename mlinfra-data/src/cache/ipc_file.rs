@@ -20,7 +20,6 @@
 //! each); batches are decoded on first use ([`IpcFile::batch`]), which validates that batch's
 //! arrays (O(1) for fixed-width columns, a UTF-8 pass for string columns) and keeps it.
 
-use std::fs::File;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
@@ -72,20 +71,16 @@ impl IpcFile {
     /// for invalid flatbuffers, schema or dictionaries; [`Error::DecoderPanic`] if arrow panics.
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
-        let file = File::open(path).map_err(|e| Error::io(path, e))?;
-        let len = file.metadata().map_err(|e| Error::io(path, e))?.len();
+        let len = std::fs::metadata(path)
+            .map_err(|e| Error::io(path, e))?
+            .len();
         if len < (HEADER_LEN + TRAILER_LEN) as u64 {
             return Err(corrupt(
                 path,
                 format!("{len} bytes is too short for an Arrow IPC file"),
             ));
         }
-        // SAFETY: the map is read-only and lives as long as the `Buffer` that owns it. Its
-        // contents may change only if another process rewrites or truncates the file while it
-        // is open, which the type's contract excludes (see the `IpcFile` docs); every offset
-        // read from it is bounds-checked, so altered *contents* cannot cause an out-of-bounds
-        // access, only a typed error or wrong values.
-        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
+        let map = crate::mmap::map_file(path)?;
         let mapping = Buffer::from(bytes::Bytes::from_owner(map));
         contain_panics(path, || Self::parse(path, mapping))
     }

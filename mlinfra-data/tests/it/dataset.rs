@@ -307,3 +307,88 @@ fn scan_inside_a_saturated_rayon_pool_does_not_deadlock() {
         .expect("scan from inside a one-thread rayon pool deadlocked");
     assert_eq!(rows, 3501);
 }
+
+/// Bytes `take` must fetch for file-local `rows` of column `column` in row group 0 of `path`:
+/// the dictionary page, if any, plus every data page holding one of the rows, per the file's
+/// offset index; and how many data pages those are, of how many. Computed from the metadata
+/// alone, independently of the reader.
+fn pages_holding(path: &Path, column: usize, rows: &[u64]) -> (u64, usize, usize) {
+    use parquet::file::metadata::{PageIndexPolicy, ParquetMetaDataReader};
+    let file = std::fs::File::open(path).unwrap();
+    let metadata = ParquetMetaDataReader::new()
+        .with_page_index_policy(PageIndexPolicy::Required)
+        .parse_and_finish(&file)
+        .unwrap();
+    let chunk = metadata.row_group(0).column(column);
+    let page_index = metadata.page_index_for_row_group(0);
+    let pages = page_index.page_locations(column).unwrap();
+    let dictionary = chunk
+        .dictionary_page_offset()
+        .map_or(0, |at| (pages[0].offset - at) as u64);
+    let num_rows = metadata.row_group(0).num_rows();
+    let holding: Vec<u64> = pages
+        .iter()
+        .enumerate()
+        .filter(|(i, page)| {
+            let end = pages
+                .get(i + 1)
+                .map_or(num_rows, |next| next.first_row_index);
+            rows.iter()
+                .any(|&r| (page.first_row_index..end).contains(&(r as i64)))
+        })
+        .map(|(_, page)| page.compressed_page_size as u64)
+        .collect();
+    (
+        dictionary + holding.iter().sum::<u64>(),
+        holding.len(),
+        pages.len(),
+    )
+}
+
+#[test]
+fn take_reads_only_the_pages_holding_the_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("one.parquet");
+    // One row group of 20,000 rows in pages of 100 rows: 200 pages per column.
+    write_file(&path, 0..20_000, 20_000, 100);
+    let dataset = open_dir(dir.path()).project(&["id", "label"]).unwrap();
+    assert_eq!(dataset.bytes_read(), 0, "opening reads no data pages");
+
+    let rows = [5, 7, 12_345, 19_999];
+    assert_rows(&dataset.take(&rows).unwrap(), &rows);
+    // `id` is column 0 and `label` column 2 of the file (`emb` is one leaf: the list's items).
+    let (id_bytes, id_pages, pages) = pages_holding(&path, 0, &rows);
+    let (label_bytes, label_pages, _) = pages_holding(&path, 2, &rows);
+    // Rows 5 and 7 share the first page: 3 data pages per column, of ~200 (the writer closes
+    // pages at write-batch boundaries, so a few hold fewer than 100 rows).
+    assert_eq!((id_pages, label_pages), (3, 3));
+    assert!(pages > 150, "{pages} pages");
+    let file_size = std::fs::metadata(&path).unwrap().len();
+    mlinfra_test_utils::log_line(&format!(
+        "take of 4 rows read {} bytes of a {file_size}-byte file: the dictionary pages and 3 of \
+         {pages} data pages per column, {} bytes by the offset index",
+        dataset.bytes_read(),
+        id_bytes + label_bytes
+    ));
+    assert_eq!(dataset.bytes_read(), id_bytes + label_bytes);
+}
+
+#[test]
+fn a_footer_pointing_past_the_end_is_refused_before_allocating() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("cut.parquet");
+    write_file(&path, 0..5000, 5000, 100);
+    let dataset = open_dir(dir.path());
+    // Cut the data out from under the opened footer: every page range now runs past the end.
+    let len = std::fs::metadata(&path).unwrap().len();
+    let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+    file.set_len(len / 4).unwrap();
+    // The reader reports it through arrow's error type, which wraps the Parquet error.
+    match dataset.take(&[4999]) {
+        Err(error @ (Error::Parquet { .. } | Error::Arrow { .. })) => {
+            let cause = std::error::Error::source(&error).unwrap().to_string();
+            assert!(cause.contains("runs past the end of the file"), "{cause}")
+        }
+        other => panic!("{other:?}"),
+    }
+}

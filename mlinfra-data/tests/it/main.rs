@@ -5,3 +5,4 @@ mod corpus;
 mod dataset;
 mod fixtures;
 mod manifest;
+mod tensor_files;

@@ -1,0 +1,161 @@
+//! Conversion of ggml-encoded tensor data to `f32`.
+//!
+//! Each block function is a transcription of ggml's reference `dequantize_row_*`
+//! (`ggml-quants.c`): the same products, in the same order, with no fused multiply-add (Rust
+//! never fuses on its own), so the results are bit-identical to ggml's scalar path and to
+//! gguf-py's NumPy port, which the integration tests check against a file gguf-py wrote.
+
+use half::{bf16, f16};
+
+use super::GgmlType;
+
+/// The types [`dequantize`] converts, for error messages.
+pub(crate) const SUPPORTED: &str = "F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q4_K, Q6_K";
+
+/// Converts `bytes`, whole blocks of `ty`, to `f32`; `None` if `ty` is not one of
+/// [`SUPPORTED`]. Trailing bytes short of a block are ignored (the parser guarantees there
+/// are none).
+pub(crate) fn dequantize(ty: GgmlType, bytes: &[u8]) -> Option<Vec<f32>> {
+    Some(match ty {
+        GgmlType::F32 => elements(bytes, f32::from_le_bytes),
+        GgmlType::F16 => elements(bytes, |b| f16::from_le_bytes(b).to_f32()),
+        GgmlType::BF16 => elements(bytes, |b| bf16::from_le_bytes(b).to_f32()),
+        GgmlType::Q8_0 => blocks(bytes, q8_0),
+        GgmlType::Q4_0 => blocks(bytes, q4_0),
+        GgmlType::Q4_1 => blocks(bytes, q4_1),
+        GgmlType::Q4_K => blocks(bytes, q4_k),
+        GgmlType::Q6_K => blocks(bytes, q6_k),
+        _ => return None,
+    })
+}
+
+/// Converts a plain type, `N` bytes per element.
+fn elements<const N: usize>(bytes: &[u8], decode: impl Fn([u8; N]) -> f32) -> Vec<f32> {
+    bytes
+        .chunks_exact(N)
+        .map(|chunk| {
+            let mut element = [0; N];
+            element.copy_from_slice(chunk);
+            decode(element)
+        })
+        .collect()
+}
+
+/// Converts a block type: `S` bytes encode `B` elements.
+fn blocks<const S: usize, const B: usize>(
+    bytes: &[u8],
+    block: fn(&[u8; S], &mut [f32; B]),
+) -> Vec<f32> {
+    let mut out = vec![0.0; bytes.len() / S * B];
+    for (src, dst) in bytes.chunks_exact(S).zip(out.chunks_exact_mut(B)) {
+        // Both conversions succeed: `chunks_exact` yields exactly S and B elements.
+        if let (Ok(src), Ok(dst)) = (src.try_into(), dst.try_into()) {
+            block(src, dst);
+        }
+    }
+    out
+}
+
+/// The f16 at `b[i..i + 2]`, widened exactly.
+fn f16_at(b: &[u8], i: usize) -> f32 {
+    f16::from_le_bytes([b[i], b[i + 1]]).to_f32()
+}
+
+/// `Q8_0`: f16 scale `d`, then 32 `i8` quants; `y = q * d`.
+fn q8_0(b: &[u8; 34], y: &mut [f32; 32]) {
+    let d = f16_at(b, 0);
+    for (y, &q) in y.iter_mut().zip(&b[2..]) {
+        *y = f32::from(q as i8) * d;
+    }
+}
+
+/// `Q4_0`: f16 scale `d`, then 16 bytes of nibbles; byte `j` holds element `j` (low nibble)
+/// and `j + 16` (high); `y = (q - 8) * d`.
+fn q4_0(b: &[u8; 18], y: &mut [f32; 32]) {
+    let d = f16_at(b, 0);
+    let (lo, hi) = y.split_at_mut(16);
+    for ((lo, hi), &q) in lo.iter_mut().zip(hi).zip(&b[2..]) {
+        *lo = f32::from((q & 0x0F) as i8 - 8) * d;
+        *hi = f32::from((q >> 4) as i8 - 8) * d;
+    }
+}
+
+/// `Q4_1`: f16 scale `d` and minimum `m`, then nibbles as in `Q4_0`; `y = q * d + m`.
+fn q4_1(b: &[u8; 20], y: &mut [f32; 32]) {
+    let (d, m) = (f16_at(b, 0), f16_at(b, 2));
+    let (lo, hi) = y.split_at_mut(16);
+    for ((lo, hi), &q) in lo.iter_mut().zip(hi).zip(&b[4..]) {
+        *lo = f32::from(q & 0x0F) * d + m;
+        *hi = f32::from(q >> 4) * d + m;
+    }
+}
+
+/// The 6-bit scale and minimum of `Q4_K` sub-block `j` from the 12 packed bytes `q`
+/// (ggml's `get_scale_min_k4`): sub-blocks 0-3 use the low 6 bits of bytes `j` and `j + 4`;
+/// sub-blocks 4-7 take their low 4 bits from byte `j + 4` and their top 2 bits from the top
+/// bits of bytes `j - 4` (scale) and `j` (minimum).
+fn scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
+    if j < 4 {
+        (q[j] & 63, q[j + 4] & 63)
+    } else {
+        (
+            (q[j + 4] & 0x0F) | ((q[j - 4] >> 6) << 4),
+            (q[j + 4] >> 4) | ((q[j] >> 6) << 4),
+        )
+    }
+}
+
+/// `Q4_K`: f16 super-scale `d` and super-minimum `dmin`, 12 bytes of packed 6-bit sub-block
+/// scales and minimums, then 128 bytes of nibbles. Eight sub-blocks of 32; each 32-byte run of
+/// nibbles holds two sub-blocks (low nibbles first). `y = (d * sc) * q - (dmin * m)`.
+fn q4_k(b: &[u8; 144], y: &mut [f32; 256]) {
+    let (d, dmin) = (f16_at(b, 0), f16_at(b, 2));
+    let scales = &b[4..16];
+    for (j, (qs, y)) in b[16..]
+        .chunks_exact(32)
+        .zip(y.chunks_exact_mut(64))
+        .enumerate()
+    {
+        let (sc1, m1) = scale_min_k4(2 * j, scales);
+        let (sc2, m2) = scale_min_k4(2 * j + 1, scales);
+        let (d1, m1) = (d * f32::from(sc1), dmin * f32::from(m1));
+        let (d2, m2) = (d * f32::from(sc2), dmin * f32::from(m2));
+        let (lo, hi) = y.split_at_mut(32);
+        for ((lo, hi), &q) in lo.iter_mut().zip(hi).zip(qs) {
+            *lo = d1 * f32::from(q & 0x0F) - m1;
+            *hi = d2 * f32::from(q >> 4) - m2;
+        }
+    }
+}
+
+/// `Q6_K`: 128 bytes of low nibbles `ql`, 64 bytes of 2-bit high parts `qh`, sixteen `i8`
+/// sub-block scales, then the f16 super-scale `d`. Each 128-element half uses 64 bytes of
+/// `ql` and 32 of `qh`; element `l + 32k` of a half (k = 0..4) combines a nibble of
+/// `ql[l + 32(k % 2)]` (low for k < 2, high otherwise) with bits `2k..2k+2` of `qh[l]`.
+/// `y = (d * sc) * (q - 32)`, where `sc` is the scale of the element's 16-element group.
+fn q6_k(b: &[u8; 210], y: &mut [f32; 256]) {
+    let (ql, rest) = b.split_at(128);
+    let (qh, rest) = rest.split_at(64);
+    let (scales, _) = rest.split_at(16);
+    let d = f16_at(b, 208);
+    let halves = ql.chunks_exact(64).zip(qh.chunks_exact(32));
+    for (half, (ql, qh)) in halves.enumerate() {
+        let y = &mut y[128 * half..128 * (half + 1)];
+        let sc = &scales[8 * half..8 * (half + 1)];
+        for l in 0..32 {
+            let is = l / 16;
+            let q1 = ((ql[l] & 0x0F) | ((qh[l] & 3) << 4)) as i8 - 32;
+            let q2 = ((ql[l + 32] & 0x0F) | (((qh[l] >> 2) & 3) << 4)) as i8 - 32;
+            let q3 = ((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) as i8 - 32;
+            let q4 = ((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) as i8 - 32;
+            let scale = |k: usize| d * f32::from(sc[is + 2 * k] as i8);
+            y[l] = scale(0) * f32::from(q1);
+            y[l + 32] = scale(1) * f32::from(q2);
+            y[l + 64] = scale(2) * f32::from(q3);
+            y[l + 96] = scale(3) * f32::from(q4);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
