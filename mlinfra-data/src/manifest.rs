@@ -290,7 +290,8 @@ fn digest(hasher: &blake3::Hasher) -> String {
     format!("blake3:{}", hasher.finalize().to_hex())
 }
 
-/// The fingerprint of a schema: a hash of its canonical form (see [`canonical_field`]).
+/// The fingerprint of a schema: a hash of its canonical form, one `"name":type:nullability`
+/// line per field, nested types spelled out with their children.
 /// Schema metadata (pandas' and Spark's JSON blobs) is left out: it does not change the data.
 pub fn schema_fingerprint(schema: &Schema) -> String {
     let mut canonical = String::from("mlinfra-schema-v1\n");

@@ -42,7 +42,17 @@ const TRAILER_LEN: usize = 10;
 /// An encapsulated message starts with a continuation marker and its metadata length.
 const CONTINUATION: [u8; 4] = [0xff; 4];
 
-/// A memory-mapped Arrow IPC file; see the [module docs](self).
+/// A memory-mapped Arrow IPC file whose arrays point into the mapping.
+///
+/// The whole file is one Arrow buffer owned by the map; decoded arrays are slices of it, and a
+/// buffer misaligned for its type is refused rather than silently copied (files written by
+/// [`IpcCache`](crate::IpcCache) are 64-byte aligned). Every footer offset is checked against
+/// the file, array data is validated on decode, and decoder panics are contained: a malformed
+/// file is a typed [`Error`], never a panic or an out-of-bounds read.
+///
+/// Opening reads the footer and one message header per batch; a batch is decoded on first use
+/// ([`IpcFile::batch`]) and kept.
+///
 ///
 /// The mapping assumes the file is not truncated or rewritten while open (files this crate
 /// writes are renamed into place once complete and never modified). Truncation by another

@@ -80,7 +80,7 @@ pub use self::safetensors::{SafetensorsFile, SafetensorsTensor, SafetensorsTenso
 pub use ::safetensors::Dtype as SafetensorsDtype;
 pub use ggml_type::GgmlType;
 
-/// The format of a tensor file, as named in [`Error::TensorFile`].
+/// The format of a tensor file, as named in [`Error::TensorFile`](crate::Error::TensorFile).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum TensorFormat {
