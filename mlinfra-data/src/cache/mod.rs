@@ -69,6 +69,38 @@ struct CacheIndex {
     columns: Vec<String>,
     schema_fingerprint: String,
     files: Vec<CacheFileEntry>,
+    /// Size and modification time of each source file at build time: the cheap staleness
+    /// check of [`IpcCacheBuilder::open_or_create`].
+    sources: Vec<SourceStamp>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SourceStamp {
+    path: String,
+    bytes: u64,
+    /// Modification time, nanoseconds since the Unix epoch.
+    modified_ns: u64,
+}
+
+fn source_stamps(dataset: &Dataset) -> Result<Vec<SourceStamp>> {
+    dataset
+        .shards()
+        .iter()
+        .map(|shard| {
+            let path = shard.path();
+            let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
+            let modified = meta.modified().map_err(|e| Error::io(path, e))?;
+            let modified_ns = modified
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
+            Ok(SourceStamp {
+                path: path.to_string_lossy().into_owned(),
+                bytes: meta.len(),
+                modified_ns,
+            })
+        })
+        .collect()
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -125,21 +157,27 @@ impl IpcCacheBuilder {
         self
     }
 
-    /// Opens the cache in the directory if it was built from this dataset (same fingerprint)
-    /// with the same columns; otherwise builds it, replacing a stale cache.
+    /// Opens the cache in the directory if it was built from this dataset with the same
+    /// columns; otherwise builds it, replacing a stale cache.
+    ///
+    /// "This dataset" is decided cheaply first: when every source file still has the size and
+    /// modification time recorded at build time, the cache is reused without reading the
+    /// source (the check `make` and `rsync` rely on). Otherwise the source is hashed and the
+    /// cache reused only if the fingerprint is unchanged (a `touch` costs one hash, not a
+    /// rebuild). Rewriting a file in place with the same size *and* restoring its mtime defeats
+    /// the cheap check; call [`Manifest::verify`](crate::Manifest::verify) when that matters.
     ///
     /// # Errors
     ///
     /// As [`IpcCacheBuilder::create`]; a damaged existing cache is rebuilt, not an error.
     pub fn open_or_create(self) -> Result<IpcCache> {
-        if self.dir.join(INDEX_FILE).exists() {
-            let fingerprint = self.dataset.fingerprint()?;
-            if let Ok(cache) = IpcCache::open(&self.dir)
-                && cache.index.source_fingerprint == fingerprint
-                && cache.index.columns == column_names(&self.dataset)
-            {
-                return Ok(cache);
-            }
+        if self.dir.join(INDEX_FILE).exists()
+            && let Ok(cache) = IpcCache::open(&self.dir)
+            && cache.index.columns == column_names(&self.dataset)
+            && (cache.index.sources == source_stamps(&self.dataset)?
+                || cache.index.source_fingerprint == self.dataset.fingerprint()?)
+        {
+            return Ok(cache);
         }
         self.create()
     }
@@ -177,6 +215,8 @@ impl IpcCacheBuilder {
 
     /// Writes the cache files and the index into `staging`.
     fn write_files(&self, staging: &Path) -> Result<CacheIndex> {
+        // Stamped before reading: a file changed during the build then fails the cheap check.
+        let sources = source_stamps(&self.dataset)?;
         let mut files: Vec<CacheFileEntry> = Vec::new();
         let mut current: Option<PartWriter> = None;
         for batch in self.dataset.scan().with_batch_size(self.batch_rows).build() {
@@ -200,6 +240,7 @@ impl IpcCacheBuilder {
         let index = CacheIndex {
             format: CACHE_FORMAT,
             source_fingerprint: self.dataset.fingerprint()?.to_owned(),
+            sources,
             columns: column_names(&self.dataset),
             schema_fingerprint: schema_fingerprint(self.dataset.schema()),
             files,

@@ -165,6 +165,23 @@ fn open_or_create_reuses_a_matching_cache_and_rebuilds_a_stale_one() {
     );
     assert_eq!(again.num_rows(), 2201);
 
+    // A source file touched (new mtime, same bytes): the cheap check fails, the fingerprint
+    // still matches, and the cache is reused.
+    let part = source.path().join("part-000.parquet");
+    let file = std::fs::File::options().append(true).open(&part).unwrap();
+    file.set_modified(std::time::SystemTime::now() + std::time::Duration::from_secs(5))
+        .unwrap();
+    drop(file);
+    open(source.path())
+        .ipc_cache(&dir)
+        .open_or_create()
+        .unwrap();
+    assert_eq!(
+        inode(&dir),
+        built,
+        "a touched source with the same bytes is not rebuilt"
+    );
+
     // Other columns: rebuilt.
     let projected = open(source.path()).project(&["id"]).unwrap();
     let cache = projected.ipc_cache(&dir).open_or_create().unwrap();
@@ -295,4 +312,41 @@ fn truncated_and_corrupted_ipc_files_never_panic() {
         "ipc bit flips: {refused} of 600 refused, the rest decoded"
     ));
     assert!(refused > 0);
+}
+
+/// The cheap staleness check trusts size and modification time, as documented: a file rewritten
+/// in place with both restored is not re-hashed. Pinned so the contract (and its cost: no read
+/// of the source on a warm open) stays what the docs say.
+#[test]
+fn open_or_create_trusts_unchanged_size_and_mtime_without_hashing() {
+    let source = tempfile::tempdir().unwrap();
+    write_dataset(source.path(), &layout());
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("cache");
+    let built = open(source.path())
+        .ipc_cache(&dir)
+        .open_or_create()
+        .unwrap();
+    let fingerprint = built.source_fingerprint().to_owned();
+    drop(built);
+
+    let part = source.path().join("part-001.parquet");
+    let mtime = std::fs::metadata(&part).unwrap().modified().unwrap();
+    let mut bytes = std::fs::read(&part).unwrap();
+    bytes[10] ^= 0xff;
+    std::fs::write(&part, &bytes).unwrap();
+    std::fs::File::options()
+        .append(true)
+        .open(&part)
+        .unwrap()
+        .set_modified(mtime)
+        .unwrap();
+
+    let dataset = open(source.path());
+    let cache = dataset.ipc_cache(&dir).open_or_create().unwrap();
+    // Served from the stamps: had the source been hashed, the new fingerprint would have made
+    // `open_or_create` rebuild, and the cache would record it.
+    assert_eq!(cache.source_fingerprint(), fingerprint);
+    // The manifest, which always hashes, sees the change.
+    assert_ne!(dataset.fingerprint().unwrap(), fingerprint);
 }
