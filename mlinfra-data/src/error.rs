@@ -96,6 +96,13 @@ pub enum Error {
         /// The name asked for.
         name: Box<str>,
     },
+    /// A [`Predicate`](crate::Predicate) does not fit the schema: a literal that does not fit
+    /// its column's type, or a column type predicates do not apply to (caller).
+    #[error("invalid predicate: {what}")]
+    InvalidPredicate {
+        /// What is wrong.
+        what: Box<str>,
+    },
     /// A row index is past the end of the dataset (caller).
     #[error("row {index} out of range ({rows} rows)")]
     RowOutOfRange {

@@ -30,7 +30,9 @@
 //!   project.
 //! - [`Dataset::take`]: random access by global row number, reading only the pages that hold the
 //!   rows ([`Dataset::bytes_read`] counts what was fetched).
-//! - [`Scan`] / [`ScanBuilder`]: streaming, in order, `readahead` row groups in flight.
+//! - [`Scan`] / [`ScanBuilder`]: streaming, in order, `readahead` row groups in flight;
+//!   [`ScanBuilder::with_filter`] takes a [`Predicate`] and skips row groups and pages that
+//!   cannot match.
 //! - [`Manifest`]: shards with content hashes; its hash is the dataset's fingerprint
 //!   ([`Dataset::fingerprint`]), and [`Manifest::verify`] finds changed or missing shards.
 //! - [`IpcCache`]: the dataset materialised as memory-mapped Arrow IPC files read without
@@ -41,8 +43,8 @@
 //! # Status
 //!
 //! Local files, directories and globs. Object stores (`s3://`, `gs://`, `az://`, `http(s)://`
-//! are recognised and refused with [`Error::UnsupportedScheme`]), predicate pruning, read
-//! coalescing and encrypted Parquet are the next milestones; the README's status table tracks
+//! are recognised and refused with [`Error::UnsupportedScheme`]), read coalescing and encrypted
+//! Parquet are the next milestones; the README's status table tracks
 //! what works.
 //!
 //! # Features
@@ -61,6 +63,7 @@ mod error;
 pub mod manifest;
 mod mmap;
 mod pool;
+pub mod predicate;
 mod read;
 pub mod scan;
 mod source;
@@ -72,5 +75,6 @@ pub use cache::{IpcCache, IpcCacheBuilder, IpcFile};
 pub use dataset::{DEFAULT_MAX_DECODED_BYTES, Dataset, DatasetBuilder, Shard};
 pub use error::{Error, Result};
 pub use manifest::{Manifest, ShardEntry, Verification};
+pub use predicate::Predicate;
 pub use scan::{Scan, ScanBuilder};
 pub use summary::{ColumnSummary, Summary};

@@ -17,13 +17,16 @@
 //! hangs waiting for a worker that died.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 
 use arrow::array::RecordBatch;
 use crossbeam_channel::Receiver;
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::arrow::ProjectionMask;
+use parquet::arrow::arrow_reader::{ArrowPredicateFn, ParquetRecordBatchReaderBuilder, RowFilter};
 
 use crate::dataset::Dataset;
 use crate::error::contain_panics;
+use crate::predicate::{Bound, Predicate};
 use crate::take::check_row_count;
 use crate::{Error, Result};
 
@@ -40,6 +43,7 @@ pub struct ScanBuilder {
     dataset: Dataset,
     batch_size: usize,
     readahead: usize,
+    filter: Option<Arc<Bound>>,
 }
 
 impl ScanBuilder {
@@ -60,19 +64,43 @@ impl ScanBuilder {
         self
     }
 
+    /// Only rows matching `predicate`; row groups and pages that cannot match are skipped
+    /// unread (see [`predicate`](crate::predicate)). The predicate may use columns outside
+    /// the projection.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NoSuchColumn`] or [`Error::InvalidPredicate`] when the predicate does not fit
+    /// the schema; checked now, before anything is read.
+    pub fn with_filter(mut self, predicate: Predicate) -> Result<Self> {
+        let bound = predicate.bind(self.dataset.file_schema())?;
+        self.filter = Some(Arc::new(bound));
+        Ok(self)
+    }
+
     /// Starts the scan: the first `readahead` row groups begin decoding now.
     pub fn build(self) -> Scan {
+        let filter = self.filter.clone();
         let tasks = self
             .dataset
             .shards()
             .iter()
             .enumerate()
-            .flat_map(|(shard, s)| (0..s.num_row_groups()).map(move |group| (shard, group)))
+            .flat_map(|(shard, s)| {
+                let groups = match &filter {
+                    Some(bound) => {
+                        bound.row_groups_to_read(s.metadata().metadata(), s.metadata().schema())
+                    }
+                    None => (0..s.num_row_groups()).collect(),
+                };
+                groups.into_iter().map(move |group| (shard, group))
+            })
             .collect();
         let mut scan = Scan {
             dataset: self.dataset,
             batch_size: self.batch_size,
             readahead: self.readahead,
+            filter: self.filter,
             tasks,
             in_flight: VecDeque::new(),
             current: Vec::new().into_iter(),
@@ -89,6 +117,7 @@ pub struct Scan {
     dataset: Dataset,
     batch_size: usize,
     readahead: usize,
+    filter: Option<Arc<Bound>>,
     /// Row groups not yet started, as (shard, row group), in dataset order.
     tasks: VecDeque<(usize, usize)>,
     /// Row groups started, oldest first: each receiver yields that row group's batches once.
@@ -116,6 +145,7 @@ impl Dataset {
             dataset: self.clone(),
             batch_size: DEFAULT_BATCH_SIZE,
             readahead: DEFAULT_READAHEAD,
+            filter: None,
         }
     }
 
@@ -126,24 +156,55 @@ impl Dataset {
         shard: usize,
         group: usize,
         batch_size: usize,
+        filter: Option<&Arc<Bound>>,
     ) -> Result<Vec<RecordBatch>> {
         let shard = &self.shards()[shard];
         let path = shard.path();
         contain_panics(path, || {
             self.check_decode_limit(shard, group)?;
-            let file = self.shard_reader(shard)?;
-            let batches =
-                ParquetRecordBatchReaderBuilder::new_with_metadata(file, shard.metadata().clone())
-                    .with_projection(self.mask(shard))
-                    .with_row_groups(vec![group])
-                    .with_batch_size(batch_size)
-                    .build()
-                    .map_err(|e| Error::parquet(path, e))?
-                    .map(|batch| self.arrange(batch.map_err(|e| Error::arrow(path, e))?, path))
-                    .collect::<Result<Vec<_>>>()?;
-            check_row_count(path, shard.rows_in_group(group), &batches)?;
+            let mut builder = ParquetRecordBatchReaderBuilder::new_with_metadata(
+                self.shard_reader(shard)?,
+                shard.metadata().clone(),
+            )
+            .with_projection(self.mask(shard))
+            .with_row_groups(vec![group])
+            .with_batch_size(batch_size);
+            if let Some(bound) = filter {
+                let metadata = shard.metadata().metadata();
+                let schema = shard.metadata().schema();
+                if let Some(selection) = bound.page_selection(metadata, schema, group) {
+                    if !selection.selects_any() {
+                        return Ok(Vec::new()); // no page can match: nothing read at all
+                    }
+                    builder = builder.with_row_selection(selection);
+                }
+                builder = builder.with_row_filter(self.row_filter(shard, bound));
+            }
+            let batches = builder
+                .build()
+                .map_err(|e| Error::parquet(path, e))?
+                .map(|batch| self.arrange(batch.map_err(|e| Error::arrow(path, e))?, path))
+                .collect::<Result<Vec<_>>>()?;
+            // A filter makes the count data-dependent; without one it must match the footer.
+            if filter.is_none() {
+                check_row_count(path, shard.rows_in_group(group), &batches)?;
+            }
             Ok(batches)
         })
+    }
+
+    /// The exact row filter: the predicate's columns are decoded first, the projection only
+    /// for rows that pass.
+    fn row_filter(&self, shard: &crate::Shard, bound: &Arc<Bound>) -> RowFilter {
+        let mut names = Vec::new();
+        bound.columns(&mut names);
+        let schema = shard.metadata().schema();
+        let roots = names.iter().filter_map(|name| schema.index_of(name).ok());
+        let mask = ProjectionMask::roots(shard.metadata().parquet_schema(), roots);
+        let bound = Arc::clone(bound);
+        RowFilter::new(vec![Box::new(ArrowPredicateFn::new(mask, move |batch| {
+            bound.evaluate(&batch)
+        }))])
     }
 }
 
@@ -157,10 +218,12 @@ impl Scan {
             let (sender, receiver) = crossbeam_channel::bounded(1);
             let dataset = self.dataset.clone();
             let batch_size = self.batch_size;
+            let filter = self.filter.clone();
             crate::pool::spawn(move || {
                 // `read_row_group` contains panics itself; a send error only means the scan was
                 // dropped, and the result is not wanted.
-                let _ = sender.send(dataset.read_row_group(shard, group, batch_size));
+                let _ =
+                    sender.send(dataset.read_row_group(shard, group, batch_size, filter.as_ref()));
             });
             self.in_flight.push_back(receiver);
         }

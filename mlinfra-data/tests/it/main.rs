@@ -5,4 +5,5 @@ mod corpus;
 mod dataset;
 mod fixtures;
 mod manifest;
+mod predicate;
 mod tensor_files;
