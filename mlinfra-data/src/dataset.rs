@@ -37,6 +37,8 @@ pub const DEFAULT_MAX_DECODED_BYTES: u64 = 1 << 30;
 pub struct DatasetBuilder {
     uri: String,
     max_decoded_bytes: u64,
+    #[cfg(feature = "encryption")]
+    decryption: Option<crate::Decryption>,
 }
 
 impl DatasetBuilder {
@@ -45,6 +47,8 @@ impl DatasetBuilder {
         Self {
             uri: uri.into(),
             max_decoded_bytes: DEFAULT_MAX_DECODED_BYTES,
+            #[cfg(feature = "encryption")]
+            decryption: None,
         }
     }
 
@@ -58,6 +62,29 @@ impl DatasetBuilder {
         self
     }
 
+    /// Decrypt the files with these keys (Parquet modular encryption).
+    #[cfg(feature = "encryption")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "encryption")))]
+    pub fn with_decryption(mut self, keys: crate::Decryption) -> Self {
+        self.decryption = Some(keys);
+        self
+    }
+
+    /// The reader options every shard is opened with.
+    fn reader_options(&self) -> Result<ArrowReaderOptions> {
+        // Page indexes let `take` read only the pages holding the requested rows; arrow-rs
+        // skips them unless asked. `Optional`: files without them still open.
+        let options = ArrowReaderOptions::new().with_page_index_policy(PageIndexPolicy::Optional);
+        #[cfg(feature = "encryption")]
+        if let Some(keys) = &self.decryption {
+            let properties = keys
+                .properties()
+                .map_err(|e| Error::parquet(Path::new(&self.uri), e))?;
+            return Ok(options.with_file_decryption_properties(properties));
+        }
+        Ok(options)
+    }
+
     /// Resolves the URI and reads every file's footer.
     ///
     /// # Errors
@@ -67,9 +94,10 @@ impl DatasetBuilder {
     /// for a file that cannot be opened; [`Error::SchemaMismatch`] when files disagree.
     pub fn build(self) -> Result<Dataset> {
         let files = source::resolve(&self.uri)?;
+        let options = self.reader_options()?;
         let mut shards: Vec<Shard> = files
             .into_par_iter()
-            .map(Shard::open)
+            .map(|path| Shard::open(path, options.clone()))
             .collect::<Result<_>>()?;
 
         // `resolve` never returns an empty list, so there is a first shard.
@@ -294,11 +322,8 @@ pub struct Shard {
 }
 
 impl Shard {
-    fn open(path: PathBuf) -> Result<Self> {
+    fn open(path: PathBuf, options: ArrowReaderOptions) -> Result<Self> {
         let file = File::open(&path).map_err(|e| Error::io(&path, e))?;
-        // Page indexes let `take` read only the pages holding the requested rows; arrow-rs skips
-        // them unless asked. `Optional`: files without them still open.
-        let options = ArrowReaderOptions::new().with_page_index_policy(PageIndexPolicy::Optional);
         let metadata = contain_panics(&path, || {
             ArrowReaderMetadata::load(&file, options).map_err(|e| Error::parquet(&path, e))
         })?;

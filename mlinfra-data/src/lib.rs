@@ -43,15 +43,15 @@
 //! # Status
 //!
 //! Local files, directories and globs. Object stores (`s3://`, `gs://`, `az://`, `http(s)://`
-//! are recognised and refused with [`Error::UnsupportedScheme`]), read coalescing and encrypted
-//! Parquet are the next milestones; the README's status table tracks
+//! are recognised and refused with [`Error::UnsupportedScheme`]) and read coalescing are the
+//! next milestones; the README's status table tracks
 //! what works.
 //!
 //! # Features
 //!
 //! | Name | Description | Default? |
 //! |---|---|---|
-//! | (none yet) | | |
+//! | `encryption` | Parquet modular encryption: [`DatasetBuilder::with_decryption`] (adds `ring`) | yes |
 
 #![warn(missing_docs)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
@@ -59,6 +59,8 @@
 pub mod cache;
 pub mod convert;
 mod dataset;
+#[cfg(feature = "encryption")]
+mod decryption;
 mod error;
 pub mod manifest;
 mod mmap;
@@ -73,6 +75,8 @@ pub mod tensor;
 
 pub use cache::{IpcCache, IpcCacheBuilder, IpcFile};
 pub use dataset::{DEFAULT_MAX_DECODED_BYTES, Dataset, DatasetBuilder, Shard};
+#[cfg(feature = "encryption")]
+pub use decryption::Decryption;
 pub use error::{Error, Result};
 pub use manifest::{Manifest, ShardEntry, Verification};
 pub use predicate::Predicate;

@@ -147,14 +147,150 @@ fn known_refusals_say_why() {
 }
 
 /// The encrypted files of the corpus (AES-GCM and AES-CTR, encrypted and plaintext footers).
-/// Without their keys they are refused with a typed error, never decoded as garbage. Reading
-/// them with the documented keys is still to do (parquet's `encryption` feature).
+/// Without their keys they are refused with a typed error, never decoded as garbage.
 #[test]
 fn encrypted_files_without_keys_are_refused() {
     let root = require_testdata!("parquet-testing/data");
-    read_corpus(&root, ".parquet.encrypted", 10, |name, outcome| {
+    read_corpus(&root, ".parquet.encrypted", 8, |name, outcome| {
         assert_refused(name, &outcome)
     });
+}
+
+/// The keys parquet-testing documents for its encrypted files (the same that Apache Arrow's
+/// and parquet-java's tests use): for `data/`, an AES-128 footer key and keys for the two
+/// encrypted columns; for `data/aes256/`, an AES-256 footer key and one key per column.
+#[cfg(feature = "encryption")]
+fn documented_keys(name: &str) -> mlinfra_data::Decryption {
+    use mlinfra_data::Decryption;
+    if name.starts_with("aes256/") {
+        let columns = [
+            "double_field",
+            "float_field",
+            "boolean_field",
+            "int32_field",
+            "ba_field",
+            "flba_field",
+            "int64_field.list.element",
+            "int96_field",
+        ];
+        let mut keys = Decryption::new(b"01234567890123456789012345678901");
+        for (i, column) in columns.iter().enumerate() {
+            keys =
+                keys.with_column_key(column, format!("123456789012345678901234567890{}", 12 + i));
+        }
+        keys
+    } else {
+        Decryption::new(b"0123456789012345")
+            .with_column_key("double_field", b"1234567890123450")
+            .with_column_key("float_field", b"1234567890123451")
+    }
+}
+
+/// With their documented keys, the AES-GCM files decrypt and hold the documented data: 50 rows
+/// where row `i` has, in columns 0, 1, 4, 5 and 7: `i % 2 == 0`, time `i` ms, `i * 1.1` (f32),
+/// `i * 1.1111111` (f64, `double_field`, encrypted with its own key) and `[i; 10]` (as
+/// parquet-testing's generator and arrow-rs's own tests state). The bloom-filter file holds
+/// other data (2000 rows) and is checked for its row count. AES-GCM-CTR and KMS-wrapped keys
+/// are refused, typed.
+#[cfg(feature = "encryption")]
+#[test]
+fn encrypted_files_decrypt_with_their_documented_keys() {
+    use arrow::array::AsArray;
+    use arrow::datatypes::{Float32Type, Float64Type, Time32MillisecondType};
+    use mlinfra_data::DatasetBuilder;
+
+    let root = require_testdata!("parquet-testing/data");
+    let open = |name: &str, keys: mlinfra_data::Decryption| {
+        DatasetBuilder::new(root.join(name).to_str().unwrap())
+            .with_decryption(keys)
+            .build()
+    };
+    let readable = [
+        ("uniform_encryption.parquet.encrypted", None),
+        ("encrypt_columns_and_footer.parquet.encrypted", None),
+        ("encrypt_columns_plaintext_footer.parquet.encrypted", None),
+        ("encrypt_columns_and_footer_aad.parquet.encrypted", None),
+        (
+            "encrypt_columns_and_footer_disable_aad_storage.parquet.encrypted",
+            Some(&b"tester"[..]),
+        ),
+        ("aes256/uniform_encryption.parquet.encrypted", None),
+        ("aes256/encrypt_columns_and_footer.parquet.encrypted", None),
+        (
+            "aes256/encrypt_columns_plaintext_footer.parquet.encrypted",
+            None,
+        ),
+        (
+            "aes256/encrypt_columns_and_footer_disable_aad_storage.parquet.encrypted",
+            Some(&b"tester"[..]),
+        ),
+    ];
+    for (name, aad_prefix) in readable {
+        let keys = match aad_prefix {
+            Some(prefix) => documented_keys(name).with_aad_prefix(prefix),
+            None => documented_keys(name),
+        };
+        let dataset = open(name, keys).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(dataset.num_rows(), 50, "{name}");
+        let mut i = 0usize;
+        for batch in dataset.scan().build() {
+            let batch = batch.unwrap_or_else(|e| panic!("{name}: {e}"));
+            // Positions as in the generator (arrow-rs's tests read them the same way).
+            let (booleans, times) = (batch.column(0), batch.column(1));
+            let (floats, doubles, fixed) = (batch.column(4), batch.column(5), batch.column(7));
+            for row in 0..batch.num_rows() {
+                let id = i + row;
+                assert_eq!(
+                    booleans.as_boolean().value(row),
+                    id.is_multiple_of(2),
+                    "{name}"
+                );
+                assert_eq!(
+                    times.as_primitive::<Time32MillisecondType>().value(row),
+                    id as i32
+                );
+                assert_eq!(
+                    floats.as_primitive::<Float32Type>().value(row),
+                    id as f32 * 1.1f32
+                );
+                assert_eq!(
+                    doubles.as_primitive::<Float64Type>().value(row),
+                    id as f64 * 1.1111111f64
+                );
+                assert_eq!(fixed.as_fixed_size_binary().value(row), [id as u8; 10]);
+            }
+            i += batch.num_rows();
+        }
+        assert_eq!(i, 50, "{name}");
+        log_line(&format!("corpus {name}: decrypted, 50 rows as documented"));
+    }
+
+    let name = "encrypt_columns_and_footer_bloom_filter.parquet.encrypted";
+    let dataset = open(name, documented_keys(name)).unwrap();
+    let rows: usize = dataset.scan().build().map(|b| b.unwrap().num_rows()).sum();
+    assert_eq!((rows, dataset.num_rows()), (2000, 2000));
+    log_line(&format!("corpus {name}: decrypted, 2000 rows"));
+
+    // A wrong key is a typed error, not garbage.
+    let wrong = mlinfra_data::Decryption::new(b"0000000000000000");
+    let name = "uniform_encryption.parquet.encrypted";
+    assert!(matches!(open(name, wrong), Err(Error::Parquet { .. })));
+
+    // Not supported by the reader, refused with a typed error: AES-GCM-CTR, and keys wrapped
+    // by a KMS (the file holds key metadata, not keys).
+    for name in [
+        "encrypt_columns_and_footer_ctr.parquet.encrypted",
+        "aes256/encrypt_columns_and_footer_ctr.parquet.encrypted",
+        "external_key_material_java.parquet.encrypted",
+    ] {
+        match open(name, documented_keys(name)) {
+            Err(error @ Error::Parquet { .. }) => log_line(&format!(
+                "corpus {name}: refused with keys: {error}: {:?}",
+                std::error::Error::source(&error).map(|s| s.to_string())
+            )),
+            other => panic!("{name}: {other:?}"),
+        }
+    }
 }
 
 /// The Parquet files OSS-Fuzz found crashing a reader (arrow-testing `data/parquet/fuzzing`):
