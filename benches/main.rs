@@ -1,9 +1,10 @@
 //! The one criterion binary of mlinfra; one module per layer.
 //!
-//! Run with: `cargo bench -p mlinfra-benches --bench main`
+//! Run with: `cargo bench -p mlinfra-benches --bench main` (add `-- data` for one group).
 
 use criterion::criterion_main;
 
+mod data;
 mod kernels;
 
-criterion_main!(kernels::benches);
+criterion_main!(data::benches, kernels::benches);
