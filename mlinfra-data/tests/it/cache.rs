@@ -23,6 +23,13 @@ fn open(dir: &Path) -> Dataset {
     Dataset::open(dir.to_str().unwrap()).unwrap()
 }
 
+/// A source dataset of `layout()`, and an empty directory to put caches in.
+fn source_and_root() -> (tempfile::TempDir, tempfile::TempDir) {
+    let source = tempfile::tempdir().unwrap();
+    write_dataset(source.path(), &layout());
+    (source, tempfile::tempdir().unwrap())
+}
+
 /// A cache of every column in several files of several batches each.
 fn small_cache(source: &Path, cache_dir: &Path) -> IpcCache {
     open(source)
@@ -35,9 +42,7 @@ fn small_cache(source: &Path, cache_dir: &Path) -> IpcCache {
 
 #[test]
 fn cache_take_equals_the_source_rows_in_request_order() {
-    let source = tempfile::tempdir().unwrap();
-    write_dataset(source.path(), &layout());
-    let root = tempfile::tempdir().unwrap();
+    let (source, root) = source_and_root();
     let cache = small_cache(source.path(), &root.path().join("cache"));
 
     assert_eq!(cache.num_rows(), 2201);
@@ -63,9 +68,7 @@ fn cache_take_equals_the_source_rows_in_request_order() {
 
 #[test]
 fn batches_cover_every_row_in_order_and_keep_the_projection_order() {
-    let source = tempfile::tempdir().unwrap();
-    write_dataset(source.path(), &layout());
-    let root = tempfile::tempdir().unwrap();
+    let (source, root) = source_and_root();
     let cache = open(source.path())
         .project(&["label", "id"])
         .unwrap()
@@ -103,9 +106,7 @@ fn buffer_spans(data: &ArrayData, spans: &mut Vec<(usize, usize)>) {
 
 #[test]
 fn cached_arrays_point_into_the_memory_mapping() {
-    let source = tempfile::tempdir().unwrap();
-    write_dataset(source.path(), &layout());
-    let root = tempfile::tempdir().unwrap();
+    let (source, root) = source_and_root();
     let cache = small_cache(source.path(), &root.path().join("cache"));
 
     let mut checked = 0;
@@ -138,9 +139,7 @@ fn cached_arrays_point_into_the_memory_mapping() {
 
 #[test]
 fn open_or_create_reuses_a_matching_cache_and_rebuilds_a_stale_one() {
-    let source = tempfile::tempdir().unwrap();
-    write_dataset(source.path(), &layout());
-    let root = tempfile::tempdir().unwrap();
+    let (source, root) = source_and_root();
     let dir = root.path().join("cache");
     let inode = |dir: &Path| {
         std::fs::metadata(dir.join("part-00000.arrow"))
@@ -221,9 +220,7 @@ fn create_refuses_a_directory_that_is_not_a_cache() {
 
 #[test]
 fn damaged_caches_are_typed_errors() {
-    let source = tempfile::tempdir().unwrap();
-    write_dataset(source.path(), &layout());
-    let root = tempfile::tempdir().unwrap();
+    let (source, root) = source_and_root();
     let dir = root.path().join("cache");
     small_cache(source.path(), &dir);
     let index_path = dir.join(mlinfra_data::cache::INDEX_FILE);
@@ -319,9 +316,7 @@ fn truncated_and_corrupted_ipc_files_never_panic() {
 /// of the source on a warm open) stays what the docs say.
 #[test]
 fn open_or_create_trusts_unchanged_size_and_mtime_without_hashing() {
-    let source = tempfile::tempdir().unwrap();
-    write_dataset(source.path(), &layout());
-    let root = tempfile::tempdir().unwrap();
+    let (source, root) = source_and_root();
     let dir = root.path().join("cache");
     let built = open(source.path())
         .ipc_cache(&dir)
