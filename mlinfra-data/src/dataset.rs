@@ -4,7 +4,6 @@
 //! per file and per row group. Rows are numbered `0..num_rows` across the files in sorted path
 //! order; [`Dataset::take`] and [`Dataset::scan`] read by that numbering.
 
-use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -12,10 +11,11 @@ use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
 use parquet::arrow::ProjectionMask;
 use parquet::arrow::arrow_reader::{ArrowReaderMetadata, ArrowReaderOptions};
-use parquet::file::metadata::PageIndexPolicy;
 use rayon::prelude::*;
 
 use crate::error::contain_panics;
+use crate::source::SourceFile;
+use crate::storage::{IoCounters, Location, ShardReader};
 use crate::{Error, Result, source};
 
 /// Default cap on the uncompressed page bytes of one row group's projected columns: 1 GiB.
@@ -37,19 +37,48 @@ pub const DEFAULT_MAX_DECODED_BYTES: u64 = 1 << 30;
 pub struct DatasetBuilder {
     uri: String,
     max_decoded_bytes: u64,
+    coalesce_gap: Option<u64>,
+    storage_options: Vec<(String, String)>,
     #[cfg(feature = "encryption")]
     decryption: Option<crate::Decryption>,
 }
 
 impl DatasetBuilder {
-    /// Options for the dataset at `uri`: a Parquet file, a directory, a glob, or a `file://` URI.
+    /// Options for the dataset at `uri`: a Parquet file, a directory, a glob, a `file://` URI,
+    /// or an object-store URI (`s3://bucket/prefix/`, `gs://`, `az://`, `https://host/x.parquet`)
+    /// when the crate has the store's feature.
     pub fn new(uri: impl Into<String>) -> Self {
         Self {
             uri: uri.into(),
             max_decoded_bytes: DEFAULT_MAX_DECODED_BYTES,
+            coalesce_gap: None,
+            storage_options: Vec::new(),
             #[cfg(feature = "encryption")]
             decryption: None,
         }
+    }
+
+    /// Merge reads of byte ranges at most `bytes` apart into one request, reading the gap
+    /// (see [how reads are made](crate::storage)).
+    ///
+    /// Defaults to [`DEFAULT_LOCAL_COALESCE_GAP`](crate::storage::DEFAULT_LOCAL_COALESCE_GAP)
+    /// for local files and
+    /// [`DEFAULT_REMOTE_COALESCE_GAP`](crate::storage::DEFAULT_REMOTE_COALESCE_GAP) for object
+    /// stores; 0 reads exactly the pages needed.
+    pub fn with_coalesce_gap(mut self, bytes: u64) -> Self {
+        self.coalesce_gap = Some(bytes);
+        self
+    }
+
+    /// An object-store configuration value, for example `("aws_endpoint",
+    /// "http://127.0.0.1:9000")` or `("aws_region", "eu-west-1")`: `object_store`'s
+    /// configuration keys, applied over what the environment sets (`AWS_*`, `GOOGLE_*`,
+    /// `AZURE_*`). Ignored for local files.
+    ///
+    /// An unknown key is [`Error::InvalidOption`] from [`build`](Self::build).
+    pub fn with_storage_option(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.storage_options.push((key.into(), value.into()));
+        self
     }
 
     /// Refuse to decode a row group whose projected columns hold more than `bytes` of
@@ -72,9 +101,7 @@ impl DatasetBuilder {
 
     /// The reader options every shard is opened with.
     fn reader_options(&self) -> Result<ArrowReaderOptions> {
-        // Page indexes let `take` read only the pages holding the requested rows; arrow-rs
-        // skips them unless asked. `Optional`: files without them still open.
-        let options = ArrowReaderOptions::new().with_page_index_policy(PageIndexPolicy::Optional);
+        let options = ArrowReaderOptions::new();
         #[cfg(feature = "encryption")]
         if let Some(keys) = &self.decryption {
             let properties = keys
@@ -90,14 +117,16 @@ impl DatasetBuilder {
     /// # Errors
     ///
     /// [`Error::NoFiles`], [`Error::InvalidUri`], [`Error::UnsupportedScheme`] for the URI;
-    /// [`Error::Io`], [`Error::Parquet`], [`Error::CorruptMetadata`], [`Error::DecoderPanic`]
-    /// for a file that cannot be opened; [`Error::SchemaMismatch`] when files disagree.
+    /// [`Error::InvalidOption`] for an unknown storage option; [`Error::Io`],
+    /// `Error::ObjectStore`, [`Error::Parquet`], [`Error::CorruptMetadata`],
+    /// [`Error::DecoderPanic`] for a file that cannot be opened; [`Error::SchemaMismatch`] when
+    /// files disagree.
     pub fn build(self) -> Result<Dataset> {
-        let files = source::resolve(&self.uri)?;
+        let files = source::resolve(&self.uri, &self.storage_options)?;
         let options = self.reader_options()?;
         let mut shards: Vec<Shard> = files
             .into_par_iter()
-            .map(|path| Shard::open(path, options.clone()))
+            .map(|file| Shard::open(file, options.clone()))
             .collect::<Result<_>>()?;
 
         // `resolve` never returns an empty list, so there is a first shard.
@@ -124,7 +153,8 @@ impl DatasetBuilder {
                 num_rows: first_row,
                 max_decoded_bytes: self.max_decoded_bytes,
                 manifest: std::sync::OnceLock::new(),
-                bytes_read: Arc::default(),
+                io: IoCounters::default(),
+                coalesce_gap: self.coalesce_gap,
             }),
             columns,
             arrangement: None,
@@ -165,8 +195,10 @@ pub(crate) struct Shared {
     max_decoded_bytes: u64,
     /// Computed on first use by [`Dataset::manifest`]: it reads every byte.
     pub(crate) manifest: std::sync::OnceLock<crate::Manifest>,
-    /// Data bytes fetched by `take` and `scan` ([`Dataset::bytes_read`]).
-    pub(crate) bytes_read: Arc<std::sync::atomic::AtomicU64>,
+    /// What `take` and `scan` fetched ([`Dataset::bytes_read`], [`Dataset::read_requests`]).
+    pub(crate) io: IoCounters,
+    /// [`DatasetBuilder::with_coalesce_gap`]; `None` for each location's default.
+    pub(crate) coalesce_gap: Option<u64>,
 }
 
 impl Dataset {
@@ -312,7 +344,11 @@ fn arrangement(columns: &[usize]) -> Option<Arc<[usize]>> {
 /// One Parquet file of a [`Dataset`]: where it is and how its rows are grouped.
 #[derive(Debug)]
 pub struct Shard {
+    /// The local path, or the object's URI.
     path: PathBuf,
+    location: Location,
+    /// The file's size when it was opened.
+    size: u64,
     metadata: ArrowReaderMetadata,
     first_row: u64,
     num_rows: u64,
@@ -322,11 +358,16 @@ pub struct Shard {
 }
 
 impl Shard {
-    fn open(path: PathBuf, options: ArrowReaderOptions) -> Result<Self> {
-        let file = File::open(&path).map_err(|e| Error::io(&path, e))?;
-        let metadata = contain_panics(&path, || {
-            ArrowReaderMetadata::load(&file, options).map_err(|e| Error::parquet(&path, e))
-        })?;
+    fn open(file: SourceFile, options: ArrowReaderOptions) -> Result<Self> {
+        let SourceFile {
+            path,
+            location,
+            listed_len,
+        } = file;
+        let reader = ShardReader::open(&path, &location, listed_len, None, None)?;
+        let size = reader.len();
+        let metadata = contain_panics(&path, || reader.load_metadata(options))?;
+        drop(reader);
         let mut row_group_starts = Vec::with_capacity(metadata.metadata().num_row_groups() + 1);
         let mut rows = 0u64;
         for group in metadata.metadata().row_groups() {
@@ -346,6 +387,8 @@ impl Shard {
         row_group_starts.push(rows);
         Ok(Shard {
             path,
+            location,
+            size,
             metadata,
             first_row: 0,
             num_rows: rows,
@@ -353,9 +396,18 @@ impl Shard {
         })
     }
 
-    /// The file's path.
+    /// The file's path; for an object in an object store, its URI (`s3://bucket/key`).
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The file's size in bytes when the dataset was opened.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    pub(crate) fn location(&self) -> &Location {
+        &self.location
     }
 
     /// Rows in this file (the sum of its row groups' counts).

@@ -35,11 +35,25 @@ pub enum Error {
         /// What is wrong with it.
         reason: &'static str,
     },
-    /// The URI names an object store this build cannot read yet (caller).
-    #[error("`{scheme}://` datasets are not supported yet (local paths and file:// are)")]
+    /// The URI names an object store this build was compiled without: enable the crate's
+    /// `s3`, `gcs`, `azure` or `http` feature (caller).
+    #[error(
+        "`{scheme}://` datasets need an object-store feature this build lacks (s3, gcs, azure, http)"
+    )]
     UnsupportedScheme {
         /// The URI scheme, for example `s3`.
         scheme: Box<str>,
+    },
+    /// An object-store request failed: not found, access denied, a network error, a bad
+    /// endpoint or credentials (external I/O, or caller for configuration).
+    #[cfg(feature = "remote")]
+    #[error("object store error on {uri}")]
+    ObjectStore {
+        /// The object or dataset URI the request was for.
+        uri: Box<str>,
+        /// What the store reported.
+        #[source]
+        source: Box<object_store::Error>,
     },
     /// A file is not valid Parquet, or a page in it failed to decode (input data).
     #[error("invalid parquet data in {path}")]

@@ -40,18 +40,26 @@
 //! - [`convert::Conversion`]: CSV and JSON lines to Parquet.
 //! - [`tensor::GgufFile`], [`tensor::SafetensorsFile`]: memory-mapped model weights.
 //!
-//! # Status
+//! # Where data lives
 //!
-//! Local files, directories and globs. Object stores (`s3://`, `gs://`, `az://`, `http(s)://`
-//! are recognised and refused with [`Error::UnsupportedScheme`]) and read coalescing are the
-//! next milestones; the README's status table tracks
-//! what works.
+//! Local files, directories and globs; and object stores: `s3://` (and S3-compatible servers
+//! through `aws_endpoint`), `gs://`, `az://`, `http(s)://`, configured from the environment
+//! and [`DatasetBuilder::with_storage_option`]. Every read goes through one path
+//! ([`storage`]): planned by arrow-rs's push decoders, bounds-checked, coalesced, counted.
 //!
 //! # Features
 //!
 //! | Name | Description | Default? |
 //! |---|---|---|
 //! | `encryption` | Parquet modular encryption: [`DatasetBuilder::with_decryption`] (adds `ring`) | yes |
+//! | `cloud` | all four object stores below | yes |
+//! | `s3` | `s3://` and S3-compatible stores | via `cloud` |
+//! | `gcs` | `gs://` | via `cloud` |
+//! | `azure` | `az://`, `abfs://` | via `cloud` |
+//! | `http` | `http(s)://` (one file per URI; WebDAV servers can list) | via `cloud` |
+//!
+//! The object stores add an HTTP client (reqwest, rustls with ring) and a small tokio runtime
+//! of the crate's own; `default-features = false, features = ["encryption"]` builds without.
 
 #![warn(missing_docs)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
@@ -66,9 +74,9 @@ pub mod manifest;
 mod mmap;
 mod pool;
 pub mod predicate;
-mod read;
 pub mod scan;
 mod source;
+pub mod storage;
 mod summary;
 pub mod take;
 pub mod tensor;

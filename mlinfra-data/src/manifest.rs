@@ -19,13 +19,14 @@
 //! [`Manifest::verify`] re-reads only shards whose size still matches.
 
 use std::fmt::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use arrow::datatypes::{DataType, Field, Schema};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::dataset::Dataset;
+use crate::storage::FileRef;
 use crate::{Error, Result};
 
 /// The manifest format this build writes and reads.
@@ -171,15 +172,36 @@ impl Manifest {
     /// Checks every shard against the manifest: present, same size, same content hash.
     /// Shards are checked in parallel; a shard whose size differs is not read.
     ///
+    /// Shards in object stores are reached with the environment's configuration (`AWS_*`,
+    /// ...); see [`Manifest::verify_with`] to pass options.
+    ///
     /// # Errors
     ///
     /// [`Error::Io`] for a shard that exists but cannot be read (a missing shard is reported in
     /// the [`Verification`], not as an error).
     pub fn verify(&self) -> Result<Verification> {
+        self.verify_with(&[] as &[(&str, &str)])
+    }
+
+    /// [`Manifest::verify`], with object-store options as
+    /// [`DatasetBuilder::with_storage_option`](crate::DatasetBuilder::with_storage_option)
+    /// takes them.
+    ///
+    /// # Errors
+    ///
+    /// As [`Manifest::verify`]; [`Error::InvalidOption`] for an unknown option.
+    pub fn verify_with<K: AsRef<str>, V: AsRef<str>>(
+        &self,
+        storage_options: &[(K, V)],
+    ) -> Result<Verification> {
+        let options: Vec<(String, String)> = storage_options
+            .iter()
+            .map(|(k, v)| (k.as_ref().to_owned(), v.as_ref().to_owned()))
+            .collect();
         let outcomes: Vec<Option<ShardOutcome>> = self
             .shards
             .par_iter()
-            .map(verify_shard)
+            .map(|entry| verify_shard(entry, &options))
             .collect::<Result<_>>()?;
         let mut verification = Verification::default();
         for outcome in outcomes.into_iter().flatten() {
@@ -197,14 +219,10 @@ enum ShardOutcome {
     Changed(ShardChange),
 }
 
-fn verify_shard(entry: &ShardEntry) -> Result<Option<ShardOutcome>> {
-    let path = PathBuf::from(&entry.uri);
-    let actual_bytes = match std::fs::metadata(&path) {
-        Ok(meta) => meta.len(),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Ok(Some(ShardOutcome::Missing(entry.uri.clone())));
-        }
-        Err(e) => return Err(Error::io(&path, e)),
+fn verify_shard(entry: &ShardEntry, options: &[(String, String)]) -> Result<Option<ShardOutcome>> {
+    let file = FileRef::from_uri(&entry.uri, options)?;
+    let Some((actual_bytes, _)) = file.stat()? else {
+        return Ok(Some(ShardOutcome::Missing(entry.uri.clone())));
     };
     let change = |actual_hash| {
         Some(ShardOutcome::Changed(ShardChange {
@@ -217,7 +235,7 @@ fn verify_shard(entry: &ShardEntry) -> Result<Option<ShardOutcome>> {
     if actual_bytes != entry.bytes {
         return Ok(change(None));
     }
-    let actual = content_hash(&path)?;
+    let actual = file.content_hash()?;
     Ok(if actual == entry.content_hash {
         None
     } else {
@@ -242,16 +260,16 @@ impl Dataset {
             .shards()
             .par_iter()
             .map(|shard| {
-                let path = shard.path();
-                let bytes = std::fs::metadata(path)
-                    .map_err(|e| Error::io(path, e))?
-                    .len();
+                let file = FileRef::of_shard(shard);
+                let (bytes, _) = file
+                    .stat()?
+                    .ok_or_else(|| Error::io(shard.path(), std::io::ErrorKind::NotFound.into()))?;
                 Ok(ShardEntry {
-                    uri: path.to_string_lossy().into_owned(),
+                    uri: shard.path().to_string_lossy().into_owned(),
                     bytes,
                     rows: shard.num_rows(),
                     row_group_rows: shard.row_group_rows().collect(),
-                    content_hash: content_hash(path)?,
+                    content_hash: file.content_hash()?,
                 })
             })
             .collect::<Result<_>>()?;
@@ -276,14 +294,11 @@ impl Dataset {
     }
 }
 
-/// `blake3:` and the hex BLAKE3 hash of the file at `path`, read through a memory map and
-/// hashed on all cores.
-pub(crate) fn content_hash(path: &Path) -> Result<String> {
-    let mut hasher = blake3::Hasher::new();
-    hasher
-        .update_mmap_rayon(path)
-        .map_err(|e| Error::io(path, e))?;
-    Ok(digest(&hasher))
+/// `blake3:` and the hex BLAKE3 hash of the local file at `path`, read through a memory map
+/// and hashed on all cores.
+#[cfg(test)]
+fn content_hash(path: &Path) -> Result<String> {
+    FileRef::Local(path).content_hash()
 }
 
 fn digest(hasher: &blake3::Hasher) -> String {

@@ -22,7 +22,8 @@ use std::sync::Arc;
 use arrow::array::RecordBatch;
 use crossbeam_channel::Receiver;
 use parquet::arrow::ProjectionMask;
-use parquet::arrow::arrow_reader::{ArrowPredicateFn, ParquetRecordBatchReaderBuilder, RowFilter};
+use parquet::arrow::arrow_reader::{ArrowPredicateFn, RowFilter};
+use parquet::arrow::push_decoder::ParquetPushDecoderBuilder;
 
 use crate::dataset::Dataset;
 use crate::error::contain_panics;
@@ -162,13 +163,12 @@ impl Dataset {
         let path = shard.path();
         contain_panics(path, || {
             self.check_decode_limit(shard, group)?;
-            let mut builder = ParquetRecordBatchReaderBuilder::new_with_metadata(
-                self.shard_reader(shard)?,
-                shard.metadata().clone(),
-            )
-            .with_projection(self.mask(shard))
-            .with_row_groups(vec![group])
-            .with_batch_size(batch_size);
+            let reader = self.shard_reader(shard)?;
+            let mut builder =
+                ParquetPushDecoderBuilder::new_with_metadata(shard.metadata().clone())
+                    .with_projection(self.mask(shard))
+                    .with_row_groups(vec![group])
+                    .with_batch_size(batch_size);
             if let Some(bound) = filter {
                 let metadata = shard.metadata().metadata();
                 let schema = shard.metadata().schema();
@@ -176,14 +176,20 @@ impl Dataset {
                     if !selection.selects_any() {
                         return Ok(Vec::new()); // no page can match: nothing read at all
                     }
-                    builder = builder.with_row_selection(selection);
+                    // The predicate cache (decode the filter column once, reuse it for the
+                    // output) widens the pages it fetches to whole batches, which would undo
+                    // the page pruning; when pages were pruned, decoding twice is cheaper.
+                    builder = builder
+                        .with_row_selection(selection)
+                        .with_max_predicate_cache_size(0);
                 }
                 builder = builder.with_row_filter(self.row_filter(shard, bound));
             }
-            let batches = builder
-                .build()
-                .map_err(|e| Error::parquet(path, e))?
-                .map(|batch| self.arrange(batch.map_err(|e| Error::arrow(path, e))?, path))
+            let decoder = builder.build().map_err(|e| Error::parquet(path, e))?;
+            let batches = reader
+                .decode(decoder)?
+                .into_iter()
+                .map(|batch| self.arrange(batch, path))
                 .collect::<Result<Vec<_>>>()?;
             // A filter makes the count data-dependent; without one it must match the footer.
             if filter.is_none() {

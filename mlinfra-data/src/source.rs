@@ -1,28 +1,41 @@
 //! Resolving a dataset URI to the list of Parquet files it names.
 //!
-//! Accepted today: a Parquet file, a directory (every `*.parquet` below it, recursively), a glob
-//! (`data/train-*.parquet`), each optionally prefixed by `file://`. Object-store schemes are
-//! recognised and refused with [`Error::UnsupportedScheme`] until the object-store reader lands.
+//! Accepted: a Parquet file, a directory (every `*.parquet` below it, recursively), a glob
+//! (`data/train-*.parquet`), each optionally prefixed by `file://`; and object-store URIs
+//! (`s3://`, `gs://`, `az://`, `http(s)://`, see [`storage::remote`](crate::storage)) when the
+//! crate is built with their features.
 //!
 //! The file order is the sorted path order, so a dataset's row numbering does not depend on
 //! the order a file system lists a directory in.
 
 use std::path::{Path, PathBuf};
 
+use crate::storage::Location;
 use crate::{Error, Result};
 
-/// Object-store schemes `object_store` understands; reserved for the remote reader.
-const OBJECT_STORE_SCHEMES: [&str; 7] = ["s3", "s3a", "gs", "az", "abfs", "http", "https"];
+/// Object-store schemes `object_store` understands.
+const OBJECT_STORE_SCHEMES: [&str; 10] = [
+    "s3", "s3a", "gs", "az", "adl", "azure", "abfs", "abfss", "http", "https",
+];
 
-/// The Parquet files `uri` names, in sorted order; never empty.
-pub(crate) fn resolve(uri: &str) -> Result<Vec<PathBuf>> {
+/// One file a dataset URI names.
+#[derive(Debug)]
+pub(crate) struct SourceFile {
+    /// The local path, or the object's URI.
+    pub(crate) path: PathBuf,
+    pub(crate) location: Location,
+    /// The object's size from the listing; local files are measured when opened.
+    pub(crate) listed_len: u64,
+}
+
+/// The Parquet files `uri` names, in sorted order; never empty. `options` configure object
+/// stores.
+pub(crate) fn resolve(uri: &str, options: &[(String, String)]) -> Result<Vec<SourceFile>> {
     let local = match uri.split_once("://") {
         None => uri,
         Some(("file", path)) => path,
         Some((scheme, _)) if OBJECT_STORE_SCHEMES.contains(&scheme) => {
-            return Err(Error::UnsupportedScheme {
-                scheme: scheme.into(),
-            });
+            return resolve_remote(uri, scheme, options);
         }
         Some(_) => {
             return Err(Error::InvalidUri {
@@ -54,7 +67,41 @@ pub(crate) fn resolve(uri: &str) -> Result<Vec<PathBuf>> {
         return Err(Error::NoFiles { uri: uri.into() });
     }
     files.sort();
-    Ok(files)
+    Ok(files
+        .into_iter()
+        .map(|path| SourceFile {
+            path,
+            location: Location::Local,
+            listed_len: 0,
+        })
+        .collect())
+}
+
+#[cfg(feature = "remote")]
+fn resolve_remote(
+    uri: &str,
+    _scheme: &str,
+    options: &[(String, String)],
+) -> Result<Vec<SourceFile>> {
+    Ok(crate::storage::remote::resolve(uri, options)?
+        .into_iter()
+        .map(|listed| SourceFile {
+            path: listed.uri,
+            location: Location::Remote(listed.object),
+            listed_len: listed.len,
+        })
+        .collect())
+}
+
+#[cfg(not(feature = "remote"))]
+fn resolve_remote(
+    _uri: &str,
+    scheme: &str,
+    _options: &[(String, String)],
+) -> Result<Vec<SourceFile>> {
+    Err(Error::UnsupportedScheme {
+        scheme: scheme.into(),
+    })
 }
 
 fn glob_files(uri: &str, pattern: &str) -> Result<Vec<PathBuf>> {
@@ -101,12 +148,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn object_store_schemes_are_refused_by_name() {
+    #[cfg(not(feature = "remote"))]
+    fn object_store_schemes_are_refused_by_name_without_the_features() {
         for (uri, scheme) in [
             ("s3://bucket/x.parquet", "s3"),
             ("https://host/x.parquet", "https"),
         ] {
-            match resolve(uri) {
+            match resolve(uri, &[]) {
                 Err(Error::UnsupportedScheme { scheme: got }) => assert_eq!(&*got, scheme),
                 other => panic!("{uri}: {other:?}"),
             }
@@ -115,14 +163,20 @@ mod tests {
 
     #[test]
     fn unknown_scheme_and_empty_path_are_invalid() {
-        assert!(matches!(resolve("ftp://x"), Err(Error::InvalidUri { .. })));
-        assert!(matches!(resolve(""), Err(Error::InvalidUri { .. })));
-        assert!(matches!(resolve("file://"), Err(Error::InvalidUri { .. })));
+        assert!(matches!(
+            resolve("ftp://x", &[]),
+            Err(Error::InvalidUri { .. })
+        ));
+        assert!(matches!(resolve("", &[]), Err(Error::InvalidUri { .. })));
+        assert!(matches!(
+            resolve("file://", &[]),
+            Err(Error::InvalidUri { .. })
+        ));
     }
 
     #[test]
     fn missing_path_is_io_not_found() {
-        match resolve("/definitely/not/here.parquet") {
+        match resolve("/definitely/not/here.parquet", &[]) {
             Err(Error::Io { source, .. }) => {
                 assert_eq!(source.kind(), std::io::ErrorKind::NotFound)
             }

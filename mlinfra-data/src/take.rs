@@ -3,22 +3,24 @@
 //! # How
 //!
 //! 1. The requested indices are sorted and deduplicated, then split by file and row group.
-//! 2. For each file holding requested rows, one reader is built over only those row groups, with
-//!    a [`RowSelection`] of the requested rows. With the file's offset index (the page index,
-//!    loaded at open), the reader fetches and decodes only the pages that hold selected rows.
-//!    Files are read in parallel (rayon).
+//! 2. For each file holding requested rows, one decoder is built over only those row groups,
+//!    with a [`RowSelection`] of the requested rows. With the file's offset index (the page
+//!    index, loaded at open), the decoder asks for, and decodes, only the pages that hold
+//!    selected rows; those reads are coalesced ([`storage`](crate::storage)). Files are read in
+//!    parallel (rayon).
 //! 3. The rows come back in sorted order; one `take` kernel puts them in the requested order,
 //!    repeating duplicates.
 //!
 //! # Costs
 //!
-//! Per file touched: one open and one reader. Per selected page: one read and one decode, for
-//! each projected column. Memory: the selected rows, twice (sorted, then reordered).
+//! Per file touched: one open and one decoder. Per selected page: one decode for each projected
+//! column, and at most one read (fewer when pages lie close together). Memory: the selected rows, twice (sorted, then reordered).
 
 use std::ops::Range;
 
 use arrow::array::{RecordBatch, UInt32Array};
-use parquet::arrow::arrow_reader::{ParquetRecordBatchReaderBuilder, RowSelection};
+use parquet::arrow::arrow_reader::RowSelection;
+use parquet::arrow::push_decoder::ParquetPushDecoderBuilder;
 
 use crate::dataset::{Dataset, Shard};
 use crate::error::contain_panics;
@@ -93,19 +95,20 @@ impl Dataset {
         for &group in &row_groups {
             self.check_decode_limit(shard, group)?;
         }
-        let file = self.shard_reader(shard)?;
+        let reader = self.shard_reader(shard)?;
         let path = shard.path();
         contain_panics(path, || {
-            let reader =
-                ParquetRecordBatchReaderBuilder::new_with_metadata(file, shard.metadata().clone())
-                    .with_projection(self.mask(shard))
-                    .with_row_groups(row_groups)
-                    .with_row_selection(selection)
-                    .with_batch_size(rows.len().max(1))
-                    .build()
-                    .map_err(|e| Error::parquet(path, e))?;
+            let decoder = ParquetPushDecoderBuilder::new_with_metadata(shard.metadata().clone())
+                .with_projection(self.mask(shard))
+                .with_row_groups(row_groups)
+                .with_row_selection(selection)
+                .with_batch_size(rows.len().max(1))
+                .build()
+                .map_err(|e| Error::parquet(path, e))?;
             let batches = reader
-                .map(|batch| self.arrange(batch.map_err(|e| Error::arrow(path, e))?, path))
+                .decode(decoder)?
+                .into_iter()
+                .map(|batch| self.arrange(batch, path))
                 .collect::<Result<Vec<_>>>()?;
             check_row_count(path, rows.len() as u64, &batches)?;
             Ok(batches)

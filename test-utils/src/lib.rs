@@ -36,6 +36,7 @@
 
 pub mod reference;
 pub mod rng;
+pub mod s3;
 
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};

@@ -41,6 +41,7 @@ pub use ipc_file::IpcFile;
 
 use crate::dataset::Dataset;
 use crate::manifest::schema_fingerprint;
+use crate::storage::FileRef;
 use crate::{Error, Result};
 
 /// The cache format this build writes and reads.
@@ -89,14 +90,12 @@ fn source_stamps(dataset: &Dataset) -> Result<Vec<SourceStamp>> {
         .iter()
         .map(|shard| {
             let path = shard.path();
-            let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
-            let modified = meta.modified().map_err(|e| Error::io(path, e))?;
-            let modified_ns = modified
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
+            let (bytes, modified_ns) = FileRef::of_shard(shard)
+                .stat()?
+                .ok_or_else(|| Error::io(path, std::io::ErrorKind::NotFound.into()))?;
             Ok(SourceStamp {
                 path: path.to_string_lossy().into_owned(),
-                bytes: meta.len(),
+                bytes,
                 modified_ns,
             })
         })

@@ -22,6 +22,14 @@ fn open_dir(dir: &Path) -> Dataset {
     Dataset::open(dir.to_str().unwrap()).unwrap()
 }
 
+/// Opened without read coalescing: every fetch is exactly a range the decoder asked for.
+fn open_dir_uncoalesced(dir: &Path) -> Dataset {
+    DatasetBuilder::new(dir.to_str().unwrap())
+        .with_coalesce_gap(0)
+        .build()
+        .unwrap()
+}
+
 #[test]
 fn open_reads_counts_from_footers() {
     let dir = tempfile::tempdir().unwrap();
@@ -351,7 +359,9 @@ fn take_reads_only_the_pages_holding_the_rows() {
     let path = dir.path().join("one.parquet");
     // One row group of 20,000 rows in pages of 100 rows: 200 pages per column.
     write_file(&path, 0..20_000, 20_000, 100);
-    let dataset = open_dir(dir.path()).project(&["id", "label"]).unwrap();
+    let dataset = open_dir_uncoalesced(dir.path())
+        .project(&["id", "label"])
+        .unwrap();
     assert_eq!(dataset.bytes_read(), 0, "opening reads no data pages");
 
     let rows = [5, 7, 12_345, 19_999];
@@ -371,6 +381,43 @@ fn take_reads_only_the_pages_holding_the_rows() {
         id_bytes + label_bytes
     ));
     assert_eq!(dataset.bytes_read(), id_bytes + label_bytes);
+    // Per column: the dictionary page with the first data page (adjacent ranges always merge),
+    // then the pages of rows 12,345 and 19,999.
+    assert_eq!(dataset.read_requests(), 6);
+}
+
+#[test]
+fn nearby_pages_are_fetched_in_one_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("one.parquet");
+    write_file(&path, 0..20_000, 20_000, 100);
+    // Rows on pages 0, 3 and 6 of each column: a few kilobytes apart.
+    let rows = [5, 305, 605];
+    let exact = open_dir_uncoalesced(dir.path())
+        .project(&["id", "label"])
+        .unwrap();
+    let coalesced = open_dir(dir.path()).project(&["id", "label"]).unwrap();
+    let from_exact = exact.take(&rows).unwrap();
+    assert_eq!(coalesced.take(&rows).unwrap(), from_exact);
+    assert_rows(&from_exact, &rows);
+    mlinfra_test_utils::log_line(&format!(
+        "coalescing: {} requests for {} bytes exactly, {} request(s) for {} bytes coalesced",
+        exact.read_requests(),
+        exact.bytes_read(),
+        coalesced.read_requests(),
+        coalesced.bytes_read()
+    ));
+    // Exactly: per column, dictionary + page 0, then pages 3 and 6. Coalesced: one per column,
+    // reading the pages in between too.
+    assert_eq!(exact.read_requests(), 6);
+    assert_eq!(coalesced.read_requests(), 2);
+    assert!(coalesced.bytes_read() > exact.bytes_read());
+    // Each merge reads at most one gap's worth of bytes nobody asked for.
+    let merges = exact.read_requests() - coalesced.read_requests();
+    assert!(
+        coalesced.bytes_read() - exact.bytes_read()
+            <= merges * mlinfra_data::storage::DEFAULT_LOCAL_COALESCE_GAP
+    );
 }
 
 #[test]

@@ -5,5 +5,7 @@ mod corpus;
 mod dataset;
 mod fixtures;
 mod manifest;
+#[cfg(feature = "s3")]
+mod object_store;
 mod predicate;
 mod tensor_files;
