@@ -16,8 +16,8 @@
 #    mlinfra IPC cache built from it (in the same data directory).
 # 5. One Markdown table with the ratios. The raw JSON lines stay in $out (printed at the end).
 #
-# Environment: ROWS, ROW_GROUP_ROWS, DATA_PAGE_SIZE (bytes), BATCH_SIZE (mlinfra's scan batch,
-# default 8192 = the crate's default), SCAN_REPS, TAKE_REPS, DATASET_TAKE_REPS (pyarrow's
+# Environment: ROWS, ROW_GROUP_ROWS, DATA_PAGE_SIZE (bytes), BATCH_SIZE (mlinfra's scan batch
+# in rows; unset = the crate's default, sized in bytes), SCAN_REPS, TAKE_REPS, DATASET_TAKE_REPS (pyarrow's
 # dataset take needs ~0.4 s a call, so it gets fewer reps), SEED.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
@@ -29,7 +29,7 @@ scan_reps=${SCAN_REPS:-5}
 take_reps=${TAKE_REPS:-200}
 dataset_take_reps=${DATASET_TAKE_REPS:-20}
 seed=${SEED:-42}
-batch_size=${BATCH_SIZE:-8192}
+batch_size=${BATCH_SIZE:-}
 venv=${MLINFRA_BENCH_VENV:-$HOME/.cache/mlinfra/venvs/pyarrow-bench}
 data_root=${MLINFRA_BENCH_DATA:-$HOME/.cache/mlinfra/bench-data}
 data=$data_root/emb64-rows$rows-rg$row_group_rows-page$data_page_size
@@ -62,7 +62,7 @@ printf '== pyarrow\n' >&2
 printf '== mlinfra\n' >&2
 cargo run --release --quiet -p mlinfra-benches --bin data_compare -- \
     --data "$data/data.parquet" --cache "$data/mlinfra-cache" --threads 1,2 \
-    --scan-reps "$scan_reps" --batch-size "$batch_size" --take-reps "$take_reps" --seed "$seed" \
+    --scan-reps "$scan_reps" ${batch_size:+--batch-size "$batch_size"} --take-reps "$take_reps" --seed "$seed" \
     | tee "$out/mlinfra.jsonl" >&2
 
 load after

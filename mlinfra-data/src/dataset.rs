@@ -294,11 +294,12 @@ impl Dataset {
         }
     }
 
-    /// Checks that decoding `row_group` of `shard` stays under the decode cap.
-    pub(crate) fn check_decode_limit(&self, shard: &Shard, row_group: usize) -> Result<()> {
+    /// Uncompressed page bytes of this view's columns in `row_group` of `shard`, as the footer
+    /// states them (untrusted: saturating).
+    pub(crate) fn projected_uncompressed_bytes(&self, shard: &Shard, row_group: usize) -> u64 {
         let parquet_schema = shard.metadata.parquet_schema();
         let group = &shard.metadata.metadata().row_groups()[row_group];
-        let bytes: u64 = group
+        group
             .columns()
             .iter()
             .enumerate()
@@ -307,7 +308,12 @@ impl Dataset {
                     .contains(&parquet_schema.get_column_root_idx(*leaf))
             })
             .map(|(_, column)| u64::try_from(column.uncompressed_size()).unwrap_or(u64::MAX))
-            .fold(0u64, u64::saturating_add);
+            .fold(0u64, u64::saturating_add)
+    }
+
+    /// Checks that decoding `row_group` of `shard` stays under the decode cap.
+    pub(crate) fn check_decode_limit(&self, shard: &Shard, row_group: usize) -> Result<()> {
+        let bytes = self.projected_uncompressed_bytes(shard, row_group);
         let limit = self.shared.max_decoded_bytes;
         if bytes > limit {
             return Err(Error::DecodeLimit {

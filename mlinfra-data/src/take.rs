@@ -3,18 +3,18 @@
 //! # How
 //!
 //! 1. The requested indices are sorted and deduplicated, then split by file and row group.
-//! 2. For each file holding requested rows, one decoder is built over only those row groups,
-//!    with a [`RowSelection`] of the requested rows. With the file's offset index (the page
-//!    index, loaded at open), the decoder asks for, and decodes, only the pages that hold
-//!    selected rows; those reads are coalesced ([`storage`](crate::storage)). Files are read in
-//!    parallel (rayon).
+//! 2. For each row group holding requested rows, one decoder is built, with a [`RowSelection`]
+//!    of the requested rows. With the file's offset index (the page index, loaded at open), the
+//!    decoder asks for, and decodes, only the pages that hold selected rows; those reads are
+//!    coalesced ([`storage`](crate::storage)). Row groups are read in parallel (rayon).
 //! 3. The rows come back in sorted order; one `take` kernel puts them in the requested order,
 //!    repeating duplicates.
 //!
 //! # Costs
 //!
-//! Per file touched: one open and one decoder. Per selected page: one decode for each projected
-//! column, and at most one read (fewer when pages lie close together). Memory: the selected rows, twice (sorted, then reordered).
+//! Per row group touched: one file open and one decoder. Per selected page: one decode for
+//! each projected column, and at most one read (fewer when pages lie close together). Memory:
+//! the selected rows, twice (sorted, then reordered).
 
 use std::ops::Range;
 
@@ -51,8 +51,8 @@ impl Dataset {
         sorted.sort_unstable();
         sorted.dedup();
 
-        let per_shard = self.split_by_shard(&sorted);
-        let parts: Vec<Vec<RecordBatch>> = per_shard
+        let per_group = self.split_by_row_group(&sorted);
+        let parts: Vec<Vec<RecordBatch>> = per_group
             .into_par_iter()
             .map(|(shard, local_rows)| self.read_rows(&self.shards()[shard], &local_rows))
             .collect::<Result<_>>()?;
@@ -76,17 +76,26 @@ impl Dataset {
             .map_err(|e| Error::arrow(self.shards()[0].path(), e))
     }
 
-    /// Sorted, unique global rows grouped as (shard, file-local rows), in shard order.
-    fn split_by_shard(&self, sorted: &[u64]) -> Vec<(usize, Vec<u64>)> {
-        let mut groups: Vec<(usize, Vec<u64>)> = Vec::new();
+    /// Sorted, unique global rows grouped as (shard, file-local rows of one row group), in
+    /// dataset order: the unit of parallel work.
+    fn split_by_row_group(&self, sorted: &[u64]) -> Vec<(usize, Vec<u64>)> {
+        let mut groups: Vec<(usize, usize, Vec<u64>)> = Vec::new();
         for &row in sorted {
             let (shard, local) = self.locate(row);
+            let (group, _) = self.shards()[shard].row_group_of(local);
             match groups.last_mut() {
-                Some((last, rows)) if *last == shard => rows.push(local),
-                _ => groups.push((shard, vec![local])),
+                Some((last_shard, last_group, rows))
+                    if (*last_shard, *last_group) == (shard, group) =>
+                {
+                    rows.push(local)
+                }
+                _ => groups.push((shard, group, vec![local])),
             }
         }
         groups
+            .into_iter()
+            .map(|(shard, _, rows)| (shard, rows))
+            .collect()
     }
 
     /// Reads the sorted, unique file-local `rows` of `shard`, in that order.

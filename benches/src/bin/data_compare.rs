@@ -41,7 +41,8 @@ struct Options {
     cache: Option<PathBuf>,
     threads: Vec<usize>,
     scan_reps: usize,
-    batch_size: usize,
+    /// `None`: the crate's default (sized in bytes per row group).
+    batch_size: Option<usize>,
     take_rows: usize,
     take_reps: usize,
     parquet_take_reps: Option<usize>,
@@ -57,7 +58,7 @@ fn parse() -> anyhow::Result<Options> {
         cache: None,
         threads: vec![1, 2],
         scan_reps: 5,
-        batch_size: mlinfra_data::scan::DEFAULT_BATCH_SIZE,
+        batch_size: None,
         take_rows: mlinfra_benches::TAKE_ROWS,
         take_reps: 200,
         parquet_take_reps: None,
@@ -91,7 +92,7 @@ fn parse() -> anyhow::Result<Options> {
                     .collect::<anyhow::Result<_>>()?;
             }
             "--scan-reps" => options.scan_reps = number()?.max(1),
-            "--batch-size" => options.batch_size = number()?,
+            "--batch-size" => options.batch_size = Some(number()?),
             "--take-rows" => options.take_rows = number()?,
             "--take-reps" => options.take_reps = number()?.max(1),
             "--parquet-take-reps" => options.parquet_take_reps = Some(number()?),
@@ -132,7 +133,11 @@ fn scan(options: &Options, uri: &str) -> anyhow::Result<()> {
     let run = || -> anyhow::Result<(u64, u64)> {
         let dataset = Dataset::open(uri)?.project(&DATA_COLUMNS)?;
         let (mut rows, mut bytes) = (0, 0);
-        for batch in dataset.scan().with_batch_size(options.batch_size).build() {
+        let mut scan = dataset.scan();
+        if let Some(rows) = options.batch_size {
+            scan = scan.with_batch_size(rows);
+        }
+        for batch in scan.build() {
             let batch = black_box(batch?);
             rows += batch.num_rows() as u64;
             bytes += decoded_bytes(&batch);

@@ -131,7 +131,14 @@ pub(crate) fn resolve(uri: &str, options: &[(String, String)]) -> Result<Vec<Lis
         list(remote, prefix)?
             .map_err(error)?
             .into_iter()
-            .filter(|meta| pattern.matches(meta.location.as_ref()))
+            // `*` stays inside one path part, as in a shell and the local glob.
+            .filter(|meta| {
+                let options = glob::MatchOptions {
+                    require_literal_separator: true,
+                    ..glob::MatchOptions::new()
+                };
+                pattern.matches_with(meta.location.as_ref(), options)
+            })
             .collect()
     } else {
         let head = {

@@ -439,3 +439,48 @@ fn a_footer_pointing_past_the_end_is_refused_before_allocating() {
         other => panic!("{other:?}"),
     }
 }
+
+#[test]
+fn the_default_scan_batch_is_sized_in_bytes() {
+    use std::sync::Arc;
+
+    use arrow::array::{FixedSizeListArray, Float32Array, RecordBatch};
+    use arrow::datatypes::{DataType, Field, Schema};
+
+    // Rows of 256 floats (1 KiB): 8,192-row batches would be 8 MiB.
+    let dir = tempfile::tempdir().unwrap();
+    let item = Arc::new(Field::new("item", DataType::Float32, false));
+    let schema = Arc::new(Schema::new(vec![Field::new(
+        "emb",
+        DataType::FixedSizeList(Arc::clone(&item), 256),
+        false,
+    )]));
+    let rows = 3_000;
+    let values = Float32Array::from_iter_values((0..rows * 256).map(|v| v as f32));
+    let emb = FixedSizeListArray::new(item, 256, Arc::new(values), None);
+    let batch = RecordBatch::try_new(Arc::clone(&schema), vec![Arc::new(emb)]).unwrap();
+    let file = std::fs::File::create(dir.path().join("wide.parquet")).unwrap();
+    let mut writer = parquet::arrow::ArrowWriter::try_new(file, schema, None).unwrap();
+    writer.write(&batch).unwrap();
+    writer.close().unwrap();
+
+    let dataset = open_dir(dir.path());
+    let sizes: Vec<usize> = dataset
+        .scan()
+        .build()
+        .map(|b| b.unwrap().num_rows())
+        .collect();
+    assert_eq!(sizes.iter().sum::<usize>(), rows);
+    // 512 KiB over a little more than 1 KiB per row (the footer's uncompressed size counts
+    // page headers and encoding overhead too): under 512 rows, far under 8,192.
+    assert!((256..=512).contains(&sizes[0]), "{sizes:?}");
+    assert!(sizes.iter().all(|&n| n <= sizes[0]), "{sizes:?}");
+    // An explicit size wins.
+    let explicit: Vec<usize> = dataset
+        .scan()
+        .with_batch_size(2_000)
+        .build()
+        .map(|b| b.unwrap().num_rows())
+        .collect();
+    assert_eq!(explicit, vec![2_000, 1_000]);
+}

@@ -151,6 +151,11 @@ fn globs_and_single_objects_resolve() {
     let globbed = open(&server, "s3://datasets/train/*.parquet").unwrap();
     assert_eq!(globbed.num_rows(), local.num_rows());
     assert_eq!(globbed.shards().len(), 3);
+    // `*` does not cross `/`: nothing sits directly under the bucket.
+    assert!(matches!(
+        open(&server, "s3://datasets/*.parquet"),
+        Err(Error::NoFiles { .. })
+    ));
 }
 
 #[test]
