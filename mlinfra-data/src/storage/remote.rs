@@ -117,10 +117,7 @@ pub(crate) fn object(uri: &str, options: &[(String, String)]) -> Result<RemoteOb
 pub(crate) fn resolve(uri: &str, options: &[(String, String)]) -> Result<Vec<ListedObject>> {
     let (store, path) = open_store(uri, options)?;
     let remote = &store.store;
-    let error = |source| Error::ObjectStore {
-        uri: uri.into(),
-        source: Box::new(source),
-    };
+    let error = |source| store_error(uri, source);
     let text = path.as_ref().to_owned();
     let metas: Vec<ObjectMeta> = if let Some(glob_at) = text.find(['*', '?', '[']) {
         let pattern = glob::Pattern::new(&text).map_err(|_| Error::InvalidUri {
@@ -202,6 +199,10 @@ fn is_dataset_file(prefix: &ObjectPath, location: &ObjectPath) -> bool {
 }
 
 /// The store for `uri` and the object path inside it.
+#[cfg_attr(
+    not(any(feature = "s3", feature = "gcs", feature = "azure", feature = "http")),
+    allow(unreachable_code, unused_variables)
+)]
 fn open_store(uri: &str, options: &[(String, String)]) -> Result<(Arc<RemoteStore>, ObjectPath)> {
     let invalid = |reason| Error::InvalidUri {
         uri: uri.into(),
@@ -210,39 +211,42 @@ fn open_store(uri: &str, options: &[(String, String)]) -> Result<(Arc<RemoteStor
     let url = Url::parse(uri).map_err(|_| invalid("not a valid URL"))?;
     let (scheme, path) = ObjectStoreScheme::parse(&url).map_err(|_| invalid("unknown scheme"))?;
     install_crypto_provider();
+    // Each store's builder: configured by `options` over the environment, then built. A macro
+    // because the builders share method names but no trait.
+    #[allow(unused_macros)] // used by none when `remote` is enabled alone
+    macro_rules! build {
+        ($builder:expr) => {{
+            let mut builder = $builder;
+            for (key, value) in options {
+                let Ok(config_key) = key.to_ascii_lowercase().parse() else {
+                    return Err(Error::InvalidOption {
+                        option: "with_storage_option",
+                        reason: format!("`{key}` is not a configuration key of this object store")
+                            .into(),
+                    });
+                };
+                builder = builder.with_config(config_key, value);
+            }
+            Arc::new(builder.build().map_err(|e| store_error(uri, e))?)
+        }};
+    }
     let store: Arc<dyn ObjectStore> = match scheme {
         #[cfg(feature = "s3")]
         ObjectStoreScheme::AmazonS3 => {
-            let builder = object_store::aws::AmazonS3Builder::from_env().with_url(uri);
-            let builder = configure(builder, options, |b, k, v| {
-                Some(b.with_config(k.parse().ok()?, v))
-            })?;
-            Arc::new(builder.build().map_err(|e| store_error(uri, e))?)
+            build!(object_store::aws::AmazonS3Builder::from_env().with_url(uri))
         }
         #[cfg(feature = "gcs")]
         ObjectStoreScheme::GoogleCloudStorage => {
-            let builder = object_store::gcp::GoogleCloudStorageBuilder::from_env().with_url(uri);
-            let builder = configure(builder, options, |b, k, v| {
-                Some(b.with_config(k.parse().ok()?, v))
-            })?;
-            Arc::new(builder.build().map_err(|e| store_error(uri, e))?)
+            build!(object_store::gcp::GoogleCloudStorageBuilder::from_env().with_url(uri))
         }
         #[cfg(feature = "azure")]
         ObjectStoreScheme::MicrosoftAzure => {
-            let builder = object_store::azure::MicrosoftAzureBuilder::from_env().with_url(uri);
-            let builder = configure(builder, options, |b, k, v| {
-                Some(b.with_config(k.parse().ok()?, v))
-            })?;
-            Arc::new(builder.build().map_err(|e| store_error(uri, e))?)
+            build!(object_store::azure::MicrosoftAzureBuilder::from_env().with_url(uri))
         }
         #[cfg(feature = "http")]
         ObjectStoreScheme::Http => {
             let base = &url[..url::Position::BeforePath];
-            let builder = object_store::http::HttpBuilder::new().with_url(base);
-            let builder = configure(builder, options, |b, k, v| {
-                Some(b.with_config(k.parse().ok()?, v))
-            })?;
-            Arc::new(builder.build().map_err(|e| store_error(uri, e))?)
+            build!(object_store::http::HttpBuilder::new().with_url(base))
         }
         _ => {
             return Err(Error::UnsupportedScheme {
@@ -252,23 +256,6 @@ fn open_store(uri: &str, options: &[(String, String)]) -> Result<(Arc<RemoteStor
     };
     let root = store_root(&url, &path);
     Ok((Arc::new(RemoteStore { store, root }), path))
-}
-
-/// Applies `options` to a store builder through `set`; an unknown key is
-/// [`Error::InvalidOption`].
-fn configure<B>(
-    mut builder: B,
-    options: &[(String, String)],
-    set: impl Fn(B, &str, &str) -> Option<B>,
-) -> Result<B> {
-    for (key, value) in options {
-        builder =
-            set(builder, &key.to_ascii_lowercase(), value).ok_or_else(|| Error::InvalidOption {
-                option: "with_storage_option",
-                reason: format!("`{key}` is not a configuration key of this object store").into(),
-            })?;
-    }
-    Ok(builder)
 }
 
 fn store_error(uri: &str, source: object_store::Error) -> Error {

@@ -60,6 +60,12 @@ fn open_local(dir: &Path) -> Dataset {
     Dataset::open(dir.to_str().unwrap()).unwrap()
 }
 
+/// The file name of the dataset's first shard.
+fn first_file_name(dataset: &Dataset) -> String {
+    let path = dataset.shards()[0].path();
+    path.file_name().unwrap().to_str().unwrap().to_owned()
+}
+
 #[test]
 fn an_s3_prefix_reads_like_the_local_copy() {
     let Some((server, dir)) = uploaded() else {
@@ -137,12 +143,7 @@ fn globs_and_single_objects_resolve() {
         return;
     };
     let local = open_local(dir.path());
-    let first = local.shards()[0]
-        .path()
-        .file_name()
-        .unwrap()
-        .to_str()
-        .unwrap();
+    let first = first_file_name(&local);
 
     let one = open(&server, &format!("s3://datasets/train/{first}")).unwrap();
     assert_eq!(one.shards().len(), 1);
@@ -195,12 +196,7 @@ fn plain_http_reads_a_public_object() {
         return;
     };
     let local = open_local(dir.path());
-    let first = local.shards()[0]
-        .path()
-        .file_name()
-        .unwrap()
-        .to_str()
-        .unwrap();
+    let first = first_file_name(&local);
     let uri = format!("{}/datasets/train/{first}", server.endpoint());
     let dataset = DatasetBuilder::new(uri.as_str())
         .with_storage_option("allow_http", "true")
