@@ -38,6 +38,7 @@ pub struct DatasetBuilder {
     uri: String,
     max_decoded_bytes: u64,
     coalesce_gap: Option<u64>,
+    memory_map: bool,
     storage_options: Vec<(String, String)>,
     #[cfg(feature = "encryption")]
     decryption: Option<crate::Decryption>,
@@ -52,6 +53,7 @@ impl DatasetBuilder {
             uri: uri.into(),
             max_decoded_bytes: DEFAULT_MAX_DECODED_BYTES,
             coalesce_gap: None,
+            memory_map: true,
             storage_options: Vec::new(),
             #[cfg(feature = "encryption")]
             decryption: None,
@@ -67,6 +69,14 @@ impl DatasetBuilder {
     /// stores; 0 reads exactly the pages needed.
     pub fn with_coalesce_gap(mut self, bytes: u64) -> Self {
         self.coalesce_gap = Some(bytes);
+        self
+    }
+
+    /// Whether local files are memory-mapped (the default) or read into buffers with `pread`.
+    /// Mapping saves a copy of every byte; its contract is that no file is truncated while the
+    /// dataset reads it (see [how reads are made](crate::storage)). Footers are always read.
+    pub fn with_memory_map(mut self, memory_map: bool) -> Self {
+        self.memory_map = memory_map;
         self
     }
 
@@ -155,6 +165,7 @@ impl DatasetBuilder {
                 manifest: std::sync::OnceLock::new(),
                 io: IoCounters::default(),
                 coalesce_gap: self.coalesce_gap,
+                memory_map: self.memory_map,
             }),
             columns,
             arrangement: None,
@@ -199,6 +210,8 @@ pub(crate) struct Shared {
     pub(crate) io: IoCounters,
     /// [`DatasetBuilder::with_coalesce_gap`]; `None` for each location's default.
     pub(crate) coalesce_gap: Option<u64>,
+    /// [`DatasetBuilder::with_memory_map`].
+    pub(crate) memory_map: bool,
 }
 
 impl Dataset {
@@ -370,7 +383,7 @@ impl Shard {
             location,
             listed_len,
         } = file;
-        let reader = ShardReader::open(&path, &location, listed_len, None, None)?;
+        let reader = ShardReader::open(&path, &location, listed_len, None, false, None)?;
         let size = reader.len();
         let metadata = contain_panics(&path, || reader.load_metadata(options))?;
         drop(reader);

@@ -1,4 +1,5 @@
-//! Read-only memory maps: how IPC cache files and tensor files are read without copying.
+//! Read-only memory maps: how Parquet shards, IPC cache files and tensor files are read without
+//! copying.
 
 use std::fs::File;
 use std::path::Path;
@@ -10,8 +11,8 @@ use crate::{Error, Result};
 /// Maps the file at `path` read-only.
 ///
 /// The caller's type must document the contract this relies on: the file is neither modified
-/// nor truncated while mapped (see [`IpcFile`](crate::IpcFile) and the
-/// [`tensor`](crate::tensor) module).
+/// nor truncated while mapped (see [`storage`](crate::storage), [`IpcFile`](crate::IpcFile) and
+/// the [`tensor`](crate::tensor) module).
 pub(crate) fn map_file(path: &Path) -> Result<Mmap> {
     let file = File::open(path).map_err(|e| Error::io(path, e))?;
     // SAFETY: the mapping is read-only and nothing writes through it, but another process (or

@@ -484,3 +484,28 @@ fn the_default_scan_batch_is_sized_in_bytes() {
         .collect();
     assert_eq!(explicit, vec![2_000, 1_000]);
 }
+
+#[test]
+fn memory_mapped_and_buffered_reads_agree() {
+    let dir = tempfile::tempdir().unwrap();
+    write_dataset(
+        dir.path(),
+        &Layout {
+            rows_per_file: vec![2_000, 3],
+            row_group_rows: 500,
+            page_rows: 50,
+        },
+    );
+    let mapped = open_dir(dir.path());
+    let buffered = DatasetBuilder::new(dir.path().to_str().unwrap())
+        .with_memory_map(false)
+        .build()
+        .unwrap();
+    let rows = SplitMix64::new(5).indices(100, mapped.num_rows());
+    assert_eq!(mapped.take(&rows).unwrap(), buffered.take(&rows).unwrap());
+    let scan = |d: &Dataset| d.scan().build().map(Result::unwrap).collect::<Vec<_>>();
+    assert_eq!(scan(&mapped), scan(&buffered));
+    // The same ranges were fetched either way.
+    assert_eq!(mapped.bytes_read(), buffered.bytes_read());
+    assert_eq!(mapped.read_requests(), buffered.read_requests());
+}
