@@ -16,7 +16,7 @@
 //!    cache) and 1 MiB for object stores (a request's latency is worth megabytes of bandwidth), or
 //!    [`DatasetBuilder::with_coalesce_gap`](crate::DatasetBuilder::with_coalesce_gap).
 //! 3. Local files are memory-mapped and fetches are slices of the mapping: no copy, and the
-//!    decoder reads straight from the page cache (a scan ran 1.3–1.6x faster than with reads into
+//!    decoder reads straight from the page cache (a scan ran 1.2–1.7x faster than with reads into
 //!    buffers, docs/BENCHMARKS.md). The contract, as for every mmap-based reader (polars,
 //!    pyarrow's `memory_map=True`): a file must not be truncated while a dataset reads it, or the
 //!    process may be killed (`SIGBUS`); arrays decoded without a copy (string views) keep the
