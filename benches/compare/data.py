@@ -300,6 +300,12 @@ def report(args):
                     f"{p['reps']} reps) | {m[key]:.3f} | {p[key]:.3f} | "
                     f"{verdict} | {target_text} | {holds} |"
                 )
+    for row in pick(ours, bench="take_parquet"):
+        if "first_take_ms" in row:
+            lines.append(
+                f"| mlinfra Parquet take, first call after open (ms; maps the file, checks the "
+                f"list pages it touches) | {row['first_take_ms']:.3f} | | | | |"
+            )
     for row in pick(ours, bench="cache_open_or_create"):
         lines.append(
             f"| mlinfra IPC cache open_or_create (s; builds on first run) | "

@@ -15,7 +15,7 @@ use rayon::prelude::*;
 
 use crate::error::contain_panics;
 use crate::source::SourceFile;
-use crate::storage::{IoCounters, Location, ShardReader};
+use crate::storage::{IoCounters, Location, Mapping, ShardReader};
 use crate::{Error, Result, source};
 
 /// Default cap on the uncompressed page bytes of one row group's projected columns: 1 GiB.
@@ -73,8 +73,9 @@ impl DatasetBuilder {
     }
 
     /// Whether local files are memory-mapped (the default) or read into buffers with `pread`.
-    /// Mapping saves a copy of every byte; its contract is that no file is truncated while the
-    /// dataset reads it (see [how reads are made](crate::storage)). Footers are always read.
+    /// Mapping saves a copy of every byte; a file is mapped on first read and stays mapped while
+    /// the dataset is open, and the contract is that no file is truncated meanwhile (see
+    /// [how reads are made](crate::storage)). Footers are always read.
     pub fn with_memory_map(mut self, memory_map: bool) -> Self {
         self.memory_map = memory_map;
         self
@@ -166,6 +167,7 @@ impl DatasetBuilder {
                 io: IoCounters::default(),
                 coalesce_gap: self.coalesce_gap,
                 memory_map: self.memory_map,
+                checked_pages: Default::default(),
             }),
             columns,
             arrangement: None,
@@ -212,6 +214,8 @@ pub(crate) struct Shared {
     pub(crate) coalesce_gap: Option<u64>,
     /// [`DatasetBuilder::with_memory_map`].
     pub(crate) memory_map: bool,
+    /// List pages whose row lengths `take` has checked (see `take::direct`).
+    pub(crate) checked_pages: crate::take::CheckedPages,
 }
 
 impl Dataset {
@@ -276,6 +280,11 @@ impl Dataset {
     /// The schema of the files, before projection.
     pub(crate) fn file_schema(&self) -> &SchemaRef {
         self.shared.shards[0].metadata.schema()
+    }
+
+    /// Root column indices read, in output order.
+    pub(crate) fn columns(&self) -> &[usize] {
+        &self.columns
     }
 
     pub(crate) fn shared(&self) -> &Shared {
@@ -374,6 +383,8 @@ pub struct Shard {
     /// `row_group_starts[g]` is the first row of row group `g` inside this file; one extra
     /// entry holds `num_rows`, so group `g` spans `starts[g]..starts[g + 1]`.
     row_group_starts: Vec<u64>,
+    /// The file's memory map, once read with one (see [`Mapping`]).
+    mapping: Mapping,
 }
 
 impl Shard {
@@ -383,7 +394,7 @@ impl Shard {
             location,
             listed_len,
         } = file;
-        let reader = ShardReader::open(&path, &location, listed_len, None, false, None)?;
+        let reader = ShardReader::open(&path, &location, listed_len, None, None, None)?;
         let size = reader.len();
         let metadata = contain_panics(&path, || reader.load_metadata(options))?;
         drop(reader);
@@ -412,6 +423,7 @@ impl Shard {
             first_row: 0,
             num_rows: rows,
             row_group_starts,
+            mapping: Default::default(),
         })
     }
 
@@ -427,6 +439,10 @@ impl Shard {
 
     pub(crate) fn location(&self) -> &Location {
         &self.location
+    }
+
+    pub(crate) fn mapping(&self) -> &Mapping {
+        &self.mapping
     }
 
     /// Rows in this file (the sum of its row groups' counts).

@@ -36,7 +36,7 @@
 
 pub mod reference;
 pub mod rng;
-pub mod s3;
+pub mod stores;
 
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};

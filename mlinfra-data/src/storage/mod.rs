@@ -17,8 +17,10 @@
 //!    [`DatasetBuilder::with_coalesce_gap`](crate::DatasetBuilder::with_coalesce_gap).
 //! 3. Local files are memory-mapped and fetches are slices of the mapping: no copy, and the
 //!    decoder reads straight from the page cache (a scan ran 1.2–1.7x faster than with reads into
-//!    buffers, docs/BENCHMARKS.md). The contract, as for every mmap-based reader (polars,
-//!    pyarrow's `memory_map=True`): a file must not be truncated while a dataset reads it, or the
+//!    buffers, docs/BENCHMARKS.md). A file is mapped on its first read and stays mapped while the
+//!    dataset is open (a `take` that mapped and unmapped its files spent most of its time in the
+//!    kernel doing so). The contract, as for every mmap-based reader (polars, pyarrow's
+//!    `memory_map=True`): a file must not be truncated while a dataset has it open, or the
 //!    process may be killed (`SIGBUS`); arrays decoded without a copy (string views) keep the
 //!    mapping alive. [`DatasetBuilder::with_memory_map(false)`] reads with positional reads
 //!    (`pread`) instead, for files that may change underneath. Object stores are read with
@@ -106,6 +108,34 @@ impl Location {
     }
 }
 
+/// A local shard's memory map, made on first read and kept while the dataset lives: mapping
+/// and unmapping a file per `take` costs more than the read (page faults to map it back in,
+/// TLB shootdowns to unmap it), and the page cache keeps the bytes either way. One mapping
+/// per local shard read; the address space it takes is virtual, the memory it uses is the
+/// kernel's page cache, shared and reclaimable.
+#[derive(Default)]
+pub(crate) struct Mapping(std::sync::OnceLock<Bytes>);
+
+impl Mapping {
+    fn get_or_map(&self, path: &Path) -> Result<Bytes> {
+        if let Some(map) = self.0.get() {
+            return Ok(map.clone());
+        }
+        let map = Bytes::from_owner(crate::mmap::map_file(path)?);
+        // Two threads may map at once; one mapping is kept, the other dropped.
+        Ok(self.0.get_or_init(|| map).clone())
+    }
+}
+
+impl std::fmt::Debug for Mapping {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0.get() {
+            Some(map) => write!(f, "Mapping({} bytes)", map.len()),
+            None => f.write_str("Mapping(not mapped)"),
+        }
+    }
+}
+
 /// What [`Dataset::bytes_read`] and [`Dataset::read_requests`] report.
 #[derive(Debug, Default)]
 pub(crate) struct IoCounters {
@@ -136,30 +166,31 @@ enum Backend<'a> {
 impl<'a> ShardReader<'a> {
     /// Opens the shard at `path`. A local file's size is taken now (it may have changed since
     /// the dataset was opened, and reads are checked against what is there); an object's
-    /// size is `known_len`, from the listing. `memory_map` maps a local file instead of
-    /// reading it (see [`DatasetBuilder::with_memory_map`](crate::DatasetBuilder::with_memory_map)).
+    /// size is `known_len`, from the listing. With a `mapping`, a local file is read through
+    /// it, mapped on first use (see
+    /// [`DatasetBuilder::with_memory_map`](crate::DatasetBuilder::with_memory_map)).
     pub(crate) fn open(
         path: &'a Path,
         location: &'a Location,
         known_len: u64,
         max_gap: Option<u64>,
-        memory_map: bool,
+        mapping: Option<&Mapping>,
         counters: Option<&'a IoCounters>,
     ) -> Result<Self> {
         let max_gap = max_gap.unwrap_or_else(|| location.default_coalesce_gap());
-        let (backend, len) = match location {
-            Location::Local if memory_map => {
-                let map = crate::mmap::map_file(path)?;
+        let (backend, len) = match (location, mapping) {
+            (Location::Local, Some(mapping)) => {
+                let map = mapping.get_or_map(path)?;
                 let len = map.len() as u64;
-                (Backend::Mapped(Bytes::from_owner(map)), len)
+                (Backend::Mapped(map), len)
             }
-            Location::Local => {
+            (Location::Local, None) => {
                 let file = File::open(path).map_err(|e| Error::io(path, e))?;
                 let len = file.metadata().map_err(|e| Error::io(path, e))?.len();
                 (Backend::Local(file), len)
             }
             #[cfg(feature = "remote")]
-            Location::Remote(object) => (Backend::Remote(object), known_len),
+            (Location::Remote(object), _) => (Backend::Remote(object), known_len),
         };
         #[cfg(not(feature = "remote"))]
         let _ = known_len;
@@ -391,7 +422,7 @@ impl Dataset {
             shard.location(),
             shard.size(),
             self.shared().coalesce_gap,
-            self.shared().memory_map,
+            self.shared().memory_map.then_some(shard.mapping()),
             Some(&self.shared().io),
         )
     }

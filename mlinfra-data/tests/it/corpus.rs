@@ -1,5 +1,6 @@
 //! The Apache `parquet-testing` corpus: every file opens and scans, or yields a typed error;
 //! every file in `bad_data` yields a typed error. Never a panic, a hang or a huge allocation.
+//! Where a file scans, `take` of rows spread over it returns what the scan returned.
 
 use std::path::{Path, PathBuf};
 
@@ -20,10 +21,18 @@ fn read_whole(path: &Path) -> Outcome {
         Ok(dataset) => dataset,
         Err(error) => return Outcome::Refused(error),
     };
+    let sample = sample_rows(dataset.num_rows());
+    let mut sampled = Vec::new();
     let mut rows = 0u64;
     for batch in dataset.scan().with_batch_size(1024).build() {
         match batch {
-            Ok(batch) => rows += batch.num_rows() as u64,
+            Ok(batch) => {
+                let end = rows + batch.num_rows() as u64;
+                for &id in sample.iter().filter(|&&id| (rows..end).contains(&id)) {
+                    sampled.push(batch.slice((id - rows) as usize, 1));
+                }
+                rows = end;
+            }
             Err(error) => return Outcome::Refused(error),
         }
     }
@@ -33,7 +42,26 @@ fn read_whole(path: &Path) -> Outcome {
         "{}: scanned rows differ from the footer",
         path.display()
     );
+    // `take` reads the same rows as the scan, whichever path serves each column.
+    let expected = arrow::compute::concat_batches(dataset.schema(), &sampled).unwrap();
+    match dataset.take(&sample) {
+        Ok(taken) => assert_eq!(taken, expected, "{}: take of {sample:?}", path.display()),
+        Err(error) => panic!(
+            "{}: scans but take of {sample:?} fails: {error}",
+            path.display()
+        ),
+    }
     Outcome::Read { rows }
+}
+
+/// Up to nine rows spread over `rows`, first and last included, ascending and unique.
+fn sample_rows(rows: u64) -> Vec<u64> {
+    let mut sample: Vec<u64> = (0..=8).map(|i| (rows.saturating_sub(1)) * i / 8).collect();
+    sample.dedup();
+    if rows == 0 {
+        sample.clear();
+    }
+    sample
 }
 
 fn files_ending(dir: &Path, suffix: &str) -> Vec<PathBuf> {

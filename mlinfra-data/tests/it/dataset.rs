@@ -7,7 +7,12 @@ use arrow::datatypes::UInt64Type;
 use mlinfra_data::{Dataset, DatasetBuilder, Error};
 use mlinfra_test_utils::rng::SplitMix64;
 
-use crate::fixtures::{Layout, assert_rows, write_dataset, write_file};
+use parquet::basic::Encoding;
+use parquet::file::properties::WriterVersion;
+
+use crate::fixtures::{
+    Layout, assert_rows, properties, write_dataset, write_dataset_with, write_file, write_file_with,
+};
 
 /// Files of uneven sizes (one of a single row), row groups and pages that do not divide them.
 fn uneven() -> Layout {
@@ -103,6 +108,47 @@ fn take_returns_requested_rows_in_order() {
         // Every row, in reverse.
         let all: Vec<u64> = (0..rows).rev().collect();
         assert_rows(&dataset.take(&all).unwrap(), &all);
+    }
+}
+
+/// Files as pyarrow writes ML features (PLAIN, no dictionary, uncompressed), in both page
+/// formats: `take` copies the fixed-width columns (`id`, `emb`, `label`) straight out of their
+/// pages and decodes `name` (nullable strings); every value is checked against the ground truth.
+#[test]
+fn take_from_plain_pages_returns_requested_rows_in_order() {
+    for version in [WriterVersion::PARQUET_1_0, WriterVersion::PARQUET_2_0] {
+        for (case, layout) in [
+            uneven(),
+            Layout {
+                rows_per_file: vec![10, 10, 10],
+                row_group_rows: 3,
+                page_rows: 1,
+            },
+        ]
+        .iter()
+        .enumerate()
+        {
+            let dir = tempfile::tempdir().unwrap();
+            write_dataset_with(dir.path(), layout, |props| {
+                // arrow-rs would pick DELTA_BINARY_PACKED for integers in v2 pages.
+                props
+                    .set_dictionary_enabled(false)
+                    .set_encoding(Encoding::PLAIN)
+                    .set_writer_version(version)
+            });
+            let dataset = open_dir(dir.path());
+            let rows = dataset.num_rows();
+            let mut rng = SplitMix64::new(case as u64);
+            for count in [1, 17, 256] {
+                let ids: Vec<u64> = (0..count).map(|_| rng.next_u64() % rows).collect();
+                assert_rows(&dataset.take(&ids).unwrap(), &ids);
+            }
+            let all: Vec<u64> = (0..rows).rev().collect();
+            assert_rows(&dataset.take(&all).unwrap(), &all);
+            // A projection of direct columns only, in an order of its own.
+            let projected = dataset.project(&["emb", "id"]).unwrap();
+            assert_rows(&projected.take(&[9, 2, 9]).unwrap(), &[9, 2, 9]);
+        }
     }
 }
 
@@ -384,6 +430,29 @@ fn take_reads_only_the_pages_holding_the_rows() {
     // Per column: the dictionary page with the first data page (adjacent ranges always merge),
     // then the pages of rows 12,345 and 19,999.
     assert_eq!(dataset.read_requests(), 6);
+}
+
+/// The same on PLAIN pages read without a decoder: exactly the pages holding the rows, one
+/// request each, for the list column too.
+#[test]
+fn take_from_plain_pages_reads_only_the_pages_holding_the_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("one.parquet");
+    let props = properties(20_000, 100)
+        .set_dictionary_enabled(false)
+        .build();
+    write_file_with(&path, 0..20_000, props);
+    let dataset = open_dir_uncoalesced(dir.path())
+        .project(&["id", "emb", "label"])
+        .unwrap();
+    let rows = [5, 7, 12_345, 19_999];
+    assert_rows(&dataset.take(&rows).unwrap(), &rows);
+    let expected: u64 = (0..3).map(|leaf| pages_holding(&path, leaf, &rows).0).sum();
+    assert_eq!(dataset.bytes_read(), expected);
+    // 3 pages for each of 3 columns, in one fetch for the row group: rows 0 and 19,999 sit on
+    // a column chunk's first and last pages, which touch the neighbouring chunks' last and first
+    // pages in the file, and touching ranges always merge.
+    assert_eq!(dataset.read_requests(), 7);
 }
 
 #[test]

@@ -11,7 +11,7 @@ use arrow::array::{
 };
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, UInt64Type};
 use parquet::arrow::ArrowWriter;
-use parquet::file::properties::WriterProperties;
+use parquet::file::properties::{WriterProperties, WriterPropertiesBuilder};
 
 /// Floats per row in the `emb` column.
 pub const EMB_DIM: i32 = 4;
@@ -65,13 +65,21 @@ pub fn batch(rows: Range<u64>) -> RecordBatch {
     .unwrap()
 }
 
-pub fn write_file(path: &Path, rows: Range<u64>, row_group_rows: usize, page_rows: usize) {
-    let props = WriterProperties::builder()
+/// Writer settings for `row_group_rows`-row groups of `page_rows`-row pages; arrow-rs's
+/// defaults otherwise (dictionary on, uncompressed, page index written).
+pub fn properties(row_group_rows: usize, page_rows: usize) -> WriterPropertiesBuilder {
+    WriterProperties::builder()
         .set_max_row_group_row_count(Some(row_group_rows))
         .set_data_page_row_count_limit(page_rows)
         // The row-count limit is checked once per write batch, so batches must be no larger.
         .set_write_batch_size(page_rows)
-        .build();
+}
+
+pub fn write_file(path: &Path, rows: Range<u64>, row_group_rows: usize, page_rows: usize) {
+    write_file_with(path, rows, properties(row_group_rows, page_rows).build());
+}
+
+pub fn write_file_with(path: &Path, rows: Range<u64>, props: WriterProperties) {
     let file = std::fs::File::create(path).unwrap();
     let mut writer = ArrowWriter::try_new(file, schema(), Some(props)).unwrap();
     // Several writes, so row groups and pages do not line up with write calls.
@@ -86,16 +94,21 @@ pub fn write_file(path: &Path, rows: Range<u64>, row_group_rows: usize, page_row
 
 /// Writes `layout` as `part-NNN.parquet` files under `dir`; returns the file paths.
 pub fn write_dataset(dir: &Path, layout: &Layout) -> Vec<PathBuf> {
+    write_dataset_with(dir, layout, |props| props)
+}
+
+/// [`write_dataset`] with writer settings adjusted by `adjust`.
+pub fn write_dataset_with(
+    dir: &Path,
+    layout: &Layout,
+    adjust: impl Fn(WriterPropertiesBuilder) -> WriterPropertiesBuilder,
+) -> Vec<PathBuf> {
     let mut first = 0;
     let mut paths = Vec::new();
     for (i, &rows) in layout.rows_per_file.iter().enumerate() {
         let path = dir.join(format!("part-{i:03}.parquet"));
-        write_file(
-            &path,
-            first..first + rows,
-            layout.row_group_rows,
-            layout.page_rows,
-        );
+        let props = adjust(properties(layout.row_group_rows, layout.page_rows)).build();
+        write_file_with(&path, first..first + rows, props);
         first += rows;
         paths.push(path);
     }

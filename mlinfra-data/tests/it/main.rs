@@ -5,7 +5,7 @@ mod corpus;
 mod dataset;
 mod fixtures;
 mod manifest;
-#[cfg(feature = "s3")]
+#[cfg(all(feature = "s3", feature = "gcs", feature = "azure", feature = "http"))]
 mod object_store;
 mod predicate;
 mod tensor_files;

@@ -1,21 +1,25 @@
-//! Datasets in an object store, read from a real S3-compatible server (moto, on 127.0.0.1; see
-//! `mlinfra_test_utils::s3`). Every answer is compared with the same files read locally.
+//! Datasets in object stores, read from real servers on 127.0.0.1: moto's S3, fake-gcs-server
+//! and Azurite (see `mlinfra_test_utils::stores`). Every answer is compared with the same files
+//! read locally. The store-independent tests run against all three; the rest against S3.
 
 use std::path::Path;
 
 use arrow::array::RecordBatch;
 use mlinfra_data::{Dataset, DatasetBuilder, Error};
 use mlinfra_test_utils::rng::SplitMix64;
-use mlinfra_test_utils::s3::S3Server;
+use mlinfra_test_utils::stores::ObjectServer;
+use mlinfra_test_utils::stores::azure::AzureServer;
+use mlinfra_test_utils::stores::gcs::GcsServer;
+use mlinfra_test_utils::stores::s3::S3Server;
 
 use crate::fixtures::{Layout, write_dataset};
 
 const BUCKET: &str = "datasets";
 
 /// A local dataset of three shards (with non-dataset files beside them) uploaded under
-/// `s3://datasets/train/`; the server and the local directory.
-fn uploaded() -> Option<(S3Server, tempfile::TempDir)> {
-    let server = S3Server::start()?;
+/// `train/` of the bucket `datasets`; the server and the local directory.
+fn uploaded<S: ObjectServer>() -> Option<(S, tempfile::TempDir)> {
+    let server = S::start()?;
     server.create_bucket(BUCKET);
     let dir = tempfile::tempdir().unwrap();
     write_dataset(
@@ -29,26 +33,29 @@ fn uploaded() -> Option<(S3Server, tempfile::TempDir)> {
     for entry in std::fs::read_dir(dir.path()).unwrap() {
         let path = entry.unwrap().path();
         let name = path.file_name().unwrap().to_str().unwrap();
-        server.put_public(
+        server.put(
             BUCKET,
             &format!("train/{name}"),
             &std::fs::read(&path).unwrap(),
         );
     }
     // What Spark leaves beside its output, and a file that is not Parquet: both skipped.
-    server.put_public(BUCKET, "train/_SUCCESS", b"");
-    server.put_public(BUCKET, "train/README.md", b"not parquet");
+    server.put(BUCKET, "train/_SUCCESS", b"");
+    server.put(BUCKET, "train/README.md", b"not parquet");
     Some((server, dir))
 }
 
-fn open(server: &S3Server, uri: &str) -> mlinfra_data::Result<Dataset> {
+fn builder<S: ObjectServer>(server: &S, uri: &str) -> DatasetBuilder {
     server
         .storage_options()
         .into_iter()
         .fold(DatasetBuilder::new(uri), |builder, (key, value)| {
             builder.with_storage_option(key, value)
         })
-        .build()
+}
+
+fn open<S: ObjectServer>(server: &S, uri: &str) -> mlinfra_data::Result<Dataset> {
+    builder(server, uri).build()
 }
 
 fn scan_all(dataset: &Dataset) -> RecordBatch {
@@ -66,12 +73,40 @@ fn first_file_name(dataset: &Dataset) -> String {
     path.file_name().unwrap().to_str().unwrap().to_owned()
 }
 
-#[test]
-fn an_s3_prefix_reads_like_the_local_copy() {
-    let Some((server, dir)) = uploaded() else {
+/// One `#[test]` per store for a test generic over the server.
+macro_rules! on_every_store {
+    ($test:ident) => {
+        mod $test {
+            use super::*;
+
+            #[test]
+            fn s3() {
+                super::$test::<S3Server>();
+            }
+
+            #[test]
+            fn gcs() {
+                super::$test::<GcsServer>();
+            }
+
+            #[test]
+            fn azure() {
+                super::$test::<AzureServer>();
+            }
+        }
+    };
+}
+
+on_every_store!(a_prefix_reads_like_the_local_copy);
+on_every_store!(globs_and_single_objects_resolve);
+on_every_store!(the_fingerprint_is_the_same_wherever_the_bytes_live);
+
+fn a_prefix_reads_like_the_local_copy<S: ObjectServer>() {
+    let Some((server, dir)) = uploaded::<S>() else {
         return;
     };
-    let remote = open(&server, "s3://datasets/train/").unwrap();
+    let prefix = server.uri(BUCKET, "train/");
+    let remote = open(&server, &prefix).unwrap();
     let local = open_local(dir.path());
 
     let names: Vec<String> = remote
@@ -84,7 +119,7 @@ fn an_s3_prefix_reads_like_the_local_copy() {
         .iter()
         .map(|s| {
             let name = s.path().file_name().unwrap().to_str().unwrap();
-            format!("s3://datasets/train/{name}")
+            format!("{prefix}{name}")
         })
         .collect();
     assert_eq!(names, expected);
@@ -97,7 +132,7 @@ fn an_s3_prefix_reads_like_the_local_copy() {
     assert_eq!(remote.take(&rows).unwrap(), local.take(&rows).unwrap());
     assert_eq!(scan_all(&remote), scan_all(&local));
     mlinfra_test_utils::log_line(&format!(
-        "s3: take of 200 rows and a full scan: {} GETs for {} bytes",
+        "{prefix}: take of 200 rows and a full scan: {} GETs for {} bytes",
         remote.read_requests(),
         remote.bytes_read()
     ));
@@ -105,15 +140,10 @@ fn an_s3_prefix_reads_like_the_local_copy() {
 
 #[test]
 fn coalescing_turns_nearby_pages_into_one_get() {
-    let Some((server, _dir)) = uploaded() else {
+    let Some((server, _dir)) = uploaded::<S3Server>() else {
         return;
     };
-    let options = server.storage_options();
-    let exact = options
-        .iter()
-        .fold(DatasetBuilder::new("s3://datasets/train/"), |b, (k, v)| {
-            b.with_storage_option(k, v)
-        })
+    let exact = builder(&server, "s3://datasets/train/")
         .with_coalesce_gap(0)
         .build()
         .unwrap()
@@ -137,38 +167,38 @@ fn coalescing_turns_nearby_pages_into_one_get() {
     assert_eq!(coalesced.read_requests(), 1);
 }
 
-#[test]
-fn globs_and_single_objects_resolve() {
-    let Some((server, dir)) = uploaded() else {
+fn globs_and_single_objects_resolve<S: ObjectServer>() {
+    let Some((server, dir)) = uploaded::<S>() else {
         return;
     };
     let local = open_local(dir.path());
     let first = first_file_name(&local);
 
-    let one = open(&server, &format!("s3://datasets/train/{first}")).unwrap();
+    let one = open(&server, &server.uri(BUCKET, &format!("train/{first}"))).unwrap();
     assert_eq!(one.shards().len(), 1);
     assert_eq!(one.num_rows(), local.shards()[0].num_rows());
 
-    let globbed = open(&server, "s3://datasets/train/*.parquet").unwrap();
+    let globbed = open(&server, &server.uri(BUCKET, "train/*.parquet")).unwrap();
     assert_eq!(globbed.num_rows(), local.num_rows());
     assert_eq!(globbed.shards().len(), 3);
     // `*` does not cross `/`: nothing sits directly under the bucket.
     assert!(matches!(
-        open(&server, "s3://datasets/*.parquet"),
+        open(&server, &server.uri(BUCKET, "*.parquet")),
         Err(Error::NoFiles { .. })
     ));
 }
 
-#[test]
-fn the_fingerprint_is_the_same_wherever_the_bytes_live() {
-    let Some((server, dir)) = uploaded() else {
+fn the_fingerprint_is_the_same_wherever_the_bytes_live<S: ObjectServer>() {
+    let Some((server, dir)) = uploaded::<S>() else {
         return;
     };
-    let remote = open(&server, "s3://datasets/train/").unwrap();
+    let prefix = server.uri(BUCKET, "train/");
+    let remote = open(&server, &prefix).unwrap();
     let local = open_local(dir.path());
     assert_eq!(remote.fingerprint().unwrap(), local.fingerprint().unwrap());
     let manifest = remote.manifest().unwrap();
-    assert!(manifest.shards()[0].uri.starts_with("s3://datasets/train/"));
+    assert!(manifest.shards()[0].uri.starts_with(&prefix));
+    let bucket_root = server.uri(BUCKET, "");
 
     let options = server.storage_options();
     let clean = manifest.verify_with(&options).unwrap();
@@ -178,12 +208,12 @@ fn the_fingerprint_is_the_same_wherever_the_bytes_live() {
     );
     // Rewrite one shard (same length, one byte changed) and delete another.
     let changed = &manifest.shards()[0].uri;
-    let key = changed.strip_prefix("s3://datasets/").unwrap();
+    let key = changed.strip_prefix(&bucket_root).unwrap();
     let mut bytes = std::fs::read(local.shards()[0].path()).unwrap();
     bytes[4] ^= 0xff;
-    server.put_public(BUCKET, key, &bytes);
+    server.put(BUCKET, key, &bytes);
     let missing = &manifest.shards()[2].uri;
-    server.delete(BUCKET, missing.strip_prefix("s3://datasets/").unwrap());
+    server.delete(BUCKET, missing.strip_prefix(&bucket_root).unwrap());
     let verification = manifest.verify_with(&options).unwrap();
     assert_eq!(verification.missing, vec![missing.clone()]);
     assert_eq!(verification.changed.len(), 1);
@@ -192,7 +222,7 @@ fn the_fingerprint_is_the_same_wherever_the_bytes_live() {
 
 #[test]
 fn plain_http_reads_a_public_object() {
-    let Some((server, dir)) = uploaded() else {
+    let Some((server, dir)) = uploaded::<S3Server>() else {
         return;
     };
     let local = open_local(dir.path());
@@ -209,7 +239,7 @@ fn plain_http_reads_a_public_object() {
 
 #[test]
 fn remote_failures_are_typed_errors() {
-    let Some((server, dir)) = uploaded() else {
+    let Some((server, dir)) = uploaded::<S3Server>() else {
         return;
     };
     // An empty prefix and a bucket that does not exist.
