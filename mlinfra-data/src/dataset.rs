@@ -214,8 +214,8 @@ pub(crate) struct Shared {
     pub(crate) coalesce_gap: Option<u64>,
     /// [`DatasetBuilder::with_memory_map`].
     pub(crate) memory_map: bool,
-    /// List pages whose row lengths `take` has checked (see `take::direct`).
-    pub(crate) checked_pages: crate::take::CheckedPages,
+    /// List pages whose row lengths were checked (see `direct.rs`).
+    pub(crate) checked_pages: crate::direct::CheckedPages,
 }
 
 impl Dataset {
@@ -282,9 +282,13 @@ impl Dataset {
         self.shared.shards[0].metadata.schema()
     }
 
-    /// Root column indices read, in output order.
-    pub(crate) fn columns(&self) -> &[usize] {
-        &self.columns
+    /// The root column indices read, in output order, each with its output field.
+    pub(crate) fn roots(&self) -> Vec<(usize, &arrow::datatypes::Field)> {
+        self.columns
+            .iter()
+            .copied()
+            .zip(self.schema.fields().iter().map(|f| f.as_ref()))
+            .collect()
     }
 
     pub(crate) fn shared(&self) -> &Shared {

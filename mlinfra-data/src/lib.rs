@@ -69,6 +69,7 @@ pub mod convert;
 mod dataset;
 #[cfg(feature = "encryption")]
 mod decryption;
+mod direct;
 mod error;
 pub mod manifest;
 mod mmap;

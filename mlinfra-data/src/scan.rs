@@ -26,15 +26,17 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-use arrow::array::RecordBatch;
+use arrow::array::{ArrayRef, RecordBatch};
 use crossbeam_channel::Receiver;
 use parquet::arrow::ProjectionMask;
 use parquet::arrow::arrow_reader::{ArrowPredicateFn, RowFilter};
 use parquet::arrow::push_decoder::ParquetPushDecoderBuilder;
 
 use crate::dataset::Dataset;
+use crate::direct::{self, RowGroupRef};
 use crate::error::contain_panics;
 use crate::predicate::{Bound, Predicate};
+use crate::storage::ShardReader;
 use crate::take::check_row_count;
 use crate::{Error, Result};
 
@@ -169,12 +171,12 @@ impl Dataset {
     /// where an escaping panic would abort the process.
     fn read_row_group(
         &self,
-        shard: usize,
+        shard_index: usize,
         group: usize,
         batch_size: Option<usize>,
         filter: Option<&Arc<Bound>>,
     ) -> Result<Vec<RecordBatch>> {
-        let shard = &self.shards()[shard];
+        let shard = &self.shards()[shard_index];
         let path = shard.path();
         contain_panics(path, || {
             self.check_decode_limit(shard, group)?;
@@ -185,6 +187,16 @@ impl Dataset {
                 (DEFAULT_BATCH_BYTES / row_bytes).clamp(1, DEFAULT_BATCH_SIZE as u64) as usize
             });
             let reader = self.shard_reader(shard)?;
+            if filter.is_none() {
+                let target = RowGroupRef {
+                    shard,
+                    shard_index,
+                    group,
+                };
+                if let Some(batches) = self.read_direct(target, batch_size, &reader)? {
+                    return Ok(batches);
+                }
+            }
             let mut builder =
                 ParquetPushDecoderBuilder::new_with_metadata(shard.metadata().clone())
                     .with_projection(self.mask(shard))
@@ -218,6 +230,65 @@ impl Dataset {
             }
             Ok(batches)
         })
+    }
+
+    /// A whole row group with its fixed-width columns read straight out of their pages (see
+    /// `direct.rs`) and the rest decoded; `None` when no column can be read directly.
+    fn read_direct(
+        &self,
+        target: RowGroupRef<'_>,
+        batch_size: usize,
+        reader: &ShardReader<'_>,
+    ) -> Result<Option<Vec<RecordBatch>>> {
+        let path = target.shard.path();
+        let roots = self.roots();
+        let checked = &self.shared().checked_pages;
+        let direct = direct::scan_columns(target, batch_size, &roots, reader, checked)?;
+        if direct.is_empty() {
+            return Ok(None);
+        }
+        let rows = target.shard.rows_in_group(target.group);
+        let batch_count = rows.div_ceil(batch_size.max(1) as u64) as usize;
+        let mut per_batch: Vec<Vec<Option<ArrayRef>>> = vec![vec![None; roots.len()]; batch_count];
+        for (position, arrays) in direct {
+            for (slots, array) in per_batch.iter_mut().zip(arrays) {
+                slots[position] = Some(array);
+            }
+        }
+        let left = direct::roots_left(&roots, per_batch.first().map_or(&[], |b| b.as_slice()));
+        let decoded = if left.is_empty() || batch_count == 0 {
+            Vec::new()
+        } else {
+            let mask =
+                ProjectionMask::roots(target.shard.metadata().parquet_schema(), left.clone());
+            let decoder =
+                ParquetPushDecoderBuilder::new_with_metadata(target.shard.metadata().clone())
+                    .with_projection(mask)
+                    .with_row_groups(vec![target.group])
+                    .with_batch_size(batch_size)
+                    .build()
+                    .map_err(|e| Error::parquet(path, e))?;
+            let decoded = reader.decode(decoder)?;
+            check_row_count(path, rows, &decoded)?;
+            // Both sides cut the row group at the same row counts.
+            if decoded.len() != batch_count {
+                return Err(Error::RowCountMismatch {
+                    path: path.into(),
+                    expected: batch_count as u64,
+                    decoded: decoded.len() as u64,
+                });
+            }
+            decoded
+        };
+        per_batch
+            .into_iter()
+            .enumerate()
+            .map(|(i, columns)| {
+                direct::assemble(self.schema(), &roots, columns, &left, decoded.get(i))
+                    .map_err(|e| Error::arrow(path, e))
+            })
+            .collect::<Result<Vec<_>>>()
+            .map(Some)
     }
 
     /// The exact row filter: the predicate's columns are decoded first, the projection only

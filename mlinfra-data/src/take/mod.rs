@@ -8,7 +8,7 @@
 //!    of ML features) in PLAIN, uncompressed, null-free pages are copied straight out of the
 //!    pages holding the rows, at offsets computed from the offset index: no decoder, no walk
 //!    over the levels before the row. The conditions, and the check that makes it safe on
-//!    untrusted files, are in `take/direct.rs`.
+//!    untrusted files, are in `direct.rs`.
 //! 3. Every other column goes through a decoder with a [`RowSelection`] of the requested rows.
 //!    With the file's offset index (the page index, loaded at open), the decoder asks for, and
 //!    decodes, only the pages that hold selected rows.
@@ -26,22 +26,18 @@
 //! On pyarrow's default layout (1 MiB pages, a `FixedSizeList<f32, 64>` column) the direct
 //! path took `take` of 256 random rows from ~36 ms to under 0.3 ms (docs/BENCHMARKS.md).
 
-mod direct;
 #[cfg(test)]
 mod tests;
 
-pub(crate) use direct::CheckedPages;
-
 use std::ops::Range;
-use std::sync::Arc;
 
 use arrow::array::{ArrayRef, RecordBatch, UInt32Array};
-use arrow::datatypes::Field;
 use parquet::arrow::ProjectionMask;
 use parquet::arrow::arrow_reader::RowSelection;
 use parquet::arrow::push_decoder::ParquetPushDecoderBuilder;
 
 use crate::dataset::{Dataset, Shard};
+use crate::direct::{self, RowGroupRef};
 use crate::error::contain_panics;
 use crate::{Error, Result};
 use rayon::prelude::*;
@@ -129,37 +125,23 @@ impl Dataset {
         let reader = self.shard_reader(shard)?;
         let path = shard.path();
         contain_panics(path, || {
-            let roots: Vec<(usize, &Field)> = self
-                .columns()
-                .iter()
-                .copied()
-                .zip(self.schema().fields().iter().map(|f| f.as_ref()))
-                .collect();
-            let target = direct::RowGroupRows {
+            let roots = self.roots();
+            let target = RowGroupRef {
                 shard,
                 shard_index,
                 group: row_groups[0],
-                rows,
             };
+            let checked = &self.shared().checked_pages;
             let mut columns: Vec<Option<ArrayRef>> = vec![None; roots.len()];
-            for (position, array) in
-                direct::read_columns(&target, &roots, &reader, &self.shared().checked_pages)?
-            {
+            for (position, array) in direct::take_columns(target, rows, &roots, &reader, checked)? {
                 columns[position] = Some(array);
             }
 
-            // The decoder returns its columns in file order, once per root.
-            let mut decoded_roots: Vec<usize> = (0..roots.len())
-                .filter(|&p| columns[p].is_none())
-                .map(|p| roots[p].0)
-                .collect();
-            decoded_roots.sort_unstable();
-            decoded_roots.dedup();
-            if !decoded_roots.is_empty() {
-                let mask = ProjectionMask::roots(
-                    shard.metadata().parquet_schema(),
-                    decoded_roots.iter().copied(),
-                );
+            let left = direct::roots_left(&roots, &columns);
+            let decoded = if left.is_empty() {
+                None
+            } else {
+                let mask = ProjectionMask::roots(shard.metadata().parquet_schema(), left.clone());
                 let decoder =
                     ParquetPushDecoderBuilder::new_with_metadata(shard.metadata().clone())
                         .with_projection(mask)
@@ -170,22 +152,12 @@ impl Dataset {
                         .map_err(|e| Error::parquet(path, e))?;
                 let batches = reader.decode(decoder)?;
                 check_row_count(path, rows.len() as u64, &batches)?;
-                let decoded = arrow::compute::concat_batches(&batches[0].schema(), &batches)
-                    .map_err(|e| Error::arrow(path, e))?;
-                for (position, column) in columns.iter_mut().enumerate() {
-                    if column.is_none() {
-                        let at = decoded_roots
-                            .binary_search(&roots[position].0)
-                            .expect("every root left to the decoder was decoded");
-                        *column = Some(Arc::clone(decoded.column(at)));
-                    }
-                }
-            }
-            let columns = columns
-                .into_iter()
-                .map(|c| c.expect("every column was read directly or decoded"))
-                .collect();
-            RecordBatch::try_new(Arc::clone(self.schema()), columns)
+                Some(
+                    arrow::compute::concat_batches(&batches[0].schema(), &batches)
+                        .map_err(|e| Error::arrow(path, e))?,
+                )
+            };
+            direct::assemble(self.schema(), &roots, columns, &left, decoded.as_ref())
                 .map_err(|e| Error::arrow(path, e))
         })
     }

@@ -1,6 +1,6 @@
-//! `take` on PLAIN pages with nulls in some of them and every fixed-width type the direct path
-//! serves: pages without nulls are copied straight out, pages with nulls go to the decoder, and
-//! the answer must equal arrow's own `take` over a full scan either way.
+//! `take` and scans of PLAIN pages with nulls in some of them and every fixed-width type the
+//! direct path serves: pages without nulls are copied straight out, pages with nulls go to the
+//! decoder, and the answer must equal the batch that was written either way.
 
 use std::sync::Arc;
 
@@ -112,5 +112,21 @@ fn take_with_and_without_nulls_equals_arrow_take() {
         // The list column was served from its pages: their row lengths were checked.
         let checked = dataset.shared().checked_pages.len();
         assert!(checked > 0, "{version:?}: no list page was read directly");
+
+        // A scan reads every page: dense ones directly, the others through the decoder, in
+        // batches that cut pages anywhere.
+        for batch_size in [64, 100, 333, 5000] {
+            let batches: Vec<RecordBatch> = dataset
+                .scan()
+                .with_batch_size(batch_size)
+                .build()
+                .collect::<crate::Result<_>>()
+                .unwrap();
+            let scanned = arrow::compute::concat_batches(dataset.schema(), &batches).unwrap();
+            assert_eq!(
+                scanned, expected,
+                "{version:?}, scan in batches of {batch_size}"
+            );
+        }
     }
 }

@@ -112,10 +112,11 @@ fn take_returns_requested_rows_in_order() {
 }
 
 /// Files as pyarrow writes ML features (PLAIN, no dictionary, uncompressed), in both page
-/// formats: `take` copies the fixed-width columns (`id`, `emb`, `label`) straight out of their
-/// pages and decodes `name` (nullable strings); every value is checked against the ground truth.
+/// formats: `take` and scans copy the fixed-width columns (`id`, `emb`, `label`) straight out
+/// of their pages and decode `name` (nullable strings); every value is checked against the
+/// ground truth.
 #[test]
-fn take_from_plain_pages_returns_requested_rows_in_order() {
+fn take_and_scan_of_plain_pages_return_the_right_rows() {
     for version in [WriterVersion::PARQUET_1_0, WriterVersion::PARQUET_2_0] {
         for (case, layout) in [
             uneven(),
@@ -148,6 +149,19 @@ fn take_from_plain_pages_returns_requested_rows_in_order() {
             // A projection of direct columns only, in an order of its own.
             let projected = dataset.project(&["emb", "id"]).unwrap();
             assert_rows(&projected.take(&[9, 2, 9]).unwrap(), &[9, 2, 9]);
+            // Scans read the same pages whole, in batches that cut pages anywhere.
+            for view in [&dataset, &projected] {
+                for batch_size in [7, 1000] {
+                    let mut next = 0u64;
+                    for batch in view.scan().with_batch_size(batch_size).build() {
+                        let batch = batch.unwrap();
+                        let ids: Vec<u64> = (next..next + batch.num_rows() as u64).collect();
+                        assert_rows(&batch, &ids);
+                        next += batch.num_rows() as u64;
+                    }
+                    assert_eq!(next, rows);
+                }
+            }
         }
     }
 }

@@ -1,11 +1,13 @@
-//! `take` without a decoder: fixed-width columns copied straight out of their pages.
+//! Fixed-width columns read straight out of their pages, without a decoder: the fast path of
+//! [`Dataset::take`](crate::Dataset::take) and of unfiltered scans.
 //!
 //! # Why
 //!
 //! arrow-rs's decoder reaches a row inside a page by decoding every level before it. For an
 //! embedding stored as `FixedSizeList<f32, 64>` that is 64 repetition levels per row, and a
-//! 1 MiB page (pyarrow's default) holds 4,096 rows: one wanted row costs ~260,000 levels.
-//! Yet in a PLAIN-encoded page without nulls, row `r`'s bytes sit at a computable offset.
+//! 1 MiB page (pyarrow's default) holds 4,096 rows: one wanted row costs ~260,000 levels, and
+//! a scan decodes and copies every level and value. Yet in a PLAIN-encoded page without nulls,
+//! row `r`'s bytes sit at a computable offset, and a run of rows is one `memcpy`.
 //!
 //! # When
 //!
@@ -23,8 +25,7 @@
 //!   schema promises it, but the file is untrusted: a row of 63 elements beside one of 65 would
 //!   shift every offset after it. Checking costs a pass over the page's run-length-encoded
 //!   levels, a few runs per row; a page checked once is remembered by the dataset (one
-//!   `(shard, page offset)` entry), so a training run that samples the same pages again pays
-//!   it once.
+//!   `(shard, page offset)` entry), so reading the same pages again pays it once.
 //!
 //! A page failing any check sends its column back to the decoder for that row group. Pages
 //! that cannot even be parsed do too, so that the decoder reports the error as it would have.
@@ -32,9 +33,9 @@
 //! # Cost
 //!
 //! Per column and row group: one page reader. Per page touched: one header parse and, for
-//! lists, the level check on first sight. Per row: one copy of its bytes. The pages are read
-//! through the shard's fetch path (coalesced, counted), in one call for all direct columns of
-//! the row group.
+//! lists, the level check on first sight. Per row taken: one copy of its bytes; per scanned
+//! batch: one copy per page it spans. The pages are read through the shard's fetch path
+//! (coalesced, counted), in one call for all direct columns of the row group.
 
 use std::collections::HashSet;
 use std::ops::Range;
@@ -79,13 +80,12 @@ impl CheckedPages {
     }
 }
 
-/// One row group of one shard, and the sorted, unique rows wanted from it.
-pub(super) struct RowGroupRows<'a> {
-    pub(super) shard: &'a Shard,
-    pub(super) shard_index: usize,
-    pub(super) group: usize,
-    /// File-local row numbers, sorted and unique, all inside `group`.
-    pub(super) rows: &'a [u64],
+/// One row group of one shard.
+#[derive(Clone, Copy)]
+pub(crate) struct RowGroupRef<'a> {
+    pub(crate) shard: &'a Shard,
+    pub(crate) shard_index: usize,
+    pub(crate) group: usize,
 }
 
 /// A projected root column the direct path may serve: its single Parquet leaf and layout.
@@ -103,15 +103,73 @@ struct DirectColumn<'a> {
     has_def_levels: bool,
 }
 
-/// Reads the columns of `roots` (root column indices, with their output fields) that the
-/// direct path can serve; returns `(position in roots, array)` for each. Columns left out go
-/// to the decoder.
-pub(super) fn read_columns(
-    target: &RowGroupRows<'_>,
+impl DirectColumn<'_> {
+    fn row_bytes(&self) -> usize {
+        self.width * self.per_row
+    }
+}
+
+/// `take`: reads `rows` (file-local, sorted, unique, all in `target`'s row group) of the
+/// columns of `roots` (root column indices, with their output fields) that the direct path
+/// can serve; returns `(position in roots, array)` for each. Columns left out go to the
+/// decoder.
+pub(crate) fn take_columns(
+    target: RowGroupRef<'_>,
+    rows: &[u64],
     roots: &[(usize, &Field)],
     reader: &ShardReader<'_>,
     checked: &CheckedPages,
 ) -> Result<Vec<(usize, ArrayRef)>> {
+    let group_start = target.shard.row_group_of(rows[0]).1;
+    let local_rows: Vec<u64> = rows.iter().map(|r| r - group_start).collect();
+    let read = |column: &DirectColumn<'_>, pages: &ColumnRead<'_>| {
+        let values = pages.page_values(&pages_of(column.pages, &local_rows))?;
+        gather_rows(&values, &local_rows, column.row_bytes())
+            .and_then(|buffer| pages.array(buffer, local_rows.len()))
+    };
+    let pages_needed = |column: &DirectColumn<'_>| pages_of(column.pages, &local_rows);
+    read_direct(target, roots, reader, checked, pages_needed, read)
+}
+
+/// A scan without a filter: every row of `target`'s row group, in batches of `batch_size`
+/// rows (the last may be shorter), for the columns of `roots` the direct path can serve;
+/// returns `(position in roots, one array per batch)` for each.
+pub(crate) fn scan_columns(
+    target: RowGroupRef<'_>,
+    batch_size: usize,
+    roots: &[(usize, &Field)],
+    reader: &ShardReader<'_>,
+    checked: &CheckedPages,
+) -> Result<Vec<(usize, Vec<ArrayRef>)>> {
+    let group_rows = target.shard.rows_in_group(target.group);
+    let batch_size = batch_size.max(1) as u64;
+    let read = |column: &DirectColumn<'_>, pages: &ColumnRead<'_>| {
+        let all: Vec<usize> = (0..column.pages.len()).collect();
+        let values = pages.page_values(&all)?;
+        (0..group_rows)
+            .step_by(batch_size as usize)
+            .map(|start| {
+                let rows = start..(start + batch_size).min(group_rows);
+                let len = (rows.end - rows.start) as usize;
+                gather_range(&values, rows, column.row_bytes())
+                    .and_then(|buffer| pages.array(buffer, len))
+            })
+            .collect::<Option<Vec<_>>>()
+    };
+    let pages_needed = |column: &DirectColumn<'_>| (0..column.pages.len()).collect();
+    read_direct(target, roots, reader, checked, pages_needed, read)
+}
+
+/// Plans the direct columns of `roots`, fetches the pages each needs in one call, and runs
+/// `read` on each; a column whose `read` gives `None` is left to the decoder.
+fn read_direct<T>(
+    target: RowGroupRef<'_>,
+    roots: &[(usize, &Field)],
+    reader: &ShardReader<'_>,
+    checked: &CheckedPages,
+    pages_needed: impl Fn(&DirectColumn<'_>) -> Vec<usize>,
+    read: impl Fn(&DirectColumn<'_>, &ColumnRead<'_>) -> Option<T>,
+) -> Result<Vec<(usize, T)>> {
     let columns: Vec<DirectColumn<'_>> = roots
         .iter()
         .enumerate()
@@ -120,17 +178,9 @@ pub(super) fn read_columns(
     if columns.is_empty() {
         return Ok(Vec::new());
     }
-    let group_start = target.shard.row_group_of(target.rows[0]).1;
-    let local_rows: Vec<u64> = target.rows.iter().map(|r| r - group_start).collect();
-
-    // The pages each column needs, then one fetch for all of them.
-    let page_lists: Vec<Vec<usize>> = columns
-        .iter()
-        .map(|column| pages_of(column.pages, &local_rows))
-        .collect();
     let mut ranges: Vec<Range<u64>> = Vec::new();
-    for (column, pages) in columns.iter().zip(&page_lists) {
-        for &page in pages {
+    for column in &columns {
+        for page in pages_needed(column) {
             match byte_range(&column.pages[page]) {
                 Some(range) => ranges.push(range),
                 None => return Ok(Vec::new()), // a negative offset or size: the decoder's case
@@ -144,27 +194,101 @@ pub(super) fn read_columns(
         ranges: fetched_ranges,
         bytes: fetched_bytes,
     });
-
     let group_rows = target.shard.rows_in_group(target.group);
-    let mut arrays = Vec::with_capacity(columns.len());
-    for (column, pages) in columns.iter().zip(&page_lists) {
-        let read = ColumnRead {
-            column,
-            fetched: &fetched,
-            group_rows,
-            shard_index: target.shard_index,
-            checked,
-        };
-        if let Some(array) = read.rows(pages, &local_rows) {
-            arrays.push((column.position, array));
+    Ok(columns
+        .iter()
+        .filter_map(|column| {
+            let column_read = ColumnRead {
+                column,
+                fetched: &fetched,
+                group_rows,
+                shard_index: target.shard_index,
+                checked,
+            };
+            read(column, &column_read).map(|result| (column.position, result))
+        })
+        .collect())
+}
+
+/// The dense values of some pages of a column: `(row-group-local rows, values)` per page.
+type PageValues = Vec<(Range<u64>, Bytes)>;
+
+/// The bytes of `rows` (row-group-local, sorted), one row after another.
+fn gather_rows(pages: &PageValues, rows: &[u64], row_bytes: usize) -> Option<Buffer> {
+    let mut out = MutableBuffer::new(rows.len().checked_mul(row_bytes)?);
+    let mut pages = pages.iter().peekable();
+    for &row in rows {
+        while pages
+            .next_if(|(page_rows, _)| page_rows.end <= row)
+            .is_some()
+        {}
+        let (page_rows, values) = pages.peek()?;
+        let start = usize::try_from(row.checked_sub(page_rows.start)?).ok()? * row_bytes;
+        out.extend_from_slice(values.get(start..start + row_bytes)?);
+    }
+    Some(out.into())
+}
+
+/// The bytes of the contiguous `rows`, one copy per page they span.
+fn gather_range(pages: &PageValues, rows: Range<u64>, row_bytes: usize) -> Option<Buffer> {
+    let len = usize::try_from(rows.end - rows.start).ok()?;
+    let mut out = MutableBuffer::new(len.checked_mul(row_bytes)?);
+    for (page_rows, values) in pages {
+        let (start, end) = (rows.start.max(page_rows.start), rows.end.min(page_rows.end));
+        if start < end {
+            let from = usize::try_from(start - page_rows.start).ok()? * row_bytes;
+            let to = usize::try_from(end - page_rows.start).ok()? * row_bytes;
+            out.extend_from_slice(values.get(from..to)?);
         }
     }
-    Ok(arrays)
+    (out.len() == len * row_bytes).then(|| out.into())
+}
+
+/// The roots of `roots` a decoder must still read (their slot in `columns` is empty), in
+/// file order, each once: the order a decoder returns them in.
+pub(crate) fn roots_left(roots: &[(usize, &Field)], columns: &[Option<ArrayRef>]) -> Vec<usize> {
+    let mut left: Vec<usize> = roots
+        .iter()
+        .zip(columns)
+        .filter(|(_, column)| column.is_none())
+        .map(|((root, _), _)| *root)
+        .collect();
+    left.sort_unstable();
+    left.dedup();
+    left
+}
+
+/// Fills the empty slots of `columns` from `decoded`, a batch of the columns `left` (from
+/// [`roots_left`]), then builds the batch.
+pub(crate) fn assemble(
+    schema: &arrow::datatypes::SchemaRef,
+    roots: &[(usize, &Field)],
+    columns: Vec<Option<ArrayRef>>,
+    left: &[usize],
+    decoded: Option<&arrow::array::RecordBatch>,
+) -> std::result::Result<arrow::array::RecordBatch, arrow::error::ArrowError> {
+    let columns = columns
+        .into_iter()
+        .zip(roots)
+        .map(|(column, (root, _))| match (column, decoded) {
+            (Some(column), _) => Ok(column),
+            (None, Some(decoded)) => {
+                let at = left
+                    .binary_search(root)
+                    .expect("every root left to the decoder was decoded");
+                Ok(Arc::clone(decoded.column(at)))
+            }
+            (None, None) => Err(arrow::error::ArrowError::InvalidArgumentError(
+                "a column was neither read directly nor decoded".into(),
+            )),
+        })
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    arrow::array::RecordBatch::try_new(Arc::clone(schema), columns)
 }
 
 /// The static checks of the [module docs](self): types, codec, dictionary, encryption, index.
 fn plan<'a>(
-    target: &RowGroupRows<'a>,
+    target: RowGroupRef<'a>,
     position: usize,
     root: usize,
     field: &'a Field,
@@ -280,12 +404,10 @@ struct ColumnRead<'a> {
 }
 
 impl ColumnRead<'_> {
-    /// The column's array for `rows` (row-group-local, sorted, unique) read from `pages` (the
-    /// pages holding them, ascending); `None` when a page fails a check.
-    fn rows(&self, pages: &[usize], rows: &[u64]) -> Option<ArrayRef> {
+    /// The dense values of `pages` (ascending indices), with the rows each holds; `None` when
+    /// a page fails a check.
+    fn page_values(&self, pages: &[usize]) -> Option<PageValues> {
         let column = self.column;
-        let row_bytes = column.width.checked_mul(column.per_row)?;
-        let mut out = MutableBuffer::new(rows.len().checked_mul(row_bytes)?);
         let mut reader = SerializedPageReader::new(
             Arc::clone(self.fetched),
             column.chunk,
@@ -294,24 +416,18 @@ impl ColumnRead<'_> {
         )
         .ok()?;
         let mut next_page = 0usize;
-        let mut wanted = rows.iter().copied().peekable();
+        let mut values = Vec::with_capacity(pages.len());
         for &page in pages {
             while next_page < page {
                 reader.skip_next_page().ok()?;
                 next_page += 1;
             }
-            let page_rows = self.page_first_row(page)?..self.page_first_row(page + 1)?;
-            let values = self.dense_values(reader.get_next_page().ok()??, page, &page_rows)?;
+            let rows = self.page_first_row(page)?..self.page_first_row(page + 1)?;
+            let bytes = self.dense_values(reader.get_next_page().ok()??, page, &rows)?;
             next_page += 1;
-            while let Some(row) = wanted.next_if(|&r| r < page_rows.end) {
-                let start = usize::try_from(row.checked_sub(page_rows.start)?).ok()? * row_bytes;
-                out.extend_from_slice(values.get(start..start + row_bytes)?);
-            }
+            values.push((rows, bytes));
         }
-        if wanted.next().is_some() {
-            return None; // rows past the pages: an offset index at odds with the row group
-        }
-        self.array(out.into(), rows.len())
+        Some(values)
     }
 
     /// The first row-group-local row of `page`; the row group's row count past the last page.
