@@ -1,7 +1,8 @@
 //! The quickstart: what each layer of mlinfra does today, and proof of it on this machine.
 //!
 //! It prints the layers and their status, then runs what exists and checks the results: a
-//! sharded Parquet dataset written, opened, sampled with `take` and scanned (every value checked),
+//! sharded Parquet dataset written, opened, sampled with `take`, scanned and cached as memory-mapped
+//! Arrow (every value checked) with its fingerprint,
 //! a matmul on the CPU through burn (against an f64 reference), the GELU kernel on a software
 //! Vulkan adapter (against its f64 twin), and a request for `cuda:0` (a typed answer, whether or
 //! not the build or the machine has CUDA).
@@ -62,7 +63,8 @@ fn parquet_dataset() -> Result<()> {
     let wanted: Vec<u64> = (0..256u64)
         .map(|i| (i * 7_919 + 13) % dataset.num_rows())
         .collect();
-    let batch = dataset.project(&["score", "id"])?.take(&wanted)?;
+    let view = dataset.project(&["score", "id"])?;
+    let batch = view.take(&wanted)?;
     let ids = batch.column(1).as_primitive::<UInt64Type>().values();
     let scores = batch.column(0).as_primitive::<Float32Type>().values();
     ensure!(
@@ -89,13 +91,23 @@ fn parquet_dataset() -> Result<()> {
         scanned += batch.num_rows() as u64;
     }
     ensure!(scanned == dataset.num_rows(), "scan row count");
+
+    // The dataset's identity (what loaders and checkpoints record), and the memory-mapped Arrow
+    // cache the loader reads from: the same rows as the Parquet `take`.
+    let fingerprint = dataset.fingerprint()?.to_owned();
+    let cache = view.ipc_cache(dir.join("cache")).open_or_create()?;
+    ensure!(
+        cache.take(&wanted)? == batch,
+        "cache take differs from Parquet take"
+    );
     std::fs::remove_dir_all(&dir)?;
     println!(
-        "data    {} rows in {} parquet files: take of {} random rows and a full scan, every value checked  ok",
+        "data    {} rows in {} parquet files: take of {} random rows, a full scan and the IPC cache, every value checked  ok",
         dataset.num_rows(),
         dataset.shards().len(),
         wanted.len()
     );
+    println!("        fingerprint {fingerprint}");
     Ok(())
 }
 

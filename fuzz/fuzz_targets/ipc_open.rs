@@ -6,6 +6,7 @@ use libfuzzer_sys::fuzz_target;
 use mlinfra_data::IpcFile;
 
 fuzz_target!(|bytes: &[u8]| {
+    mlinfra_fuzz::allow_contained_panics();
     let file = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(file.path(), bytes).unwrap();
     if let Ok(ipc) = IpcFile::open(file.path()) {

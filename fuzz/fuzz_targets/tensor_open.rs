@@ -5,6 +5,7 @@ use libfuzzer_sys::fuzz_target;
 use mlinfra_data::tensor::{GgufFile, SafetensorsFile};
 
 fuzz_target!(|bytes: &[u8]| {
+    mlinfra_fuzz::allow_contained_panics();
     let file = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(file.path(), bytes).unwrap();
     if let Ok(gguf) = GgufFile::open(file.path()) {
