@@ -31,6 +31,20 @@ pub enum Error {
         /// How many devices of that kind the driver reports.
         available: usize,
     },
+    /// An epoch plan or rank slice was asked for with impossible parameters (caller error):
+    /// a world of 0, a rank outside it, a block shuffle with an empty block or window.
+    #[error("invalid epoch plan: {reason}")]
+    InvalidPlan {
+        /// What was wrong.
+        reason: Box<str>,
+    },
+    /// A saved [`LoaderState`](crate::LoaderState) belongs to another dataset (caller error):
+    /// resuming on it would silently read a different order.
+    #[error("loader state does not match: {reason}")]
+    StateMismatch {
+        /// Which dataset the state names, and which it was given.
+        reason: Box<str>,
+    },
     /// A dataset operation failed in the layer below. Boxed: the data layer's error names
     /// files and rows, and every `Result` of this crate would otherwise carry its size.
     #[error(transparent)]

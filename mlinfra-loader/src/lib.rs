@@ -7,8 +7,10 @@
 //!
 //! # Status
 //!
-//! Today it holds [`Device`]: the run-time choice of where tensors live, shared by every layer
-//! above. The loader itself is the next milestone; the README's status table tracks what works.
+//! Today it holds [`Device`], the run-time choice of where tensors live, shared by every layer
+//! above, and [`EpochPlan`], the deterministic, O(1)-resumable sample order of an epoch and its
+//! equal split across ranks. The prefetching pipeline is next; the README's status table tracks
+//! what works.
 //!
 //! # Quick start
 //!
@@ -39,6 +41,8 @@
 
 pub mod device;
 mod error;
+pub mod plan;
 
 pub use device::Device;
 pub use error::{Error, Result};
+pub use plan::{EpochPlan, LoaderState, RankSlice, Remainder, Shuffle};
