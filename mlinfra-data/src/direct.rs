@@ -122,12 +122,12 @@ pub(crate) fn take_columns(
 ) -> Result<Vec<(usize, ArrayRef)>> {
     let group_start = target.shard.row_group_of(rows[0]).1;
     let local_rows: Vec<u64> = rows.iter().map(|r| r - group_start).collect();
-    let read = |column: &DirectColumn<'_>, pages: &ColumnRead<'_>| {
-        let values = pages.page_values(&pages_of(column.pages, &local_rows))?;
-        gather_rows(&values, &local_rows, column.row_bytes())
-            .and_then(|buffer| pages.array(buffer, local_rows.len()))
-    };
     let pages_needed = |column: &DirectColumn<'_>| pages_of(column.pages, &local_rows);
+    let read = |column: &DirectColumn<'_>, reader: &ColumnRead<'_>, pages: &[usize]| {
+        let values = reader.page_values(pages)?;
+        gather_rows(&values, &local_rows, column.row_bytes())
+            .and_then(|buffer| reader.array(buffer, local_rows.len()))
+    };
     read_direct(target, roots, reader, checked, pages_needed, read)
 }
 
@@ -143,44 +143,48 @@ pub(crate) fn scan_columns(
 ) -> Result<Vec<(usize, Vec<ArrayRef>)>> {
     let group_rows = target.shard.rows_in_group(target.group);
     let batch_size = batch_size.max(1) as u64;
-    let read = |column: &DirectColumn<'_>, pages: &ColumnRead<'_>| {
-        let all: Vec<usize> = (0..column.pages.len()).collect();
-        let values = pages.page_values(&all)?;
+    let pages_needed = |column: &DirectColumn<'_>| (0..column.pages.len()).collect();
+    let read = |column: &DirectColumn<'_>, reader: &ColumnRead<'_>, pages: &[usize]| {
+        let values = reader.page_values(pages)?;
         (0..group_rows)
             .step_by(batch_size as usize)
             .map(|start| {
                 let rows = start..(start + batch_size).min(group_rows);
                 let len = (rows.end - rows.start) as usize;
                 gather_range(&values, rows, column.row_bytes())
-                    .and_then(|buffer| pages.array(buffer, len))
+                    .and_then(|buffer| reader.array(buffer, len))
             })
             .collect::<Option<Vec<_>>>()
     };
-    let pages_needed = |column: &DirectColumn<'_>| (0..column.pages.len()).collect();
     read_direct(target, roots, reader, checked, pages_needed, read)
 }
 
-/// Plans the direct columns of `roots`, fetches the pages each needs in one call, and runs
-/// `read` on each; a column whose `read` gives `None` is left to the decoder.
+/// Plans the direct columns of `roots`, fetches the pages each needs (`pages_needed`) in one
+/// call, and runs `read` on each with its pages; a column whose `read` gives `None` is left to
+/// the decoder.
 fn read_direct<T>(
     target: RowGroupRef<'_>,
     roots: &[(usize, &Field)],
     reader: &ShardReader<'_>,
     checked: &CheckedPages,
     pages_needed: impl Fn(&DirectColumn<'_>) -> Vec<usize>,
-    read: impl Fn(&DirectColumn<'_>, &ColumnRead<'_>) -> Option<T>,
+    read: impl Fn(&DirectColumn<'_>, &ColumnRead<'_>, &[usize]) -> Option<T>,
 ) -> Result<Vec<(usize, T)>> {
-    let columns: Vec<DirectColumn<'_>> = roots
+    let columns: Vec<(DirectColumn<'_>, Vec<usize>)> = roots
         .iter()
         .enumerate()
         .filter_map(|(position, &(root, field))| plan(target, position, root, field))
+        .map(|column| {
+            let pages = pages_needed(&column);
+            (column, pages)
+        })
         .collect();
     if columns.is_empty() {
         return Ok(Vec::new());
     }
     let mut ranges: Vec<Range<u64>> = Vec::new();
-    for column in &columns {
-        for page in pages_needed(column) {
+    for (column, pages) in &columns {
+        for &page in pages {
             match byte_range(&column.pages[page]) {
                 Some(range) => ranges.push(range),
                 None => return Ok(Vec::new()), // a negative offset or size: the decoder's case
@@ -197,7 +201,7 @@ fn read_direct<T>(
     let group_rows = target.shard.rows_in_group(target.group);
     Ok(columns
         .iter()
-        .filter_map(|column| {
+        .filter_map(|(column, pages)| {
             let column_read = ColumnRead {
                 column,
                 fetched: &fetched,
@@ -205,7 +209,7 @@ fn read_direct<T>(
                 shard_index: target.shard_index,
                 checked,
             };
-            read(column, &column_read).map(|result| (column.position, result))
+            read(column, &column_read, pages).map(|result| (column.position, result))
         })
         .collect())
 }

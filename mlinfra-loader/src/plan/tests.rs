@@ -119,28 +119,21 @@ fn ranks_split_one_order_evenly_for_any_world_size() {
                 }
             }
             // Drop reads every sample at most once; Pad every sample at least once.
-            let mut dropped: Vec<u64> = (0..3)
-                .flat_map(|rank| {
-                    plan.slice(rank, 3, Remainder::Drop)
-                        .unwrap()
-                        .iter_from(0)
-                        .collect::<Vec<_>>()
-                })
-                .collect();
-            dropped.sort_unstable();
-            dropped.dedup();
-            assert_eq!(dropped.len() as u64, samples / 3 * 3);
-            let mut padded: Vec<u64> = (0..3)
-                .flat_map(|rank| {
-                    plan.slice(rank, 3, Remainder::Pad)
-                        .unwrap()
-                        .iter_from(0)
-                        .collect::<Vec<_>>()
-                })
-                .collect();
-            padded.sort_unstable();
-            padded.dedup();
-            assert_eq!(padded.len() as u64, samples);
+            let distinct = |remainder| {
+                let mut read: Vec<u64> = (0..3)
+                    .flat_map(|rank| {
+                        plan.slice(rank, 3, remainder)
+                            .unwrap()
+                            .iter_from(0)
+                            .collect::<Vec<_>>()
+                    })
+                    .collect();
+                read.sort_unstable();
+                read.dedup();
+                read.len() as u64
+            };
+            assert_eq!(distinct(Remainder::Drop), samples / 3 * 3);
+            assert_eq!(distinct(Remainder::Pad), samples);
         }
     }
 }
