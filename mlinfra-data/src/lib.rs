@@ -82,7 +82,7 @@ mod summary;
 pub mod take;
 pub mod tensor;
 
-pub use cache::{IpcCache, IpcCacheBuilder, IpcFile};
+pub use cache::{IpcCache, IpcCacheBuilder, IpcFile, RowRefs};
 pub use dataset::{DEFAULT_MAX_DECODED_BYTES, Dataset, DatasetBuilder, Shard};
 #[cfg(feature = "encryption")]
 pub use decryption::Decryption;

@@ -45,6 +45,40 @@ pub enum Error {
         /// Which dataset the state names, and which it was given.
         reason: Box<str>,
     },
+    /// A batch could not be collated: a column of a type the collate step does not handle, a
+    /// null where a tensor needs a value (caller's data or configuration). Names the column.
+    #[error("cannot collate: {reason}")]
+    Collate {
+        /// What was wrong, and in which column.
+        reason: Box<str>,
+    },
+    /// A user collate closure ([`collate::from_fn`](crate::collate::from_fn)) failed.
+    #[error("collate function failed: {0}")]
+    UserCollate(Box<dyn std::error::Error + Send + Sync>),
+    /// A worker thread panicked while producing a batch (a bug in a collate closure or a
+    /// source). The panic was caught; the loader stops this epoch.
+    #[error("a loader worker panicked: {message}")]
+    WorkerPanicked {
+        /// The panic message.
+        message: Box<str>,
+    },
+    /// The loader's pipeline lost its workers without a word (they cannot panic uncaught, so
+    /// this means a thread was killed).
+    #[error("loader pipeline broken: {reason}")]
+    PipelineBroken {
+        /// What was observed.
+        reason: Box<str>,
+    },
+    /// Producing a batch failed; says which batch, with the cause.
+    #[error("batch {batch} of epoch {epoch}: {source}")]
+    Batch {
+        /// The epoch.
+        epoch: u64,
+        /// The batch's number within this rank's epoch.
+        batch: u64,
+        /// What went wrong.
+        source: Box<Error>,
+    },
     /// A dataset operation failed in the layer below. Boxed: the data layer's error names
     /// files and rows, and every `Result` of this crate would otherwise carry its size.
     #[error(transparent)]

@@ -1,27 +1,49 @@
 //! Layer 2 of mlinfra: feeding accelerators so they never wait for the CPU.
 //!
-//! This crate will turn an `mlinfra-data` dataset into a deterministic, resumable stream of
-//! burn batches: an epoch plan that is a pure function of (seed, epoch, dataset fingerprint),
-//! equal splits across ranks, O(1) resume, and a prefetch pipeline (IO, decode, collate,
-//! staging) over bounded channels.
+//! A [`Loader`] turns a [`Source`] (an `mlinfra-data` [`IpcCache`](mlinfra_data::IpcCache) or
+//! Parquet [`Dataset`](mlinfra_data::Dataset)) into a deterministic, resumable stream of batches
+//! of burn tensor data, produced ahead of the consumer by worker threads.
 //!
-//! # Status
-//!
-//! Today it holds [`Device`], the run-time choice of where tensors live, shared by every layer
-//! above, and [`EpochPlan`], the deterministic, O(1)-resumable sample order of an epoch and its
-//! equal split across ranks. The prefetching pipeline is next; the README's status table tracks
-//! what works.
+//! - **Order** ([`plan`]): the epoch's global order is a pure function of (dataset fingerprint,
+//!   seed, epoch, shuffle mode): sequential, exact shuffle, or a block shuffle with a bounded
+//!   memory footprint. Every rank gets the same number of samples; the worker count changes
+//!   nothing delivered.
+//! - **Resume** ([`LoaderState`]): a small serde value; resuming is O(1), with the same or
+//!   another world size, batch size or worker count.
+//! - **Pipeline** ([`pipeline`]): bounded channels, in-order delivery, backpressure by batch
+//!   count and bytes, errors and panics reported from `next()`, threads joined on drop.
+//! - **Collate** ([`collate`]): fixed-width columns as burn `TensorData`, without a copy when the
+//!   rows are contiguous in the memory-mapped cache and in one copy into recycled buffers
+//!   otherwise; token sequences padded with an attention mask; closures.
+//! - **Stats** ([`LoaderStats`]): consumer wait, queue depth, read and collate time, buffers.
 //!
 //! # Quick start
 //!
+//! ```no_run
+//! use mlinfra_data::Dataset;
+//! use mlinfra_loader::{Device, Loader, Shuffle};
+//! use burn::tensor::Tensor;
+//!
+//! let device = "cpu".parse::<Device>()?.to_burn()?;
+//! let cache = Dataset::open("data/train-*.parquet")?
+//!     .project(&["emb", "label"])?
+//!     .ipc_cache("cache/train")
+//!     .open_or_create()?;
+//! let mut loader = Loader::builder(cache, 256).shuffle(Shuffle::Exact).seed(7).build()?;
+//! for batch in loader.by_ref() {
+//!     let mut batch = batch?;
+//!     let emb = Tensor::<2>::from_data(batch.data.remove("emb").unwrap(), &device);
+//!     # let _ = emb;
+//! }
+//! let checkpoint = serde_json::to_string(loader.state())?; // resume with `.resume(state)`
+//! # let _ = checkpoint;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! Without the `cuda` feature, asking for a GPU is a typed error, not a panic:
+//!
 //! ```
 //! use mlinfra_loader::Device;
-//!
-//! let device: Device = "cpu".parse()?;
-//! let burn_device = device.to_burn()?; // a `burn::tensor::Device`
-//! # let _ = burn_device;
-//!
-//! // Without the `cuda` feature, asking for a GPU is a typed error, not a panic.
 //! # #[cfg(not(feature = "cuda"))]
 //! assert!(matches!(
 //!     "cuda:0".parse::<Device>()?.to_burn(),
@@ -29,6 +51,11 @@
 //! ));
 //! # Ok::<(), mlinfra_loader::Error>(())
 //! ```
+//!
+//! # Status
+//!
+//! Not yet here: pinned staging buffers on CUDA ([`Staging`] reports `pinned: false`), the
+//! byte-budgeted streaming cache for object stores, weighted mixing of datasets.
 //!
 //! # Features
 //!
@@ -39,10 +66,20 @@
 #![warn(missing_docs)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+pub mod buffers;
+pub mod collate;
 pub mod device;
 mod error;
+pub mod pipeline;
 pub mod plan;
+pub mod source;
+mod stats;
 
+pub use buffers::{BufferPool, PoolCounters};
+pub use collate::{Collate, Pad, TensorBatch, Tensors};
 pub use device::Device;
 pub use error::{Error, Result};
+pub use pipeline::{Batch, Loader, LoaderBuilder, Staging};
 pub use plan::{EpochPlan, LoaderState, RankSlice, Remainder, Shuffle};
+pub use source::{Source, SourceCounters};
+pub use stats::LoaderStats;

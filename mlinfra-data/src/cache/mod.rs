@@ -451,19 +451,32 @@ impl IpcCache {
     }
 
     /// The rows at `indices` (global row numbers), in that order; indices may repeat. One copy
-    /// per requested row (arrow's `interleave`), no decoding beyond first touch of a batch.
+    /// per requested row (arrow's `interleave`; none when they are consecutive rows of one
+    /// batch: a slice of it), no decoding beyond first touch of a batch.
+    ///
+    /// # Errors
+    ///
+    /// As [`IpcCache::locate`]; [`Error::Arrow`] if the batches cannot be interleaved.
+    pub fn take(&self, indices: &[u64]) -> Result<RecordBatch> {
+        self.locate(indices)?
+            .interleave()
+            .map_err(|e| Error::arrow(&self.dir, e))
+    }
+
+    /// Where the rows at `indices` live, without copying them: views of the batches that hold
+    /// them and each row's place in those batches. What [`IpcCache::take`] copies from, and
+    /// what a collate step gathers straight into its own buffers (one copy in all, not two).
+    ///
+    /// Costs a binary search per index and a sort of the distinct batches touched.
     ///
     /// # Errors
     ///
     /// [`Error::RowOutOfRange`] for an index `>= num_rows()`, checked before any read; the
     /// decode errors of [`IpcFile::batch`].
-    pub fn take(&self, indices: &[u64]) -> Result<RecordBatch> {
+    pub fn locate(&self, indices: &[u64]) -> Result<RowRefs> {
         let rows = self.num_rows();
         if let Some(&index) = indices.iter().find(|&&i| i >= rows) {
             return Err(Error::RowOutOfRange { index, rows });
-        }
-        if indices.is_empty() {
-            return Ok(RecordBatch::new_empty(self.schema.clone()));
         }
         // Each index as (chunk, row in chunk); then the distinct chunks, decoded once each.
         let located: Vec<(usize, usize)> = indices
@@ -480,17 +493,98 @@ impl IpcCache {
             .iter()
             .map(|&chunk| {
                 let (file, batch) = self.chunks[chunk];
-                self.files[file].batch(batch)
+                self.files[file].batch(batch).cloned()
             })
             .collect::<Result<Vec<_>>>()?;
-        let pairs: Vec<(usize, usize)> = located
+        let rows = located
             .iter()
             .map(|&(chunk, row)| {
                 let slot = touched.binary_search(&chunk).expect("every chunk kept");
                 (slot, row)
             })
             .collect();
-        arrow::compute::interleave_record_batch(&batches, &pairs)
-            .map_err(|e| Error::arrow(&self.dir, e))
+        Ok(RowRefs {
+            schema: self.schema.clone(),
+            batches,
+            rows,
+        })
+    }
+}
+
+/// Rows referenced where they already are: record batches (views, no copy) and, for each row
+/// in request order, the batch that holds it and its row number there.
+///
+/// From [`IpcCache::locate`]; [`RowRefs::from_batch`] wraps a batch that is already gathered.
+#[derive(Debug, Clone)]
+pub struct RowRefs {
+    schema: SchemaRef,
+    batches: Vec<RecordBatch>,
+    rows: Vec<(usize, usize)>,
+}
+
+impl RowRefs {
+    /// Every row of `batch`, in order.
+    pub fn from_batch(batch: RecordBatch) -> RowRefs {
+        let rows = (0..batch.num_rows()).map(|row| (0, row)).collect();
+        RowRefs {
+            schema: batch.schema(),
+            batches: vec![batch],
+            rows,
+        }
+    }
+
+    /// The schema every batch shares.
+    pub fn schema(&self) -> &SchemaRef {
+        &self.schema
+    }
+
+    /// The batches the rows live in.
+    pub fn batches(&self) -> &[RecordBatch] {
+        &self.batches
+    }
+
+    /// For each row, in request order: (index into [`RowRefs::batches`], row in that batch).
+    pub fn rows(&self) -> &[(usize, usize)] {
+        &self.rows
+    }
+
+    /// Number of rows referenced.
+    pub fn len(&self) -> usize {
+        self.rows.len()
+    }
+
+    /// Whether no row is referenced.
+    pub fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+    }
+
+    /// When the rows are consecutive rows of one batch, that batch and the first row: such rows
+    /// can be handed on as a slice of the batch, without copying.
+    pub fn as_contiguous(&self) -> Option<(&RecordBatch, usize)> {
+        let &(batch, first) = self.rows.first()?;
+        let consecutive = self
+            .rows
+            .iter()
+            .enumerate()
+            .all(|(i, &(b, row))| b == batch && row == first + i);
+        consecutive.then(|| (&self.batches[batch], first))
+    }
+
+    /// The rows copied into one batch, in order (arrow's `interleave`; a slice when the rows
+    /// are contiguous).
+    ///
+    /// # Errors
+    ///
+    /// Arrow's error if the batches cannot be interleaved (they share a schema by
+    /// construction, so only allocation limits apply).
+    pub fn interleave(&self) -> Result<RecordBatch, arrow::error::ArrowError> {
+        if self.rows.is_empty() {
+            return Ok(RecordBatch::new_empty(self.schema.clone()));
+        }
+        if let Some((batch, first)) = self.as_contiguous() {
+            return Ok(batch.slice(first, self.rows.len()));
+        }
+        let batches: Vec<&RecordBatch> = self.batches.iter().collect();
+        arrow::compute::interleave_record_batch(&batches, &self.rows)
     }
 }

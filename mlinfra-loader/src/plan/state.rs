@@ -62,6 +62,18 @@ impl LoaderState {
         }
     }
 
+    /// The same state moved to the start of `epoch`.
+    pub fn with_epoch(mut self, epoch: u64) -> LoaderState {
+        self.epoch = epoch;
+        self.consumed = 0;
+        self
+    }
+
+    /// What happens to the samples that do not divide among the ranks.
+    pub fn remainder(&self) -> Remainder {
+        self.remainder
+    }
+
     /// The current epoch.
     pub fn epoch(&self) -> u64 {
         self.epoch

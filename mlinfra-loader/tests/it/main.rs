@@ -1,3 +1,6 @@
 //! Integration tests of `mlinfra-loader`: one binary, one module per area.
 
 mod device;
+mod fixtures;
+mod pipeline;
+mod restart;

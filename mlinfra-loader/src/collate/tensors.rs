@@ -1,0 +1,394 @@
+//! [`Tensors`]: fixed-width columns as burn tensor data, in one copy or none (documented on
+//! the type).
+
+use std::collections::HashMap;
+
+use arrow::array::{Array, ArrayRef, AsArray, BooleanArray};
+use arrow::buffer::Buffer;
+use arrow::datatypes::{DataType, Field};
+use burn::tensor::{AllocationProperty, BoolStore, Bytes, DType, TensorData};
+use mlinfra_data::RowRefs;
+
+use super::{Collate, Pad};
+use crate::buffers::BufferPool;
+use crate::{Error, Result};
+
+/// A collated batch: named burn tensor data, in the source's column order.
+///
+/// ```
+/// # use burn::tensor::{Tensor, TensorData};
+/// # use mlinfra_loader::collate::TensorBatch;
+/// # fn step(mut batch: TensorBatch, device: &burn::tensor::Device) -> Option<()> {
+/// let emb = Tensor::<2>::from_data(batch.remove("emb")?, device); // [batch, 64]
+/// # let _ = emb; Some(()) }
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct TensorBatch {
+    columns: Vec<(String, TensorData)>,
+}
+
+impl TensorBatch {
+    /// The tensor data of column `name`.
+    pub fn get(&self, name: &str) -> Option<&TensorData> {
+        self.columns
+            .iter()
+            .find(|(column, _)| column == name)
+            .map(|(_, data)| data)
+    }
+
+    /// Takes column `name` out of the batch (to build a tensor from it without a clone).
+    pub fn remove(&mut self, name: &str) -> Option<TensorData> {
+        let index = self.columns.iter().position(|(column, _)| column == name)?;
+        Some(self.columns.remove(index).1)
+    }
+
+    /// Column names, in order.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.columns.iter().map(|(name, _)| name.as_str())
+    }
+
+    /// (name, data) pairs, in order.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &TensorData)> {
+        self.columns
+            .iter()
+            .map(|(name, data)| (name.as_str(), data))
+    }
+
+    /// The columns, in order.
+    pub fn into_columns(self) -> Vec<(String, TensorData)> {
+        self.columns
+    }
+
+    /// Number of columns.
+    pub fn len(&self) -> usize {
+        self.columns.len()
+    }
+
+    /// Whether the batch has no columns.
+    pub fn is_empty(&self) -> bool {
+        self.columns.is_empty()
+    }
+
+    /// Bytes of tensor data in the batch.
+    pub fn num_bytes(&self) -> usize {
+        self.columns
+            .iter()
+            .map(|(_, data)| data.bytes().len())
+            .sum()
+    }
+
+    pub(super) fn push(&mut self, name: impl Into<String>, data: TensorData) {
+        self.columns.push((name.into(), data));
+    }
+}
+
+/// The default collate: fixed-width columns as burn [`TensorData`].
+///
+/// # Copies
+///
+/// - Rows that are consecutive rows of one memory-mapped batch (a sequential epoch over the IPC
+///   cache, mostly) are handed over as a view of the mapping: the `TensorData` points into the
+///   page cache and nothing is copied, provided the buffer is aligned for the element type
+///   (cache files are 64-byte aligned, so it always is there).
+/// - Otherwise each row is copied once, from where it lies to its place in the batch buffer,
+///   a 64-byte-aligned buffer from the loader's pool that burn then owns without a copy and
+///   that returns to the pool when the batch is dropped.
+///
+/// # Shapes
+///
+/// A column of scalars becomes `[batch]`; a `FixedSizeList` of `n` becomes `[batch, n]`, nested
+/// lists add dimensions (`[batch, n, m]`). Booleans become burn's native bool (one byte each).
+/// A null in a requested row is an error naming the column: a tensor has no nulls, and filling
+/// them silently would change the data.
+///
+/// Every column of the source is collated unless [`Tensors::columns`] picks some. A column
+/// that is not fixed-width (strings, variable-length lists) is an error unless it is padded
+/// ([`Tensors::pad`]) or left out.
+#[derive(Debug, Clone)]
+pub struct Tensors {
+    columns: Option<Vec<String>>,
+    pads: HashMap<String, Pad>,
+    zero_copy: bool,
+}
+
+impl Default for Tensors {
+    fn default() -> Self {
+        Tensors::new()
+    }
+}
+
+impl Tensors {
+    /// Every column, zero-copy where possible.
+    pub fn new() -> Tensors {
+        Tensors {
+            columns: None,
+            pads: HashMap::new(),
+            zero_copy: true,
+        }
+    }
+
+    /// Only these columns, in this order.
+    pub fn columns<S: Into<String>>(mut self, names: impl IntoIterator<Item = S>) -> Tensors {
+        self.columns = Some(names.into_iter().map(Into::into).collect());
+        self
+    }
+
+    /// Pads the variable-length integer list column `name` (token ids) into `[batch, len]`,
+    /// plus a `{name}_mask` bool tensor that is true on real tokens; see [`Pad`].
+    pub fn pad(mut self, name: impl Into<String>, pad: Pad) -> Tensors {
+        self.pads.insert(name.into(), pad);
+        self
+    }
+
+    /// Whether contiguous rows of a memory-mapped batch are handed over as views (default
+    /// true). Off, every batch is gathered into a pooled buffer: data that must outlive the
+    /// cache files, or a benchmark of the copy.
+    pub fn zero_copy(mut self, zero_copy: bool) -> Tensors {
+        self.zero_copy = zero_copy;
+        self
+    }
+}
+
+impl Collate for Tensors {
+    type Output = TensorBatch;
+
+    fn collate(&self, rows: &RowRefs, pool: &BufferPool) -> Result<TensorBatch> {
+        let schema = rows.schema();
+        let indices: Vec<usize> = match &self.columns {
+            None => (0..schema.fields().len()).collect(),
+            Some(names) => names
+                .iter()
+                .map(|name| {
+                    schema.index_of(name).map_err(|_| Error::Collate {
+                        reason: format!("no column `{name}` in the source").into(),
+                    })
+                })
+                .collect::<Result<_>>()?,
+        };
+        let mut batch = TensorBatch::default();
+        for index in indices {
+            let field = schema.field(index);
+            let columns: Vec<&ArrayRef> = rows.batches().iter().map(|b| b.column(index)).collect();
+            match self.pads.get(field.name()) {
+                Some(pad) => {
+                    let (tokens, mask) = pad.collate(field, &columns, rows.rows(), pool)?;
+                    batch.push(field.name(), tokens);
+                    batch.push(format!("{}_mask", field.name()), mask);
+                }
+                None => batch.push(
+                    field.name(),
+                    fixed_width(field, &columns, rows.rows(), pool, self.zero_copy)?,
+                ),
+            }
+        }
+        Ok(batch)
+    }
+
+    fn output_bytes(&self, output: &TensorBatch) -> usize {
+        output.num_bytes()
+    }
+}
+
+/// How a fixed-width column lays out: the leaf type, and the shape of one row.
+#[derive(Debug, Clone)]
+struct RowLayout {
+    dtype: DType,
+    /// Bytes per leaf element (1 for booleans, stored as bytes in the tensor).
+    width: usize,
+    /// Shape of one row: empty for scalars, `[n]` for a list of `n`, `[n, m]` nested.
+    dims: Vec<usize>,
+}
+
+impl RowLayout {
+    fn of(data_type: &DataType) -> Option<RowLayout> {
+        let (dtype, width) = match data_type {
+            DataType::FixedSizeList(child, n) => {
+                let mut inner = RowLayout::of(child.data_type())?;
+                inner.dims.insert(0, usize::try_from(*n).ok()?);
+                return Some(inner);
+            }
+            DataType::Boolean => (DType::Bool(BoolStore::Native), 1),
+            other => {
+                let dtype = match other {
+                    DataType::Float64 => DType::F64,
+                    DataType::Float32 => DType::F32,
+                    DataType::Float16 => DType::F16,
+                    DataType::Int64 | DataType::Date64 | DataType::Timestamp(..) => DType::I64,
+                    DataType::Int32 | DataType::Date32 => DType::I32,
+                    DataType::Int16 => DType::I16,
+                    DataType::Int8 => DType::I8,
+                    DataType::UInt64 => DType::U64,
+                    DataType::UInt32 => DType::U32,
+                    DataType::UInt16 => DType::U16,
+                    DataType::UInt8 => DType::U8,
+                    _ => return None,
+                };
+                (dtype, dtype.size())
+            }
+        };
+        Some(RowLayout {
+            dtype,
+            width,
+            dims: Vec::new(),
+        })
+    }
+
+    /// Leaf elements per row.
+    fn row_elems(&self) -> usize {
+        self.dims.iter().product()
+    }
+}
+
+/// One batch's column, seen down to its leaf values.
+struct LeafView<'a> {
+    /// The column and each nested list level, outermost first, with leaf elements per entry.
+    levels: Vec<(&'a dyn Array, usize)>,
+    leaf: Leaf,
+}
+
+enum Leaf {
+    /// Fixed-width values: the buffer and the index of the column's first element in it.
+    Bytes {
+        buffer: Buffer,
+        first: usize,
+    },
+    Bool(BooleanArray),
+}
+
+impl<'a> LeafView<'a> {
+    fn new(column: &'a ArrayRef, layout: &RowLayout) -> LeafView<'a> {
+        let mut levels = Vec::new();
+        let mut array: &'a dyn Array = column.as_ref();
+        let mut per_entry = layout.row_elems();
+        for &n in &layout.dims {
+            levels.push((array, per_entry));
+            array = array.as_fixed_size_list().values().as_ref();
+            per_entry /= n;
+        }
+        levels.push((array, per_entry));
+        let leaf = match array.data_type() {
+            DataType::Boolean => Leaf::Bool(array.as_boolean().clone()),
+            _ => {
+                let data = array.to_data();
+                Leaf::Bytes {
+                    buffer: data.buffers()[0].clone(),
+                    first: data.offset(),
+                }
+            }
+        };
+        LeafView { levels, leaf }
+    }
+
+    /// The first null in row `row`, at any nesting level.
+    fn has_null_in(&self, row: usize, row_elems: usize) -> bool {
+        self.levels.iter().any(|&(array, per_entry)| {
+            if array.null_count() == 0 {
+                return false;
+            }
+            // Entries of this level that row `row` spans.
+            let span = row_elems / per_entry;
+            (row * span..(row + 1) * span).any(|i| array.is_null(i))
+        })
+    }
+}
+
+/// Gathers (or views) the requested rows of a fixed-width column into one tensor.
+fn fixed_width(
+    field: &Field,
+    columns: &[&ArrayRef],
+    rows: &[(usize, usize)],
+    pool: &BufferPool,
+    zero_copy: bool,
+) -> Result<TensorData> {
+    let layout = RowLayout::of(field.data_type()).ok_or_else(|| Error::Collate {
+        reason: format!(
+            "column `{}` has type {} which is not fixed-width: pad it (Tensors::pad), leave it out (Tensors::columns) or collate it with a closure",
+            field.name(),
+            field.data_type()
+        )
+        .into(),
+    })?;
+    let views: Vec<LeafView<'_>> = columns.iter().map(|c| LeafView::new(c, &layout)).collect();
+    let row_elems = layout.row_elems();
+    if let Some(position) = rows
+        .iter()
+        .position(|&(batch, row)| views[batch].has_null_in(row, row_elems))
+    {
+        return Err(Error::Collate {
+            reason: format!(
+                "column `{}` is null in sample {position} of the batch; tensors have no nulls: filter or fill them, or collate with a closure",
+                field.name()
+            )
+            .into(),
+        });
+    }
+    let mut shape = vec![rows.len()];
+    shape.extend(&layout.dims);
+    let row_bytes = row_elems * layout.width;
+
+    if zero_copy && let Some(view) = contiguous_view(rows, &views, row_bytes, &layout) {
+        return tensor_data(view, shape, layout.dtype);
+    }
+    let mut out = pool.get(rows.len() * row_bytes);
+    let dst = out.as_mut_slice();
+    for (i, &(batch, row)) in rows.iter().enumerate() {
+        let dst = &mut dst[i * row_bytes..(i + 1) * row_bytes];
+        match &views[batch].leaf {
+            Leaf::Bytes { buffer, first } => {
+                let start = (first + row * row_elems) * layout.width;
+                dst.copy_from_slice(&buffer.as_slice()[start..start + row_bytes]);
+            }
+            Leaf::Bool(values) => {
+                for (j, byte) in dst.iter_mut().enumerate() {
+                    *byte = u8::from(values.value(row * row_elems + j));
+                }
+            }
+        }
+    }
+    tensor_data(out.freeze(), shape, layout.dtype)
+}
+
+/// The rows as a view of their buffer, when they are consecutive rows of one batch and the
+/// view is aligned for the element type.
+fn contiguous_view(
+    rows: &[(usize, usize)],
+    views: &[LeafView<'_>],
+    row_bytes: usize,
+    layout: &RowLayout,
+) -> Option<Bytes> {
+    let &(batch, first_row) = rows.first()?;
+    let consecutive = rows
+        .iter()
+        .enumerate()
+        .all(|(i, &(b, row))| b == batch && row == first_row + i);
+    let Leaf::Bytes { buffer, first } = &views[batch].leaf else {
+        return None;
+    };
+    if !consecutive {
+        return None;
+    }
+    let start = (first + first_row * layout.row_elems()) * layout.width;
+    let slice = buffer.slice_with_length(start, rows.len() * row_bytes);
+    if !(slice.as_ptr() as usize).is_multiple_of(layout.width) {
+        return None;
+    }
+    Some(Bytes::from_shared(
+        bytes::Bytes::from_owner(ArrowSlice(slice)),
+        AllocationProperty::File,
+    ))
+}
+
+/// An Arrow buffer (here: a slice of a memory map) as the owner of burn bytes.
+struct ArrowSlice(Buffer);
+
+impl AsRef<[u8]> for ArrowSlice {
+    fn as_ref(&self) -> &[u8] {
+        self.0.as_slice()
+    }
+}
+
+pub(super) fn tensor_data(bytes: Bytes, shape: Vec<usize>, dtype: DType) -> Result<TensorData> {
+    TensorData::try_from_bytes(bytes, shape, dtype).map_err(|e| Error::Collate {
+        reason: format!("tensor data does not match its shape: {e}").into(),
+    })
+}
