@@ -6,5 +6,6 @@ use criterion::criterion_main;
 
 mod data;
 mod kernels;
+mod loader;
 
-criterion_main!(data::benches, kernels::benches);
+criterion_main!(data::benches, loader::benches, kernels::benches);

@@ -15,6 +15,8 @@
 //! - **Collate** ([`collate`]): fixed-width columns as burn `TensorData`, without a copy when the
 //!   rows are contiguous in the memory-mapped cache and in one copy into recycled buffers
 //!   otherwise; token sequences padded with an attention mask; closures.
+//! - **Mixing** ([`Mixture`]): several sources in fixed proportions, exact per epoch, with a
+//!   deterministic interleave.
 //! - **Stats** ([`LoaderStats`]): consumer wait, queue depth, read and collate time, buffers.
 //!
 //! # Quick start
@@ -55,7 +57,7 @@
 //! # Status
 //!
 //! Not yet here: pinned staging buffers on CUDA ([`Staging`] reports `pinned: false`), the
-//! byte-budgeted streaming cache for object stores, weighted mixing of datasets.
+//! byte-budgeted streaming cache for object stores.
 //!
 //! # Features
 //!
@@ -70,6 +72,7 @@ pub mod buffers;
 pub mod collate;
 pub mod device;
 mod error;
+pub mod mixture;
 pub mod pipeline;
 pub mod plan;
 pub mod source;
@@ -79,6 +82,7 @@ pub use buffers::{BufferPool, PoolCounters};
 pub use collate::{Collate, Pad, TensorBatch, Tensors};
 pub use device::Device;
 pub use error::{Error, Result};
+pub use mixture::Mixture;
 pub use pipeline::{Batch, Loader, LoaderBuilder, Staging};
 pub use plan::{EpochPlan, LoaderState, RankSlice, Remainder, Shuffle};
 pub use source::{Source, SourceCounters};

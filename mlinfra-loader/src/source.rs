@@ -52,6 +52,18 @@ pub trait Source: Send + Sync + 'static {
     /// An id out of range, or a failed read or decode.
     fn rows(&self, ids: &[u64]) -> Result<RowRefs>;
 
+    /// [`Source::rows`] in epoch `epoch`: what the loader calls. Sources whose ids mean other
+    /// rows in other epochs (a [`Mixture`](crate::Mixture) drawing a fresh subset of a
+    /// down-weighted part each epoch) override it; the default ignores the epoch.
+    ///
+    /// # Errors
+    ///
+    /// As [`Source::rows`].
+    fn rows_in_epoch(&self, epoch: u64, ids: &[u64]) -> Result<RowRefs> {
+        let _ = epoch;
+        self.rows(ids)
+    }
+
     /// IO counters so far ([`SourceCounters`]); zeros by default.
     fn counters(&self) -> SourceCounters {
         SourceCounters::default()
@@ -116,6 +128,10 @@ impl<S: Source + ?Sized> Source for Arc<S> {
 
     fn rows(&self, ids: &[u64]) -> Result<RowRefs> {
         (**self).rows(ids)
+    }
+
+    fn rows_in_epoch(&self, epoch: u64, ids: &[u64]) -> Result<RowRefs> {
+        (**self).rows_in_epoch(epoch, ids)
     }
 
     fn counters(&self) -> SourceCounters {

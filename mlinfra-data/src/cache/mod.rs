@@ -533,6 +533,38 @@ impl RowRefs {
         }
     }
 
+    /// Rows of several [`RowRefs`] in one: `order` lists `(part, row of that part)` pairs, and
+    /// the result references those rows in that order, without copying any. How a source made
+    /// of other sources (a weighted mixture) answers for a batch drawn from all of them.
+    ///
+    /// `None` when `parts` is empty, their schemas differ, or a pair is out of range.
+    pub fn merge(parts: Vec<RowRefs>, order: &[(usize, usize)]) -> Option<RowRefs> {
+        let schema = parts.first()?.schema.clone();
+        if parts.iter().any(|part| part.schema != schema) {
+            return None;
+        }
+        // Each part's batches go after the previous parts' batches.
+        let mut batch_base = Vec::with_capacity(parts.len());
+        let mut total = 0;
+        for part in &parts {
+            batch_base.push(total);
+            total += part.batches.len();
+        }
+        let rows = order
+            .iter()
+            .map(|&(part, row)| {
+                let (batch, row) = *parts.get(part)?.rows.get(row)?;
+                Some((batch_base[part] + batch, row))
+            })
+            .collect::<Option<Vec<_>>>()?;
+        let batches = parts.into_iter().flat_map(|part| part.batches).collect();
+        Some(RowRefs {
+            schema,
+            batches,
+            rows,
+        })
+    }
+
     /// The schema every batch shares.
     pub fn schema(&self) -> &SchemaRef {
         &self.schema

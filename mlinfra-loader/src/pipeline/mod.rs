@@ -469,6 +469,7 @@ impl<C: Collate> Loader<C> {
         let (result_tx, result_rx) = crossbeam_channel::bounded(self.prefetch);
         let work = Arc::new(Work {
             plan,
+            epoch: self.state.epoch(),
             start: self.state.consumed(),
             rank: self.rank,
             world: self.world,

@@ -14,6 +14,7 @@ use crate::{Error, Result};
 /// What every worker of a run needs to turn a batch number into sample ids.
 pub(super) struct Work {
     pub(super) plan: EpochPlan,
+    pub(super) epoch: u64,
     /// Global position the run starts at (the state's `consumed`).
     pub(super) start: u64,
     pub(super) rank: u64,
@@ -50,8 +51,8 @@ pub(super) fn run<C: Collate>(
         let ids: Vec<u64> = (first..last)
             .map(|i| slice.sample_at(i).expect("inside the rank's share"))
             .collect();
-        let result =
-            catch_unwind(AssertUnwindSafe(|| produce(shared, &ids))).unwrap_or_else(|panic| {
+        let result = catch_unwind(AssertUnwindSafe(|| produce(shared, work.epoch, &ids)))
+            .unwrap_or_else(|panic| {
                 Err(Error::WorkerPanicked {
                     message: panic_message(panic.as_ref()).into(),
                 })
@@ -76,9 +77,9 @@ pub(super) fn run<C: Collate>(
 }
 
 /// Reads and collates one batch; returns it with its size in bytes.
-fn produce<C: Collate>(shared: &Shared<C>, ids: &[u64]) -> Result<(C::Output, u64)> {
+fn produce<C: Collate>(shared: &Shared<C>, epoch: u64, ids: &[u64]) -> Result<(C::Output, u64)> {
     let started = Instant::now();
-    let rows = shared.source.rows(ids)?;
+    let rows = shared.source.rows_in_epoch(epoch, ids)?;
     let read = Instant::now();
     shared.counters.add_read(read - started);
     let data = shared.collate.collate(&rows, &shared.pool)?;

@@ -28,7 +28,7 @@
 mod permutation;
 mod state;
 
-use permutation::Permutation;
+pub(crate) use permutation::Permutation;
 pub use state::LoaderState;
 
 use crate::{Error, Result};
@@ -245,6 +245,13 @@ impl RankSlice<'_> {
     }
 }
 
+/// The key of the block shuffle's per-group permutations, from the plan's block key.
+fn group_key(key: &[u8; 32]) -> [u8; 32] {
+    let mut hasher = blake3::Hasher::new_derive_key("mlinfra-loader block group");
+    hasher.update(key);
+    *hasher.finalize().as_bytes()
+}
+
 /// The block shuffle's order (see the [module docs](self#modes)).
 #[derive(Debug, Clone)]
 struct BlockOrder {
@@ -260,7 +267,8 @@ struct BlockOrder {
     /// The group holding the short last block, and that block's slot inside the group.
     short_group: u64,
     short_slot: u64,
-    key: [u8; 32],
+    /// The keys each group's permutation is tweaked from ([`Permutation::tweaked`]).
+    groups: Permutation,
 }
 
 impl BlockOrder {
@@ -282,7 +290,7 @@ impl BlockOrder {
             block_order,
             short_group: short_position / window,
             short_slot: short_position % window,
-            key,
+            groups: Permutation::new(1, &group_key(&key)),
         }
     }
 
@@ -324,10 +332,7 @@ impl BlockOrder {
 
     /// The permutation of the samples of `group`.
     fn group_permutation(&self, group: u64) -> Permutation {
-        let mut hasher = blake3::Hasher::new_derive_key("mlinfra-loader block group");
-        hasher.update(&self.key);
-        hasher.update(&group.to_le_bytes());
-        Permutation::new(self.group_len(group), hasher.finalize().as_bytes())
+        self.groups.tweaked(self.group_len(group), group)
     }
 
     /// The (slot, offset in the block) of the `within`-th sample of `group`, its blocks laid

@@ -30,9 +30,6 @@ pub(crate) struct Permutation {
 impl Permutation {
     /// The permutation of `0..n` for `key`.
     pub(crate) fn new(n: u64, key: &[u8; 32]) -> Permutation {
-        // Smallest even bit count whose domain holds n (at least 2 bits: two 1-bit halves).
-        let bits = (64 - n.saturating_sub(1).leading_zeros()).max(2);
-        let half_bits = bits.div_ceil(2);
         let mut keys = [0u64; ROUNDS];
         let mut hasher = blake3::Hasher::new_derive_key("mlinfra-loader permutation round keys");
         hasher.update(key);
@@ -42,7 +39,28 @@ impl Permutation {
             stream.fill(&mut bytes);
             *k = u64::from_le_bytes(bytes);
         }
-        Permutation { n, half_bits, keys }
+        Permutation {
+            n,
+            half_bits: half_bits(n),
+            keys,
+        }
+    }
+
+    /// A permutation of `0..n` keyed by this one's keys and `tweak`: a family of
+    /// independent-looking permutations for the price of six 64-bit mixes, where
+    /// [`Permutation::new`] hashes (about a microsecond). What per-group and per-pass
+    /// permutations use, since they are made once per sample looked up.
+    pub(crate) fn tweaked(&self, n: u64, tweak: u64) -> Permutation {
+        let mut keys = self.keys;
+        let tweak = mix64(tweak);
+        for (round, key) in keys.iter_mut().enumerate() {
+            *key = mix64(*key ^ tweak.rotate_left(round as u32 * 11));
+        }
+        Permutation {
+            n,
+            half_bits: half_bits(n),
+            keys,
+        }
     }
 
     /// The image of `i`, for `i < len()`.
@@ -96,6 +114,14 @@ impl Permutation {
         }
         (left << self.half_bits) | right
     }
+}
+
+/// Bits of each half of the smallest even-width Feistel domain holding `n` (at least two 1-bit
+/// halves).
+fn half_bits(n: u64) -> u32 {
+    (64 - n.saturating_sub(1).leading_zeros())
+        .max(2)
+        .div_ceil(2)
 }
 
 /// SplitMix64's finaliser (Stafford's "Mix13"): a bijective 64-bit mix with full avalanche.

@@ -2,5 +2,6 @@
 
 mod device;
 mod fixtures;
+mod mixture;
 mod pipeline;
 mod restart;
