@@ -16,6 +16,12 @@
 //! - The last line of stdout is one JSON object: `samples`, `batches`, `samples_per_s`,
 //!   `first_batch_ms` (from building the loader to holding its first batch), `wait_ms` (time
 //!   blocked waiting for batches after the first), plus `pinned` and the buffer counters.
+//! - `--stream-cache DIR --budget BYTES`: read object-store data (`s3://`, `gs://`, `az://`)
+//!   through a local shard cache in DIR that never holds more than BYTES (shards fetched ahead,
+//!   verified against the dataset's manifest); pair it with `--shuffle block --block ROWS`.
+//!   `--storage-option KEY=VALUE` (repeatable) configures the store; `--manifest FILE` names
+//!   the dataset's manifest (written by `Manifest::write`), else it is computed here by hashing
+//!   every shard once (a full read of the dataset).
 //! - Also: `--workers N`, `--prefetch N`, `--columns a,b` (default every column),
 //!   `--block N --window M` (block shuffle), `--remainder drop|pad`, `--step-ms MS` (sleep per
 //!   batch, a simulated train step), `--progress` (a progress bar on stderr).
@@ -28,13 +34,17 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use indicatif::{ProgressBar, ProgressStyle};
-use mlinfra_data::{Dataset, IpcCache};
-use mlinfra_loader::{Loader, LoaderState, Remainder, Shuffle, Source, Tensors};
+use mlinfra_data::{DatasetBuilder, IpcCache, Manifest};
+use mlinfra_loader::{Loader, LoaderState, Remainder, Shuffle, Source, Streaming, Tensors};
 
 #[derive(Debug)]
 struct Args {
     data: String,
     cache: Option<String>,
+    stream_cache: Option<String>,
+    budget: Option<u64>,
+    manifest: Option<String>,
+    storage_options: Vec<(String, String)>,
     batch: usize,
     shuffle: String,
     block: u64,
@@ -59,6 +69,10 @@ fn parse_args() -> anyhow::Result<Args> {
     let mut args = Args {
         data: String::new(),
         cache: None,
+        stream_cache: None,
+        budget: None,
+        manifest: None,
+        storage_options: Vec::new(),
         batch: 256,
         shuffle: "none".into(),
         block: 8192,
@@ -84,6 +98,17 @@ fn parse_args() -> anyhow::Result<Args> {
         match flag.as_str() {
             "--data" => args.data = value()?,
             "--cache" => args.cache = Some(value()?),
+            "--stream-cache" => args.stream_cache = Some(value()?),
+            "--budget" => args.budget = Some(value()?.parse().context("--budget")?),
+            "--manifest" => args.manifest = Some(value()?),
+            "--storage-option" => {
+                let option = value()?;
+                let (key, value) = option
+                    .split_once('=')
+                    .context("--storage-option takes KEY=VALUE")?;
+                args.storage_options
+                    .push((key.to_owned(), value.to_owned()));
+            }
             "--batch" => args.batch = value()?.parse().context("--batch")?,
             "--shuffle" => args.shuffle = value()?,
             "--block" => args.block = value()?.parse().context("--block")?,
@@ -138,18 +163,36 @@ fn open_source(args: &Args) -> anyhow::Result<Arc<dyn Source>> {
     let is_cache = std::path::Path::new(&args.data)
         .join(mlinfra_data::cache::INDEX_FILE)
         .is_file();
-    Ok(if is_cache {
-        Arc::new(IpcCache::open(&args.data)?)
-    } else {
-        let dataset = Dataset::open(args.data.as_str())?;
-        let dataset = match &args.columns {
-            Some(columns) => dataset.project(columns)?,
-            None => dataset,
+    if is_cache {
+        return Ok(Arc::new(IpcCache::open(&args.data)?));
+    }
+    let mut builder = DatasetBuilder::new(args.data.as_str());
+    for (key, value) in &args.storage_options {
+        builder = builder.with_storage_option(key, value);
+    }
+    let dataset = builder.build()?;
+    if let Some(dir) = &args.stream_cache {
+        let budget = args.budget.context("--stream-cache needs --budget BYTES")?;
+        let manifest = match &args.manifest {
+            Some(path) => Manifest::read(path)?,
+            None => dataset.manifest()?.clone(),
         };
-        match &args.cache {
-            Some(dir) => Arc::new(dataset.ipc_cache(dir).open_or_create()?),
-            None => Arc::new(dataset),
+        let mut streaming = Streaming::builder(manifest, dir, budget);
+        for (key, value) in &args.storage_options {
+            streaming = streaming.storage_option(key, value);
         }
+        if let Some(columns) = &args.columns {
+            streaming = streaming.columns(columns.iter().cloned());
+        }
+        return Ok(Arc::new(streaming.build()?));
+    }
+    let dataset = match &args.columns {
+        Some(columns) => dataset.project(columns)?,
+        None => dataset,
+    };
+    Ok(match &args.cache {
+        Some(dir) => Arc::new(dataset.ipc_cache(dir).open_or_create()?),
+        None => Arc::new(dataset),
     })
 }
 

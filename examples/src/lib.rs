@@ -22,7 +22,7 @@ pub const LAYERS: [Layer; 6] = [
     Layer {
         level: "2",
         krate: "mlinfra-loader",
-        status: "run-time device choice (cpu, cuda:N); O(1)-resumable epoch plans and rank splits; prefetching loader of burn tensor data (zero-copy from the IPC cache), example loader_probe",
+        status: "run-time device choice (cpu, cuda:N); O(1)-resumable epoch plans and rank splits; prefetching loader of burn tensor data (zero-copy from the IPC cache), weighted mixing, byte-budgeted object-store streaming, example loader_probe",
     },
     Layer {
         level: "3-4",

@@ -79,6 +79,24 @@ pub enum Error {
         /// What went wrong.
         source: Box<Error>,
     },
+    /// A streaming cache's byte budget cannot hold what it must (configuration): a shard
+    /// larger than the budget, or other processes' shards filling a shared directory.
+    #[error("shard cache budget of {budget} bytes cannot hold {needed} bytes")]
+    CacheBudget {
+        /// Bytes that had to fit.
+        needed: u64,
+        /// The budget.
+        budget: u64,
+    },
+    /// A fetched shard is not the one the manifest describes (the object changed or was
+    /// corrupted): its hash or row count differs. Nothing of it is read.
+    #[error("shard {uri} does not match its manifest: {reason}")]
+    ShardCorrupt {
+        /// The shard's URI.
+        uri: Box<str>,
+        /// What differs.
+        reason: Box<str>,
+    },
     /// A dataset operation failed in the layer below. Boxed: the data layer's error names
     /// files and rows, and every `Result` of this crate would otherwise carry its size.
     #[error(transparent)]

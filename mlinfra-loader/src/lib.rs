@@ -1,7 +1,8 @@
 //! Layer 2 of mlinfra: feeding accelerators so they never wait for the CPU.
 //!
-//! A [`Loader`] turns a [`Source`] (an `mlinfra-data` [`IpcCache`](mlinfra_data::IpcCache) or
-//! Parquet [`Dataset`](mlinfra_data::Dataset)) into a deterministic, resumable stream of batches
+//! A [`Loader`] turns a [`Source`] (an `mlinfra-data` [`IpcCache`](mlinfra_data::IpcCache),
+//! a Parquet [`Dataset`](mlinfra_data::Dataset), a [`Streaming`] object-store dataset or a
+//! weighted [`Mixture`] of them) into a deterministic, resumable stream of batches
 //! of burn tensor data, produced ahead of the consumer by worker threads.
 //!
 //! - **Order** ([`plan`]): the epoch's global order is a pure function of (dataset fingerprint,
@@ -15,6 +16,9 @@
 //! - **Collate** ([`collate`]): fixed-width columns as burn `TensorData`, without a copy when the
 //!   rows are contiguous in the memory-mapped cache and in one copy into recycled buffers
 //!   otherwise; token sequences padded with an attention mask; closures.
+//! - **Streaming** ([`Streaming`]): shards of an object-store dataset fetched ahead into a
+//!   local cache with a byte budget (LRU, shared across processes under a file lock, every
+//!   shard verified against the manifest's hash).
 //! - **Mixing** ([`Mixture`]): several sources in fixed proportions, exact per epoch, with a
 //!   deterministic interleave.
 //! - **Stats** ([`LoaderStats`]): consumer wait, queue depth, read and collate time, buffers.
@@ -56,8 +60,8 @@
 //!
 //! # Status
 //!
-//! Not yet here: pinned staging buffers on CUDA ([`Staging`] reports `pinned: false`), the
-//! byte-budgeted streaming cache for object stores.
+//! Not yet here: pinned staging buffers and asynchronous host-to-device copies on CUDA
+//! ([`Staging`] reports `pinned: false`).
 //!
 //! # Features
 //!
@@ -77,6 +81,7 @@ pub mod pipeline;
 pub mod plan;
 pub mod source;
 mod stats;
+pub mod stream;
 
 pub use buffers::{BufferPool, PoolCounters};
 pub use collate::{Collate, Pad, TensorBatch, Tensors};
@@ -87,3 +92,4 @@ pub use pipeline::{Batch, Loader, LoaderBuilder, Staging};
 pub use plan::{EpochPlan, LoaderState, RankSlice, Remainder, Shuffle};
 pub use source::{Source, SourceCounters};
 pub use stats::LoaderStats;
+pub use stream::{Streaming, StreamingBuilder};

@@ -254,6 +254,25 @@ impl Source for Mixture {
         })
     }
 
+    fn prefetch(&self, epoch: u64, ids: &[u64]) {
+        let mut rows: Vec<Vec<u64>> = vec![Vec::new(); self.parts.len()];
+        let mut cache = None;
+        for &id in ids {
+            if let Some(draw) = self.draw(epoch, id) {
+                rows[draw.part].push(self.row_of(&draw, &mut cache));
+            }
+        }
+        for (part, rows) in self.parts.iter().zip(&rows) {
+            if !rows.is_empty() {
+                part.source.prefetch(epoch, rows);
+            }
+        }
+    }
+
+    fn wants_prefetch(&self) -> bool {
+        self.parts.iter().any(|part| part.source.wants_prefetch())
+    }
+
     fn counters(&self) -> SourceCounters {
         self.parts.iter().map(|part| part.source.counters()).fold(
             SourceCounters::default(),

@@ -64,6 +64,19 @@ pub trait Source: Send + Sync + 'static {
         self.rows(ids)
     }
 
+    /// A hint that the loader will ask for these ids (of epoch `epoch`) soon: a source that
+    /// fetches remote data starts fetching them ([`Streaming`](crate::Streaming)). Must not
+    /// block. The default does nothing.
+    fn prefetch(&self, epoch: u64, ids: &[u64]) {
+        let _ = (epoch, ids);
+    }
+
+    /// Whether [`Source::prefetch`] does anything: the loader computes the hinted ids only for
+    /// sources that want them. False by default.
+    fn wants_prefetch(&self) -> bool {
+        false
+    }
+
     /// IO counters so far ([`SourceCounters`]); zeros by default.
     fn counters(&self) -> SourceCounters {
         SourceCounters::default()
@@ -132,6 +145,14 @@ impl<S: Source + ?Sized> Source for Arc<S> {
 
     fn rows_in_epoch(&self, epoch: u64, ids: &[u64]) -> Result<RowRefs> {
         (**self).rows_in_epoch(epoch, ids)
+    }
+
+    fn prefetch(&self, epoch: u64, ids: &[u64]) {
+        (**self).prefetch(epoch, ids);
+    }
+
+    fn wants_prefetch(&self) -> bool {
+        (**self).wants_prefetch()
     }
 
     fn counters(&self) -> SourceCounters {

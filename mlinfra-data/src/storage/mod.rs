@@ -333,6 +333,58 @@ pub fn coalesce(ranges: &[Range<u64>], max_gap: u64) -> Vec<Range<u64>> {
     merged
 }
 
+/// Copies the file at `uri` (a local path or an object-store URI, configured by `options` as
+/// [`DatasetBuilder::with_storage_option`](crate::DatasetBuilder::with_storage_option) takes
+/// them) to `dest`, hashing it on the way; returns its content hash, `blake3:` and hex, the form
+/// [`ShardEntry::content_hash`](crate::ShardEntry::content_hash) has. `dest` is created or
+/// truncated; on error it may hold part of the file (write to a temporary name, rename once the
+/// hash is checked).
+///
+/// Objects are streamed in 16 MiB ranged GETs; memory use stays bounded whatever the size.
+///
+/// # Errors
+///
+/// [`Error::Io`] when `dest` cannot be written or a local file read; the object store's errors
+/// ([`Error::ObjectStore`], a missing object included); [`Error::InvalidOption`] for an unknown
+/// option.
+pub fn fetch_file<K: AsRef<str>, V: AsRef<str>>(
+    uri: &str,
+    options: &[(K, V)],
+    dest: &Path,
+) -> Result<String> {
+    use std::io::Write;
+    let options: Vec<(String, String)> = options
+        .iter()
+        .map(|(k, v)| (k.as_ref().to_owned(), v.as_ref().to_owned()))
+        .collect();
+    let file = File::create(dest).map_err(|e| Error::io(dest, e))?;
+    let mut out = std::io::BufWriter::with_capacity(1 << 20, file);
+    let mut hasher = blake3::Hasher::new();
+    let mut write = |chunk: &[u8]| -> Result<()> {
+        hasher.update(chunk);
+        out.write_all(chunk).map_err(|e| Error::io(dest, e))
+    };
+    match FileRef::from_uri(uri, &options)? {
+        FileRef::Local(path) => {
+            let mut source = File::open(path).map_err(|e| Error::io(path, e))?;
+            let mut buffer = vec![0u8; 1 << 20];
+            loop {
+                let read = std::io::Read::read(&mut source, &mut buffer)
+                    .map_err(|e| Error::io(path, e))?;
+                if read == 0 {
+                    break;
+                }
+                write(&buffer[..read])?;
+            }
+        }
+        #[cfg(feature = "remote")]
+        FileRef::Remote(object) => object.for_each_chunk(&mut write)?,
+    }
+    out.flush().map_err(|e| Error::io(dest, e))?;
+    out.get_ref().sync_all().map_err(|e| Error::io(dest, e))?;
+    Ok(format!("blake3:{}", hasher.finalize().to_hex()))
+}
+
 /// A whole file, local or remote, for what is done to whole files: stat and hash.
 pub(crate) enum FileRef<'a> {
     Local(&'a Path),

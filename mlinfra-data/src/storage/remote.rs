@@ -71,19 +71,27 @@ impl RemoteObject {
 
     /// Feeds the object's bytes to `hasher`, in order, 16 MiB per request.
     pub(crate) fn hash_into(&self, hasher: &mut blake3::Hasher) -> Result<()> {
+        self.for_each_chunk(|chunk| {
+            hasher.update(chunk);
+            Ok(())
+        })
+    }
+
+    /// The whole object, in order, in chunks of at most 16 MiB (one ranged GET each), so a
+    /// large object is never held in memory at once.
+    pub(crate) fn for_each_chunk(&self, mut f: impl FnMut(&[u8]) -> Result<()>) -> Result<()> {
         const CHUNK: u64 = 16 << 20;
         let Some((len, _)) = self.stat()? else {
             return Err(self.error(object_store::Error::NotFound {
                 path: self.path.to_string(),
-                source: "object vanished while hashing".into(),
+                source: "object vanished while reading it".into(),
             }));
         };
         let mut start = 0;
         while start < len {
             let end = len.min(start + CHUNK);
-            let bytes = self.get_ranges(std::slice::from_ref(&(start..end)))?;
-            for part in &bytes {
-                hasher.update(part);
+            for part in &self.get_ranges(std::slice::from_ref(&(start..end)))? {
+                f(part)?;
             }
             start = end;
         }

@@ -476,6 +476,8 @@ impl<C: Collate> Loader<C> {
             remainder: self.state.remainder(),
             batch_size: self.batch_size,
             slice_len,
+            // Past everything in flight: the batches after the prefetched ones.
+            lookahead: 2 * self.prefetch as u64,
         });
         let workers = (self.workers as u64).min(total).max(1) as usize;
         let threads = (0..workers)

@@ -23,6 +23,8 @@ pub(super) struct Work {
     pub(super) batch_size: usize,
     /// Samples of the rank's share from `start` on.
     pub(super) slice_len: u64,
+    /// How many batches ahead [`Source::prefetch`](crate::Source::prefetch) hints reach.
+    pub(super) lookahead: u64,
 }
 
 /// A batch as a worker hands it back.
@@ -45,12 +47,23 @@ pub(super) fn run<C: Collate>(
         .plan
         .slice_from(work.start, work.rank, work.world, work.remainder)
         .expect("validated when the loader was built");
-    for batch in tickets {
-        let first = batch * work.batch_size as u64;
+    let batch_ids = |batch: u64| -> Vec<u64> {
+        let first = (batch * work.batch_size as u64).min(work.slice_len);
         let last = (first + work.batch_size as u64).min(work.slice_len);
-        let ids: Vec<u64> = (first..last)
+        (first..last)
             .map(|i| slice.sample_at(i).expect("inside the rank's share"))
-            .collect();
+            .collect()
+    };
+    let wants_prefetch = shared.source.wants_prefetch();
+    for batch in tickets {
+        let ids = batch_ids(batch);
+        // Sources that fetch remote data start on the batch `lookahead` tickets ahead.
+        if wants_prefetch {
+            let ahead = batch_ids(batch + work.lookahead);
+            if !ahead.is_empty() {
+                shared.source.prefetch(work.epoch, &ahead);
+            }
+        }
         let result = catch_unwind(AssertUnwindSafe(|| produce(shared, work.epoch, &ids)))
             .unwrap_or_else(|panic| {
                 Err(Error::WorkerPanicked {

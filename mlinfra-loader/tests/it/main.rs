@@ -5,3 +5,4 @@ mod fixtures;
 mod mixture;
 mod pipeline;
 mod restart;
+mod stream;
