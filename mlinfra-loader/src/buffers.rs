@@ -73,11 +73,14 @@ impl BufferPool {
         let lines_needed = len.div_ceil(LINE);
         let recycled = {
             let mut free = self.inner.free.lock().unwrap_or_else(|e| e.into_inner());
-            // Best fit: the smallest idle buffer that is large enough.
+            // Best fit: the smallest idle buffer that is large enough, and not more than twice
+            // that (a huge buffer is not spent on a small request).
             let best = free
                 .iter()
                 .enumerate()
-                .filter(|(_, lines)| lines.len() >= lines_needed)
+                .filter(|(_, lines)| {
+                    lines.len() >= lines_needed && lines.len() <= 2 * lines_needed.max(1)
+                })
                 .min_by_key(|(_, lines)| lines.len())
                 .map(|(i, _)| i);
             best.map(|i| free.swap_remove(i))

@@ -247,7 +247,14 @@ impl Source for Mixture {
             .parts
             .iter()
             .zip(&requests)
-            .map(|(part, rows)| part.source.rows_in_epoch(epoch, rows))
+            .map(|(part, rows)| {
+                if rows.is_empty() {
+                    // A part this batch draws nothing from is not asked (weight 0 included).
+                    Ok(RowRefs::empty(self.schema.clone()))
+                } else {
+                    part.source.rows_in_epoch(epoch, rows)
+                }
+            })
             .collect::<Result<Vec<_>>>()?;
         RowRefs::merge(answers, &order).ok_or_else(|| Error::InvalidPlan {
             reason: "mixture: a part answered with other columns or fewer rows than asked".into(),

@@ -21,18 +21,28 @@
 //! worker busy, and any budget holding the largest shard makes progress.
 //!
 //! **Processes.** Fetches and evictions hold an exclusive lock on `DIR/.lock`, so several
-//! processes (the ranks of one machine) can share one directory: each shard is downloaded once,
-//! and usage is computed from the files on disk. Deleting a file another process has mapped is
-//! safe on Unix (its mapping stays valid); pins are per process.
+//! processes (the ranks of one machine) can share one directory: each shard is downloaded once
+//! while it stays cached, and usage is computed from the files on disk. A shard is opened and
+//! memory-mapped before the lock is released, so a file another process deletes later stays
+//! readable here (Unix keeps a deleted file's mapped pages); a process drops its entry for a
+//! deleted shard as soon as none of its workers reads it, which frees the disk space. Pins are
+//! per process: another process may evict a shard this one reads, at the price of a second
+//! download if it is needed again.
+//!
+//! **Limits.** Downloads run one at a time per directory, under the lock (parallel downloads
+//! need per-shard reservations); a stalled GET stalls the others. Only files named like
+//! shards (64 hex digits, `.parquet`) are ever counted or evicted. The access pattern matters:
+//! an exact shuffle over a streaming source touches every shard in every batch and, with a
+//! budget below the dataset, downloads shards over and over; use a block shuffle.
 //!
 //! MosaicML Streaming's `cache_limit` is the model; unlike it, eviction is by file, shards are
 //! verified by content hash, and the whole design keeps the loader's O(1) resume: a resumed
 //! epoch fetches only the shards it still reads.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::SystemTime;
@@ -84,6 +94,21 @@ impl StreamingBuilder {
                 reason: "streaming: the manifest lists no shards".into(),
             });
         };
+        if let Some(entry) = self
+            .manifest
+            .shards()
+            .iter()
+            .find(|entry| hash_hex(&entry.content_hash).is_none())
+        {
+            return Err(Error::ShardCorrupt {
+                uri: entry.uri.as_str().into(),
+                reason: format!(
+                    "the manifest's content hash `{}` is not `blake3:` and 64 hex digits",
+                    entry.content_hash
+                )
+                .into(),
+            });
+        }
         if largest > self.budget {
             return Err(Error::CacheBudget {
                 needed: largest,
@@ -106,13 +131,10 @@ impl StreamingBuilder {
             resident: Mutex::new(HashMap::new()),
             changed: Condvar::new(),
             counters: Counters::default(),
+            stop: AtomicBool::new(false),
+            queued: Mutex::new(HashSet::new()),
         });
-        let schema = {
-            let first = inner.acquire(0)?;
-            let schema = first.schema().clone();
-            inner.release(0);
-            schema
-        };
+        let schema = inner.acquire(0)?.dataset.schema().clone();
         let (hints, wanted) = crossbeam_channel::unbounded::<usize>();
         let fetcher = {
             let worker = inner.clone();
@@ -120,10 +142,12 @@ impl StreamingBuilder {
                 .name("mlinfra-shard-fetcher".into())
                 .spawn(move || {
                     for shard in wanted {
-                        // A failed prefetch is retried, and reported, by the read that needs it.
-                        if worker.acquire(shard).is_ok() {
-                            worker.release(shard);
+                        if worker.stop.load(Ordering::Relaxed) {
+                            break;
                         }
+                        // A failed prefetch is retried, and reported, by the read that needs it.
+                        drop(worker.acquire(shard));
+                        worker.lock_queued().remove(&shard);
                     }
                 })
                 .map_err(|e| io_error(&inner.dir, e))?
@@ -213,7 +237,9 @@ impl Streaming {
 
 impl Drop for Streaming {
     fn drop(&mut self) {
-        self.hints = None; // ends the fetcher's loop
+        // Queued hints are abandoned, not downloaded: the fetcher stops at the next one.
+        self.inner.stop.store(true, Ordering::Relaxed);
+        self.hints = None;
         if let Some(fetcher) = self.fetcher.take() {
             let _ = fetcher.join();
         }
@@ -234,6 +260,9 @@ impl Source for Streaming {
     }
 
     fn rows(&self, ids: &[u64]) -> Result<RowRefs> {
+        if ids.is_empty() {
+            return Ok(RowRefs::empty(self.schema.clone()));
+        }
         let total = self.num_samples();
         // Group the ids by shard; read each shard with one pin held at a time.
         let mut by_shard: Vec<(usize, Vec<u64>)> = Vec::new();
@@ -260,10 +289,11 @@ impl Source for Streaming {
         }
         let mut parts = Vec::with_capacity(by_shard.len());
         for (shard, locals) in &by_shard {
-            let dataset = self.inner.acquire(*shard)?;
-            let taken = dataset.take(locals);
-            self.inner.release(*shard);
-            parts.push(RowRefs::from_batch(taken?));
+            // Pinned for the read only: the pin goes when `pinned` drops, also on a panic.
+            let pinned = self.inner.acquire(*shard)?;
+            let taken = pinned.dataset.take(locals)?;
+            drop(pinned);
+            parts.push(RowRefs::from_batch(taken));
         }
         RowRefs::merge(parts, &order).ok_or_else(|| Error::InvalidPlan {
             reason: "streaming: a shard's columns differ from the first shard's".into(),
@@ -278,7 +308,10 @@ impl Source for Streaming {
         for &id in ids {
             if id < self.num_samples() {
                 let shard = self.inner.shard_of(id);
-                if last != Some(shard) && !self.inner.is_resident(shard) {
+                if last != Some(shard)
+                    && !self.inner.is_resident(shard)
+                    && self.inner.lock_queued().insert(shard)
+                {
                     let _ = hints.send(shard);
                 }
                 last = Some(shard);
@@ -323,6 +356,40 @@ struct Inner {
     /// Signalled when a shard becomes ready, or a pin is released.
     changed: Condvar,
     counters: Counters,
+    /// Set when the source is dropped: the fetcher abandons what is queued.
+    stop: AtomicBool,
+    /// Shards hinted and not yet taken up by the fetcher (no duplicate downloads queued).
+    queued: Mutex<HashSet<usize>>,
+}
+
+/// A shard pinned for reading: this process does not evict it until the guard drops.
+struct Pinned<'a> {
+    inner: &'a Inner,
+    shard: usize,
+    dataset: Arc<Dataset>,
+}
+
+impl Drop for Pinned<'_> {
+    fn drop(&mut self) {
+        self.inner.release(self.shard);
+    }
+}
+
+/// Marks a shard `Fetching` in this process; if the fetch ends without a result (a panic),
+/// dropping it clears the mark so that waiters retry instead of waiting forever.
+struct FetchingMark<'a> {
+    inner: &'a Inner,
+    shard: usize,
+    done: bool,
+}
+
+impl Drop for FetchingMark<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            self.inner.lock_resident().remove(&self.shard);
+            self.inner.changed.notify_all();
+        }
+    }
 }
 
 enum Resident {
@@ -362,15 +429,34 @@ impl Inner {
         self.resident.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The open shard, fetched first if needed, pinned until [`Inner::release`].
-    fn acquire(&self, shard: usize) -> Result<Arc<Dataset>> {
+    fn lock_queued(&self) -> std::sync::MutexGuard<'_, HashSet<usize>> {
+        self.queued.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The open shard, fetched first if needed, pinned until the returned guard drops.
+    fn acquire(&self, shard: usize) -> Result<Pinned<'_>> {
+        let path = self.dir.join(self.file_name(shard));
         let mut resident = self.lock_resident();
         loop {
             match resident.get_mut(&shard) {
                 Some(Resident::Ready { dataset, pins }) => {
+                    // Another process may have evicted the file. If nobody here reads it, the
+                    // entry goes (its mapping with it, so the disk space is freed) and the
+                    // shard is fetched again; a shard being read stays valid: it is mapped.
+                    if *pins == 0 && !path.is_file() {
+                        resident.remove(&shard);
+                        continue;
+                    }
                     *pins += 1;
+                    let dataset = dataset.clone();
+                    drop(resident);
                     self.counters.hits.fetch_add(1, Ordering::Relaxed);
-                    return Ok(dataset.clone());
+                    touch(&path);
+                    return Ok(Pinned {
+                        inner: self,
+                        shard,
+                        dataset,
+                    });
                 }
                 Some(Resident::Fetching) => {
                     resident = self
@@ -383,8 +469,14 @@ impl Inner {
         }
         resident.insert(shard, Resident::Fetching);
         drop(resident);
+        let mut mark = FetchingMark {
+            inner: self,
+            shard,
+            done: false,
+        };
         let opened = self.fetch(shard);
         let mut resident = self.lock_resident();
+        mark.done = true;
         let result = match opened {
             Ok(dataset) => {
                 let dataset = Arc::new(dataset);
@@ -395,7 +487,11 @@ impl Inner {
                         pins: 1,
                     },
                 );
-                Ok(dataset)
+                Ok(Pinned {
+                    inner: self,
+                    shard,
+                    dataset,
+                })
             }
             Err(error) => {
                 resident.remove(&shard);
@@ -417,8 +513,8 @@ impl Inner {
     /// The cache file name of a shard: its content hash, so a file there is a verified shard.
     fn file_name(&self, shard: usize) -> String {
         let hash = &self.shards[shard].content_hash;
-        let hex = hash.strip_prefix("blake3:").unwrap_or(hash);
-        format!("{hex}.parquet")
+        // Checked at build: every hash is `blake3:` and 64 hex digits.
+        format!("{}.parquet", hash_hex(hash).unwrap_or("invalid"))
     }
 
     /// Makes shard `shard` a verified file in the cache (evicting others to fit), then opens
@@ -428,13 +524,11 @@ impl Inner {
         let path = self.dir.join(self.file_name(shard));
         let _lock = self.lock_dir()?;
         if path.is_file() {
-            // Touched: the last-use time is what eviction orders by.
-            let _ = File::options()
-                .append(true)
-                .open(&path)
-                .and_then(|f| f.set_modified(SystemTime::now()));
+            // Downloaded already (by another process, or before an eviction here).
+            touch(&path);
             self.counters.hits.fetch_add(1, Ordering::Relaxed);
         } else {
+            self.remove_stale_downloads()?;
             self.make_room(entry.bytes, &path)?;
             let tmp = self
                 .dir
@@ -551,6 +645,19 @@ impl Inner {
         }
     }
 
+    /// Deletes partial downloads left by a process killed mid-fetch. Called with the directory
+    /// lock held: only the lock holder downloads, so every `.fetch-*` file then is stale.
+    fn remove_stale_downloads(&self) -> Result<()> {
+        let io = |e| io_error(&self.dir, e);
+        for entry in std::fs::read_dir(&self.dir).map_err(io)? {
+            let entry = entry.map_err(io)?;
+            if entry.file_name().to_string_lossy().starts_with(".fetch-") {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+        Ok(())
+    }
+
     /// The verified shard files in the directory (not temporary or lock files).
     fn cached_files(&self) -> Result<Vec<CachedFile>> {
         let io = |e| io_error(&self.dir, e);
@@ -559,7 +666,11 @@ impl Inner {
             let entry = entry.map_err(io)?;
             let name = entry.file_name();
             let name = name.to_string_lossy();
-            if name.starts_with('.') || !name.ends_with(".parquet") {
+            // Only files this cache names (64 hex digits): never a user's own Parquet files.
+            let is_shard = name.strip_suffix(".parquet").is_some_and(|stem| {
+                stem.len() == 64 && stem.bytes().all(|b| b.is_ascii_hexdigit())
+            });
+            if !is_shard {
                 continue;
             }
             let Ok(meta) = entry.metadata() else {
@@ -586,4 +697,19 @@ impl Inner {
         file.lock().map_err(|e| io_error(&path, e))?;
         Ok(file)
     }
+}
+
+/// The 64 hex digits of a `blake3:` content hash; `None` for anything else.
+fn hash_hex(hash: &str) -> Option<&str> {
+    let hex = hash.strip_prefix("blake3:")?;
+    (hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit())).then_some(hex)
+}
+
+/// Sets a cached shard's modification time to now: its last use, which eviction orders by.
+fn touch(path: &Path) {
+    // Best effort: a file evicted meanwhile has no time to set.
+    let _ = File::options()
+        .append(true)
+        .open(path)
+        .and_then(|f| f.set_modified(SystemTime::now()));
 }

@@ -523,6 +523,15 @@ pub struct RowRefs {
 }
 
 impl RowRefs {
+    /// No rows, of `schema`.
+    pub fn empty(schema: SchemaRef) -> RowRefs {
+        RowRefs {
+            schema,
+            batches: Vec::new(),
+            rows: Vec::new(),
+        }
+    }
+
     /// Every row of `batch`, in order.
     pub fn from_batch(batch: RecordBatch) -> RowRefs {
         let rows = (0..batch.num_rows()).map(|row| (0, row)).collect();
@@ -537,10 +546,16 @@ impl RowRefs {
     /// the result references those rows in that order, without copying any. How a source made
     /// of other sources (a weighted mixture) answers for a batch drawn from all of them.
     ///
-    /// `None` when `parts` is empty, their schemas differ, or a pair is out of range.
+    /// Parts must have the same fields; schema metadata may differ (writers such as pandas
+    /// record per-file details there) and the first part's is kept.
+    ///
+    /// `None` when `parts` is empty, their fields differ, or a pair is out of range.
     pub fn merge(parts: Vec<RowRefs>, order: &[(usize, usize)]) -> Option<RowRefs> {
         let schema = parts.first()?.schema.clone();
-        if parts.iter().any(|part| part.schema != schema) {
+        if parts
+            .iter()
+            .any(|part| part.schema.fields() != schema.fields())
+        {
             return None;
         }
         // Each part's batches go after the previous parts' batches.

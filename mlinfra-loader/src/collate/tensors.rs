@@ -204,7 +204,14 @@ impl RowLayout {
         let (dtype, width) = match data_type {
             DataType::FixedSizeList(child, n) => {
                 let mut inner = RowLayout::of(child.data_type())?;
-                inner.dims.insert(0, usize::try_from(*n).ok()?);
+                // A list of 0 has no elements to stack; sizes whose product overflows have no
+                // tensor either.
+                let n = usize::try_from(*n).ok().filter(|&n| n > 0)?;
+                inner.dims.insert(0, n);
+                inner
+                    .dims
+                    .iter()
+                    .try_fold(inner.width, |bytes, &d| bytes.checked_mul(d))?;
                 return Some(inner);
             }
             DataType::Boolean => (DType::Bool(BoolStore::Native), 1),

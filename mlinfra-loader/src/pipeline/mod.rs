@@ -110,6 +110,12 @@ impl<C> std::fmt::Debug for LoaderBuilder<C> {
     }
 }
 
+/// Most batches a loader keeps in flight, whatever [`LoaderBuilder::prefetch`] asks.
+pub const MAX_PREFETCH: usize = 1024;
+
+/// Most worker threads a loader starts, whatever [`LoaderBuilder::workers`] asks.
+pub const MAX_WORKERS: usize = 256;
+
 /// Default bound on the bytes of batches in flight: 512 MiB.
 pub const DEFAULT_MAX_BUFFERED_BYTES: u64 = 512 << 20;
 
@@ -153,16 +159,16 @@ impl<C: Collate> LoaderBuilder<C> {
         self
     }
 
-    /// Worker threads (default: the machine's cores, at most 8; at least 1).
+    /// Worker threads (default: the machine's cores, at most 8; clamped to `1..=MAX_WORKERS`).
     pub fn workers(mut self, workers: usize) -> Self {
-        self.workers = workers.max(1);
+        self.workers = workers.clamp(1, MAX_WORKERS);
         self
     }
 
     /// Most batches in flight at once (default: twice the workers, as PyTorch's
-    /// `prefetch_factor` of 2 per worker; at least 1).
+    /// `prefetch_factor` of 2 per worker; clamped to `1..=MAX_PREFETCH`).
     pub fn prefetch(mut self, batches: usize) -> Self {
-        self.prefetch = Some(batches.max(1));
+        self.prefetch = Some(batches.clamp(1, MAX_PREFETCH));
         self
     }
 
@@ -467,10 +473,13 @@ impl<C: Collate> Loader<C> {
         };
         let (ticket_tx, ticket_rx) = crossbeam_channel::bounded(self.prefetch);
         let (result_tx, result_rx) = crossbeam_channel::bounded(self.prefetch);
+        // A state saved after the last batch of a padded epoch counts past the end (the padded
+        // positions wrap around); the run then starts at the end, with nothing left.
+        let start = self.state.consumed().min(plan.len());
         let work = Arc::new(Work {
             plan,
             epoch: self.state.epoch(),
-            start: self.state.consumed(),
+            start,
             rank: self.rank,
             world: self.world,
             remainder: self.state.remainder(),
@@ -479,7 +488,8 @@ impl<C: Collate> Loader<C> {
             // Past everything in flight: the batches after the prefetched ones.
             lookahead: 2 * self.prefetch as u64,
         });
-        let workers = (self.workers as u64).min(total).max(1) as usize;
+        // No batches, no threads.
+        let workers = (self.workers as u64).min(total) as usize;
         let threads = (0..workers)
             .map(|i| {
                 let (shared, work) = (self.shared.clone(), work.clone());

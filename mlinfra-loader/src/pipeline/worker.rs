@@ -48,7 +48,9 @@ pub(super) fn run<C: Collate>(
         .slice_from(work.start, work.rank, work.world, work.remainder)
         .expect("validated when the loader was built");
     let batch_ids = |batch: u64| -> Vec<u64> {
-        let first = (batch * work.batch_size as u64).min(work.slice_len);
+        let first = batch
+            .saturating_mul(work.batch_size as u64)
+            .min(work.slice_len);
         let last = (first + work.batch_size as u64).min(work.slice_len);
         (first..last)
             .map(|i| slice.sample_at(i).expect("inside the rank's share"))
@@ -56,20 +58,25 @@ pub(super) fn run<C: Collate>(
     };
     let wants_prefetch = shared.source.wants_prefetch();
     for batch in tickets {
-        let ids = batch_ids(batch);
-        // Sources that fetch remote data start on the batch `lookahead` tickets ahead.
-        if wants_prefetch {
-            let ahead = batch_ids(batch + work.lookahead);
-            if !ahead.is_empty() {
-                shared.source.prefetch(work.epoch, &ahead);
+        // Everything that runs user code (a source, a collate) runs inside the guard: a panic
+        // becomes this batch's error, never a dead worker holding a ticket.
+        let mut ids = Vec::new();
+        let result = catch_unwind(AssertUnwindSafe(|| {
+            ids = batch_ids(batch);
+            // Sources that fetch remote data start on the batch `lookahead` tickets ahead.
+            if wants_prefetch {
+                let ahead = batch_ids(batch.saturating_add(work.lookahead));
+                if !ahead.is_empty() {
+                    shared.source.prefetch(work.epoch, &ahead);
+                }
             }
-        }
-        let result = catch_unwind(AssertUnwindSafe(|| produce(shared, work.epoch, &ids)))
-            .unwrap_or_else(|panic| {
-                Err(Error::WorkerPanicked {
-                    message: panic_message(panic.as_ref()).into(),
-                })
-            });
+            produce(shared, work.epoch, &ids)
+        }))
+        .unwrap_or_else(|panic| {
+            Err(Error::WorkerPanicked {
+                message: panic_message(panic.as_ref()).into(),
+            })
+        });
         let bytes = match &result {
             Ok((_, bytes)) => *bytes,
             Err(_) => 0,

@@ -102,6 +102,18 @@ fn a_down_weighted_part_delivers_every_row_before_repeating_across_epochs() {
     );
 }
 
+/// A part of weight 0 is never asked for rows, and the others fill the epoch.
+#[test]
+fn a_zero_weight_part_contributes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let [a, b, _]: [Arc<dyn Source>; 3] = parts(dir.path()).try_into().ok().unwrap();
+    let mixture = Arc::new(Mixture::new(vec![(a, 1.0), (b, 0.0)], 150, 2).unwrap());
+    assert_eq!(mixture.counts(), [150, 0]);
+    let delivered = deliveries(&mixture, Shuffle::Exact, 2, 1);
+    assert_eq!(delivered.len(), 150);
+    assert!(delivered.iter().all(|&(part, _)| part == 0));
+}
+
 #[test]
 fn mixing_is_deterministic_whatever_the_workers() {
     let dir = tempfile::tempdir().unwrap();

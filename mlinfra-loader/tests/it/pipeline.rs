@@ -227,6 +227,34 @@ fn resuming_mid_epoch_continues_exactly_also_on_another_world_size() {
     }
 }
 
+/// A state saved after the last batch of a padded epoch counts past the end (the padding wraps
+/// around): resuming from it delivers nothing more this epoch, then goes on.
+#[test]
+fn resuming_after_the_last_padded_batch_ends_the_epoch_cleanly() {
+    let (_dir, fixture) = fixture(10);
+    let cache = Arc::new(fixture.cache());
+    let builder = |rank| {
+        Loader::builder(cache.clone(), 2)
+            .collate(no_tokens())
+            .shuffle(Shuffle::Exact)
+            .rank(rank, 4)
+            .remainder(Remainder::Pad)
+    };
+    let mut loader = builder(0).build().unwrap();
+    assert_eq!(
+        collect(&mut loader).len(),
+        2,
+        "ceil(10 / 4) = 3 samples: 2 batches"
+    );
+    let state = loader.state().clone();
+    assert_eq!(state.consumed(), 12, "past the 10 samples");
+    let mut resumed = builder(1).resume(state).build().unwrap();
+    assert_eq!(resumed.batches_in_epoch(), 0);
+    assert!(resumed.next().is_none());
+    resumed.next_epoch();
+    assert_eq!(collect(&mut resumed).len(), 2);
+}
+
 #[test]
 fn epochs_advance_and_reshuffle() {
     let (_dir, fixture) = fixture(200);
