@@ -605,16 +605,17 @@ impl RowRefs {
         self.rows.is_empty()
     }
 
-    /// When the rows are consecutive rows of one batch, that batch and the first row: such rows
-    /// can be handed on as a slice of the batch, without copying.
-    pub fn as_contiguous(&self) -> Option<(&RecordBatch, usize)> {
+    /// When the rows are consecutive rows of one batch: that batch's index in
+    /// [`RowRefs::batches`] and the first row. Such rows can be handed on as a slice of the
+    /// batch, without copying.
+    pub fn as_contiguous(&self) -> Option<(usize, usize)> {
         let &(batch, first) = self.rows.first()?;
         let consecutive = self
             .rows
             .iter()
             .enumerate()
             .all(|(i, &(b, row))| b == batch && row == first + i);
-        consecutive.then(|| (&self.batches[batch], first))
+        consecutive.then_some((batch, first))
     }
 
     /// The rows copied into one batch, in order (arrow's `interleave`; a slice when the rows
@@ -629,7 +630,7 @@ impl RowRefs {
             return Ok(RecordBatch::new_empty(self.schema.clone()));
         }
         if let Some((batch, first)) = self.as_contiguous() {
-            return Ok(batch.slice(first, self.rows.len()));
+            return Ok(self.batches[batch].slice(first, self.rows.len()));
         }
         let batches: Vec<&RecordBatch> = self.batches.iter().collect();
         arrow::compute::interleave_record_batch(&batches, &self.rows)

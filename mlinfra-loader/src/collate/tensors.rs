@@ -165,6 +165,8 @@ impl Collate for Tensors {
                 })
                 .collect::<Result<_>>()?,
         };
+        // Whether the rows can be handed over as views: decided once for every column.
+        let contiguous = self.zero_copy.then(|| rows.as_contiguous()).flatten();
         let mut batch = TensorBatch::default();
         for index in indices {
             let field = schema.field(index);
@@ -177,7 +179,7 @@ impl Collate for Tensors {
                 }
                 None => batch.push(
                     field.name(),
-                    fixed_width(field, &columns, rows.rows(), pool, self.zero_copy)?,
+                    fixed_width(field, &columns, rows.rows(), pool, contiguous)?,
                 ),
             }
         }
@@ -305,7 +307,7 @@ fn fixed_width(
     columns: &[&ArrayRef],
     rows: &[(usize, usize)],
     pool: &BufferPool,
-    zero_copy: bool,
+    contiguous: Option<(usize, usize)>,
 ) -> Result<TensorData> {
     let layout = RowLayout::of(field.data_type()).ok_or_else(|| Error::Collate {
         reason: format!(
@@ -333,7 +335,9 @@ fn fixed_width(
     shape.extend(&layout.dims);
     let row_bytes = row_elems * layout.width;
 
-    if zero_copy && let Some(view) = contiguous_view(rows, &views, row_bytes, &layout) {
+    if let Some(contiguous) = contiguous
+        && let Some(view) = contiguous_view(contiguous, rows.len(), &views, row_bytes, &layout)
+    {
         return tensor_data(view, shape, layout.dtype);
     }
     let mut out = pool.get(rows.len() * row_bytes);
@@ -355,27 +359,20 @@ fn fixed_width(
     tensor_data(out.freeze(), shape, layout.dtype)
 }
 
-/// The rows as a view of their buffer, when they are consecutive rows of one batch and the
+/// Rows `first_row..first_row + len` of batch `batch` as a view of their buffer, when that
 /// view is aligned for the element type.
 fn contiguous_view(
-    rows: &[(usize, usize)],
+    (batch, first_row): (usize, usize),
+    len: usize,
     views: &[LeafView<'_>],
     row_bytes: usize,
     layout: &RowLayout,
 ) -> Option<Bytes> {
-    let &(batch, first_row) = rows.first()?;
-    let consecutive = rows
-        .iter()
-        .enumerate()
-        .all(|(i, &(b, row))| b == batch && row == first_row + i);
     let Leaf::Bytes { buffer, first } = &views[batch].leaf else {
         return None;
     };
-    if !consecutive {
-        return None;
-    }
     let start = (first + first_row * layout.row_elems()) * layout.width;
-    let slice = buffer.slice_with_length(start, rows.len() * row_bytes);
+    let slice = buffer.slice_with_length(start, len * row_bytes);
     if !(slice.as_ptr() as usize).is_multiple_of(layout.width) {
         return None;
     }
