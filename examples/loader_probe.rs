@@ -25,6 +25,9 @@
 //! - Also: `--workers N`, `--prefetch N`, `--columns a,b` (default every column),
 //!   `--block N --window M` (block shuffle), `--remainder drop|pad`, `--step-ms MS` (sleep per
 //!   batch, a simulated train step), `--progress` (a progress bar on stderr).
+//! - `--device cuda:N` (build with `--features cuda`): stage batches in pinned memory and build
+//!   a device tensor from every column, as a training step would, synchronizing once at the
+//!   end; the JSON then also counts `pinned_bytes` and `stage_ms`.
 //!
 //! Errors are printed on stderr with their causes; the exit status is then 2.
 
@@ -33,9 +36,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use burn::tensor::{Bool, Int, Tensor, TensorData};
 use indicatif::{ProgressBar, ProgressStyle};
 use mlinfra_data::{DatasetBuilder, IpcCache, Manifest};
-use mlinfra_loader::{Loader, LoaderState, Remainder, Shuffle, Source, Streaming, Tensors};
+use mlinfra_loader::{
+    Device, Loader, LoaderState, Remainder, Shuffle, Source, Streaming, TensorBatch, Tensors,
+};
 
 #[derive(Debug)]
 struct Args {
@@ -63,6 +69,7 @@ struct Args {
     dump_ids: bool,
     step: Duration,
     progress: bool,
+    device: Device,
 }
 
 fn parse_args() -> anyhow::Result<Args> {
@@ -91,6 +98,7 @@ fn parse_args() -> anyhow::Result<Args> {
         dump_ids: false,
         step: Duration::ZERO,
         progress: false,
+        device: Device::Cpu,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -137,6 +145,7 @@ fn parse_args() -> anyhow::Result<Args> {
             }
             "--dump-ids" => args.dump_ids = true,
             "--progress" => args.progress = true,
+            "--device" => args.device = value()?.parse().context("--device")?,
             other => bail!("unknown flag {other}"),
         }
     }
@@ -209,7 +218,8 @@ fn run(args: &Args) -> anyhow::Result<()> {
         .seed(args.seed)
         .epoch(args.epoch)
         .rank(args.rank, args.world)
-        .remainder(args.remainder);
+        .remainder(args.remainder)
+        .device(args.device);
     if let Some(workers) = args.workers {
         builder = builder.workers(workers);
     }
@@ -223,6 +233,11 @@ fn run(args: &Args) -> anyhow::Result<()> {
         builder = builder.resume(state);
     }
     let mut loader = builder.build()?;
+    // Where batches go: none for the CPU (the probe measures the loader, not a model).
+    let upload_to = match args.device {
+        Device::Cpu => None,
+        gpu => Some(gpu.to_burn()?),
+    };
 
     let total = args.stop_after.map_or(loader.batches_in_epoch(), |k| {
         k.min(loader.batches_in_epoch())
@@ -263,8 +278,16 @@ fn run(args: &Args) -> anyhow::Result<()> {
             ));
         }
         bar.set_position(delivered);
-        drop(batch);
+        match &upload_to {
+            Some(device) => upload(batch.data, device)?,
+            None => drop(batch),
+        }
         std::thread::sleep(args.step);
+    }
+    if let Some(device) = &upload_to {
+        device
+            .sync()
+            .context("waiting for the host-to-device copies")?;
     }
     let elapsed = started.elapsed();
     bar.finish_and_clear();
@@ -289,11 +312,34 @@ fn run(args: &Args) -> anyhow::Result<()> {
             "pinned": loader.staging().pinned,
             "read_ms": ms(stats.read_time),
             "collate_ms": ms(stats.collate_time),
+            "stage_ms": ms(stats.stage_time),
+            "pinned_bytes": stats.pinned_bytes,
             "bytes_read": stats.source.bytes_read,
             "buffers_allocated": stats.buffers.allocated,
             "buffers_reused": stats.buffers.reused,
         })
     )?;
+    Ok(())
+}
+
+/// Builds a device tensor from every column of `batch`, as a training step would: from pinned
+/// memory each is an asynchronous host-to-device copy. Columns are flattened to one
+/// dimension (their ranks differ) and keep their dtype.
+fn upload(batch: TensorBatch, device: &burn::tensor::Device) -> anyhow::Result<()> {
+    for (name, data) in batch.into_columns() {
+        let dtype = data.dtype();
+        let len = data.num_elements();
+        let flat = TensorData::try_from_bytes(data.into_bytes(), vec![len], dtype)
+            .with_context(|| format!("column `{name}`"))?;
+        let options = (device, dtype);
+        if dtype.is_float() {
+            drop(Tensor::<1>::from_data(flat, options));
+        } else if dtype.is_bool() {
+            drop(Tensor::<1, Bool>::from_data(flat, options));
+        } else {
+            drop(Tensor::<1, Int>::from_data(flat, options));
+        }
+    }
     Ok(())
 }
 

@@ -58,10 +58,13 @@
 //! # Ok::<(), mlinfra_loader::Error>(())
 //! ```
 //!
-//! # Status
+//! # Staging for a GPU
 //!
-//! Not yet here: pinned staging buffers and asynchronous host-to-device copies on CUDA
-//! ([`Staging`] reports `pinned: false`).
+//! With `.device(Device::Cuda(0))` (feature `cuda`), workers copy each finished batch into
+//! page-locked host memory, so `Tensor::from_data` on the training thread starts an
+//! asynchronous host-to-device copy instead of blocking on one; see [`Staging`]. A device that
+//! is missing fails `build()` with a typed error. The CUDA path is type-checked in CI and has
+//! not yet run on a GPU.
 //!
 //! # Features
 //!

@@ -32,6 +32,11 @@ pub struct LoaderStats {
     pub read_time: Duration,
     /// Worker time spent collating (gathering rows into batch buffers).
     pub collate_time: Duration,
+    /// Worker time spent staging batches for an accelerator (copying them into pinned host
+    /// memory); zero on the CPU. See [`Staging`](crate::Staging).
+    pub stage_time: Duration,
+    /// Bytes of produced batches that workers placed in pinned host memory; zero on the CPU.
+    pub pinned_bytes: u64,
     /// The source's own IO counters: bytes read, cache hits and evictions.
     pub source: SourceCounters,
     /// Batch buffers allocated versus recycled.
@@ -50,6 +55,8 @@ impl LoaderStats {
 pub(crate) struct WorkerCounters {
     read_ns: AtomicU64,
     collate_ns: AtomicU64,
+    stage_ns: AtomicU64,
+    pinned_bytes: AtomicU64,
     /// Bytes of produced, undelivered batches.
     pub(crate) buffered_bytes: AtomicU64,
     /// The largest batch produced so far, in bytes: sizes the byte budget.
@@ -63,6 +70,19 @@ impl WorkerCounters {
 
     pub(crate) fn add_collate(&self, time: Duration) {
         self.collate_ns.fetch_add(nanos(time), Ordering::Relaxed);
+    }
+
+    pub(crate) fn add_stage(&self, time: Duration, pinned_bytes: u64) {
+        self.stage_ns.fetch_add(nanos(time), Ordering::Relaxed);
+        self.pinned_bytes.fetch_add(pinned_bytes, Ordering::Relaxed);
+    }
+
+    pub(crate) fn stage_time(&self) -> Duration {
+        Duration::from_nanos(self.stage_ns.load(Ordering::Relaxed))
+    }
+
+    pub(crate) fn pinned_bytes(&self) -> u64 {
+        self.pinned_bytes.load(Ordering::Relaxed)
     }
 
     pub(crate) fn read_time(&self) -> Duration {

@@ -44,6 +44,26 @@ pub trait Collate: Send + Sync + 'static {
         let _ = output;
         0
     }
+
+    /// Whether [`Collate::stage`] moves outputs into transfer memory. The default, false,
+    /// makes the loader skip staging and report [`Staging::pinned`](crate::Staging) false.
+    fn stages(&self) -> bool {
+        false
+    }
+
+    /// Moves `output`'s buffers into the memory `device` copies from fastest (page-locked
+    /// host memory on CUDA), so that building tensors from them on the training thread
+    /// starts an asynchronous host-to-device copy instead of a blocking one. Runs on a
+    /// worker thread, after [`Collate::collate`], only when the loader's device is an
+    /// accelerator and [`Collate::stages`] is true. Returns the bytes of `output` that are
+    /// now pinned (counted in [`LoaderStats::pinned_bytes`](crate::LoaderStats)).
+    ///
+    /// Costs one host copy of the batch, on the worker instead of the training thread:
+    /// PyTorch's `pin_memory=True`.
+    fn stage(&self, output: &mut Self::Output, device: &burn::tensor::Device) -> u64 {
+        let _ = (output, device);
+        0
+    }
 }
 
 /// Collates into an Arrow `RecordBatch` (a slice when the rows are contiguous, else one copy).

@@ -77,6 +77,17 @@ impl TensorBatch {
             .sum()
     }
 
+    /// Bytes of tensor data in page-locked (pinned) host memory: all of
+    /// [`num_bytes`](Self::num_bytes) once a loader for a CUDA device staged the batch, 0 on the
+    /// CPU. Building a tensor from pinned data starts an asynchronous host-to-device copy.
+    pub fn pinned_bytes(&self) -> usize {
+        self.columns
+            .iter()
+            .filter(|(_, data)| data.bytes().property() == AllocationProperty::Pinned)
+            .map(|(_, data)| data.bytes().len())
+            .sum()
+    }
+
     pub(super) fn push(&mut self, name: impl Into<String>, data: TensorData) {
         self.columns.push((name.into(), data));
     }
@@ -188,6 +199,17 @@ impl Collate for Tensors {
 
     fn output_bytes(&self, output: &TensorBatch) -> usize {
         output.num_bytes()
+    }
+
+    fn stages(&self) -> bool {
+        true
+    }
+
+    fn stage(&self, output: &mut TensorBatch, device: &burn::tensor::Device) -> u64 {
+        // burn swaps each buffer for a copy in the backend's pinned pool (CUDA) or leaves it
+        // (backends without staging); the replaced pooled buffers go back to the loader's pool.
+        device.staging(output.columns.iter_mut().map(|(_, data)| data));
+        output.pinned_bytes() as u64
     }
 }
 
@@ -395,4 +417,39 @@ pub(super) fn tensor_data(bytes: Bytes, shape: Vec<usize>, dtype: DType) -> Resu
     TensorData::try_from_bytes(bytes, shape, dtype).map_err(|e| Error::Collate {
         reason: format!("tensor data does not match its shape: {e}").into(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn data(values: &[f32], property: AllocationProperty) -> TensorData {
+        let raw: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let bytes = Bytes::from_shared(bytes::Bytes::from(raw), property);
+        tensor_data(bytes, vec![values.len()], DType::F32).unwrap()
+    }
+
+    /// Only buffers in page-locked memory count: what a CUDA staging pass leaves behind.
+    #[test]
+    fn pinned_bytes_counts_only_pinned_buffers() {
+        let mut batch = TensorBatch::default();
+        batch.push("a", data(&[1.0, 2.0, 3.0], AllocationProperty::Pinned));
+        batch.push("b", data(&[4.0; 5], AllocationProperty::Native));
+        batch.push("c", data(&[5.0], AllocationProperty::File));
+        assert_eq!(batch.num_bytes(), 4 * 9);
+        assert_eq!(batch.pinned_bytes(), 4 * 3);
+    }
+
+    /// On the CPU backend staging is a no-op: no buffer moves, no byte is pinned, data intact.
+    #[test]
+    fn staging_on_the_cpu_leaves_the_batch_as_it_is() {
+        let mut batch = TensorBatch::default();
+        batch.push("a", data(&[1.5, -2.0], AllocationProperty::Native));
+        let before = batch.get("a").unwrap().bytes().as_ptr();
+        let pinned = Tensors::new().stage(&mut batch, &burn::tensor::Device::flex());
+        assert_eq!(pinned, 0);
+        let after = batch.get("a").unwrap();
+        assert_eq!(after.bytes().as_ptr(), before);
+        assert_eq!(after.as_slice::<f32>().unwrap(), [1.5, -2.0]);
+    }
 }

@@ -69,12 +69,22 @@ pub struct Batch<T> {
 }
 
 /// Where batches are staged for the device; from [`Loader::staging`].
+///
+/// For an accelerator ([`Device::Cuda`]) with a collate that stages (the default
+/// [`Tensors`] does), each worker moves its finished batch into page-locked host memory from
+/// burn's pinned pool ([`Collate::stage`]). `Tensor::from_data` on the training thread then
+/// starts an asynchronous host-to-device copy (`cuMemcpyHtoDAsync` from pinned memory) and
+/// returns; from pageable memory the same call would block until the driver had copied it
+/// through its own bounce buffer. That is PyTorch's `pin_memory=True` plus
+/// `non_blocking=True`, with the pinning copy on the loader's workers.
+///
+/// On the CPU there is no copy to speed up: `pinned` is false and nothing is staged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Staging {
     /// The device batches are meant for.
     pub device: Device,
-    /// Whether batch buffers are page-locked (pinned) host memory, so host-to-device copies
-    /// can run asynchronously. Always false on the CPU, where there is no copy to speed up.
+    /// Whether workers stage batches into pinned host memory: the device is an accelerator
+    /// and the collate stages. [`LoaderStats::pinned_bytes`] says how many bytes were.
     pub pinned: bool,
 }
 
@@ -222,8 +232,9 @@ impl<C: Collate> LoaderBuilder<C> {
     /// # Errors
     ///
     /// [`Error::InvalidPlan`] for a batch size of 0, a rank outside the world or a bad block
-    /// shuffle; [`Error::StateMismatch`] for a resumed state of another dataset; the source's
-    /// error computing its fingerprint.
+    /// shuffle; [`Error::StateMismatch`] for a resumed state of another dataset;
+    /// [`Error::FeatureDisabled`] or [`Error::DeviceUnavailable`] for a GPU this build or
+    /// machine lacks; the source's error computing its fingerprint.
     pub fn build(self) -> Result<Loader<C>> {
         if self.batch_size == 0 {
             return Err(Error::InvalidPlan {
@@ -249,10 +260,14 @@ impl<C: Collate> LoaderBuilder<C> {
         // Validates the plan and the rank before any thread starts.
         let plan = state.plan()?;
         state.rank_slice(&plan, self.rank, self.world)?;
+        // A device that is not there fails here, before any thread starts.
+        let target = self.device.to_burn()?;
+        let stage_on = (self.device != Device::Cpu && self.collate.stages()).then_some(target);
         let prefetch = self.prefetch.unwrap_or(2 * self.workers);
         let shared = Arc::new(Shared {
             source: self.source,
             collate: self.collate,
+            stage_on,
             // Enough idle buffers for every batch in flight and every column of them, so a
             // steady state allocates nothing.
             pool: BufferPool::new(4 * (prefetch + self.workers) * 8),
@@ -282,6 +297,8 @@ impl<C: Collate> LoaderBuilder<C> {
 pub(crate) struct Shared<C: Collate> {
     pub(crate) source: Arc<dyn Source>,
     pub(crate) collate: C,
+    /// The accelerator batches are staged for, when the collate stages (see [`Staging`]).
+    pub(crate) stage_on: Option<burn::tensor::Device>,
     pub(crate) pool: BufferPool,
     pub(crate) counters: WorkerCounters,
 }
@@ -424,11 +441,12 @@ impl<C: Collate> Loader<C> {
         }
     }
 
-    /// Where batches are staged; on the CPU nothing is pinned (see [`Staging`]).
+    /// Where batches are staged (see [`Staging`]); [`LoaderStats::pinned_bytes`] counts what
+    /// actually landed in pinned memory.
     pub fn staging(&self) -> Staging {
         Staging {
             device: self.device,
-            pinned: false,
+            pinned: self.shared.stage_on.is_some(),
         }
     }
 
@@ -454,6 +472,8 @@ impl<C: Collate> Loader<C> {
             buffered_bytes: counters.buffered_bytes.load(Ordering::Relaxed),
             read_time: counters.read_time(),
             collate_time: counters.collate_time(),
+            stage_time: counters.stage_time(),
+            pinned_bytes: counters.pinned_bytes(),
             source: self.shared.source.counters(),
             buffers: self.shared.pool.counters(),
         }

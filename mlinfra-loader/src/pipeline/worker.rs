@@ -102,8 +102,13 @@ fn produce<C: Collate>(shared: &Shared<C>, epoch: u64, ids: &[u64]) -> Result<(C
     let rows = shared.source.rows_in_epoch(epoch, ids)?;
     let read = Instant::now();
     shared.counters.add_read(read - started);
-    let data = shared.collate.collate(&rows, &shared.pool)?;
-    shared.counters.add_collate(read.elapsed());
+    let mut data = shared.collate.collate(&rows, &shared.pool)?;
+    let collated = Instant::now();
+    shared.counters.add_collate(collated - read);
+    if let Some(device) = &shared.stage_on {
+        let pinned = shared.collate.stage(&mut data, device);
+        shared.counters.add_stage(collated.elapsed(), pinned);
+    }
     let bytes = shared.collate.output_bytes(&data) as u64;
     Ok((data, bytes))
 }
