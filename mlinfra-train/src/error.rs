@@ -9,6 +9,44 @@ pub enum Error {
     /// Loading data or choosing a device failed in the layers below.
     #[error(transparent)]
     Loader(#[from] mlinfra_loader::Error),
+
+    /// A module, flat vector or checkpoint does not have the parameter layout it should
+    /// (names, shapes or counts differ; the message names the first difference). Caller error.
+    #[error("parameter layout mismatch: {reason}")]
+    ModelLayout {
+        /// What differs, naming the parameter.
+        reason: Box<str>,
+    },
+
+    /// A tensor operation failed on its device (a readback, an execution error).
+    #[error("tensor operation failed: {reason}")]
+    Tensor {
+        /// What failed, naming the parameter where there is one.
+        reason: Box<str>,
+    },
+
+    /// A rank left the collective group (returned early, crashed) while others still needed
+    /// it; raised on the ranks left waiting instead of a hang.
+    #[error("collective aborted: {reason}")]
+    CollectiveAborted {
+        /// Which rank noticed.
+        reason: Box<str>,
+    },
+
+    /// Ranks called a collective with lengths or roots that do not fit together (a bug in the
+    /// caller: every rank must make the same calls with the same lengths).
+    #[error("collective call mismatch: {reason}")]
+    CollectiveMismatch {
+        /// What did not fit.
+        reason: Box<str>,
+    },
+
+    /// A training configuration that cannot work (zero steps, a negative learning rate...).
+    #[error("invalid training configuration: {reason}")]
+    InvalidConfig {
+        /// What is wrong, naming the field.
+        reason: Box<str>,
+    },
 }
 
 /// `Result` with [`Error`] as the default error type.

@@ -1,14 +1,49 @@
 //! Layers 3–4 of mlinfra: training that survives failures and resumes bit-exactly.
 //!
-//! This crate will hold burn model families (an MLP, a Llama-style decoder), a trainer loop
-//! with gradient accumulation, global-norm clipping and mixed precision, data parallelism over
-//! a `Collective` (threads, MPI, NCCL), ZeRO-style optimizer-state sharding, atomic,
-//! checksummed, re-shardable step checkpoints, and post-training (LoRA, DoRA, DPO).
+//! Built so far (issue 5 is in progress):
 //!
-//! # Status
+//! - [`ParamLayout`]: a module's float parameters as one flat `f32` vector keyed by module
+//!   path (`layers.0.weight`), not by burn's per-process random ids: what collectives reduce,
+//!   optimizer shards cut and checkpoints will store.
+//! - [`Collective`]: all-reduce, reduce-scatter, all-gather, broadcast, barrier;
+//!   [`collective::ThreadGroup`] runs N ranks as threads (deterministic sums in rank order; a
+//!   rank that leaves fails the others instead of hanging), [`collective::Single`] is one.
+//! - [`DataParallel`]: one rank's optimizer step: gradient accumulation that averages over
+//!   samples, global-norm clipping, burn's AdamW or SGD ([`optim::ShardOptimizer`]) on fp32
+//!   master weights, replicated or ZeRO-1 sharded ([`Sharding`]), warmup + cosine schedule.
+//! - [`models::Mlp`] with a serde [`models::MlpConfig`] and seeded, rank-independent init.
 //!
-//! Only the error type exists today; the trainer is a later milestone. Devices are chosen with
-//! [`mlinfra_loader::Device`]. The README's status table tracks what works.
+//! ```
+//! use burn::tensor::{Device, Int, Tensor, TensorData};
+//! use mlinfra_train::collective::Single;
+//! use mlinfra_train::models::MlpConfig;
+//! use mlinfra_train::optim::{LrSchedule, OptimizerConfig};
+//! use mlinfra_train::{DataParallel, Sharding, StepOptions};
+//!
+//! let device = Device::flex().autodiff();
+//! let model = MlpConfig { input: 4, hidden: vec![8], classes: 3, seed: 0 }.init(&device)?;
+//! let options = StepOptions {
+//!     schedule: LrSchedule::warmup_cosine(1e-2, 10, 100, 0.1),
+//!     max_grad_norm: Some(1.0),
+//!     sharding: Sharding::Replicated,
+//! };
+//! // `Single` for one process; a `ThreadGroup` rank (or MPI) for data parallelism.
+//! let (mut engine, mut model) = DataParallel::new(Single, model, &OptimizerConfig::adamw(), options)?;
+//! for _ in 0..3 {
+//!     let x = Tensor::<2>::from_data(TensorData::new(vec![0.5f32; 8], [2, 4]), &device);
+//!     let y = Tensor::<1, Int>::from_data(TensorData::new(vec![0i64, 2], [2]), &device);
+//!     let grads = model.loss(x, y).backward();
+//!     engine.accumulate(&model, &grads, 2)?; // call once per micro-batch
+//!     let (next, report) = engine.step(model)?;
+//!     model = next;
+//!     assert!(report.grad_norm.is_finite());
+//! }
+//! # Ok::<(), mlinfra_train::Error>(())
+//! ```
+//!
+//! Not yet here: the trainer loop over a loader with metrics, mixed precision and loss
+//! scaling, MPI and NCCL collectives, checkpoints, fault tolerance, the Llama decoder. The
+//! README's status table tracks what works.
 //!
 //! # Features
 //!
@@ -19,6 +54,15 @@
 #![warn(missing_docs)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+pub mod collective;
+mod data_parallel;
 mod error;
+pub mod models;
+pub mod optim;
+mod params;
+mod rng;
 
+pub use collective::Collective;
+pub use data_parallel::{DataParallel, Sharding, StepOptions, StepReport};
 pub use error::{Error, Result};
+pub use params::{ParamLayout, ParamSlot};

@@ -1,0 +1,170 @@
+//! Collectives: how data-parallel ranks agree on gradients and parameters.
+//!
+//! A [`Collective`] is one rank's handle on a group of `world` ranks. Every rank calls the
+//! same operations in the same order with buffers of the same lengths (the SPMD contract of
+//! MPI and NCCL); a rank that leaves the group early makes the others' pending calls fail
+//! with [`Error::CollectiveAborted`](crate::Error::CollectiveAborted) rather than hang.
+//!
+//! Sums are over `f32` (gradients, parameters) and `f64` (scalars: sample counts, squared
+//! norms). Vectors are cut into shards by [`shard_range`], the one rule every rank, optimizer
+//! shard and checkpoint uses.
+//!
+//! Implementations: [`ThreadGroup`] (N ranks as threads of one process; deterministic:
+//! sums run in rank order, so results do not depend on thread timing).
+
+mod threads;
+
+pub use threads::{ThreadCollective, ThreadGroup};
+
+use crate::Result;
+
+/// One rank's handle on a group of ranks; see the [module docs](self).
+pub trait Collective: Send {
+    /// This rank, in `0..world`.
+    fn rank(&self) -> usize;
+
+    /// Ranks in the group.
+    fn world(&self) -> usize;
+
+    /// Replaces `buffer` on every rank with the element-wise sum over ranks.
+    ///
+    /// # Errors
+    ///
+    /// The group is broken (a rank left) or the ranks' lengths differ.
+    fn all_reduce(&mut self, buffer: &mut [f32]) -> Result<()>;
+
+    /// [`Collective::all_reduce`] for `f64` scalars and short vectors.
+    ///
+    /// # Errors
+    ///
+    /// As [`Collective::all_reduce`].
+    fn all_reduce_f64(&mut self, buffer: &mut [f64]) -> Result<()>;
+
+    /// Sums `input` (the full vector, the same length on every rank) over ranks and leaves
+    /// each rank with its own shard of the sum: `shard` is `input[shard_range(input.len(),
+    /// rank, world)]` summed.
+    ///
+    /// # Errors
+    ///
+    /// As [`Collective::all_reduce`], or `shard` is not this rank's shard length.
+    fn reduce_scatter(&mut self, input: &[f32], shard: &mut [f32]) -> Result<()>;
+
+    /// Concatenates every rank's `shard` (rank order, each of its [`shard_range`] length) into
+    /// `output` on every rank.
+    ///
+    /// # Errors
+    ///
+    /// As [`Collective::all_reduce`], or the lengths do not match the shard rule.
+    fn all_gather(&mut self, shard: &[f32], output: &mut [f32]) -> Result<()>;
+
+    /// Replaces `buffer` on every rank with rank `root`'s.
+    ///
+    /// # Errors
+    ///
+    /// As [`Collective::all_reduce`], or `root` is not a rank.
+    fn broadcast(&mut self, buffer: &mut [f32], root: usize) -> Result<()>;
+
+    /// Returns once every rank has called it.
+    ///
+    /// # Errors
+    ///
+    /// The group is broken.
+    fn barrier(&mut self) -> Result<()>;
+}
+
+/// The elements of a vector of `len` that rank `rank` of `world` owns: contiguous, in rank
+/// order, `ceil(len / world)` each (the last ranks get fewer, possibly none).
+///
+/// # Panics
+///
+/// If `world` is 0 or `rank >= world` (a caller bug; collectives validate ranks when built).
+pub fn shard_range(len: usize, rank: usize, world: usize) -> std::ops::Range<usize> {
+    assert!(rank < world, "rank {rank} outside a world of {world}");
+    let per = len.div_ceil(world);
+    let start = (rank * per).min(len);
+    start..(start + per).min(len)
+}
+
+/// A group of one: every operation is the identity. What a single-process run uses.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Single;
+
+impl Collective for Single {
+    fn rank(&self) -> usize {
+        0
+    }
+
+    fn world(&self) -> usize {
+        1
+    }
+
+    fn all_reduce(&mut self, _buffer: &mut [f32]) -> Result<()> {
+        Ok(())
+    }
+
+    fn all_reduce_f64(&mut self, _buffer: &mut [f64]) -> Result<()> {
+        Ok(())
+    }
+
+    fn reduce_scatter(&mut self, input: &[f32], shard: &mut [f32]) -> Result<()> {
+        check_len("reduce_scatter shard", shard.len(), input.len())?;
+        shard.copy_from_slice(input);
+        Ok(())
+    }
+
+    fn all_gather(&mut self, shard: &[f32], output: &mut [f32]) -> Result<()> {
+        check_len("all_gather output", output.len(), shard.len())?;
+        output.copy_from_slice(shard);
+        Ok(())
+    }
+
+    fn broadcast(&mut self, _buffer: &mut [f32], root: usize) -> Result<()> {
+        check_root(root, 1)
+    }
+
+    fn barrier(&mut self) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// A length mismatch in a collective call: a caller bug, reported rather than corrupting.
+pub(crate) fn check_len(what: &str, got: usize, want: usize) -> Result<()> {
+    if got == want {
+        Ok(())
+    } else {
+        Err(crate::Error::CollectiveMismatch {
+            reason: format!("{what} is {got}, expected {want}").into(),
+        })
+    }
+}
+
+pub(crate) fn check_root(root: usize, world: usize) -> Result<()> {
+    if root < world {
+        Ok(())
+    } else {
+        Err(crate::Error::CollectiveMismatch {
+            reason: format!("broadcast root {root} outside a world of {world}").into(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shards_tile_the_vector_in_rank_order() {
+        for len in [0, 1, 5, 8, 9, 100] {
+            for world in 1..=6 {
+                let mut next = 0;
+                for rank in 0..world {
+                    let range = shard_range(len, rank, world);
+                    assert_eq!(range.start, next, "len {len} world {world} rank {rank}");
+                    assert!(range.len() <= len.div_ceil(world));
+                    next = range.end;
+                }
+                assert_eq!(next, len);
+            }
+        }
+    }
+}

@@ -1,0 +1,312 @@
+//! [`DataParallel`]: one rank's optimizer step (documented on the type).
+
+use burn::module::Module;
+use burn::tensor::{Device, Gradients, Tensor, TensorData};
+use serde::{Deserialize, Serialize};
+
+use crate::collective::{Collective, shard_range};
+use crate::optim::{LrSchedule, OptimizerConfig, ShardOptimizer};
+use crate::{Error, ParamLayout, Result};
+
+/// How optimizer state is spread over the ranks; see [`DataParallel`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Sharding {
+    /// Every rank holds the whole optimizer state (PyTorch DDP).
+    #[default]
+    Replicated,
+    /// Each rank holds 1/N of the optimizer state and master weights (DeepSpeed ZeRO stage 1).
+    Zero1,
+}
+
+/// What one optimizer step did.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StepReport {
+    /// The optimizer step just taken (0-based).
+    pub step: u64,
+    /// Samples the step averaged over, all ranks together.
+    pub samples: u64,
+    /// Global L2 norm of the averaged gradient, before clipping.
+    pub grad_norm: f64,
+    /// Whether the gradient was scaled down to the clipping norm.
+    pub clipped: bool,
+    /// The learning rate used.
+    pub lr: f64,
+}
+
+/// One rank's data-parallel optimizer step, from accumulated gradients to new weights.
+///
+/// Every rank holds the whole model for its forward and backward passes. Gradients leave the
+/// module as a flat `f32` vector ([`ParamLayout`]) and meet the other ranks' in a
+/// [`Collective`]; the fp32 master weights and the optimizer state are kept per shard:
+///
+/// | | gradients | master weights + optimizer state | after the update |
+/// |---|---|---|---|
+/// | [`Sharding::Replicated`] | all-reduce | whole, on every rank | nothing to exchange |
+/// | [`Sharding::Zero1`] | reduce-scatter | 1/N per rank ([`shard_range`]) | all-gather |
+///
+/// ZeRO-1 keeps 1/N of the optimizer state (and of the master weights) per rank for the same
+/// bytes on the wire: a reduce-scatter plus an all-gather move what one all-reduce does.
+///
+/// **Averaging.** Each micro-batch contributes its mean-loss gradient weighted by its sample
+/// count; the step divides the global sum by the global sample count. The update is therefore
+/// the one for the mean loss over every sample of every rank and micro-batch, whatever the
+/// split: 2 ranks × 2 micro-batches of 16 equal 1 rank × 1 batch of 64 (to rounding).
+///
+/// **Clipping** is by the global L2 norm of that averaged gradient, over all parameters and
+/// ranks (burn's clipping is per tensor).
+///
+/// Cost per step, beyond forward and backward: one host copy of the gradients out of the
+/// module and one of the weights back in, the collective traffic above, and the optimizer's
+/// work on this rank's shard.
+pub struct DataParallel<C: Collective> {
+    collective: C,
+    layout: ParamLayout,
+    sharding: Sharding,
+    /// This rank's elements of the flat vectors.
+    shard: std::ops::Range<usize>,
+    /// This rank's shard of the fp32 master weights, on `device`.
+    master: Tensor<1>,
+    optimizer: ShardOptimizer,
+    schedule: LrSchedule,
+    max_grad_norm: Option<f64>,
+    /// Sum over this rank's micro-batches of (mean gradient × samples).
+    grad_sum: Vec<f32>,
+    samples: u64,
+    step: u64,
+    /// Where the optimizer runs (the non-autodiff side of the model's device).
+    device: Device,
+    /// Reused buffers: the full flat weights, the shard of the gradient.
+    full: Vec<f32>,
+    grad_shard: Vec<f32>,
+}
+
+impl<C: Collective> std::fmt::Debug for DataParallel<C> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DataParallel")
+            .field("rank", &self.collective.rank())
+            .field("world", &self.collective.world())
+            .field("sharding", &self.sharding)
+            .field("params", &self.layout.len())
+            .field("shard", &self.shard)
+            .field("step", &self.step)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Options of a [`DataParallel`] beyond the optimizer.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct StepOptions {
+    /// The learning rate per step.
+    pub schedule: LrSchedule,
+    /// Clip the averaged gradient to this global L2 norm; `None` for no clipping.
+    pub max_grad_norm: Option<f64>,
+    /// Where the optimizer state lives.
+    pub sharding: Sharding,
+}
+
+impl<C: Collective> DataParallel<C> {
+    /// Takes over the training of `model` on this rank. Every rank must pass a model with the
+    /// same layout; rank 0's weights are broadcast so all start identical.
+    ///
+    /// Returns the engine and the model (with rank 0's weights).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidConfig`] for bad options; [`Error::ModelLayout`] for a model without
+    /// float parameters; collective errors.
+    pub fn new<M: Module>(
+        mut collective: C,
+        model: M,
+        optimizer: &OptimizerConfig,
+        options: StepOptions,
+    ) -> Result<(Self, M)> {
+        options.schedule.validate()?;
+        if let Some(norm) = options.max_grad_norm
+            && !crate::optim::positive(norm)
+        {
+            return Err(Error::InvalidConfig {
+                reason: format!("max_grad_norm must be > 0, got {norm}").into(),
+            });
+        }
+        let optimizer = ShardOptimizer::new(optimizer)?;
+        let layout = ParamLayout::of(&model)?;
+        if layout.is_empty() {
+            return Err(Error::ModelLayout {
+                reason: "the model has no float parameters to train".into(),
+            });
+        }
+        let mut full = layout.values(&model)?;
+        collective.broadcast(&mut full, 0)?;
+        let model = layout.load(model, &full)?;
+        let device = model_device(&model);
+        let shard = match options.sharding {
+            Sharding::Replicated => 0..layout.len(),
+            Sharding::Zero1 => shard_range(layout.len(), collective.rank(), collective.world()),
+        };
+        let master = flat_tensor(&full[shard.clone()], &device);
+        Ok((
+            DataParallel {
+                grad_sum: vec![0.0; layout.len()],
+                grad_shard: vec![0.0; shard.len()],
+                collective,
+                layout,
+                sharding: options.sharding,
+                shard,
+                master,
+                optimizer,
+                schedule: options.schedule,
+                max_grad_norm: options.max_grad_norm,
+                samples: 0,
+                step: 0,
+                device,
+                full,
+            },
+            model,
+        ))
+    }
+
+    /// Adds one micro-batch's gradients: `grads` of the mean loss over `samples` samples,
+    /// taken from `model` (the one [`DataParallel::new`] returned or [`DataParallel::step`]
+    /// last updated).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::ModelLayout`] when `model` is not the model this engine trains.
+    pub fn accumulate<M: Module>(
+        &mut self,
+        model: &M,
+        grads: &Gradients,
+        samples: u64,
+    ) -> Result<()> {
+        let grads = self.layout.grads(model, grads)?;
+        let weight = samples as f32;
+        for (sum, g) in self.grad_sum.iter_mut().zip(&grads) {
+            *sum += g * weight;
+        }
+        self.samples += samples;
+        Ok(())
+    }
+
+    /// Averages the accumulated gradients over every rank, clips, updates this rank's shard,
+    /// and returns `model` with the new weights. Collective: every rank calls it together.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidConfig`] when no rank accumulated a sample; collective and layout
+    /// errors.
+    pub fn step<M: Module>(&mut self, model: M) -> Result<(M, StepReport)> {
+        let mut samples = [self.samples as f64];
+        self.collective.all_reduce_f64(&mut samples)?;
+        let total = samples[0];
+        if total < 1.0 {
+            return Err(Error::InvalidConfig {
+                reason: "step() with no accumulated samples on any rank".into(),
+            });
+        }
+        match self.sharding {
+            Sharding::Replicated => {
+                self.collective.all_reduce(&mut self.grad_sum)?;
+                self.grad_shard.copy_from_slice(&self.grad_sum);
+            }
+            Sharding::Zero1 => {
+                self.collective
+                    .reduce_scatter(&self.grad_sum, &mut self.grad_shard)?;
+            }
+        }
+        let inv = (1.0 / total) as f32;
+        let mut square_sum = 0.0f64;
+        for g in &mut self.grad_shard {
+            *g *= inv;
+            square_sum += f64::from(*g) * f64::from(*g);
+        }
+        if self.sharding == Sharding::Zero1 {
+            let mut partial = [square_sum];
+            self.collective.all_reduce_f64(&mut partial)?;
+            square_sum = partial[0];
+        }
+        let grad_norm = square_sum.sqrt();
+        let clipped = match self.max_grad_norm {
+            Some(max) if grad_norm > max => {
+                // PyTorch's clip_grad_norm_: scale by max / (norm + 1e-6).
+                let scale = (max / (grad_norm + 1e-6)) as f32;
+                self.grad_shard.iter_mut().for_each(|g| *g *= scale);
+                true
+            }
+            _ => false,
+        };
+
+        let lr = self.schedule.at(self.step);
+        let grads = flat_tensor(&self.grad_shard, &self.device);
+        let master = std::mem::replace(&mut self.master, Tensor::empty([0], &self.device));
+        self.master = self.optimizer.step(lr, master, grads);
+        let shard_values = read_flat(&self.master)?;
+        match self.sharding {
+            Sharding::Replicated => self.full.copy_from_slice(&shard_values),
+            Sharding::Zero1 => self.collective.all_gather(&shard_values, &mut self.full)?,
+        }
+        let model = self.layout.load(model, &self.full)?;
+
+        self.grad_sum.iter_mut().for_each(|g| *g = 0.0);
+        self.samples = 0;
+        let report = StepReport {
+            step: self.step,
+            samples: total as u64,
+            grad_norm,
+            clipped,
+            lr,
+        };
+        self.step += 1;
+        Ok((model, report))
+    }
+
+    /// The model's parameter layout.
+    pub fn layout(&self) -> &ParamLayout {
+        &self.layout
+    }
+
+    /// Optimizer steps taken.
+    pub fn steps(&self) -> u64 {
+        self.step
+    }
+
+    /// This rank's elements of the flat parameter vector (all of it when replicated).
+    pub fn shard(&self) -> std::ops::Range<usize> {
+        self.shard.clone()
+    }
+
+    /// Bytes of optimizer state on this rank (moments, velocities).
+    pub fn optimizer_state_bytes(&self) -> usize {
+        self.optimizer.state_bytes()
+    }
+
+    /// The rank's collective.
+    pub fn collective(&mut self) -> &mut C {
+        &mut self.collective
+    }
+}
+
+/// The device of the model's parameters, without autodiff: the optimizer's math is not
+/// differentiated.
+fn model_device<M: Module>(model: &M) -> Device {
+    model
+        .devices()
+        .into_iter()
+        .next()
+        .map_or_else(Device::flex, Device::inner)
+}
+
+fn flat_tensor(values: &[f32], device: &Device) -> Tensor<1> {
+    Tensor::from_data(TensorData::new(values.to_vec(), [values.len()]), device)
+}
+
+fn read_flat(tensor: &Tensor<1>) -> Result<Vec<f32>> {
+    tensor
+        .clone()
+        .try_into_data()
+        .map_err(|e| e.to_string())
+        .and_then(|data| data.try_into_vec::<f32>().map_err(|e| format!("{e:?}")))
+        .map_err(|reason| Error::Tensor {
+            reason: format!("reading the master weights: {reason}").into(),
+        })
+}

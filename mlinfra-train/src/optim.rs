@@ -1,0 +1,332 @@
+//! Optimizers over flat shards, and learning-rate schedules.
+//!
+//! The trainer keeps the fp32 master weights as one flat vector (see
+//! [`ParamLayout`](crate::ParamLayout)) and each rank updates only its shard of it. burn's
+//! optimizers step one tensor at a time with an explicit state, so they run unchanged on a
+//! shard: [`ShardOptimizer`] is burn's `AdamW` or `Sgd` applied to a 1-D tensor, holding
+//! that tensor's state. The state is exactly what a checkpoint stores, and its size is what
+//! ZeRO-1 divides by the number of ranks ([`ShardOptimizer::state_bytes`]).
+//!
+//! Weight decay applies to every parameter of the shard (biases and norms included), as
+//! burn's module optimizers do.
+
+use burn::optim::{
+    AdamW, AdamWConfig, AdamWState, Optimizer, RecordState, Sgd, SgdConfig, SgdState, StateSink,
+    decay::WeightDecayConfig, momentum::MomentumConfig,
+};
+use burn::tensor::Tensor;
+use serde::{Deserialize, Serialize};
+
+use crate::{Error, Result};
+
+/// Which optimizer, with its hyperparameters (the learning rate comes from the schedule).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum OptimizerConfig {
+    /// Adam with decoupled weight decay (Loshchilov & Hutter), burn's `AdamW`.
+    AdamW {
+        /// First-moment decay.
+        beta1: f32,
+        /// Second-moment decay.
+        beta2: f32,
+        /// Added to the denominator.
+        epsilon: f32,
+        /// Decoupled weight decay per unit of learning rate.
+        weight_decay: f32,
+    },
+    /// Stochastic gradient descent, burn's `Sgd`, with optional momentum and L2 penalty.
+    Sgd {
+        /// Momentum factor; 0 for none.
+        momentum: f64,
+        /// Dampening of the momentum update.
+        dampening: f64,
+        /// Nesterov momentum.
+        nesterov: bool,
+        /// L2 penalty added to the gradient; 0 for none.
+        weight_decay: f32,
+    },
+}
+
+impl OptimizerConfig {
+    /// AdamW with PyTorch's defaults: betas (0.9, 0.999), epsilon 1e-8, weight decay 0.01.
+    pub fn adamw() -> Self {
+        OptimizerConfig::AdamW {
+            beta1: 0.9,
+            beta2: 0.999,
+            epsilon: 1e-8,
+            weight_decay: 0.01,
+        }
+    }
+
+    /// Plain SGD: no momentum, no weight decay.
+    pub fn sgd() -> Self {
+        OptimizerConfig::Sgd {
+            momentum: 0.0,
+            dampening: 0.0,
+            nesterov: false,
+            weight_decay: 0.0,
+        }
+    }
+
+    fn validate(&self) -> Result<()> {
+        let bad = |reason: String| {
+            Err(Error::InvalidConfig {
+                reason: reason.into(),
+            })
+        };
+        match *self {
+            OptimizerConfig::AdamW {
+                beta1,
+                beta2,
+                epsilon,
+                weight_decay,
+            } => {
+                if !(0.0..1.0).contains(&beta1) || !(0.0..1.0).contains(&beta2) {
+                    return bad(format!(
+                        "AdamW betas must be in [0, 1), got ({beta1}, {beta2})"
+                    ));
+                }
+                if !positive(f64::from(epsilon)) || !non_negative(f64::from(weight_decay)) {
+                    return bad(format!(
+                        "AdamW needs epsilon > 0 and weight_decay >= 0, got {epsilon} and {weight_decay}"
+                    ));
+                }
+            }
+            OptimizerConfig::Sgd {
+                momentum,
+                dampening,
+                weight_decay,
+                ..
+            } => {
+                if !non_negative(momentum)
+                    || !non_negative(dampening)
+                    || !non_negative(f64::from(weight_decay))
+                {
+                    return bad(format!(
+                        "SGD momentum, dampening and weight_decay must be >= 0, got {momentum}, {dampening}, {weight_decay}"
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Finite and > 0 (false for NaN).
+pub(crate) fn positive(x: f64) -> bool {
+    x.is_finite() && x > 0.0
+}
+
+/// Finite and >= 0 (false for NaN).
+fn non_negative(x: f64) -> bool {
+    x.is_finite() && x >= 0.0
+}
+
+/// A burn optimizer stepping one flat shard, with that shard's state; see the
+/// [module docs](self).
+pub struct ShardOptimizer {
+    kind: Kind,
+}
+
+// One per rank: the size difference between the variants does not matter.
+#[allow(clippy::large_enum_variant)]
+enum Kind {
+    AdamW(AdamW, Option<AdamWState<1>>),
+    Sgd(Sgd, Option<SgdState<1>>),
+}
+
+impl std::fmt::Debug for ShardOptimizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let name = match self.kind {
+            Kind::AdamW(..) => "AdamW",
+            Kind::Sgd(..) => "Sgd",
+        };
+        f.debug_struct("ShardOptimizer")
+            .field("kind", &name)
+            .field("state_bytes", &self.state_bytes())
+            .finish()
+    }
+}
+
+impl ShardOptimizer {
+    /// A fresh optimizer (no state yet: it is created on the first step).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidConfig`] for hyperparameters out of range.
+    pub fn new(config: &OptimizerConfig) -> Result<Self> {
+        config.validate()?;
+        let kind = match *config {
+            OptimizerConfig::AdamW {
+                beta1,
+                beta2,
+                epsilon,
+                weight_decay,
+            } => Kind::AdamW(
+                AdamWConfig::new()
+                    .with_beta_1(beta1)
+                    .with_beta_2(beta2)
+                    .with_epsilon(epsilon)
+                    .with_weight_decay(weight_decay)
+                    .build(),
+                None,
+            ),
+            OptimizerConfig::Sgd {
+                momentum,
+                dampening,
+                nesterov,
+                weight_decay,
+            } => {
+                let mut sgd = SgdConfig::new();
+                if momentum > 0.0 {
+                    sgd = sgd.with_momentum(Some(MomentumConfig {
+                        momentum,
+                        dampening,
+                        nesterov,
+                    }));
+                }
+                if weight_decay > 0.0 {
+                    sgd = sgd.with_weight_decay(Some(WeightDecayConfig {
+                        penalty: weight_decay,
+                    }));
+                }
+                Kind::Sgd(sgd.build(), None)
+            }
+        };
+        Ok(ShardOptimizer { kind })
+    }
+
+    /// One update of `params` (this rank's shard of the master weights) with `grads` (the
+    /// same shard of the averaged gradient) at learning rate `lr`; returns the new shard.
+    pub fn step(&mut self, lr: f64, params: Tensor<1>, grads: Tensor<1>) -> Tensor<1> {
+        match &mut self.kind {
+            Kind::AdamW(optimizer, state) => {
+                let (params, next) = optimizer.step(lr, params, grads, state.take());
+                *state = next;
+                params
+            }
+            Kind::Sgd(optimizer, state) => {
+                let (params, next) = optimizer.step(lr, params, grads, state.take());
+                *state = next;
+                params
+            }
+        }
+    }
+
+    /// The state as named tensors and scalars (burn's `RecordState` form): what a checkpoint
+    /// stores. Empty before the first step and for stateless SGD.
+    pub fn state(&self) -> StateSink {
+        let mut sink = StateSink::default();
+        match &self.kind {
+            Kind::AdamW(_, Some(state)) => state.state_flatten("", &mut sink),
+            Kind::Sgd(_, Some(state)) => state.state_flatten("", &mut sink),
+            _ => {}
+        }
+        sink
+    }
+
+    /// Bytes of tensor state held (moments, velocities): the optimizer memory of this rank.
+    pub fn state_bytes(&self) -> usize {
+        self.state()
+            .tensors
+            .iter()
+            .map(|(_, data)| data.bytes().len())
+            .sum()
+    }
+}
+
+/// The learning rate at each step: linear warmup from 0, then cosine decay to a floor.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LrSchedule {
+    /// The peak learning rate, reached at the end of warmup.
+    pub peak: f64,
+    /// Steps of linear warmup (the first step runs at `peak / warmup`).
+    pub warmup: u64,
+    /// Total optimizer steps; cosine decay runs from the end of warmup to here.
+    pub total: u64,
+    /// The rate at and after `total`, as a fraction of `peak`.
+    pub floor: f64,
+}
+
+impl LrSchedule {
+    /// A constant rate.
+    pub fn constant(lr: f64) -> Self {
+        LrSchedule {
+            peak: lr,
+            warmup: 0,
+            total: 0,
+            floor: 1.0,
+        }
+    }
+
+    /// Warmup then cosine decay to `floor * peak` at step `total`.
+    pub fn warmup_cosine(peak: f64, warmup: u64, total: u64, floor: f64) -> Self {
+        LrSchedule {
+            peak,
+            warmup,
+            total,
+            floor,
+        }
+    }
+
+    /// The rate for optimizer step `step` (0-based).
+    pub fn at(&self, step: u64) -> f64 {
+        if step < self.warmup {
+            return self.peak * (step + 1) as f64 / self.warmup as f64;
+        }
+        let decay = self.total.saturating_sub(self.warmup);
+        if decay == 0 || step >= self.total {
+            return self.peak * self.floor;
+        }
+        let progress = (step - self.warmup) as f64 / decay as f64;
+        let cosine = 0.5 * (1.0 + (std::f64::consts::PI * progress).cos());
+        self.peak * (self.floor + (1.0 - self.floor) * cosine)
+    }
+
+    pub(crate) fn validate(&self) -> Result<()> {
+        if !positive(self.peak) || !(0.0..=1.0).contains(&self.floor) {
+            return Err(Error::InvalidConfig {
+                reason: format!(
+                    "learning rate schedule needs a finite peak > 0 and a floor in [0, 1], got {} and {}",
+                    self.peak, self.floor
+                )
+                .into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn warmup_is_linear_and_cosine_reaches_the_floor() {
+        let schedule = LrSchedule::warmup_cosine(1.0, 4, 14, 0.1);
+        assert_eq!(schedule.at(0), 0.25);
+        assert_eq!(schedule.at(3), 1.0);
+        assert_eq!(schedule.at(4), 1.0);
+        // Halfway through the decay the cosine term is 1/2.
+        assert!((schedule.at(9) - (0.1 + 0.9 * 0.5)).abs() < 1e-12);
+        assert!((schedule.at(14) - 0.1).abs() < 1e-12);
+        assert!((schedule.at(1000) - 0.1).abs() < 1e-12);
+        let steps: Vec<f64> = (4..=14).map(|s| schedule.at(s)).collect();
+        assert!(steps.windows(2).all(|w| w[1] <= w[0]), "{steps:?}");
+        assert_eq!(LrSchedule::constant(0.3).at(7), 0.3);
+    }
+
+    #[test]
+    fn bad_hyperparameters_are_refused_by_name() {
+        let error = ShardOptimizer::new(&OptimizerConfig::AdamW {
+            beta1: 1.0,
+            beta2: 0.999,
+            epsilon: 1e-8,
+            weight_decay: 0.0,
+        })
+        .unwrap_err();
+        assert!(error.to_string().contains("betas"), "{error}");
+        assert!(LrSchedule::constant(f64::NAN).validate().is_err());
+    }
+}
