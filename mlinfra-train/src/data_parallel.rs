@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::collective::{Collective, shard_range};
 use crate::optim::{LrSchedule, OptimizerConfig, ShardOptimizer};
+use crate::params::read_f32;
 use crate::{Error, ParamLayout, Result};
 
 /// How optimizer state is spread over the ranks; see [`DataParallel`].
@@ -240,7 +241,7 @@ impl<C: Collective> DataParallel<C> {
         let grads = flat_tensor(&self.grad_shard, &self.device);
         let master = std::mem::replace(&mut self.master, Tensor::empty([0], &self.device));
         self.master = self.optimizer.step(lr, master, grads);
-        let shard_values = read_flat(&self.master)?;
+        let shard_values = read_f32(&self.master, "master weights")?;
         match self.sharding {
             Sharding::Replicated => self.full.copy_from_slice(&shard_values),
             Sharding::Zero1 => self.collective.all_gather(&shard_values, &mut self.full)?,
@@ -298,15 +299,4 @@ fn model_device<M: Module>(model: &M) -> Device {
 
 fn flat_tensor(values: &[f32], device: &Device) -> Tensor<1> {
     Tensor::from_data(TensorData::new(values.to_vec(), [values.len()]), device)
-}
-
-fn read_flat(tensor: &Tensor<1>) -> Result<Vec<f32>> {
-    tensor
-        .clone()
-        .try_into_data()
-        .map_err(|e| e.to_string())
-        .and_then(|data| data.try_into_vec::<f32>().map_err(|e| format!("{e:?}")))
-        .map_err(|reason| Error::Tensor {
-            reason: format!("reading the master weights: {reason}").into(),
-        })
 }

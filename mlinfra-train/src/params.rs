@@ -296,7 +296,8 @@ fn check_slot<'a>(
     Ok(slot)
 }
 
-fn read_f32<const D: usize>(tensor: &Tensor<D>, path: &str) -> Result<Vec<f32>> {
+/// `tensor`'s values as `f32` on the host; `path` names it in the error.
+pub(crate) fn read_f32<const D: usize>(tensor: &Tensor<D>, path: &str) -> Result<Vec<f32>> {
     tensor
         .try_to_data_as::<f32>()
         .map_err(|e| e.to_string())

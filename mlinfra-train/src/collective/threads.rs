@@ -105,6 +105,16 @@ impl ThreadCollective {
         contribution: &[T],
         read: impl FnOnce(&[&Vec<T>]) -> Result<R>,
     ) -> Result<R> {
+        self.publish(&slots, contribution)?;
+        self.read_all(&slots, read)
+    }
+
+    /// First half of an exchange: this rank's contribution into its slot, then wait for all.
+    fn publish<T: Copy>(
+        &self,
+        slots: &impl Fn(&Shared) -> &[RwLock<Vec<T>>],
+        contribution: &[T],
+    ) -> Result<()> {
         {
             let mut mine = slots(&self.shared)[self.rank]
                 .write()
@@ -112,7 +122,16 @@ impl ThreadCollective {
             mine.clear();
             mine.extend_from_slice(contribution);
         }
-        self.rendezvous()?;
+        self.rendezvous()
+    }
+
+    /// Second half: `read` every rank's slot, then wait until all have read before any slot
+    /// may be overwritten.
+    fn read_all<T: Copy, R>(
+        &self,
+        slots: &impl Fn(&Shared) -> &[RwLock<Vec<T>>],
+        read: impl FnOnce(&[&Vec<T>]) -> Result<R>,
+    ) -> Result<R> {
         let result = {
             let guards: Vec<_> = slots(&self.shared)
                 .iter()
@@ -121,13 +140,16 @@ impl ThreadCollective {
             let views: Vec<&Vec<T>> = guards.iter().map(|guard| &**guard).collect();
             read(&views)
         };
-        // Nobody may overwrite a slot before every rank has read it.
         self.rendezvous()?;
         result
     }
 
     fn f32s(shared: &Shared) -> &[RwLock<Vec<f32>>] {
         &shared.f32s
+    }
+
+    fn f64s(shared: &Shared) -> &[RwLock<Vec<f64>>] {
+        &shared.f64s
     }
 }
 
@@ -155,8 +177,9 @@ impl Collective for ThreadCollective {
     }
 
     fn all_reduce(&mut self, buffer: &mut [f32]) -> Result<()> {
-        let contribution = buffer.to_vec();
-        self.exchange(Self::f32s, &contribution, |slots| {
+        // Published from `buffer` itself, which the read then overwrites: no extra copy.
+        self.publish(&Self::f32s, buffer)?;
+        self.read_all(&Self::f32s, |slots| {
             let len = same_lengths(slots, "all_reduce")?;
             sum_into(slots, 0..len, buffer);
             Ok(())
@@ -164,16 +187,12 @@ impl Collective for ThreadCollective {
     }
 
     fn all_reduce_f64(&mut self, buffer: &mut [f64]) -> Result<()> {
-        let contribution = buffer.to_vec();
-        self.exchange(
-            |shared| &shared.f64s,
-            &contribution,
-            |slots| {
-                let len = same_lengths(slots, "all_reduce_f64")?;
-                sum_into(slots, 0..len, buffer);
-                Ok(())
-            },
-        )
+        self.publish(&Self::f64s, buffer)?;
+        self.read_all(&Self::f64s, |slots| {
+            let len = same_lengths(slots, "all_reduce_f64")?;
+            sum_into(slots, 0..len, buffer);
+            Ok(())
+        })
     }
 
     fn reduce_scatter(&mut self, input: &[f32], shard: &mut [f32]) -> Result<()> {
