@@ -4,6 +4,7 @@ use burn::module::Module;
 use burn::tensor::{Device, Gradients, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
+use crate::checkpoint::{Checkpoint, Snapshot};
 use crate::collective::{Collective, shard_range};
 use crate::optim::{LrSchedule, OptimizerConfig, ShardOptimizer};
 use crate::params::read_f32;
@@ -33,6 +34,9 @@ pub struct StepReport {
     pub clipped: bool,
     /// The learning rate used.
     pub lr: f64,
+    /// Mean loss over the step's samples, all ranks together, from
+    /// [`DataParallel::record_loss`]; NaN when no rank recorded one.
+    pub loss: f64,
 }
 
 /// One rank's data-parallel optimizer step, from accumulated gradients to new weights.
@@ -74,6 +78,9 @@ pub struct DataParallel<C: Collective> {
     /// Sum over this rank's micro-batches of (mean gradient × samples).
     grad_sum: Vec<f32>,
     samples: u64,
+    /// Sum over this rank's micro-batches of (mean loss × samples), see `record_loss`.
+    loss_sum: f64,
+    loss_samples: u64,
     step: u64,
     /// Where the optimizer runs (the non-autodiff side of the model's device).
     device: Device,
@@ -117,10 +124,41 @@ impl<C: Collective> DataParallel<C> {
     /// [`Error::InvalidConfig`] for bad options; [`Error::ModelLayout`] for a model without
     /// float parameters; collective errors.
     pub fn new<M: Module>(
+        collective: C,
+        model: M,
+        optimizer: &OptimizerConfig,
+        options: StepOptions,
+    ) -> Result<(Self, M)> {
+        Self::start(collective, model, optimizer, options, None)
+    }
+
+    /// Takes over the training of `model` from `checkpoint`: the weights, this rank's shard of
+    /// the optimizer state and the step count are restored, whatever number of ranks or
+    /// sharding saved it (its shards are re-cut to this job's: N to M resharding). Then
+    /// training continues exactly as it would have without the interruption.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::CheckpointMismatch`] when the checkpoint's parameter names or shapes differ from
+    /// the model's, it holds another optimizer's state, or state is missing;
+    /// [`Error::CheckpointCorrupt`] for a file that changed since it was verified; as
+    /// [`DataParallel::new`] otherwise.
+    pub fn resume<M: Module>(
+        collective: C,
+        model: M,
+        optimizer: &OptimizerConfig,
+        options: StepOptions,
+        checkpoint: &Checkpoint,
+    ) -> Result<(Self, M)> {
+        Self::start(collective, model, optimizer, options, Some(checkpoint))
+    }
+
+    fn start<M: Module>(
         mut collective: C,
         model: M,
         optimizer: &OptimizerConfig,
         options: StepOptions,
+        checkpoint: Option<&Checkpoint>,
     ) -> Result<(Self, M)> {
         options.schedule.validate()?;
         if let Some(norm) = options.max_grad_norm
@@ -130,21 +168,45 @@ impl<C: Collective> DataParallel<C> {
                 reason: format!("max_grad_norm must be > 0, got {norm}").into(),
             });
         }
-        let optimizer = ShardOptimizer::new(optimizer)?;
+        let mut optimizer = ShardOptimizer::new(optimizer)?;
         let layout = ParamLayout::of(&model)?;
         if layout.is_empty() {
             return Err(Error::ModelLayout {
                 reason: "the model has no float parameters to train".into(),
             });
         }
-        let mut full = layout.values(&model)?;
-        collective.broadcast(&mut full, 0)?;
-        let model = layout.load(model, &full)?;
-        let device = model_device(&model);
         let shard = match options.sharding {
             Sharding::Replicated => 0..layout.len(),
             Sharding::Zero1 => shard_range(layout.len(), collective.rank(), collective.world()),
         };
+        let device = model_device(&model);
+        let (full, step) = match checkpoint {
+            None => {
+                let mut full = layout.values(&model)?;
+                collective.broadcast(&mut full, 0)?;
+                (full, 0)
+            }
+            Some(checkpoint) => {
+                let manifest = checkpoint.manifest();
+                check_fits(&layout, &manifest.layout)?;
+                if std::mem::discriminant(&manifest.optimizer)
+                    != std::mem::discriminant(optimizer.config())
+                {
+                    return Err(Error::CheckpointMismatch {
+                        reason: format!(
+                            "the checkpoint holds {:?} state, this run uses {:?}",
+                            manifest.optimizer,
+                            optimizer.config()
+                        )
+                        .into(),
+                    });
+                }
+                let (tensors, scalars) = checkpoint.read_optimizer(shard.clone())?;
+                optimizer.restore(tensors, scalars, &device, manifest.step)?;
+                (checkpoint.read_master()?, manifest.step)
+            }
+        };
+        let model = layout.load(model, &full)?;
         let master = flat_tensor(&full[shard.clone()], &device);
         Ok((
             DataParallel {
@@ -159,12 +221,48 @@ impl<C: Collective> DataParallel<C> {
                 schedule: options.schedule,
                 max_grad_norm: options.max_grad_norm,
                 samples: 0,
-                step: 0,
+                loss_sum: 0.0,
+                loss_samples: 0,
+                step,
                 device,
                 full,
             },
             model,
         ))
+    }
+
+    /// Copies this rank's state out for a checkpoint ([`Checkpointer::save`]): its shard of the
+    /// master weights and of the optimizer state. Costs one host copy of each.
+    ///
+    /// [`Checkpointer::save`]: crate::checkpoint::Checkpointer::save
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidConfig`] between `accumulate` and `step` (checkpoints are taken at step
+    /// boundaries, where no gradient is pending); tensor readback errors.
+    pub fn snapshot(
+        &self,
+        loader: Option<mlinfra_loader::LoaderState>,
+        rng: u64,
+    ) -> Result<Snapshot> {
+        if self.samples != 0 {
+            return Err(Error::InvalidConfig {
+                reason: "snapshot() with gradients accumulated since the last step".into(),
+            });
+        }
+        Ok(Snapshot {
+            step: self.step,
+            world: self.collective.world(),
+            shard: self.shard.clone(),
+            writes_file: self.sharding == Sharding::Zero1 || self.collective.rank() == 0,
+            master: read_f32(&self.master, "master weights")?,
+            optimizer: self.optimizer.state(),
+            sharding: self.sharding,
+            optimizer_config: self.optimizer.config().clone(),
+            layout: self.layout.clone(),
+            loader,
+            rng,
+        })
     }
 
     /// Adds one micro-batch's gradients: `grads` of the mean loss over `samples` samples,
@@ -189,6 +287,13 @@ impl<C: Collective> DataParallel<C> {
         Ok(())
     }
 
+    /// Records the mean loss of a micro-batch of `samples` samples, for [`StepReport::loss`]
+    /// (averaged over every sample of every rank at the step, at no extra communication).
+    pub fn record_loss(&mut self, mean_loss: f64, samples: u64) {
+        self.loss_sum += mean_loss * samples as f64;
+        self.loss_samples += samples;
+    }
+
     /// Averages the accumulated gradients over every rank, clips, updates this rank's shard,
     /// and returns `model` with the new weights. Collective: every rank calls it together.
     ///
@@ -197,9 +302,14 @@ impl<C: Collective> DataParallel<C> {
     /// [`Error::InvalidConfig`] when no rank accumulated a sample; collective and layout
     /// errors.
     pub fn step<M: Module>(&mut self, model: M) -> Result<(M, StepReport)> {
-        let mut samples = [self.samples as f64];
-        self.collective.all_reduce_f64(&mut samples)?;
-        let total = samples[0];
+        let mut sums = [self.samples as f64, self.loss_sum, self.loss_samples as f64];
+        self.collective.all_reduce_f64(&mut sums)?;
+        let total = sums[0];
+        let loss = if sums[2] > 0.0 {
+            sums[1] / sums[2]
+        } else {
+            f64::NAN
+        };
         if total < 1.0 {
             return Err(Error::InvalidConfig {
                 reason: "step() with no accumulated samples on any rank".into(),
@@ -250,12 +360,15 @@ impl<C: Collective> DataParallel<C> {
 
         self.grad_sum.iter_mut().for_each(|g| *g = 0.0);
         self.samples = 0;
+        self.loss_sum = 0.0;
+        self.loss_samples = 0;
         let report = StepReport {
             step: self.step,
             samples: total as u64,
             grad_norm,
             clipped,
             lr,
+            loss,
         };
         self.step += 1;
         Ok((model, report))
@@ -299,4 +412,37 @@ fn model_device<M: Module>(model: &M) -> Device {
 
 fn flat_tensor(values: &[f32], device: &Device) -> Tensor<1> {
     Tensor::from_data(TensorData::new(values.to_vec(), [values.len()]), device)
+}
+
+/// A checkpoint's layout must equal the model's, parameter by parameter.
+fn check_fits(model: &ParamLayout, saved: &ParamLayout) -> Result<()> {
+    let mismatch = |reason: String| {
+        Err(Error::CheckpointMismatch {
+            reason: reason.into(),
+        })
+    };
+    for (ours, theirs) in model.slots().iter().zip(saved.slots()) {
+        if ours.path != theirs.path {
+            return mismatch(format!(
+                "parameter `{}` of the model is `{}` in the checkpoint",
+                ours.path, theirs.path
+            ));
+        }
+        if ours.shape != theirs.shape {
+            return mismatch(format!(
+                "parameter `{}` has shape {:?} in the model and {:?} in the checkpoint",
+                ours.path, ours.shape, theirs.shape
+            ));
+        }
+    }
+    if model.slots().len() != saved.slots().len() {
+        let (longer, which) = if model.slots().len() > saved.slots().len() {
+            (model, "the checkpoint lacks")
+        } else {
+            (saved, "the model lacks")
+        };
+        let first = &longer.slots()[model.slots().len().min(saved.slots().len())];
+        return mismatch(format!("{which} parameter `{}`", first.path));
+    }
+    Ok(())
 }

@@ -41,6 +41,35 @@ pub enum Error {
         reason: Box<str>,
     },
 
+    /// A checkpoint file or directory could not be written, read or listed (disk full, no
+    /// permission, ...). When saving, earlier checkpoints are untouched.
+    #[error("checkpoint I/O failed at {}: {source}", path.display())]
+    CheckpointIo {
+        /// The file or directory.
+        path: Box<std::path::Path>,
+        /// The operating system's error.
+        source: std::io::Error,
+    },
+
+    /// A checkpoint file is missing, truncated, altered (its SHA-256 differs from the
+    /// manifest's) or malformed. Loading falls back to an older checkpoint.
+    #[error("checkpoint is corrupt at {}: {reason}", path.display())]
+    CheckpointCorrupt {
+        /// The file.
+        path: Box<std::path::Path>,
+        /// What is wrong with it.
+        reason: Box<str>,
+    },
+
+    /// A valid checkpoint does not fit the model or optimizer it is loaded into (parameter
+    /// names or shapes, optimizer kind, optimizer state). Never resolved by silently starting
+    /// over. Caller error.
+    #[error("checkpoint does not fit: {reason}")]
+    CheckpointMismatch {
+        /// The first difference, naming the parameter or state.
+        reason: Box<str>,
+    },
+
     /// A training configuration that cannot work (zero steps, a negative learning rate...).
     #[error("invalid training configuration: {reason}")]
     InvalidConfig {

@@ -12,6 +12,13 @@
 //!   samples, global-norm clipping, burn's AdamW or SGD ([`optim::ShardOptimizer`]) on fp32
 //!   master weights, replicated or ZeRO-1 sharded ([`Sharding`]), warmup + cosine schedule.
 //! - [`models::Mlp`] with a serde [`models::MlpConfig`] and seeded, rank-independent init.
+//! - [`Trainer`]: the loop over an mlinfra-loader: a [`trainer::Task`]'s loss per batch,
+//!   gradient accumulation, evaluation, JSON-lines metrics, a progress bar, checkpoints, and a
+//!   stop flag for SIGTERM; resumes bit-exactly (weights, optimizer state, step, loader
+//!   position, the ranks' generators).
+//! - [`checkpoint`]: one burnpack file per rank plus a SHA-256 manifest, written atomically
+//!   (sync or async), verified on load with fallback to the previous one, keep-last-k, N-to-M
+//!   resharding, typed errors for checkpoints that do not fit; Young/Daly intervals.
 //!
 //! ```
 //! use burn::tensor::{Device, Int, Tensor, TensorData};
@@ -41,9 +48,9 @@
 //! # Ok::<(), mlinfra_train::Error>(())
 //! ```
 //!
-//! Not yet here: the trainer loop over a loader with metrics, mixed precision and loss
-//! scaling, MPI and NCCL collectives, checkpoints, fault tolerance, the Llama decoder. The
-//! README's status table tracks what works.
+//! Not yet here: mixed precision and loss scaling, MPI and NCCL collectives, the supervisor
+//! and kill -9 tests across processes, the Llama decoder. The README's status table tracks
+//! what works.
 //!
 //! # Features
 //!
@@ -54,6 +61,7 @@
 #![warn(missing_docs)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+pub mod checkpoint;
 pub mod collective;
 mod data_parallel;
 mod error;
@@ -61,8 +69,11 @@ pub mod models;
 pub mod optim;
 mod params;
 mod rng;
+pub mod trainer;
 
 pub use collective::Collective;
 pub use data_parallel::{DataParallel, Sharding, StepOptions, StepReport};
 pub use error::{Error, Result};
 pub use params::{ParamLayout, ParamSlot};
+pub use rng::SplitMix64;
+pub use trainer::{Trainer, TrainerConfig};

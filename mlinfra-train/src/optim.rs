@@ -125,6 +125,7 @@ fn non_negative(x: f64) -> bool {
 /// A burn optimizer stepping one flat shard, with that shard's state; see the
 /// [module docs](self).
 pub struct ShardOptimizer {
+    config: OptimizerConfig,
     kind: Kind,
 }
 
@@ -193,7 +194,10 @@ impl ShardOptimizer {
                 Kind::Sgd(sgd.build(), None)
             }
         };
-        Ok(ShardOptimizer { kind })
+        Ok(ShardOptimizer {
+            config: config.clone(),
+            kind,
+        })
     }
 
     /// One update of `params` (this rank's shard of the master weights) with `grads` (the
@@ -223,6 +227,87 @@ impl ShardOptimizer {
             _ => {}
         }
         sink
+    }
+
+    /// The optimizer and its hyperparameters.
+    pub fn config(&self) -> &OptimizerConfig {
+        &self.config
+    }
+
+    /// Whether the optimizer keeps state between steps (AdamW's moments, SGD's velocity).
+    pub fn is_stateful(&self) -> bool {
+        match self.config {
+            OptimizerConfig::AdamW { .. } => true,
+            OptimizerConfig::Sgd { momentum, .. } => momentum > 0.0,
+        }
+    }
+
+    /// Replaces the state with one read from a checkpoint ([`ShardOptimizer::state`]'s form),
+    /// on `device`. `steps` is how many steps the checkpoint had taken: after one, a stateful
+    /// optimizer must find its state.
+    ///
+    /// burn's own loading skips state it cannot match to a parameter without a word; here
+    /// every leaf must be used and every leaf the optimizer needs must be present.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::CheckpointMismatch`] naming the missing or unexpected leaves.
+    pub fn restore(
+        &mut self,
+        tensors: Vec<(String, burn::tensor::TensorData)>,
+        scalars: Vec<(String, burn_pack::Scalar)>,
+        device: &burn::tensor::Device,
+        steps: u64,
+    ) -> Result<()> {
+        let mut expected: Vec<String> = tensors
+            .iter()
+            .map(|(n, _)| n.clone())
+            .chain(scalars.iter().map(|(n, _)| n.clone()))
+            .collect();
+        expected.sort();
+        let mut source = burn::optim::StateSource::new(scalars.into_iter().collect());
+        for (name, data) in tensors {
+            source.insert_tensor(name, data);
+        }
+        let restored = match &mut self.kind {
+            Kind::AdamW(_, state) => {
+                *state = AdamWState::state_unflatten("", &mut source, device);
+                state.is_some()
+            }
+            Kind::Sgd(_, state) => {
+                *state = SgdState::state_unflatten("", &mut source, device);
+                state.as_ref().is_some_and(|s| s.momentum.is_some())
+            }
+        };
+        let sink = self.state();
+        let mut found: Vec<String> = sink
+            .tensors
+            .iter()
+            .map(|(n, _)| n.clone())
+            .chain(sink.scalars.iter().map(|(n, _)| n.clone()))
+            .collect();
+        found.sort();
+        let name = match self.config {
+            OptimizerConfig::AdamW { .. } => "AdamW",
+            OptimizerConfig::Sgd { .. } => "SGD",
+        };
+        if found != expected {
+            return Err(Error::CheckpointMismatch {
+                reason: format!(
+                    "optimizer state leaves {expected:?} do not fit {name}, which uses {found:?}"
+                )
+                .into(),
+            });
+        }
+        if steps > 0 && self.is_stateful() && !restored {
+            return Err(Error::CheckpointMismatch {
+                reason: format!(
+                    "the checkpoint is {steps} steps in but holds no {name} state (it would restart from zero)"
+                )
+                .into(),
+            });
+        }
+        Ok(())
     }
 
     /// Bytes of tensor state held (moments, velocities): the optimizer memory of this rank.

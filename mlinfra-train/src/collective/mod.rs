@@ -85,6 +85,37 @@ pub fn shard_range(len: usize, rank: usize, world: usize) -> std::ops::Range<usi
     start..(start + per).min(len)
 }
 
+/// Every rank's `mine` (the same length on every rank), concatenated in rank order: how ranks
+/// share small integers (file sizes, hashes, RNG states) over a collective that only sums.
+///
+/// Each word travels as four 16-bit pieces in an `f64` slot that only its rank fills, so the
+/// sum is exact. Costs one `all_reduce_f64` of `4 × world × mine.len()` values.
+///
+/// # Errors
+///
+/// As [`Collective::all_reduce_f64`].
+pub fn all_gather_u64<C: Collective + ?Sized>(
+    collective: &mut C,
+    mine: &[u64],
+) -> Result<Vec<u64>> {
+    let (rank, world, n) = (collective.rank(), collective.world(), mine.len());
+    let mut slots = vec![0.0f64; 4 * world * n];
+    for (i, &word) in mine.iter().enumerate() {
+        for piece in 0..4 {
+            slots[4 * (rank * n + i) + piece] = ((word >> (16 * piece)) & 0xFFFF) as f64;
+        }
+    }
+    collective.all_reduce_f64(&mut slots)?;
+    Ok(slots
+        .chunks_exact(4)
+        .map(|pieces| {
+            pieces.iter().enumerate().fold(0u64, |word, (piece, &v)| {
+                word | ((v as u64) << (16 * piece))
+            })
+        })
+        .collect())
+}
+
 /// A group of one: every operation is the identity. What a single-process run uses.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Single;

@@ -1,0 +1,95 @@
+//! One rank's checkpoint file: its shard of the fp32 master weights and of the optimizer state,
+//! in burn's own container format (burnpack: a CBOR index, then 256-byte-aligned tensor data).
+
+use burn::optim::StateSink;
+use burn::tensor::TensorData;
+use burn_pack::{Bytes, DType, Reader, Scalar, Tensor, Writer};
+
+/// The tensor holding the master weights.
+const MASTER: &str = "master";
+/// Prefix of the optimizer's tensors and scalars.
+const OPTIM: &str = "optim.";
+
+/// Encodes a rank file. Costs one copy of the shard and its state into the returned buffer.
+pub(crate) fn encode(
+    master: &[f32],
+    optimizer: &StateSink,
+    step: u64,
+    rank: usize,
+) -> Result<Bytes, String> {
+    let mut tensors = vec![Tensor::new(
+        MASTER.to_owned(),
+        DType::F32,
+        vec![master.len()],
+        None,
+        Bytes::from_elems(master.to_vec()),
+    )];
+    for (name, data) in &optimizer.tensors {
+        tensors.push(Tensor::new(
+            format!("{OPTIM}{name}"),
+            data.dtype(),
+            data.shape().to_vec(),
+            None,
+            data.bytes().clone(),
+        ));
+    }
+    let mut writer = Writer::new(tensors)
+        .with_metadata("producer", "mlinfra-train")
+        .with_metadata("step", &step.to_string())
+        .with_metadata("rank", &rank.to_string());
+    for (name, value) in &optimizer.scalars {
+        writer = writer.with_scalar(&format!("{OPTIM}{name}"), *value);
+    }
+    writer.into_bytes().map_err(|e| format!("encoding: {e}"))
+}
+
+/// A decoded rank file.
+pub(crate) struct RankFile {
+    pub(crate) master: Vec<f32>,
+    /// Optimizer tensors by name (without the prefix), in name order.
+    pub(crate) tensors: Vec<(String, TensorData)>,
+    pub(crate) scalars: Vec<(String, Scalar)>,
+}
+
+/// Decodes a rank file (already checked against its hash) holding `shard_len` elements.
+pub(crate) fn decode(bytes: Vec<u8>, shard_len: usize) -> Result<RankFile, String> {
+    let reader =
+        Reader::from_bytes(Bytes::from_bytes_vec(bytes)).map_err(|e| format!("decoding: {e}"))?;
+    let scalars: Vec<(String, Scalar)> = reader
+        .scalars()
+        .iter()
+        .filter_map(|(name, v)| Some((name.strip_prefix(OPTIM)?.to_owned(), *v)))
+        .collect();
+    let mut master = None;
+    let mut tensors = Vec::new();
+    for tensor in reader
+        .into_tensors()
+        .map_err(|e| format!("decoding: {e}"))?
+    {
+        let (name, dtype, shape, _, bytes) =
+            tensor.into_parts().map_err(|e| format!("decoding: {e}"))?;
+        let dims = shape.to_vec();
+        if dims != [shard_len] {
+            return Err(format!(
+                "tensor `{name}` has shape {dims:?}, expected [{shard_len}] (the shard)"
+            ));
+        }
+        let data = TensorData::try_from_bytes(bytes, dims, dtype)
+            .map_err(|e| format!("tensor `{name}`: {e}"))?;
+        if name == MASTER {
+            let values = data
+                .try_into_vec::<f32>()
+                .map_err(|e| format!("tensor `{name}` is not f32: {e:?}"))?;
+            master = Some(values);
+        } else if let Some(state) = name.strip_prefix(OPTIM) {
+            tensors.push((state.to_owned(), data));
+        } else {
+            return Err(format!("unexpected tensor `{name}`"));
+        }
+    }
+    Ok(RankFile {
+        master: master.ok_or("no `master` tensor")?,
+        tensors,
+        scalars,
+    })
+}

@@ -1,0 +1,243 @@
+//! [`Checkpoint`]: finding the newest valid checkpoint and reading shards of it back.
+
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use burn::tensor::TensorData;
+use burn_pack::Scalar;
+
+use super::manifest::{MANIFEST, Manifest};
+use super::{files, parse_step_dir, rank_file};
+use crate::collective::{Collective, all_gather_u64};
+use crate::{Error, Result};
+
+/// Optimizer state as named tensors and named scalars (burn's `RecordState` leaves).
+pub(crate) type OptimizerLeaves = (Vec<(String, TensorData)>, Vec<(String, Scalar)>);
+
+/// A complete, verified checkpoint: its manifest and where its files are.
+#[derive(Debug, Clone)]
+pub struct Checkpoint {
+    dir: PathBuf,
+    manifest: Manifest,
+    skipped: Vec<(PathBuf, String)>,
+}
+
+impl Checkpoint {
+    /// Opens the checkpoint in `dir` (a `step-…` directory) and verifies every file's size and
+    /// SHA-256 against its manifest. Reads every byte once.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::CheckpointCorrupt`] naming the first file that is missing, truncated or
+    /// altered, or a manifest that is missing or malformed.
+    pub fn open(dir: impl AsRef<Path>) -> Result<Checkpoint> {
+        let dir = dir.as_ref().to_path_buf();
+        let manifest = Manifest::read(&dir.join(MANIFEST))?;
+        for file in &manifest.files {
+            let path = dir.join(&file.name);
+            files::verify(&path, file.bytes, &file.sha256).map_err(|reason| {
+                Error::CheckpointCorrupt {
+                    path: path.as_path().into(),
+                    reason: reason.into(),
+                }
+            })?;
+        }
+        Ok(Checkpoint {
+            dir,
+            manifest,
+            skipped: Vec::new(),
+        })
+    }
+
+    /// The newest checkpoint under `root` that is complete and verifies on every rank, or `None`
+    /// when there is none (a fresh start). Newer directories that fail verification are passed
+    /// over and listed in [`Checkpoint::skipped`].
+    ///
+    /// Collective: every rank calls it, and all get the same checkpoint. Each rank verifies the
+    /// candidates it considers (a full read of their files).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::CheckpointIo`] when `root` exists but cannot be listed; collective errors.
+    pub fn latest<C: Collective + ?Sized>(
+        root: impl AsRef<Path>,
+        collective: &mut C,
+    ) -> Result<Option<Checkpoint>> {
+        let root = root.as_ref();
+        let mut candidates = list_steps(root)?;
+        candidates.sort_unstable_by(|a, b| b.cmp(a));
+        let mut skipped = Vec::new();
+        // Each rank proposes its newest valid step at or below `bound`; the ranks settle on the
+        // smallest proposal, which every rank then checks in the next round. Encoded as
+        // step + 1, with 0 for "none".
+        let mut bound = u64::MAX;
+        loop {
+            let mut proposal = None;
+            for &step in candidates.iter().filter(|&&s| s <= bound) {
+                let dir = super::step_dir(root, step);
+                match Checkpoint::open(&dir) {
+                    Ok(checkpoint) => {
+                        proposal = Some(checkpoint);
+                        break;
+                    }
+                    Err(error) => {
+                        if !skipped.iter().any(|(p, _)| p == &dir) {
+                            skipped.push((dir, error.to_string()));
+                        }
+                    }
+                }
+            }
+            let mine = proposal.as_ref().map_or(0, |c| c.manifest.step + 1);
+            let all = all_gather_u64(collective, &[mine])?;
+            let agreed = all.iter().copied().min().unwrap_or(0);
+            if agreed == 0 {
+                return Ok(None);
+            }
+            if all.iter().all(|&p| p == agreed) {
+                let mut checkpoint = proposal.expect("this rank proposed the agreed step");
+                checkpoint.skipped = skipped;
+                return Ok(Some(checkpoint));
+            }
+            bound = agreed - 1;
+            // Candidates above the new bound that this rank found valid were refused by
+            // another rank.
+            candidates.retain(|&s| s <= bound);
+        }
+    }
+
+    /// The manifest.
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+
+    /// Optimizer steps taken when it was saved.
+    pub fn step(&self) -> u64 {
+        self.manifest.step
+    }
+
+    /// Its directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Newer checkpoint directories passed over by [`Checkpoint::latest`], with the reason.
+    pub fn skipped(&self) -> &[(PathBuf, String)] {
+        &self.skipped
+    }
+
+    /// Rank `rank`'s random generator state; ranks beyond the saved world get a stream derived
+    /// from rank 0's.
+    pub fn rng(&self, rank: usize) -> u64 {
+        self.manifest.rng.get(rank).copied().unwrap_or_else(|| {
+            crate::rng::SplitMix64::new(self.manifest.rng[0] ^ rank as u64).next_u64()
+        })
+    }
+
+    /// The whole flat vector of fp32 master weights, from every rank file.
+    pub(crate) fn read_master(&self) -> Result<Vec<f32>> {
+        let mut full = vec![0.0f32; self.manifest.layout.len()];
+        for file in &self.manifest.files {
+            let decoded = self.read_file(file.rank)?;
+            full[file.range()].copy_from_slice(&decoded.master);
+        }
+        Ok(full)
+    }
+
+    /// The optimizer state for the elements `range` of the flat vector, cut from the files that
+    /// hold them: each state tensor is element-wise over the shard it belongs to, so a new
+    /// shard's state is the concatenation of the overlapping pieces. Scalars (step counters)
+    /// must agree between files.
+    pub(crate) fn read_optimizer(
+        &self,
+        range: Range<usize>,
+    ) -> Result<OptimizerLeaves> {
+        let mut pieces: Vec<(String, Vec<u8>, burn::tensor::DType)> = Vec::new();
+        let mut scalars: Option<Vec<(String, Scalar)>> = None;
+        for file in &self.manifest.files {
+            let held = file.range();
+            let overlap = range.start.max(held.start)..range.end.min(held.end);
+            let first = scalars.is_none();
+            if overlap.is_empty() && !first {
+                continue;
+            }
+            let decoded = self.read_file(file.rank)?;
+            let path = self.dir.join(&file.name);
+            match &scalars {
+                None => scalars = Some(decoded.scalars.clone()),
+                Some(seen) if *seen != decoded.scalars => {
+                    return Err(Error::CheckpointCorrupt {
+                        path: path.as_path().into(),
+                        reason: "optimizer scalars differ from the other rank files'".into(),
+                    });
+                }
+                Some(_) => {}
+            }
+            if first && pieces.is_empty() {
+                pieces = decoded
+                    .tensors
+                    .iter()
+                    .map(|(name, data)| (name.clone(), Vec::new(), data.dtype()))
+                    .collect();
+            }
+            let names: Vec<&str> = decoded.tensors.iter().map(|(n, _)| n.as_str()).collect();
+            let expected: Vec<&str> = pieces.iter().map(|(n, ..)| n.as_str()).collect();
+            if names != expected {
+                return Err(Error::CheckpointCorrupt {
+                    path: path.as_path().into(),
+                    reason: format!("optimizer tensors {names:?} differ from {expected:?}").into(),
+                });
+            }
+            for ((_, bytes, dtype), (_, data)) in pieces.iter_mut().zip(&decoded.tensors) {
+                let size = dtype.size();
+                let local = (overlap.start - held.start) * size..(overlap.end - held.start) * size;
+                if !overlap.is_empty() {
+                    bytes.extend_from_slice(&data.as_bytes()[local]);
+                }
+            }
+        }
+        let tensors = pieces
+            .into_iter()
+            .map(|(name, bytes, dtype)| {
+                let data = TensorData::from_bytes_vec(bytes, [range.len()], dtype);
+                (name, data)
+            })
+            .collect();
+        Ok((tensors, scalars.unwrap_or_default()))
+    }
+
+    /// Reads and decodes one rank's file, checking its hash again (it may have changed since
+    /// [`Checkpoint::open`]).
+    fn read_file(&self, rank: usize) -> Result<rank_file::RankFile> {
+        let file = self
+            .manifest
+            .files
+            .iter()
+            .find(|f| f.rank == rank)
+            .expect("callers pass ranks from the manifest");
+        let path = self.dir.join(&file.name);
+        let corrupt = |reason: String| Error::CheckpointCorrupt {
+            path: path.as_path().into(),
+            reason: reason.into(),
+        };
+        let bytes = files::read_verified(&path, file.bytes, &file.sha256).map_err(corrupt)?;
+        rank_file::decode(bytes, file.range().len()).map_err(corrupt)
+    }
+}
+
+/// The steps of the `step-…` directories under `root` (none if `root` does not exist).
+fn list_steps(root: &Path) -> Result<Vec<u64>> {
+    let entries = match std::fs::read_dir(root) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(source) => {
+            return Err(Error::CheckpointIo {
+                path: root.into(),
+                source,
+            });
+        }
+    };
+    Ok(entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str().and_then(parse_step_dir))
+        .collect())
+}

@@ -1,0 +1,131 @@
+//! The trainer's outputs: JSON-lines metrics and a progress bar (rank 0 only).
+
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::Path;
+use std::time::Duration;
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use serde_json::json;
+
+use super::EvalSums;
+use crate::{Error, Result, StepReport};
+
+/// The metrics log: one JSON object per line, flushed per line so a crash loses at most the
+/// line being written. Appends, so a resumed run continues the same file.
+pub(super) struct Metrics {
+    out: Option<(BufWriter<File>, Box<Path>)>,
+}
+
+impl Metrics {
+    pub(super) fn open(path: Option<&Path>, rank: usize) -> Result<Metrics> {
+        let out = match path {
+            Some(path) if rank == 0 => {
+                let file = File::options()
+                    .create(true)
+                    .append(true)
+                    .open(path)
+                    .map_err(|source| Error::CheckpointIo {
+                        path: path.into(),
+                        source,
+                    })?;
+                Some((BufWriter::new(file), path.into()))
+            }
+            _ => None,
+        };
+        Ok(Metrics { out })
+    }
+
+    fn line(&mut self, value: serde_json::Value) -> Result<()> {
+        let Some((out, path)) = &mut self.out else {
+            return Ok(());
+        };
+        writeln!(out, "{value}")
+            .and_then(|()| out.flush())
+            .map_err(|source| Error::CheckpointIo {
+                path: path.clone(),
+                source,
+            })
+    }
+
+    pub(super) fn train(
+        &mut self,
+        report: &StepReport,
+        epoch: u64,
+        step_time: Duration,
+        elapsed: Duration,
+    ) -> Result<()> {
+        self.line(json!({
+            "kind": "train",
+            "step": report.step + 1,
+            "epoch": epoch,
+            "loss": finite(report.loss),
+            "grad_norm": finite(report.grad_norm),
+            "clipped": report.clipped,
+            "lr": report.lr,
+            "samples": report.samples,
+            "samples_per_s": report.samples as f64 / step_time.as_secs_f64().max(1e-9),
+            "elapsed_s": elapsed.as_secs_f64(),
+        }))
+    }
+
+    pub(super) fn eval(&mut self, step: u64, sums: &EvalSums) -> Result<()> {
+        self.line(json!({
+            "kind": "eval",
+            "step": step,
+            "loss": finite(sums.loss()),
+            "accuracy": finite(sums.accuracy()),
+            "samples": sums.samples,
+        }))
+    }
+
+    pub(super) fn checkpoint(&mut self, step: u64, took: Duration) -> Result<()> {
+        self.line(json!({"kind": "checkpoint", "step": step, "save_s": took.as_secs_f64()}))
+    }
+
+    pub(super) fn resume(&mut self, step: u64) -> Result<()> {
+        self.line(json!({"kind": "resume", "step": step}))
+    }
+}
+
+/// JSON has no NaN or infinity: they are written as `null`.
+fn finite(x: f64) -> Option<f64> {
+    x.is_finite().then_some(x)
+}
+
+/// A progress bar over optimizer steps with the latest loss and learning rate.
+pub(super) struct Progress {
+    bar: ProgressBar,
+}
+
+impl Progress {
+    pub(super) fn new(visible: bool, done: u64, total: u64) -> Progress {
+        let bar = ProgressBar::with_draw_target(
+            Some(total),
+            if visible {
+                ProgressDrawTarget::stderr()
+            } else {
+                ProgressDrawTarget::hidden()
+            },
+        );
+        bar.set_style(
+            ProgressStyle::with_template(
+                "{spinner} step {pos}/{len} [{bar:30}] {per_sec} eta {eta} {msg}",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+        );
+        bar.set_position(done);
+        Progress { bar }
+    }
+
+    pub(super) fn step(&mut self, report: &StepReport) {
+        self.bar.set_position(report.step + 1);
+        self.bar
+            .set_message(format!("loss {:.4} lr {:.2e}", report.loss, report.lr));
+    }
+
+    pub(super) fn finish(&self) {
+        self.bar.finish_and_clear();
+    }
+}
