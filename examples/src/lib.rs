@@ -27,7 +27,7 @@ pub const LAYERS: [Layer; 6] = [
     Layer {
         level: "3-4",
         krate: "mlinfra-train",
-        status: "error type only",
+        status: "data-parallel trainer over the loader (threads, ZeRO-1), verified atomic checkpoints with bit-identical resume and N-to-M resharding, example train_digits",
     },
     Layer {
         level: "5",

@@ -147,10 +147,7 @@ impl Checkpoint {
     /// hold them: each state tensor is element-wise over the shard it belongs to, so a new
     /// shard's state is the concatenation of the overlapping pieces. Scalars (step counters)
     /// must agree between files.
-    pub(crate) fn read_optimizer(
-        &self,
-        range: Range<usize>,
-    ) -> Result<OptimizerLeaves> {
+    pub(crate) fn read_optimizer(&self, range: Range<usize>) -> Result<OptimizerLeaves> {
         let mut pieces: Vec<(String, Vec<u8>, burn::tensor::DType)> = Vec::new();
         let mut scalars: Option<Vec<(String, Scalar)>> = None;
         for file in &self.manifest.files {

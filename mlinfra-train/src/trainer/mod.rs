@@ -287,11 +287,9 @@ where
                     checkpointer.poll(self.engine.collective())?;
                 }
             }
-            if self
-                .config
-                .eval_every
-                .is_some_and(|every| every > 0 && done.is_multiple_of(every) && done < self.config.steps)
-            {
+            if self.config.eval_every.is_some_and(|every| {
+                every > 0 && done.is_multiple_of(every) && done < self.config.steps
+            }) {
                 let sums = self.evaluate()?;
                 if let Some(sums) = sums {
                     metrics.eval(done, &sums)?;
