@@ -142,7 +142,9 @@ fn parse_args() -> anyhow::Result<Args> {
     }
     if args.ranks == 0
         || args.batch == 0
-        || !args.batch.is_multiple_of(args.ranks * args.micro_batches as usize)
+        || !args
+            .batch
+            .is_multiple_of(args.ranks * args.micro_batches as usize)
     {
         bail!(
             "--batch {} must be a positive multiple of --ranks {} × --micro-batches {}",
