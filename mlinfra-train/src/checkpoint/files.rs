@@ -45,25 +45,12 @@ pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
 /// Reads a whole file and checks it against its recorded length and SHA-256. Returns the bytes
 /// on success and a sentence saying what is wrong otherwise.
 pub(crate) fn read_verified(path: &Path, bytes: u64, sha256: &str) -> Result<Vec<u8>, String> {
-    let mut file = File::open(path).map_err(|e| format!("cannot open: {e}"))?;
-    let len = file
-        .metadata()
-        .map_err(|e| format!("cannot stat: {e}"))?
-        .len();
-    if len != bytes {
-        return Err(format!(
-            "is {len} bytes, the manifest says {bytes} (truncated or replaced)"
-        ));
-    }
-    let mut data = Vec::with_capacity(len as usize);
-    file.read_to_end(&mut data)
+    let mut data = Vec::with_capacity(usize::try_from(bytes).unwrap_or(0));
+    File::open(path)
+        .map_err(|e| format!("cannot open: {e}"))?
+        .read_to_end(&mut data)
         .map_err(|e| format!("cannot read: {e}"))?;
-    let actual = sha256_hex(&data);
-    if actual != sha256 {
-        return Err(format!(
-            "sha256 is {actual}, the manifest says {sha256} (corrupted)"
-        ));
-    }
+    check(data.len() as u64, &Sha256::digest(&data), bytes, sha256)?;
     Ok(data)
 }
 
@@ -84,12 +71,17 @@ pub(crate) fn verify(path: &Path, bytes: u64, sha256: &str) -> Result<(), String
         len += n as u64;
         hasher.update(&buffer[..n]);
     }
+    check(len, &hasher.finalize(), bytes, sha256)
+}
+
+/// The one comparison of a file's length and digest with its manifest record.
+fn check(len: u64, digest: &[u8], bytes: u64, sha256: &str) -> Result<(), String> {
     if len != bytes {
         return Err(format!(
             "is {len} bytes, the manifest says {bytes} (truncated or replaced)"
         ));
     }
-    let actual = hex(&hasher.finalize());
+    let actual = hex(digest);
     if actual != sha256 {
         return Err(format!(
             "sha256 is {actual}, the manifest says {sha256} (corrupted)"

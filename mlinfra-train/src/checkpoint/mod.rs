@@ -142,7 +142,34 @@ struct Pending {
     manifest: Manifest,
     shard: std::ops::Range<usize>,
     rng: u64,
-    writer: JoinHandle<Written>,
+    writer: Writer,
+}
+
+/// This rank's write of a pending save: finished (sync mode) or on its thread (async).
+enum Writer {
+    Done(Written),
+    Running(JoinHandle<Written>),
+}
+
+impl Writer {
+    fn is_finished(&self) -> bool {
+        match self {
+            Writer::Done(_) => true,
+            Writer::Running(handle) => handle.is_finished(),
+        }
+    }
+
+    fn join(self, dir: &Path) -> Written {
+        match self {
+            Writer::Done(written) => written,
+            Writer::Running(handle) => handle.join().unwrap_or_else(|_| {
+                Err(Error::CheckpointIo {
+                    path: dir.into(),
+                    source: std::io::Error::other("the checkpoint writer thread panicked"),
+                })
+            }),
+        }
+    }
 }
 
 /// Writes one rank's checkpoints; see the [module docs](self). Every rank of a job holds one
@@ -226,17 +253,16 @@ impl Checkpointer {
         let target = dir.clone();
         let write = move || write_rank_file(&target, rank, snapshot);
         let writer = match self.config.mode {
-            SaveMode::Sync => {
-                let written = write();
-                std::thread::spawn(move || written)
-            }
-            SaveMode::Async => std::thread::Builder::new()
-                .name(format!("mlinfra-ckpt-{step}"))
-                .spawn(write)
-                .map_err(|source| Error::CheckpointIo {
-                    path: dir.as_path().into(),
-                    source,
-                })?,
+            SaveMode::Sync => Writer::Done(write()),
+            SaveMode::Async => Writer::Running(
+                std::thread::Builder::new()
+                    .name(format!("mlinfra-ckpt-{step}"))
+                    .spawn(write)
+                    .map_err(|source| Error::CheckpointIo {
+                        path: dir.as_path().into(),
+                        source,
+                    })?,
+            ),
         };
         self.pending = Some(Pending {
             step,
@@ -293,12 +319,7 @@ impl Checkpointer {
             rng,
             writer,
         } = pending;
-        let written = writer.join().unwrap_or_else(|_| {
-            Err(Error::CheckpointIo {
-                path: dir.as_path().into(),
-                source: std::io::Error::other("the checkpoint writer thread panicked"),
-            })
-        });
+        let written = writer.join(&dir);
         // Every rank learns every rank's outcome, so all fail together or none does:
         // [ok, writes_file, bytes, sha256 × 4, rng, shard start, shard end].
         let mut mine = match &written {
