@@ -7,7 +7,8 @@
 //!     [--data DIR] [--ranks N] [--sharding replicated|zero1] [--epochs 60] [--batch 64] \
 //!     [--hidden 64] [--lr 1e-3] [--seed 0] [--optimizer adamw|sgd] [--micro-batches 1] \
 //!     [--checkpoint-dir DIR --checkpoint-every STEPS] [--async] [--resume DIR] \
-//!     [--metrics FILE] [--plot FILE.png] [--progress] [--stop-after STEPS]
+//!     [--metrics FILE] [--plot FILE.png] [--progress] [--stop-after STEPS] \
+//!     [--max-restarts N]
 //! ```
 //!
 //! - `--ranks N`: N data-parallel ranks as threads of this process (an in-process collective);
@@ -15,6 +16,10 @@
 //! - `--resume DIR`: continue from the newest valid checkpoint in DIR (and keep checkpointing
 //!   there); without one there, start fresh. `--checkpoint-dir DIR` checkpoints without
 //!   resuming. SIGTERM stops after the current step with a final checkpoint.
+//! - `--max-restarts N` (with `--checkpoint-dir` or `--resume`): run the training as a child
+//!   process under `mlinfra_train::Supervisor`, restarting it from its newest valid checkpoint
+//!   up to N times when it dies (try `kill -9` on the child); SIGTERM to this process is passed
+//!   on as a graceful stop.
 //! - `--plot FILE.png` (default `train_digits-loss.png` next to the metrics, or in the working
 //!   directory): the training loss per step and the test loss at each evaluation.
 //! - The last line of stdout is one JSON object: `accuracy`, `test_loss`, `steps`,
@@ -37,7 +42,7 @@ use mlinfra_train::collective::{Collective, ThreadGroup};
 use mlinfra_train::models::MlpConfig;
 use mlinfra_train::optim::{LrSchedule, OptimizerConfig};
 use mlinfra_train::trainer::{CheckpointSchedule, Classification, Summary, TrainerConfig};
-use mlinfra_train::{Sharding, StepOptions, Trainer};
+use mlinfra_train::{Sharding, StepOptions, Supervisor, Trainer};
 
 #[derive(Debug, Clone)]
 struct Args {
@@ -59,6 +64,7 @@ struct Args {
     plot: Option<PathBuf>,
     progress: bool,
     stop_after: Option<u64>,
+    max_restarts: Option<u32>,
 }
 
 fn parse_args() -> anyhow::Result<Args> {
@@ -84,6 +90,7 @@ fn parse_args() -> anyhow::Result<Args> {
         plot: None,
         progress: false,
         stop_after: None,
+        max_restarts: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -137,6 +144,9 @@ fn parse_args() -> anyhow::Result<Args> {
             "--plot" => args.plot = Some(value()?.into()),
             "--progress" => args.progress = true,
             "--stop-after" => args.stop_after = Some(value()?.parse().context("--stop-after")?),
+            "--max-restarts" => {
+                args.max_restarts = Some(value()?.parse().context("--max-restarts")?)
+            }
             other => bail!("unknown flag {other} (see the header of examples/train_digits.rs)"),
         }
     }
@@ -176,6 +186,9 @@ fn main() -> ExitCode {
 
 fn run() -> anyhow::Result<()> {
     let args = parse_args()?;
+    if let Some(max_restarts) = args.max_restarts {
+        return supervise(&args, max_restarts);
+    }
     let (train, test) = open_digits(&args.data)?;
     // The loader drops the last partial batch of an epoch (each rank its share).
     let per_rank_batch = args.batch / args.ranks / args.micro_batches as usize;
@@ -244,6 +257,55 @@ fn run() -> anyhow::Result<()> {
 }
 
 /// The digits export as memory-mapped Arrow caches next to the Parquet files.
+/// `--max-restarts`: this process supervises a child running the same command line, minus
+/// `--max-restarts`, plus `--resume DIR` so every launch continues from the newest checkpoint.
+fn supervise(args: &Args, max_restarts: u32) -> anyhow::Result<()> {
+    let Some(dir) = &args.checkpoint_dir else {
+        bail!("--max-restarts needs --checkpoint-dir or --resume: restarts resume from there");
+    };
+    let mut child_args = Vec::new();
+    let mut given = std::env::args().skip(1);
+    while let Some(arg) = given.next() {
+        if arg == "--max-restarts" {
+            given.next();
+        } else {
+            child_args.push(arg);
+        }
+    }
+    // One metrics log across launches (a resumed run appends), so the plot shows them all.
+    let metrics = args
+        .metrics
+        .clone()
+        .unwrap_or_else(|| dir.join("metrics.jsonl"));
+    if !args.resume {
+        let _ = std::fs::remove_file(&metrics);
+    }
+    let supervisor = Supervisor::new(max_restarts);
+    signal_hook::flag::register(signal_hook::consts::SIGTERM, supervisor.stop_flag())
+        .context("installing the SIGTERM handler")?;
+    let exe = std::env::current_exe().context("locating this executable")?;
+    let report = supervisor.run(|restart| {
+        if restart > 0 {
+            eprintln!("train_digits: restart {restart} of {max_restarts}");
+        }
+        let mut command = std::process::Command::new(&exe);
+        command
+            .args(&child_args)
+            .arg("--resume")
+            .arg(dir)
+            .arg("--metrics")
+            .arg(&metrics);
+        command
+    })?;
+    for attempt in &report.attempts {
+        eprintln!(
+            "train_digits: launch {} ended with {} after {:.1} s",
+            attempt.restart, attempt.status, attempt.seconds
+        );
+    }
+    Ok(())
+}
+
 fn open_digits(dir: &Path) -> anyhow::Result<(Arc<IpcCache>, Arc<IpcCache>)> {
     if !dir.join("meta.json").is_file() {
         bail!(

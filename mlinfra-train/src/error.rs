@@ -70,6 +70,24 @@ pub enum Error {
         reason: Box<str>,
     },
 
+    /// A supervised worker process could not be started (or waited for).
+    #[error("cannot run worker {program}: {source}")]
+    WorkerSpawn {
+        /// The program.
+        program: Box<str>,
+        /// The operating system's error.
+        source: std::io::Error,
+    },
+
+    /// A supervised worker failed on every allowed attempt.
+    #[error("worker failed {attempts} times; the last exit: {status}")]
+    WorkerFailed {
+        /// Launches made (the first plus every restart).
+        attempts: u32,
+        /// How the last one ended (`exit status: 3`, `signal: 9 (SIGKILL)`).
+        status: Box<str>,
+    },
+
     /// A training configuration that cannot work (zero steps, a negative learning rate...).
     #[error("invalid training configuration: {reason}")]
     InvalidConfig {

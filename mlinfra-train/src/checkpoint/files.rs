@@ -18,11 +18,16 @@ pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let mut temp_name = name.to_os_string();
     temp_name.push(format!(".tmp-{}", std::process::id()));
     let temp = path.with_file_name(temp_name);
+    let file_name = name.to_string_lossy();
     let written = (|| {
         let mut file = File::create(&temp)?;
-        file.write_all(bytes)?;
+        let (head, tail) = bytes.split_at(bytes.len() / 2);
+        file.write_all(head)?;
+        crate::fault::point("write.partial", &file_name);
+        file.write_all(tail)?;
         file.sync_all()?;
         drop(file);
+        crate::fault::point("write.unrenamed", &file_name);
         fs::rename(&temp, path)
     })();
     if let Err(error) = written {

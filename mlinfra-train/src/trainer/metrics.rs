@@ -17,18 +17,37 @@ pub(super) struct Metrics {
     out: Option<(BufWriter<File>, Box<Path>)>,
 }
 
+/// A run killed mid-line leaves a line without its newline; ends it, so the next run's first
+/// record starts a line of its own instead of gluing onto the torn one.
+fn end_torn_line(file: &mut File) -> std::io::Result<()> {
+    use std::io::{Read, Seek, SeekFrom};
+    if file.metadata()?.len() == 0 {
+        return Ok(());
+    }
+    let mut last = [0u8];
+    file.seek(SeekFrom::End(-1))?;
+    file.read_exact(&mut last)?;
+    if last[0] != b'\n' {
+        file.write_all(b"\n")?;
+    }
+    Ok(())
+}
+
 impl Metrics {
     pub(super) fn open(path: Option<&Path>, rank: usize) -> Result<Metrics> {
         let out = match path {
             Some(path) if rank == 0 => {
-                let file = File::options()
+                let io = |source| Error::CheckpointIo {
+                    path: path.into(),
+                    source,
+                };
+                let mut file = File::options()
                     .create(true)
                     .append(true)
+                    .read(true)
                     .open(path)
-                    .map_err(|source| Error::CheckpointIo {
-                        path: path.into(),
-                        source,
-                    })?;
+                    .map_err(io)?;
+                end_torn_line(&mut file).map_err(io)?;
                 Some((BufWriter::new(file), path.into()))
             }
             _ => None,

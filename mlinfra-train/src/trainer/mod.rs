@@ -375,6 +375,7 @@ where
             self.engine.record_loss(f64::from(mean), samples);
             micro += 1;
         }
+        crate::fault::point("step.mid", "");
         let (model, report) = self.engine.step(model)?;
         self.model = Some(model);
         Ok(report)

@@ -3,6 +3,7 @@
 mod checkpoint;
 mod collective;
 mod data_parallel;
+mod fault;
 mod fixtures;
 mod params;
 mod trainer;
