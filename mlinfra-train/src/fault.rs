@@ -1,9 +1,10 @@
 //! Fault points: named places in the checkpoint and step code where a crash test can stop the
 //! process at an exact moment (mid-write, between the temp file and its rename, mid-step).
 //!
-//! Compiled in only with the `fault-injection` feature (the crate's own tests turn it on);
-//! without it [`point`] is an empty inline function. With it, the environment variable
-//! `MLINFRA_TRAIN_FAULT` arms one point, read once per process:
+//! Compiled into debug builds (so `cargo test` has them) and into release builds with the
+//! `fault-injection` feature; elsewhere [`point`] is an empty inline function. Where compiled
+//! in, the environment variable `MLINFRA_TRAIN_FAULT` arms one point, read once per process
+//! (unset, a point costs one atomic load):
 //!
 //! ```text
 //! MLINFRA_TRAIN_FAULT="<point> <occurrence> <action>"
@@ -20,18 +21,18 @@
 
 /// Stops the process here if `MLINFRA_TRAIN_FAULT` arms this point and occurrence.
 /// The point's name is `kind`, or `kind/subject` when `subject` is not empty.
-#[cfg(not(feature = "fault-injection"))]
+#[cfg(not(any(debug_assertions, feature = "fault-injection")))]
 #[inline(always)]
 pub(crate) fn point(_kind: &str, _subject: &str) {}
 
 /// Stops the process here if `MLINFRA_TRAIN_FAULT` arms this point and occurrence.
 /// The point's name is `kind`, or `kind/subject` when `subject` is not empty.
-#[cfg(feature = "fault-injection")]
+#[cfg(any(debug_assertions, feature = "fault-injection"))]
 pub(crate) fn point(kind: &str, subject: &str) {
     armed::reach(kind, subject);
 }
 
-#[cfg(feature = "fault-injection")]
+#[cfg(any(debug_assertions, feature = "fault-injection"))]
 mod armed {
     use std::io::Write;
     use std::sync::OnceLock;

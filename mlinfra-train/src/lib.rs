@@ -7,7 +7,9 @@
 //!   optimizer shards cut and checkpoints will store.
 //! - [`Collective`]: all-reduce, reduce-scatter, all-gather, broadcast, barrier;
 //!   [`collective::ThreadGroup`] runs N ranks as threads (deterministic sums in rank order; a
-//!   rank that leaves fails the others instead of hanging), [`collective::Single`] is one.
+//!   rank that leaves fails the others instead of hanging), `collective::MpiCollective` one
+//!   rank per process under `mpirun` (feature `mpi`), `collective::NcclCollective` ranks on
+//!   NVIDIA GPUs (feature `cuda`), [`collective::Single`] is one.
 //! - [`DataParallel`]: one rank's optimizer step: gradient accumulation that averages over
 //!   samples, global-norm clipping, burn's AdamW or SGD ([`optim::ShardOptimizer`]) on fp32
 //!   master weights, replicated or ZeRO-1 sharded ([`Sharding`]), warmup + cosine schedule.
@@ -52,15 +54,15 @@
 //! # Ok::<(), mlinfra_train::Error>(())
 //! ```
 //!
-//! Not yet here: mixed precision and loss scaling, MPI and NCCL collectives, the Llama
-//! decoder. The README's status table tracks what works.
+//! Not yet here: mixed precision and loss scaling, the Llama decoder. The README's status table tracks what works.
 //!
 //! # Features
 //!
 //! | Name | Description | Default? |
 //! |---|---|---|
-//! | `cuda` | NVIDIA GPUs through burn's CUDA backend (needs an LLVM bundle to link) | no |
-//! | `fault-injection` | Fault points for crash tests, armed by `MLINFRA_TRAIN_FAULT` (the crate's tests) | no |
+//! | `cuda` | NVIDIA GPUs through burn's CUDA backend (needs an LLVM bundle to link) and NCCL collectives | no |
+//! | `mpi` | `collective::MpiCollective` (needs an MPI library and libclang to build) | no |
+//! | `fault-injection` | Fault points for crash tests in release builds (debug builds have them), armed by `MLINFRA_TRAIN_FAULT` | no |
 
 #![warn(missing_docs)]
 #![cfg_attr(docsrs, feature(doc_cfg))]

@@ -10,10 +10,22 @@
 //! shard and checkpoint uses.
 //!
 //! Implementations: [`ThreadGroup`] (N ranks as threads of one process; deterministic:
-//! sums run in rank order, so results do not depend on thread timing).
+//! sums run in rank order, so results do not depend on thread timing), `MpiCollective` (one
+//! rank per process under `mpirun`; feature `mpi`), `NcclCollective` (NVIDIA GPUs over NCCL;
+//! feature `cuda`) and [`Single`].
 
+#[cfg(feature = "mpi")]
+mod mpi_ranks;
+#[cfg(feature = "cuda")]
+mod nccl;
 mod threads;
 
+#[cfg(feature = "mpi")]
+#[cfg_attr(docsrs, doc(cfg(feature = "mpi")))]
+pub use mpi_ranks::MpiCollective;
+#[cfg(feature = "cuda")]
+#[cfg_attr(docsrs, doc(cfg(feature = "cuda")))]
+pub use nccl::{NcclCollective, NcclId};
 pub use threads::{ThreadCollective, ThreadGroup};
 
 use crate::Result;
@@ -70,6 +82,42 @@ pub trait Collective: Send {
     ///
     /// The group is broken.
     fn barrier(&mut self) -> Result<()>;
+}
+
+/// A borrowed handle is a handle: several engines can take turns on one group (an MPI
+/// process initialises MPI once, then trains more than one model).
+impl<C: Collective + ?Sized> Collective for &mut C {
+    fn rank(&self) -> usize {
+        (**self).rank()
+    }
+
+    fn world(&self) -> usize {
+        (**self).world()
+    }
+
+    fn all_reduce(&mut self, buffer: &mut [f32]) -> Result<()> {
+        (**self).all_reduce(buffer)
+    }
+
+    fn all_reduce_f64(&mut self, buffer: &mut [f64]) -> Result<()> {
+        (**self).all_reduce_f64(buffer)
+    }
+
+    fn reduce_scatter(&mut self, input: &[f32], shard: &mut [f32]) -> Result<()> {
+        (**self).reduce_scatter(input, shard)
+    }
+
+    fn all_gather(&mut self, shard: &[f32], output: &mut [f32]) -> Result<()> {
+        (**self).all_gather(shard, output)
+    }
+
+    fn broadcast(&mut self, buffer: &mut [f32], root: usize) -> Result<()> {
+        (**self).broadcast(buffer, root)
+    }
+
+    fn barrier(&mut self) -> Result<()> {
+        (**self).barrier()
+    }
 }
 
 /// The elements of a vector of `len` that rank `rank` of `world` owns: contiguous, in rank

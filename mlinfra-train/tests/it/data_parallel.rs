@@ -14,13 +14,13 @@ const INPUT: usize = 6;
 const CLASSES: usize = 4;
 
 /// A seeded classification set: `rows` samples of `INPUT` features and a label.
-struct Data {
+pub(crate) struct Data {
     x: Vec<f32>,
     y: Vec<i64>,
 }
 
 impl Data {
-    fn new(rows: usize, seed: u64) -> Data {
+    pub(crate) fn new(rows: usize, seed: u64) -> Data {
         let mut rng = Rng::new(seed);
         let x = rng.vec_f32(rows * INPUT, -1.0, 1.0);
         let y = (0..rows)
@@ -58,7 +58,7 @@ fn options(sharding: Sharding) -> StepOptions {
     }
 }
 
-fn adamw() -> OptimizerConfig {
+pub(crate) fn adamw() -> OptimizerConfig {
     OptimizerConfig::AdamW {
         beta1: 0.9,
         beta2: 0.99,
@@ -67,7 +67,7 @@ fn adamw() -> OptimizerConfig {
     }
 }
 
-fn sgd_momentum() -> OptimizerConfig {
+pub(crate) fn sgd_momentum() -> OptimizerConfig {
     OptimizerConfig::Sgd {
         momentum: 0.9,
         dampening: 0.0,
@@ -79,7 +79,7 @@ fn sgd_momentum() -> OptimizerConfig {
 /// Trains `steps` steps on one rank: each step takes the global batch `global` rows from
 /// `step * global`, of which this rank's share is cut into micro-batches of `micro` rows.
 /// Returns the final flat weights and the optimizer state bytes.
-fn train<C: Collective>(
+pub(crate) fn train<C: Collective>(
     collective: C,
     optimizer: &OptimizerConfig,
     sharding: Sharding,
@@ -111,12 +111,26 @@ fn train<C: Collective>(
     (values, engine.optimizer_state_bytes())
 }
 
-fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+pub(crate) fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
     a.iter()
         .zip(b)
         .map(|(x, y)| (x - y).abs())
         .fold(0.0, f32::max)
+}
+
+/// The reference of the data-parallel tests: one process, the whole batch of 64 per step.
+pub(crate) fn one_process(optimizer: &OptimizerConfig, data: &Data, steps: usize) -> Vec<f32> {
+    train(
+        Single,
+        optimizer,
+        Sharding::Replicated,
+        data,
+        steps,
+        64,
+        &[64],
+    )
+    .0
 }
 
 /// The acceptance test: 2 ranks with half the batch each end where 1 process with the whole
@@ -125,18 +139,7 @@ fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
 fn two_ranks_match_one_process_with_the_doubled_batch() {
     let data = Data::new(8 * 64, 11);
     for optimizer in [adamw(), sgd_momentum()] {
-        let one_process = |steps| {
-            train(
-                Single,
-                &optimizer,
-                Sharding::Replicated,
-                &data,
-                steps,
-                64,
-                &[64],
-            )
-            .0
-        };
+        let one_process = |steps| one_process(&optimizer, &data, steps);
         let single = one_process(8);
         for sharding in [Sharding::Replicated, Sharding::Zero1] {
             let ranks = on_ranks(2, |c| train(c, &optimizer, sharding, &data, 8, 64, &[32]));

@@ -4,7 +4,7 @@
 //!
 //! A worker is this test binary started again on its ignored `fault::worker` test, with the
 //! job's directory in [`JOB_VAR`]. Exact moments come from the crate's fault points
-//! (`MLINFRA_TRAIN_FAULT`, feature `fault-injection`): the worker stops there (`hang`) and the
+//! (`MLINFRA_TRAIN_FAULT`; in debug builds, as tests are): the worker stops there (`hang`) and the
 //! test kills it from outside, or it kills itself (`kill`).
 
 use std::io::{BufRead, BufReader};

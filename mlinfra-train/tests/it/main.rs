@@ -3,7 +3,11 @@
 mod checkpoint;
 mod collective;
 mod data_parallel;
+// Fault points exist in debug builds (and with the `fault-injection` feature).
+#[cfg(any(debug_assertions, feature = "fault-injection"))]
 mod fault;
 mod fixtures;
+#[cfg(feature = "mpi")]
+mod mpi;
 mod params;
 mod trainer;
