@@ -8,7 +8,7 @@
 //!     [--hidden 64] [--lr 1e-3] [--seed 0] [--optimizer adamw|sgd] [--micro-batches 1] \
 //!     [--checkpoint-dir DIR --checkpoint-every STEPS] [--async] [--resume DIR] \
 //!     [--metrics FILE] [--plot FILE.png] [--progress] [--stop-after STEPS] \
-//!     [--max-restarts N]
+//!     [--max-restarts N] [--precision f32|bf16|f16] [--threads-per-rank N]
 //! ```
 //!
 //! - `--ranks N`: N data-parallel ranks as threads of this process (an in-process collective);
@@ -16,6 +16,10 @@
 //! - `--resume DIR`: continue from the newest valid checkpoint in DIR (and keep checkpointing
 //!   there); without one there, start fresh. `--checkpoint-dir DIR` checkpoints without
 //!   resuming. SIGTERM stops after the current step with a final checkpoint.
+//! - `--precision bf16|f16`: the model computes in half precision on fp32 master weights; f16
+//!   adds dynamic loss scaling (PyTorch `GradScaler`'s defaults).
+//! - `--threads-per-rank N`: each rank's compute runs in its own pool of N threads (default:
+//!   the machine's cores divided among the ranks), so ranks do not fight over cores.
 //! - `--max-restarts N` (with `--checkpoint-dir` or `--resume`): run the training as a child
 //!   process under `mlinfra_train::Supervisor`, restarting it from its newest valid checkpoint
 //!   up to N times when it dies (try `kill -9` on the child); SIGTERM to this process is passed
@@ -24,7 +28,7 @@
 //!   directory): the training loss per step and the test loss at each evaluation.
 //! - The last line of stdout is one JSON object: `accuracy`, `test_loss`, `steps`,
 //!   `samples_per_s` (training samples per second of this run, all ranks), `seconds`,
-//!   `resumed_from`, `stopped`, `ranks`.
+//!   `resumed_from`, `stopped`, `ranks`, `threads_per_rank`, `precision`.
 //!
 //! Errors are printed on stderr with their causes; the exit status is then 2.
 
@@ -42,7 +46,7 @@ use mlinfra_train::collective::{Collective, ThreadGroup};
 use mlinfra_train::models::MlpConfig;
 use mlinfra_train::optim::{LrSchedule, OptimizerConfig};
 use mlinfra_train::trainer::{CheckpointSchedule, Classification, Summary, TrainerConfig};
-use mlinfra_train::{Sharding, StepOptions, Supervisor, Trainer};
+use mlinfra_train::{LossScaling, Precision, Sharding, StepOptions, Supervisor, Trainer};
 
 #[derive(Debug, Clone)]
 struct Args {
@@ -65,6 +69,8 @@ struct Args {
     progress: bool,
     stop_after: Option<u64>,
     max_restarts: Option<u32>,
+    precision: Precision,
+    threads_per_rank: Option<usize>,
 }
 
 fn parse_args() -> anyhow::Result<Args> {
@@ -91,6 +97,8 @@ fn parse_args() -> anyhow::Result<Args> {
         progress: false,
         stop_after: None,
         max_restarts: None,
+        precision: Precision::F32,
+        threads_per_rank: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -144,6 +152,17 @@ fn parse_args() -> anyhow::Result<Args> {
             "--plot" => args.plot = Some(value()?.into()),
             "--progress" => args.progress = true,
             "--stop-after" => args.stop_after = Some(value()?.parse().context("--stop-after")?),
+            "--precision" => {
+                args.precision = match value()?.as_str() {
+                    "f32" => Precision::F32,
+                    "bf16" => Precision::Bf16,
+                    "f16" => Precision::F16,
+                    other => bail!("--precision is f32, bf16 or f16, not {other}"),
+                }
+            }
+            "--threads-per-rank" => {
+                args.threads_per_rank = Some(value()?.parse().context("--threads-per-rank")?)
+            }
             "--max-restarts" => {
                 args.max_restarts = Some(value()?.parse().context("--max-restarts")?)
             }
@@ -204,22 +223,36 @@ fn run() -> anyhow::Result<()> {
     signal_hook::flag::register(signal_hook::consts::SIGTERM, Arc::clone(&stop))
         .context("installing the SIGTERM handler")?;
 
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let threads_per_rank = args
+        .threads_per_rank
+        .unwrap_or_else(|| (cores / args.ranks).max(1));
     let summaries: Vec<anyhow::Result<Summary>> = std::thread::scope(|scope| {
         let handles: Vec<_> = ThreadGroup::new(args.ranks)
             .into_iter()
             .map(|collective| {
                 let (args, train, test, stop, metrics) = (&args, &train, &test, &stop, &metrics);
                 scope.spawn(move || {
-                    rank_main(
-                        collective,
-                        args,
-                        train,
-                        test,
-                        stop,
-                        metrics,
-                        per_rank_batch,
-                        steps,
-                    )
+                    // The rank's own pool: burn's CPU kernels (and their matmuls) parallelise
+                    // over the current rayon pool, so this confines the rank to its cores.
+                    let rank = collective.rank();
+                    let pool = rayon::ThreadPoolBuilder::new()
+                        .num_threads(threads_per_rank)
+                        .thread_name(move |i| format!("rank-{rank}-{i}"))
+                        .build()
+                        .context("building the rank's thread pool")?;
+                    pool.install(|| {
+                        rank_main(
+                            collective,
+                            args,
+                            train,
+                            test,
+                            stop,
+                            metrics,
+                            per_rank_batch,
+                            steps,
+                        )
+                    })
                 })
             })
             .collect();
@@ -251,6 +284,8 @@ fn run() -> anyhow::Result<()> {
             "resumed_from": summary.resumed_from,
             "stopped": summary.stopped,
             "ranks": args.ranks,
+            "threads_per_rank": threads_per_rank,
+            "precision": args.precision,
         })
     );
     Ok(())
@@ -370,6 +405,8 @@ fn rank_main(
         schedule: LrSchedule::constant(args.lr),
         max_grad_norm: None,
         sharding: args.sharding,
+        precision: args.precision,
+        loss_scaling: (args.precision == Precision::F16).then(LossScaling::pytorch),
     };
     let test = Arc::clone(test);
     let mut trainer = Trainer::new(

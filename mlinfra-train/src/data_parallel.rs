@@ -8,6 +8,7 @@ use crate::checkpoint::{Checkpoint, Snapshot};
 use crate::collective::{Collective, shard_range};
 use crate::optim::{LrSchedule, OptimizerConfig, ShardOptimizer};
 use crate::params::read_f32;
+use crate::precision::{LossScaleState, LossScaler, LossScaling, Precision, cast_module};
 use crate::{Error, ParamLayout, Result};
 
 /// How optimizer state is spread over the ranks; see [`DataParallel`].
@@ -37,6 +38,11 @@ pub struct StepReport {
     /// Mean loss over the step's samples, all ranks together, from
     /// [`DataParallel::record_loss`]; NaN when no rank recorded one.
     pub loss: f64,
+    /// Whether the update was skipped because a gradient overflowed (loss scaling only; the
+    /// weights and optimizer state are unchanged, the step still counts).
+    pub skipped: bool,
+    /// The loss scale the step's gradients were computed with (1 without loss scaling).
+    pub loss_scale: f64,
 }
 
 /// One rank's data-parallel optimizer step, from accumulated gradients to new weights.
@@ -75,6 +81,9 @@ pub struct DataParallel<C: Collective> {
     optimizer: ShardOptimizer,
     schedule: LrSchedule,
     max_grad_norm: Option<f64>,
+    /// The dtype the model computes in.
+    precision: Precision,
+    loss_scaler: Option<LossScaler>,
     /// Sum over this rank's micro-batches of (mean gradient × samples).
     grad_sum: Vec<f32>,
     samples: u64,
@@ -111,6 +120,27 @@ pub struct StepOptions {
     pub max_grad_norm: Option<f64>,
     /// Where the optimizer state lives.
     pub sharding: Sharding,
+    /// The dtype of the model's forward and backward passes (the master weights and the
+    /// optimizer stay fp32).
+    #[serde(default)]
+    pub precision: Precision,
+    /// Dynamic loss scaling (for [`Precision::F16`]): multiply the loss by
+    /// [`DataParallel::loss_scale`] before the backward pass.
+    #[serde(default)]
+    pub loss_scaling: Option<LossScaling>,
+}
+
+impl StepOptions {
+    /// Full precision, replicated, no clipping, with `schedule`.
+    pub fn new(schedule: LrSchedule) -> Self {
+        StepOptions {
+            schedule,
+            max_grad_norm: None,
+            sharding: Sharding::Replicated,
+            precision: Precision::F32,
+            loss_scaling: None,
+        }
+    }
 }
 
 impl<C: Collective> DataParallel<C> {
@@ -168,6 +198,9 @@ impl<C: Collective> DataParallel<C> {
                 reason: format!("max_grad_norm must be > 0, got {norm}").into(),
             });
         }
+        if let Some(scaling) = &options.loss_scaling {
+            scaling.validate()?;
+        }
         let mut optimizer = ShardOptimizer::new(optimizer)?;
         let layout = ParamLayout::of(&model)?;
         if layout.is_empty() {
@@ -180,11 +213,11 @@ impl<C: Collective> DataParallel<C> {
             Sharding::Zero1 => shard_range(layout.len(), collective.rank(), collective.world()),
         };
         let device = model_device(&model);
-        let (full, step) = match checkpoint {
+        let (full, step, scale_state) = match checkpoint {
             None => {
                 let mut full = layout.values(&model)?;
                 collective.broadcast(&mut full, 0)?;
-                (full, 0)
+                (full, 0, None)
             }
             Some(checkpoint) => {
                 let manifest = checkpoint.manifest();
@@ -203,10 +236,16 @@ impl<C: Collective> DataParallel<C> {
                 }
                 let (tensors, scalars) = checkpoint.read_optimizer(shard.clone())?;
                 optimizer.restore(tensors, scalars, &device, manifest.step)?;
-                (checkpoint.read_master()?, manifest.step)
+                (
+                    checkpoint.read_master()?,
+                    manifest.step,
+                    manifest.loss_scale,
+                )
             }
         };
-        let model = layout.load(model, &full)?;
+        // The master weights were read in the model's own dtype; from here on the model holds
+        // them in the compute dtype.
+        let model = layout.load(cast_module(model, options.precision.dtype()), &full)?;
         let master = flat_tensor(&full[shard.clone()], &device);
         Ok((
             DataParallel {
@@ -220,6 +259,10 @@ impl<C: Collective> DataParallel<C> {
                 optimizer,
                 schedule: options.schedule,
                 max_grad_norm: options.max_grad_norm,
+                precision: options.precision,
+                loss_scaler: options
+                    .loss_scaling
+                    .map(|config| LossScaler::new(config, scale_state)),
                 samples: 0,
                 loss_sum: 0.0,
                 loss_samples: 0,
@@ -262,6 +305,7 @@ impl<C: Collective> DataParallel<C> {
             layout: self.layout.clone(),
             loader,
             rng,
+            loss_scale: self.loss_scale_state(),
         })
     }
 
@@ -279,7 +323,8 @@ impl<C: Collective> DataParallel<C> {
         samples: u64,
     ) -> Result<()> {
         let grads = self.layout.grads(model, grads)?;
-        let weight = samples as f32;
+        // Gradients of the scaled loss: unscaled here, in fp32.
+        let weight = (samples as f64 / self.loss_scale()) as f32;
         for (sum, g) in self.grad_sum.iter_mut().zip(&grads) {
             *sum += g * weight;
         }
@@ -337,6 +382,26 @@ impl<C: Collective> DataParallel<C> {
             square_sum = partial[0];
         }
         let grad_norm = square_sum.sqrt();
+        let loss_scale = self.loss_scale();
+        if let Some(scaler) = &mut self.loss_scaler {
+            // Every rank sees the same global sum, so all skip or step together.
+            let overflow = !square_sum.is_finite();
+            scaler.update(overflow);
+            if overflow {
+                let report = StepReport {
+                    step: self.step,
+                    samples: total as u64,
+                    grad_norm,
+                    clipped: false,
+                    lr: self.schedule.at(self.step),
+                    loss,
+                    skipped: true,
+                    loss_scale,
+                };
+                self.finish_step();
+                return Ok((model, report));
+            }
+        }
         let clipped = match self.max_grad_norm {
             Some(max) if grad_norm > max => {
                 // PyTorch's clip_grad_norm_: scale by max / (norm + 1e-6).
@@ -357,11 +422,6 @@ impl<C: Collective> DataParallel<C> {
             Sharding::Zero1 => self.collective.all_gather(&shard_values, &mut self.full)?,
         }
         let model = self.layout.load(model, &self.full)?;
-
-        self.grad_sum.iter_mut().for_each(|g| *g = 0.0);
-        self.samples = 0;
-        self.loss_sum = 0.0;
-        self.loss_samples = 0;
         let report = StepReport {
             step: self.step,
             samples: total as u64,
@@ -369,9 +429,36 @@ impl<C: Collective> DataParallel<C> {
             clipped,
             lr,
             loss,
+            skipped: false,
+            loss_scale,
         };
-        self.step += 1;
+        self.finish_step();
         Ok((model, report))
+    }
+
+    /// Clears the accumulators and counts the step.
+    fn finish_step(&mut self) {
+        self.grad_sum.iter_mut().for_each(|g| *g = 0.0);
+        self.samples = 0;
+        self.loss_sum = 0.0;
+        self.loss_samples = 0;
+        self.step += 1;
+    }
+
+    /// What to multiply the loss by before the backward pass: the loss scale with
+    /// [`StepOptions::loss_scaling`], 1 without. [`DataParallel::accumulate`] divides it out.
+    pub fn loss_scale(&self) -> f64 {
+        self.loss_scaler.map_or(1.0, |scaler| scaler.scale())
+    }
+
+    /// The loss scaler's state, for checkpoints (`None` without loss scaling).
+    pub fn loss_scale_state(&self) -> Option<LossScaleState> {
+        self.loss_scaler.map(|scaler| scaler.state())
+    }
+
+    /// The dtype the model computes in.
+    pub fn precision(&self) -> Precision {
+        self.precision
     }
 
     /// The model's parameter layout.

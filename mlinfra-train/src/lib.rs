@@ -13,6 +13,9 @@
 //! - [`DataParallel`]: one rank's optimizer step: gradient accumulation that averages over
 //!   samples, global-norm clipping, burn's AdamW or SGD ([`optim::ShardOptimizer`]) on fp32
 //!   master weights, replicated or ZeRO-1 sharded ([`Sharding`]), warmup + cosine schedule.
+//! - [`precision`]: mixed precision: the model computes in bf16 or f16 ([`Precision`]) on
+//!   fp32 master weights; f16 with dynamic loss scaling ([`LossScaling`], PyTorch
+//!   `GradScaler`'s rules: skip a step whose gradients overflow, back off, grow again).
 //! - [`models::Mlp`] with a serde [`models::MlpConfig`] and seeded, rank-independent init.
 //! - [`Trainer`]: the loop over an mlinfra-loader: a [`trainer::Task`]'s loss per batch,
 //!   gradient accumulation, evaluation, JSON-lines metrics, a progress bar, checkpoints, and a
@@ -31,7 +34,7 @@
 //! use mlinfra_train::collective::Single;
 //! use mlinfra_train::models::MlpConfig;
 //! use mlinfra_train::optim::{LrSchedule, OptimizerConfig};
-//! use mlinfra_train::{DataParallel, Sharding, StepOptions};
+//! use mlinfra_train::{DataParallel, Precision, Sharding, StepOptions};
 //!
 //! let device = Device::flex().autodiff();
 //! let model = MlpConfig { input: 4, hidden: vec![8], classes: 3, seed: 0 }.init(&device)?;
@@ -39,6 +42,8 @@
 //!     schedule: LrSchedule::warmup_cosine(1e-2, 10, 100, 0.1),
 //!     max_grad_norm: Some(1.0),
 //!     sharding: Sharding::Replicated,
+//!     precision: Precision::F32,
+//!     loss_scaling: None,
 //! };
 //! // `Single` for one process; a `ThreadGroup` rank (or MPI) for data parallelism.
 //! let (mut engine, mut model) = DataParallel::new(Single, model, &OptimizerConfig::adamw(), options)?;
@@ -54,7 +59,7 @@
 //! # Ok::<(), mlinfra_train::Error>(())
 //! ```
 //!
-//! Not yet here: mixed precision and loss scaling, the Llama decoder. The README's status table tracks what works.
+//! Not yet here: the Llama decoder and GGUF/safetensors loading. The README's status table tracks what works.
 //!
 //! # Features
 //!
@@ -75,6 +80,7 @@ mod fault;
 pub mod models;
 pub mod optim;
 mod params;
+pub mod precision;
 mod rng;
 pub mod supervisor;
 pub mod trainer;
@@ -83,6 +89,7 @@ pub use collective::Collective;
 pub use data_parallel::{DataParallel, Sharding, StepOptions, StepReport};
 pub use error::{Error, Result};
 pub use params::{ParamLayout, ParamSlot};
+pub use precision::{LossScaling, Precision};
 pub use rng::SplitMix64;
 pub use supervisor::Supervisor;
 pub use trainer::{Trainer, TrainerConfig};

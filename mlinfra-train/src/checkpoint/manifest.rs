@@ -6,6 +6,7 @@ use mlinfra_loader::LoaderState;
 use serde::{Deserialize, Serialize};
 
 use crate::optim::OptimizerConfig;
+use crate::precision::LossScaleState;
 use crate::{Error, ParamLayout, Result, Sharding};
 
 /// The manifest format this build writes and reads.
@@ -38,6 +39,9 @@ pub struct Manifest {
     pub loader: Option<LoaderState>,
     /// Each rank's random generator state, in rank order.
     pub rng: Vec<u64>,
+    /// The dynamic loss scale (mixed precision with loss scaling; the same on every rank).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loss_scale: Option<LossScaleState>,
     /// The rank files, in rank order.
     pub files: Vec<FileRecord>,
 }

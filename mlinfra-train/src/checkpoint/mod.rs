@@ -82,6 +82,8 @@ pub struct Snapshot {
     pub loader: Option<LoaderState>,
     /// This rank's random generator state.
     pub rng: u64,
+    /// The dynamic loss scale, with loss scaling.
+    pub loss_scale: Option<crate::precision::LossScaleState>,
 }
 
 /// When [`Checkpointer::save`] returns.
@@ -246,6 +248,7 @@ impl Checkpointer {
             layout: snapshot.layout.clone(),
             loader: snapshot.loader.clone(),
             rng: Vec::new(),
+            loss_scale: snapshot.loss_scale,
             files: Vec::new(),
         };
         let (step, shard, rng) = (snapshot.step, snapshot.shard.clone(), snapshot.rng);

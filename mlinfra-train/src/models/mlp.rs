@@ -4,7 +4,7 @@ use burn::module::Module;
 use burn::nn::loss::CrossEntropyLossConfig;
 use burn::nn::{Initializer, Linear, LinearConfig};
 use burn::tensor::activation::relu;
-use burn::tensor::{Device, Int, Tensor};
+use burn::tensor::{DType, Device, Int, Tensor};
 use serde::{Deserialize, Serialize};
 
 use crate::rng::SplitMix64;
@@ -93,13 +93,27 @@ fn layer_fan_in(layout: &ParamLayout, path: &str) -> usize {
 }
 
 impl Mlp {
-    /// Logits `[batch, classes]` for inputs `[batch, input]`.
+    /// Logits `[batch, classes]` (fp32) for inputs `[batch, input]`, computed in the dtype of
+    /// the weights ([`crate::Precision`]).
     pub fn forward(&self, input: Tensor<2>) -> Tensor<2> {
         let last = self.layers.len() - 1;
-        self.layers.iter().enumerate().fold(input, |x, (i, layer)| {
+        // Mixed precision: compute in the weights' dtype, return fp32 logits so the loss and
+        // its softmax run in full precision (as PyTorch autocast does).
+        let dtype = self.layers[0].weight.val().dtype();
+        let input = if input.dtype() == dtype {
+            input
+        } else {
+            input.cast(dtype)
+        };
+        let logits = self.layers.iter().enumerate().fold(input, |x, (i, layer)| {
             let y = layer.forward(x);
             if i < last { relu(y) } else { y }
-        })
+        });
+        if logits.dtype() == DType::F32 {
+            logits
+        } else {
+            logits.cast(DType::F32)
+        }
     }
 
     /// Mean cross-entropy of the logits for `input` against `labels` `[batch]`.

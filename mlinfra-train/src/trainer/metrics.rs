@@ -81,6 +81,8 @@ impl Metrics {
             "loss": finite(report.loss),
             "grad_norm": finite(report.grad_norm),
             "clipped": report.clipped,
+            "skipped": report.skipped,
+            "loss_scale": report.loss_scale,
             "lr": report.lr,
             "samples": report.samples,
             "samples_per_s": report.samples as f64 / step_time.as_secs_f64().max(1e-9),

@@ -370,7 +370,13 @@ where
                 .map_err(|e| Error::Tensor {
                     reason: format!("reading the loss: {e:?}").into(),
                 })?;
-            let grads = loss.backward();
+            // Loss scaling: the engine divides the scale out of the gradients.
+            let scale = self.engine.loss_scale();
+            let grads = if scale == 1.0 {
+                loss.backward()
+            } else {
+                (loss * scale).backward()
+            };
             self.engine.accumulate(&model, &grads, samples)?;
             self.engine.record_loss(f64::from(mean), samples);
             micro += 1;

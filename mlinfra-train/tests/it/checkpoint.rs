@@ -8,7 +8,7 @@ use mlinfra_train::checkpoint::{
 use mlinfra_train::collective::{Collective, Single};
 use mlinfra_train::models::{Mlp, MlpConfig};
 use mlinfra_train::optim::{LrSchedule, OptimizerConfig};
-use mlinfra_train::{DataParallel, Error, Sharding, StepOptions};
+use mlinfra_train::{DataParallel, Error, Precision, Sharding, StepOptions};
 
 use crate::collective::on_ranks;
 
@@ -30,6 +30,8 @@ fn options(sharding: Sharding) -> StepOptions {
         schedule: LrSchedule::constant(0.01),
         max_grad_norm: None,
         sharding,
+        precision: Precision::F32,
+        loss_scaling: None,
     }
 }
 

@@ -6,7 +6,7 @@ use mlinfra_test_utils::rng::SplitMix64 as Rng;
 use mlinfra_train::collective::{Collective, Single};
 use mlinfra_train::models::{Mlp, MlpConfig};
 use mlinfra_train::optim::{LrSchedule, OptimizerConfig};
-use mlinfra_train::{DataParallel, Sharding, StepOptions};
+use mlinfra_train::{DataParallel, LossScaling, Precision, Sharding, StepOptions};
 
 use crate::collective::on_ranks;
 
@@ -55,6 +55,8 @@ fn options(sharding: Sharding) -> StepOptions {
         schedule: LrSchedule::warmup_cosine(0.05, 2, 6, 0.1),
         max_grad_norm: Some(10.0),
         sharding,
+        precision: Precision::F32,
+        loss_scaling: None,
     }
 }
 
@@ -214,6 +216,8 @@ fn clipping_scales_by_the_global_norm() {
         schedule: LrSchedule::constant(1.0),
         max_grad_norm: Some(0.05),
         sharding: Sharding::Replicated,
+        precision: Precision::F32,
+        loss_scaling: None,
     };
     let (mut engine, model) =
         DataParallel::new(Single, model, &OptimizerConfig::sgd(), options).unwrap();
@@ -252,4 +256,67 @@ fn clipping_scales_by_the_global_norm() {
         (update_norm - 0.05).abs() < 1e-5,
         "update norm {update_norm}"
     );
+}
+
+/// Dynamic loss scaling in f16: an inf injected into a batch makes the step a no-op (weights
+/// unchanged, bit for bit) and halves the scale; good steps grow it back; training then goes on
+/// as if the bad batch had never come.
+#[test]
+fn an_injected_inf_skips_the_step_and_backs_off_the_loss_scale() {
+    let device = Device::flex().autodiff();
+    let data = Data::new(4 * 32, 15);
+    let scaling = LossScaling {
+        init_scale: 1024.0,
+        growth_interval: 2,
+        ..LossScaling::pytorch()
+    };
+    let start = |scaling| {
+        let options = StepOptions {
+            precision: Precision::F16,
+            loss_scaling: Some(scaling),
+            ..StepOptions::new(LrSchedule::constant(0.01))
+        };
+        let model = config().init(&device).unwrap();
+        DataParallel::new(Single, model, &adamw(), options).unwrap()
+    };
+    let step = |engine: &mut DataParallel<Single>, model: Mlp, x: Tensor<2>, y| {
+        let scale = engine.loss_scale();
+        let grads = (model.loss(x, y) * scale).backward();
+        engine.accumulate(&model, &grads, 32).unwrap();
+        engine.step(model).unwrap()
+    };
+    let batch = |i: usize| data.batch(i * 32..(i + 1) * 32, &device);
+
+    // With the bad batch: good, bad, good, good.
+    let (mut engine, model) = start(scaling);
+    let (model, first) = step(&mut engine, model, batch(0).0, batch(0).1);
+    assert!(!first.skipped && first.loss_scale == 1024.0);
+    let before = engine.layout().values(&model).unwrap();
+    let (mut x, y) = batch(1);
+    let mut poisoned = x.to_data().try_to_vec::<f32>().unwrap();
+    poisoned[7] = f32::INFINITY;
+    x = Tensor::from_data(TensorData::new(poisoned, [32, INPUT]), &device);
+    let (model, bad) = step(&mut engine, model, x, y);
+    assert!(bad.skipped && !bad.grad_norm.is_finite(), "{bad:?}");
+    assert_eq!(engine.loss_scale(), 512.0, "backed off");
+    assert!(
+        engine.layout().values(&model).unwrap() == before,
+        "a skipped step moved weights"
+    );
+    let (model, _) = step(&mut engine, model, batch(2).0, batch(2).1);
+    let (model, last) = step(&mut engine, model, batch(3).0, batch(3).1);
+    assert!(!last.skipped && last.loss_scale == 512.0);
+    assert_eq!(engine.loss_scale(), 1024.0, "grown after 2 good steps");
+    let with_bad = engine.layout().values(&model).unwrap();
+
+    // Without it: good, good, good. The scales differ by powers of two, which f16 carries
+    // exactly away from its subnormal range, so the weights agree to rounding.
+    let (mut engine, model) = start(scaling);
+    let (model, _) = step(&mut engine, model, batch(0).0, batch(0).1);
+    let (model, _) = step(&mut engine, model, batch(2).0, batch(2).1);
+    let (model, _) = step(&mut engine, model, batch(3).0, batch(3).1);
+    let without = engine.layout().values(&model).unwrap();
+    let diff = max_abs_diff(&with_bad, &without);
+    assert!(diff <= 1e-3, "max |diff| {diff:e}");
+    assert!(max_abs_diff(&with_bad, &before) > 1e-3, "training moved on");
 }

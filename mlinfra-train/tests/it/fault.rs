@@ -25,7 +25,7 @@ use mlinfra_train::models::{Mlp, MlpConfig};
 use mlinfra_train::optim::{LrSchedule, OptimizerConfig};
 use mlinfra_train::supervisor::RESTART_COUNT_VAR;
 use mlinfra_train::trainer::{CheckpointSchedule, Classification, TrainerConfig};
-use mlinfra_train::{Error, ParamLayout, Sharding, StepOptions, Supervisor, Trainer};
+use mlinfra_train::{Error, ParamLayout, Precision, Sharding, StepOptions, Supervisor, Trainer};
 
 use crate::collective::on_ranks;
 use crate::fixtures::{CLASSES, FEATURES, teacher_parquet};
@@ -88,6 +88,8 @@ fn worker() {
                 schedule: LrSchedule::warmup_cosine(0.01, 4, STEPS, 0.1),
                 max_grad_norm: Some(2.0),
                 sharding: Sharding::Zero1,
+                precision: Precision::F32,
+                loss_scaling: None,
             },
             TrainerConfig {
                 steps: STEPS,

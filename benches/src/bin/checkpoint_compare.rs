@@ -1,0 +1,334 @@
+//! Checkpoint costs of mlinfra-train beside the plain file operations they stand in for.
+//!
+//! ```text
+//! cargo run --release -p mlinfra-benches --bin checkpoint_compare -- \
+//!     [--width 2048] [--batch 64] [--reps 5] [--steps 16] [--every 4] [--dir DIR]
+//! ```
+//!
+//! Model: an MLP `width -> width -> width -> width` (3 x width² weights; 12.6 M parameters
+//! at 2048), AdamW, fp32: a checkpoint holds 12 bytes per parameter (master weights and the
+//! two moments), about 151 MB at 2048.
+//!
+//! 1. **Write throughput.** `Checkpointer::save` + `wait` in sync mode (encode, SHA-256, temp
+//!    file, fsync, rename, directory fsync, manifest) against, for the same bytes: a plain
+//!    copy of the rank file (`std::fs::copy`, then fsync: what `cp && sync` does), and a plain
+//!    write of the bytes from memory (`write_all`, then fsync). Median of `--reps` saves.
+//! 2. **Step stall.** `--steps` training steps, saving every `--every`: without checkpoints,
+//!    with async saves, with sync saves. Reports the median step, the median step that saves,
+//!    and the whole loop's overhead over the run without checkpoints.
+//!
+//! Prints one JSON line per measurement, then a Markdown table. `--dir` (default
+//! `$HOME/.cache/mlinfra/bench-checkpoints`) should be on the disk checkpoints would use:
+//! `/tmp` may be memory.
+
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, bail};
+use burn::tensor::{Device, Int, Tensor, TensorData};
+use mlinfra_test_utils::rng::SplitMix64;
+use mlinfra_train::checkpoint::{CheckpointConfig, Checkpointer, MANIFEST, SaveMode, step_dir};
+use mlinfra_train::collective::Single;
+use mlinfra_train::models::{Mlp, MlpConfig};
+use mlinfra_train::optim::{LrSchedule, OptimizerConfig};
+use mlinfra_train::{DataParallel, Precision, Sharding, StepOptions};
+use serde_json::json;
+
+struct Args {
+    width: usize,
+    batch: usize,
+    reps: usize,
+    steps: u64,
+    every: u64,
+    dir: PathBuf,
+}
+
+fn parse_args() -> anyhow::Result<Args> {
+    let home = std::env::var_os("HOME").map_or_else(|| PathBuf::from("."), PathBuf::from);
+    let mut args = Args {
+        width: 2048,
+        batch: 64,
+        reps: 5,
+        steps: 16,
+        every: 4,
+        dir: home.join(".cache/mlinfra/bench-checkpoints"),
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let mut value = || it.next().with_context(|| format!("{flag} needs a value"));
+        match flag.as_str() {
+            "--width" => args.width = value()?.parse()?,
+            "--batch" => args.batch = value()?.parse()?,
+            "--reps" => args.reps = value()?.parse()?,
+            "--steps" => args.steps = value()?.parse()?,
+            "--every" => args.every = value()?.parse()?,
+            "--dir" => args.dir = value()?.into(),
+            other => bail!("unknown flag {other}"),
+        }
+    }
+    if args.every == 0 || args.reps == 0 {
+        bail!("--every and --reps must be at least 1");
+    }
+    Ok(args)
+}
+
+/// A model, its optimizer engine, and a fixed batch to step on.
+struct Job {
+    engine: DataParallel<Single>,
+    model: Option<Mlp>,
+    x: Tensor<2>,
+    y: Tensor<1, Int>,
+}
+
+impl Job {
+    fn new(args: &Args) -> anyhow::Result<Job> {
+        let device = Device::flex().autodiff();
+        let model = MlpConfig {
+            input: args.width,
+            hidden: vec![args.width, args.width],
+            classes: args.width,
+            seed: 0,
+        }
+        .init(&device)?;
+        let options = StepOptions {
+            schedule: LrSchedule::constant(1e-4),
+            max_grad_norm: Some(1.0),
+            sharding: Sharding::Replicated,
+            precision: Precision::F32,
+            loss_scaling: None,
+        };
+        let (engine, model) = DataParallel::new(Single, model, &OptimizerConfig::adamw(), options)?;
+        let mut rng = SplitMix64::new(1);
+        let x = rng.vec_f32(args.batch * args.width, -1.0, 1.0);
+        let y: Vec<i64> = (0..args.batch)
+            .map(|_| (rng.next_u64() % args.width as u64) as i64)
+            .collect();
+        Ok(Job {
+            engine,
+            model: Some(model),
+            x: Tensor::from_data(TensorData::new(x, [args.batch, args.width]), &device),
+            y: Tensor::from_data(TensorData::new(y, [args.batch]), &device),
+        })
+    }
+
+    fn step(&mut self) -> anyhow::Result<()> {
+        let model = self.model.take().context("model")?;
+        let grads = model.loss(self.x.clone(), self.y.clone()).backward();
+        let samples = self.y.dims()[0] as u64;
+        self.engine.accumulate(&model, &grads, samples)?;
+        let (model, _) = self.engine.step(model)?;
+        self.model = Some(model);
+        Ok(())
+    }
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+fn fresh_dir(dir: &Path) -> anyhow::Result<()> {
+    if dir.exists() {
+        std::fs::remove_dir_all(dir).with_context(|| format!("clearing {}", dir.display()))?;
+    }
+    std::fs::create_dir_all(dir)?;
+    Ok(())
+}
+
+fn sync_dir(dir: &Path) -> anyhow::Result<()> {
+    File::open(dir)?.sync_all()?;
+    Ok(())
+}
+
+/// Part 1: sync saves against a plain copy and a plain write of the same bytes.
+fn write_throughput(args: &Args, job: &mut Job) -> anyhow::Result<[f64; 3]> {
+    let root = args.dir.join("throughput");
+    fresh_dir(&root)?;
+    let plain = args.dir.join("plain");
+    fresh_dir(&plain)?;
+    let mut checkpointer = Checkpointer::new(CheckpointConfig {
+        dir: root.clone(),
+        keep_last: 1,
+        mode: SaveMode::Sync,
+    })?;
+    let (mut ours, mut copy, mut write) = (Vec::new(), Vec::new(), Vec::new());
+    let mut bytes = 0u64;
+    for rep in 0..args.reps {
+        job.step()?;
+        let snapshot = job.engine.snapshot(None, 0)?;
+        let started = Instant::now();
+        checkpointer.save(job.engine.collective(), snapshot)?;
+        checkpointer.wait(job.engine.collective())?;
+        ours.push(started.elapsed().as_secs_f64());
+        let dir = step_dir(&root, job.engine.steps());
+        let rank_file = dir.join("rank-00000.bpk");
+        bytes = std::fs::metadata(&rank_file)?.len() + std::fs::metadata(dir.join(MANIFEST))?.len();
+
+        let target = plain.join(format!("copy-{rep}.bpk"));
+        let started = Instant::now();
+        std::fs::copy(&rank_file, &target)?;
+        File::open(&target)?.sync_all()?;
+        sync_dir(&plain)?;
+        copy.push(started.elapsed().as_secs_f64());
+
+        let data = std::fs::read(&rank_file)?;
+        let target = plain.join(format!("write-{rep}.bpk"));
+        let started = Instant::now();
+        let mut file = File::create(&target)?;
+        file.write_all(&data)?;
+        file.sync_all()?;
+        drop(file);
+        sync_dir(&plain)?;
+        write.push(started.elapsed().as_secs_f64());
+        drop(data);
+        for entry in std::fs::read_dir(&plain)? {
+            std::fs::remove_file(entry?.path())?;
+        }
+    }
+    let mb_per_s = |seconds: f64| bytes as f64 / seconds / 1e6;
+    let result = [median(ours), median(copy), median(write)];
+    for (name, seconds) in [
+        "mlinfra sync save",
+        "plain copy + fsync",
+        "plain write + fsync",
+    ]
+    .iter()
+    .zip(result)
+    {
+        println!(
+            "{}",
+            json!({"measure": "write", "who": name, "bytes": bytes, "seconds": seconds,
+                   "mb_per_s": mb_per_s(seconds), "reps": args.reps})
+        );
+    }
+    std::fs::remove_dir_all(&root)?;
+    std::fs::remove_dir_all(&plain)?;
+    Ok(result.map(mb_per_s))
+}
+
+/// What one loop of part 2 measured.
+struct Loop {
+    total: f64,
+    step: f64,
+    save_step: Option<f64>,
+    save_call: Option<f64>,
+}
+
+/// Part 2: `steps` steps, saving every `every` in `mode` (`None`: no checkpoints).
+fn step_loop(args: &Args, job: &mut Job, mode: Option<SaveMode>) -> anyhow::Result<Loop> {
+    let root = args.dir.join("stall");
+    fresh_dir(&root)?;
+    let mut checkpointer = match mode {
+        Some(mode) => Some(Checkpointer::new(CheckpointConfig {
+            dir: root.clone(),
+            keep_last: 2,
+            mode,
+        })?),
+        None => None,
+    };
+    let (mut plain_steps, mut save_steps, mut save_calls) = (Vec::new(), Vec::new(), Vec::new());
+    let started = Instant::now();
+    for i in 1..=args.steps {
+        let step_started = Instant::now();
+        job.step()?;
+        let mut saved = false;
+        if let Some(checkpointer) = &mut checkpointer {
+            if i % args.every == 0 {
+                let call = Instant::now();
+                let snapshot = job.engine.snapshot(None, 0)?;
+                checkpointer.save(job.engine.collective(), snapshot)?;
+                save_calls.push(call.elapsed().as_secs_f64());
+                saved = true;
+            } else {
+                checkpointer.poll(job.engine.collective())?;
+            }
+        }
+        let took = step_started.elapsed().as_secs_f64();
+        if saved {
+            save_steps.push(took);
+        } else {
+            plain_steps.push(took);
+        }
+    }
+    if let Some(checkpointer) = &mut checkpointer {
+        checkpointer.wait(job.engine.collective())?;
+    }
+    let total = started.elapsed().as_secs_f64();
+    std::fs::remove_dir_all(&root)?;
+    Ok(Loop {
+        total,
+        step: median(plain_steps),
+        save_step: (!save_steps.is_empty()).then(|| median(save_steps)),
+        save_call: (!save_calls.is_empty()).then(|| median(save_calls)),
+    })
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = parse_args()?;
+    std::fs::create_dir_all(&args.dir)?;
+    let mut job = Job::new(&args)?;
+    let params = job.engine.layout().len();
+    eprintln!(
+        "{params} parameters, about {} MB per checkpoint, in {}",
+        params * 12 / 1_000_000,
+        args.dir.display()
+    );
+    // Warm-up: the first steps allocate.
+    for _ in 0..2 {
+        job.step()?;
+    }
+    let [ours, copy, write] = write_throughput(&args, &mut job)?;
+
+    let mut loops = Vec::new();
+    for (name, mode) in [
+        ("no checkpoints", None),
+        ("async saves", Some(SaveMode::Async)),
+        ("sync saves", Some(SaveMode::Sync)),
+    ] {
+        let result = step_loop(&args, &mut job, mode)?;
+        println!(
+            "{}",
+            json!({"measure": "stall", "who": name, "steps": args.steps, "every": args.every,
+                   "total_s": result.total, "median_step_s": result.step,
+                   "median_saving_step_s": result.save_step, "median_save_call_s": result.save_call})
+        );
+        loops.push((name, result));
+    }
+
+    println!(
+        "\n| write ({params} parameters) | MB/s (median of {}) | mlinfra / this |",
+        args.reps
+    );
+    println!("|---|---|---|");
+    println!(
+        "| mlinfra sync save (encode, SHA-256, temp, fsync, rename, manifest) | {ours:.0} | 1.00 |"
+    );
+    println!(
+        "| plain copy of the rank file + fsync | {copy:.0} | {:.2} |",
+        ours / copy
+    );
+    println!(
+        "| plain write of its bytes + fsync | {write:.0} | {:.2} |",
+        ours / write
+    );
+    let base = loops[0].1.total;
+    println!(
+        "\n| {} steps, a save every {} | loop s | overhead | median step s | median saving step s | save() blocks s |",
+        args.steps, args.every
+    );
+    println!("|---|---|---|---|---|---|");
+    for (name, result) in &loops {
+        let show = |v: Option<f64>| v.map_or_else(|| "-".to_owned(), |v| format!("{v:.3}"));
+        println!(
+            "| {name} | {:.2} | {:+.1}% | {:.3} | {} | {} |",
+            result.total,
+            (result.total / base - 1.0) * 100.0,
+            result.step,
+            show(result.save_step),
+            show(result.save_call),
+        );
+    }
+    Ok(())
+}
