@@ -206,6 +206,17 @@ impl Collective for Single {
     }
 }
 
+/// Copies `world` equal blocks of `block` elements (what MPI and NCCL all-gathers return, each
+/// rank's shard padded to the largest) into `output`, cut by [`shard_range`].
+#[cfg(any(feature = "mpi", feature = "cuda"))]
+pub(crate) fn unpad_blocks(blocks: &[f32], block: usize, output: &mut [f32], world: usize) {
+    for rank in 0..world {
+        let range = shard_range(output.len(), rank, world);
+        let from = rank * block;
+        output[range.clone()].copy_from_slice(&blocks[from..from + range.len()]);
+    }
+}
+
 /// A length mismatch in a collective call: a caller bug, reported rather than corrupting.
 pub(crate) fn check_len(what: &str, got: usize, want: usize) -> Result<()> {
     if got == want {

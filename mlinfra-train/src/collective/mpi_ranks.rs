@@ -5,7 +5,7 @@ use mpi::environment::{Threading, Universe};
 use mpi::topology::{Communicator, SimpleCommunicator};
 use mpi::traits::{CommunicatorCollectives, Root};
 
-use super::{Collective, check_len, check_root, shard_range};
+use super::{Collective, check_len, check_root, shard_range, unpad_blocks};
 use crate::{Error, Result};
 
 /// This process's rank of an MPI job.
@@ -140,11 +140,7 @@ impl Collective for MpiCollective {
         self.scratch.resize(block + block * self.size, 0.0);
         let (mine, gathered) = self.scratch.split_at_mut(block);
         self.world.all_gather_into(&*mine, &mut *gathered);
-        for rank in 0..self.size {
-            let range = shard_range(output.len(), rank, self.size);
-            let from = rank * block;
-            output[range.clone()].copy_from_slice(&gathered[from..from + range.len()]);
-        }
+        unpad_blocks(gathered, block, output, self.size);
         Ok(())
     }
 

@@ -6,7 +6,7 @@ use cudarc::driver::{CudaContext, CudaSlice, CudaStream, DeviceRepr};
 use cudarc::nccl::result::NcclStatus;
 use cudarc::nccl::{Comm, Id, NcclType, ReduceOp};
 
-use super::{Collective, check_len, check_root, shard_range};
+use super::{Collective, check_len, check_root, shard_range, unpad_blocks};
 use crate::{Error, Result};
 
 /// The 128-byte identity of an NCCL group: made by one rank, shared with the others.
@@ -251,11 +251,7 @@ impl Collective for NcclCollective {
             .map_err(|e| nccl_error("ncclAllGather", e))?;
         padded.resize(block * world, 0.0);
         self.unstage(&mut padded)?;
-        for r in 0..world {
-            let range = shard_range(output.len(), r, world);
-            let from = r * block;
-            output[range.clone()].copy_from_slice(&padded[from..from + range.len()]);
-        }
+        unpad_blocks(&padded, block, output, world);
         self.host = padded;
         Ok(())
     }
