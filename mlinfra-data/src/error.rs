@@ -220,6 +220,16 @@ pub enum Error {
         /// What is wrong, and at which byte offset when the fault is in a particular field.
         what: Box<str>,
     },
+    /// A tokenizer could not be built or used: its description in a model file is missing,
+    /// malformed or of a kind this crate does not support (input data), or an id passed to
+    /// `decode` is outside the vocabulary (caller).
+    #[error("tokenizer from {origin}: {what}")]
+    Tokenizer {
+        /// The file it came from.
+        origin: Box<str>,
+        /// What is wrong.
+        what: Box<str>,
+    },
     /// No tensor with this name in the file (caller).
     #[error("no tensor named `{name}` in {path}")]
     NoSuchTensor {

@@ -39,6 +39,7 @@
 //!   copying ([`Dataset::ipc_cache`]); the loader's fast path.
 //! - [`convert::Conversion`]: CSV and JSON lines to Parquet.
 //! - [`tensor::GgufFile`], [`tensor::SafetensorsFile`]: memory-mapped model weights.
+//! - [`tokenizer::Tokenizer`]: the tokenizer a GGUF file or a `tokenizer.json` describes.
 //!
 //! # Where data lives
 //!
@@ -81,6 +82,7 @@ pub mod storage;
 mod summary;
 pub mod take;
 pub mod tensor;
+pub mod tokenizer;
 
 pub use cache::{IpcCache, IpcCacheBuilder, IpcFile, RowRefs};
 pub use dataset::{DEFAULT_MAX_DECODED_BYTES, Dataset, DatasetBuilder, Shard};

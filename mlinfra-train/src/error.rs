@@ -10,6 +10,21 @@ pub enum Error {
     #[error(transparent)]
     Loader(#[from] mlinfra_loader::Error),
 
+    /// A model file (GGUF, safetensors, tokenizer) could not be read or converted; the layer
+    /// below says what and where.
+    #[error(transparent)]
+    ModelFile(Box<mlinfra_data::Error>),
+
+    /// Model weights do not fit the architecture: a tensor is missing or has the wrong shape,
+    /// or the file's metadata describes a model this crate does not build (input data).
+    #[error("weights from {origin} do not fit: {reason}")]
+    Weights {
+        /// The file or files they came from.
+        origin: Box<str>,
+        /// What does not fit, naming the tensor or key.
+        reason: Box<str>,
+    },
+
     /// A module, flat vector or checkpoint does not have the parameter layout it should
     /// (names, shapes or counts differ; the message names the first difference). Caller error.
     #[error("parameter layout mismatch: {reason}")]
@@ -94,6 +109,12 @@ pub enum Error {
         /// What is wrong, naming the field.
         reason: Box<str>,
     },
+}
+
+impl From<mlinfra_data::Error> for Error {
+    fn from(error: mlinfra_data::Error) -> Self {
+        Error::ModelFile(Box::new(error))
+    }
 }
 
 /// `Result` with [`Error`] as the default error type.

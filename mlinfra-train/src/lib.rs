@@ -17,6 +17,9 @@
 //!   fp32 master weights; f16 with dynamic loss scaling ([`LossScaling`], PyTorch
 //!   `GradScaler`'s rules: skip a step whose gradients overflow, back off, grow again).
 //! - [`models::Mlp`] with a serde [`models::MlpConfig`] and seeded, rank-independent init.
+//! - [`models::Llama`]: a Llama-family decoder (RMSNorm, RoPE, grouped-query attention,
+//!   SwiGLU, tied embeddings) from a serde [`models::LlamaConfig`], loading GGUF (quantized)
+//!   or safetensors weights through mlinfra-data; greedy decoding with a KV cache.
 //! - [`Trainer`]: the loop over an mlinfra-loader: a [`trainer::Task`]'s loss per batch,
 //!   gradient accumulation, evaluation, JSON-lines metrics, a progress bar, checkpoints, and a
 //!   stop flag for SIGTERM; resumes bit-exactly (weights, optimizer state, step, loader
@@ -59,7 +62,7 @@
 //! # Ok::<(), mlinfra_train::Error>(())
 //! ```
 //!
-//! Not yet here: the Llama decoder and GGUF/safetensors loading. The README's status table tracks what works.
+//! Not yet here: ZeRO-2 (gradient sharding). The README's status table tracks what works.
 //!
 //! # Features
 //!

@@ -23,6 +23,8 @@
 //! # reads_a_corpus_file(); // skips (or, under CI=true, checks) depending on the environment
 //! ```
 //!
+//! Downloaded model files ([`model`]) follow the same rule, from [`MODELS_VAR`].
+//!
 //! # Seeded generators
 //!
 //! [`rng::SplitMix64`]: one small, seeded, dependency-free generator for test inputs, so a
@@ -110,6 +112,39 @@ pub fn testdata(relative: &str) -> Option<PathBuf> {
         }
         Corpus::Fail(message) => panic!("{message}"),
     }
+}
+
+/// The environment variable naming the directory of downloaded model files; default
+/// `$HOME/.cache/mlinfra/models`, where `scripts/fetch-model` puts them.
+pub const MODELS_VAR: &str = "MLINFRA_MODELS";
+
+/// The path of a downloaded model file (`scripts/fetch-model` fetches them, sha256-checked).
+///
+/// Returns `None` after printing a skip line when the file is missing outside CI.
+///
+/// # Panics
+///
+/// When the file is missing under `CI=true` (`scripts/check` fetches the models first).
+pub fn model(file_name: &str) -> Option<PathBuf> {
+    let dir = std::env::var_os(MODELS_VAR)
+        .filter(|dir| !dir.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("HOME").map(|home| Path::new(&home).join(".cache/mlinfra/models"))
+        })?;
+    let path = dir.join(file_name);
+    if path.is_file() {
+        return Some(path);
+    }
+    let missing = format!(
+        "model file {} is missing; scripts/fetch-model downloads it",
+        path.display()
+    );
+    if is_ci() {
+        panic!("{missing} (required under CI=true)");
+    }
+    eprintln!("skipped: {missing}");
+    None
 }
 
 /// Writes `line` to the process's stderr, past the test harness's output capture (which only

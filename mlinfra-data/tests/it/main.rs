@@ -9,3 +9,4 @@ mod manifest;
 mod object_store;
 mod predicate;
 mod tensor_files;
+mod tokenizer;

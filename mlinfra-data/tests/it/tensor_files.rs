@@ -3,7 +3,7 @@
 //! files, and against hostile input (`hostile`).
 
 mod hostile;
-mod writer;
+pub(crate) mod writer;
 
 use std::io::Write;
 use std::path::Path;

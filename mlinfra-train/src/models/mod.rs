@@ -1,5 +1,7 @@
 //! Model families, as burn modules built from serde configs.
 
+mod llama;
 mod mlp;
 
+pub use llama::{KvCache, Llama, LlamaAttention, LlamaConfig, LlamaLayer, LlamaMlp};
 pub use mlp::{Mlp, MlpConfig};

@@ -7,6 +7,7 @@ mod data_parallel;
 #[cfg(any(debug_assertions, feature = "fault-injection"))]
 mod fault;
 mod fixtures;
+mod llama;
 #[cfg(feature = "mpi")]
 mod mpi;
 mod params;

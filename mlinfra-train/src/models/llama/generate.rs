@@ -1,0 +1,65 @@
+//! Greedy decoding with a [`KvCache`]: the reference path for checking a loaded model (the
+//! serving engine, with batching and sampling, is mlinfra-serve's).
+
+use burn::tensor::{Int, Tensor, TensorData};
+
+use super::{KvCache, Llama};
+use crate::{Error, Result};
+
+impl Llama {
+    /// Greedy continuation of `prompt`: up to `max_new` token ids, each the argmax of the
+    /// logits after the ones before; stops early after emitting an id in `stop` (which is
+    /// included). One forward over the prompt, then one position per new token.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidConfig`] for an empty prompt, an id outside the vocabulary, or a
+    /// prompt plus `max_new` longer than the model's `max_seq_len`.
+    pub fn generate_greedy(
+        &self,
+        prompt: &[u32],
+        max_new: usize,
+        stop: &[u32],
+    ) -> Result<Vec<u32>> {
+        let vocab = self.embed_tokens.weight.dims()[0];
+        if let Some(bad) = prompt.iter().find(|&&id| id as usize >= vocab) {
+            return Err(Error::InvalidConfig {
+                reason: format!("prompt id {bad} is outside the vocabulary of {vocab}").into(),
+            });
+        }
+        if prompt.len() + max_new > self.max_seq_len {
+            return Err(Error::InvalidConfig {
+                reason: format!(
+                    "{} prompt tokens + {max_new} new exceed max_seq_len {}",
+                    prompt.len(),
+                    self.max_seq_len
+                )
+                .into(),
+            });
+        }
+        let device = self.embed_tokens.weight.device();
+        let mut cache = KvCache::default();
+        let mut input: Vec<u32> = prompt.to_vec();
+        let mut generated = Vec::with_capacity(max_new);
+        while generated.len() < max_new {
+            let ids: Vec<i64> = input.iter().map(|&id| i64::from(id)).collect();
+            let tokens =
+                Tensor::<2, Int>::from_data(TensorData::new(ids, [1, input.len()]), &device);
+            let logits = self.forward_cached(tokens, &mut cache)?;
+            let [_, seq, _] = logits.dims();
+            let next = logits
+                .slice([0..1, seq - 1..seq])
+                .argmax(2)
+                .into_scalar::<i64>();
+            let next = u32::try_from(next).map_err(|_| Error::Tensor {
+                reason: format!("argmax returned {next}").into(),
+            })?;
+            generated.push(next);
+            if stop.contains(&next) {
+                break;
+            }
+            input = vec![next];
+        }
+        Ok(generated)
+    }
+}

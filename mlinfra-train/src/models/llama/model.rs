@@ -1,0 +1,326 @@
+//! The decoder as burn modules: [`Llama`] → [`LlamaLayer`] → [`LlamaAttention`] and
+//! [`LlamaMlp`], in Hugging Face's layout and naming (parameter paths such as
+//! `layers.3.self_attn.q_proj.weight`).
+
+use burn::module::Module;
+use burn::nn::loss::CrossEntropyLossConfig;
+use burn::nn::{Embedding, Linear, RmsNorm};
+use burn::tensor::activation::silu;
+use burn::tensor::module::{attention, linear};
+use burn::tensor::ops::AttentionModuleOptions;
+use burn::tensor::{DType, Int, Tensor, TensorData};
+
+use crate::{Error, Result};
+
+/// A Llama-family decoder: token embedding, `num_layers` pre-norm blocks of grouped-query
+/// attention with rotary positions and a SwiGLU feed-forward, a final RMSNorm, and an output
+/// projection (the embedding itself when tied).
+///
+/// Built by [`LlamaConfig::init`](super::LlamaConfig::init) (fresh weights), [`Llama::from_gguf`] or
+/// [`Llama::from_safetensors`](super::Llama::from_safetensors).
+#[derive(Module, Debug)]
+pub struct Llama {
+    /// `[vocab_size, hidden_size]`.
+    pub(super) embed_tokens: Embedding,
+    pub(super) layers: Vec<LlamaLayer>,
+    pub(super) norm: RmsNorm,
+    /// `None` when tied to `embed_tokens`.
+    pub(super) lm_head: Option<Linear>,
+    pub(super) rope_theta: f64,
+    pub(super) max_seq_len: usize,
+}
+
+/// One pre-norm decoder block: `x + attn(norm(x))`, then `h + mlp(norm(h))`.
+#[derive(Module, Debug)]
+pub struct LlamaLayer {
+    pub(super) input_layernorm: RmsNorm,
+    pub(super) self_attn: LlamaAttention,
+    pub(super) post_attention_layernorm: RmsNorm,
+    pub(super) mlp: LlamaMlp,
+}
+
+/// Grouped-query attention with rotary position embeddings (Hugging Face's `rotate_half`
+/// convention: dimension `i` pairs with `i + head_dim/2`).
+#[derive(Module, Debug)]
+pub struct LlamaAttention {
+    pub(super) q_proj: Linear,
+    pub(super) k_proj: Linear,
+    pub(super) v_proj: Linear,
+    pub(super) o_proj: Linear,
+    pub(super) num_heads: usize,
+    pub(super) num_kv_heads: usize,
+    pub(super) head_dim: usize,
+}
+
+/// SwiGLU feed-forward: `down(silu(gate(x)) · up(x))`.
+#[derive(Module, Debug)]
+pub struct LlamaMlp {
+    pub(super) gate_proj: Linear,
+    pub(super) up_proj: Linear,
+    pub(super) down_proj: Linear,
+}
+
+/// Keys and values of the positions seen so far, per layer, so that each generated token
+/// costs one position's forward instead of the whole sequence's.
+///
+/// Contiguous per layer (`[batch, kv_heads, positions, head_dim]`, grown by concatenation):
+/// appending copies the layer's cache, which is cheap beside the matmuls at the lengths a
+/// single sequence reaches. The paged cache for serving many sequences lives in mlinfra-serve.
+#[derive(Debug, Clone, Default)]
+pub struct KvCache {
+    layers: Vec<Option<(Tensor<4>, Tensor<4>)>>,
+    len: usize,
+}
+
+impl KvCache {
+    /// Positions cached.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether nothing is cached yet.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+impl Llama {
+    /// Logits `[batch, seq, vocab_size]` (fp32) for `tokens` `[batch, seq]` at positions
+    /// `0..seq`, causally masked; computed in the dtype of the weights.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidConfig`] for an empty sequence or one longer than the model's
+    /// `max_seq_len`.
+    pub fn forward(&self, tokens: Tensor<2, Int>) -> Result<Tensor<3>> {
+        self.forward_from(tokens, 0, None)
+    }
+
+    /// [`Llama::forward`] for `tokens` that follow the positions in `cache`, which it extends.
+    /// Feeding a prompt and then one token at a time gives the logits a full forward over the
+    /// whole sequence would (to rounding).
+    ///
+    /// # Errors
+    ///
+    /// As [`Llama::forward`], counting the cached positions; [`Error::InvalidConfig`] when the
+    /// batch size differs from the cache's.
+    pub fn forward_cached(&self, tokens: Tensor<2, Int>, cache: &mut KvCache) -> Result<Tensor<3>> {
+        if cache.layers.is_empty() {
+            cache.layers = vec![None; self.layers.len()];
+        }
+        let start = cache.len;
+        let logits = self.forward_from(tokens, start, Some(&mut cache.layers))?;
+        cache.len = start + logits.dims()[1];
+        Ok(logits)
+    }
+
+    /// Mean next-token cross-entropy of `tokens` `[batch, seq]`: the logits at positions
+    /// `0..seq-1` against the tokens at `1..seq`.
+    ///
+    /// # Errors
+    ///
+    /// As [`Llama::forward`]; [`Error::InvalidConfig`] for sequences shorter than 2.
+    pub fn next_token_loss(&self, tokens: Tensor<2, Int>) -> Result<Tensor<1>> {
+        let [batch, seq] = tokens.dims();
+        if seq < 2 {
+            return Err(invalid(format!(
+                "next-token loss needs 2 or more tokens, got {seq}"
+            )));
+        }
+        let inputs = tokens.clone().slice([0..batch, 0..seq - 1]);
+        let targets = tokens
+            .slice([0..batch, 1..seq])
+            .reshape([batch * (seq - 1)]);
+        let logits = self.forward(inputs)?;
+        let vocab = logits.dims()[2];
+        let logits = logits.reshape([batch * (seq - 1), vocab]);
+        Ok(CrossEntropyLossConfig::new()
+            .init(&logits.device())
+            .forward(logits, targets))
+    }
+
+    /// Number of decoder layers.
+    pub fn num_layers(&self) -> usize {
+        self.layers.len()
+    }
+
+    /// Longest sequence the model accepts.
+    pub fn max_seq_len(&self) -> usize {
+        self.max_seq_len
+    }
+
+    fn forward_from(
+        &self,
+        tokens: Tensor<2, Int>,
+        start: usize,
+        mut cache: Option<&mut Vec<Option<(Tensor<4>, Tensor<4>)>>>,
+    ) -> Result<Tensor<3>> {
+        let [batch, seq] = tokens.dims();
+        if seq == 0 || start + seq > self.max_seq_len {
+            return Err(invalid(format!(
+                "{seq} tokens at position {start}: a forward needs 1 to {} positions in all",
+                self.max_seq_len
+            )));
+        }
+        if let Some(Some((k, _))) = cache.as_ref().and_then(|c| c.first())
+            && k.dims()[0] != batch
+        {
+            return Err(invalid(format!(
+                "batch of {batch} against a KV cache of batch {}",
+                k.dims()[0]
+            )));
+        }
+        let weight = self.embed_tokens.weight.val();
+        let head_dim = self.layers.first().map_or(2, |l| l.self_attn.head_dim);
+        let rope = Rope::new(self.rope_theta, head_dim, start, seq, &weight);
+        let mut x = self.embed_tokens.forward(tokens);
+        for (i, layer) in self.layers.iter().enumerate() {
+            let slot = cache.as_deref_mut().map(|layers| &mut layers[i]);
+            x = layer.forward(x, &rope, slot);
+        }
+        let x = self.norm.forward(x);
+        let logits = match &self.lm_head {
+            Some(head) => head.forward(x),
+            None => linear(x, weight.transpose(), None),
+        };
+        // Logits in fp32 whatever the compute dtype, so the softmax and loss run in full
+        // precision (as PyTorch autocast does).
+        Ok(if logits.dtype() == DType::F32 {
+            logits
+        } else {
+            logits.cast(DType::F32)
+        })
+    }
+}
+
+impl LlamaLayer {
+    fn forward(
+        &self,
+        x: Tensor<3>,
+        rope: &Rope,
+        cache: Option<&mut Option<(Tensor<4>, Tensor<4>)>>,
+    ) -> Tensor<3> {
+        let h = x.clone()
+            + self
+                .self_attn
+                .forward(self.input_layernorm.forward(x), rope, cache);
+        h.clone() + self.mlp.forward(self.post_attention_layernorm.forward(h))
+    }
+}
+
+impl LlamaAttention {
+    fn forward(
+        &self,
+        x: Tensor<3>,
+        rope: &Rope,
+        cache: Option<&mut Option<(Tensor<4>, Tensor<4>)>>,
+    ) -> Tensor<3> {
+        let [batch, seq, _] = x.dims();
+        let heads = |proj: &Linear, count: usize| {
+            proj.forward(x.clone())
+                .reshape([batch, seq, count, self.head_dim])
+                .swap_dims(1, 2)
+        };
+        let q = rope.apply(heads(&self.q_proj, self.num_heads));
+        let mut k = rope.apply(heads(&self.k_proj, self.num_kv_heads));
+        let mut v = heads(&self.v_proj, self.num_kv_heads);
+        if let Some(cache) = cache {
+            if let Some((past_k, past_v)) = cache.take() {
+                k = Tensor::cat(vec![past_k, k], 2);
+                v = Tensor::cat(vec![past_v, v], 2);
+            }
+            *cache = Some((k.clone(), v.clone()));
+        }
+        // Grouped-query attention: each key/value head serves `group` query heads.
+        let group = self.num_heads / self.num_kv_heads;
+        let (k, v) = (repeat_kv(k, group), repeat_kv(v, group));
+        // Causal with the mask aligned bottom-right: with cached positions in front, query
+        // `i` of this call sees every cached key and the new ones up to its own.
+        let options = AttentionModuleOptions {
+            is_causal: true,
+            ..AttentionModuleOptions::default()
+        };
+        let out = attention(q, k, v, None, None, options);
+        self.o_proj.forward(out.swap_dims(1, 2).reshape([
+            batch,
+            seq,
+            self.num_heads * self.head_dim,
+        ]))
+    }
+}
+
+impl LlamaMlp {
+    fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        let gate = silu(self.gate_proj.forward(x.clone()));
+        self.down_proj.forward(gate * self.up_proj.forward(x))
+    }
+}
+
+/// `[batch, kv_heads, seq, dim]` → `[batch, kv_heads · group, seq, dim]`, each head repeated
+/// `group` times in place (head `h` of the result is key/value head `h / group`).
+fn repeat_kv(x: Tensor<4>, group: usize) -> Tensor<4> {
+    if group == 1 {
+        return x;
+    }
+    let [batch, kv_heads, seq, dim] = x.dims();
+    x.unsqueeze_dim::<5>(2)
+        .expand([batch, kv_heads, group, seq, dim])
+        .reshape([batch, kv_heads * group, seq, dim])
+}
+
+/// Rotary position embedding for the positions of one forward call: the cosines and sines
+/// `[1, 1, seq, head_dim]`, each half repeating the `head_dim/2` frequencies.
+struct Rope {
+    cos: Tensor<4>,
+    sin: Tensor<4>,
+    half: usize,
+}
+
+impl Rope {
+    /// The angles are computed in f64 and rounded once to the weights' dtype, so long
+    /// positions keep their precision (`position · frequency` in f32 loses digits past a
+    /// few thousand).
+    fn new(theta: f64, head_dim: usize, start: usize, seq: usize, like: &Tensor<2>) -> Self {
+        let half = head_dim / 2;
+        let mut cos = Vec::with_capacity(seq * head_dim);
+        let mut sin = Vec::with_capacity(seq * head_dim);
+        for position in start..start + seq {
+            for _ in 0..2 {
+                for i in 0..half {
+                    let frequency = theta.powf(-((2 * i) as f64) / head_dim as f64);
+                    let angle = position as f64 * frequency;
+                    cos.push(angle.cos() as f32);
+                    sin.push(angle.sin() as f32);
+                }
+            }
+        }
+        let device = like.device();
+        let table = |values: Vec<f32>| {
+            let t = Tensor::<4>::from_data(TensorData::new(values, [1, 1, seq, head_dim]), &device);
+            if like.dtype() == DType::F32 {
+                t
+            } else {
+                t.cast(like.dtype())
+            }
+        };
+        Rope {
+            cos: table(cos),
+            sin: table(sin),
+            half,
+        }
+    }
+
+    /// `x · cos + rotate_half(x) · sin`, with `rotate_half([a, b]) = [-b, a]`.
+    fn apply(&self, x: Tensor<4>) -> Tensor<4> {
+        let first = x.clone().narrow(3, 0, self.half);
+        let second = x.clone().narrow(3, self.half, self.half);
+        let rotated = Tensor::cat(vec![second.neg(), first], 3);
+        x * self.cos.clone() + rotated * self.sin.clone()
+    }
+}
+
+fn invalid(reason: String) -> Error {
+    Error::InvalidConfig {
+        reason: reason.into(),
+    }
+}
