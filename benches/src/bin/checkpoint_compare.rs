@@ -142,7 +142,9 @@ fn sync_dir(dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Part 1: sync saves against a plain copy and a plain write of the same bytes.
+/// Part 1: sync saves against a plain copy and a plain write of the same bytes. The three are
+/// timed in a rotating order (each rep starts with the next one), so the disk's state after
+/// one (writeback in flight, a warm page cache) does not always favour the same one.
 fn write_throughput(args: &Args, job: &mut Job) -> anyhow::Result<[f64; 3]> {
     let root = args.dir.join("throughput");
     fresh_dir(&root)?;
@@ -153,36 +155,53 @@ fn write_throughput(args: &Args, job: &mut Job) -> anyhow::Result<[f64; 3]> {
         keep_last: 1,
         mode: SaveMode::Sync,
     })?;
-    let (mut ours, mut copy, mut write) = (Vec::new(), Vec::new(), Vec::new());
-    let mut bytes = 0u64;
-    for rep in 0..args.reps {
-        job.step()?;
+    // The bytes the plain operations copy or write: the newest rank file, kept aside untimed.
+    let source = args.dir.join("source.bpk");
+    let mut save = |job: &mut Job| -> anyhow::Result<(f64, u64)> {
         let snapshot = job.engine.snapshot(None, 0)?;
         let started = Instant::now();
         checkpointer.save(job.engine.collective(), snapshot)?;
         checkpointer.wait(job.engine.collective())?;
-        ours.push(started.elapsed().as_secs_f64());
+        let seconds = started.elapsed().as_secs_f64();
         let dir = step_dir(&root, job.engine.steps());
         let rank_file = dir.join("rank-00000.bpk");
-        bytes = std::fs::metadata(&rank_file)?.len() + std::fs::metadata(dir.join(MANIFEST))?.len();
-
-        let target = plain.join(format!("copy-{rep}.bpk"));
-        let started = Instant::now();
-        std::fs::copy(&rank_file, &target)?;
-        File::open(&target)?.sync_all()?;
-        sync_dir(&plain)?;
-        copy.push(started.elapsed().as_secs_f64());
-
-        let data = std::fs::read(&rank_file)?;
-        let target = plain.join(format!("write-{rep}.bpk"));
-        let started = Instant::now();
-        let mut file = File::create(&target)?;
-        file.write_all(&data)?;
-        file.sync_all()?;
-        drop(file);
-        sync_dir(&plain)?;
-        write.push(started.elapsed().as_secs_f64());
-        drop(data);
+        std::fs::copy(&rank_file, &source)?;
+        let bytes =
+            std::fs::metadata(&rank_file)?.len() + std::fs::metadata(dir.join(MANIFEST))?.len();
+        Ok((seconds, bytes))
+    };
+    let (_, mut bytes) = save(job)?;
+    let (mut ours, mut copy, mut write) = (Vec::new(), Vec::new(), Vec::new());
+    for rep in 0..args.reps {
+        job.step()?;
+        for which in (0..3).map(|i| (i + rep) % 3) {
+            match which {
+                0 => {
+                    let (seconds, size) = save(job)?;
+                    ours.push(seconds);
+                    bytes = size;
+                }
+                1 => {
+                    let target = plain.join(format!("copy-{rep}.bpk"));
+                    let started = Instant::now();
+                    std::fs::copy(&source, &target)?;
+                    File::open(&target)?.sync_all()?;
+                    sync_dir(&plain)?;
+                    copy.push(started.elapsed().as_secs_f64());
+                }
+                _ => {
+                    let data = std::fs::read(&source)?;
+                    let target = plain.join(format!("write-{rep}.bpk"));
+                    let started = Instant::now();
+                    let mut file = File::create(&target)?;
+                    file.write_all(&data)?;
+                    file.sync_all()?;
+                    drop(file);
+                    sync_dir(&plain)?;
+                    write.push(started.elapsed().as_secs_f64());
+                }
+            }
+        }
         for entry in std::fs::read_dir(&plain)? {
             std::fs::remove_file(entry?.path())?;
         }
@@ -205,6 +224,7 @@ fn write_throughput(args: &Args, job: &mut Job) -> anyhow::Result<[f64; 3]> {
     }
     std::fs::remove_dir_all(&root)?;
     std::fs::remove_dir_all(&plain)?;
+    std::fs::remove_file(&source)?;
     Ok(result.map(mb_per_s))
 }
 
@@ -214,6 +234,7 @@ struct Loop {
     step: f64,
     save_step: Option<f64>,
     save_call: Option<f64>,
+    snapshot: Option<f64>,
 }
 
 /// Part 2: `steps` steps, saving every `every` in `mode` (`None`: no checkpoints).
@@ -229,6 +250,7 @@ fn step_loop(args: &Args, job: &mut Job, mode: Option<SaveMode>) -> anyhow::Resu
         None => None,
     };
     let (mut plain_steps, mut save_steps, mut save_calls) = (Vec::new(), Vec::new(), Vec::new());
+    let mut snapshots = Vec::new();
     let started = Instant::now();
     for i in 1..=args.steps {
         let step_started = Instant::now();
@@ -238,6 +260,7 @@ fn step_loop(args: &Args, job: &mut Job, mode: Option<SaveMode>) -> anyhow::Resu
             if i % args.every == 0 {
                 let call = Instant::now();
                 let snapshot = job.engine.snapshot(None, 0)?;
+                snapshots.push(call.elapsed().as_secs_f64());
                 checkpointer.save(job.engine.collective(), snapshot)?;
                 save_calls.push(call.elapsed().as_secs_f64());
                 saved = true;
@@ -262,6 +285,7 @@ fn step_loop(args: &Args, job: &mut Job, mode: Option<SaveMode>) -> anyhow::Resu
         step: median(plain_steps),
         save_step: (!save_steps.is_empty()).then(|| median(save_steps)),
         save_call: (!save_calls.is_empty()).then(|| median(save_calls)),
+        snapshot: (!snapshots.is_empty()).then(|| median(snapshots)),
     })
 }
 
@@ -292,7 +316,8 @@ fn main() -> anyhow::Result<()> {
             "{}",
             json!({"measure": "stall", "who": name, "steps": args.steps, "every": args.every,
                    "total_s": result.total, "median_step_s": result.step,
-                   "median_saving_step_s": result.save_step, "median_save_call_s": result.save_call})
+                   "median_saving_step_s": result.save_step, "median_save_call_s": result.save_call,
+                   "median_snapshot_s": result.snapshot})
         );
         loops.push((name, result));
     }
@@ -315,19 +340,24 @@ fn main() -> anyhow::Result<()> {
     );
     let base = loops[0].1.total;
     println!(
-        "\n| {} steps, a save every {} | loop s | overhead | median step s | median saving step s | save() blocks s |",
+        "\n| {} steps, a save every {} | loop s | overhead | median step s | median saving step s | snapshot + save() block s | of a step |",
         args.steps, args.every
     );
-    println!("|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|");
     for (name, result) in &loops {
         let show = |v: Option<f64>| v.map_or_else(|| "-".to_owned(), |v| format!("{v:.3}"));
+        let stall = result.save_call.map_or_else(
+            || "-".to_owned(),
+            |v| format!("{:.1}%", v / result.step * 100.0),
+        );
         println!(
-            "| {name} | {:.2} | {:+.1}% | {:.3} | {} | {} |",
+            "| {name} | {:.2} | {:+.1}% | {:.3} | {} | {} (snapshot {}) | {stall} |",
             result.total,
             (result.total / base - 1.0) * 100.0,
             result.step,
             show(result.save_step),
             show(result.save_call),
+            show(result.snapshot),
         );
     }
     Ok(())

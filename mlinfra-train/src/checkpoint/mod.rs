@@ -182,6 +182,9 @@ pub struct Checkpointer {
     pending: Option<Pending>,
     /// The newest complete checkpoint's step.
     last_complete: Option<u64>,
+    /// The encoding buffer, reused from save to save (its pages stay mapped: allocating
+    /// 100 MB+ afresh each time costs more in page faults than encoding into it).
+    scratch: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
 }
 
 impl std::fmt::Debug for Checkpointer {
@@ -209,6 +212,7 @@ impl Checkpointer {
             config,
             pending: None,
             last_complete: None,
+            scratch: Default::default(),
         })
     }
 
@@ -254,7 +258,8 @@ impl Checkpointer {
         let (step, shard, rng) = (snapshot.step, snapshot.shard.clone(), snapshot.rng);
         let rank = collective.rank();
         let target = dir.clone();
-        let write = move || write_rank_file(&target, rank, snapshot);
+        let scratch = std::sync::Arc::clone(&self.scratch);
+        let write = move || write_rank_file(&target, rank, snapshot, &scratch);
         let writer = match self.config.mode {
             SaveMode::Sync => Writer::Done(write()),
             SaveMode::Async => Writer::Running(
@@ -432,7 +437,12 @@ impl Checkpointer {
 }
 
 /// Encodes and durably writes this rank's file of `snapshot` into `dir` (created if missing).
-fn write_rank_file(dir: &Path, rank: usize, snapshot: Snapshot) -> Written {
+fn write_rank_file(
+    dir: &Path,
+    rank: usize,
+    snapshot: Snapshot,
+    scratch: &std::sync::Mutex<Vec<u8>>,
+) -> Written {
     if !snapshot.writes_file {
         return Ok(None);
     }
@@ -442,10 +452,20 @@ fn write_rank_file(dir: &Path, rank: usize, snapshot: Snapshot) -> Written {
     };
     std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
     let path = dir.join(rank_file_name(rank));
-    let bytes = rank_file::encode(&snapshot.master, &snapshot.optimizer, snapshot.step, rank)
+    // One save at a time holds the buffer (`save` waits for the previous one first); a
+    // poisoned lock only means a writer panicked mid-save, and the buffer is rewritten anyway.
+    let mut bytes = scratch
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let Snapshot {
+        master,
+        optimizer,
+        step,
+        ..
+    } = snapshot;
+    rank_file::encode_into(master, &optimizer, step, rank, &mut bytes)
         .map_err(|reason| io(&path, std::io::Error::other(reason)))?;
-    drop(snapshot);
-    let sha256 = files::sha256_hex(&bytes);
-    files::write_atomic(&path, &bytes).map_err(|e| io(&path, e))?;
+    drop(optimizer);
+    let sha256 = files::write_atomic_hashed(&path, &bytes).map_err(|e| io(&path, e))?;
     Ok(Some((bytes.len() as u64, sha256)))
 }
