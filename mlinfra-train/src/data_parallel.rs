@@ -288,6 +288,26 @@ impl<C: Collective> DataParallel<C> {
         loader: Option<mlinfra_loader::LoaderState>,
         rng: u64,
     ) -> Result<Snapshot> {
+        self.snapshot_deferred(loader, rng)?.materialize()
+    }
+
+    /// [`DataParallel::snapshot`] without the copies: the snapshot holds shared handles to
+    /// this step's master weights and optimizer state (O(1)), copied out when it is
+    /// [materialized](Snapshot::materialize), which [`Checkpointer::save`] does on its writer
+    /// thread in async mode. Later steps cannot change what it holds: burn's tensors are
+    /// immutable values, updated in place only when nothing else holds them. The price is
+    /// that the next update of the held tensors allocates instead of writing in place.
+    ///
+    /// [`Checkpointer::save`]: crate::checkpoint::Checkpointer::save
+    ///
+    /// # Errors
+    ///
+    /// As [`DataParallel::snapshot`].
+    pub fn snapshot_deferred(
+        &self,
+        loader: Option<mlinfra_loader::LoaderState>,
+        rng: u64,
+    ) -> Result<Snapshot> {
         if self.samples != 0 {
             return Err(Error::InvalidConfig {
                 reason: "snapshot() with gradients accumulated since the last step".into(),
@@ -298,14 +318,18 @@ impl<C: Collective> DataParallel<C> {
             world: self.collective.world(),
             shard: self.shard.clone(),
             writes_file: self.sharding == Sharding::Zero1 || self.collective.rank() == 0,
-            master: read_f32(&self.master, "master weights")?,
-            optimizer: self.optimizer.state(),
+            master: Vec::new(),
+            optimizer: burn::optim::StateSink::default(),
             sharding: self.sharding,
             optimizer_config: self.optimizer.config().clone(),
             layout: self.layout.clone(),
             loader,
             rng,
             loss_scale: self.loss_scale_state(),
+            deferred: Some(crate::checkpoint::Deferred {
+                master: self.master.clone(),
+                optimizer: self.optimizer.state_handle(),
+            }),
         })
     }
 

@@ -218,15 +218,21 @@ impl ShardOptimizer {
     }
 
     /// The state as named tensors and scalars (burn's `RecordState` form): what a checkpoint
-    /// stores. Empty before the first step and for stateless SGD.
+    /// stores. Empty before the first step and for stateless SGD. Copies every state tensor
+    /// to the host; a checkpoint's deferred snapshot copies them on its writer thread instead.
     pub fn state(&self) -> StateSink {
-        let mut sink = StateSink::default();
+        self.state_handle().flatten()
+    }
+
+    /// The state as shared tensor handles, in O(1): burn's tensors are immutable values (an
+    /// update makes new ones, or writes in place only when nothing else holds them), so the
+    /// handle keeps this step's state whatever later steps do.
+    pub(crate) fn state_handle(&self) -> StateHandle {
         match &self.kind {
-            Kind::AdamW(_, Some(state)) => state.state_flatten("", &mut sink),
-            Kind::Sgd(_, Some(state)) => state.state_flatten("", &mut sink),
-            _ => {}
+            Kind::AdamW(_, Some(state)) => StateHandle::AdamW(Box::new(state.clone())),
+            Kind::Sgd(_, Some(state)) => StateHandle::Sgd(Box::new(state.clone())),
+            _ => StateHandle::Empty,
         }
-        sink
     }
 
     /// The optimizer and its hyperparameters.
@@ -380,6 +386,30 @@ impl LrSchedule {
             });
         }
         Ok(())
+    }
+}
+
+/// An optimizer's state held by shared tensor handles ([`ShardOptimizer::state_handle`]),
+/// read out to the host by [`StateHandle::flatten`], possibly on another thread.
+#[derive(Clone)]
+pub(crate) enum StateHandle {
+    /// Before the first step, or stateless SGD.
+    Empty,
+    // Boxed: the states differ in size by hundreds of bytes, and a handle is moved around.
+    AdamW(Box<AdamWState<1>>),
+    Sgd(Box<SgdState<1>>),
+}
+
+impl StateHandle {
+    /// The state as named host tensors and scalars (what [`ShardOptimizer::state`] returns).
+    pub(crate) fn flatten(self) -> StateSink {
+        let mut sink = StateSink::default();
+        match self {
+            StateHandle::AdamW(state) => state.state_flatten("", &mut sink),
+            StateHandle::Sgd(state) => state.state_flatten("", &mut sink),
+            StateHandle::Empty => {}
+        }
+        sink
     }
 }
 

@@ -259,7 +259,8 @@ fn step_loop(args: &Args, job: &mut Job, mode: Option<SaveMode>) -> anyhow::Resu
         if let Some(checkpointer) = &mut checkpointer {
             if i % args.every == 0 {
                 let call = Instant::now();
-                let snapshot = job.engine.snapshot(None, 0)?;
+                // What the trainer does: handles now, copies on the writer (async) or inline.
+                let snapshot = job.engine.snapshot_deferred(None, 0)?;
                 snapshots.push(call.elapsed().as_secs_f64());
                 checkpointer.save(job.engine.collective(), snapshot)?;
                 save_calls.push(call.elapsed().as_secs_f64());

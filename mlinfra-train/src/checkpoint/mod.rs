@@ -21,11 +21,13 @@
 //! bit-flipped file makes it fall back to the previous one (and say why in
 //! [`Checkpoint::skipped`]).
 //!
-//! **Async.** With [`SaveMode::Async`], `save` returns once this rank's state is copied into
-//! memory ([`Snapshot`]); a background thread encodes, hashes and writes it while training goes
-//! on, and [`Checkpointer::poll`] (called by every rank at each step boundary) publishes the
-//! manifest once every rank's file is durable. Changing the weights after `save` returns does
-//! not change what is written.
+//! **Async.** With [`SaveMode::Async`], `save` returns at once; a background thread copies the
+//! state out of a deferred [`Snapshot`] (shared handles to burn's immutable tensors, taken in
+//! O(1) by [`DataParallel::snapshot_deferred`](crate::DataParallel::snapshot_deferred)), then
+//! encodes, hashes and writes it while training goes on, and [`Checkpointer::poll`] (called by
+//! every rank at each step boundary) publishes the manifest once every rank's file is durable.
+//! Changing the weights after `save` returns does not change what is written: the next update
+//! makes new tensors rather than writing into ones a snapshot holds.
 //!
 //! **Resharding.** Files record which elements of the flat parameter vector they hold, so a
 //! checkpoint saved by N ranks loads on M: each rank reads the files overlapping its new shard
@@ -55,8 +57,10 @@ use crate::collective::{Collective, all_gather_u64};
 use crate::optim::OptimizerConfig;
 use crate::{Error, ParamLayout, Result, Sharding};
 
-/// One rank's training state at a step boundary, copied out of the model and optimizer: what
-/// [`Checkpointer::save`] writes. Owning the copies is what makes async saves safe.
+/// One rank's training state at a step boundary: what [`Checkpointer::save`] writes. Either
+/// copied out (`master` and `optimizer` filled) or deferred (shared handles to immutable
+/// tensors, copied out by [`Snapshot::materialize`]); both are safe to write while training
+/// goes on.
 #[derive(Debug)]
 pub struct Snapshot {
     /// Optimizer steps taken.
@@ -84,6 +88,50 @@ pub struct Snapshot {
     pub rng: u64,
     /// The dynamic loss scale, with loss scaling.
     pub loss_scale: Option<crate::precision::LossScaleState>,
+    /// Handles to the state not yet copied out ([`DataParallel::snapshot_deferred`]); while
+    /// set, `master` and `optimizer` are empty.
+    ///
+    /// [`DataParallel::snapshot_deferred`]: crate::DataParallel::snapshot_deferred
+    pub(crate) deferred: Option<Deferred>,
+}
+
+/// The heavy half of a deferred [`Snapshot`]: shared handles to immutable tensors, which no
+/// later step can change.
+#[derive(Clone)]
+pub(crate) struct Deferred {
+    pub(crate) master: burn::tensor::Tensor<1>,
+    pub(crate) optimizer: crate::optim::StateHandle,
+}
+
+impl std::fmt::Debug for Deferred {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Deferred")
+            .field("master", &self.master.dims())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Snapshot {
+    /// Whether the master weights and optimizer state are still to be copied out (a snapshot
+    /// from [`DataParallel::snapshot_deferred`](crate::DataParallel::snapshot_deferred)).
+    pub fn is_deferred(&self) -> bool {
+        self.deferred.is_some()
+    }
+
+    /// Copies deferred state out to the host, filling `master` and `optimizer`; a snapshot
+    /// that is not deferred is returned as it is. [`Checkpointer::save`] does this on its
+    /// writer thread, so an async save does not wait for the copy.
+    ///
+    /// # Errors
+    ///
+    /// Tensor readback errors.
+    pub fn materialize(mut self) -> Result<Snapshot> {
+        if let Some(deferred) = self.deferred.take() {
+            self.master = crate::params::read_f32(&deferred.master, "master weights")?;
+            self.optimizer = deferred.optimizer.flatten();
+        }
+        Ok(self)
+    }
 }
 
 /// When [`Checkpointer::save`] returns.
@@ -93,7 +141,8 @@ pub enum SaveMode {
     /// Once the checkpoint is complete on disk.
     #[default]
     Sync,
-    /// Once the state is copied in memory; written in the background (see the module docs).
+    /// Once the write has started on a background thread, which also copies out a deferred
+    /// snapshot's state (see the module docs).
     Async,
 }
 
@@ -227,7 +276,11 @@ impl Checkpointer {
     }
 
     /// Saves `snapshot`. Sync mode: returns once the checkpoint is complete. Async mode: first
-    /// completes the previous save if one is pending, then returns once the write has started.
+    /// completes the previous save if one is pending, then returns once the write has started;
+    /// a deferred snapshot ([`DataParallel::snapshot_deferred`]) is also copied out on the
+    /// writer thread, so the call costs no copy of the state.
+    ///
+    /// [`DataParallel::snapshot_deferred`]: crate::DataParallel::snapshot_deferred
     ///
     /// Collective: every rank calls it at the same step.
     ///
@@ -446,6 +499,7 @@ fn write_rank_file(
     if !snapshot.writes_file {
         return Ok(None);
     }
+    let snapshot = snapshot.materialize()?;
     let io = |path: &Path, source| Error::CheckpointIo {
         path: path.into(),
         source,

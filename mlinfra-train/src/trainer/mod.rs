@@ -279,7 +279,7 @@ where
                     let save_started = Instant::now();
                     let snapshot = self
                         .engine
-                        .snapshot(Some(self.loader.state().clone()), self.rng.state())?;
+                        .snapshot_deferred(Some(self.loader.state().clone()), self.rng.state())?;
                     checkpointer.save(self.engine.collective(), snapshot)?;
                     metrics.checkpoint(done, save_started.elapsed())?;
                     self.saved_at = Some(done);
@@ -426,7 +426,7 @@ where
         if self.saved_at != Some(step) {
             let snapshot = self
                 .engine
-                .snapshot(Some(self.loader.state().clone()), self.rng.state())?;
+                .snapshot_deferred(Some(self.loader.state().clone()), self.rng.state())?;
             checkpointer.save(self.engine.collective(), snapshot)?;
             checkpointer.wait(self.engine.collective())?;
             metrics.checkpoint(step, save_started.elapsed())?;
