@@ -4,7 +4,7 @@
 //! ```text
 //! scripts/digits-export        # once: ~/.cache/mlinfra/bench-data/digits (no download)
 //! cargo run --release -p mlinfra-examples --example train_digits -- \
-//!     [--data DIR] [--ranks N] [--sharding replicated|zero1] [--epochs 60] [--batch 64] \
+//!     [--data DIR] [--ranks N] [--sharding replicated|zero1|zero2] [--epochs 60] [--batch 64] \
 //!     [--hidden 64] [--lr 1e-3] [--seed 0] [--optimizer adamw|sgd] [--micro-batches 1] \
 //!     [--checkpoint-dir DIR --checkpoint-every STEPS] [--async] [--resume DIR] \
 //!     [--metrics FILE] [--plot FILE.png] [--progress] [--stop-after STEPS] \
@@ -110,7 +110,8 @@ fn parse_args() -> anyhow::Result<Args> {
                 args.sharding = match value()?.as_str() {
                     "replicated" => Sharding::Replicated,
                     "zero1" => Sharding::Zero1,
-                    other => bail!("--sharding is replicated or zero1, not {other}"),
+                    "zero2" => Sharding::Zero2,
+                    other => bail!("--sharding is replicated, zero1 or zero2, not {other}"),
                 }
             }
             "--epochs" => args.epochs = value()?.parse().context("--epochs")?,

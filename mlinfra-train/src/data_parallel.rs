@@ -20,6 +20,18 @@ pub enum Sharding {
     Replicated,
     /// Each rank holds 1/N of the optimizer state and master weights (DeepSpeed ZeRO stage 1).
     Zero1,
+    /// ZeRO-1, and gradients are reduce-scattered as each micro-batch is accumulated, so a
+    /// rank also keeps only 1/N of the gradient sum (DeepSpeed ZeRO stage 2). Costs one
+    /// reduce-scatter per micro-batch instead of one per step, and makes
+    /// [`DataParallel::accumulate`] collective: every rank calls it equally often.
+    Zero2,
+}
+
+impl Sharding {
+    /// Whether optimizer state and master weights are split over the ranks (ZeRO-1 and up).
+    pub fn is_sharded(self) -> bool {
+        self != Sharding::Replicated
+    }
 }
 
 /// What one optimizer step did.
@@ -55,6 +67,7 @@ pub struct StepReport {
 /// |---|---|---|---|
 /// | [`Sharding::Replicated`] | all-reduce | whole, on every rank | nothing to exchange |
 /// | [`Sharding::Zero1`] | reduce-scatter | 1/N per rank ([`shard_range`]) | all-gather |
+/// | [`Sharding::Zero2`] | reduce-scatter per micro-batch, 1/N of the sum kept | 1/N per rank | all-gather |
 ///
 /// ZeRO-1 keeps 1/N of the optimizer state (and of the master weights) per rank for the same
 /// bytes on the wire: a reduce-scatter plus an all-gather move what one all-reduce does.
@@ -210,7 +223,9 @@ impl<C: Collective> DataParallel<C> {
         }
         let shard = match options.sharding {
             Sharding::Replicated => 0..layout.len(),
-            Sharding::Zero1 => shard_range(layout.len(), collective.rank(), collective.world()),
+            Sharding::Zero1 | Sharding::Zero2 => {
+                shard_range(layout.len(), collective.rank(), collective.world())
+            }
         };
         let device = model_device(&model);
         let (full, step, scale_state) = match checkpoint {
@@ -249,7 +264,15 @@ impl<C: Collective> DataParallel<C> {
         let master = flat_tensor(&full[shard.clone()], &device);
         Ok((
             DataParallel {
-                grad_sum: vec![0.0; layout.len()],
+                // ZeRO-2 sums only this rank's shard of the gradients.
+                grad_sum: vec![
+                    0.0;
+                    if options.sharding == Sharding::Zero2 {
+                        shard.len()
+                    } else {
+                        layout.len()
+                    }
+                ],
                 grad_shard: vec![0.0; shard.len()],
                 collective,
                 layout,
@@ -317,7 +340,7 @@ impl<C: Collective> DataParallel<C> {
             step: self.step,
             world: self.collective.world(),
             shard: self.shard.clone(),
-            writes_file: self.sharding == Sharding::Zero1 || self.collective.rank() == 0,
+            writes_file: self.sharding.is_sharded() || self.collective.rank() == 0,
             master: Vec::new(),
             optimizer: burn::optim::StateSink::default(),
             sharding: self.sharding,
@@ -346,11 +369,21 @@ impl<C: Collective> DataParallel<C> {
         grads: &Gradients,
         samples: u64,
     ) -> Result<()> {
-        let grads = self.layout.grads(model, grads)?;
+        let mut grads = self.layout.grads(model, grads)?;
         // Gradients of the scaled loss: unscaled here, in fp32.
         let weight = (samples as f64 / self.loss_scale()) as f32;
-        for (sum, g) in self.grad_sum.iter_mut().zip(&grads) {
-            *sum += g * weight;
+        if self.sharding == Sharding::Zero2 {
+            // Summed over the ranks now; this rank keeps its shard of the sum.
+            grads.iter_mut().for_each(|g| *g *= weight);
+            self.collective
+                .reduce_scatter(&grads, &mut self.grad_shard)?;
+            for (sum, g) in self.grad_sum.iter_mut().zip(&self.grad_shard) {
+                *sum += g;
+            }
+        } else {
+            for (sum, g) in self.grad_sum.iter_mut().zip(&grads) {
+                *sum += g * weight;
+            }
         }
         self.samples += samples;
         Ok(())
@@ -393,6 +426,8 @@ impl<C: Collective> DataParallel<C> {
                 self.collective
                     .reduce_scatter(&self.grad_sum, &mut self.grad_shard)?;
             }
+            // Reduced micro-batch by micro-batch in `accumulate`.
+            Sharding::Zero2 => self.grad_shard.copy_from_slice(&self.grad_sum),
         }
         let inv = (1.0 / total) as f32;
         let mut square_sum = 0.0f64;
@@ -400,7 +435,7 @@ impl<C: Collective> DataParallel<C> {
             *g *= inv;
             square_sum += f64::from(*g) * f64::from(*g);
         }
-        if self.sharding == Sharding::Zero1 {
+        if self.sharding.is_sharded() {
             let mut partial = [square_sum];
             self.collective.all_reduce_f64(&mut partial)?;
             square_sum = partial[0];
@@ -443,7 +478,9 @@ impl<C: Collective> DataParallel<C> {
         let shard_values = read_f32(&self.master, "master weights")?;
         match self.sharding {
             Sharding::Replicated => self.full.copy_from_slice(&shard_values),
-            Sharding::Zero1 => self.collective.all_gather(&shard_values, &mut self.full)?,
+            Sharding::Zero1 | Sharding::Zero2 => {
+                self.collective.all_gather(&shard_values, &mut self.full)?
+            }
         }
         let model = self.layout.load(model, &self.full)?;
         let report = StepReport {
@@ -503,6 +540,14 @@ impl<C: Collective> DataParallel<C> {
     /// Bytes of optimizer state on this rank (moments, velocities).
     pub fn optimizer_state_bytes(&self) -> usize {
         self.optimizer.state_bytes()
+    }
+
+    /// Bytes this rank keeps for gradients between micro-batches and the step: the gradient
+    /// sum and this rank's shard of the averaged gradient (the whole vector and a shard,
+    /// or 2 shards under [`Sharding::Zero2`]). The transient copy out of the module in
+    /// [`DataParallel::accumulate`] is not counted.
+    pub fn gradient_bytes(&self) -> usize {
+        (self.grad_sum.len() + self.grad_shard.len()) * size_of::<f32>()
     }
 
     /// The rank's collective.

@@ -12,7 +12,7 @@
 //!   NVIDIA GPUs (feature `cuda`), [`collective::Single`] is one.
 //! - [`DataParallel`]: one rank's optimizer step: gradient accumulation that averages over
 //!   samples, global-norm clipping, burn's AdamW or SGD ([`optim::ShardOptimizer`]) on fp32
-//!   master weights, replicated or ZeRO-1 sharded ([`Sharding`]), warmup + cosine schedule.
+//!   master weights, replicated or ZeRO-1/ZeRO-2 sharded ([`Sharding`]), warmup + cosine schedule.
 //! - [`precision`]: mixed precision: the model computes in bf16 or f16 ([`Precision`]) on
 //!   fp32 master weights; f16 with dynamic loss scaling ([`LossScaling`], PyTorch
 //!   `GradScaler`'s rules: skip a step whose gradients overflow, back off, grow again).
@@ -62,7 +62,7 @@
 //! # Ok::<(), mlinfra_train::Error>(())
 //! ```
 //!
-//! Not yet here: ZeRO-2 (gradient sharding). The README's status table tracks what works.
+//! The README's status table tracks what works and what is measured.
 //!
 //! # Features
 //!

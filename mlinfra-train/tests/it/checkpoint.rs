@@ -101,6 +101,7 @@ fn a_checkpoint_reshards_from_n_to_m_ranks_exactly() {
         (3, Sharding::Zero1),
         (1, Sharding::Replicated),
         (2, Sharding::Replicated),
+        (2, Sharding::Zero2),
     ] {
         let restored = on_ranks(world, |mut c| {
             let checkpoint = Checkpoint::latest(dir.path(), &mut c).unwrap().unwrap();
@@ -118,8 +119,8 @@ fn a_checkpoint_reshards_from_n_to_m_ranks_exactly() {
             engine.snapshot(None, 0).unwrap()
         });
         let restored = match sharding {
-            Sharding::Zero1 => gathered(&restored),
             Sharding::Replicated => gathered(&restored[..1]),
+            _ => gathered(&restored),
         };
         assert_eq!(restored, expected, "world {world} {sharding:?}");
     }

@@ -1,5 +1,5 @@
 //! Data parallelism: ranks and micro-batches change nothing but rounding; ZeRO-1 holds 1/N of
-//! the optimizer state; clipping is by the global norm.
+//! the optimizer state, ZeRO-2 also 1/N of the gradients; clipping is by the global norm.
 
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use mlinfra_test_utils::rng::SplitMix64 as Rng;
@@ -136,15 +136,20 @@ pub(crate) fn one_process(optimizer: &OptimizerConfig, data: &Data, steps: usize
 }
 
 /// The acceptance test: 2 ranks with half the batch each end where 1 process with the whole
-/// batch ends, to 1e-6, for AdamW and for SGD with momentum, replicated and ZeRO-1.
+/// batch ends, to 1e-6, for AdamW and for SGD with momentum, replicated, ZeRO-1 and ZeRO-2.
 #[test]
 fn two_ranks_match_one_process_with_the_doubled_batch() {
     let data = Data::new(8 * 64, 11);
     for optimizer in [adamw(), sgd_momentum()] {
         let one_process = |steps| one_process(&optimizer, &data, steps);
         let single = one_process(8);
-        for sharding in [Sharding::Replicated, Sharding::Zero1] {
-            let ranks = on_ranks(2, |c| train(c, &optimizer, sharding, &data, 8, 64, &[32]));
+        // ZeRO-2 with two unequal micro-batches: its reduce-scatter runs per micro-batch.
+        for (sharding, micro) in [
+            (Sharding::Replicated, &[32][..]),
+            (Sharding::Zero1, &[32][..]),
+            (Sharding::Zero2, &[8, 24][..]),
+        ] {
+            let ranks = on_ranks(2, |c| train(c, &optimizer, sharding, &data, 8, 64, micro));
             assert_eq!(ranks[0].0, ranks[1].0, "ranks hold identical weights");
             let diff = max_abs_diff(&ranks[0].0, &single);
             assert!(
@@ -202,6 +207,37 @@ fn zero1_keeps_one_nth_of_the_optimizer_state_per_rank() {
             largest <= replicated.div_ceil(world) + 8,
             "world {world}: {bytes:?} of {replicated}"
         );
+    }
+}
+
+/// ZeRO-2 keeps 1/N of the gradients per rank (the sum and the averaged shard), against the
+/// whole sum plus a shard under ZeRO-1 and two whole vectors when replicated.
+#[test]
+fn zero2_keeps_one_nth_of_the_gradients_per_rank() {
+    let params = {
+        let model = config().init(&Device::flex()).unwrap();
+        mlinfra_train::ParamLayout::of(&model).unwrap().len()
+    };
+    for world in [2, 3] {
+        for sharding in [Sharding::Replicated, Sharding::Zero1, Sharding::Zero2] {
+            let bytes = on_ranks(world, |c| {
+                let device = Device::flex().autodiff();
+                let model = config().init(&device).unwrap();
+                let (engine, _) = DataParallel::new(c, model, &adamw(), options(sharding)).unwrap();
+                (engine.gradient_bytes(), engine.shard().len())
+            });
+            for (got, shard) in bytes {
+                let want = match sharding {
+                    Sharding::Replicated => 2 * params,
+                    Sharding::Zero1 => params + shard,
+                    _ => 2 * shard,
+                } * 4;
+                assert_eq!(got, want, "{sharding:?} on {world} ranks");
+                if sharding == Sharding::Zero2 {
+                    assert!(shard <= params.div_ceil(world), "{shard} of {params}");
+                }
+            }
+        }
     }
 }
 
