@@ -178,17 +178,15 @@ fn build(
     let head_dim = config.head_dim();
     let (q_width, kv_width) = (config.num_heads * head_dim, config.num_kv_heads * head_dim);
     let mut get = |hf: String, gguf: String, shape: Vec<usize>, rope_heads: Option<usize>| {
-        let spec = WeightSpec {
+        fetch(&WeightSpec {
             hf,
             gguf,
             shape,
             rope_heads,
-        };
-        let values = fetch(&spec)?;
-        Ok::<_, Error>((values, spec.shape))
+        })
     };
     let mut linear = |hf: String, gguf: String, out: usize, input: usize, rope: Option<usize>| {
-        let (values, _) = get(hf, gguf, vec![out, input], rope)?;
+        let values = get(hf, gguf, vec![out, input], rope)?;
         // Files store `[out, in]`; burn's Linear computes `x · W` with W `[in, out]`.
         Ok::<_, Error>(Linear {
             weight: Param::from_tensor(tensor2(
@@ -247,7 +245,7 @@ fn build(
     // Norms last only in the order of this function, not of the files: sources look tensors
     // up by name.
     let mut norm = |hf: String, gguf: String| {
-        let (values, _) = get(hf, gguf, vec![hidden], None)?;
+        let values = get(hf, gguf, vec![hidden], None)?;
         Ok::<_, Error>(RmsNorm {
             gamma: Param::from_tensor(Tensor::<1>::from_data(
                 TensorData::new(values, [hidden]),
@@ -275,7 +273,7 @@ fn build(
         })
         .collect::<Result<Vec<_>>>()?;
     let final_norm = norm("model.norm.weight".into(), "output_norm.weight".into())?;
-    let (embedding, _) = get(
+    let embedding = get(
         "model.embed_tokens.weight".into(),
         "token_embd.weight".into(),
         vec![vocab, hidden],
@@ -284,7 +282,7 @@ fn build(
     let lm_head = if config.tie_embeddings {
         None
     } else {
-        let (values, _) = get(
+        let values = get(
             "lm_head.weight".into(),
             "output.weight".into(),
             vec![vocab, hidden],

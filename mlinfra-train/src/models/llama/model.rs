@@ -293,12 +293,14 @@ impl Rope {
     /// few thousand).
     fn new(theta: f64, head_dim: usize, start: usize, seq: usize, like: &Tensor<2>) -> Self {
         let half = head_dim / 2;
+        let frequencies: Vec<f64> = (0..half)
+            .map(|i| theta.powf(-((2 * i) as f64) / head_dim as f64))
+            .collect();
         let mut cos = Vec::with_capacity(seq * head_dim);
         let mut sin = Vec::with_capacity(seq * head_dim);
         for position in start..start + seq {
             for _ in 0..2 {
-                for i in 0..half {
-                    let frequency = theta.powf(-((2 * i) as f64) / head_dim as f64);
+                for frequency in &frequencies {
                     let angle = position as f64 * frequency;
                     cos.push(angle.cos() as f32);
                     sin.push(angle.sin() as f32);
