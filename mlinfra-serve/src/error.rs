@@ -9,6 +9,30 @@ pub enum Error {
     /// Choosing a device failed in the layers below.
     #[error(transparent)]
     Loader(#[from] mlinfra_loader::Error),
+
+    /// Every KV block is referenced: the scheduler must wait or preempt (capacity).
+    #[error("all {blocks} KV blocks are in use")]
+    OutOfBlocks {
+        /// Blocks in the pool.
+        blocks: usize,
+    },
+
+    /// A block id that is outside the pool, or used in a way its state forbids (freeing a
+    /// free block, sharing or caching one nobody references). Caller error.
+    #[error("invalid KV block operation: {reason}")]
+    InvalidBlock {
+        /// The block.
+        block: u32,
+        /// What was wrong.
+        reason: Box<str>,
+    },
+
+    /// A configuration that cannot work (zero blocks...). Caller error.
+    #[error("invalid serving configuration: {reason}")]
+    InvalidConfig {
+        /// What is wrong, naming the field.
+        reason: Box<str>,
+    },
 }
 
 /// `Result` with [`Error`] as the default error type.

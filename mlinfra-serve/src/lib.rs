@@ -8,8 +8,9 @@
 //!
 //! # Status
 //!
-//! Only the error type exists today; the serving core is a later milestone. The README's status
-//! table tracks what works.
+//! [`kv::BlockPool`] (reference-counted KV blocks with an LRU free queue that keeps cached
+//! contents until their memory is needed) exists; the prefix cache, scheduler, sampling,
+//! speculative decoding and engine come next. The README's status table tracks what works.
 //!
 //! # Features
 //!
@@ -21,5 +22,6 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod error;
+pub mod kv;
 
 pub use error::{Error, Result};
