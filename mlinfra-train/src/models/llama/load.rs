@@ -187,15 +187,7 @@ fn build(
     };
     let mut linear = |hf: String, gguf: String, out: usize, input: usize, rope: Option<usize>| {
         let values = get(hf, gguf, vec![out, input], rope)?;
-        // Files store `[out, in]`; burn's Linear computes `x · W` with W `[in, out]`.
-        Ok::<_, Error>(Linear {
-            weight: Param::from_tensor(tensor2(
-                transpose(&values, out, input),
-                [input, out],
-                device,
-            )),
-            bias: None,
-        })
+        Ok::<_, Error>(projection(&values, out, input, device))
     };
 
     let mut layers = Vec::with_capacity(config.num_layers);
@@ -288,14 +280,7 @@ fn build(
             vec![vocab, hidden],
             None,
         )?;
-        Some(Linear {
-            weight: Param::from_tensor(tensor2(
-                transpose(&values, vocab, hidden),
-                [hidden, vocab],
-                device,
-            )),
-            bias: None,
-        })
+        Some(projection(&values, vocab, hidden, device))
     };
     Ok(Llama {
         embed_tokens: Embedding {
@@ -307,6 +292,15 @@ fn build(
         rope_theta: config.rope_theta,
         max_seq_len: config.max_seq_len,
     })
+}
+
+/// A bias-free `Linear` from a file's row-major `[out, in]` matrix: burn's `Linear` computes
+/// `x · W` with W `[in, out]`, hence the transpose.
+fn projection(values: &[f32], out: usize, input: usize, device: &Device) -> Linear {
+    Linear {
+        weight: Param::from_tensor(tensor2(transpose(values, out, input), [input, out], device)),
+        bias: None,
+    }
 }
 
 fn tensor2(values: Vec<f32>, shape: [usize; 2], device: &Device) -> Tensor<2> {
