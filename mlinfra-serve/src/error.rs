@@ -10,6 +10,11 @@ pub enum Error {
     #[error(transparent)]
     Loader(#[from] mlinfra_loader::Error),
 
+    /// The model refused a forward pass (a token outside its vocabulary, a position past its
+    /// length) or its weights could not be used.
+    #[error(transparent)]
+    Model(Box<mlinfra_train::Error>),
+
     /// Every KV block is referenced: the scheduler must wait or preempt (capacity).
     #[error("all {blocks} KV blocks are in use")]
     OutOfBlocks {
@@ -24,6 +29,50 @@ pub enum Error {
         /// The block.
         block: u32,
         /// What was wrong.
+        reason: Box<str>,
+    },
+
+    /// A sequence used in a way its state forbids (admitted twice, grown without blocks,
+    /// freed twice...). Caller error.
+    #[error("invalid sequence operation: {reason}")]
+    InvalidSequence {
+        /// The sequence.
+        seq: u64,
+        /// What was wrong.
+        reason: Box<str>,
+    },
+
+    /// A request the scheduler refuses (a duplicate id, an empty prompt, one that could never
+    /// fit in KV memory) or an update that does not match the step it answers. Caller error.
+    #[error("invalid request: {reason}")]
+    InvalidRequest {
+        /// The request.
+        request: u64,
+        /// What was wrong.
+        reason: Box<str>,
+    },
+
+    /// Sampling parameters out of range, or logits that cannot be sampled (NaN). Caller
+    /// error (or, for NaN logits, a broken model).
+    #[error("invalid sampling: {reason}")]
+    InvalidSampling {
+        /// What was wrong, naming the field.
+        reason: Box<str>,
+    },
+
+    /// A flat batch whose layout or tensor shapes do not fit the KV memory (overlapping query
+    /// ranges, a block table shorter than its context...). Caller error.
+    #[error("invalid attention batch: {reason}")]
+    InvalidBatch {
+        /// What was wrong, naming the sequence.
+        reason: Box<str>,
+    },
+
+    /// Calls in an order the API forbids (scheduling a step before the last one's update).
+    /// Caller error.
+    #[error("out-of-order call: {reason}")]
+    CallOrder {
+        /// What was expected instead.
         reason: Box<str>,
     },
 

@@ -1,16 +1,59 @@
 //! Layer 5 of mlinfra: an LLM serving core where KV memory, not compute, is managed.
 //!
-//! This crate will hold a paged KV block pool with reference counts and a prefix cache, a
-//! continuous-batching scheduler with chunked prefill and preemption, sampling and speculative
-//! decoding, an attention extension trait with a burn reference implementation (fast backends
-//! come from `mlinfra-kernels`), an engine with streaming and cancellation, and an
-//! OpenAI-compatible HTTP API.
+//! The serving core: a paged KV block pool with reference counts and a prefix cache, a
+//! continuous-batching scheduler with chunked prefill and preemption, sampling, an attention
+//! extension trait with a burn reference implementation (fast backends come from
+//! `mlinfra-kernels`), a Llama runner over paged KV, and an engine with streaming and
+//! cancellation. Speculative decoding and an OpenAI-compatible HTTP API are to come.
 //!
 //! # Status
 //!
-//! [`kv::BlockPool`] (reference-counted KV blocks with an LRU free queue that keeps cached
-//! contents until their memory is needed) exists; the prefix cache, scheduler, sampling,
-//! speculative decoding and engine come next. The README's status table tracks what works.
+//! Working, tested against independent references:
+//! - [`kv`]: reference-counted KV blocks with an LRU free queue, chained 128-bit prefix
+//!   hashes, per-sequence block tables with prefix reuse and copy-on-write;
+//! - [`sched`]: continuous batching with a token budget, chunked prefill, FCFS or priority
+//!   order, and preemption by recompute with guards against thrash;
+//! - [`sampling`]: greedy, temperature, top-k/top-p/min-p, penalties, seeded generators,
+//!   logprobs, stop tokens and stop strings;
+//! - [`attention`]: the paged-attention extension trait and its batch-invariant burn
+//!   reference; [`runner`]: the Llama model over paged KV;
+//! - [`engine`]: streaming, cancellation on handle drop, per-request and engine metrics.
+//!
+//! Next: speculative decoding, the KV-waste simulation benchmark, and the HTTP API. The
+//! README's status table tracks what works.
+//!
+//! ```
+//! use burn::tensor::Device;
+//! use mlinfra_serve::attention::ReferenceAttention;
+//! use mlinfra_serve::engine::{Engine, EngineConfig, StreamEvent};
+//! use mlinfra_serve::runner::LlamaRunner;
+//! use mlinfra_serve::sampling::SamplingParams;
+//! use mlinfra_serve::sched::SchedulerConfig;
+//! use mlinfra_train::models::LlamaConfig;
+//!
+//! let config = LlamaConfig {
+//!     vocab_size: 64, hidden_size: 32, intermediate_size: 48, num_layers: 2, num_heads: 4,
+//!     num_kv_heads: 2, head_dim: None, rms_norm_eps: 1e-5, rope_theta: 1e4,
+//!     max_seq_len: 128, tie_embeddings: false,
+//! };
+//! let device = Device::flex();
+//! let model = config.init_with_std(0, 0.2, &device)?;
+//! let runner = LlamaRunner::new(model, &config, 64, 16, Box::new(ReferenceAttention), &device)?;
+//! let scheduler = SchedulerConfig { num_blocks: 64, block_size: 16, ..SchedulerConfig::default() };
+//! let mut engine = Engine::new(runner, EngineConfig { scheduler, seed: 0 })?;
+//! let handle = engine.add_request(vec![1, 2, 3], SamplingParams::greedy(4))?;
+//! engine.run_until_idle()?;
+//! let tokens: Vec<u32> = handle
+//!     .events()
+//!     .try_iter()
+//!     .filter_map(|event| match event {
+//!         StreamEvent::Token { token, .. } => Some(token),
+//!         StreamEvent::Finished { .. } => None,
+//!     })
+//!     .collect();
+//! assert_eq!(tokens.len(), 4);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 //!
 //! # Features
 //!
@@ -21,7 +64,12 @@
 #![warn(missing_docs)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+pub mod attention;
+pub mod engine;
 mod error;
 pub mod kv;
+pub mod runner;
+pub mod sampling;
+pub mod sched;
 
 pub use error::{Error, Result};

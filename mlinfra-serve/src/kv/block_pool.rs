@@ -195,6 +195,26 @@ impl BlockPool {
         Some(block)
     }
 
+    /// Forgets a block's cached contents, if any: its owner is about to overwrite part of it
+    /// (a truncated sequence writing new tokens into a once-full block).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidBlock`] for an id outside the pool.
+    pub fn uncache(&mut self, block: BlockId) -> Result<()> {
+        self.check(block)?;
+        if let Some(hash) = self.hashes[block as usize].take() {
+            self.cached.remove(&hash);
+        }
+        Ok(())
+    }
+
+    /// The cached block holding `hash`, without taking a reference: a probe that changes
+    /// nothing (admission asks before it knows whether the request fits).
+    pub fn peek(&self, hash: BlockHash) -> Option<BlockId> {
+        self.cached.get(&hash).copied()
+    }
+
     /// Cached blocks (referenced or not).
     pub fn num_cached(&self) -> usize {
         self.cached.len()

@@ -3,5 +3,7 @@
 mod llama;
 mod mlp;
 
-pub use llama::{KvCache, Llama, LlamaAttention, LlamaConfig, LlamaLayer, LlamaMlp};
+pub use llama::{
+    KvCache, LayerAttention, Llama, LlamaAttention, LlamaConfig, LlamaLayer, LlamaMlp,
+};
 pub use mlp::{Mlp, MlpConfig};

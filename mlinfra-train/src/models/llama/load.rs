@@ -44,6 +44,18 @@ impl LlamaConfig {
     ///
     /// [`Error::InvalidConfig`] if the config does not [`validate`](Self::validate).
     pub fn init(&self, seed: u64, device: &Device) -> Result<Llama> {
+        self.init_with_std(seed, 0.02, device)
+    }
+
+    /// [`init`](Self::init) with matrices drawn from `N(0, std²)`. A tiny untrained model at
+    /// 0.02 mostly repeats its input token; a larger `std` (around `1/sqrt(hidden_size)`)
+    /// makes a deterministic stand-in whose outputs depend on the whole context, which is
+    /// what serving tests and simulations need.
+    ///
+    /// # Errors
+    ///
+    /// As [`init`](Self::init).
+    pub fn init_with_std(&self, seed: u64, std: f64, device: &Device) -> Result<Llama> {
         self.validate()?;
         let mut rng = SplitMix64::new(seed);
         build(self, device, &mut |spec| {
@@ -51,7 +63,7 @@ impl LlamaConfig {
             Ok(if spec.shape.len() == 1 {
                 vec![1.0; len]
             } else {
-                (0..len).map(|_| (0.02 * rng.normal()) as f32).collect()
+                (0..len).map(|_| (std * rng.normal()) as f32).collect()
             })
         })
     }

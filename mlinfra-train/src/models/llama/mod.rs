@@ -37,4 +37,4 @@ mod load;
 mod model;
 
 pub use config::LlamaConfig;
-pub use model::{KvCache, Llama, LlamaAttention, LlamaLayer, LlamaMlp};
+pub use model::{KvCache, LayerAttention, Llama, LlamaAttention, LlamaLayer, LlamaMlp};

@@ -84,6 +84,18 @@ impl KvCache {
     }
 }
 
+/// The attention step of [`Llama::forward_tokens`]: the model computes each layer's queries,
+/// keys and values for a flattened batch of tokens from many sequences (rotary positions
+/// applied), and the implementor attends, typically over a paged KV cache that it also
+/// writes (mlinfra-serve's engine). This is how a serving layer plugs its KV memory and
+/// attention kernels into the model without the model knowing about either.
+pub trait LayerAttention {
+    /// Attention output `[tokens, num_heads, head_dim]` of layer `layer` for queries `q`
+    /// `[tokens, num_heads, head_dim]` and the new keys and values `k`, `v`
+    /// `[tokens, num_kv_heads, head_dim]` of the same tokens.
+    fn attend(&mut self, layer: usize, q: Tensor<3>, k: Tensor<3>, v: Tensor<3>) -> Tensor<3>;
+}
+
 impl Llama {
     /// Logits `[batch, seq, vocab_size]` (fp32) for `tokens` `[batch, seq]` at positions
     /// `0..seq`, causally masked; computed in the dtype of the weights.
@@ -139,6 +151,72 @@ impl Llama {
             .forward(logits, targets))
     }
 
+    /// Logits (fp32) for a flattened batch of tokens from several sequences, the way a
+    /// serving engine runs them (vLLM's varlen batches): `tokens[i]` sits at `positions[i]`
+    /// of its own sequence, `attention` attends within each sequence, and only the rows in
+    /// `rows` (the tokens whose next token is sampled) go through the output projection, so
+    /// a prefill chunk pays for the vocabulary-sized matmul once. Returns
+    /// `[rows.len(), vocab_size]`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidConfig`] for no tokens, `positions` of another length or past
+    /// `max_seq_len`, a token id outside the vocabulary, or a row outside the batch.
+    pub fn forward_tokens(
+        &self,
+        tokens: &[u32],
+        positions: &[usize],
+        rows: &[usize],
+        attention: &mut dyn LayerAttention,
+    ) -> Result<Tensor<2>> {
+        let weight = self.embed_tokens.weight.val();
+        let [vocab, hidden] = weight.dims();
+        let count = tokens.len();
+        if count == 0 || positions.len() != count {
+            return Err(invalid(format!(
+                "a flat batch needs 1 or more tokens and one position each, got {count} tokens \
+                 and {} positions",
+                positions.len()
+            )));
+        }
+        if let Some(position) = positions.iter().find(|&&p| p >= self.max_seq_len) {
+            return Err(invalid(format!(
+                "position {position} is past the model's {} positions",
+                self.max_seq_len
+            )));
+        }
+        if let Some(token) = tokens.iter().find(|&&t| t as usize >= vocab) {
+            return Err(invalid(format!(
+                "token {token} is outside the {vocab}-token vocabulary"
+            )));
+        }
+        if let Some(row) = rows.iter().find(|&&r| r >= count) {
+            return Err(invalid(format!(
+                "logit row {row} is outside the {count}-token batch"
+            )));
+        }
+        let device = weight.device();
+        let ids: Vec<i64> = tokens.iter().map(|&t| i64::from(t)).collect();
+        let ids = Tensor::<2, Int>::from_data(TensorData::new(ids, [1, count]), &device);
+        let head_dim = self.layers.first().map_or(2, |l| l.self_attn.head_dim);
+        let rope = Rope::new(
+            self.rope_theta,
+            head_dim,
+            positions.iter().copied(),
+            &weight,
+        );
+        let mut x = self.embed_tokens.forward(ids);
+        for (index, layer) in self.layers.iter().enumerate() {
+            x = layer.forward_with(x, |attn, x| attn.forward_flat(x, &rope, index, attention));
+        }
+        let x = self.norm.forward(x).reshape([count, hidden]);
+        let rows: Vec<i64> = rows.iter().map(|&r| r as i64).collect();
+        let selected = rows.len();
+        let rows = Tensor::<1, Int>::from_data(TensorData::new(rows, [selected]), &device);
+        let x = x.select(0, rows).reshape([1, selected, hidden]);
+        Ok(self.logits(x).reshape([selected, vocab]))
+    }
+
     /// Number of decoder layers.
     pub fn num_layers(&self) -> usize {
         self.layers.len()
@@ -172,13 +250,19 @@ impl Llama {
         }
         let weight = self.embed_tokens.weight.val();
         let head_dim = self.layers.first().map_or(2, |l| l.self_attn.head_dim);
-        let rope = Rope::new(self.rope_theta, head_dim, start, seq, &weight);
+        let rope = Rope::new(self.rope_theta, head_dim, start..start + seq, &weight);
         let mut x = self.embed_tokens.forward(tokens);
         for (i, layer) in self.layers.iter().enumerate() {
             let slot = cache.as_deref_mut().map(|layers| &mut layers[i]);
-            x = layer.forward(x, &rope, slot);
+            x = layer.forward_with(x, |attn, x| attn.forward(x, &rope, slot));
         }
-        let x = self.norm.forward(x);
+        Ok(self.logits(self.norm.forward(x)))
+    }
+
+    /// The output projection of normalised hidden states `[batch, seq, hidden]`: fp32 logits
+    /// `[batch, seq, vocab]`.
+    fn logits(&self, x: Tensor<3>) -> Tensor<3> {
+        let weight = self.embed_tokens.weight.val();
         let logits = match &self.lm_head {
             Some(head) => head.forward(x),
             None => {
@@ -196,25 +280,23 @@ impl Llama {
         };
         // Logits in fp32 whatever the compute dtype, so the softmax and loss run in full
         // precision (as PyTorch autocast does).
-        Ok(if logits.dtype() == DType::F32 {
+        if logits.dtype() == DType::F32 {
             logits
         } else {
             logits.cast(DType::F32)
-        })
+        }
     }
 }
 
 impl LlamaLayer {
-    fn forward(
+    /// The block around an attention step (dense or delegated): `x + attend(norm(x))`, then
+    /// `h + mlp(norm(h))`.
+    fn forward_with(
         &self,
         x: Tensor<3>,
-        rope: &Rope,
-        cache: Option<&mut Option<(Tensor<4>, Tensor<4>)>>,
+        attend: impl FnOnce(&LlamaAttention, Tensor<3>) -> Tensor<3>,
     ) -> Tensor<3> {
-        let h = x.clone()
-            + self
-                .self_attn
-                .forward(self.input_layernorm.forward(x), rope, cache);
+        let h = x.clone() + attend(&self.self_attn, self.input_layernorm.forward(x));
         h.clone() + self.mlp.forward(self.post_attention_layernorm.forward(h))
     }
 }
@@ -232,8 +314,8 @@ impl LlamaAttention {
                 .reshape([batch, seq, count, self.head_dim])
                 .swap_dims(1, 2)
         };
-        let q = rope.apply(heads(&self.q_proj, self.num_heads));
-        let mut k = rope.apply(heads(&self.k_proj, self.num_kv_heads));
+        let q = rope.apply_seq(heads(&self.q_proj, self.num_heads));
+        let mut k = rope.apply_seq(heads(&self.k_proj, self.num_kv_heads));
         let mut v = heads(&self.v_proj, self.num_kv_heads);
         if let Some(cache) = cache {
             if let Some((past_k, past_v)) = cache.take() {
@@ -260,6 +342,29 @@ impl LlamaAttention {
     }
 }
 
+impl LlamaAttention {
+    /// Attention for a flat batch `x` `[1, tokens, hidden]`, delegated to `attention`.
+    fn forward_flat(
+        &self,
+        x: Tensor<3>,
+        rope: &Rope,
+        layer: usize,
+        attention: &mut dyn LayerAttention,
+    ) -> Tensor<3> {
+        let [_, count, _] = x.dims();
+        let heads = |proj: &Linear, heads: usize| {
+            proj.forward(x.clone())
+                .reshape([count, heads, self.head_dim])
+        };
+        let q = rope.apply_tokens(heads(&self.q_proj, self.num_heads));
+        let k = rope.apply_tokens(heads(&self.k_proj, self.num_kv_heads));
+        let v = heads(&self.v_proj, self.num_kv_heads);
+        let out = attention.attend(layer, q, k, v);
+        self.o_proj
+            .forward(out.reshape([1, count, self.num_heads * self.head_dim]))
+    }
+}
+
 impl LlamaMlp {
     fn forward(&self, x: Tensor<3>) -> Tensor<3> {
         let gate = silu(self.gate_proj.forward(x.clone()));
@@ -280,10 +385,10 @@ fn repeat_kv(x: Tensor<4>, group: usize) -> Tensor<4> {
 }
 
 /// Rotary position embedding for the positions of one forward call: the cosines and sines
-/// `[1, 1, seq, head_dim]`, each half repeating the `head_dim/2` frequencies.
+/// `[positions, head_dim]`, each half repeating the `head_dim/2` frequencies.
 struct Rope {
-    cos: Tensor<4>,
-    sin: Tensor<4>,
+    cos: Tensor<2>,
+    sin: Tensor<2>,
     half: usize,
 }
 
@@ -291,14 +396,20 @@ impl Rope {
     /// The angles are computed in f64 and rounded once to the weights' dtype, so long
     /// positions keep their precision (`position · frequency` in f32 loses digits past a
     /// few thousand).
-    fn new(theta: f64, head_dim: usize, start: usize, seq: usize, like: &Tensor<2>) -> Self {
+    fn new(
+        theta: f64,
+        head_dim: usize,
+        positions: impl ExactSizeIterator<Item = usize>,
+        like: &Tensor<2>,
+    ) -> Self {
         let half = head_dim / 2;
         let frequencies: Vec<f64> = (0..half)
             .map(|i| theta.powf(-((2 * i) as f64) / head_dim as f64))
             .collect();
-        let mut cos = Vec::with_capacity(seq * head_dim);
-        let mut sin = Vec::with_capacity(seq * head_dim);
-        for position in start..start + seq {
+        let count = positions.len();
+        let mut cos = Vec::with_capacity(count * head_dim);
+        let mut sin = Vec::with_capacity(count * head_dim);
+        for position in positions {
             for _ in 0..2 {
                 for frequency in &frequencies {
                     let angle = position as f64 * frequency;
@@ -309,7 +420,7 @@ impl Rope {
         }
         let device = like.device();
         let table = |values: Vec<f32>| {
-            let t = Tensor::<4>::from_data(TensorData::new(values, [1, 1, seq, head_dim]), &device);
+            let t = Tensor::<2>::from_data(TensorData::new(values, [count, head_dim]), &device);
             if like.dtype() == DType::F32 {
                 t
             } else {
@@ -323,12 +434,27 @@ impl Rope {
         }
     }
 
-    /// `x · cos + rotate_half(x) · sin`, with `rotate_half([a, b]) = [-b, a]`.
-    fn apply(&self, x: Tensor<4>) -> Tensor<4> {
-        let first = x.clone().narrow(3, 0, self.half);
-        let second = x.clone().narrow(3, self.half, self.half);
-        let rotated = Tensor::cat(vec![second.neg(), first], 3);
-        x * self.cos.clone() + rotated * self.sin.clone()
+    /// Rotates `x` `[batch, heads, seq, head_dim]`, positions along `seq`.
+    fn apply_seq(&self, x: Tensor<4>) -> Tensor<4> {
+        let [count, dim] = self.cos.dims();
+        let table = |t: &Tensor<2>| t.clone().reshape([1, 1, count, dim]);
+        self.rotate(x, table(&self.cos), table(&self.sin))
+    }
+
+    /// Rotates `x` `[tokens, heads, head_dim]`, one position per token.
+    fn apply_tokens(&self, x: Tensor<3>) -> Tensor<3> {
+        let [count, dim] = self.cos.dims();
+        let table = |t: &Tensor<2>| t.clone().reshape([count, 1, dim]);
+        self.rotate(x, table(&self.cos), table(&self.sin))
+    }
+
+    /// `x · cos + rotate_half(x) · sin`, with `rotate_half([a, b]) = [-b, a]` over the last
+    /// dimension.
+    fn rotate<const D: usize>(&self, x: Tensor<D>, cos: Tensor<D>, sin: Tensor<D>) -> Tensor<D> {
+        let first = x.clone().narrow(D - 1, 0, self.half);
+        let second = x.clone().narrow(D - 1, self.half, self.half);
+        let rotated = Tensor::cat(vec![second.neg(), first], D - 1);
+        x * cos + rotated * sin
     }
 }
 

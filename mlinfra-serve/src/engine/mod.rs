@@ -1,0 +1,412 @@
+//! [`Engine`]: requests in, streamed tokens out. Owns the scheduler, a model runner and one
+//! sampler per request, and turns each [`step`](Engine::step) into: schedule, run the model,
+//! sample, update, stream.
+//!
+//! Every request gets a [`RequestHandle`]: its events arrive on a channel, and dropping the
+//! handle (a client that went away) cancels the request, whose KV blocks are back in the pool
+//! by the end of the next step. That closes a long-standing complaint about servers that keep
+//! generating, and holding memory, for clients that disconnected.
+
+mod metrics;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, Sender, channel};
+use std::time::Instant;
+
+use mlinfra_train::SplitMix64;
+
+use crate::kv::PrefixKeys;
+use crate::runner::ModelRunner;
+use crate::sampling::{Sampler, SamplingParams, find_stop};
+use crate::sched::{FinishReason, NewRequest, RequestId, Scheduler, SchedulerConfig};
+use crate::{Error, Result};
+
+use metrics::{Counters, RequestClock};
+pub use metrics::{EngineMetrics, RequestMetrics};
+
+/// Engine settings.
+#[derive(Debug, Clone, Default)]
+pub struct EngineConfig {
+    /// Scheduler limits and KV geometry (the runner must have been built for the same pool).
+    pub scheduler: SchedulerConfig,
+    /// Seed for requests without their own: request `id` draws from a generator derived
+    /// from `(seed, id)`.
+    pub seed: u64,
+}
+
+/// What a request is, beyond its prompt and sampling parameters.
+#[derive(Debug, Clone, Default)]
+pub struct RequestOptions {
+    /// Lower is served first under the priority policy.
+    pub priority: i32,
+    /// Prefix-cache keys (adapter, tenant salt).
+    pub prefix_keys: PrefixKeys,
+}
+
+/// An event on a request's stream.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StreamEvent {
+    /// A generated token.
+    Token {
+        /// The token.
+        token: u32,
+        /// Its raw log-probability, when asked for.
+        logprob: Option<f32>,
+        /// The most likely alternatives, when asked for.
+        top_logprobs: Vec<(u32, f32)>,
+    },
+    /// The request ended; nothing follows.
+    Finished {
+        /// Why.
+        reason: FinishReason,
+        /// Its timings and counts.
+        metrics: RequestMetrics,
+    },
+}
+
+/// The caller's side of a request: its id and its event stream. Dropping it cancels the
+/// request.
+#[derive(Debug)]
+pub struct RequestHandle {
+    id: RequestId,
+    events: Receiver<StreamEvent>,
+    cancelled: Arc<AtomicBool>,
+}
+
+impl RequestHandle {
+    /// The request's id.
+    pub fn id(&self) -> RequestId {
+        self.id
+    }
+
+    /// Its events, in order: tokens, then one `Finished`.
+    pub fn events(&self) -> &Receiver<StreamEvent> {
+        &self.events
+    }
+}
+
+impl Drop for RequestHandle {
+    fn drop(&mut self) {
+        self.cancelled.store(true, Ordering::Release);
+    }
+}
+
+/// A text decoder for stop strings: the text of a request's generated tokens.
+pub type Detokenizer = Box<dyn Fn(&[u32]) -> String + Send>;
+
+struct Live {
+    sampler: Sampler,
+    events: Sender<StreamEvent>,
+    cancelled: Arc<AtomicBool>,
+    clock: RequestClock,
+    /// Bytes of the output text already searched for stop strings.
+    stop_checked: usize,
+}
+
+/// One step's work, for logs and benchmarks.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StepReport {
+    /// Tokens the model computed.
+    pub tokens_computed: usize,
+    /// Tokens sampled (one per request that reached the end of its known tokens).
+    pub tokens_generated: usize,
+    /// Requests that finished this step (any reason).
+    pub finished: usize,
+    /// Requests preempted this step.
+    pub preempted: usize,
+}
+
+/// The serving engine over a [`ModelRunner`].
+pub struct Engine<R> {
+    runner: R,
+    scheduler: Scheduler,
+    live: HashMap<RequestId, Live>,
+    detokenizer: Option<Detokenizer>,
+    next_id: RequestId,
+    seed: u64,
+    counters: Counters,
+}
+
+impl<R: ModelRunner> Engine<R> {
+    /// An engine driving `runner`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidConfig`] when the scheduler refuses `config.scheduler`.
+    pub fn new(runner: R, config: EngineConfig) -> Result<Self> {
+        Ok(Engine {
+            runner,
+            scheduler: Scheduler::new(config.scheduler)?,
+            live: HashMap::new(),
+            detokenizer: None,
+            next_id: 0,
+            seed: config.seed,
+            counters: Counters::new(),
+        })
+    }
+
+    /// Enables stop strings, decoding generated tokens with `detokenizer`.
+    pub fn with_detokenizer(mut self, detokenizer: Detokenizer) -> Self {
+        self.detokenizer = Some(detokenizer);
+        self
+    }
+
+    /// The scheduler (read-only: requests, block tables, counters).
+    pub fn scheduler(&self) -> &Scheduler {
+        &self.scheduler
+    }
+
+    /// The runner.
+    pub fn runner(&self) -> &R {
+        &self.runner
+    }
+
+    /// Whether no request is live.
+    pub fn is_idle(&self) -> bool {
+        self.scheduler.is_idle()
+    }
+
+    /// Queues a request with default options.
+    ///
+    /// # Errors
+    ///
+    /// As [`add_request_with`](Self::add_request_with).
+    pub fn add_request(
+        &mut self,
+        prompt: Vec<u32>,
+        params: SamplingParams,
+    ) -> Result<RequestHandle> {
+        self.add_request_with(prompt, params, RequestOptions::default())
+    }
+
+    /// Queues a request; its tokens arrive on the returned handle.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidSampling`] for parameters out of range or stop strings without a
+    /// detokenizer; [`Error::InvalidRequest`] for a token outside the vocabulary or a request
+    /// the scheduler refuses (empty, or too long to ever fit).
+    pub fn add_request_with(
+        &mut self,
+        prompt: Vec<u32>,
+        params: SamplingParams,
+        options: RequestOptions,
+    ) -> Result<RequestHandle> {
+        let id = self.next_id;
+        if !params.stop.is_empty() && self.detokenizer.is_none() {
+            return Err(Error::InvalidSampling {
+                reason: "stop strings need an engine with a detokenizer".into(),
+            });
+        }
+        let vocab = self.runner.vocab_size();
+        if let Some(token) = prompt.iter().find(|&&t| t as usize >= vocab) {
+            return Err(Error::InvalidRequest {
+                request: id,
+                reason: format!(
+                    "request {id} has token {token}, outside the {vocab}-token vocabulary"
+                )
+                .into(),
+            });
+        }
+        let seed = params.seed.unwrap_or_else(|| {
+            SplitMix64::new(self.seed ^ id.wrapping_mul(0x9E37_79B9_7F4A_7C15)).next_u64()
+        });
+        let sampler = Sampler::new(params.clone(), &prompt, seed)?;
+        let prompt_len = prompt.len();
+        self.scheduler.add(NewRequest {
+            id,
+            prompt,
+            max_tokens: params.max_tokens,
+            stop_token_ids: params.stop_token_ids,
+            priority: options.priority,
+            prefix_keys: options.prefix_keys,
+        })?;
+        self.next_id += 1;
+        let (sender, events) = channel();
+        let cancelled = Arc::new(AtomicBool::new(false));
+        self.live.insert(
+            id,
+            Live {
+                sampler,
+                events: sender,
+                cancelled: cancelled.clone(),
+                clock: RequestClock::new(prompt_len),
+                stop_checked: 0,
+            },
+        );
+        Ok(RequestHandle {
+            id,
+            events,
+            cancelled,
+        })
+    }
+
+    /// Ends a request now; its blocks return to the pool at once and its stream gets
+    /// `Finished { reason: Aborted }`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidRequest`] for an id that is not live.
+    pub fn abort(&mut self, id: RequestId) -> Result<()> {
+        self.end(id, FinishReason::Aborted)
+    }
+
+    /// Runs one step: cancels requests whose handles were dropped, schedules, runs the
+    /// model, samples, and streams the new tokens and finished requests.
+    ///
+    /// # Errors
+    ///
+    /// A runner or sampling failure: the step's requests are aborted (their streams say
+    /// so) and the error is returned; the engine stays usable.
+    pub fn step(&mut self) -> Result<StepReport> {
+        let dropped: Vec<RequestId> = self
+            .live
+            .iter()
+            .filter(|(_, live)| live.cancelled.load(Ordering::Acquire))
+            .map(|(&id, _)| id)
+            .collect();
+        for id in dropped {
+            self.end(id, FinishReason::Aborted)?;
+        }
+        if self.scheduler.is_idle() {
+            return Ok(StepReport::default());
+        }
+        let plan = self.scheduler.schedule()?;
+        let mut report = StepReport {
+            tokens_computed: plan.num_tokens,
+            preempted: plan.preempted.len(),
+            ..StepReport::default()
+        };
+        for &id in &plan.preempted {
+            if let Some(live) = self.live.get_mut(&id) {
+                live.clock.preempted();
+            }
+        }
+        let sampled = match self.run_and_sample(&plan) {
+            Ok(sampled) => sampled,
+            Err(error) => {
+                for work in &plan.scheduled {
+                    if self.live.contains_key(&work.id) {
+                        self.end(work.id, FinishReason::Aborted)?;
+                    }
+                }
+                self.scheduler.update(&[])?;
+                return Err(error);
+            }
+        };
+        let tokens: Vec<(RequestId, u32)> = sampled.iter().map(|(id, s)| (*id, s.token)).collect();
+        let finished = self.scheduler.update(&tokens)?;
+        report.tokens_generated = tokens.len();
+        self.counters.tokens_generated += tokens.len() as u64;
+        let now = Instant::now();
+        let mut stopped = Vec::new();
+        for (id, sample) in sampled {
+            let Some(live) = self.live.get_mut(&id) else {
+                continue;
+            };
+            live.clock.token(now);
+            let event = StreamEvent::Token {
+                token: sample.token,
+                logprob: sample.logprob,
+                top_logprobs: sample.top_logprobs,
+            };
+            if live.events.send(event).is_err() {
+                stopped.push((id, FinishReason::Aborted)); // the receiver is gone
+            } else if self.hits_stop_string(id) {
+                stopped.push((id, FinishReason::Stop));
+            }
+        }
+        for request in finished {
+            report.finished += 1;
+            self.report_finished(request.id(), request.status(), now);
+        }
+        for (id, reason) in stopped {
+            if self.live.contains_key(&id) {
+                report.finished += 1;
+                self.end(id, reason)?;
+            }
+        }
+        self.counters.steps += 1;
+        Ok(report)
+    }
+
+    /// Steps until no request is live.
+    ///
+    /// # Errors
+    ///
+    /// The first failing step's error.
+    pub fn run_until_idle(&mut self) -> Result<()> {
+        while !self.is_idle() {
+            self.step()?;
+        }
+        Ok(())
+    }
+
+    /// Engine counters now.
+    pub fn metrics(&self) -> EngineMetrics {
+        self.counters.snapshot(&self.scheduler.stats())
+    }
+
+    fn run_and_sample(
+        &mut self,
+        plan: &crate::sched::SchedulerOutput,
+    ) -> Result<Vec<(RequestId, crate::sampling::Sample)>> {
+        let logits = self.runner.execute(plan, &self.scheduler)?;
+        let sampling = plan.scheduled.iter().filter(|work| work.samples);
+        let mut sampled = Vec::with_capacity(logits.len());
+        for (work, row) in sampling.zip(&logits) {
+            let live = self
+                .live
+                .get_mut(&work.id)
+                .expect("scheduled requests are live");
+            sampled.push((work.id, live.sampler.sample(row)?));
+        }
+        Ok(sampled)
+    }
+
+    /// Whether request `id`'s output text now contains one of its stop strings.
+    fn hits_stop_string(&mut self, id: RequestId) -> bool {
+        let (Some(detokenizer), Some(live), Some(request)) = (
+            &self.detokenizer,
+            self.live.get_mut(&id),
+            self.scheduler.request(id),
+        ) else {
+            return false;
+        };
+        let stops = &live.sampler.params().stop;
+        if stops.is_empty() {
+            return false;
+        }
+        let text = detokenizer(request.output());
+        let hit = find_stop(&text, live.stop_checked, stops).is_some();
+        live.stop_checked = text.len();
+        hit
+    }
+
+    /// Finishes a live request in the scheduler and reports it.
+    fn end(&mut self, id: RequestId, reason: FinishReason) -> Result<()> {
+        let request = self.scheduler.finish(id, reason)?;
+        self.report_finished(id, request.status(), Instant::now());
+        Ok(())
+    }
+
+    fn report_finished(
+        &mut self,
+        id: RequestId,
+        status: crate::sched::RequestStatus,
+        now: Instant,
+    ) {
+        let Some(live) = self.live.remove(&id) else {
+            return;
+        };
+        let crate::sched::RequestStatus::Finished(reason) = status else {
+            return;
+        };
+        let metrics = live.clock.finish(now);
+        self.counters.record(&metrics, reason);
+        // A dropped receiver just means nobody listens any more.
+        let _ = live.events.send(StreamEvent::Finished { reason, metrics });
+    }
+}

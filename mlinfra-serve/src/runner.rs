@@ -1,0 +1,219 @@
+//! Model runners: what turns a scheduler's plan into logits, between
+//! [`Scheduler::schedule`] and [`Scheduler::update`].
+
+use burn::tensor::Device;
+use mlinfra_train::models::{LayerAttention, Llama, LlamaConfig};
+
+use crate::attention::{BatchLayout, PagedAttention, PagedKv, SeqLayout};
+use crate::sched::{Scheduler, SchedulerOutput};
+use crate::{Error, Result};
+
+/// Runs a model over one step's plan.
+pub trait ModelRunner {
+    /// Vocabulary size: the length of every logits row.
+    fn vocab_size(&self) -> usize;
+
+    /// Makes the plan's block copies, computes KV for every scheduled token, and returns the
+    /// logits of each scheduled request that [`samples`](crate::sched::ScheduledRequest::samples),
+    /// in plan order.
+    ///
+    /// # Errors
+    ///
+    /// Whatever the model or the attention backend refuses; the step is then lost and the
+    /// engine fails its requests.
+    fn execute(&mut self, plan: &SchedulerOutput, scheduler: &Scheduler) -> Result<Vec<Vec<f32>>>;
+}
+
+/// A [`Llama`] over paged KV memory: every step is one flat (varlen) forward of all scheduled
+/// tokens, with attention through a [`PagedAttention`] backend.
+pub struct LlamaRunner {
+    model: Llama,
+    memory: PagedKv,
+    attention: Box<dyn PagedAttention + Send>,
+    vocab_size: usize,
+    scale: f64,
+    /// A block outside the scheduler's pool for padding tokens' KV.
+    scratch_block: u32,
+}
+
+impl std::fmt::Debug for LlamaRunner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LlamaRunner")
+            .field("vocab_size", &self.vocab_size)
+            .field("num_blocks", &self.memory.num_blocks())
+            .field("block_size", &self.memory.block_size())
+            .finish_non_exhaustive()
+    }
+}
+
+impl LlamaRunner {
+    /// A runner for `model` (of shape `config`) with `num_blocks` KV blocks of `block_size`
+    /// slots (the scheduler's pool) plus one scratch block, allocated now on `device`
+    /// (`2 · layers · (blocks + 1) · block_size · kv_heads · head_dim` f32 values).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidConfig`] when `config` does not validate.
+    pub fn new(
+        model: Llama,
+        config: &LlamaConfig,
+        num_blocks: usize,
+        block_size: usize,
+        attention: Box<dyn PagedAttention + Send>,
+        device: &Device,
+    ) -> Result<Self> {
+        config.validate().map_err(|error| Error::InvalidConfig {
+            reason: format!("the model's configuration: {error}").into(),
+        })?;
+        let memory = PagedKv::zeros(
+            config.num_layers,
+            num_blocks + 1,
+            block_size,
+            config.num_kv_heads,
+            config.head_dim(),
+            device,
+        );
+        Ok(LlamaRunner {
+            model,
+            memory,
+            attention,
+            vocab_size: config.vocab_size,
+            scale: 1.0 / (config.head_dim() as f64).sqrt(),
+            scratch_block: num_blocks as u32,
+        })
+    }
+
+    /// The KV memory (tests read it through block tables).
+    pub fn memory(&self) -> &PagedKv {
+        &self.memory
+    }
+}
+
+impl ModelRunner for LlamaRunner {
+    fn vocab_size(&self) -> usize {
+        self.vocab_size
+    }
+
+    fn execute(&mut self, plan: &SchedulerOutput, scheduler: &Scheduler) -> Result<Vec<Vec<f32>>> {
+        if plan.scheduled.is_empty() {
+            return Ok(Vec::new());
+        }
+        let copies: Vec<_> = plan.copies.iter().map(|c| (c.src, c.dst)).collect();
+        self.memory.copy_blocks(&copies);
+
+        let mut tokens = Vec::with_capacity(plan.num_tokens);
+        let mut positions = Vec::with_capacity(plan.num_tokens);
+        let mut rows = Vec::new();
+        let mut seqs = Vec::with_capacity(plan.scheduled.len());
+        for work in &plan.scheduled {
+            let (Some(request), Some(table)) = (
+                scheduler.request(work.id),
+                scheduler.kv().block_table(work.id),
+            ) else {
+                return Err(Error::InvalidBatch {
+                    reason: format!("scheduled request {} is not running", work.id).into(),
+                });
+            };
+            let end = work.start + work.len;
+            seqs.push(SeqLayout {
+                query_start: tokens.len(),
+                query_len: work.len,
+                context_len: end,
+                block_table: table,
+            });
+            tokens.extend_from_slice(&request.tokens()[work.start..end]);
+            positions.extend(work.start..end);
+            if work.samples {
+                rows.push(tokens.len() - 1);
+            }
+        }
+        // Batch invariance: the CPU matmul takes another path (with another summation order)
+        // for a single row than for two or more, and is row-invariant from two rows up. A
+        // lone token gets a padding token beside it, a lone logit row a twin; the padding's KV
+        // goes to the scratch block past the scheduler's pool.
+        let scratch = [self.scratch_block];
+        if tokens.len() == 1 {
+            seqs.push(SeqLayout {
+                query_start: 1,
+                query_len: 1,
+                context_len: 1,
+                block_table: &scratch,
+            });
+            tokens.push(0);
+            positions.push(0);
+        }
+        let lone_row = rows.len() == 1;
+        if lone_row {
+            rows.push(rows[0]);
+        }
+        let layout = BatchLayout {
+            seqs,
+            block_size: self.memory.block_size(),
+        };
+        let mut hook = PagedHook {
+            memory: &mut self.memory,
+            layout: &layout,
+            backend: &*self.attention,
+            scale: self.scale,
+            error: None,
+        };
+        let logits = self
+            .model
+            .forward_tokens(&tokens, &positions, &rows, &mut hook)
+            .map_err(|error| Error::Model(Box::new(error)));
+        if let Some(error) = hook.error {
+            return Err(error);
+        }
+        let values =
+            logits?
+                .into_data()
+                .try_to_vec::<f32>()
+                .map_err(|error| Error::InvalidBatch {
+                    reason: format!("logits could not be read back: {error:?}").into(),
+                })?;
+        let mut logits: Vec<Vec<f32>> = values
+            .chunks_exact(self.vocab_size)
+            .map(<[f32]>::to_vec)
+            .collect();
+        if lone_row {
+            logits.pop();
+        }
+        Ok(logits)
+    }
+}
+
+/// The model's attention step, delegated to the paged backend. The hook interface cannot
+/// fail, so the first error is kept and reported after the forward.
+struct PagedHook<'a> {
+    memory: &'a mut PagedKv,
+    layout: &'a BatchLayout<'a>,
+    backend: &'a (dyn PagedAttention + Send),
+    scale: f64,
+    error: Option<Error>,
+}
+
+impl LayerAttention for PagedHook<'_> {
+    fn attend(
+        &mut self,
+        layer: usize,
+        q: burn::tensor::Tensor<3>,
+        k: burn::tensor::Tensor<3>,
+        v: burn::tensor::Tensor<3>,
+    ) -> burn::tensor::Tensor<3> {
+        let fallback = q.clone();
+        match self.backend.forward(
+            self.memory.layer_mut(layer),
+            self.layout,
+            q,
+            k,
+            v,
+            self.scale,
+        ) {
+            Ok(out) => out,
+            Err(error) => {
+                self.error.get_or_insert(error);
+                fallback
+            }
+        }
+    }
+}

@@ -1,0 +1,375 @@
+//! The engine (`engine::Engine`): streaming, cancellation, stop conditions, seeded sampling
+//! and metrics, over the paged Llama runner.
+
+use burn::tensor::Device;
+use mlinfra_serve::Error;
+use mlinfra_serve::attention::ReferenceAttention;
+use mlinfra_serve::engine::{Engine, EngineConfig, RequestHandle, StreamEvent};
+use mlinfra_serve::runner::{LlamaRunner, ModelRunner};
+use mlinfra_serve::sampling::SamplingParams;
+use mlinfra_serve::sched::{FinishReason, Scheduler, SchedulerConfig, SchedulerOutput};
+use mlinfra_train::models::{Llama, LlamaConfig};
+
+use crate::runner::tiny_config;
+
+fn model(config: &LlamaConfig) -> Llama {
+    let std = 1.0 / (config.hidden_size as f64).sqrt();
+    config.init_with_std(7, std, &Device::flex()).unwrap()
+}
+
+fn engine(config: &LlamaConfig, blocks: usize, budget: usize) -> Engine<LlamaRunner> {
+    let device = Device::flex();
+    let runner = LlamaRunner::new(
+        model(config),
+        config,
+        blocks,
+        4,
+        Box::new(ReferenceAttention),
+        &device,
+    )
+    .unwrap();
+    let scheduler = SchedulerConfig {
+        num_blocks: blocks,
+        block_size: 4,
+        max_batched_tokens: budget,
+        watermark: 0.0,
+        ..SchedulerConfig::default()
+    };
+    Engine::new(runner, EngineConfig { scheduler, seed: 1 }).unwrap()
+}
+
+/// Every token, then the finish event.
+fn drain(handle: &RequestHandle) -> (Vec<u32>, Option<(FinishReason, usize)>) {
+    let mut tokens = Vec::new();
+    let mut finished = None;
+    for event in handle.events().try_iter() {
+        assert!(finished.is_none(), "an event after Finished");
+        match event {
+            StreamEvent::Token { token, .. } => tokens.push(token),
+            StreamEvent::Finished { reason, metrics } => {
+                assert_eq!(metrics.output_tokens, tokens.len());
+                let ttft = metrics.time_to_first_token.expect("tokens were streamed");
+                assert!(ttft <= metrics.end_to_end);
+                finished = Some((reason, metrics.output_tokens));
+            }
+        }
+    }
+    (tokens, finished)
+}
+
+#[test]
+fn streamed_greedy_tokens_equal_the_dense_model_and_metrics_add_up() {
+    let config = tiny_config();
+    let reference = model(&config);
+    let mut engine = engine(&config, 16, 16);
+    let prompts: Vec<Vec<u32>> = (0..3u32)
+        .map(|r| (0..9).chain([40 + r, 50 + r]).collect())
+        .collect();
+    let handles: Vec<_> = prompts
+        .iter()
+        .map(|p| {
+            engine
+                .add_request(p.clone(), SamplingParams::greedy(10))
+                .unwrap()
+        })
+        .collect();
+    engine.run_until_idle().unwrap();
+    for (prompt, handle) in prompts.iter().zip(&handles) {
+        let (tokens, finished) = drain(handle);
+        assert_eq!(tokens, reference.generate_greedy(prompt, 10, &[]).unwrap());
+        assert_eq!(finished, Some((FinishReason::Length, 10)));
+    }
+    let metrics = engine.metrics();
+    assert_eq!(
+        (metrics.requests_completed, metrics.tokens_generated),
+        (3, 30)
+    );
+    assert_eq!(
+        (metrics.running, metrics.waiting, metrics.kv_usage),
+        (0, 0, 0.0)
+    );
+    assert!(
+        metrics.prefix_hit_rate > 0.0,
+        "the shared 8-token prefix hits"
+    );
+    assert!(metrics.ttft_p50_ms <= metrics.ttft_p99_ms);
+}
+
+#[test]
+fn dropping_a_handle_frees_its_blocks_within_one_step() {
+    let config = tiny_config();
+    let mut engine = engine(&config, 32, 64);
+    let first = engine
+        .add_request((0..10).collect(), SamplingParams::greedy(60))
+        .unwrap();
+    let second = engine
+        .add_request((20..30).collect(), SamplingParams::greedy(60))
+        .unwrap();
+    for _ in 0..3 {
+        engine.step().unwrap();
+    }
+    let blocks_of = |engine: &Engine<LlamaRunner>, id| {
+        engine
+            .scheduler()
+            .kv()
+            .block_table(id)
+            .map_or(0, <[u32]>::len)
+    };
+    let (a, b) = (
+        blocks_of(&engine, first.id()),
+        blocks_of(&engine, second.id()),
+    );
+    assert!(a > 0 && b > 0);
+    let first_id = first.id();
+    drop(first);
+    engine.step().unwrap();
+    assert!(engine.scheduler().request(first_id).is_none());
+    let used =
+        engine.scheduler().kv().pool().num_blocks() - engine.scheduler().kv().pool().num_free();
+    assert_eq!(
+        used,
+        blocks_of(&engine, second.id()),
+        "only the live request holds blocks"
+    );
+    engine.abort(second.id()).unwrap();
+    assert_eq!(engine.scheduler().kv().pool().num_free(), 32);
+    let (tokens, finished) = drain(&second);
+    assert_eq!(finished, Some((FinishReason::Aborted, tokens.len())));
+    assert_eq!(tokens.len(), 4);
+    assert_eq!(engine.metrics().requests_aborted, 2);
+    assert!(matches!(
+        engine.abort(second.id()),
+        Err(Error::InvalidRequest { .. })
+    ));
+}
+
+#[test]
+fn stop_tokens_and_stop_strings_end_requests() {
+    let config = tiny_config();
+    let reference = model(&config);
+    let prompt: Vec<u32> = (5..15).collect();
+    let free_run = reference.generate_greedy(&prompt, 12, &[]).unwrap();
+    let letter = |t: u32| char::from(b'a' + (t % 26) as u8);
+    let detokenize = move |tokens: &[u32]| tokens.iter().map(|&t| letter(t)).collect::<String>();
+
+    let mut engine = engine(&config, 32, 64).with_detokenizer(Box::new(detokenize));
+    // A stop token: the first occurrence of free_run[3] ends the request, token included.
+    let stop_token = free_run[3];
+    let cut = free_run.iter().position(|&t| t == stop_token).unwrap() + 1;
+    let by_token = engine
+        .add_request(
+            prompt.clone(),
+            SamplingParams {
+                stop_token_ids: vec![stop_token],
+                ..SamplingParams::greedy(12)
+            },
+        )
+        .unwrap();
+    // A stop string spanning tokens 5 and 6 of the free run.
+    let text: String = free_run.iter().map(|&t| letter(t)).collect();
+    let stop = text[5..7].to_string();
+    let cut_text = text.find(&stop).unwrap() + 2;
+    let by_string = engine
+        .add_request(
+            prompt.clone(),
+            SamplingParams {
+                stop: vec![stop],
+                ..SamplingParams::greedy(12)
+            },
+        )
+        .unwrap();
+    engine.run_until_idle().unwrap();
+    assert_eq!(
+        drain(&by_token),
+        (free_run[..cut].to_vec(), Some((FinishReason::Stop, cut)))
+    );
+    assert_eq!(
+        drain(&by_string),
+        (
+            free_run[..cut_text].to_vec(),
+            Some((FinishReason::Stop, cut_text))
+        )
+    );
+}
+
+/// With a seed, a sampled request's tokens are the same alone and in a crowded, preempting
+/// batch: the logits are batch-invariant and the generator is the request's own.
+#[test]
+fn seeded_sampling_is_the_same_alone_and_in_a_crowd() {
+    let config = LlamaConfig {
+        hidden_size: 576,
+        intermediate_size: 1536,
+        vocab_size: 512,
+        num_heads: 8,
+        num_layers: 1,
+        ..tiny_config()
+    };
+    let params = SamplingParams {
+        temperature: 0.9,
+        top_p: 0.95,
+        seed: Some(11),
+        ..SamplingParams::default()
+    };
+    let target: Vec<u32> = (0..13).collect();
+    let run = |crowd: usize, blocks: usize| {
+        let mut engine = engine(&config, blocks, 24);
+        let others: Vec<_> = (0..crowd as u32)
+            .map(|r| {
+                engine
+                    .add_request(
+                        (0..9).chain(100 + r..104 + 2 * r).collect(),
+                        SamplingParams::greedy(12),
+                    )
+                    .unwrap()
+            })
+            .collect();
+        let handle = engine.add_request(target.clone(), params.clone()).unwrap();
+        engine.run_until_idle().unwrap();
+        drop(others);
+        (drain(&handle).0, engine.metrics().preemptions)
+    };
+    let (alone, _) = run(0, 64);
+    let (crowded, preemptions) = run(5, 20);
+    assert!(preemptions > 0);
+    assert_eq!(alone.len(), 16);
+    assert_eq!(alone, crowded);
+}
+
+struct FailingRunner;
+
+impl ModelRunner for FailingRunner {
+    fn vocab_size(&self) -> usize {
+        8
+    }
+
+    fn execute(
+        &mut self,
+        _: &SchedulerOutput,
+        _: &Scheduler,
+    ) -> mlinfra_serve::Result<Vec<Vec<f32>>> {
+        Err(Error::InvalidBatch {
+            reason: "the device fell off the bus".into(),
+        })
+    }
+}
+
+#[test]
+fn bad_requests_and_failed_steps_are_typed_errors() {
+    let config = EngineConfig {
+        scheduler: SchedulerConfig {
+            num_blocks: 8,
+            block_size: 4,
+            ..SchedulerConfig::default()
+        },
+        seed: 0,
+    };
+    let mut engine = Engine::new(FailingRunner, config).unwrap();
+    let error = engine
+        .add_request(vec![1, 9], SamplingParams::default())
+        .unwrap_err();
+    assert!(
+        error.to_string().contains("outside the 8-token vocabulary"),
+        "{error}"
+    );
+    let error = engine
+        .add_request(
+            vec![1],
+            SamplingParams {
+                stop: vec!["x".into()],
+                ..SamplingParams::default()
+            },
+        )
+        .unwrap_err();
+    assert!(error.to_string().contains("detokenizer"), "{error}");
+    assert!(matches!(
+        engine.add_request(
+            vec![1],
+            SamplingParams {
+                top_p: 2.0,
+                ..SamplingParams::default()
+            }
+        ),
+        Err(Error::InvalidSampling { .. })
+    ));
+    assert!(matches!(
+        engine.add_request(vec![1; 40], SamplingParams::default()),
+        Err(Error::InvalidRequest { .. })
+    ));
+
+    let handle = engine
+        .add_request(vec![1, 2], SamplingParams::default())
+        .unwrap();
+    let error = engine.step().unwrap_err();
+    assert!(error.to_string().contains("fell off the bus"), "{error}");
+    assert!(engine.is_idle(), "the failed step's requests were aborted");
+    assert_eq!(engine.scheduler().kv().pool().num_free(), 8);
+    let events: Vec<_> = handle.events().try_iter().collect();
+    assert!(matches!(
+        events[..],
+        [StreamEvent::Finished {
+            reason: FinishReason::Aborted,
+            ..
+        }]
+    ));
+    assert_eq!(engine.step().unwrap(), Default::default(), "still usable");
+}
+
+/// The real SmolLM2-135M on the paged engine, with two prompts batched and a stop string:
+/// greedy text equals the model's own dense `generate_greedy` (" Paris." for the capital).
+#[test]
+fn smollm2_serves_the_same_text_as_its_dense_decoder() {
+    let Some(path) = mlinfra_test_utils::model("SmolLM2-135M-Instruct.Q4_1.gguf") else {
+        return;
+    };
+    let file = mlinfra_data::tensor::GgufFile::open(&path).unwrap();
+    let tokenizer = mlinfra_data::tokenizer::Tokenizer::from_gguf(&file).unwrap();
+    let device = Device::flex();
+    let (model, config) = Llama::from_gguf(&file, &device).unwrap();
+    let (reference, _) = Llama::from_gguf(&file, &device).unwrap();
+    let runner = LlamaRunner::new(
+        model,
+        &config,
+        64,
+        16,
+        Box::new(ReferenceAttention),
+        &device,
+    )
+    .unwrap();
+    let scheduler = SchedulerConfig {
+        num_blocks: 64,
+        block_size: 16,
+        ..SchedulerConfig::default()
+    };
+    let decoder = mlinfra_data::tokenizer::Tokenizer::from_gguf(&file).unwrap();
+    let mut engine = Engine::new(runner, EngineConfig { scheduler, seed: 0 })
+        .unwrap()
+        .with_detokenizer(Box::new(move |ids: &[u32]| decoder.decode(ids).unwrap()));
+    let prompts =
+        ["The capital of France is", "1, 2, 3, 4,"].map(|text| tokenizer.encode(text).unwrap());
+    let params = SamplingParams {
+        stop: vec!["\n".into()],
+        ..SamplingParams::greedy(6)
+    };
+    let handles: Vec<_> = prompts
+        .iter()
+        .map(|p| engine.add_request(p.clone(), params.clone()).unwrap())
+        .collect();
+    engine.run_until_idle().unwrap();
+    let capital = drain(&handles[0]).0;
+    assert!(
+        tokenizer.decode(&capital).unwrap().starts_with(" Paris."),
+        "{:?}",
+        tokenizer.decode(&capital)
+    );
+    let counting = drain(&handles[1]).0;
+    let dense = reference
+        .generate_greedy(&prompts[1], counting.len(), &[])
+        .unwrap();
+    assert_eq!(counting, dense, "{:?}", tokenizer.decode(&counting));
+    assert_eq!(
+        capital[..],
+        reference
+            .generate_greedy(&prompts[0], capital.len(), &[])
+            .unwrap()[..]
+    );
+}

@@ -1,0 +1,9 @@
+//! The one integration-test binary of mlinfra-serve (one link step for every test).
+
+mod attention;
+mod engine;
+mod fake_kv;
+mod kv;
+mod runner;
+mod sampling;
+mod sched;
