@@ -7,5 +7,11 @@ use criterion::criterion_main;
 mod data;
 mod kernels;
 mod loader;
+mod serve;
 
-criterion_main!(data::benches, loader::benches, kernels::benches);
+criterion_main!(
+    data::benches,
+    loader::benches,
+    kernels::benches,
+    serve::benches
+);

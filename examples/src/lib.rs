@@ -1,6 +1,8 @@
 //! Shared helpers for the mlinfra examples. Not a library for users: each example is a file
 //! under `examples/` with its own run command.
 
+pub mod serve_sim;
+
 /// What one layer of the stack can do today. The README's status table says the same in prose.
 #[derive(Debug, Clone, Copy)]
 pub struct Layer {
@@ -32,7 +34,7 @@ pub const LAYERS: [Layer; 6] = [
     Layer {
         level: "5",
         krate: "mlinfra-serve",
-        status: "error type only",
+        status: "paged KV blocks with prefix caching, continuous-batching scheduler with preemption, sampling, batch-invariant paged attention, Llama runner and streaming engine, example serve_sim",
     },
     Layer {
         level: "6",

@@ -3,8 +3,9 @@
 //! The serving core: a paged KV block pool with reference counts and a prefix cache, a
 //! continuous-batching scheduler with chunked prefill and preemption, sampling, an attention
 //! extension trait with a burn reference implementation (fast backends come from
-//! `mlinfra-kernels`), a Llama runner over paged KV, and an engine with streaming and
-//! cancellation. Speculative decoding and an OpenAI-compatible HTTP API are to come.
+//! `mlinfra-kernels`), a Llama runner over paged KV, an engine with streaming and
+//! cancellation, and the parts of speculative decoding that do not need the engine. An
+//! OpenAI-compatible HTTP API is to come.
 //!
 //! # Status
 //!
@@ -17,9 +18,10 @@
 //!   logprobs, stop tokens and stop strings;
 //! - [`attention`]: the paged-attention extension trait and its batch-invariant burn
 //!   reference; [`runner`]: the Llama model over paged KV;
-//! - [`engine`]: streaming, cancellation on handle drop, per-request and engine metrics.
+//! - [`engine`]: streaming, cancellation on handle drop, per-request and engine metrics;
+//! - [`spec`]: the n-gram proposer and the Leviathan et al. acceptance rule.
 //!
-//! Next: speculative decoding, the KV-waste simulation benchmark, and the HTTP API. The
+//! Next: speculative steps inside the engine, quantized weights, and the HTTP API. The
 //! README's status table tracks what works.
 //!
 //! ```
@@ -71,5 +73,6 @@ pub mod kv;
 pub mod runner;
 pub mod sampling;
 pub mod sched;
+pub mod spec;
 
 pub use error::{Error, Result};

@@ -2,7 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::sched::{FinishReason, SchedulerStats};
+use crate::sched::{FinishReason, Request, SchedulerStats};
 
 /// A finished request's timings and counts.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -19,6 +19,8 @@ pub struct RequestMetrics {
     pub output_tokens: usize,
     /// Times it was preempted.
     pub preemptions: u32,
+    /// Prompt tokens served from the prefix cache at its first admission.
+    pub prefix_hit_tokens: usize,
 }
 
 /// A live request's clock.
@@ -29,7 +31,6 @@ pub(super) struct RequestClock {
     last: Option<Instant>,
     tokens: usize,
     prompt_tokens: usize,
-    preemptions: u32,
 }
 
 impl RequestClock {
@@ -40,7 +41,6 @@ impl RequestClock {
             last: None,
             tokens: 0,
             prompt_tokens,
-            preemptions: 0,
         }
     }
 
@@ -50,11 +50,8 @@ impl RequestClock {
         self.tokens += 1;
     }
 
-    pub(super) fn preempted(&mut self) {
-        self.preemptions += 1;
-    }
-
-    pub(super) fn finish(&self, now: Instant) -> RequestMetrics {
+    /// The metrics of `request`, finished at `now`.
+    pub(super) fn finish(&self, now: Instant, request: &Request) -> RequestMetrics {
         let gaps = self.tokens.saturating_sub(1) as u32;
         RequestMetrics {
             time_to_first_token: self.first.map(|first| first - self.arrived),
@@ -65,7 +62,8 @@ impl RequestClock {
             end_to_end: now - self.arrived,
             prompt_tokens: self.prompt_tokens,
             output_tokens: self.tokens,
-            preemptions: self.preemptions,
+            preemptions: request.num_preemptions(),
+            prefix_hit_tokens: request.prefix_hit_tokens(),
         }
     }
 }

@@ -279,11 +279,6 @@ impl<R: ModelRunner> Engine<R> {
             preempted: plan.preempted.len(),
             ..StepReport::default()
         };
-        for &id in &plan.preempted {
-            if let Some(live) = self.live.get_mut(&id) {
-                live.clock.preempted();
-            }
-        }
         let sampled = match self.run_and_sample(&plan) {
             Ok(sampled) => sampled,
             Err(error) => {
@@ -320,7 +315,7 @@ impl<R: ModelRunner> Engine<R> {
         }
         for request in finished {
             report.finished += 1;
-            self.report_finished(request.id(), request.status(), now);
+            self.report_finished(&request, now);
         }
         for (id, reason) in stopped {
             if self.live.contains_key(&id) {
@@ -388,23 +383,18 @@ impl<R: ModelRunner> Engine<R> {
     /// Finishes a live request in the scheduler and reports it.
     fn end(&mut self, id: RequestId, reason: FinishReason) -> Result<()> {
         let request = self.scheduler.finish(id, reason)?;
-        self.report_finished(id, request.status(), Instant::now());
+        self.report_finished(&request, Instant::now());
         Ok(())
     }
 
-    fn report_finished(
-        &mut self,
-        id: RequestId,
-        status: crate::sched::RequestStatus,
-        now: Instant,
-    ) {
-        let Some(live) = self.live.remove(&id) else {
+    fn report_finished(&mut self, request: &crate::sched::Request, now: Instant) {
+        let Some(live) = self.live.remove(&request.id()) else {
             return;
         };
-        let crate::sched::RequestStatus::Finished(reason) = status else {
+        let crate::sched::RequestStatus::Finished(reason) = request.status() else {
             return;
         };
-        let metrics = live.clock.finish(now);
+        let metrics = live.clock.finish(now, request);
         self.counters.record(&metrics, reason);
         // A dropped receiver just means nobody listens any more.
         let _ = live.events.send(StreamEvent::Finished { reason, metrics });

@@ -7,3 +7,4 @@ mod kv;
 mod runner;
 mod sampling;
 mod sched;
+mod spec;
