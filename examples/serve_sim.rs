@@ -5,9 +5,10 @@
 //! ```text
 //! $ cargo run --release -p mlinfra-examples --example serve_sim -- \
 //!       --requests 64 --concurrency 16 --prompt-len 16..96 --gen-len 8..48 \
-//!       --kv-blocks 128 --block-size 16 --seed 1 [--prefix-share 0.5] [--dump]
+//!       --kv-blocks 128 --block-size 16 --seed 1 [--prefix-share 0.5] \
+//!       [--speculative ngram] [--dump]
 //! {"id":0,"prompt_ids":[...],"output_ids":[...],"preempted":false,"prefix_hit_tokens":32}   (--dump, per request)
-//! {"tokens_per_s":...,"ttft_p50_ms":...,"ttft_p99_ms":...,"preemptions":3,"prefix_hit_rate":0.21,"kv_peak_utilisation":0.98,"blocks_leaked":0}
+//! {"tokens_per_s":...,"ttft_p50_ms":...,"ttft_p99_ms":...,"preemptions":3,"prefix_hit_rate":0.21,"kv_peak_utilisation":0.98,"blocks_leaked":0,"spec_acceptance_rate":0.0}
 //! ```
 //!
 //! The workload is a pure function of the seed: prompt and generation lengths are uniform
@@ -54,6 +55,7 @@ fn parse_args() -> anyhow::Result<(SimConfig, bool)> {
         block_size: 16,
         seed: 0,
         prefix_share: 0.0,
+        speculative: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -67,12 +69,10 @@ fn parse_args() -> anyhow::Result<(SimConfig, bool)> {
             "--block-size" => args.block_size = value()?.parse().context("--block-size")?,
             "--seed" => args.seed = value()?.parse().context("--seed")?,
             "--prefix-share" => args.prefix_share = value()?.parse().context("--prefix-share")?,
-            "--speculative" => {
-                let kind = value()?;
-                bail!(
-                    "--speculative {kind}: speculative decoding is not built yet (issue 6, item 5)"
-                );
-            }
+            "--speculative" => match value()?.as_str() {
+                "ngram" => args.speculative = true,
+                other => bail!("--speculative takes ngram, got {other:?}"),
+            },
             "--dump" => dump = true,
             other => bail!("unknown flag {other}; {USAGE}"),
         }

@@ -34,7 +34,7 @@ pub const LAYERS: [Layer; 6] = [
     Layer {
         level: "5",
         krate: "mlinfra-serve",
-        status: "paged KV blocks with prefix caching, continuous-batching scheduler with preemption, sampling, batch-invariant paged attention, Llama runner and streaming engine, example serve_sim",
+        status: "paged KV blocks with prefix caching, continuous-batching scheduler with preemption, sampling, batch-invariant paged attention, Llama runner, streaming engine with n-gram speculative decoding, example serve_sim",
     },
     Layer {
         level: "6",

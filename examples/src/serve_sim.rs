@@ -12,6 +12,7 @@ use mlinfra_serve::engine::{Engine, EngineConfig, RequestHandle, StreamEvent};
 use mlinfra_serve::runner::LlamaRunner;
 use mlinfra_serve::sampling::SamplingParams;
 use mlinfra_serve::sched::SchedulerConfig;
+use mlinfra_serve::spec::NgramProposer;
 use mlinfra_train::SplitMix64;
 use mlinfra_train::models::LlamaConfig;
 use serde_json::{Value, json};
@@ -35,6 +36,8 @@ pub struct SimConfig {
     pub seed: u64,
     /// Share of prompts that start with the shared system prompt.
     pub prefix_share: f64,
+    /// Speculative decoding with prompt-lookup (n-gram) drafts.
+    pub speculative: bool,
 }
 
 /// What a simulation produced.
@@ -44,7 +47,8 @@ pub struct SimReport {
     /// `preempted`, `prefix_hit_tokens`.
     pub requests: Vec<Value>,
     /// Engine metrics: `tokens_per_s`, `ttft_p50_ms`, `ttft_p99_ms`, `preemptions`,
-    /// `prefix_hit_rate`, `kv_peak_utilisation`, `blocks_leaked`.
+    /// `prefix_hit_rate`, `kv_peak_utilisation`, `blocks_leaked`, and
+    /// `spec_acceptance_rate` (accepted over drafted tokens; 0 without speculation).
     pub metrics: Value,
 }
 
@@ -122,6 +126,7 @@ pub fn simulate(args: &SimConfig) -> anyhow::Result<SimReport> {
         EngineConfig {
             scheduler,
             seed: args.seed,
+            speculative: args.speculative.then(NgramProposer::default),
         },
     )?;
 
@@ -180,6 +185,11 @@ pub fn simulate(args: &SimConfig) -> anyhow::Result<SimReport> {
             "prefix_hit_rate": metrics.prefix_hit_rate,
             "kv_peak_utilisation": metrics.kv_peak_usage,
             "blocks_leaked": pool.num_blocks() - pool.num_free(),
+            "spec_acceptance_rate": if metrics.draft_tokens == 0 {
+                0.0
+            } else {
+                metrics.accepted_tokens as f64 / metrics.draft_tokens as f64
+            },
         }),
     })
 }

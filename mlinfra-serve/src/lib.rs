@@ -3,9 +3,8 @@
 //! The serving core: a paged KV block pool with reference counts and a prefix cache, a
 //! continuous-batching scheduler with chunked prefill and preemption, sampling, an attention
 //! extension trait with a burn reference implementation (fast backends come from
-//! `mlinfra-kernels`), a Llama runner over paged KV, an engine with streaming and
-//! cancellation, and the parts of speculative decoding that do not need the engine. An
-//! OpenAI-compatible HTTP API is to come.
+//! `mlinfra-kernels`), a Llama runner over paged KV, and an engine with streaming,
+//! cancellation and speculative decoding. An OpenAI-compatible HTTP API is to come.
 //!
 //! # Status
 //!
@@ -19,9 +18,10 @@
 //! - [`attention`]: the paged-attention extension trait and its batch-invariant burn
 //!   reference; [`runner`]: the Llama model over paged KV;
 //! - [`engine`]: streaming, cancellation on handle drop, per-request and engine metrics;
-//! - [`spec`]: the n-gram proposer and the Leviathan et al. acceptance rule.
+//! - [`spec`]: speculative decoding with prompt-lookup drafts, verified in the engine by the
+//!   Leviathan et al. acceptance rule.
 //!
-//! Next: speculative steps inside the engine, quantized weights, and the HTTP API. The
+//! Next: a draft-model proposer, quantized weights, and the HTTP API. The
 //! README's status table tracks what works.
 //!
 //! ```
@@ -42,7 +42,7 @@
 //! let model = config.init_with_std(0, 0.2, &device)?;
 //! let runner = LlamaRunner::new(model, &config, 64, 16, Box::new(ReferenceAttention), &device)?;
 //! let scheduler = SchedulerConfig { num_blocks: 64, block_size: 16, ..SchedulerConfig::default() };
-//! let mut engine = Engine::new(runner, EngineConfig { scheduler, seed: 0 })?;
+//! let mut engine = Engine::new(runner, EngineConfig { scheduler, ..EngineConfig::default() })?;
 //! let handle = engine.add_request(vec![1, 2, 3], SamplingParams::greedy(4))?;
 //! engine.run_until_idle()?;
 //! let tokens: Vec<u32> = handle

@@ -13,9 +13,11 @@ pub trait ModelRunner {
     /// Vocabulary size: the length of every logits row.
     fn vocab_size(&self) -> usize;
 
-    /// Makes the plan's block copies, computes KV for every scheduled token, and returns the
+    /// Makes the plan's block copies, computes KV for every scheduled token (a request's
+    /// known tokens, then its [`draft`](crate::sched::Request::draft)), and returns the
     /// logits of each scheduled request that [`samples`](crate::sched::ScheduledRequest::samples),
-    /// in plan order.
+    /// in plan order: `draft + 1` rows for each (the last position, and one per draft token
+    /// to verify).
     ///
     /// # Errors
     ///
@@ -121,10 +123,12 @@ impl ModelRunner for LlamaRunner {
                 context_len: end,
                 block_table: table,
             });
-            tokens.extend_from_slice(&request.tokens()[work.start..end]);
+            // The known tokens, then the draft being verified (if any).
+            tokens.extend_from_slice(&request.tokens()[work.start..end - work.draft]);
+            tokens.extend_from_slice(&request.draft()[..work.draft]);
             positions.extend(work.start..end);
             if work.samples {
-                rows.push(tokens.len() - 1);
+                rows.extend(tokens.len() - 1 - work.draft..tokens.len());
             }
         }
         // Batch invariance: the CPU matmul takes another path (with another summation order)

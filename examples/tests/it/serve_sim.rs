@@ -13,6 +13,7 @@ fn config(concurrency: usize, kv_blocks: usize) -> SimConfig {
         block_size: 4,
         seed: 3,
         prefix_share: 0.5,
+        speculative: false,
     }
 }
 
@@ -51,7 +52,28 @@ fn outputs_do_not_depend_on_concurrency_or_kv_pressure() {
         crowded.metrics
     );
     assert!(crowded.metrics["prefix_hit_rate"].as_f64().unwrap() > 0.0);
-    for (a, b) in relaxed.requests.iter().zip(&crowded.requests) {
+    let speculative = simulate(&SimConfig {
+        speculative: true,
+        ..config(8, 16)
+    })
+    .unwrap();
+    assert!(
+        speculative.metrics["spec_acceptance_rate"]
+            .as_f64()
+            .unwrap()
+            > 0.0
+    );
+    for ((a, b), c) in relaxed
+        .requests
+        .iter()
+        .zip(&crowded.requests)
+        .zip(&speculative.requests)
+    {
+        assert_eq!(
+            a["output_ids"], c["output_ids"],
+            "speculative request {}",
+            a["id"]
+        );
         assert_eq!(a["prompt_ids"], b["prompt_ids"]);
         assert_eq!(a["output_ids"], b["output_ids"], "request {}", a["id"]);
     }

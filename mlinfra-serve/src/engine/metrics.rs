@@ -44,6 +44,11 @@ impl RequestClock {
         }
     }
 
+    /// Tokens streamed so far.
+    pub(super) fn tokens(&self) -> usize {
+        self.tokens
+    }
+
     pub(super) fn token(&mut self, now: Instant) {
         self.first.get_or_insert(now);
         self.last = Some(now);
@@ -97,6 +102,10 @@ pub struct EngineMetrics {
     pub ttft_p99_ms: f64,
     /// Since the engine was created.
     pub uptime: Duration,
+    /// Speculative tokens verified.
+    pub draft_tokens: u64,
+    /// Of those, tokens accepted (`accepted / draft` is the acceptance rate).
+    pub accepted_tokens: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -104,6 +113,8 @@ pub(super) struct Counters {
     pub(super) started: Instant,
     pub(super) steps: u64,
     pub(super) tokens_generated: u64,
+    pub(super) draft_tokens: u64,
+    pub(super) accepted_tokens: u64,
     completed: u64,
     aborted: u64,
     /// Time to first token of every finished request that had one, in ms (4 bytes each).
@@ -116,6 +127,8 @@ impl Counters {
             started: Instant::now(),
             steps: 0,
             tokens_generated: 0,
+            draft_tokens: 0,
+            accepted_tokens: 0,
             completed: 0,
             aborted: 0,
             ttft_ms: Vec::new(),
@@ -149,6 +162,8 @@ impl Counters {
             ttft_p50_ms: percentile(&sorted, 0.50),
             ttft_p99_ms: percentile(&sorted, 0.99),
             uptime: self.started.elapsed(),
+            draft_tokens: self.draft_tokens,
+            accepted_tokens: self.accepted_tokens,
         }
     }
 }

@@ -19,8 +19,9 @@ use mlinfra_train::SplitMix64;
 
 use crate::kv::PrefixKeys;
 use crate::runner::ModelRunner;
-use crate::sampling::{Sampler, SamplingParams, find_stop};
+use crate::sampling::{Sample, Sampler, SamplingParams, find_stop};
 use crate::sched::{FinishReason, NewRequest, RequestId, Scheduler, SchedulerConfig};
+use crate::spec::NgramProposer;
 use crate::{Error, Result};
 
 use metrics::{Counters, RequestClock};
@@ -34,6 +35,9 @@ pub struct EngineConfig {
     /// Seed for requests without their own: request `id` draws from a generator derived
     /// from `(seed, id)`.
     pub seed: u64,
+    /// Speculative decoding with prompt-lookup drafts; `None` decodes one token per step.
+    /// The output distribution is the same either way (and greedy output identical).
+    pub speculative: Option<NgramProposer>,
 }
 
 /// What a request is, beyond its prompt and sampling parameters.
@@ -116,6 +120,10 @@ pub struct StepReport {
     pub finished: usize,
     /// Requests preempted this step.
     pub preempted: usize,
+    /// Speculative tokens verified this step.
+    pub draft_tokens: usize,
+    /// Of those, tokens accepted.
+    pub accepted_tokens: usize,
 }
 
 /// The serving engine over a [`ModelRunner`].
@@ -126,6 +134,7 @@ pub struct Engine<R> {
     detokenizer: Option<Detokenizer>,
     next_id: RequestId,
     seed: u64,
+    proposer: Option<NgramProposer>,
     counters: Counters,
 }
 
@@ -143,6 +152,7 @@ impl<R: ModelRunner> Engine<R> {
             detokenizer: None,
             next_id: 0,
             seed: config.seed,
+            proposer: config.speculative,
             counters: Counters::new(),
         })
     }
@@ -273,6 +283,19 @@ impl<R: ModelRunner> Engine<R> {
         if self.scheduler.is_idle() {
             return Ok(StepReport::default());
         }
+        if let Some(proposer) = self.proposer {
+            let decoding: Vec<RequestId> = self.scheduler.running().collect();
+            for id in decoding {
+                let request = self
+                    .scheduler
+                    .request(id)
+                    .expect("running requests are live");
+                if request.is_decoding() {
+                    let draft = proposer.propose(request.tokens());
+                    self.scheduler.set_draft(id, draft)?;
+                }
+            }
+        }
         let plan = self.scheduler.schedule()?;
         let mut report = StepReport {
             tokens_computed: plan.num_tokens,
@@ -291,28 +314,49 @@ impl<R: ModelRunner> Engine<R> {
                 return Err(error);
             }
         };
-        let tokens: Vec<(RequestId, u32)> = sampled.iter().map(|(id, s)| (*id, s.token)).collect();
-        let finished = self.scheduler.update(&tokens)?;
-        report.tokens_generated = tokens.len();
-        self.counters.tokens_generated += tokens.len() as u64;
+        let emitted: Vec<(RequestId, Vec<u32>)> = sampled
+            .iter()
+            .map(|(id, samples)| (*id, samples.iter().map(|s| s.token).collect()))
+            .collect();
+        for work in plan.scheduled.iter().filter(|work| work.samples) {
+            report.draft_tokens += work.draft;
+        }
+        let finished = self.scheduler.update_speculative(&emitted)?;
+        let kept_by_finished: HashMap<RequestId, usize> = finished
+            .iter()
+            .map(|request| (request.id(), request.output().len()))
+            .collect();
         let now = Instant::now();
         let mut stopped = Vec::new();
-        for (id, sample) in sampled {
+        for (id, samples) in sampled {
+            report.accepted_tokens += samples.len() - 1;
             let Some(live) = self.live.get_mut(&id) else {
                 continue;
             };
-            live.clock.token(now);
-            let event = StreamEvent::Token {
-                token: sample.token,
-                logprob: sample.logprob,
-                top_logprobs: sample.top_logprobs,
-            };
-            if live.events.send(event).is_err() {
-                stopped.push((id, FinishReason::Aborted)); // the receiver is gone
-            } else if self.hits_stop_string(id) {
+            // A stop token or max_tokens among the accepted tokens cut the rest.
+            let kept = kept_by_finished
+                .get(&id)
+                .map_or(samples.len(), |&output| output - live.clock.tokens());
+            report.tokens_generated += kept;
+            for sample in samples.into_iter().take(kept) {
+                live.clock.token(now);
+                let event = StreamEvent::Token {
+                    token: sample.token,
+                    logprob: sample.logprob,
+                    top_logprobs: sample.top_logprobs,
+                };
+                if live.events.send(event).is_err() {
+                    stopped.push((id, FinishReason::Aborted)); // the receiver is gone
+                    break;
+                }
+            }
+            if stopped.last().is_none_or(|&(last, _)| last != id) && self.hits_stop_string(id) {
                 stopped.push((id, FinishReason::Stop));
             }
         }
+        self.counters.tokens_generated += report.tokens_generated as u64;
+        self.counters.draft_tokens += report.draft_tokens as u64;
+        self.counters.accepted_tokens += report.accepted_tokens as u64;
         for request in finished {
             report.finished += 1;
             self.report_finished(&request, now);
@@ -347,16 +391,35 @@ impl<R: ModelRunner> Engine<R> {
     fn run_and_sample(
         &mut self,
         plan: &crate::sched::SchedulerOutput,
-    ) -> Result<Vec<(RequestId, crate::sampling::Sample)>> {
+    ) -> Result<Vec<(RequestId, Vec<Sample>)>> {
         let logits = self.runner.execute(plan, &self.scheduler)?;
-        let sampling = plan.scheduled.iter().filter(|work| work.samples);
-        let mut sampled = Vec::with_capacity(logits.len());
-        for (work, row) in sampling.zip(&logits) {
+        let mut rows = logits.into_iter();
+        let mut sampled = Vec::new();
+        for work in plan.scheduled.iter().filter(|work| work.samples) {
             let live = self
                 .live
                 .get_mut(&work.id)
                 .expect("scheduled requests are live");
-            sampled.push((work.id, live.sampler.sample(row)?));
+            let own: Vec<Vec<f32>> = rows.by_ref().take(work.draft + 1).collect();
+            if own.len() != work.draft + 1 {
+                return Err(Error::InvalidBatch {
+                    reason: format!(
+                        "the runner returned too few logit rows for request {}",
+                        work.id
+                    )
+                    .into(),
+                });
+            }
+            let samples = if work.draft == 0 {
+                vec![live.sampler.sample(&own[0])?]
+            } else {
+                let request = self
+                    .scheduler
+                    .request(work.id)
+                    .expect("scheduled requests are live");
+                live.sampler.verify(&request.draft()[..work.draft], &own)?
+            };
+            sampled.push((work.id, samples));
         }
         Ok(sampled)
     }

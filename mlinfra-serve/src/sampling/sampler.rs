@@ -116,15 +116,7 @@ impl Sampler {
     /// [`Error::InvalidSampling`] for empty logits or logits with a NaN (a broken model must
     /// not turn into a silently arbitrary token).
     pub fn sample(&mut self, logits: &[f32]) -> Result<Sample> {
-        if logits.is_empty() || logits.iter().any(|logit| logit.is_nan()) {
-            return Err(Error::InvalidSampling {
-                reason: format!(
-                    "logits must be non-empty and free of NaN ({} values)",
-                    logits.len()
-                )
-                .into(),
-            });
-        }
+        check_logits(logits)?;
         let log_z = self.params.logprobs.map(|_| log_normalizer(logits));
         self.processed_logits(logits);
         let token = if self.params.is_greedy() {
@@ -143,8 +135,80 @@ impl Sampler {
         })
     }
 
-    /// Draws from softmax(scratch) restricted by top-k, top-p and min-p.
-    fn draw(&mut self) -> u32 {
+    /// The distribution a sample is drawn from, for `logits`: after penalties, temperature
+    /// and filters, normalised; one-hot on the argmax for greedy. What speculative
+    /// verification compares draft tokens against.
+    ///
+    /// # Errors
+    ///
+    /// As [`sample`](Self::sample), for empty or NaN logits.
+    pub fn probabilities(&mut self, logits: &[f32]) -> Result<Vec<f32>> {
+        check_logits(logits)?;
+        self.processed_logits(logits);
+        let mut out = vec![0.0; logits.len()];
+        if self.params.is_greedy() {
+            out[argmax(&self.scratch) as usize] = 1.0;
+            return Ok(out);
+        }
+        match self.candidates() {
+            Candidates::Masked => out[0] = 1.0,
+            Candidates::All => {
+                let total: f64 = self.scratch.iter().map(|&p| f64::from(p)).sum();
+                for (o, &p) in out.iter_mut().zip(&self.scratch) {
+                    *o = (f64::from(p) / total) as f32;
+                }
+            }
+            Candidates::First(keep) => {
+                let kept = &self.order[..keep];
+                let total: f64 = kept
+                    .iter()
+                    .map(|&t| f64::from(self.scratch[t as usize]))
+                    .sum();
+                for &t in kept {
+                    out[t as usize] = (f64::from(self.scratch[t as usize]) / total) as f32;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Verifies speculative `draft` tokens: `rows[i]` are the target's logits after the
+    /// context plus `draft[..i]` (`draft.len() + 1` rows). Returns the tokens to append (the
+    /// accepted draft prefix, then one token drawn from the target), distributed exactly as
+    /// if each had been [`sample`](Self::sample)d in turn (the rejection rule of
+    /// [`spec::accept`](crate::spec::accept), with the draft a point mass). The penalties of
+    /// every row see the tokens generated before this call only.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidSampling`] for rows that do not match the draft, or bad logits.
+    pub fn verify(&mut self, draft: &[u32], rows: &[Vec<f32>]) -> Result<Vec<Sample>> {
+        let targets = rows
+            .iter()
+            .map(|row| self.probabilities(row))
+            .collect::<Result<Vec<_>>>()?;
+        let targets: Vec<&[f32]> = targets.iter().map(Vec::as_slice).collect();
+        let verified =
+            crate::spec::accept(draft, &vec![None; draft.len()], &targets, &mut self.rng)?;
+        let mut samples = Vec::with_capacity(verified.tokens.len());
+        for (row, &token) in rows.iter().zip(&verified.tokens) {
+            let log_z = self.params.logprobs.map(|_| log_normalizer(row));
+            samples.push(Sample {
+                token,
+                logprob: log_z.map(|log_z| (f64::from(row[token as usize]) - log_z) as f32),
+                top_logprobs: match (self.params.logprobs, log_z) {
+                    (Some(count), Some(log_z)) => top_logprobs(row, count, log_z),
+                    _ => Vec::new(),
+                },
+            });
+            self.observe(token);
+        }
+        Ok(samples)
+    }
+
+    /// Turns the processed logits in `scratch` into unnormalised probabilities (the largest
+    /// 1) and applies top-k, top-p and min-p.
+    fn candidates(&mut self) -> Candidates {
         let params = &self.params;
         let max = self
             .scratch
@@ -152,24 +216,14 @@ impl Sampler {
             .copied()
             .fold(f32::NEG_INFINITY, f32::max);
         if max == f32::NEG_INFINITY {
-            return 0; // every token masked: nothing better to do than the first
+            return Candidates::Masked;
         }
-        // Unnormalised probabilities, in place.
         for logit in &mut self.scratch {
             *logit = (*logit - max).exp();
         }
         let probs = &self.scratch;
-        let filtered = params.top_k != 0 || params.top_p < 1.0 || params.min_p > 0.0;
-        if !filtered {
-            let total: f64 = probs.iter().map(|&p| f64::from(p)).sum();
-            let mut target = self.rng.uniform(0.0, total);
-            for (token, &p) in probs.iter().enumerate() {
-                target -= f64::from(p);
-                if target < 0.0 {
-                    return token as u32;
-                }
-            }
-            return last_positive(probs);
+        if params.top_k == 0 && params.top_p >= 1.0 && params.min_p <= 0.0 {
+            return Candidates::All;
         }
         // Candidates, most likely first (ties by id, for determinism).
         self.order.clear();
@@ -213,17 +267,63 @@ impl Sampler {
                 .count()
                 .max(1);
         }
-        let kept = &self.order[..keep];
-        let total: f64 = kept.iter().map(|&t| f64::from(probs[t as usize])).sum();
-        let mut target = self.rng.uniform(0.0, total);
-        for &token in kept {
-            target -= f64::from(probs[token as usize]);
-            if target < 0.0 {
-                return token;
+        Candidates::First(keep)
+    }
+
+    /// Draws from softmax(scratch) restricted by top-k, top-p and min-p.
+    fn draw(&mut self) -> u32 {
+        match self.candidates() {
+            // Every token masked: nothing better to do than the first.
+            Candidates::Masked => 0,
+            Candidates::All => {
+                let probs = &self.scratch;
+                let total: f64 = probs.iter().map(|&p| f64::from(p)).sum();
+                let mut target = self.rng.uniform(0.0, total);
+                for (token, &p) in probs.iter().enumerate() {
+                    target -= f64::from(p);
+                    if target < 0.0 {
+                        return token as u32;
+                    }
+                }
+                last_positive(probs)
+            }
+            Candidates::First(keep) => {
+                let (probs, kept) = (&self.scratch, &self.order[..keep]);
+                let total: f64 = kept.iter().map(|&t| f64::from(probs[t as usize])).sum();
+                let mut target = self.rng.uniform(0.0, total);
+                for &token in kept {
+                    target -= f64::from(probs[token as usize]);
+                    if target < 0.0 {
+                        return token;
+                    }
+                }
+                kept[kept.len() - 1]
             }
         }
-        kept[kept.len() - 1]
     }
+}
+
+/// What the filters kept.
+enum Candidates {
+    /// Every logit was -inf.
+    Masked,
+    /// Every token, in id order (no filter set).
+    All,
+    /// The first `n` of `order`, most likely first.
+    First(usize),
+}
+
+fn check_logits(logits: &[f32]) -> Result<()> {
+    if logits.is_empty() || logits.iter().any(|logit| logit.is_nan()) {
+        return Err(Error::InvalidSampling {
+            reason: format!(
+                "logits must be non-empty and free of NaN ({} values)",
+                logits.len()
+            )
+            .into(),
+        });
+    }
+    Ok(())
 }
 
 /// The index of the largest logit, the lowest on ties.

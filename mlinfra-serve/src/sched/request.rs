@@ -78,6 +78,8 @@ pub struct Request {
     /// Prompt tokens served from the prefix cache at first admission.
     pub(super) prefix_hit_tokens: usize,
     pub(super) admitted_before: bool,
+    /// Speculative tokens proposed to follow `tokens`, verified in the next step.
+    pub(super) draft: Vec<u32>,
 }
 
 impl Request {
@@ -99,6 +101,16 @@ impl Request {
     /// The generated tokens.
     pub fn output(&self) -> &[u32] {
         &self.tokens[self.prompt_len..]
+    }
+
+    /// Speculative tokens scheduled after [`tokens`](Self::tokens) for verification.
+    pub fn draft(&self) -> &[u32] {
+        &self.draft
+    }
+
+    /// Whether it is decoding: every known token but the last is computed.
+    pub fn is_decoding(&self) -> bool {
+        self.status == RequestStatus::Running && self.num_computed + 1 == self.tokens.len()
     }
 
     /// Tokens whose KV is computed.

@@ -93,6 +93,9 @@ pub struct ScheduledRequest {
     /// Whether the step reaches the request's last known token, so its logits are sampled
     /// and [`Scheduler::update`] expects a token for it (false for a prompt chunk).
     pub samples: bool,
+    /// Speculative tokens at the end of the range ([`Request::draft`]): the last
+    /// `draft + 1` positions all get logits, to verify them.
+    pub draft: usize,
 }
 
 /// One step's plan.
@@ -279,9 +282,34 @@ impl Scheduler {
                 num_preemptions: 0,
                 prefix_hit_tokens: 0,
                 admitted_before: false,
+                draft: Vec::new(),
             },
         );
         Ok(())
+    }
+
+    /// Proposes speculative tokens to follow a decoding request's tokens: the next step
+    /// computes them with its last token, and [`update_speculative`](Self::update_speculative)
+    /// keeps the accepted ones. The draft is cut so that accepted tokens plus one can never
+    /// pass `max_tokens` (and so never need more KV than admission allowed for), and further
+    /// by the step's budget. Returns the draft length kept; 0 for a request that is not
+    /// decoding.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidRequest`] for an id that is not live.
+    pub fn set_draft(&mut self, id: RequestId, mut draft: Vec<u32>) -> Result<usize> {
+        let Some(request) = self.requests.get_mut(&id) else {
+            return Err(invalid(id, "is not live"));
+        };
+        if !request.is_decoding() {
+            request.draft.clear();
+            return Ok(0);
+        }
+        let generated = request.tokens.len() - request.prompt_len;
+        draft.truncate(request.max_tokens.saturating_sub(generated + 1));
+        request.draft = draft;
+        Ok(request.draft.len())
     }
 
     /// Plans the next step: advances running requests, preempting from the back when blocks
@@ -319,9 +347,15 @@ impl Scheduler {
             if !self.running.contains_key(&key) {
                 continue; // preempted for an earlier request this step
             }
-            let request = &self.requests[&id];
+            let request = self
+                .requests
+                .get_mut(&id)
+                .expect("running requests are live");
             let (start, known) = (request.num_computed, request.tokens.len());
-            let len = (known - start).min(*budget);
+            let len = (known + request.draft.len() - start).min(*budget);
+            // Draft tokens that did not fit the budget are dropped.
+            let draft = (start + len).saturating_sub(known);
+            request.draft.truncate(draft);
             loop {
                 if let Some(copies) = self.kv.allocate_slots(id, start + len)? {
                     out.copies.extend(copies);
@@ -329,7 +363,8 @@ impl Scheduler {
                         id,
                         start,
                         len,
-                        samples: start + len == known,
+                        samples: start + len >= known,
+                        draft,
                     });
                     *budget -= len;
                     break;
@@ -357,6 +392,7 @@ impl Scheduler {
             .get_mut(&id)
             .expect("running requests are live");
         request.num_computed = 0;
+        request.draft.clear();
         request.status = RequestStatus::Waiting;
         request.num_preemptions += 1;
         self.waiting.insert(key, id);
@@ -411,6 +447,7 @@ impl Scheduler {
                 start: hit,
                 len,
                 samples: hit + len == request.tokens.len(),
+                draft: 0,
             });
             *budget -= len;
         }
@@ -427,30 +464,73 @@ impl Scheduler {
     /// # Errors
     ///
     /// [`Error::CallOrder`] without a pending plan; [`Error::InvalidRequest`] when `sampled`
-    /// misses a token,
-    /// repeats one, or has one for a request that did not sample; nothing changes then.
+    /// misses a token, repeats one, or has one for a request that did not sample; nothing
+    /// changes then.
     pub fn update(&mut self, sampled: &[(RequestId, u32)]) -> Result<Vec<Request>> {
+        let sampled: Vec<(RequestId, Vec<u32>)> = sampled
+            .iter()
+            .map(|&(id, token)| (id, vec![token]))
+            .collect();
+        self.update_speculative(&sampled)
+    }
+
+    /// [`update`](Self::update) for steps that verified drafts: each sampling request gets
+    /// its accepted draft prefix followed by one more token (just the one token without a
+    /// draft). The KV of rejected draft tokens is dropped (blocks past the accepted tokens
+    /// return to the pool); a stop token or `max_tokens` among the tokens ends the request
+    /// there.
+    ///
+    /// # Errors
+    ///
+    /// As [`update`](Self::update), and [`Error::InvalidRequest`] when a request's tokens are
+    /// not a prefix of its draft plus one token.
+    pub fn update_speculative(
+        &mut self,
+        sampled: &[(RequestId, Vec<u32>)],
+    ) -> Result<Vec<Request>> {
         let Some(plan) = self.pending.as_ref() else {
             return Err(Error::CallOrder {
                 reason: "update() called with no step scheduled".into(),
             });
         };
-        let mut tokens: HashMap<RequestId, u32> = HashMap::with_capacity(sampled.len());
-        for &(id, token) in sampled {
-            if tokens.insert(id, token).is_some() {
-                return Err(invalid(id, "has two sampled tokens in one update"));
+        let mut tokens: HashMap<RequestId, &[u32]> = HashMap::with_capacity(sampled.len());
+        for (id, emitted) in sampled {
+            if tokens.insert(*id, emitted).is_some() {
+                return Err(invalid(*id, "has two sampled tokens in one update"));
             }
         }
         for step in plan {
-            let live = self.requests.contains_key(&step.id);
-            if live && step.samples && !tokens.contains_key(&step.id) {
-                return Err(invalid(step.id, "sampled this step but has no token"));
+            let Some(request) = self.requests.get(&step.id) else {
+                continue;
+            };
+            match tokens.get(&step.id) {
+                None if step.samples => {
+                    return Err(invalid(step.id, "sampled this step but has no token"));
+                }
+                Some(emitted) if step.samples => {
+                    let accepted = emitted.len().saturating_sub(1);
+                    if emitted.is_empty()
+                        || accepted > step.draft
+                        || emitted[..accepted] != request.draft[..accepted]
+                    {
+                        return Err(invalid(
+                            step.id,
+                            &format!(
+                                "got {} tokens, not an accepted prefix of its {}-token draft \
+                                 and one more",
+                                emitted.len(),
+                                step.draft
+                            ),
+                        ));
+                    }
+                }
+                _ => {}
             }
         }
-        for &(id, _) in sampled {
-            let expected = plan.iter().any(|step| step.id == id && step.samples);
-            if !expected && self.requests.contains_key(&id) {
-                return Err(invalid(id, "got a token but did not sample this step"));
+        for (id, _) in sampled {
+            let expected = plan.iter().any(|step| step.id == *id && step.samples);
+            if !expected && self.requests.contains_key(id) {
+                return Err(invalid(*id, "got a token but did not sample this step"));
             }
         }
         let plan = self.pending.take().expect("checked above");
@@ -459,24 +539,39 @@ impl Scheduler {
             let Some(request) = self.requests.get_mut(&step.id) else {
                 continue;
             };
-            request.num_computed = step.start + step.len;
-            self.kv
-                .commit(step.id, &request.tokens[..request.num_computed])?;
             if !step.samples {
+                request.num_computed = step.start + step.len;
+                self.kv
+                    .commit(step.id, &request.tokens[..request.num_computed])?;
                 continue;
             }
-            let token = tokens[&step.id];
-            request.tokens.push(token);
-            let reason = if request.stop_token_ids.contains(&token) {
-                Some(FinishReason::Stop)
-            } else if request.tokens.len() - request.prompt_len >= request.max_tokens {
-                Some(FinishReason::Length)
-            } else {
-                None
-            };
+            let emitted = tokens[&step.id];
+            request.draft.clear();
+            let mut reason = None;
+            for &token in emitted {
+                request.tokens.push(token);
+                reason = if request.stop_token_ids.contains(&token) {
+                    Some(FinishReason::Stop)
+                } else if request.tokens.len() - request.prompt_len >= request.max_tokens {
+                    Some(FinishReason::Length)
+                } else {
+                    None
+                };
+                if reason.is_some() {
+                    break;
+                }
+            }
             if let Some(reason) = reason {
                 finished.push(self.finish(step.id, reason)?);
+                continue;
             }
+            // Computed: the step's tokens before the draft, and the accepted draft tokens.
+            request.num_computed = step.start + step.len - step.draft + emitted.len() - 1;
+            if step.draft > 0 {
+                self.kv.truncate(step.id, request.num_computed)?;
+            }
+            self.kv
+                .commit(step.id, &request.tokens[..request.num_computed])?;
         }
         Ok(finished)
     }

@@ -7,6 +7,12 @@
 //! Kalman & Matias (2023), "Fast Inference from Transformers via Speculative Decoding",
 //! Algorithm 1: the accepted tokens are distributed exactly as if the target had sampled
 //! them one by one, whatever the proposer.
+//!
+//! The engine runs it when [`EngineConfig::speculative`](crate::engine::EngineConfig) is
+//! set: it asks the proposer for each decoding request's draft
+//! ([`Scheduler::set_draft`](crate::sched::Scheduler::set_draft)), the runner returns logits
+//! for every draft position, [`Sampler::verify`](crate::sampling::Sampler::verify) applies
+//! the rule, and the scheduler keeps the accepted tokens' KV and frees the rest.
 
 mod ngram;
 

@@ -8,6 +8,7 @@ use mlinfra_serve::engine::{Engine, EngineConfig, RequestHandle, StreamEvent};
 use mlinfra_serve::runner::{LlamaRunner, ModelRunner};
 use mlinfra_serve::sampling::SamplingParams;
 use mlinfra_serve::sched::{FinishReason, Scheduler, SchedulerConfig, SchedulerOutput};
+use mlinfra_serve::spec::NgramProposer;
 use mlinfra_train::models::{Llama, LlamaConfig};
 
 use crate::runner::tiny_config;
@@ -18,6 +19,15 @@ fn model(config: &LlamaConfig) -> Llama {
 }
 
 fn engine(config: &LlamaConfig, blocks: usize, budget: usize) -> Engine<LlamaRunner> {
+    speculative_engine(config, blocks, budget, None)
+}
+
+fn speculative_engine(
+    config: &LlamaConfig,
+    blocks: usize,
+    budget: usize,
+    speculative: Option<NgramProposer>,
+) -> Engine<LlamaRunner> {
     let device = Device::flex();
     let runner = LlamaRunner::new(
         model(config),
@@ -35,7 +45,12 @@ fn engine(config: &LlamaConfig, blocks: usize, budget: usize) -> Engine<LlamaRun
         watermark: 0.0,
         ..SchedulerConfig::default()
     };
-    Engine::new(runner, EngineConfig { scheduler, seed: 1 }).unwrap()
+    let config = EngineConfig {
+        scheduler,
+        seed: 1,
+        speculative,
+    };
+    Engine::new(runner, config).unwrap()
 }
 
 /// Every token, then the finish event.
@@ -261,7 +276,7 @@ fn bad_requests_and_failed_steps_are_typed_errors() {
             block_size: 4,
             ..SchedulerConfig::default()
         },
-        seed: 0,
+        ..EngineConfig::default()
     };
     let mut engine = Engine::new(FailingRunner, config).unwrap();
     let error = engine
@@ -341,9 +356,16 @@ fn smollm2_serves_the_same_text_as_its_dense_decoder() {
         ..SchedulerConfig::default()
     };
     let decoder = mlinfra_data::tokenizer::Tokenizer::from_gguf(&file).unwrap();
-    let mut engine = Engine::new(runner, EngineConfig { scheduler, seed: 0 })
-        .unwrap()
-        .with_detokenizer(Box::new(move |ids: &[u32]| decoder.decode(ids).unwrap()));
+    let mut engine = Engine::new(
+        runner,
+        EngineConfig {
+            scheduler,
+            seed: 0,
+            speculative: None,
+        },
+    )
+    .unwrap()
+    .with_detokenizer(Box::new(move |ids: &[u32]| decoder.decode(ids).unwrap()));
     let prompts =
         ["The capital of France is", "1, 2, 3, 4,"].map(|text| tokenizer.encode(text).unwrap());
     let params = SamplingParams {
@@ -372,4 +394,67 @@ fn smollm2_serves_the_same_text_as_its_dense_decoder() {
             .generate_greedy(&prompts[0], capital.len(), &[])
             .unwrap()[..]
     );
+}
+
+/// Runs `prompts` greedily to the end; returns each request's tokens and the engine metrics.
+fn run_greedy(
+    config: &LlamaConfig,
+    prompts: &[Vec<u32>],
+    blocks: usize,
+    speculative: Option<NgramProposer>,
+) -> (Vec<Vec<u32>>, mlinfra_serve::engine::EngineMetrics) {
+    let mut engine = speculative_engine(config, blocks, 32, speculative);
+    let handles: Vec<_> = prompts
+        .iter()
+        .map(|p| {
+            engine
+                .add_request(
+                    p.clone(),
+                    SamplingParams {
+                        stop_token_ids: vec![63],
+                        ..SamplingParams::greedy(24)
+                    },
+                )
+                .unwrap()
+        })
+        .collect();
+    engine.run_until_idle().unwrap();
+    let outputs = handles.iter().map(|h| drain(h).0).collect();
+    (outputs, engine.metrics())
+}
+
+/// Prompt-lookup speculation changes how many steps greedy decoding takes, not what it
+/// produces: the same tokens as plain decoding, under preemption too, with drafts accepted.
+#[test]
+fn speculative_greedy_decoding_equals_plain_greedy_decoding() {
+    let config = tiny_config();
+    let prompts: Vec<Vec<u32>> = (0..4u32)
+        .map(|r| [1, 2, 3, 4 + r, 1, 2, 3, 4 + r, 1, 2, 3].to_vec())
+        .collect();
+    let (plain, plain_metrics) = run_greedy(&config, &prompts, 40, None);
+    let proposer = NgramProposer {
+        min_n: 1,
+        max_n: 3,
+        k: 4,
+    };
+    let (fast, metrics) = run_greedy(&config, &prompts, 40, Some(proposer));
+    eprintln!(
+        "plain {} steps; speculative {} steps, {} of {} drafted accepted",
+        plain_metrics.steps, metrics.steps, metrics.accepted_tokens, metrics.draft_tokens
+    );
+    assert_eq!(fast, plain);
+    let (tight, tight_metrics) = run_greedy(&config, &prompts, 14, Some(proposer));
+    assert_eq!(tight, plain, "with preemptions");
+    assert!(tight_metrics.preemptions > 0);
+    assert!(
+        metrics.draft_tokens > 0 && metrics.accepted_tokens > 0,
+        "{metrics:?}"
+    );
+    assert!(
+        metrics.steps < plain_metrics.steps,
+        "{} steps against {}",
+        metrics.steps,
+        plain_metrics.steps
+    );
+    assert_eq!(metrics.tokens_generated, plain_metrics.tokens_generated);
 }

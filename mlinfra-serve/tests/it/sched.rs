@@ -438,3 +438,76 @@ fn random_workloads_finish_in_order_with_unbatched_outputs() {
     eprintln!("{preemptions} preemptions, {hit_tokens} prefix-hit tokens, {chunks} prompt chunks");
     assert!(preemptions > 50 && hit_tokens > 1000 && chunks > 50);
 }
+
+#[test]
+fn drafts_are_verified_and_rejected_tokens_give_their_blocks_back() {
+    let mut scheduler = Scheduler::new(config(16, 4, 64)).unwrap();
+    let mut fake = FakeKv::new(16, 4);
+    scheduler.add(NewRequest::new(1, vec![1; 7], 20)).unwrap();
+    step(&mut scheduler, &mut fake); // prefill: 7 tokens computed, 1 generated
+    assert!(scheduler.request(1).unwrap().is_decoding());
+    assert_eq!(scheduler.set_draft(1, vec![5, 6, 7, 8, 9, 10]).unwrap(), 6);
+    let plan = scheduler.schedule().unwrap();
+    assert_eq!(
+        (
+            plan.scheduled[0].start,
+            plan.scheduled[0].len,
+            plan.scheduled[0].draft
+        ),
+        (7, 7, 6)
+    );
+    assert_eq!(scheduler.kv().num_tokens(1), 14);
+    let request = scheduler.request(1).unwrap();
+    let mut with_draft = request.tokens().to_vec();
+    with_draft.extend(request.draft());
+    fake.write(scheduler.kv().block_table(1).unwrap(), &with_draft, 7, 14);
+    assert_eq!(scheduler.kv().block_table(1).unwrap().len(), 4);
+    // Not a prefix of the draft: refused, nothing changes.
+    let error = scheduler
+        .update_speculative(&[(1, vec![5, 9, 3])])
+        .unwrap_err();
+    assert!(error.to_string().contains("accepted prefix"), "{error}");
+    // Two accepted, then a correction: 7 + 1 + 2 computed, 3 tokens appended.
+    assert!(
+        scheduler
+            .update_speculative(&[(1, vec![5, 6, 42])])
+            .unwrap()
+            .is_empty()
+    );
+    let request = scheduler.request(1).unwrap();
+    assert_eq!(request.output()[1..], [5, 6, 42]);
+    assert_eq!(request.num_computed(), 10);
+    assert_eq!(
+        scheduler.kv().block_table(1).unwrap().len(),
+        3,
+        "the rejected tail's block is free"
+    );
+    // A draft is cut so that accepted tokens plus one stay within max_tokens (20 - 4 - 1).
+    assert_eq!(scheduler.set_draft(1, vec![0; 40]).unwrap(), 15);
+    // A stop token among the accepted ones ends the request there.
+    let mut stopping = NewRequest::new(2, vec![2; 3], 20);
+    stopping.stop_token_ids = vec![99];
+    scheduler.add(stopping).unwrap();
+    scheduler.set_draft(1, Vec::new()).unwrap();
+    step(&mut scheduler, &mut fake);
+    scheduler.set_draft(2, vec![7, 99, 8]).unwrap();
+    let plan = scheduler.schedule().unwrap();
+    let tokens: Vec<(u64, Vec<u32>)> = plan
+        .scheduled
+        .iter()
+        .map(|s| {
+            if s.id == 2 {
+                (2, vec![7, 99, 8, 4])
+            } else {
+                (s.id, vec![3])
+            }
+        })
+        .collect();
+    let finished = scheduler.update_speculative(&tokens).unwrap();
+    assert_eq!(finished.len(), 1);
+    assert_eq!(finished[0].output()[1..], [7, 99]);
+    assert_eq!(
+        finished[0].status(),
+        RequestStatus::Finished(FinishReason::Stop)
+    );
+}
