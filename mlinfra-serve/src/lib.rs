@@ -18,10 +18,10 @@
 //! - [`attention`]: the paged-attention extension trait and its batch-invariant burn
 //!   reference; [`runner`]: the Llama model over paged KV;
 //! - [`engine`]: streaming, cancellation on handle drop, per-request and engine metrics;
-//! - [`spec`]: speculative decoding with prompt-lookup drafts, verified in the engine by the
-//!   Leviathan et al. acceptance rule.
+//! - [`spec`]: speculative decoding with prompt-lookup or draft-model drafts, verified in the
+//!   engine by the Leviathan et al. acceptance rule.
 //!
-//! Next: a draft-model proposer, quantized weights, and the HTTP API. The
+//! Next: quantized weights, a fast CPU paged-attention kernel, and the HTTP API. The
 //! README's status table tracks what works.
 //!
 //! ```

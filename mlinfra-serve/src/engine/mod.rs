@@ -21,7 +21,7 @@ use crate::kv::PrefixKeys;
 use crate::runner::ModelRunner;
 use crate::sampling::{Sample, Sampler, SamplingParams, find_stop};
 use crate::sched::{FinishReason, NewRequest, RequestId, Scheduler, SchedulerConfig};
-use crate::spec::NgramProposer;
+use crate::spec::{NgramProposer, Proposer};
 use crate::{Error, Result};
 
 use metrics::{Counters, RequestClock};
@@ -134,7 +134,7 @@ pub struct Engine<R> {
     detokenizer: Option<Detokenizer>,
     next_id: RequestId,
     seed: u64,
-    proposer: Option<NgramProposer>,
+    proposer: Option<Box<dyn Proposer>>,
     counters: Counters,
 }
 
@@ -152,9 +152,18 @@ impl<R: ModelRunner> Engine<R> {
             detokenizer: None,
             next_id: 0,
             seed: config.seed,
-            proposer: config.speculative,
+            proposer: config
+                .speculative
+                .map(|ngram| Box::new(ngram) as Box<dyn Proposer>),
             counters: Counters::new(),
         })
+    }
+
+    /// Speculative decoding with `proposer` (a [`DraftModelProposer`](crate::spec::DraftModelProposer),
+    /// or any other), replacing [`EngineConfig::speculative`].
+    pub fn with_proposer(mut self, proposer: Box<dyn Proposer>) -> Self {
+        self.proposer = Some(proposer);
+        self
     }
 
     /// Enables stop strings, decoding generated tokens with `detokenizer`.
@@ -283,7 +292,8 @@ impl<R: ModelRunner> Engine<R> {
         if self.scheduler.is_idle() {
             return Ok(StepReport::default());
         }
-        if let Some(proposer) = self.proposer {
+        if let Some(proposer) = self.proposer.as_mut() {
+            let vocab = self.runner.vocab_size();
             let decoding: Vec<RequestId> = self.scheduler.running().collect();
             for id in decoding {
                 let request = self
@@ -291,7 +301,11 @@ impl<R: ModelRunner> Engine<R> {
                     .request(id)
                     .expect("running requests are live");
                 if request.is_decoding() {
-                    let draft = proposer.propose(request.tokens());
+                    let mut draft = proposer.propose(id, request.tokens())?;
+                    // A draft model with a larger vocabulary must not reach the target.
+                    if let Some(outside) = draft.iter().position(|&t| t as usize >= vocab) {
+                        draft.truncate(outside);
+                    }
                     self.scheduler.set_draft(id, draft)?;
                 }
             }
@@ -454,6 +468,9 @@ impl<R: ModelRunner> Engine<R> {
         let Some(live) = self.live.remove(&request.id()) else {
             return;
         };
+        if let Some(proposer) = self.proposer.as_mut() {
+            proposer.release(request.id());
+        }
         let crate::sched::RequestStatus::Finished(reason) = request.status() else {
             return;
         };

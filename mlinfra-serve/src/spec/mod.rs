@@ -1,5 +1,6 @@
-//! Speculative decoding, model-agnostic parts: proposers that guess the next tokens cheaply,
-//! and the acceptance rule that keeps the output distribution exactly the target model's.
+//! Speculative decoding: proposers that guess the next tokens cheaply (prompt lookup, a
+//! draft model), and the acceptance rule that keeps the output distribution exactly the
+//! target model's.
 //!
 //! A step verifies `k` proposed tokens with one target forward over `k + 1` positions and
 //! keeps the longest accepted run plus one token from the target, so it yields between 1 and
@@ -14,13 +15,38 @@
 //! for every draft position, [`Sampler::verify`](crate::sampling::Sampler::verify) applies
 //! the rule, and the scheduler keeps the accepted tokens' KV and frees the rest.
 
+mod draft;
 mod ngram;
 
 use mlinfra_train::SplitMix64;
 
+use crate::sched::RequestId;
 use crate::{Error, Result};
 
+pub use draft::DraftModelProposer;
 pub use ngram::NgramProposer;
+
+/// A source of speculative tokens for the engine.
+pub trait Proposer: Send {
+    /// Tokens proposed to follow `tokens` (request `id`'s prompt and output so far); empty
+    /// when there is no guess. Called once per decoding step of each running request.
+    ///
+    /// # Errors
+    ///
+    /// A draft model's failure; the engine fails the step.
+    fn propose(&mut self, id: RequestId, tokens: &[u32]) -> Result<Vec<u32>>;
+
+    /// Forgets request `id` (it finished): proposers with per-request state free it.
+    fn release(&mut self, id: RequestId) {
+        let _ = id;
+    }
+}
+
+impl Proposer for NgramProposer {
+    fn propose(&mut self, _id: RequestId, tokens: &[u32]) -> Result<Vec<u32>> {
+        Ok(NgramProposer::propose(self, tokens))
+    }
+}
 
 /// The outcome of verifying one draft.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -8,7 +8,7 @@ use mlinfra_serve::engine::{Engine, EngineConfig, RequestHandle, StreamEvent};
 use mlinfra_serve::runner::{LlamaRunner, ModelRunner};
 use mlinfra_serve::sampling::SamplingParams;
 use mlinfra_serve::sched::{FinishReason, Scheduler, SchedulerConfig, SchedulerOutput};
-use mlinfra_serve::spec::NgramProposer;
+use mlinfra_serve::spec::{DraftModelProposer, NgramProposer, Proposer};
 use mlinfra_train::models::{Llama, LlamaConfig};
 
 use crate::runner::tiny_config;
@@ -26,7 +26,7 @@ fn speculative_engine(
     config: &LlamaConfig,
     blocks: usize,
     budget: usize,
-    speculative: Option<NgramProposer>,
+    proposer: Option<Box<dyn Proposer>>,
 ) -> Engine<LlamaRunner> {
     let device = Device::flex();
     let runner = LlamaRunner::new(
@@ -48,9 +48,13 @@ fn speculative_engine(
     let config = EngineConfig {
         scheduler,
         seed: 1,
-        speculative,
+        speculative: None,
     };
-    Engine::new(runner, config).unwrap()
+    let engine = Engine::new(runner, config).unwrap();
+    match proposer {
+        Some(proposer) => engine.with_proposer(proposer),
+        None => engine,
+    }
 }
 
 /// Every token, then the finish event.
@@ -401,9 +405,9 @@ fn run_greedy(
     config: &LlamaConfig,
     prompts: &[Vec<u32>],
     blocks: usize,
-    speculative: Option<NgramProposer>,
+    proposer: Option<Box<dyn Proposer>>,
 ) -> (Vec<Vec<u32>>, mlinfra_serve::engine::EngineMetrics) {
-    let mut engine = speculative_engine(config, blocks, 32, speculative);
+    let mut engine = speculative_engine(config, blocks, 32, proposer);
     let handles: Vec<_> = prompts
         .iter()
         .map(|p| {
@@ -437,13 +441,13 @@ fn speculative_greedy_decoding_equals_plain_greedy_decoding() {
         max_n: 3,
         k: 4,
     };
-    let (fast, metrics) = run_greedy(&config, &prompts, 40, Some(proposer));
+    let (fast, metrics) = run_greedy(&config, &prompts, 40, Some(Box::new(proposer)));
     eprintln!(
         "plain {} steps; speculative {} steps, {} of {} drafted accepted",
         plain_metrics.steps, metrics.steps, metrics.accepted_tokens, metrics.draft_tokens
     );
     assert_eq!(fast, plain);
-    let (tight, tight_metrics) = run_greedy(&config, &prompts, 14, Some(proposer));
+    let (tight, tight_metrics) = run_greedy(&config, &prompts, 14, Some(Box::new(proposer)));
     assert_eq!(tight, plain, "with preemptions");
     assert!(tight_metrics.preemptions > 0);
     assert!(
@@ -457,4 +461,66 @@ fn speculative_greedy_decoding_equals_plain_greedy_decoding() {
         plain_metrics.steps
     );
     assert_eq!(metrics.tokens_generated, plain_metrics.tokens_generated);
+}
+
+/// A draft model drafts greedily; output stays the target's greedy output. With the target
+/// itself as the draft nearly every draft token is accepted; with an unrelated model few are.
+#[test]
+fn a_draft_model_changes_the_steps_not_the_output() {
+    let config = tiny_config();
+    let prompts: Vec<Vec<u32>> = (0..3u32)
+        .map(|r| (0..6).chain([30 + r, 40 + r]).collect())
+        .collect();
+    let (plain, plain_metrics) = run_greedy(&config, &prompts, 40, None);
+    let device = Device::flex();
+    let itself = DraftModelProposer::new(model(&config), 4, &device);
+    let (same, same_metrics) = run_greedy(&config, &prompts, 40, Some(Box::new(itself)));
+    assert_eq!(same, plain);
+    let rate = same_metrics.accepted_tokens as f64 / same_metrics.draft_tokens as f64;
+    assert!(rate > 0.9, "{same_metrics:?}");
+    assert!(
+        same_metrics.steps * 2 < plain_metrics.steps,
+        "{} against {} steps",
+        same_metrics.steps,
+        plain_metrics.steps
+    );
+    let other =
+        DraftModelProposer::new(config.init_with_std(99, 0.2, &device).unwrap(), 3, &device);
+    let (different, other_metrics) = run_greedy(&config, &prompts, 14, Some(Box::new(other)));
+    assert_eq!(
+        different, plain,
+        "an unrelated draft model, under preemption"
+    );
+    assert!(other_metrics.accepted_tokens < other_metrics.draft_tokens);
+    eprintln!(
+        "draft = target: {rate:.3} accepted, {} steps against {}; unrelated draft: {} of {} accepted",
+        same_metrics.steps,
+        plain_metrics.steps,
+        other_metrics.accepted_tokens,
+        other_metrics.draft_tokens
+    );
+}
+
+/// After a rejection the draft model's cache rolls back to the shared prefix: its drafts
+/// equal a fresh proposer's.
+#[test]
+fn a_draft_model_rolls_its_cache_back_after_a_rejection() {
+    let config = tiny_config();
+    let device = Device::flex();
+    let mut warm = DraftModelProposer::new(model(&config), 3, &device);
+    let mut fresh = DraftModelProposer::new(model(&config), 3, &device);
+    warm.propose(1, &[1, 2, 3, 4, 5, 6]).unwrap();
+    let history = [1, 2, 3, 9, 9];
+    assert_eq!(
+        warm.propose(1, &history).unwrap(),
+        fresh.propose(7, &history).unwrap()
+    );
+    // And it extends without refeeding: the same as a fresh run on the longer history.
+    let mut longer = history.to_vec();
+    longer.extend(warm.propose(1, &history).unwrap());
+    let mut again = DraftModelProposer::new(model(&config), 3, &device);
+    assert_eq!(
+        warm.propose(1, &longer).unwrap(),
+        again.propose(1, &longer).unwrap()
+    );
 }

@@ -82,6 +82,19 @@ impl KvCache {
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
+
+    /// Forgets every position from `len` on (a no-op past the end): speculative drafting
+    /// rolls back to the tokens that were accepted. Views, no copy.
+    pub fn truncate(&mut self, len: usize) {
+        if len >= self.len {
+            return;
+        }
+        for (k, v) in self.layers.iter_mut().flatten() {
+            *k = k.clone().narrow(2, 0, len);
+            *v = v.clone().narrow(2, 0, len);
+        }
+        self.len = len;
+    }
 }
 
 /// The attention step of [`Llama::forward_tokens`]: the model computes each layer's queries,
