@@ -2,7 +2,6 @@
 
 use std::collections::HashMap;
 
-use burn::tensor::{Device, Int, Tensor, TensorData};
 use mlinfra_train::models::{KvCache, Llama};
 
 use super::Proposer;
@@ -20,7 +19,6 @@ use crate::{Error, Result};
 /// decode steps per target step, and the draft's KV per running request.
 pub struct DraftModelProposer {
     model: Llama,
-    device: Device,
     k: usize,
     states: HashMap<RequestId, DraftState>,
 }
@@ -42,12 +40,11 @@ impl std::fmt::Debug for DraftModelProposer {
 }
 
 impl DraftModelProposer {
-    /// Drafts of up to `k` tokens from `model` (on `device`), which must share the target's
-    /// vocabulary (the engine drops draft tokens outside the target's).
-    pub fn new(model: Llama, k: usize, device: &Device) -> Self {
+    /// Drafts of up to `k` tokens from `model`, which must share the target's vocabulary
+    /// (the engine drops draft tokens outside the target's).
+    pub fn new(model: Llama, k: usize) -> Self {
         DraftModelProposer {
             model,
-            device: device.clone(),
             k,
             states: HashMap::new(),
         }
@@ -73,25 +70,14 @@ impl Proposer for DraftModelProposer {
             .min(tokens.len() - 1);
         state.cache.truncate(shared);
         state.fed.truncate(shared);
-        let device = &self.device;
         let mut input = tokens[shared..].to_vec();
         let mut draft = Vec::with_capacity(k);
         while draft.len() < k {
-            let ids: Vec<i64> = input.iter().map(|&t| i64::from(t)).collect();
-            let ids = Tensor::<2, Int>::from_data(TensorData::new(ids, [1, input.len()]), device);
-            let logits = self
+            let next = self
                 .model
-                .forward_cached(ids, &mut state.cache)
+                .greedy_next(&input, &mut state.cache)
                 .map_err(|error| Error::Model(Box::new(error)))?;
             state.fed.extend(&input);
-            let [_, seq, _] = logits.dims();
-            let next = logits
-                .slice([0..1, seq - 1..seq])
-                .argmax(2)
-                .into_scalar::<i64>();
-            let next = u32::try_from(next).map_err(|_| Error::InvalidBatch {
-                reason: format!("the draft model's argmax returned {next}").into(),
-            })?;
             draft.push(next);
             input = vec![next];
         }

@@ -473,7 +473,7 @@ fn a_draft_model_changes_the_steps_not_the_output() {
         .collect();
     let (plain, plain_metrics) = run_greedy(&config, &prompts, 40, None);
     let device = Device::flex();
-    let itself = DraftModelProposer::new(model(&config), 4, &device);
+    let itself = DraftModelProposer::new(model(&config), 4);
     let (same, same_metrics) = run_greedy(&config, &prompts, 40, Some(Box::new(itself)));
     assert_eq!(same, plain);
     let rate = same_metrics.accepted_tokens as f64 / same_metrics.draft_tokens as f64;
@@ -484,8 +484,7 @@ fn a_draft_model_changes_the_steps_not_the_output() {
         same_metrics.steps,
         plain_metrics.steps
     );
-    let other =
-        DraftModelProposer::new(config.init_with_std(99, 0.2, &device).unwrap(), 3, &device);
+    let other = DraftModelProposer::new(config.init_with_std(99, 0.2, &device).unwrap(), 3);
     let (different, other_metrics) = run_greedy(&config, &prompts, 14, Some(Box::new(other)));
     assert_eq!(
         different, plain,
@@ -506,9 +505,8 @@ fn a_draft_model_changes_the_steps_not_the_output() {
 #[test]
 fn a_draft_model_rolls_its_cache_back_after_a_rejection() {
     let config = tiny_config();
-    let device = Device::flex();
-    let mut warm = DraftModelProposer::new(model(&config), 3, &device);
-    let mut fresh = DraftModelProposer::new(model(&config), 3, &device);
+    let mut warm = DraftModelProposer::new(model(&config), 3);
+    let mut fresh = DraftModelProposer::new(model(&config), 3);
     warm.propose(1, &[1, 2, 3, 4, 5, 6]).unwrap();
     let history = [1, 2, 3, 9, 9];
     assert_eq!(
@@ -518,7 +516,7 @@ fn a_draft_model_rolls_its_cache_back_after_a_rejection() {
     // And it extends without refeeding: the same as a fresh run on the longer history.
     let mut longer = history.to_vec();
     longer.extend(warm.propose(1, &history).unwrap());
-    let mut again = DraftModelProposer::new(model(&config), 3, &device);
+    let mut again = DraftModelProposer::new(model(&config), 3);
     assert_eq!(
         warm.propose(1, &longer).unwrap(),
         again.propose(1, &longer).unwrap()

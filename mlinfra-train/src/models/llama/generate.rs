@@ -37,23 +37,11 @@ impl Llama {
                 .into(),
             });
         }
-        let device = self.embed_tokens.weight.device();
         let mut cache = KvCache::default();
         let mut input: Vec<u32> = prompt.to_vec();
         let mut generated = Vec::with_capacity(max_new);
         while generated.len() < max_new {
-            let ids: Vec<i64> = input.iter().map(|&id| i64::from(id)).collect();
-            let tokens =
-                Tensor::<2, Int>::from_data(TensorData::new(ids, [1, input.len()]), &device);
-            let logits = self.forward_cached(tokens, &mut cache)?;
-            let [_, seq, _] = logits.dims();
-            let next = logits
-                .slice([0..1, seq - 1..seq])
-                .argmax(2)
-                .into_scalar::<i64>();
-            let next = u32::try_from(next).map_err(|_| Error::Tensor {
-                reason: format!("argmax returned {next}").into(),
-            })?;
+            let next = self.greedy_next(&input, &mut cache)?;
             generated.push(next);
             if stop.contains(&next) {
                 break;
@@ -61,5 +49,26 @@ impl Llama {
             input = vec![next];
         }
         Ok(generated)
+    }
+
+    /// Feeds `input` after the positions in `cache` (which it extends) and returns the most
+    /// likely next token: one step of greedy decoding.
+    ///
+    /// # Errors
+    ///
+    /// As [`Llama::forward_cached`].
+    pub fn greedy_next(&self, input: &[u32], cache: &mut KvCache) -> Result<u32> {
+        let device = self.embed_tokens.weight.device();
+        let ids: Vec<i64> = input.iter().map(|&id| i64::from(id)).collect();
+        let tokens = Tensor::<2, Int>::from_data(TensorData::new(ids, [1, input.len()]), &device);
+        let logits = self.forward_cached(tokens, cache)?;
+        let [_, seq, _] = logits.dims();
+        let next = logits
+            .slice([0..1, seq - 1..seq])
+            .argmax(2)
+            .into_scalar::<i64>();
+        u32::try_from(next).map_err(|_| Error::Tensor {
+            reason: format!("argmax returned {next}").into(),
+        })
     }
 }
