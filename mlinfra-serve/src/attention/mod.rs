@@ -191,12 +191,13 @@ impl PagedKv {
                 .flat_map(|b| (0..size).map(move |i| (b as usize * size + i) as i64))
                 .collect()
         };
-        let src = rows(&mut copies.iter().map(|&(s, _)| s));
-        let dst = rows(&mut copies.iter().map(|&(_, d)| d));
+        let Some(first) = self.layers.first() else {
+            return;
+        };
+        let device = first.k.device();
+        let src = reference::index_tensor(&rows(&mut copies.iter().map(|&(s, _)| s)), &device);
+        let dst = reference::index_tensor(&rows(&mut copies.iter().map(|&(_, d)| d)), &device);
         for layer in &mut self.layers {
-            let device = layer.k.device();
-            let src = reference::index_tensor(&src, &device);
-            let dst = reference::index_tensor(&dst, &device);
             for memory in [&mut layer.k, &mut layer.v] {
                 let values = memory.clone().select(0, src.clone());
                 reference::assign_rows(memory, dst.clone(), values);

@@ -166,7 +166,9 @@ impl<R: ModelRunner> Engine<R> {
         self
     }
 
-    /// Enables stop strings, decoding generated tokens with `detokenizer`.
+    /// Enables stop strings, decoding generated tokens with `detokenizer`. Requests with
+    /// stop strings have their whole output decoded after every token (the search itself only
+    /// looks at the new text), so this costs O(output²) per such request.
     pub fn with_detokenizer(mut self, detokenizer: Detokenizer) -> Self {
         self.detokenizer = Some(detokenizer);
         self

@@ -162,21 +162,19 @@ impl KvCacheManager {
     }
 
     /// Looks up a new sequence's `tokens` (under `keys`) in the prefix cache, changing
-    /// nothing. Hashes every full block (O(tokens)).
+    /// nothing. Hashes every full block (O(tokens)); without prefix caching, nothing.
     pub fn probe(&self, tokens: &[u32], keys: &PrefixKeys) -> PrefixProbe {
         let block_size = self.block_size();
-        let mut hashes = Vec::with_capacity(tokens.len() / block_size);
-        extend_chain(&mut hashes, keys, tokens, block_size);
+        let mut hashes = Vec::new();
+        if self.prefix_caching {
+            extend_chain(&mut hashes, keys, tokens, block_size);
+        }
         // At least one token must be computed: its logits are what the step is for.
-        let reusable = tokens.len().saturating_sub(1) / block_size;
-        let hits = if self.prefix_caching {
-            hashes[..reusable]
-                .iter()
-                .map_while(|&hash| self.pool.peek(hash))
-                .collect()
-        } else {
-            Vec::new()
-        };
+        let reusable = (tokens.len().saturating_sub(1) / block_size).min(hashes.len());
+        let hits = hashes[..reusable]
+            .iter()
+            .map_while(|&hash| self.pool.peek(hash))
+            .collect();
         PrefixProbe {
             keys: keys.clone(),
             hashes,
