@@ -100,8 +100,7 @@ impl ModelRunner for LlamaRunner {
         if plan.scheduled.is_empty() {
             return Ok(Vec::new());
         }
-        let copies: Vec<_> = plan.copies.iter().map(|c| (c.src, c.dst)).collect();
-        self.memory.copy_blocks(&copies);
+        self.memory.copy_blocks(&plan.copies);
 
         let mut tokens = Vec::with_capacity(plan.num_tokens);
         let mut positions = Vec::with_capacity(plan.num_tokens);

@@ -13,7 +13,7 @@ mod reference;
 
 use burn::tensor::{Device, Tensor};
 
-use crate::kv::BlockId;
+use crate::kv::{BlockCopy, BlockId};
 use crate::{Error, Result};
 
 pub use reference::ReferenceAttention;
@@ -181,7 +181,7 @@ impl PagedKv {
     }
 
     /// Copies whole blocks, every layer (copy-on-write from the scheduler, `src → dst`).
-    pub fn copy_blocks(&mut self, copies: &[(BlockId, BlockId)]) {
+    pub fn copy_blocks(&mut self, copies: &[BlockCopy]) {
         if copies.is_empty() {
             return;
         }
@@ -195,8 +195,8 @@ impl PagedKv {
             return;
         };
         let device = first.k.device();
-        let src = reference::index_tensor(&rows(&mut copies.iter().map(|&(s, _)| s)), &device);
-        let dst = reference::index_tensor(&rows(&mut copies.iter().map(|&(_, d)| d)), &device);
+        let src = reference::index_tensor(&rows(&mut copies.iter().map(|copy| copy.src)), &device);
+        let dst = reference::index_tensor(&rows(&mut copies.iter().map(|copy| copy.dst)), &device);
         for layer in &mut self.layers {
             for memory in [&mut layer.k, &mut layer.v] {
                 let values = memory.clone().select(0, src.clone());

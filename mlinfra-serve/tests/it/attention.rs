@@ -6,6 +6,7 @@ use mlinfra_serve::Error;
 use mlinfra_serve::attention::{
     BatchLayout, PagedAttention, PagedKv, ReferenceAttention, SeqLayout,
 };
+use mlinfra_serve::kv::BlockCopy;
 use mlinfra_test_utils::rng::SplitMix64;
 
 const HEADS: usize = 4;
@@ -167,7 +168,7 @@ fn block_copies_move_every_layer() {
             .forward(memory.layer_mut(layer), &layout, q, kv.clone(), kv, 1.0)
             .unwrap();
     }
-    memory.copy_blocks(&[(3, 1)]);
+    memory.copy_blocks(&[BlockCopy { src: 3, dst: 1 }]);
     for layer in 0..2 {
         for side in [&memory.layer(layer).k, &memory.layer(layer).v] {
             let all = side.clone().into_data().try_to_vec::<f32>().unwrap();
