@@ -11,8 +11,10 @@
 //!
 //! 1. **Write throughput.** `Checkpointer::save` + `wait` in sync mode (encode, SHA-256, temp
 //!    file, fsync, rename, directory fsync, manifest) against, for the same bytes: a plain
-//!    copy of the rank file (`std::fs::copy`, then fsync: what `cp && sync` does), and a plain
-//!    write of the bytes from memory (`write_all`, then fsync). Median of `--reps` saves.
+//!    copy of the rank file (`std::fs::copy`, then fsync: what `cp && sync` does), a plain
+//!    write of the bytes from memory (`write_all`, then fsync), and (Linux) a direct write of
+//!    them from an aligned buffer (`O_DIRECT`, then fsync: what `dd oflag=direct conv=fsync`
+//!    does, the ceiling of the checkpointer's own direct path). Median of `--reps` saves.
 //! 2. **Step stall.** `--steps` training steps, saving every `--every`: without checkpoints,
 //!    with async saves, with sync saves. Reports the median step, the median step that saves,
 //!    and the whole loop's overhead over the run without checkpoints.
@@ -142,10 +144,56 @@ fn sync_dir(dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Part 1: sync saves against a plain copy and a plain write of the same bytes. The three are
-/// timed in a rotating order (each rep starts with the next one), so the disk's state after
-/// one (writeback in flight, a warm page cache) does not always favour the same one.
-fn write_throughput(args: &Args, job: &mut Job) -> anyhow::Result<[f64; 3]> {
+/// What part 1 compares, in its rotating order.
+const WRITERS: [&str; 4] = [
+    "mlinfra sync save",
+    "plain copy + fsync",
+    "plain write + fsync",
+    "direct write + fsync",
+];
+
+/// Writes `data` to `target` with `O_DIRECT` from an aligned copy (made before the clock
+/// starts), the few tail bytes through a second handle, then fsyncs; returns the seconds.
+#[cfg(target_os = "linux")]
+fn direct_write(data: &[u8], target: &Path) -> anyhow::Result<f64> {
+    use std::io::{Seek, SeekFrom};
+    use std::os::unix::fs::OpenOptionsExt;
+    const ALIGN: usize = 4096;
+    let mut storage = vec![0u8; data.len() + ALIGN];
+    let start = storage.as_ptr().align_offset(ALIGN);
+    let aligned = &mut storage[start..start + data.len()];
+    aligned.copy_from_slice(data);
+    let bulk = data.len() / ALIGN * ALIGN;
+    let started = Instant::now();
+    let mut file = File::options()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(target)?;
+    for chunk in aligned[..bulk].chunks(16 << 20) {
+        file.write_all(chunk)?;
+    }
+    drop(file);
+    let mut tail = File::options().write(true).open(target)?;
+    tail.seek(SeekFrom::Start(bulk as u64))?;
+    tail.write_all(&aligned[bulk..])?;
+    tail.sync_all()?;
+    drop(tail);
+    sync_dir(target.parent().context("no parent")?)?;
+    Ok(started.elapsed().as_secs_f64())
+}
+
+#[cfg(not(target_os = "linux"))]
+fn direct_write(_data: &[u8], _target: &Path) -> anyhow::Result<f64> {
+    Ok(f64::NAN)
+}
+
+/// Part 1: sync saves against a plain copy, a plain write and a direct write of the same
+/// bytes. They are timed in a rotating order (each rep starts with the next one), so the
+/// disk's state after one (writeback in flight, a warm page cache) does not always favour the
+/// same one.
+fn write_throughput(args: &Args, job: &mut Job) -> anyhow::Result<[f64; 4]> {
     let root = args.dir.join("throughput");
     fresh_dir(&root)?;
     let plain = args.dir.join("plain");
@@ -171,14 +219,14 @@ fn write_throughput(args: &Args, job: &mut Job) -> anyhow::Result<[f64; 3]> {
         Ok((seconds, bytes))
     };
     let (_, mut bytes) = save(job)?;
-    let (mut ours, mut copy, mut write) = (Vec::new(), Vec::new(), Vec::new());
+    let mut seconds: [Vec<f64>; 4] = Default::default();
     for rep in 0..args.reps {
         job.step()?;
-        for which in (0..3).map(|i| (i + rep) % 3) {
+        for which in (0..WRITERS.len()).map(|i| (i + rep) % WRITERS.len()) {
             match which {
                 0 => {
-                    let (seconds, size) = save(job)?;
-                    ours.push(seconds);
+                    let (took, size) = save(job)?;
+                    seconds[0].push(took);
                     bytes = size;
                 }
                 1 => {
@@ -187,9 +235,9 @@ fn write_throughput(args: &Args, job: &mut Job) -> anyhow::Result<[f64; 3]> {
                     std::fs::copy(&source, &target)?;
                     File::open(&target)?.sync_all()?;
                     sync_dir(&plain)?;
-                    copy.push(started.elapsed().as_secs_f64());
+                    seconds[1].push(started.elapsed().as_secs_f64());
                 }
-                _ => {
+                2 => {
                     let data = std::fs::read(&source)?;
                     let target = plain.join(format!("write-{rep}.bpk"));
                     let started = Instant::now();
@@ -198,7 +246,12 @@ fn write_throughput(args: &Args, job: &mut Job) -> anyhow::Result<[f64; 3]> {
                     file.sync_all()?;
                     drop(file);
                     sync_dir(&plain)?;
-                    write.push(started.elapsed().as_secs_f64());
+                    seconds[2].push(started.elapsed().as_secs_f64());
+                }
+                _ => {
+                    let data = std::fs::read(&source)?;
+                    let target = plain.join(format!("direct-{rep}.bpk"));
+                    seconds[3].push(direct_write(&data, &target)?);
                 }
             }
         }
@@ -207,15 +260,8 @@ fn write_throughput(args: &Args, job: &mut Job) -> anyhow::Result<[f64; 3]> {
         }
     }
     let mb_per_s = |seconds: f64| bytes as f64 / seconds / 1e6;
-    let result = [median(ours), median(copy), median(write)];
-    for (name, seconds) in [
-        "mlinfra sync save",
-        "plain copy + fsync",
-        "plain write + fsync",
-    ]
-    .iter()
-    .zip(result)
-    {
+    let result = seconds.map(median);
+    for (name, seconds) in WRITERS.iter().zip(result) {
         println!(
             "{}",
             json!({"measure": "write", "who": name, "bytes": bytes, "seconds": seconds,
@@ -304,7 +350,7 @@ fn main() -> anyhow::Result<()> {
     for _ in 0..2 {
         job.step()?;
     }
-    let [ours, copy, write] = write_throughput(&args, &mut job)?;
+    let [ours, copy, write, direct] = write_throughput(&args, &mut job)?;
 
     let mut loops = Vec::new();
     for (name, mode) in [
@@ -338,6 +384,10 @@ fn main() -> anyhow::Result<()> {
     println!(
         "| plain write of its bytes + fsync | {write:.0} | {:.2} |",
         ours / write
+    );
+    println!(
+        "| direct write of its bytes (O_DIRECT) + fsync | {direct:.0} | {:.2} |",
+        ours / direct
     );
     let base = loops[0].1.total;
     println!(

@@ -1,17 +1,48 @@
 //! Durable file writes and content hashes: the two primitives every checkpoint file uses.
 
 use std::fs::{self, File};
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::path::Path;
 
 use sha2::{Digest, Sha256};
 
+use super::direct;
+
 /// Writes `bytes` to `path` so that a reader sees either the old file (or none) or all of the
 /// new one, never a prefix: temp file in the same directory, `fsync`, rename over `path`,
-/// `fsync` of the directory (the rename itself must survive a power cut).
+/// `fsync` of the directory (the rename itself must survive a power cut). Through the page
+/// cache: for small files (manifests).
 ///
 /// On error the temp file is removed and `path` is untouched.
 pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    write_atomic_with(path, |temp, name| direct::write_buffered(temp, bytes, name))
+}
+
+/// [`write_atomic`] for rank files: direct I/O where the file system has it and `bytes` is
+/// [`direct::ALIGN`]ed (see [`direct`]), and the SHA-256 of `bytes` (lowercase hex) computed
+/// on a second thread while this one writes and waits for `fsync`: hashing at ~1.5 GB/s would
+/// otherwise add most of a plain write's time again.
+pub(crate) fn write_atomic_hashed(path: &Path, bytes: &[u8]) -> io::Result<String> {
+    std::thread::scope(|scope| {
+        let hash = scope.spawn(|| sha256_hex(bytes));
+        let written = write_atomic_with(path, |temp, name| {
+            direct::write_file(temp, bytes, name).map(|(file, _)| file)
+        });
+        // The hash thread cannot fail; a panic there is a bug worth propagating.
+        let sha256 = hash
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        written.map(|()| sha256)
+    })
+}
+
+/// The atomic-replace protocol of [`write_atomic`] around `body`, which creates the temp file
+/// (given its path and the final file's name, for fault points), fills it, and returns a
+/// handle whose `fsync` makes it durable.
+fn write_atomic_with(
+    path: &Path,
+    body: impl FnOnce(&Path, &str) -> io::Result<File>,
+) -> io::Result<()> {
     let name = path
         .file_name()
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path has no file name"))?;
@@ -20,11 +51,7 @@ pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let temp = path.with_file_name(temp_name);
     let file_name = name.to_string_lossy();
     let written = (|| {
-        let mut file = File::create(&temp)?;
-        let (head, tail) = bytes.split_at(bytes.len() / 2);
-        file.write_all(head)?;
-        crate::fault::point("write.partial", &file_name);
-        file.write_all(tail)?;
+        let file = body(&temp, &file_name)?;
         file.sync_all()?;
         drop(file);
         crate::fault::point("write.unrenamed", &file_name);
@@ -35,21 +62,6 @@ pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
         return Err(error);
     }
     sync_dir(path.parent().unwrap_or(Path::new(".")))
-}
-
-/// [`write_atomic`], returning the SHA-256 of `bytes` (lowercase hex), computed on a second
-/// thread while this one writes and waits for `fsync`: hashing at ~1.5 GB/s would otherwise
-/// add most of a plain write's time again.
-pub(crate) fn write_atomic_hashed(path: &Path, bytes: &[u8]) -> io::Result<String> {
-    std::thread::scope(|scope| {
-        let hash = scope.spawn(|| sha256_hex(bytes));
-        let written = write_atomic(path, bytes);
-        // The hash thread cannot fail; a panic there is a bug worth propagating.
-        let sha256 = hash
-            .join()
-            .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
-        written.map(|()| sha256)
-    })
 }
 
 /// Makes a directory's entries (creations, renames, removals) durable.

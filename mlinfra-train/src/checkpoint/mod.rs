@@ -35,8 +35,12 @@
 //!
 //! **Retention.** Rank 0 keeps the newest `keep_last` complete checkpoints and removes older
 //! ones (manifest first, so a half-removed checkpoint is never taken for a complete one) and
-//! abandoned directories older than the newest complete checkpoint.
+//! abandoned directories older than the newest complete checkpoint. It does so on a
+//! background thread once the new manifest is durable: unlinking a 100 MB+ file costs tens of
+//! milliseconds that neither a sync save nor the step publishing an async one should wait
+//! for. [`Checkpointer::wait`] and dropping the checkpointer finish it.
 
+mod direct;
 mod files;
 mod interval;
 mod manifest;
@@ -232,8 +236,11 @@ pub struct Checkpointer {
     /// The newest complete checkpoint's step.
     last_complete: Option<u64>,
     /// The encoding buffer, reused from save to save (its pages stay mapped: allocating
-    /// 100 MB+ afresh each time costs more in page faults than encoding into it).
-    scratch: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+    /// 100 MB+ afresh each time costs more in page faults than encoding into it), aligned
+    /// for direct I/O.
+    scratch: std::sync::Arc<std::sync::Mutex<direct::AlignedBuffer>>,
+    /// Rank 0's removal of old checkpoints, running after a publish.
+    retiring: Option<JoinHandle<()>>,
 }
 
 impl std::fmt::Debug for Checkpointer {
@@ -262,6 +269,7 @@ impl Checkpointer {
             pending: None,
             last_complete: None,
             scratch: Default::default(),
+            retiring: None,
         })
     }
 
@@ -294,7 +302,7 @@ impl Checkpointer {
         collective: &mut C,
         snapshot: Snapshot,
     ) -> Result<()> {
-        self.wait(collective)?;
+        self.complete(collective)?;
         let dir = step_dir(&self.config.dir, snapshot.step);
         let manifest = Manifest {
             format: manifest::FORMAT,
@@ -334,7 +342,7 @@ impl Checkpointer {
             writer,
         });
         if self.config.mode == SaveMode::Sync {
-            self.wait(collective)?;
+            self.complete(collective)?;
         }
         Ok(())
     }
@@ -357,11 +365,11 @@ impl Checkpointer {
         if done[0] < collective.world() as f64 {
             return Ok(None);
         }
-        self.wait(collective)
+        self.complete(collective)
     }
 
-    /// Blocks until a pending save is complete (what a clean shutdown calls). Returns the step
-    /// of the checkpoint it completed.
+    /// Blocks until a pending save is complete and old checkpoints are removed (what a clean
+    /// shutdown calls). Returns the step of the checkpoint it completed.
     ///
     /// Collective.
     ///
@@ -369,6 +377,24 @@ impl Checkpointer {
     ///
     /// As [`Checkpointer::save`].
     pub fn wait<C: Collective + ?Sized>(&mut self, collective: &mut C) -> Result<Option<u64>> {
+        let completed = self.complete(collective);
+        self.finish_retiring();
+        completed
+    }
+
+    /// Waits for the removal of old checkpoints, if one is running.
+    fn finish_retiring(&mut self) {
+        if let Some(retiring) = self.retiring.take() {
+            // Retention is best effort and cannot fail; a panic there is a bug to surface.
+            retiring
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        }
+    }
+
+    /// Blocks until a pending save is complete; [`wait`](Self::wait) without waiting for the
+    /// retention it starts.
+    fn complete<C: Collective + ?Sized>(&mut self, collective: &mut C) -> Result<Option<u64>> {
         let Some(pending) = self.pending.take() else {
             return Ok(None);
         };
@@ -439,8 +465,8 @@ impl Checkpointer {
         Ok(Some(step))
     }
 
-    /// Rank 0: the manifest, then retention.
-    fn publish(&self, dir: &Path, manifest: &Manifest) -> Result<()> {
+    /// Rank 0: the manifest, then retention in the background.
+    fn publish(&mut self, dir: &Path, manifest: &Manifest) -> Result<()> {
         let path = dir.join(MANIFEST);
         let json = serde_json::to_vec_pretty(manifest).map_err(|e| Error::CheckpointIo {
             path: path.as_path().into(),
@@ -454,37 +480,61 @@ impl Checkpointer {
             path: self.config.dir.as_path().into(),
             source,
         })?;
-        self.retain(manifest.step);
+        // One retention at a time, and never one still scanning when this manifest appears.
+        self.finish_retiring();
+        let (root, keep_last, newest) = (
+            self.config.dir.clone(),
+            self.config.keep_last,
+            manifest.step,
+        );
+        let job = move || retire(&root, keep_last, newest);
+        match std::thread::Builder::new()
+            .name("mlinfra-ckpt-retire".to_owned())
+            .spawn(job.clone())
+        {
+            Ok(handle) => self.retiring = Some(handle),
+            // No thread to be had: retire inline rather than not at all.
+            Err(_) => job(),
+        }
         Ok(())
     }
+}
 
-    /// Removes complete checkpoints beyond the newest `keep_last` and abandoned directories
-    /// older than `newest`. Best effort: a checkpoint that cannot be removed stays.
-    fn retain(&self, newest: u64) {
-        let Ok(entries) = std::fs::read_dir(&self.config.dir) else {
-            return;
+/// Removes complete checkpoints under `root` beyond the newest `keep_last` and abandoned
+/// directories older than `newest`. Best effort: a checkpoint that cannot be removed stays.
+fn retire(root: &Path, keep_last: usize, newest: u64) {
+    let Ok(entries) = std::fs::read_dir(root) else {
+        return;
+    };
+    let mut complete = Vec::new();
+    for entry in entries.flatten() {
+        let Some(step) = entry.file_name().to_str().and_then(parse_step_dir) else {
+            continue;
         };
-        let mut complete = Vec::new();
-        for entry in entries.flatten() {
-            let Some(step) = entry.file_name().to_str().and_then(parse_step_dir) else {
-                continue;
-            };
-            let path = entry.path();
-            if path.join(MANIFEST).is_file() {
-                complete.push((step, path));
-            } else if step < newest {
-                let _ = std::fs::remove_dir_all(&path);
-            }
+        let path = entry.path();
+        if path.join(MANIFEST).is_file() {
+            complete.push((step, path));
+        } else if step < newest {
+            let _ = std::fs::remove_dir_all(&path);
         }
-        if self.config.keep_last == 0 {
-            return;
+    }
+    if keep_last == 0 {
+        return;
+    }
+    complete.sort_by_key(|(step, _)| std::cmp::Reverse(*step));
+    for (_, path) in complete.into_iter().skip(keep_last) {
+        // The manifest first: from then on the directory no longer counts.
+        if std::fs::remove_file(path.join(MANIFEST)).is_ok() {
+            let _ = std::fs::remove_dir_all(&path);
         }
-        complete.sort_by_key(|(step, _)| std::cmp::Reverse(*step));
-        for (_, path) in complete.into_iter().skip(self.config.keep_last) {
-            // The manifest first: from then on the directory no longer counts.
-            if std::fs::remove_file(path.join(MANIFEST)).is_ok() {
-                let _ = std::fs::remove_dir_all(&path);
-            }
+    }
+}
+
+impl Drop for Checkpointer {
+    fn drop(&mut self) {
+        if let Some(retiring) = self.retiring.take() {
+            // Best effort, and a panic while dropping would abort: ignore its outcome.
+            let _ = retiring.join();
         }
     }
 }
@@ -494,7 +544,7 @@ fn write_rank_file(
     dir: &Path,
     rank: usize,
     snapshot: Snapshot,
-    scratch: &std::sync::Mutex<Vec<u8>>,
+    scratch: &std::sync::Mutex<direct::AlignedBuffer>,
 ) -> Written {
     if !snapshot.writes_file {
         return Ok(None);
@@ -517,9 +567,9 @@ fn write_rank_file(
         step,
         ..
     } = snapshot;
-    rank_file::encode_into(master, &optimizer, step, rank, &mut bytes)
+    rank_file::encode_into(master, optimizer, step, rank, &mut bytes)
         .map_err(|reason| io(&path, std::io::Error::other(reason)))?;
-    drop(optimizer);
-    let sha256 = files::write_atomic_hashed(&path, &bytes).map_err(|e| io(&path, e))?;
+    let bytes = bytes.as_slice();
+    let sha256 = files::write_atomic_hashed(&path, bytes).map_err(|e| io(&path, e))?;
     Ok(Some((bytes.len() as u64, sha256)))
 }

@@ -5,22 +5,26 @@ use burn::optim::StateSink;
 use burn::tensor::TensorData;
 use burn_pack::{Bytes, DType, Reader, Scalar, Tensor, Writer};
 
+use super::direct::AlignedBuffer;
+
 /// The tensor holding the master weights.
 const MASTER: &str = "master";
 /// Prefix of the optimizer's tensors and scalars.
 const OPTIM: &str = "optim.";
 
-/// Encodes a rank file into `buffer`, which ends up holding exactly the file's bytes.
+/// Encodes a rank file into `buffer`, whose [`as_slice`](AlignedBuffer::as_slice) ends up
+/// holding exactly the file's bytes, aligned for direct I/O.
 ///
 /// The buffer is the caller's so it can be reused across saves: a fresh 100 MB+ allocation
-/// costs more in page faults than the copy into it. The master weights are moved in, not
-/// copied; the optimizer tensors are shared, so the one copy is into `buffer`.
+/// costs more in page faults than the copy into it. The master weights and the optimizer's
+/// tensors are moved in, not copied (cloning a `TensorData`'s bytes would copy them), so the
+/// one copy is into `buffer`.
 pub(crate) fn encode_into(
     master: Vec<f32>,
-    optimizer: &StateSink,
+    optimizer: StateSink,
     step: u64,
     rank: usize,
-    buffer: &mut Vec<u8>,
+    buffer: &mut AlignedBuffer,
 ) -> Result<(), String> {
     let len = master.len();
     let mut tensors = vec![Tensor::new(
@@ -30,28 +34,32 @@ pub(crate) fn encode_into(
         None,
         Bytes::from_elems(master),
     )];
-    for (name, data) in &optimizer.tensors {
+    let StateSink {
+        tensors: optimizer_tensors,
+        scalars,
+    } = optimizer;
+    for (name, data) in optimizer_tensors {
+        let (dtype, shape) = (data.dtype(), data.shape().to_vec());
         tensors.push(Tensor::new(
             format!("{OPTIM}{name}"),
-            data.dtype(),
-            data.shape().to_vec(),
+            dtype,
+            shape,
             None,
-            data.bytes().clone(),
+            data.into_bytes(),
         ));
     }
     let mut writer = Writer::new(tensors)
         .with_metadata("producer", "mlinfra-train")
         .with_metadata("step", &step.to_string())
         .with_metadata("rank", &rank.to_string());
-    for (name, value) in &optimizer.scalars {
-        writer = writer.with_scalar(&format!("{OPTIM}{name}"), *value);
+    for (name, value) in scalars {
+        writer = writer.with_scalar(&format!("{OPTIM}{name}"), value);
     }
     let size = writer.size().map_err(|e| format!("encoding: {e}"))?;
     // No need to zero a reused buffer: `write_into` writes every byte of the container,
     // padding included, so the file's bytes depend only on the state.
-    buffer.resize(size, 0);
     writer
-        .write_into(buffer)
+        .write_into(buffer.resize(size))
         .map_err(|e| format!("encoding: {e}"))
 }
 
