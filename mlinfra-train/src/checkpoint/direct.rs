@@ -8,15 +8,15 @@
 //! for data nobody reads back until a restart.
 //!
 //! Direct I/O needs the buffer address, the file offset and the length aligned to the
-//! device's logical block; [`ALIGN`] (4 KiB) is a multiple of every common one. The
-//! checkpointer encodes into an [`AlignedBuffer`], writes its aligned prefix directly and the
-//! few bytes of tail through a second, buffered handle. Where the file system refuses
+//! device's logical block; [`ALIGN`] (4 KiB) is a multiple of every common one. Rank files
+//! stream through [`AlignedBuffer`] chunks into a [`FileSink`], which writes them directly
+//! and the few bytes of tail through a second, buffered handle. Where the file system refuses
 //! `O_DIRECT` (tmpfs, some network file systems: `EINVAL`) or the platform has none, the whole
 //! file is written buffered instead; the bytes on disk are the same either way.
 
 use std::fs::File;
 use std::io::{self, Seek, SeekFrom, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// The alignment of direct writes: buffer address, file offset and length.
 pub(crate) const ALIGN: usize = 4096;
@@ -61,38 +61,130 @@ impl AlignedBuffer {
 /// How a file's bytes went to disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum WriteKind {
-    /// The aligned prefix with `O_DIRECT`, the tail buffered.
+    /// Its aligned bulk with `O_DIRECT` (an unaligned tail, if any, buffered).
     Direct,
     /// Everything through the page cache.
     Buffered,
 }
 
-/// Creates `temp` and writes `bytes` into it, directly where possible (see the module docs),
-/// stopping at the `write.partial/<file_name>` fault point once about half is written.
-/// Returns a handle to `fsync` (it covers the whole file, whichever handle wrote which part)
-/// and how the bytes went.
-pub(crate) fn write_file(
-    temp: &Path,
-    bytes: &[u8],
-    file_name: &str,
-) -> io::Result<(File, WriteKind)> {
-    let bulk = if bytes.as_ptr().align_offset(ALIGN) == 0 {
-        bytes.len() / ALIGN * ALIGN
-    } else {
-        0
-    };
-    if bulk > 0 {
-        match write_direct(temp, bytes, bulk, file_name) {
-            Ok(file) => return Ok((file, WriteKind::Direct)),
-            // Refused by the file system: start over, buffered (`create` truncates).
-            Err(error) if is_unsupported(&error) => {}
-            Err(error) => return Err(error),
-        }
-    }
-    write_buffered(temp, bytes, file_name).map(|file| (file, WriteKind::Buffered))
+/// A file written front to back, directly while the pieces allow it (see the module docs),
+/// through the page cache from the first piece that does not (an unaligned address, offset
+/// or length: in practice the last few bytes) or where the file system refuses direct I/O.
+///
+/// Stops at the `write.partial/<file name>` fault point once half of the declared length is
+/// written.
+pub(crate) struct FileSink {
+    file: File,
+    path: PathBuf,
+    direct: bool,
+    wrote_direct: bool,
+    written: u64,
+    half: u64,
+    file_name: String,
 }
 
-/// The page-cache path: two halves, with the fault point between them.
+impl FileSink {
+    /// Creates (or truncates) `path` for a file of `len` bytes; `file_name` names the fault
+    /// point.
+    pub(crate) fn create(path: &Path, len: u64, file_name: &str) -> io::Result<FileSink> {
+        let (file, direct) = match open_direct(path) {
+            Ok(file) => (file, true),
+            Err(error) if is_unsupported(&error) => (File::create(path)?, false),
+            Err(error) => return Err(error),
+        };
+        // Halfway, rounded down to the alignment so both halves can go direct.
+        let align = ALIGN as u64;
+        let half = if len >= 2 * align {
+            len / 2 / align * align
+        } else {
+            len / 2
+        };
+        Ok(FileSink {
+            file,
+            path: path.to_owned(),
+            direct,
+            wrote_direct: false,
+            written: 0,
+            half,
+            file_name: file_name.to_owned(),
+        })
+    }
+
+    /// Appends `bytes`.
+    pub(crate) fn append(&mut self, bytes: &[u8]) -> io::Result<()> {
+        let to_half = self.half.saturating_sub(self.written);
+        if to_half > 0 && to_half < bytes.len() as u64 {
+            let (head, tail) = bytes.split_at(to_half as usize);
+            self.append_piece(head)?;
+            return self.append_piece(tail);
+        }
+        self.append_piece(bytes)
+    }
+
+    /// Flushes nothing (the caller `fsync`s): returns the handle to sync, which covers the
+    /// whole file whichever handle wrote which part, and how the bytes went.
+    pub(crate) fn finish(self) -> (File, WriteKind) {
+        let kind = if self.wrote_direct {
+            WriteKind::Direct
+        } else {
+            WriteKind::Buffered
+        };
+        (self.file, kind)
+    }
+
+    fn append_piece(&mut self, mut bytes: &[u8]) -> io::Result<()> {
+        if self.direct {
+            let aligned = bytes.as_ptr().align_offset(ALIGN) == 0
+                && self.written.is_multiple_of(ALIGN as u64);
+            let bulk = if aligned {
+                bytes.len() / ALIGN * ALIGN
+            } else {
+                0
+            };
+            let mut done = 0;
+            for chunk in bytes[..bulk].chunks(CHUNK) {
+                match self.file.write_all(chunk) {
+                    Ok(()) => {
+                        self.wrote_direct = true;
+                        done += chunk.len();
+                        self.advance(chunk.len());
+                    }
+                    // Refused by the file system before anything went direct: all buffered.
+                    Err(error) if is_unsupported(&error) && !self.wrote_direct => break,
+                    Err(error) => return Err(error),
+                }
+            }
+            bytes = &bytes[done..];
+            if !bytes.is_empty() {
+                self.switch_to_buffered()?;
+            }
+        }
+        if !bytes.is_empty() {
+            self.file.write_all(bytes)?;
+            self.advance(bytes.len());
+        }
+        Ok(())
+    }
+
+    /// From here on, through the page cache: a second handle, at the current end.
+    fn switch_to_buffered(&mut self) -> io::Result<()> {
+        let mut file = File::options().write(true).open(&self.path)?;
+        file.seek(SeekFrom::Start(self.written))?;
+        self.file = file;
+        self.direct = false;
+        Ok(())
+    }
+
+    fn advance(&mut self, len: usize) {
+        let before = self.written;
+        self.written += len as u64;
+        if before < self.half.max(1) && self.written >= self.half.max(1) {
+            crate::fault::point("write.partial", &self.file_name);
+        }
+    }
+}
+
+/// The page-cache path for small files: two halves, with the fault point between them.
 pub(crate) fn write_buffered(temp: &Path, bytes: &[u8], file_name: &str) -> io::Result<File> {
     let mut file = File::create(temp)?;
     let (head, tail) = bytes.split_at(bytes.len() / 2);
@@ -100,27 +192,6 @@ pub(crate) fn write_buffered(temp: &Path, bytes: &[u8], file_name: &str) -> io::
     crate::fault::point("write.partial", file_name);
     file.write_all(tail)?;
     Ok(file)
-}
-
-/// `bytes[..bulk]` (aligned) with `O_DIRECT` in [`CHUNK`]s, then the tail buffered.
-fn write_direct(temp: &Path, bytes: &[u8], bulk: usize, file_name: &str) -> io::Result<File> {
-    let mut direct = open_direct(temp)?;
-    let half = bulk / 2 / ALIGN * ALIGN;
-    for (range, is_first_half) in [(0..half, true), (half..bulk, false)] {
-        for chunk in bytes[range].chunks(CHUNK) {
-            // Every chunk but a half's last is CHUNK long and the halves start aligned, so
-            // each write starts at an aligned offset; lengths are multiples of ALIGN.
-            direct.write_all(chunk)?;
-        }
-        if is_first_half {
-            crate::fault::point("write.partial", file_name);
-        }
-    }
-    drop(direct);
-    let mut tail = File::options().write(true).open(temp)?;
-    tail.seek(SeekFrom::Start(bulk as u64))?;
-    tail.write_all(&bytes[bulk..])?;
-    Ok(tail)
 }
 
 #[cfg(target_os = "linux")]
@@ -171,31 +242,46 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let direct_works = open_direct(&dir.join("probe")).is_ok();
         let mut buffer = AlignedBuffer::default();
-        // Aligned with a tail, exactly aligned, shorter than one block, several chunks.
-        for len in [3 * ALIGN + 17, 2 * ALIGN, 100, CHUNK + 5 * ALIGN + 1] {
+        // (file length, the pieces it is appended in): aligned with a tail, exactly aligned,
+        // shorter than a block, more than one CHUNK, pieces that break the alignment midway.
+        let cases: [(usize, &[usize]); 5] = [
+            (3 * ALIGN + 17, &[3 * ALIGN + 17]),
+            (2 * ALIGN, &[ALIGN, ALIGN]),
+            (100, &[60, 40]),
+            (CHUNK + 5 * ALIGN + 1, &[CHUNK + 5 * ALIGN + 1]),
+            (4 * ALIGN, &[ALIGN, 10, 3 * ALIGN - 10]),
+        ];
+        for (case, (len, pieces)) in cases.into_iter().enumerate() {
             let bytes = buffer.resize(len);
             for (i, byte) in bytes.iter_mut().enumerate() {
                 *byte = (i * 31 % 251) as u8;
             }
-            let path = dir.join(format!("f{len}"));
-            let (file, kind) = write_file(&path, buffer.as_slice(), "f").unwrap();
+            let path = dir.join(format!("f{case}"));
+            let mut sink = FileSink::create(&path, len as u64, "f").unwrap();
+            let mut at = 0;
+            for piece in pieces {
+                sink.append(&buffer.as_slice()[at..at + piece]).unwrap();
+                at += piece;
+            }
+            let (file, kind) = sink.finish();
             file.sync_all().unwrap();
             drop(file);
             assert_eq!(
                 std::fs::read(&path).unwrap(),
                 buffer.as_slice(),
-                "{len} bytes"
+                "case {case}"
             );
             let expected = if direct_works && len >= ALIGN {
                 WriteKind::Direct
             } else {
                 WriteKind::Buffered
             };
-            assert_eq!(kind, expected, "{len} bytes");
+            assert_eq!(kind, expected, "case {case}");
         }
-        // An unaligned slice never goes direct.
-        let (_, kind) = write_file(&dir.join("u"), &buffer.as_slice()[1..ALIGN * 2], "u").unwrap();
-        assert_eq!(kind, WriteKind::Buffered);
+        // An unaligned start never goes direct.
+        let mut sink = FileSink::create(&dir.join("u"), ALIGN as u64 * 2, "u").unwrap();
+        sink.append(&buffer.as_slice()[1..ALIGN * 2 + 1]).unwrap();
+        assert_eq!(sink.finish().1, WriteKind::Buffered);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -15,34 +15,18 @@ use super::direct;
 ///
 /// On error the temp file is removed and `path` is untouched.
 pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    write_atomic_with(path, |temp, name| direct::write_buffered(temp, bytes, name))
-}
-
-/// [`write_atomic`] for rank files: direct I/O where the file system has it and `bytes` is
-/// [`direct::ALIGN`]ed (see [`direct`]), and the SHA-256 of `bytes` (lowercase hex) computed
-/// on a second thread while this one writes and waits for `fsync`: hashing at ~1.5 GB/s would
-/// otherwise add most of a plain write's time again.
-pub(crate) fn write_atomic_hashed(path: &Path, bytes: &[u8]) -> io::Result<String> {
-    std::thread::scope(|scope| {
-        let hash = scope.spawn(|| sha256_hex(bytes));
-        let written = write_atomic_with(path, |temp, name| {
-            direct::write_file(temp, bytes, name).map(|(file, _)| file)
-        });
-        // The hash thread cannot fail; a panic there is a bug worth propagating.
-        let sha256 = hash
-            .join()
-            .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
-        written.map(|()| sha256)
+    write_atomic_with(path, |temp, name| {
+        direct::write_buffered(temp, bytes, name).map(|file| (file, ()))
     })
 }
 
 /// The atomic-replace protocol of [`write_atomic`] around `body`, which creates the temp file
 /// (given its path and the final file's name, for fault points), fills it, and returns a
-/// handle whose `fsync` makes it durable.
-fn write_atomic_with(
+/// handle whose `fsync` makes it durable, and what else it has to say.
+pub(crate) fn write_atomic_with<T>(
     path: &Path,
-    body: impl FnOnce(&Path, &str) -> io::Result<File>,
-) -> io::Result<()> {
+    body: impl FnOnce(&Path, &str) -> io::Result<(File, T)>,
+) -> io::Result<T> {
     let name = path
         .file_name()
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path has no file name"))?;
@@ -51,17 +35,20 @@ fn write_atomic_with(
     let temp = path.with_file_name(temp_name);
     let file_name = name.to_string_lossy();
     let written = (|| {
-        let file = body(&temp, &file_name)?;
+        let (file, said) = body(&temp, &file_name)?;
         file.sync_all()?;
         drop(file);
         crate::fault::point("write.unrenamed", &file_name);
-        fs::rename(&temp, path)
+        fs::rename(&temp, path)?;
+        Ok(said)
     })();
-    if let Err(error) = written {
-        let _ = fs::remove_file(&temp);
-        return Err(error);
+    match written {
+        Ok(said) => sync_dir(path.parent().unwrap_or(Path::new("."))).map(|()| said),
+        Err(error) => {
+            let _ = fs::remove_file(&temp);
+            Err(error)
+        }
     }
-    sync_dir(path.parent().unwrap_or(Path::new(".")))
 }
 
 /// Makes a directory's entries (creations, renames, removals) durable.
@@ -70,6 +57,7 @@ pub(crate) fn sync_dir(dir: &Path) -> io::Result<()> {
 }
 
 /// SHA-256 of `bytes`, lowercase hex.
+#[cfg(test)]
 pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
     hex(&Sha256::digest(bytes))
 }
@@ -122,7 +110,8 @@ fn check(len: u64, digest: &[u8], bytes: u64, sha256: &str) -> Result<(), String
     Ok(())
 }
 
-fn hex(digest: &[u8]) -> String {
+/// Lowercase hex of a digest.
+pub(crate) fn hex(digest: &[u8]) -> String {
     use std::fmt::Write as _;
     digest.iter().fold(String::with_capacity(64), |mut s, b| {
         let _ = write!(s, "{b:02x}");
@@ -165,11 +154,6 @@ mod tests {
         fs::create_dir_all(&dir).unwrap();
         let path = dir.join("f.bin");
         write_atomic(&path, b"first").unwrap();
-        let hashed = path.with_extension("h");
-        let sha = write_atomic_hashed(&hashed, b"abc").unwrap();
-        assert_eq!(sha, sha256_hex(b"abc"));
-        assert_eq!(fs::read(&hashed).unwrap(), b"abc");
-        fs::remove_file(&hashed).unwrap();
         write_atomic(&path, b"second, longer").unwrap();
         assert_eq!(fs::read(&path).unwrap(), b"second, longer");
         assert_eq!(fs::read_dir(&dir).unwrap().count(), 1);

@@ -16,6 +16,13 @@
 //! worst a directory without a manifest, which loading ignores. A failed write (disk full, no
 //! permission) is reported on every rank and touches no earlier checkpoint.
 //!
+//! **Cost.** A rank file is streamed, never assembled in memory: its bytes are copied from the
+//! state through a few cache-sized chunk buffers to the disk with direct I/O (no page-cache
+//! copy; `O_DIRECT` where the file system has it), while a second thread computes its SHA-256
+//! from the state itself. A save takes about as long as one SHA-256 pass over the file
+//! (~1.5 GB/s with SHA-NI), which is as fast as `cp` + `sync` of the same bytes
+//! (docs/BENCHMARKS.md, run C2).
+//!
 //! **Verification.** [`Checkpoint::latest`] takes the newest checkpoint whose manifest parses
 //! and whose every file has the recorded size and SHA-256, agreed by all ranks; a truncated or
 //! bit-flipped file makes it fall back to the previous one (and say why in
@@ -24,8 +31,8 @@
 //! **Async.** With [`SaveMode::Async`], `save` returns at once; a background thread copies the
 //! state out of a deferred [`Snapshot`] (shared handles to burn's immutable tensors, taken in
 //! O(1) by [`DataParallel::snapshot_deferred`](crate::DataParallel::snapshot_deferred)), then
-//! encodes, hashes and writes it while training goes on, and [`Checkpointer::poll`] (called by
-//! every rank at each step boundary) publishes the manifest once every rank's file is durable.
+//! writes it while training goes on, and [`Checkpointer::poll`] (called by every rank at each
+//! step boundary) publishes the manifest once every rank's file is durable.
 //! Changing the weights after `save` returns does not change what is written: the next update
 //! makes new tensors rather than writing into ones a snapshot holds.
 //!
@@ -46,6 +53,7 @@ mod interval;
 mod manifest;
 mod rank_file;
 mod restore;
+mod stream;
 
 use std::path::{Path, PathBuf};
 use std::thread::JoinHandle;
@@ -235,10 +243,9 @@ pub struct Checkpointer {
     pending: Option<Pending>,
     /// The newest complete checkpoint's step.
     last_complete: Option<u64>,
-    /// The encoding buffer, reused from save to save (its pages stay mapped: allocating
-    /// 100 MB+ afresh each time costs more in page faults than encoding into it), aligned
-    /// for direct I/O.
-    scratch: std::sync::Arc<std::sync::Mutex<direct::AlignedBuffer>>,
+    /// The chunk buffers rank files stream through, reused from save to save (see
+    /// [`stream`]).
+    scratch: std::sync::Arc<std::sync::Mutex<Vec<direct::AlignedBuffer>>>,
     /// Rank 0's removal of old checkpoints, running after a publish.
     retiring: Option<JoinHandle<()>>,
 }
@@ -539,12 +546,12 @@ impl Drop for Checkpointer {
     }
 }
 
-/// Encodes and durably writes this rank's file of `snapshot` into `dir` (created if missing).
+/// Streams this rank's file of `snapshot` durably into `dir` (created if missing).
 fn write_rank_file(
     dir: &Path,
     rank: usize,
     snapshot: Snapshot,
-    scratch: &std::sync::Mutex<direct::AlignedBuffer>,
+    scratch: &std::sync::Mutex<Vec<direct::AlignedBuffer>>,
 ) -> Written {
     if !snapshot.writes_file {
         return Ok(None);
@@ -556,20 +563,18 @@ fn write_rank_file(
     };
     std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
     let path = dir.join(rank_file_name(rank));
-    // One save at a time holds the buffer (`save` waits for the previous one first); a
-    // poisoned lock only means a writer panicked mid-save, and the buffer is rewritten anyway.
-    let mut bytes = scratch
+    let master = burn_pack::Bytes::from_elems(snapshot.master);
+    let container = rank_file::container(&master, &snapshot.optimizer, snapshot.step, rank)
+        .map_err(|reason| io(&path, std::io::Error::other(reason)))?;
+    // One save at a time holds the buffers (`save` waits for the previous one first); a
+    // poisoned lock only means a writer panicked mid-save, and buffers are rewritten anyway.
+    let mut pool = scratch
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
-    let Snapshot {
-        master,
-        optimizer,
-        step,
-        ..
-    } = snapshot;
-    rank_file::encode_into(master, optimizer, step, rank, &mut bytes)
-        .map_err(|reason| io(&path, std::io::Error::other(reason)))?;
-    let bytes = bytes.as_slice();
-    let sha256 = files::write_atomic_hashed(&path, bytes).map_err(|e| io(&path, e))?;
-    Ok(Some((bytes.len() as u64, sha256)))
+    let sha256 = files::write_atomic_with(&path, |temp, name| {
+        let (file, sha256, _) = container.write(temp, name, &mut pool)?;
+        Ok((file, sha256))
+    })
+    .map_err(|e| io(&path, e))?;
+    Ok(Some((container.len() as u64, sha256)))
 }

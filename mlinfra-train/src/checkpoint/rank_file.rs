@@ -3,64 +3,49 @@
 
 use burn::optim::StateSink;
 use burn::tensor::TensorData;
-use burn_pack::{Bytes, DType, Reader, Scalar, Tensor, Writer};
+use burn_pack::{Bytes, DType, Reader, Scalar};
 
-use super::direct::AlignedBuffer;
+use super::stream::{Container, Entry};
 
 /// The tensor holding the master weights.
 const MASTER: &str = "master";
 /// Prefix of the optimizer's tensors and scalars.
 const OPTIM: &str = "optim.";
 
-/// Encodes a rank file into `buffer`, whose [`as_slice`](AlignedBuffer::as_slice) ends up
-/// holding exactly the file's bytes, aligned for direct I/O.
-///
-/// The buffer is the caller's so it can be reused across saves: a fresh 100 MB+ allocation
-/// costs more in page faults than the copy into it. The master weights and the optimizer's
-/// tensors are moved in, not copied (cloning a `TensorData`'s bytes would copy them), so the
-/// one copy is into `buffer`.
-pub(crate) fn encode_into(
-    master: Vec<f32>,
-    optimizer: StateSink,
+/// Lays out this rank's file over the state's own bytes (nothing is copied here; the
+/// [`Container`] streams them to disk). `master` holds the shard of the fp32 master weights
+/// as little-endian bytes.
+pub(crate) fn container<'a>(
+    master: &'a [u8],
+    optimizer: &'a StateSink,
     step: u64,
     rank: usize,
-    buffer: &mut AlignedBuffer,
-) -> Result<(), String> {
-    let len = master.len();
-    let mut tensors = vec![Tensor::new(
-        MASTER.to_owned(),
-        DType::F32,
-        vec![len],
-        None,
-        Bytes::from_elems(master),
-    )];
-    let StateSink {
-        tensors: optimizer_tensors,
-        scalars,
-    } = optimizer;
-    for (name, data) in optimizer_tensors {
-        let (dtype, shape) = (data.dtype(), data.shape().to_vec());
-        tensors.push(Tensor::new(
-            format!("{OPTIM}{name}"),
-            dtype,
-            shape,
-            None,
-            data.into_bytes(),
-        ));
+) -> Result<Container<'a>, String> {
+    let mut entries = vec![Entry {
+        name: MASTER.to_owned(),
+        dtype: DType::F32,
+        shape: vec![master.len() / 4],
+        bytes: master,
+    }];
+    for (name, data) in &optimizer.tensors {
+        entries.push(Entry {
+            name: format!("{OPTIM}{name}"),
+            dtype: data.dtype(),
+            shape: data.shape().to_vec(),
+            bytes: data.as_bytes(),
+        });
     }
-    let mut writer = Writer::new(tensors)
-        .with_metadata("producer", "mlinfra-train")
-        .with_metadata("step", &step.to_string())
-        .with_metadata("rank", &rank.to_string());
-    for (name, value) in scalars {
-        writer = writer.with_scalar(&format!("{OPTIM}{name}"), value);
-    }
-    let size = writer.size().map_err(|e| format!("encoding: {e}"))?;
-    // No need to zero a reused buffer: `write_into` writes every byte of the container,
-    // padding included, so the file's bytes depend only on the state.
-    writer
-        .write_into(buffer.resize(size))
-        .map_err(|e| format!("encoding: {e}"))
+    let metadata = [
+        ("producer", "mlinfra-train".to_owned()),
+        ("step", step.to_string()),
+        ("rank", rank.to_string()),
+    ];
+    let scalars = optimizer
+        .scalars
+        .iter()
+        .map(|(name, value)| (format!("{OPTIM}{name}"), *value))
+        .collect();
+    Container::plan(entries, &metadata, scalars)
 }
 
 /// A decoded rank file.
