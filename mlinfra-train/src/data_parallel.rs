@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use crate::checkpoint::{Checkpoint, Snapshot};
 use crate::collective::{Collective, shard_range};
 use crate::optim::{LrSchedule, OptimizerConfig, ShardOptimizer};
-use crate::params::read_f32;
+use crate::params::read_f32_into;
 use crate::precision::{LossScaleState, LossScaler, LossScaling, Precision, cast_module};
 use crate::{Error, ParamLayout, Result};
 
@@ -97,8 +97,11 @@ pub struct DataParallel<C: Collective> {
     /// The dtype the model computes in.
     precision: Precision,
     loss_scaler: Option<LossScaler>,
-    /// Sum over this rank's micro-batches of (mean gradient × samples).
+    /// Sum over this rank's micro-batches of (mean gradient × samples); stale unless
+    /// `grads_held` (the first micro-batch of a step overwrites it, saving a zeroing pass).
     grad_sum: Vec<f32>,
+    /// Whether a micro-batch was accumulated since the last step.
+    grads_held: bool,
     samples: u64,
     /// Sum over this rank's micro-batches of (mean loss × samples), see `record_loss`.
     loss_sum: f64,
@@ -249,13 +252,10 @@ impl<C: Collective> DataParallel<C> {
                         .into(),
                     });
                 }
-                let (tensors, scalars) = checkpoint.read_optimizer(shard.clone())?;
+                let state = checkpoint.read_state(shard.clone())?;
+                let (tensors, scalars) = state.optimizer;
                 optimizer.restore(tensors, scalars, &device, manifest.step)?;
-                (
-                    checkpoint.read_master()?,
-                    manifest.step,
-                    manifest.loss_scale,
-                )
+                (state.master, manifest.step, manifest.loss_scale)
             }
         };
         // The master weights were read in the model's own dtype; from here on the model holds
@@ -273,6 +273,7 @@ impl<C: Collective> DataParallel<C> {
                         layout.len()
                     }
                 ],
+                grads_held: false,
                 grad_shard: vec![0.0; shard.len()],
                 collective,
                 layout,
@@ -360,6 +361,10 @@ impl<C: Collective> DataParallel<C> {
     /// taken from `model` (the one [`DataParallel::new`] returned or [`DataParallel::step`]
     /// last updated).
     ///
+    /// Ranks may accumulate different numbers of micro-batches (none at all included) before
+    /// a step, except under [`Sharding::Zero2`], where each call is a reduce-scatter that
+    /// every rank makes together.
+    ///
     /// # Errors
     ///
     /// [`Error::ModelLayout`] when `model` is not the model this engine trains.
@@ -372,19 +377,29 @@ impl<C: Collective> DataParallel<C> {
         let mut grads = self.layout.grads(model, grads)?;
         // Gradients of the scaled loss: unscaled here, in fp32.
         let weight = (samples as f64 / self.loss_scale()) as f32;
+        let first = !self.grads_held;
         if self.sharding == Sharding::Zero2 {
             // Summed over the ranks now; this rank keeps its shard of the sum.
             grads.iter_mut().for_each(|g| *g *= weight);
             self.collective
                 .reduce_scatter(&grads, &mut self.grad_shard)?;
-            for (sum, g) in self.grad_sum.iter_mut().zip(&self.grad_shard) {
-                *sum += g;
+            if first {
+                self.grad_sum.copy_from_slice(&self.grad_shard);
+            } else {
+                for (sum, g) in self.grad_sum.iter_mut().zip(&self.grad_shard) {
+                    *sum += g;
+                }
+            }
+        } else if first {
+            for (sum, g) in self.grad_sum.iter_mut().zip(&grads) {
+                *sum = g * weight;
             }
         } else {
             for (sum, g) in self.grad_sum.iter_mut().zip(&grads) {
                 *sum += g * weight;
             }
         }
+        self.grads_held = true;
         self.samples += samples;
         Ok(())
     }
@@ -417,23 +432,38 @@ impl<C: Collective> DataParallel<C> {
                 reason: "step() with no accumulated samples on any rank".into(),
             });
         }
+        if !self.grads_held {
+            // This rank had no micro-batch (others did): it contributes zeros.
+            self.grad_sum.iter_mut().for_each(|g| *g = 0.0);
+        }
+        let inv = (1.0 / total) as f32;
+        let mut square_sum = 0.0f64;
+        let mut average = |g: &mut f32, sum: f32| {
+            *g = sum * inv;
+            square_sum += f64::from(*g) * f64::from(*g);
+        };
+        // The sums of this rank's shard, averaged into `grad_shard` in the same pass that
+        // takes the squared norm.
         match self.sharding {
             Sharding::Replicated => {
                 self.collective.all_reduce(&mut self.grad_sum)?;
-                self.grad_shard.copy_from_slice(&self.grad_sum);
+                for (g, &sum) in self.grad_shard.iter_mut().zip(&self.grad_sum) {
+                    average(g, sum);
+                }
             }
             Sharding::Zero1 => {
                 self.collective
                     .reduce_scatter(&self.grad_sum, &mut self.grad_shard)?;
+                for g in &mut self.grad_shard {
+                    average(g, *g);
+                }
             }
             // Reduced micro-batch by micro-batch in `accumulate`.
-            Sharding::Zero2 => self.grad_shard.copy_from_slice(&self.grad_sum),
-        }
-        let inv = (1.0 / total) as f32;
-        let mut square_sum = 0.0f64;
-        for g in &mut self.grad_shard {
-            *g *= inv;
-            square_sum += f64::from(*g) * f64::from(*g);
+            Sharding::Zero2 => {
+                for (g, &sum) in self.grad_shard.iter_mut().zip(&self.grad_sum) {
+                    average(g, sum);
+                }
+            }
         }
         if self.sharding.is_sharded() {
             let mut partial = [square_sum];
@@ -475,11 +505,15 @@ impl<C: Collective> DataParallel<C> {
         let grads = flat_tensor(&self.grad_shard, &self.device);
         let master = std::mem::replace(&mut self.master, Tensor::empty([0], &self.device));
         self.master = self.optimizer.step(lr, master, grads);
-        let shard_values = read_f32(&self.master, "master weights")?;
         match self.sharding {
-            Sharding::Replicated => self.full.copy_from_slice(&shard_values),
+            Sharding::Replicated => {
+                read_f32_into(&self.master, "master weights", &mut self.full)?;
+            }
             Sharding::Zero1 | Sharding::Zero2 => {
-                self.collective.all_gather(&shard_values, &mut self.full)?
+                // The gradients went into `grads`: their buffer takes the new master shard.
+                read_f32_into(&self.master, "master weights", &mut self.grad_shard)?;
+                self.collective
+                    .all_gather(&self.grad_shard, &mut self.full)?
             }
         }
         let model = self.layout.load(model, &self.full)?;
@@ -499,7 +533,7 @@ impl<C: Collective> DataParallel<C> {
 
     /// Clears the accumulators and counts the step.
     fn finish_step(&mut self) {
-        self.grad_sum.iter_mut().for_each(|g| *g = 0.0);
+        self.grads_held = false;
         self.samples = 0;
         self.loss_sum = 0.0;
         self.loss_samples = 0;

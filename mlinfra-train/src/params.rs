@@ -264,9 +264,8 @@ impl OnParam for Gather<'_> {
             Some(grads) => param.val().grad(grads),
         };
         let Some(tensor) = tensor else { return };
-        match read_f32(&tensor, path) {
-            Ok(values) => self.out[slot.range()].copy_from_slice(&values),
-            Err(error) => self.error = Some(error),
+        if let Err(error) = read_f32_into(&tensor, path, &mut self.out[slot.range()]) {
+            self.error = Some(error);
         }
     }
 }
@@ -298,13 +297,33 @@ fn check_slot<'a>(
 
 /// `tensor`'s values as `f32` on the host; `path` names it in the error.
 pub(crate) fn read_f32<const D: usize>(tensor: &Tensor<D>, path: &str) -> Result<Vec<f32>> {
-    tensor
+    let mut values = vec![0.0; tensor.shape().num_elements()];
+    read_f32_into(tensor, path, &mut values)?;
+    Ok(values)
+}
+
+/// Copies `tensor`'s values, as `f32`, into `out` (of the same length): one copy out of
+/// burn's read-back buffer, where collecting into a `Vec` first costs a second pass over the
+/// values (most of a step's per-parameter time goes to such passes).
+pub(crate) fn read_f32_into<const D: usize>(
+    tensor: &Tensor<D>,
+    path: &str,
+    out: &mut [f32],
+) -> Result<()> {
+    let data = tensor
         .try_to_data_as::<f32>()
         .map_err(|e| e.to_string())
-        .and_then(|data| data.try_into_vec::<f32>().map_err(|e| format!("{e:?}")))
-        .map_err(|reason| Error::Tensor {
-            reason: format!("reading `{path}`: {reason}").into(),
-        })
+        .and_then(|data| {
+            let values = data.as_slice::<f32>().map_err(|e| format!("{e:?}"))?;
+            if values.len() != out.len() {
+                return Err(format!("{} values for {} slots", values.len(), out.len()));
+            }
+            out.copy_from_slice(values);
+            Ok(())
+        });
+    data.map_err(|reason| Error::Tensor {
+        reason: format!("reading `{path}`: {reason}").into(),
+    })
 }
 
 /// Replaces each parameter with its slice of the flat vector.

@@ -5,6 +5,10 @@
 /// initialisation (the same seed gives the same weights on every rank) and as each rank's
 /// training generator, whose whole state ([`SplitMix64::state`]) a checkpoint stores. Not for
 /// cryptography.
+///
+/// `mlinfra-test-utils` has a twin for test inputs, because the layers below this one
+/// (mlinfra-data, mlinfra-loader) cannot depend on it; both are checked against Vigna's
+/// reference stream, so they cannot drift apart.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SplitMix64 {
     state: u64,

@@ -16,15 +16,21 @@
 //! communicate (`independent`): what these cores give this workload at best, the ceiling of
 //! any data-parallel speed-up on this machine (two vCPUs of a VM need not be two whole cores).
 //!
-//! Two measures, each the median of `--reps` runs of `--steps` timed steps after `--warmup`:
+//! Two measures, each over `--steps` timed steps after `--warmup`:
 //!
 //! - **weak scaling** (how DDP is usually reported): every rank keeps `--batch` samples per
 //!   step, so N ranks train N × batch samples per step;
 //! - **strong scaling**: the global batch stays `--batch`, split over the ranks.
 //!
 //! A step is forward, backward, `DataParallel::accumulate` and `step` (gradient all-reduce or
-//! reduce-scatter, clipping, optimizer, weight all-gather, reload into the module). Prints one
-//! JSON line per configuration, then a Markdown table of samples/s and speed-ups.
+//! reduce-scatter, clipping, optimizer, weight all-gather, reload into the module).
+//!
+//! The speed of a shared VM drifts by ±15% from one minute to the next, more than the effects
+//! measured here. So the runs go in `--reps` rounds; each round times the 1-rank base and
+//! every configuration, in an order that rotates from round to round, and a configuration's
+//! speed-up in a round is against the base of that same round (a paired ratio: drift that
+//! spans a round cancels). The speed-up reported is the median of the rounds' ratios, with
+//! their range. Prints one JSON line per configuration, then a Markdown table.
 
 use std::time::Instant;
 
@@ -189,9 +195,34 @@ fn group_run(args: &Args, ranks: usize, group: Group, batch: usize) -> anyhow::R
     Ok(slowest)
 }
 
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values[values.len() / 2]
+/// One configuration over every round.
+struct Summary {
+    /// Median samples/s.
+    rate: f64,
+    /// Median, lowest and highest of the per-round speed-ups over the base.
+    speedup: f64,
+    low: f64,
+    high: f64,
+}
+
+impl Summary {
+    fn of(rates: &[f64], speedups: &[f64]) -> Summary {
+        let mut sorted = speedups.to_vec();
+        sorted.sort_by(f64::total_cmp);
+        Summary {
+            rate: median(rates),
+            speedup: median(speedups),
+            low: sorted[0],
+            high: sorted[sorted.len() - 1],
+        }
+    }
+}
+
+/// The middle value (the upper middle of an even count); `values` is not empty.
+fn median(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    sorted[sorted.len() / 2]
 }
 
 fn sharding_name(sharding: Sharding) -> &'static str {
@@ -232,19 +263,32 @@ fn main() -> anyhow::Result<()> {
     for &(ranks, group, batch) in &configs {
         group_run(&args, ranks, group, batch)?;
     }
-    // Then `reps` passes in a rotating order, so a slow spell of this shared machine does not
-    // always fall on the same configuration.
-    let mut seconds = vec![Vec::new(); configs.len()];
+    // Then `reps` rounds, each over every configuration (the base included) in an order that
+    // rotates, so a slow spell of this shared machine does not always fall on the same one.
+    let mut rates = vec![Vec::new(); configs.len()];
     for rep in 0..args.reps {
         for k in (0..configs.len()).map(|i| (i + rep) % configs.len()) {
             let (ranks, group, batch) = configs[k];
-            seconds[k].push(group_run(&args, ranks, group, batch)?);
+            let seconds = group_run(&args, ranks, group, batch)?;
+            rates[k].push((ranks * batch * args.steps) as f64 / seconds);
         }
     }
-    let mut samples_per_s = Vec::new();
-    for (&(ranks, group, batch), runs) in configs.iter().zip(seconds) {
-        let seconds = median(runs);
-        let rate = (ranks * batch * args.steps) as f64 / seconds;
+    // Speed-ups round by round, against the base of the same round.
+    let speedups: Vec<Vec<f64>> = rates
+        .iter()
+        .map(|runs| {
+            runs.iter()
+                .zip(&rates[0])
+                .map(|(r, base)| r / base)
+                .collect()
+        })
+        .collect();
+    let summaries: Vec<Summary> = rates
+        .iter()
+        .zip(&speedups)
+        .map(|(runs, ratios)| Summary::of(runs, ratios))
+        .collect();
+    for (&(ranks, group, batch), summary) in configs.iter().zip(&summaries) {
         let name = match group {
             Group::DataParallel(sharding) => sharding_name(sharding),
             Group::Independent => "independent",
@@ -252,28 +296,37 @@ fn main() -> anyhow::Result<()> {
         println!(
             "{}",
             json!({"ranks": ranks, "group": name, "batch_per_rank": batch,
-                   "steps": args.steps, "seconds": seconds, "samples_per_s": rate,
-                   "reps": args.reps})
+                   "steps": args.steps, "samples_per_s": summary.rate,
+                   "speedup_median": summary.speedup, "speedup_min": summary.low,
+                   "speedup_max": summary.high, "reps": args.reps})
         );
-        samples_per_s.push(rate);
     }
-    let base = samples_per_s[0];
+    let base = &summaries[0];
     let rows: Vec<_> = std::iter::once(format!("{} independent jobs (ceiling)", args.ranks))
         .chain(args.shardings.iter().map(|&s| sharding_name(s).to_owned()))
-        .zip(samples_per_s[1..].chunks(2))
-        .map(|(name, pair)| (name, pair[0], pair[1]))
+        .zip(summaries[1..].chunks(2))
         .collect();
     println!(
-        "\n| {} ranks × 1 thread | weak: samples/s | weak speed-up | strong: samples/s | strong speed-up |",
-        args.ranks
+        "\n| {} ranks × 1 thread, {} rounds | weak: samples/s | weak speed-up (range) | strong: samples/s | strong speed-up (range) |",
+        args.ranks, args.reps
     );
     println!("|---|---|---|---|---|");
-    println!("| 1 rank × 1 thread (base) | {base:.0} | 1.00x | {base:.0} | 1.00x |");
-    for (name, weak, strong) in rows {
+    println!(
+        "| 1 rank × 1 thread (base) | {:.0} | 1.00x | {:.0} | 1.00x |",
+        base.rate, base.rate
+    );
+    for (name, pair) in rows {
+        let (weak, strong) = (&pair[0], &pair[1]);
         println!(
-            "| {name} | {weak:.0} | {:.2}x | {strong:.0} | {:.2}x |",
-            weak / base,
-            strong / base
+            "| {name} | {:.0} | {:.2}x ({:.2}–{:.2}) | {:.0} | {:.2}x ({:.2}–{:.2}) |",
+            weak.rate,
+            weak.speedup,
+            weak.low,
+            weak.high,
+            strong.rate,
+            strong.speedup,
+            strong.low,
+            strong.high
         );
     }
     Ok(())

@@ -14,6 +14,14 @@ use crate::{Error, Result};
 /// Optimizer state as named tensors and named scalars (burn's `RecordState` leaves).
 pub(crate) type OptimizerLeaves = (Vec<(String, TensorData)>, Vec<(String, Scalar)>);
 
+/// What [`Checkpoint::read_state`] gives a rank.
+pub(crate) struct RestoredState {
+    /// The whole flat vector of fp32 master weights.
+    pub(crate) master: Vec<f32>,
+    /// The optimizer state of this rank's shard.
+    pub(crate) optimizer: OptimizerLeaves,
+}
+
 /// A complete, verified checkpoint: its manifest and where its files are.
 #[derive(Debug, Clone)]
 pub struct Checkpoint {
@@ -133,63 +141,57 @@ impl Checkpoint {
         })
     }
 
-    /// The whole flat vector of fp32 master weights, from every rank file.
-    pub(crate) fn read_master(&self) -> Result<Vec<f32>> {
-        let mut full = vec![0.0f32; self.manifest.layout.len()];
-        for file in &self.manifest.files {
-            let decoded = self.read_file(file.rank)?;
-            full[file.range()].copy_from_slice(&decoded.master);
-        }
-        Ok(full)
-    }
-
-    /// The optimizer state for the elements `range` of the flat vector, cut from the files that
-    /// hold them: each state tensor is element-wise over the shard it belongs to, so a new
-    /// shard's state is the concatenation of the overlapping pieces. Scalars (step counters)
-    /// must agree between files.
-    pub(crate) fn read_optimizer(&self, range: Range<usize>) -> Result<OptimizerLeaves> {
+    /// The state a rank restores: the whole flat vector of fp32 master weights, and the
+    /// optimizer state for the elements `range` of it. One pass over the rank files, each read
+    /// (and its hash checked again) once.
+    ///
+    /// Each optimizer state tensor is element-wise over the shard it belongs to, so a new
+    /// shard's state is the concatenation of the overlapping pieces of the saved ones: N to M
+    /// resharding. Scalars (step counters) must agree between files.
+    pub(crate) fn read_state(&self, range: Range<usize>) -> Result<RestoredState> {
+        let mut master = vec![0.0f32; self.manifest.layout.len()];
         let mut pieces: Vec<(String, Vec<u8>, burn::tensor::DType)> = Vec::new();
         let mut scalars: Option<Vec<(String, Scalar)>> = None;
         for file in &self.manifest.files {
             let held = file.range();
-            let overlap = range.start.max(held.start)..range.end.min(held.end);
-            let first = scalars.is_none();
-            if overlap.is_empty() && !first {
-                continue;
-            }
             let decoded = self.read_file(file.rank)?;
+            master[held.clone()].copy_from_slice(&decoded.master);
             let path = self.dir.join(&file.name);
+            let corrupt = |reason: String| Error::CheckpointCorrupt {
+                path: path.as_path().into(),
+                reason: reason.into(),
+            };
             match &scalars {
-                None => scalars = Some(decoded.scalars.clone()),
+                None => {
+                    scalars = Some(decoded.scalars);
+                    pieces = decoded
+                        .tensors
+                        .iter()
+                        .map(|(name, data)| (name.clone(), Vec::new(), data.dtype()))
+                        .collect();
+                }
                 Some(seen) if *seen != decoded.scalars => {
-                    return Err(Error::CheckpointCorrupt {
-                        path: path.as_path().into(),
-                        reason: "optimizer scalars differ from the other rank files'".into(),
-                    });
+                    return Err(corrupt(
+                        "optimizer scalars differ from the other rank files'".into(),
+                    ));
                 }
                 Some(_) => {}
-            }
-            if first && pieces.is_empty() {
-                pieces = decoded
-                    .tensors
-                    .iter()
-                    .map(|(name, data)| (name.clone(), Vec::new(), data.dtype()))
-                    .collect();
             }
             let names: Vec<&str> = decoded.tensors.iter().map(|(n, _)| n.as_str()).collect();
             let expected: Vec<&str> = pieces.iter().map(|(n, ..)| n.as_str()).collect();
             if names != expected {
-                return Err(Error::CheckpointCorrupt {
-                    path: path.as_path().into(),
-                    reason: format!("optimizer tensors {names:?} differ from {expected:?}").into(),
-                });
+                return Err(corrupt(format!(
+                    "optimizer tensors {names:?} differ from {expected:?}"
+                )));
+            }
+            let overlap = range.start.max(held.start)..range.end.min(held.end);
+            if overlap.is_empty() {
+                continue;
             }
             for ((_, bytes, dtype), (_, data)) in pieces.iter_mut().zip(&decoded.tensors) {
                 let size = dtype.size();
                 let local = (overlap.start - held.start) * size..(overlap.end - held.start) * size;
-                if !overlap.is_empty() {
-                    bytes.extend_from_slice(&data.as_bytes()[local]);
-                }
+                bytes.extend_from_slice(&data.as_bytes()[local]);
             }
         }
         let tensors = pieces
@@ -199,7 +201,10 @@ impl Checkpoint {
                 (name, data)
             })
             .collect();
-        Ok((tensors, scalars.unwrap_or_default()))
+        Ok(RestoredState {
+            master,
+            optimizer: (tensors, scalars.unwrap_or_default()),
+        })
     }
 
     /// Reads and decodes one rank's file, checking its hash again (it may have changed since

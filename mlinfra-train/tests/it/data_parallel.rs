@@ -162,6 +162,47 @@ fn two_ranks_match_one_process_with_the_doubled_batch() {
     }
 }
 
+/// A rank that has no micro-batch in a step (its data ran out first) contributes nothing to
+/// it, not the gradients of its previous step: the step equals one process over the other
+/// rank's rows alone.
+#[test]
+fn a_rank_without_micro_batches_contributes_nothing_to_the_step() {
+    /// Rank `rank`'s rows at `step`: 32 of the 64, except that rank 1 has none at step 1.
+    fn rows_of(step: usize, rank: usize) -> Option<std::ops::Range<usize>> {
+        let start = step * 64 + rank * 32;
+        (step != 1 || rank == 0).then_some(start..start + 32)
+    }
+    /// Three steps over `ranks`' rows (all of them for the one-process reference).
+    fn train_steps<C: Collective>(collective: C, data: &Data, sharding: Sharding) -> Vec<f32> {
+        let device = Device::flex().autodiff();
+        let ranks = if collective.world() == 1 {
+            vec![0, 1]
+        } else {
+            vec![collective.rank()]
+        };
+        let model = config().init(&device).unwrap();
+        let (mut engine, mut model) =
+            DataParallel::new(collective, model, &adamw(), options(sharding)).unwrap();
+        for step in 0..3 {
+            for range in ranks.iter().filter_map(|&rank| rows_of(step, rank)) {
+                let rows = range.len() as u64;
+                let (x, y) = data.batch(range, &device);
+                let grads = Mlp::loss(&model, x, y).backward();
+                engine.accumulate(&model, &grads, rows).unwrap();
+            }
+            model = engine.step(model).unwrap().0;
+        }
+        engine.layout().values(&model).unwrap()
+    }
+    let data = Data::new(3 * 64, 14);
+    let single = train_steps(Single, &data, Sharding::Replicated);
+    for sharding in [Sharding::Replicated, Sharding::Zero1] {
+        let ranks = on_ranks(2, |c| train_steps(c, &data, sharding));
+        let diff = max_abs_diff(&ranks[0], &single);
+        assert!(diff <= 1e-6, "{sharding:?}: max |diff| {diff:e}");
+    }
+}
+
 /// Gradient accumulation averages: micro-batches of 16 and 48 rows equal one batch of 64.
 #[test]
 fn accumulation_averages_over_unequal_micro_batches() {
