@@ -14,20 +14,22 @@
 #    docs/BENCHMARKS.md), accuracy on the 360 test rows.
 # 3. Peers: benches/compare/train_peers.py --peer sklearn (train-bench venv) and --peer torch
 #    (the loader-bench venv of benches/compare/loader.sh, which has torch; skipped if absent).
-# 4. Scaling: train_digits --hidden $WIDE --ranks 1 and --ranks 2 (threads, replicated),
-#    $SCALE_EPOCHS epochs, same global batch.
-# 5. One Markdown table of medians and ratios on stdout; raw JSON lines kept in $out.
+# 4. Scaling from 1 to 2 ranks on a compute-bound model: the scaling_compare bench (an MLP of
+#    width $WIDE, 1024 samples per rank; weak and strong scaling as paired per-round ratios
+#    beside two independent jobs, the machine's ceiling), $SCALE_REPS rounds. The digits MLP
+#    itself is far too small to scale: its step is per-parameter work, not arithmetic.
+# 5. Markdown tables of medians and ratios on stdout; raw JSON lines kept in $out.
 #
-# Environment: REPS, EPOCHS, WIDE (hidden width of the scaling runs, default 1024),
-# SCALE_EPOCHS, MLINFRA_TRAIN_BENCH_VENV, MLINFRA_LOADER_BENCH_VENV, CARGO_TARGET_DIR,
-# TRAIN_DIGITS (a train_digits binary built already: skips the cargo build).
+# Environment: REPS, EPOCHS, WIDE (width of the scaling model, default 1024), SCALE_REPS
+# (default 9), MLINFRA_TRAIN_BENCH_VENV, MLINFRA_LOADER_BENCH_VENV, CARGO_TARGET_DIR,
+# TRAIN_DIGITS and SCALING_COMPARE (binaries built already: skip the cargo builds).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 
 reps=${REPS:-3}
 epochs=${EPOCHS:-60}
 wide=${WIDE:-1024}
-scale_epochs=${SCALE_EPOCHS:-10}
+scale_reps=${SCALE_REPS:-9}
 train_venv=${MLINFRA_TRAIN_BENCH_VENV:-$HOME/.cache/mlinfra/venvs/train-bench}
 loader_venv=${MLINFRA_LOADER_BENCH_VENV:-$HOME/.cache/mlinfra/venvs/loader-bench}
 out=$(mktemp -d "${TMPDIR:-/tmp}/mlinfra-train-bench.XXXXXX")
@@ -60,16 +62,6 @@ else
     echo "torch: no venv with torch at $loader_venv (run benches/compare/loader.sh); skipped" >&2
 fi
 
-echo "scaling: hidden $wide, 1 and 2 ranks" >&2
-for ranks in 1 2; do
-    for ((rep = 0; rep < reps; rep++)); do
-        "$bin" --data "$data" --epochs "$scale_epochs" --batch 64 --hidden "$wide" --lr 1e-3 \
-            --seed "$rep" --ranks "$ranks" --plot "$out/wide-$ranks-$rep.png" \
-            --metrics "$out/wide-$ranks-$rep.jsonl" | tail -n 1 \
-            | sed "s/^{/{\"peer\":\"mlinfra-wide-$ranks\",/" >> "$out/results.jsonl"
-    done
-done
-
 python3 - "$out/results.jsonl" <<'PY'
 import json, statistics, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
@@ -89,13 +81,17 @@ for peer in ["mlinfra", "sklearn", "torch"]:
     sps = med(rs, "samples_per_s")
     accs = [r["accuracy"] for r in rs]
     print(f"| {peer} | {sps:,.0f} | {base / sps:.2f}x | {statistics.median(accs):.4f}, {min(accs):.4f} | {len(rs)} |")
-one, two = runs("mlinfra-wide-1"), runs("mlinfra-wide-2")
-if one and two:
-    s1, s2 = med(one, "samples_per_s"), med(two, "samples_per_s")
-    print()
-    print("| wide MLP | samples/s (median) | speed-up | test accuracy (median) |")
-    print("|---|---|---|---|")
-    print(f"| 1 rank | {s1:,.0f} | 1.00x | {med(one, 'accuracy'):.4f} |")
-    print(f"| 2 ranks | {s2:,.0f} | {s2 / s1:.2f}x | {med(two, 'accuracy'):.4f} |")
 PY
+
+echo "scaling: MLP of width $wide, 1 and 2 ranks, $scale_reps rounds" >&2
+if [[ -n "${SCALING_COMPARE:-}" ]]; then
+    scaling=$SCALING_COMPARE
+else
+    cargo build --release --quiet -p mlinfra-benches --bin scaling_compare
+    scaling=${CARGO_TARGET_DIR:-target}/release/scaling_compare
+fi
+"$scaling" --width "$wide" --batch 1024 --steps 4 --reps "$scale_reps" > "$out/scaling.txt"
+grep '^{' "$out/scaling.txt" >> "$out/results.jsonl"
+echo
+grep '^|' "$out/scaling.txt"
 echo "raw results: $out/results.jsonl" >&2
