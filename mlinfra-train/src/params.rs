@@ -304,13 +304,13 @@ pub(crate) fn read_f32<const D: usize>(tensor: &Tensor<D>, path: &str) -> Result
 
 /// Copies `tensor`'s values, as `f32`, into `out` (of the same length): one copy out of
 /// burn's read-back buffer, where collecting into a `Vec` first costs a second pass over the
-/// values (most of a step's per-parameter time goes to such passes).
+/// values (much of a step's per-parameter time goes to such passes).
 pub(crate) fn read_f32_into<const D: usize>(
     tensor: &Tensor<D>,
     path: &str,
     out: &mut [f32],
 ) -> Result<()> {
-    let data = tensor
+    let copied = tensor
         .try_to_data_as::<f32>()
         .map_err(|e| e.to_string())
         .and_then(|data| {
@@ -321,7 +321,7 @@ pub(crate) fn read_f32_into<const D: usize>(
             out.copy_from_slice(values);
             Ok(())
         });
-    data.map_err(|reason| Error::Tensor {
+    copied.map_err(|reason| Error::Tensor {
         reason: format!("reading `{path}`: {reason}").into(),
     })
 }
