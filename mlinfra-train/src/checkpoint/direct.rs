@@ -92,12 +92,13 @@ impl FileSink {
             Err(error) if is_unsupported(&error) => (File::create(path)?, false),
             Err(error) => return Err(error),
         };
-        // Halfway, rounded down to the alignment so both halves can go direct.
+        // Halfway, rounded down to the alignment so both halves can go direct; at least one
+        // byte, so that a 1-byte file still passes the fault point.
         let align = ALIGN as u64;
         let half = if len >= 2 * align {
             len / 2 / align * align
         } else {
-            len / 2
+            (len / 2).max(1)
         };
         Ok(FileSink {
             file,
@@ -178,7 +179,7 @@ impl FileSink {
     fn advance(&mut self, len: usize) {
         let before = self.written;
         self.written += len as u64;
-        if before < self.half.max(1) && self.written >= self.half.max(1) {
+        if before < self.half && self.written >= self.half {
             crate::fault::point("write.partial", &self.file_name);
         }
     }
