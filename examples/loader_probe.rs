@@ -227,9 +227,11 @@ fn run(args: &Args) -> anyhow::Result<()> {
         builder = builder.prefetch(prefetch);
     }
     if let Some(path) = &args.resume {
-        let json = std::fs::read_to_string(path).with_context(|| format!("reading {path}"))?;
-        let state: LoaderState =
-            serde_json::from_str(&json).with_context(|| format!("{path} is not a loader state"))?;
+        // A regular file of at most 1 MiB: a loader state is a few hundred bytes.
+        let json = mlinfra_data::files::read_regular(std::path::Path::new(path), 1 << 20)
+            .with_context(|| format!("reading {path}"))?;
+        let state: LoaderState = serde_json::from_slice(&json)
+            .with_context(|| format!("{path} is not a loader state"))?;
         builder = builder.resume(state);
     }
     let mut loader = builder.build()?;

@@ -314,6 +314,15 @@ fn supervise(args: &Args, max_restarts: u32) -> anyhow::Result<()> {
         .clone()
         .unwrap_or_else(|| dir.join("metrics.jsonl"));
     if !args.resume {
+        // A fresh run: every launch resumes, so the first must not find another run's
+        // checkpoints (the trainer refuses them the same way without a supervisor).
+        if let Some(&newest) = mlinfra_train::checkpoint::complete_steps(dir)?.first() {
+            return Err(mlinfra_train::Error::CheckpointDirInUse {
+                dir: dir.as_path().into(),
+                newest,
+            }
+            .into());
+        }
         let _ = std::fs::remove_file(&metrics);
     }
     let supervisor = Supervisor::new(max_restarts);
@@ -440,12 +449,22 @@ fn plot_losses(metrics: &Path, out: &Path) -> anyhow::Result<()> {
 
     let mut train = Vec::new();
     let mut test = Vec::new();
-    for line in std::fs::read_to_string(metrics)?.lines() {
-        let value: serde_json::Value = serde_json::from_str(line)?;
-        let (Some(step), Some(loss)) = (value["step"].as_f64(), value["loss"].as_f64()) else {
+    let log = mlinfra_train::trainer::read_metrics(metrics)?;
+    if log.torn_lines > 0 {
+        eprintln!(
+            "train_digits: skipped {} torn line(s) in {} (a launch killed mid-write)",
+            log.torn_lines,
+            metrics.display()
+        );
+    }
+    for value in &log.records {
+        let (Some(step), Some(loss)) = (
+            value.get("step").and_then(|v| v.as_f64()),
+            value.get("loss").and_then(|v| v.as_f64()),
+        ) else {
             continue;
         };
-        match value["kind"].as_str() {
+        match value.get("kind").and_then(|v| v.as_str()) {
             Some("train") => train.push((step, loss)),
             Some("eval") => test.push((step, loss)),
             _ => {}

@@ -92,9 +92,13 @@ impl DatasetBuilder {
         self
     }
 
-    /// Refuse to decode a row group whose projected columns hold more than `bytes` of
-    /// uncompressed pages (as the footer states), with [`Error::DecodeLimit`], before
-    /// allocating anything. A guard against files that would exhaust memory.
+    /// The most bytes one decode may make: a row group of a scan, the rows a
+    /// [`take`](Dataset::take) reads from one row group, a `take`'s output. A guard against
+    /// files that would exhaust memory, checked twice: against the footer's uncompressed page
+    /// sizes before anything is read ([`Error::DecodeLimit`]), and against the decoded arrays
+    /// as they are made, so that values repeated by reference (a dictionary value shared by
+    /// many rows) count once per row ([`Error::MaterializeLimit`]; see
+    /// [how](crate::materialize)).
     ///
     /// Defaults to [`DEFAULT_MAX_DECODED_BYTES`].
     pub fn with_max_decoded_bytes(mut self, bytes: u64) -> Self {
@@ -168,6 +172,7 @@ impl DatasetBuilder {
                 coalesce_gap: self.coalesce_gap,
                 memory_map: self.memory_map,
                 checked_pages: Default::default(),
+                dictionary_widths: Default::default(),
             }),
             columns,
             arrangement: None,
@@ -216,6 +221,8 @@ pub(crate) struct Shared {
     pub(crate) memory_map: bool,
     /// List pages whose row lengths were checked (see `direct.rs`).
     pub(crate) checked_pages: crate::direct::CheckedPages,
+    /// Longest dictionary values of byte-array column chunks (see `materialize.rs`).
+    pub(crate) dictionary_widths: crate::materialize::DictionaryWidths,
 }
 
 impl Dataset {
@@ -337,6 +344,11 @@ impl Dataset {
             .fold(0u64, u64::saturating_add)
     }
 
+    /// The decode cap ([`DatasetBuilder::with_max_decoded_bytes`]).
+    pub(crate) fn max_decoded_bytes(&self) -> u64 {
+        self.shared.max_decoded_bytes
+    }
+
     /// Checks that decoding `row_group` of `shard` stays under the decode cap.
     pub(crate) fn check_decode_limit(&self, shard: &Shard, row_group: usize) -> Result<()> {
         let bytes = self.projected_uncompressed_bytes(shard, row_group);
@@ -400,7 +412,14 @@ impl Shard {
         } = file;
         let reader = ShardReader::open(&path, &location, listed_len, None, None, None)?;
         let size = reader.len();
-        let metadata = contain_panics(&path, || reader.load_metadata(options))?;
+        let metadata = contain_panics(&path, || reader.load_metadata(options.clone()))?;
+        let metadata = if crate::compat::needed(&metadata) {
+            let footer_start = reader.footer_start()?;
+            crate::compat::apply(metadata, footer_start, options)
+                .map_err(|e| Error::parquet(&path, e))?
+        } else {
+            metadata
+        };
         drop(reader);
         let mut row_group_starts = Vec::with_capacity(metadata.metadata().num_row_groups() + 1);
         let mut rows = 0u64;

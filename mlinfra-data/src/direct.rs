@@ -193,11 +193,7 @@ fn read_direct<T>(
     }
     ranges.sort_unstable_by_key(|r| r.start);
     let (fetched_ranges, fetched_bytes) = reader.fetch(&ranges)?;
-    let fetched = Arc::new(Fetched {
-        len: reader.len(),
-        ranges: fetched_ranges,
-        bytes: fetched_bytes,
-    });
+    let fetched = Arc::new(Fetched::new(reader.len(), fetched_ranges, fetched_bytes));
     let group_rows = target.shard.rows_in_group(target.group);
     Ok(columns
         .iter()
@@ -624,7 +620,7 @@ fn read_uleb128(input: &[u8]) -> Option<(u32, &[u8])> {
 }
 
 /// The byte ranges fetched for one row group, served to the page reader as a file.
-struct Fetched {
+pub(crate) struct Fetched {
     len: u64,
     /// Sorted, non-overlapping.
     ranges: Vec<Range<u64>>,
@@ -632,6 +628,12 @@ struct Fetched {
 }
 
 impl Fetched {
+    /// The bytes of `ranges` (sorted, non-overlapping, as [`ShardReader::fetch`] returns
+    /// them) of a file of `len` bytes, for a page reader.
+    pub(crate) fn new(len: u64, ranges: Vec<Range<u64>>, bytes: Vec<Bytes>) -> Self {
+        Fetched { len, ranges, bytes }
+    }
+
     fn slice(&self, start: u64, length: usize) -> parquet::errors::Result<Bytes> {
         let end = start + length as u64;
         let i = self.ranges.partition_point(|r| r.end < end);

@@ -142,6 +142,25 @@ pub enum Error {
         /// [`DatasetBuilder::with_max_decoded_bytes`]: crate::DatasetBuilder::with_max_decoded_bytes
         limit: u64,
     },
+    /// Decoding made more bytes than the cap allows, counted in the decoded arrays: values
+    /// repeated by reference (a dictionary value shared by many rows, a run of indices) count
+    /// once per row. Stopped at the batch that crossed the cap (input data, or a cap set too
+    /// low by the caller).
+    #[error(
+        "decoding {path} materializes more than the {limit}-byte limit (most in column `{column}`)"
+    )]
+    MaterializeLimit {
+        /// The file being decoded (for a cache build, the dataset's URI).
+        path: Box<Path>,
+        /// The column holding the most bytes of the batch that crossed the limit.
+        column: Box<str>,
+        /// The limit in force ([`DatasetBuilder::with_max_decoded_bytes`], or for a cache
+        /// build [`IpcCacheBuilder::with_max_bytes`]).
+        ///
+        /// [`DatasetBuilder::with_max_decoded_bytes`]: crate::DatasetBuilder::with_max_decoded_bytes
+        /// [`IpcCacheBuilder::with_max_bytes`]: crate::IpcCacheBuilder::with_max_bytes
+        limit: u64,
+    },
     /// [`IpcCacheBuilder::create`] was pointed at a directory that holds other files and no
     /// cache; it deletes nothing it did not write (caller).
     ///
@@ -198,6 +217,19 @@ pub enum Error {
     EmptyInput {
         /// The input file.
         path: Box<Path>,
+    },
+    /// A conversion's schema (given, or inferred from the input) has more leaf columns than
+    /// the configured cap (input data, or a cap set too low by the caller).
+    #[error("{path}: {columns} columns, over the limit of {limit}")]
+    TooManyColumns {
+        /// The input file.
+        path: Box<Path>,
+        /// Leaf columns of the schema.
+        columns: usize,
+        /// The limit in force ([`Conversion::with_max_columns`]).
+        ///
+        /// [`Conversion::with_max_columns`]: crate::convert::Conversion::with_max_columns
+        limit: usize,
     },
     /// A conversion option is out of range or contradicts another, for example a zstd level
     /// outside 1..=22 or a delimiter equal to the quote character (caller).

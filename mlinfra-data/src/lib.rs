@@ -40,6 +40,8 @@
 //! - [`convert::Conversion`]: CSV and JSON lines to Parquet.
 //! - [`tensor::GgufFile`], [`tensor::SafetensorsFile`]: memory-mapped model weights.
 //! - [`tokenizer::Tokenizer`]: the tokenizer a GGUF file or a `tokenizer.json` describes.
+//! - [`files`]: opening paths without hanging on FIFOs or devices, bounded reads, atomic and
+//!   durable file replacement; what every layer uses.
 //!
 //! # Where data lives
 //!
@@ -66,13 +68,16 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod cache;
+mod compat;
 pub mod convert;
 mod dataset;
 #[cfg(feature = "encryption")]
 mod decryption;
 mod direct;
 mod error;
+pub mod files;
 pub mod manifest;
+pub mod materialize;
 mod mmap;
 mod pool;
 pub mod predicate;

@@ -7,8 +7,10 @@
 //!
 //! # What the fingerprint covers
 //!
-//! The schema, and for each shard in order: its content hash, rows and row-group row counts.
-//! Locations are *not* covered: copying or moving a dataset keeps its fingerprint; changing any
+//! The schema, and for each shard in order: its content hash, size, rows and row-group row
+//! counts. The size is a function of the content, but covering it means no reader of a
+//! manifest (the loader's byte-budgeted cache, a downloader capping what it fetches) can be
+//! handed an edited size under an intact fingerprint. Locations are *not* covered: copying or moving a dataset keeps its fingerprint; changing any
 //! byte of any shard, the shard order, or the schema changes it. Hashes are written
 //! self-describing (`blake3:<64 hex digits>`), as OCI digests are.
 //!
@@ -30,7 +32,10 @@ use crate::storage::FileRef;
 use crate::{Error, Result};
 
 /// The manifest format this build writes and reads.
-pub const MANIFEST_FORMAT: u32 = 1;
+pub const MANIFEST_FORMAT: u32 = 2;
+
+/// The largest manifest [`Manifest::read`] accepts: 256 MiB, about a million shards.
+pub const MAX_MANIFEST_BYTES: u64 = 256 << 20;
 
 /// The shards of a dataset, their content hashes, and the fingerprint derived from them; see
 /// the [module docs](self).
@@ -126,13 +131,14 @@ impl Manifest {
         Self::parse(json, Path::new("(in memory)"))
     }
 
-    /// Writes the manifest as JSON to `path`, atomically (a temporary file, then a rename).
+    /// Writes the manifest as JSON to `path`, atomically and durably ([`files::write_atomic`](crate::files::write_atomic)).
     ///
     /// # Errors
     ///
     /// [`Error::Io`] when the file cannot be written.
     pub fn write(&self, path: impl AsRef<Path>) -> Result<()> {
-        write_atomically(path.as_ref(), self.to_json().as_bytes())
+        let path = path.as_ref();
+        crate::files::write_atomic(path, self.to_json().as_bytes()).map_err(|e| Error::io(path, e))
     }
 
     /// Reads a manifest written by [`Manifest::write`].
@@ -142,7 +148,12 @@ impl Manifest {
     /// [`Error::Io`] when the file cannot be read; otherwise as [`Manifest::from_json`].
     pub fn read(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
-        let json = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let bytes =
+            crate::files::read_regular(path, MAX_MANIFEST_BYTES).map_err(|e| Error::io(path, e))?;
+        let json = String::from_utf8(bytes).map_err(|_| Error::InvalidManifest {
+            path: path.into(),
+            what: "not UTF-8".into(),
+        })?;
         Self::parse(&json, path)
     }
 
@@ -390,11 +401,15 @@ fn canonical_type(data_type: &DataType, out: &mut String) {
 }
 
 /// The dataset fingerprint over the schema fingerprint and, per shard in order, its content
-/// hash, rows and row-group rows. Locations are left out (see the module docs).
+/// hash, size, rows and row-group rows. Locations are left out (see the module docs).
 fn dataset_fingerprint(schema_fingerprint: &str, shards: &[ShardEntry]) -> String {
     let mut canonical = format!("mlinfra-dataset-v{MANIFEST_FORMAT}\n{schema_fingerprint}\n");
     for shard in shards {
-        let _ = write!(canonical, "{} {} [", shard.content_hash, shard.rows);
+        let _ = write!(
+            canonical,
+            "{} {} {} [",
+            shard.content_hash, shard.bytes, shard.rows
+        );
         for (i, rows) in shard.row_group_rows.iter().enumerate() {
             if i > 0 {
                 canonical.push(',');
@@ -406,23 +421,6 @@ fn dataset_fingerprint(schema_fingerprint: &str, shards: &[ShardEntry]) -> Strin
     let mut hasher = blake3::Hasher::new();
     hasher.update(canonical.as_bytes());
     digest(&hasher)
-}
-
-/// Writes `bytes` to `path` through a temporary file in the same directory and a rename, so a
-/// reader sees the old file or the new one, never half of one.
-pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
-    let result = (|| {
-        use std::io::Write as _;
-        let mut file = std::fs::File::create(&tmp)?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    result.map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        Error::io(path, e)
-    })
 }
 
 #[cfg(test)]

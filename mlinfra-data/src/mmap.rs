@@ -1,7 +1,6 @@
 //! Read-only memory maps: how Parquet shards, IPC cache files and tensor files are read without
 //! copying.
 
-use std::fs::File;
 use std::path::Path;
 
 use memmap2::Mmap;
@@ -14,7 +13,8 @@ use crate::{Error, Result};
 /// nor truncated while mapped (see [`storage`](crate::storage), [`IpcFile`](crate::IpcFile) and
 /// the [`tensor`](crate::tensor) module).
 pub(crate) fn map_file(path: &Path) -> Result<Mmap> {
-    let file = File::open(path).map_err(|e| Error::io(path, e))?;
+    // Never blocks on a FIFO, and refuses devices: only regular files are mapped.
+    let file = crate::files::open_regular(path).map_err(|e| Error::io(path, e))?;
     // SAFETY: the mapping is read-only and nothing writes through it, but another process (or
     // this one) could still modify or truncate the file while it is mapped, which would change
     // bytes behind a `&[u8]` or make reading them fault. That cannot be prevented from here; it

@@ -25,6 +25,7 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 
 use arrow::array::{ArrayRef, RecordBatch};
 use crossbeam_channel::Receiver;
@@ -35,6 +36,7 @@ use parquet::arrow::push_decoder::ParquetPushDecoderBuilder;
 use crate::dataset::Dataset;
 use crate::direct::{self, RowGroupRef};
 use crate::error::contain_panics;
+use crate::materialize::{self, Tally};
 use crate::predicate::{Bound, Predicate};
 use crate::storage::ShardReader;
 use crate::take::check_row_count;
@@ -180,20 +182,25 @@ impl Dataset {
         let path = shard.path();
         contain_panics(path, || {
             self.check_decode_limit(shard, group)?;
+            let reader = self.shard_reader(shard)?;
             let batch_size = batch_size.unwrap_or_else(|| {
                 let bytes = self.projected_uncompressed_bytes(shard, group);
                 let rows = shard.rows_in_group(group).max(1);
                 let row_bytes = (bytes / rows).max(1);
                 (DEFAULT_BATCH_BYTES / row_bytes).clamp(1, DEFAULT_BATCH_SIZE as u64) as usize
             });
-            let reader = self.shard_reader(shard)?;
+            // Never a batch that could pass the decode budget, whatever its rows reference.
+            let row_bound = materialize::row_bound(self, shard_index, group, &reader)?;
+            let batch_size = materialize::batch_rows(batch_size, row_bound);
+            let decoded = AtomicU64::new(0);
+            let mut tally = Tally::new(path, self.max_decoded_bytes(), &decoded);
             if filter.is_none() {
                 let target = RowGroupRef {
                     shard,
                     shard_index,
                     group,
                 };
-                if let Some(batches) = self.read_direct(target, batch_size, &reader)? {
+                if let Some(batches) = self.read_direct(target, batch_size, &reader, &mut tally)? {
                     return Ok(batches);
                 }
             }
@@ -220,7 +227,7 @@ impl Dataset {
             }
             let decoder = builder.build().map_err(|e| Error::parquet(path, e))?;
             let batches = reader
-                .decode(decoder)?
+                .decode(decoder, &mut tally)?
                 .into_iter()
                 .map(|batch| self.arrange(batch, path))
                 .collect::<Result<Vec<_>>>()?;
@@ -239,6 +246,7 @@ impl Dataset {
         target: RowGroupRef<'_>,
         batch_size: usize,
         reader: &ShardReader<'_>,
+        tally: &mut Tally<'_>,
     ) -> Result<Option<Vec<RecordBatch>>> {
         let path = target.shard.path();
         let roots = self.roots();
@@ -268,7 +276,7 @@ impl Dataset {
                     .with_batch_size(batch_size)
                     .build()
                     .map_err(|e| Error::parquet(path, e))?;
-            let decoded = reader.decode(decoder)?;
+            let decoded = reader.decode(decoder, tally)?;
             check_row_count(path, rows, &decoded)?;
             // Both sides cut the row group at the same row counts.
             if decoded.len() != batch_count {

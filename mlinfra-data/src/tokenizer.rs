@@ -94,7 +94,8 @@ impl Tokenizer {
             .ok_or_else(|| fail("no string tokenizer.ggml.model".into()))?;
         if model != "gpt2" {
             return Err(fail(format!(
-                "tokenizer.ggml.model is `{model}`; only byte-level BPE (`gpt2`) is supported"
+                "tokenizer.ggml.model is {}; only byte-level BPE (`gpt2`) is supported",
+                crate::tensor::quoted(model)
             )));
         }
         let strings = |key: &str| {
@@ -149,7 +150,12 @@ impl Tokenizer {
                 merge
                     .split_once(' ')
                     .map(|(left, right)| (left.to_owned(), right.to_owned()))
-                    .ok_or_else(|| fail(format!("merge {rank} `{merge}` has no space")))
+                    .ok_or_else(|| {
+                        fail(format!(
+                            "merge {rank} {} has no space",
+                            crate::tensor::quoted(merge)
+                        ))
+                    })
             })
             .collect::<Result<_>>()?;
         let bpe = BPE::builder()
@@ -194,7 +200,13 @@ impl Tokenizer {
     pub fn from_json_file(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
         let origin: Box<str> = path.display().to_string().into();
-        let inner = tokenizers::Tokenizer::from_file(path).map_err(|e| Error::Tokenizer {
+        // Opened as every named file is (no FIFO, no device), and bounded: real ones are a few
+        // megabytes.
+        let bytes = crate::files::read_regular(path, 256 << 20).map_err(|e| Error::Tokenizer {
+            origin: origin.clone(),
+            what: format!("cannot read: {e}").into(),
+        })?;
+        let inner = tokenizers::Tokenizer::from_bytes(bytes).map_err(|e| Error::Tokenizer {
             origin: origin.clone(),
             what: e.to_string().into(),
         })?;
@@ -320,7 +332,8 @@ fn pre_tokenizer(pre: &str) -> std::result::Result<PreTokenizerWrapper, String> 
         }
         other => {
             return Err(format!(
-                "tokenizer.ggml.pre is `{other}`; supported: default, gpt2, smollm, llama-bpe"
+                "tokenizer.ggml.pre is {}; supported: default, gpt2, smollm, llama-bpe",
+                crate::tensor::quoted(other)
             ));
         }
     })

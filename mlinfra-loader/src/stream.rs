@@ -22,7 +22,9 @@
 //!
 //! **Processes.** Fetches and evictions hold an exclusive lock on `DIR/.lock`, so several
 //! processes (the ranks of one machine) can share one directory: each shard is downloaded once
-//! while it stays cached, and usage is computed from the files on disk. A shard is opened and
+//! while it stays cached, and usage is computed from the files on disk. A file found there
+//! is not trusted for its name: its size and content hash are checked before it is used (one
+//! read of it), and a file that fails is downloaded again. A shard is opened and
 //! memory-mapped before the lock is released, so a file another process deletes later stays
 //! readable here (Unix keeps a deleted file's mapped pages); a process drops its entry for a
 //! deleted shard as soon as none of its workers reads it, which frees the disk space. Pins are
@@ -523,21 +525,39 @@ impl Inner {
         let entry = &self.shards[shard];
         let path = self.dir.join(self.file_name(shard));
         let _lock = self.lock_dir()?;
-        if path.is_file() {
+        if path.is_file() && self.cached_file_is_intact(shard, &path) {
             // Downloaded already (by another process, or before an eviction here).
             touch(&path);
             self.counters.hits.fetch_add(1, Ordering::Relaxed);
         } else {
+            // Gone, or not what its name says (another process's bug, a disk error, a hostile
+            // writer in a shared directory): downloaded again.
+            let _ = std::fs::remove_file(&path);
             self.remove_stale_downloads()?;
             self.make_room(entry.bytes, &path)?;
             let tmp = self
                 .dir
                 .join(format!(".fetch-{}-{shard}", std::process::id()));
-            let hash = mlinfra_data::storage::fetch_file(&entry.uri, &self.options, &tmp);
+            // Stopped at the manifest's size (which its fingerprint covers): the budget holds
+            // whatever the object store serves.
+            let hash =
+                mlinfra_data::storage::fetch_file(&entry.uri, &self.options, &tmp, entry.bytes);
             let hash = match hash {
                 Ok(hash) => hash,
                 Err(error) => {
                     let _ = std::fs::remove_file(&tmp);
+                    let oversized = matches!(&error, mlinfra_data::Error::Io { source, .. }
+                        if source.kind() == std::io::ErrorKind::FileTooLarge);
+                    if oversized {
+                        return Err(Error::ShardCorrupt {
+                            uri: entry.uri.as_str().into(),
+                            reason: format!(
+                                "holds more than the {} bytes the manifest records",
+                                entry.bytes
+                            )
+                            .into(),
+                        });
+                    }
                     return Err(error.into());
                 }
             };
@@ -553,6 +573,7 @@ impl Inner {
                 });
             }
             std::fs::rename(&tmp, &path).map_err(|e| io_error(&path, e))?;
+            mlinfra_data::files::sync_dir(&self.dir).map_err(|e| io_error(&self.dir, e))?;
             self.counters
                 .fetched
                 .fetch_add(entry.bytes, Ordering::Relaxed);
@@ -635,6 +656,9 @@ impl Inner {
                     });
                 }
                 None => {
+                    if self.stop.load(Ordering::Relaxed) {
+                        return Err(stopped(&self.dir));
+                    }
                     // Wait for a worker to finish with its shard.
                     let _unused = self
                         .changed
@@ -643,6 +667,18 @@ impl Inner {
                 }
             }
         }
+    }
+
+    /// Whether the cached file of `shard` is the verified shard its name promises: the
+    /// manifest's size and content hash, re-read now. A file in a shared directory is not
+    /// trusted because of its name: whoever wrote it, this process checks what it maps. Costs
+    /// one read of the shard (hashed on all cores), each time this process takes the shard from
+    /// disk rather than from the network.
+    fn cached_file_is_intact(&self, shard: usize, path: &Path) -> bool {
+        let entry = &self.shards[shard];
+        std::fs::metadata(path).is_ok_and(|meta| meta.is_file() && meta.len() == entry.bytes)
+            && mlinfra_data::storage::content_hash(path)
+                .is_ok_and(|hash| hash == entry.content_hash)
     }
 
     /// Deletes partial downloads left by a process killed mid-fetch. Called with the directory
@@ -685,18 +721,43 @@ impl Inner {
         Ok(files)
     }
 
-    /// The directory-wide lock that serializes fetches and evictions across processes.
+    /// The directory-wide lock that serializes fetches and evictions across processes. Polled
+    /// rather than blocked on, so that a dropped source's fetcher gives up while another
+    /// process holds the lock for a long download, instead of holding up the drop.
     fn lock_dir(&self) -> Result<File> {
+        use std::os::unix::fs::OpenOptionsExt as _;
         let path = self.dir.join(".lock");
         let file = File::options()
             .create(true)
             .truncate(false)
             .write(true)
+            .custom_flags(libc::O_NOFOLLOW)
             .open(&path)
             .map_err(|e| io_error(&path, e))?;
-        file.lock().map_err(|e| io_error(&path, e))?;
-        Ok(file)
+        loop {
+            match file.try_lock() {
+                Ok(()) => return Ok(file),
+                Err(std::fs::TryLockError::WouldBlock) => {
+                    if self.stop.load(Ordering::Relaxed) {
+                        return Err(stopped(&self.dir));
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                }
+                Err(std::fs::TryLockError::Error(e)) => return Err(io_error(&path, e)),
+            }
+        }
     }
+}
+
+/// What a fetch of a dropped source returns instead of waiting on.
+fn stopped(dir: &Path) -> Error {
+    io_error(
+        dir,
+        std::io::Error::new(
+            std::io::ErrorKind::Interrupted,
+            "the streaming source was dropped",
+        ),
+    )
 }
 
 /// The 64 hex digits of a `blake3:` content hash; `None` for anything else.

@@ -13,6 +13,15 @@ pub trait ModelRunner {
     /// Vocabulary size: the length of every logits row.
     fn vocab_size(&self) -> usize;
 
+    /// The longest sequence (prompt plus generated tokens) the model can compute, if it has a
+    /// limit: an [`Engine`](crate::engine::Engine) refuses requests that could pass it when
+    /// they are added, rather than failing a step (and every request in it) mid-run.
+    ///
+    /// Defaults to `None`: no limit but the KV pool.
+    fn max_seq_len(&self) -> Option<usize> {
+        None
+    }
+
     /// Makes the plan's block copies, computes KV for every scheduled token (a request's
     /// known tokens, then its [`draft`](crate::sched::Request::draft)), and returns the
     /// logits of each scheduled request that [`samples`](crate::sched::ScheduledRequest::samples),
@@ -33,6 +42,7 @@ pub struct LlamaRunner {
     memory: PagedKv,
     attention: Box<dyn PagedAttention + Send>,
     vocab_size: usize,
+    max_seq_len: usize,
     scale: f64,
     /// A block outside the scheduler's pool for padding tokens' KV.
     scratch_block: u32,
@@ -80,6 +90,7 @@ impl LlamaRunner {
             memory,
             attention,
             vocab_size: config.vocab_size,
+            max_seq_len: config.max_seq_len,
             scale: 1.0 / (config.head_dim() as f64).sqrt(),
             scratch_block: num_blocks as u32,
         })
@@ -94,6 +105,10 @@ impl LlamaRunner {
 impl ModelRunner for LlamaRunner {
     fn vocab_size(&self) -> usize {
         self.vocab_size
+    }
+
+    fn max_seq_len(&self) -> Option<usize> {
+        Some(self.max_seq_len)
     }
 
     fn execute(&mut self, plan: &SchedulerOutput, scheduler: &Scheduler) -> Result<Vec<Vec<f32>>> {

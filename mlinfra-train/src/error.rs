@@ -76,6 +76,22 @@ pub enum Error {
         reason: Box<str>,
     },
 
+    /// A run that does not resume was pointed at a directory that already holds complete
+    /// checkpoints: continuing would mix two runs' checkpoints (and a later resume would pick
+    /// whichever has the higher step). Resume from them, or give the run an empty directory.
+    /// Caller error.
+    #[error(
+        "checkpoint directory {} already holds checkpoints (the newest at step {newest}): \
+         resume from them, or use an empty directory",
+        dir.display()
+    )]
+    CheckpointDirInUse {
+        /// The checkpoint root.
+        dir: Box<std::path::Path>,
+        /// The newest complete checkpoint's step.
+        newest: u64,
+    },
+
     /// A valid checkpoint does not fit the model or optimizer it is loaded into (parameter
     /// names or shapes, optimizer kind, optimizer state). Never resolved by silently starting
     /// over. Caller error.
@@ -103,10 +119,21 @@ pub enum Error {
         status: Box<str>,
     },
 
-    /// A training configuration that cannot work (zero steps, a negative learning rate...).
-    #[error("invalid training configuration: {reason}")]
+    /// A configuration that cannot work: a trainer's (zero steps, a negative learning
+    /// rate...), a model's shape, a collective's. Caller error.
+    #[error("invalid configuration: {reason}")]
     InvalidConfig {
         /// What is wrong, naming the field.
+        reason: Box<str>,
+    },
+
+    /// An operation refused its input: an empty prompt, a token outside the vocabulary, a
+    /// sequence longer than the model's context. Caller error.
+    #[error("{operation} refused its input: {reason}")]
+    InvalidInput {
+        /// The operation (`Llama::forward`, `Llama::generate_greedy`...).
+        operation: &'static str,
+        /// What is wrong with the input.
         reason: Box<str>,
     },
 }

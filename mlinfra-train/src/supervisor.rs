@@ -12,6 +12,12 @@ use crate::{Error, Result};
 /// (0 on the first launch), like TorchElastic's `TORCHELASTIC_RESTART_COUNT`.
 pub const RESTART_COUNT_VAR: &str = "MLINFRA_RESTART_COUNT";
 
+/// The environment variable naming the file a supervised worker touches to say it is alive,
+/// set when the supervisor has a [`liveness`](Supervisor::liveness) timeout. A
+/// [`Trainer`](crate::Trainer) touches it after every step ([`Heartbeat`]); other workers can
+/// touch it themselves.
+pub const HEARTBEAT_VAR: &str = "MLINFRA_HEARTBEAT_FILE";
+
 /// How often a running worker is polled.
 const POLL: Duration = Duration::from_millis(20);
 
@@ -31,6 +37,16 @@ const POLL: Duration = Duration::from_millis(20);
 /// SIGTERM handler, say) sends SIGTERM to the worker, which checkpoints and exits; after
 /// [`grace`](Supervisor::grace) without an exit it is killed. A stopped run is not restarted.
 ///
+/// **Hangs.** A worker can fail without exiting: a rank blocked forever in a collective, a
+/// deadlock. With a [`liveness`](Supervisor::liveness) timeout, the worker is told a heartbeat
+/// file ([`HEARTBEAT_VAR`]); when the file has not been touched for that long, the worker is
+/// stopped as above (SIGTERM, then SIGKILL after the grace period) and the attempt counts as a
+/// failure, so it is restarted (TorchElastic's watchdog timer, the same way).
+///
+/// **The supervisor's own death.** On Linux each worker is started with a parent-death signal
+/// (SIGKILL): if the supervisor is killed, `kill -9` included, its worker goes with it instead
+/// of training on, unsupervised, beside the next supervisor's worker.
+///
 /// One supervised command is one restart unit: for a multi-process job, supervise its
 /// launcher (`mpirun`), which fails as a whole when one rank dies.
 #[derive(Debug, Clone)]
@@ -38,6 +54,7 @@ pub struct Supervisor {
     max_restarts: u32,
     backoff: Duration,
     grace: Duration,
+    liveness: Option<Duration>,
     stop: Arc<AtomicBool>,
 }
 
@@ -76,8 +93,18 @@ impl Supervisor {
             max_restarts,
             backoff: Duration::from_millis(100),
             grace: Duration::from_secs(30),
+            liveness: None,
             stop: Arc::new(AtomicBool::new(false)),
         }
+    }
+
+    /// Treats a worker whose heartbeat file is untouched for `timeout` as hung: it is stopped
+    /// and restarted (see **Hangs** above). The clock starts at launch, so `timeout` must
+    /// cover start-up (loading data and the model) and the longest step or checkpoint.
+    /// Defaults to none: a worker may run silent for ever.
+    pub fn liveness(mut self, timeout: Duration) -> Self {
+        self.liveness = Some(timeout);
+        self
     }
 
     /// The wait before the first restart; it doubles after each further failure.
@@ -117,12 +144,20 @@ impl Supervisor {
         loop {
             let mut command = launch(restart);
             command.env(RESTART_COUNT_VAR, restart.to_string());
+            let heartbeat = match self.liveness {
+                Some(_) => Some(HeartbeatFile::create(restart)?),
+                None => None,
+            };
+            if let Some(file) = &heartbeat {
+                command.env(HEARTBEAT_VAR, &file.path);
+            }
+            die_with_parent(&mut command);
             let started = Instant::now();
             let child = command.spawn().map_err(|source| Error::WorkerSpawn {
                 program: command.get_program().to_string_lossy().into(),
                 source,
             })?;
-            let (status, stopped) = self.watch(child)?;
+            let (status, stopped) = self.watch(child, heartbeat.as_ref())?;
             attempts.push(Attempt {
                 restart,
                 status,
@@ -148,29 +183,47 @@ impl Supervisor {
         }
     }
 
-    /// Waits for `child` to exit, stopping it when the stop flag is set. Returns its status
-    /// and whether it was stopped.
-    fn watch(&self, mut child: Child) -> Result<(ExitStatus, bool)> {
+    /// Waits for `child` to exit, stopping it when the stop flag is set or its heartbeat
+    /// goes quiet for the liveness timeout. Returns its status and whether it was stopped by
+    /// the flag (a hung worker's attempt is a failure, not a stop).
+    fn watch(
+        &self,
+        mut child: Child,
+        heartbeat: Option<&HeartbeatFile>,
+    ) -> Result<(ExitStatus, bool)> {
         let id = child.id();
         let wait_error = |source| Error::WorkerSpawn {
             program: format!("worker process {id}").into(),
             source,
         };
+        let launched = std::time::SystemTime::now();
         loop {
             if let Some(status) = child.try_wait().map_err(wait_error)? {
                 return Ok((status, false));
             }
-            if self.stop.load(Ordering::Relaxed) {
+            let stopped = self.stop.load(Ordering::Relaxed);
+            let hung = match (self.liveness, heartbeat) {
+                (Some(timeout), Some(file)) => file.quiet_since(launched) > timeout,
+                _ => false,
+            };
+            if stopped || hung {
+                if hung {
+                    eprintln!(
+                        "mlinfra-train supervisor: worker {id} sent no heartbeat for {:?}; \
+                         stopping it",
+                        self.liveness.unwrap_or_default()
+                    );
+                }
                 terminate(&mut child);
                 let deadline = Instant::now() + self.grace;
                 while Instant::now() < deadline {
                     if let Some(status) = child.try_wait().map_err(wait_error)? {
-                        return Ok((status, true));
+                        return Ok((status, stopped));
                     }
                     std::thread::sleep(POLL);
                 }
                 let _ = child.kill();
-                return Ok((child.wait().map_err(wait_error)?, true));
+                return Ok((child.wait().map_err(wait_error)?, stopped));
             }
             std::thread::sleep(POLL);
         }
@@ -187,6 +240,92 @@ impl Supervisor {
         }
         self.stop.load(Ordering::Relaxed)
     }
+}
+
+/// The heartbeat file of one launch: created empty before it, removed after.
+struct HeartbeatFile {
+    path: std::path::PathBuf,
+}
+
+impl HeartbeatFile {
+    fn create(restart: u32) -> Result<Self> {
+        let path = std::env::temp_dir().join(format!(
+            "mlinfra-heartbeat-{}-{restart}",
+            std::process::id()
+        ));
+        let _ = std::fs::remove_file(&path);
+        mlinfra_data::files::create_new(&path).map_err(|source| Error::WorkerSpawn {
+            program: format!("heartbeat file {}", path.display()).into(),
+            source,
+        })?;
+        Ok(HeartbeatFile { path })
+    }
+
+    /// How long since the worker last touched the file, or since `launched` if never.
+    fn quiet_since(&self, launched: std::time::SystemTime) -> Duration {
+        let touched = std::fs::metadata(&self.path)
+            .and_then(|meta| meta.modified())
+            .map_or(launched, |modified| modified.max(launched));
+        touched.elapsed().unwrap_or_default()
+    }
+}
+
+impl Drop for HeartbeatFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// The worker's side of a liveness timeout: touches the file named by [`HEARTBEAT_VAR`], if
+/// the environment names one. A [`Trainer`](crate::Trainer) beats after every step; one
+/// `utimensat` call per beat.
+#[derive(Debug)]
+pub struct Heartbeat {
+    file: Option<std::fs::File>,
+}
+
+impl Heartbeat {
+    /// The heartbeat the environment asks for; a no-op one when it asks for none (or the
+    /// file cannot be opened: liveness is the supervisor's concern, never a reason to fail).
+    pub fn from_env() -> Self {
+        let file = std::env::var_os(HEARTBEAT_VAR)
+            .and_then(|path| std::fs::File::options().write(true).open(path).ok());
+        Heartbeat { file }
+    }
+
+    /// Says "alive".
+    pub fn beat(&self) {
+        if let Some(file) = &self.file {
+            let _ = file.set_modified(std::time::SystemTime::now());
+        }
+    }
+}
+
+/// On Linux, makes the worker receive SIGKILL when the thread that started it (the
+/// supervisor's, which waits in [`Supervisor::run`] for as long as the worker lives) dies.
+fn die_with_parent(command: &mut Command) {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::unix::process::CommandExt as _;
+        let parent = std::process::id();
+        // SAFETY: the closure runs in the child between fork and exec, where only
+        // async-signal-safe functions may be called: prctl(2), getppid(2) and _exit(2) are,
+        // and it allocates nothing and takes no lock.
+        unsafe {
+            command.pre_exec(move || {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                // The supervisor may have died before the prctl: then nobody would send it.
+                if u32::try_from(libc::getppid()).ok() != Some(parent) {
+                    libc::_exit(1);
+                }
+                Ok(())
+            });
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = command;
 }
 
 /// Asks `child` to stop: SIGTERM on Unix (the trainer checkpoints on it), a kill elsewhere.

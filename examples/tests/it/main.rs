@@ -1,3 +1,4 @@
 //! The one integration-test binary of the examples package: the contracts examples promise.
 
+mod data_inspect;
 mod serve_sim;

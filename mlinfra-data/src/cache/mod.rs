@@ -21,15 +21,27 @@
 //!
 //! # Costs
 //!
-//! Building: one full scan of the projected columns, written at disk speed; disk use is the
-//! decoded size. Opening: one footer per file. [`IpcCache::take`]: a binary search per row and
-//! one copy of each requested row; batches decode lazily on first touch (see [`IpcFile`]).
+//! Building: one full scan of the projected columns, written at disk speed (and hashed on the
+//! way); disk use is the decoded size. Opening: one footer per file. [`IpcCache::take`]: a
+//! binary search per row and one copy of each requested row; batches decode lazily on first
+//! touch (see [`IpcFile`]).
+//!
+//! # Integrity
+//!
+//! Every read validates structure: footers, message headers and buffer bounds, so a damaged
+//! file is a typed error, never a panic or an out-of-bounds read. Values are not checked on
+//! read: the index records each file's BLAKE3 hash, and [`IpcCache::verify`] compares them (a
+//! read of every byte, on all cores). Not on every open, on purpose: opening in O(footers) and
+//! reading only the rows asked for is what the cache is for, and hashing a many-gigabyte cache
+//! at each start would cost more than most epochs read. Verify after a crash, a copy between
+//! machines, or whenever silent corruption would matter more than a minute.
 
 mod ipc_file;
 
 use std::fs::File;
 use std::io::BufWriter;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicU64;
 
 use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
@@ -41,11 +53,12 @@ pub use ipc_file::IpcFile;
 
 use crate::dataset::Dataset;
 use crate::manifest::schema_fingerprint;
+use crate::materialize::Tally;
 use crate::storage::FileRef;
 use crate::{Error, Result};
 
 /// The cache format this build writes and reads.
-pub const CACHE_FORMAT: u32 = 1;
+pub const CACHE_FORMAT: u32 = 2;
 
 /// Name of the index file inside a cache directory.
 pub const INDEX_FILE: &str = "mlinfra-cache.json";
@@ -55,6 +68,14 @@ pub const DEFAULT_BATCH_ROWS: usize = 8192;
 
 /// Default size at which a cache file is closed and the next one started: 1 GiB.
 pub const DEFAULT_MAX_FILE_BYTES: u64 = 1 << 30;
+
+/// The default cap of a cache, as a multiple of its source's Parquet bytes: 100. See
+/// [`IpcCacheBuilder::with_max_bytes`].
+pub const DEFAULT_MAX_EXPANSION: u64 = 100;
+
+/// The least the default cap of a cache allows: 64 MiB, so that small, highly compressed
+/// datasets still build. See [`IpcCacheBuilder::with_max_bytes`].
+pub const DEFAULT_MIN_MAX_BYTES: u64 = 64 << 20;
 
 /// Buffer alignment of cache files: a cache line, and what SIMD loads want.
 const ALIGNMENT: usize = 64;
@@ -107,6 +128,8 @@ fn source_stamps(dataset: &Dataset) -> Result<Vec<SourceStamp>> {
 struct CacheFileEntry {
     name: String,
     rows: u64,
+    /// `blake3:` and the hex BLAKE3 hash of the file's bytes ([`IpcCache::verify`]).
+    content_hash: String,
 }
 
 /// Options for building an [`IpcCache`]; from [`Dataset::ipc_cache`].
@@ -117,6 +140,8 @@ pub struct IpcCacheBuilder {
     dir: PathBuf,
     batch_rows: usize,
     max_file_bytes: u64,
+    /// `None`: [`DEFAULT_MAX_EXPANSION`] times the source, at least [`DEFAULT_MIN_MAX_BYTES`].
+    max_bytes: Option<u64>,
 }
 
 impl Dataset {
@@ -135,6 +160,7 @@ impl Dataset {
             dir: dir.into(),
             batch_rows: DEFAULT_BATCH_ROWS,
             max_file_bytes: DEFAULT_MAX_FILE_BYTES,
+            max_bytes: None,
         }
     }
 }
@@ -154,6 +180,30 @@ impl IpcCacheBuilder {
     pub fn with_max_file_bytes(mut self, bytes: u64) -> Self {
         self.max_file_bytes = bytes.max(1);
         self
+    }
+
+    /// The most bytes of arrays the cache may hold; a build that would write more stops with
+    /// [`Error::MaterializeLimit`] and leaves no cache. A cache holds the decoded data, which
+    /// is larger than the Parquet it comes from, usually a few times; a file decoding to far
+    /// more is a decompression bomb (a 1 KB file whose rows all reference one 1 MB dictionary
+    /// value decodes to gigabytes), and this stops it before the disk fills.
+    ///
+    /// Defaults to [`DEFAULT_MAX_EXPANSION`] times the dataset's Parquet bytes, and at least
+    /// [`DEFAULT_MIN_MAX_BYTES`] (Apache POI guards ZIP files the same way, at the same
+    /// ratio).
+    pub fn with_max_bytes(mut self, bytes: u64) -> Self {
+        self.max_bytes = Some(bytes);
+        self
+    }
+
+    /// The cap in force ([`IpcCacheBuilder::with_max_bytes`]).
+    fn max_bytes(&self) -> u64 {
+        self.max_bytes.unwrap_or_else(|| {
+            let source: u64 = self.dataset.shards().iter().map(|s| s.size()).sum();
+            source
+                .saturating_mul(DEFAULT_MAX_EXPANSION)
+                .max(DEFAULT_MIN_MAX_BYTES)
+        })
     }
 
     /// Opens the cache in the directory if it was built from this dataset with the same
@@ -209,6 +259,9 @@ impl IpcCacheBuilder {
             std::fs::remove_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         }
         std::fs::rename(&staging, dir).map_err(|e| Error::io(dir, e))?;
+        // The rename survives a power cut only once the parent directory is synced.
+        let parent = crate::files::parent_dir(dir);
+        crate::files::sync_dir(parent).map_err(|e| Error::io(parent, e))?;
         IpcCache::from_index(dir, index)
     }
 
@@ -218,8 +271,11 @@ impl IpcCacheBuilder {
         let sources = source_stamps(&self.dataset)?;
         let mut files: Vec<CacheFileEntry> = Vec::new();
         let mut current: Option<PartWriter> = None;
+        let written = AtomicU64::new(0);
+        let mut tally = Tally::new(Path::new(self.dataset.uri()), self.max_bytes(), &written);
         for batch in self.dataset.scan().with_batch_size(self.batch_rows).build() {
             let batch = batch?;
+            tally.add(&batch)?;
             let part = match &mut current {
                 Some(part) => part,
                 None => current.insert(PartWriter::create(staging, files.len(), &batch.schema())?),
@@ -245,14 +301,34 @@ impl IpcCacheBuilder {
             files,
         };
         let json = serde_json::to_string_pretty(&index).expect("the index is plain data");
-        crate::manifest::write_atomically(&staging.join(INDEX_FILE), json.as_bytes())?;
+        let index_path = staging.join(INDEX_FILE);
+        crate::files::write_atomic(&index_path, json.as_bytes())
+            .map_err(|e| Error::io(&index_path, e))?;
         Ok(index)
+    }
+}
+
+/// A writer that hashes what passes through it: a cache file's hash, with no second read.
+struct HashingWriter {
+    file: File,
+    hasher: blake3::Hasher,
+}
+
+impl std::io::Write for HashingWriter {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        let written = self.file.write(bytes)?;
+        self.hasher.update(&bytes[..written]);
+        Ok(written)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.file.flush()
     }
 }
 
 /// One cache file being written.
 struct PartWriter {
-    writer: FileWriter<BufWriter<File>>,
+    writer: FileWriter<BufWriter<HashingWriter>>,
     name: String,
     path: PathBuf,
     /// Array bytes written so far, the measure for rolling to the next file.
@@ -264,11 +340,15 @@ impl PartWriter {
     fn create(dir: &Path, number: usize, schema: &arrow::datatypes::Schema) -> Result<Self> {
         let name = format!("part-{number:05}.arrow");
         let path = dir.join(&name);
-        let file = File::create(&path).map_err(|e| Error::io(&path, e))?;
+        let file = crate::files::create_new(&path).map_err(|e| Error::io(&path, e))?;
         let options = IpcWriteOptions::try_new(ALIGNMENT, false, MetadataVersion::V5)
             .expect("64 is a valid IPC alignment");
+        let hashing = HashingWriter {
+            file,
+            hasher: blake3::Hasher::new(),
+        };
         let writer = FileWriter::try_new_with_options(
-            BufWriter::with_capacity(8 << 20, file),
+            BufWriter::with_capacity(8 << 20, hashing),
             schema,
             options,
         )
@@ -295,7 +375,7 @@ impl PartWriter {
     fn finish(mut self) -> Result<CacheFileEntry> {
         let path = &self.path;
         self.writer.finish().map_err(|e| Error::arrow(path, e))?;
-        let file = self
+        let HashingWriter { file, hasher } = self
             .writer
             .into_inner()
             .map_err(|e| Error::arrow(path, e))?
@@ -305,6 +385,7 @@ impl PartWriter {
         Ok(CacheFileEntry {
             name: self.name,
             rows: self.rows,
+            content_hash: format!("blake3:{}", hasher.finalize().to_hex()),
         })
     }
 }
@@ -348,13 +429,14 @@ impl IpcCache {
     pub fn open(dir: impl AsRef<Path>) -> Result<Self> {
         let dir = dir.as_ref();
         let index_path = dir.join(INDEX_FILE);
-        let json = std::fs::read_to_string(&index_path).map_err(|e| Error::io(&index_path, e))?;
+        let json = crate::files::read_regular(&index_path, crate::manifest::MAX_MANIFEST_BYTES)
+            .map_err(|e| Error::io(&index_path, e))?;
         let invalid = |what: String| Error::InvalidManifest {
             path: index_path.as_path().into(),
             what: what.into(),
         };
-        let index: CacheIndex =
-            serde_json::from_str(&json).map_err(|e| invalid(format!("not a cache index: {e}")))?;
+        let index: CacheIndex = serde_json::from_slice(&json)
+            .map_err(|e| invalid(format!("not a cache index: {e}")))?;
         if index.format != CACHE_FORMAT {
             return Err(invalid(format!(
                 "format {} (this build reads format {CACHE_FORMAT})",
@@ -393,7 +475,11 @@ impl IpcCache {
             let base = *chunk_starts.last().expect("starts with 0");
             for (batch, start) in file.batch_starts()[1..].iter().enumerate() {
                 chunks.push((i, batch));
-                chunk_starts.push(base + start);
+                // Each file's counts were checked; their sum across files is checked here.
+                let end = base.checked_add(*start).ok_or_else(|| {
+                    mismatch("row counts overflow across the cache's files".into())
+                })?;
+                chunk_starts.push(end);
             }
             files.push(file);
         }
@@ -440,6 +526,32 @@ impl IpcCache {
     /// The cache files, in row order.
     pub fn files(&self) -> &[IpcFile] {
         &self.files
+    }
+
+    /// Checks every file's bytes against the hash the index recorded when the cache was built
+    /// (see [Integrity](self#integrity)): a read of the whole cache, hashed on all cores.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::CorruptMetadata`] naming the first file whose bytes changed.
+    pub fn verify(&self) -> Result<()> {
+        for (file, entry) in self.files.iter().zip(&self.index.files) {
+            let mut hasher = blake3::Hasher::new();
+            hasher.update_rayon(file.mapped_bytes());
+            let actual = format!("blake3:{}", hasher.finalize().to_hex());
+            if actual != entry.content_hash {
+                return Err(Error::CorruptMetadata {
+                    path: file.path().into(),
+                    what: format!(
+                        "content hash {actual}, the cache index records {} (changed since the \
+                         cache was built)",
+                        entry.content_hash
+                    )
+                    .into(),
+                });
+            }
+        }
+        Ok(())
     }
 
     /// Every batch in row order, decoded on first touch; each is a view of the mapping (an

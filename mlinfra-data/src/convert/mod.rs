@@ -121,7 +121,6 @@ use std::fs::File;
 use std::io::{BufReader, BufWriter};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use arrow::datatypes::{Schema, SchemaRef};
 use parquet::arrow::ArrowWriter;
@@ -130,9 +129,9 @@ use parquet::file::properties::{EnabledStatistics, WriterProperties};
 
 pub use options::{
     BadRecords, Compression, CsvOptions, DEFAULT_BAD_RECORDS, DEFAULT_BATCH_ROWS,
-    DEFAULT_COMPRESSION, DEFAULT_DELIMITER, DEFAULT_INFER_RECORDS, DEFAULT_MAX_RECORD_BYTES,
-    DEFAULT_PAGE_BYTES, DEFAULT_QUOTE, DEFAULT_ROW_GROUP_ROWS, MAX_REPORTED_SKIPS, Progress,
-    Report, SkippedRecord,
+    DEFAULT_COMPRESSION, DEFAULT_DELIMITER, DEFAULT_INFER_RECORDS, DEFAULT_MAX_COLUMNS,
+    DEFAULT_MAX_RECORD_BYTES, DEFAULT_PAGE_BYTES, DEFAULT_QUOTE, DEFAULT_ROW_GROUP_ROWS,
+    MAX_BATCH_CELLS, MAX_REPORTED_SKIPS, Progress, Report, SkippedRecord,
 };
 
 use crate::{Error, Result};
@@ -154,6 +153,7 @@ pub struct Conversion<'a> {
     row_group_rows: usize,
     page_bytes: usize,
     max_record_bytes: usize,
+    max_columns: usize,
     compression: Compression,
     bad_records: BadRecords,
     progress: Option<ProgressFn<'a>>,
@@ -172,6 +172,7 @@ impl std::fmt::Debug for Conversion<'_> {
             .field("row_group_rows", &self.row_group_rows)
             .field("page_bytes", &self.page_bytes)
             .field("max_record_bytes", &self.max_record_bytes)
+            .field("max_columns", &self.max_columns)
             .field("compression", &self.compression)
             .field("bad_records", &self.bad_records)
             .field("progress", &self.progress.is_some())
@@ -204,6 +205,7 @@ impl<'a> Conversion<'a> {
             row_group_rows: DEFAULT_ROW_GROUP_ROWS,
             page_bytes: DEFAULT_PAGE_BYTES,
             max_record_bytes: DEFAULT_MAX_RECORD_BYTES,
+            max_columns: DEFAULT_MAX_COLUMNS,
             compression: DEFAULT_COMPRESSION,
             bad_records: DEFAULT_BAD_RECORDS,
             progress: None,
@@ -255,6 +257,15 @@ impl<'a> Conversion<'a> {
     /// [`DEFAULT_MAX_RECORD_BYTES`].
     pub fn with_max_record_bytes(mut self, bytes: usize) -> Self {
         self.max_record_bytes = bytes;
+        self
+    }
+
+    /// The most columns (leaf fields, nested ones counted) the output may have, at least 1:
+    /// every column costs the Parquet writer buffers of its own, so a file of one very wide
+    /// record must not exhaust memory. A wider schema (given or inferred) is
+    /// [`Error::TooManyColumns`]. Defaults to [`DEFAULT_MAX_COLUMNS`].
+    pub fn with_max_columns(mut self, columns: usize) -> Self {
+        self.max_columns = columns;
         self
     }
 
@@ -325,8 +336,18 @@ impl<'a> Conversion<'a> {
             }
         };
 
+        let columns = leaf_columns(schema.fields());
+        if columns > self.max_columns {
+            return Err(Error::TooManyColumns {
+                path: input.into(),
+                columns,
+                limit: self.max_columns,
+            });
+        }
+        // Sized by the data: the decoders allocate rows × columns up front.
+        let batch_rows = self.batch_rows.min(MAX_BATCH_CELLS / columns.max(1)).max(1);
         let mut decoder =
-            RecordDecoder::try_new(format, schema.clone(), self.batch_rows).map_err(|e| {
+            RecordDecoder::try_new(format, schema.clone(), batch_rows).map_err(|e| {
                 Error::InvalidOption {
                     option: "with_schema",
                     reason: format!("the decoder cannot read this schema: {e}").into(),
@@ -341,7 +362,8 @@ impl<'a> Conversion<'a> {
         let mut stats = Stats::default();
         let mut chunk = Chunk::default();
         loop {
-            self.fill(&mut chunk, &mut records, schema.fields().len(), &mut stats)?;
+            let width = schema.fields().len();
+            self.fill(&mut chunk, &mut records, width, batch_rows, &mut stats)?;
             if chunk.is_empty() {
                 break;
             }
@@ -390,16 +412,18 @@ impl<'a> Conversion<'a> {
     }
 
     /// Refills `chunk` with up to `batch_rows` records that passed the checks made while
-    /// splitting; records that failed them go to `stats` (or stop the conversion).
+    /// splitting (CSV records must have `columns` fields); records that failed them go to
+    /// `stats` (or stop the conversion).
     fn fill(
         &self,
         chunk: &mut Chunk,
         records: &mut Records<'_>,
         columns: usize,
+        batch_rows: usize,
         stats: &mut Stats,
     ) -> Result<()> {
         chunk.clear();
-        while chunk.len() < self.batch_rows {
+        while chunk.len() < batch_rows {
             let start = chunk.bytes.len();
             let Some(raw) = records.next(&mut chunk.bytes)? else {
                 break;
@@ -478,6 +502,7 @@ impl<'a> Conversion<'a> {
             ("with_row_group_rows", self.row_group_rows),
             ("with_page_bytes", self.page_bytes),
             ("with_max_record_bytes", self.max_record_bytes),
+            ("with_max_columns", self.max_columns),
         ] {
             if value == 0 {
                 return Err(invalid(option, "must be at least 1".into()));
@@ -639,6 +664,23 @@ impl<'a> Conversion<'a> {
     }
 }
 
+/// Leaf columns of `fields` (what Parquet writes a column chunk for): nested fields counted
+/// through structs, lists and maps.
+fn leaf_columns(fields: &arrow::datatypes::Fields) -> usize {
+    use arrow::datatypes::DataType;
+    fields
+        .iter()
+        .map(|field| match field.data_type() {
+            DataType::Struct(children) => leaf_columns(children),
+            DataType::List(child)
+            | DataType::LargeList(child)
+            | DataType::FixedSizeList(child, _)
+            | DataType::Map(child, _) => leaf_columns(&[child.clone()].into()),
+            _ => 1,
+        })
+        .sum()
+}
+
 /// Refuses a column name used twice: readers select columns by name, and most would pick
 /// one of the two silently or fail.
 fn check_unique(names: &[String]) -> std::result::Result<(), String> {
@@ -775,26 +817,13 @@ struct TempOutput {
 
 impl TempOutput {
     fn create(target: &Path) -> Result<Self> {
-        static COUNTER: AtomicU64 = AtomicU64::new(0);
-        let name = target.file_name().ok_or_else(|| Error::InvalidOption {
+        // Same directory, so the final rename cannot cross file systems; hidden, and unique
+        // per process and call, so concurrent conversions never share one.
+        let temp = crate::files::temp_path(target).map_err(|_| Error::InvalidOption {
             option: "write",
             reason: format!("output path {} has no file name", target.display()).into(),
         })?;
-        // Same directory, so the final rename cannot cross file systems; hidden, and unique
-        // per process and call, so concurrent conversions never share one.
-        let mut temp_name = std::ffi::OsString::from(".");
-        temp_name.push(name);
-        temp_name.push(format!(
-            ".{}-{}.tmp",
-            std::process::id(),
-            COUNTER.fetch_add(1, Ordering::Relaxed)
-        ));
-        let temp = target.with_file_name(temp_name);
-        let file = File::options()
-            .write(true)
-            .create_new(true)
-            .open(&temp)
-            .map_err(|e| Error::io(target, e))?;
+        let file = crate::files::create_new(&temp).map_err(|e| Error::io(target, e))?;
         Ok(Self {
             file,
             temp,
@@ -811,13 +840,8 @@ impl TempOutput {
         let bytes = self.file.metadata().map_err(io)?.len();
         std::fs::rename(&self.temp, &self.target).map_err(io)?;
         self.committed = true;
-        // Make the rename itself durable. Best effort: not every platform can open a
-        // directory, and the data is already safe in the renamed file.
-        if let Some(dir) = self.target.parent().filter(|d| !d.as_os_str().is_empty())
-            && let Ok(dir) = File::open(dir)
-        {
-            let _ = dir.sync_all();
-        }
+        // The rename itself survives a power cut only once the directory is synced.
+        crate::files::sync_dir(crate::files::parent_dir(&self.target)).map_err(io)?;
         Ok(bytes)
     }
 }

@@ -27,6 +27,18 @@ pub const DEFAULT_PAGE_BYTES: usize = 1 << 20;
 /// [`Conversion::with_max_record_bytes`]: super::Conversion::with_max_record_bytes
 pub const DEFAULT_MAX_RECORD_BYTES: usize = 64 << 20;
 
+/// Most columns (leaf fields, nested ones counted) a conversion writes. See
+/// [`Conversion::with_max_columns`].
+///
+/// [`Conversion::with_max_columns`]: super::Conversion::with_max_columns
+pub const DEFAULT_MAX_COLUMNS: usize = 100_000;
+
+/// Most cells (records × leaf columns) one decoded batch holds. The Arrow decoders size their
+/// buffers by rows × columns before reading a byte, so a batch of a very wide input gets fewer
+/// records than [`DEFAULT_BATCH_ROWS`] (a 200,000-column CSV record: 20 rows, not a 13 GB
+/// allocation for 8,192).
+pub const MAX_BATCH_CELLS: usize = 1 << 22;
+
 /// Parquet compression. See [`Conversion::with_compression`].
 ///
 /// [`Conversion::with_compression`]: super::Conversion::with_compression

@@ -1229,3 +1229,56 @@ fn duplicate_header_names_are_refused_when_inferring() {
         (1, "header: column name `a` appears twice")
     );
 }
+
+/// Issue 21, defect 13: a CSV of 200,000 columns and one row (1.2 MB) asked the decoder for
+/// 200,000 × 8,192 cells up front, 13 GB, and aborted the process; a JSON-lines record with
+/// 200,000 keys asked for 26 GB. Batches are now sized by the data (rows × columns under
+/// `MAX_BATCH_CELLS`), and a schema wider than `with_max_columns` is a typed error.
+#[test]
+fn very_wide_inputs_are_sized_by_the_data_and_capped() {
+    let wide = |columns: usize| {
+        let header: Vec<String> = (0..columns).map(|i| format!("c{i}")).collect();
+        let row: Vec<String> = (0..columns).map(|i| (i % 10).to_string()).collect();
+        format!(
+            "{}\n{}\n{}\n",
+            header.join(","),
+            row.join(","),
+            row.join(",")
+        )
+    };
+    let case = csv(&wide(200_000));
+    match Conversion::csv(&case.input).write(case.output()) {
+        Err(Error::TooManyColumns { columns, limit, .. }) => {
+            assert_eq!((columns, limit), (200_000, DEFAULT_MAX_COLUMNS));
+        }
+        other => panic!("expected TooManyColumns, got {other:?}"),
+    }
+    assert!(case.leftovers().is_empty(), "{:?}", case.leftovers());
+    // Under the cap, converted, values and all (each batch holds a few rows).
+    let case = csv(&wide(20_000));
+    let report = Conversion::csv(&case.input).write(case.output()).unwrap();
+    assert_eq!(report.rows_written, 2);
+    assert!(report.peak_buffered_records <= MAX_BATCH_CELLS / 20_000);
+    let batch = read_back(&case.output());
+    assert_eq!(batch.num_columns(), 20_000);
+    assert_eq!(batch.column(19_999).as_primitive::<Int64Type>().value(1), 9);
+
+    let keys = |count: usize| {
+        let pairs: Vec<String> = (0..count).map(|i| format!("\"k{i}\":{}", i % 7)).collect();
+        format!("{{{}}}\n", pairs.join(","))
+    };
+    let case = jsonl(&keys(200_000));
+    assert!(matches!(
+        Conversion::json_lines(&case.input).write(case.output()),
+        Err(Error::TooManyColumns {
+            columns: 200_000,
+            ..
+        })
+    ));
+    let case = jsonl(&format!("{}{}", keys(20_000), keys(20_000)));
+    let report = Conversion::json_lines(&case.input)
+        .write(case.output())
+        .unwrap();
+    assert_eq!(report.rows_written, 2);
+    assert_eq!(read_back(&case.output()).num_columns(), 20_000);
+}

@@ -185,7 +185,7 @@ impl<'a> ShardReader<'a> {
                 (Backend::Mapped(map), len)
             }
             (Location::Local, None) => {
-                let file = File::open(path).map_err(|e| Error::io(path, e))?;
+                let file = crate::files::open_regular(path).map_err(|e| Error::io(path, e))?;
                 let len = file.metadata().map_err(|e| Error::io(path, e))?.len();
                 (Backend::Local(file), len)
             }
@@ -288,8 +288,29 @@ impl<'a> ShardReader<'a> {
         })
     }
 
-    /// Runs `decoder` to the end, fetching what it asks for; its batches, in order.
-    pub(crate) fn decode(&self, mut decoder: ParquetPushDecoder) -> Result<Vec<RecordBatch>> {
+    /// Where the footer starts: the file's length less the 8-byte trailer and the footer length
+    /// it records.
+    pub(crate) fn footer_start(&self) -> Result<u64> {
+        let trailer = self.len.saturating_sub(8)..self.len;
+        let (_, bytes) = self.fetch(std::slice::from_ref(&trailer))?;
+        let footer_len = bytes
+            .first()
+            .and_then(|b| b.get(..4))
+            .map_or(0, |b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
+        Ok(self
+            .len
+            .saturating_sub(8)
+            .saturating_sub(u64::from(footer_len)))
+    }
+
+    /// Runs `decoder` to the end, fetching what it asks for; its batches, in order, each added
+    /// to `tally` as it is made (which stops the decode past the cap: see
+    /// [`materialize`](crate::materialize)).
+    pub(crate) fn decode(
+        &self,
+        mut decoder: ParquetPushDecoder,
+        tally: &mut crate::materialize::Tally<'_>,
+    ) -> Result<Vec<RecordBatch>> {
         let parquet = |e| Error::parquet(self.path, e);
         let mut batches = Vec::new();
         let mut rounds_without_data = 0;
@@ -308,6 +329,7 @@ impl<'a> ShardReader<'a> {
                 }
                 DecodeResult::Data(batch) => {
                     rounds_without_data = 0;
+                    tally.add(&batch)?;
                     batches.push(batch);
                 }
                 DecodeResult::Finished => return Ok(batches),
@@ -336,37 +358,52 @@ pub fn coalesce(ranges: &[Range<u64>], max_gap: u64) -> Vec<Range<u64>> {
 /// Copies the file at `uri` (a local path or an object-store URI, configured by `options` as
 /// [`DatasetBuilder::with_storage_option`](crate::DatasetBuilder::with_storage_option) takes
 /// them) to `dest`, hashing it on the way; returns its content hash, `blake3:` and hex, the form
-/// [`ShardEntry::content_hash`](crate::ShardEntry::content_hash) has. `dest` is created or
-/// truncated; on error it may hold part of the file (write to a temporary name, rename once the
-/// hash is checked).
+/// [`ShardEntry::content_hash`](crate::ShardEntry::content_hash) has. `dest` must not exist
+/// (it is created exclusively, so a symlink planted at its name is never followed); on error
+/// it may hold part of the file (write to a temporary name, rename once the hash is checked).
+/// The copy stops as soon as more than `max_bytes` arrive: a manifest records each shard's
+/// size, and a source larger than that is refused, not downloaded.
 ///
 /// Objects are streamed in 16 MiB ranged GETs; memory use stays bounded whatever the size.
 ///
 /// # Errors
 ///
-/// [`Error::Io`] when `dest` cannot be written or a local file read; the object store's errors
-/// ([`Error::ObjectStore`], a missing object included); [`Error::InvalidOption`] for an unknown
-/// option.
+/// [`Error::Io`] when `dest` cannot be created or written, a local file read, or the source
+/// holds more than `max_bytes` ([`std::io::ErrorKind::FileTooLarge`]); the object store's
+/// errors ([`Error::ObjectStore`], a missing object included); [`Error::InvalidOption`] for an
+/// unknown option.
 pub fn fetch_file<K: AsRef<str>, V: AsRef<str>>(
     uri: &str,
     options: &[(K, V)],
     dest: &Path,
+    max_bytes: u64,
 ) -> Result<String> {
     use std::io::Write;
     let options: Vec<(String, String)> = options
         .iter()
         .map(|(k, v)| (k.as_ref().to_owned(), v.as_ref().to_owned()))
         .collect();
-    let file = File::create(dest).map_err(|e| Error::io(dest, e))?;
+    let file = crate::files::create_new(dest).map_err(|e| Error::io(dest, e))?;
     let mut out = std::io::BufWriter::with_capacity(1 << 20, file);
     let mut hasher = blake3::Hasher::new();
+    let mut copied = 0u64;
     let mut write = |chunk: &[u8]| -> Result<()> {
+        copied = copied.saturating_add(chunk.len() as u64);
+        if copied > max_bytes {
+            return Err(Error::io(
+                Path::new(uri),
+                std::io::Error::new(
+                    std::io::ErrorKind::FileTooLarge,
+                    format!("holds more than the {max_bytes} bytes expected"),
+                ),
+            ));
+        }
         hasher.update(chunk);
         out.write_all(chunk).map_err(|e| Error::io(dest, e))
     };
     match FileRef::from_uri(uri, &options)? {
         FileRef::Local(path) => {
-            let mut source = File::open(path).map_err(|e| Error::io(path, e))?;
+            let mut source = crate::files::open_regular(path).map_err(|e| Error::io(path, e))?;
             let mut buffer = vec![0u8; 1 << 20];
             loop {
                 let read = std::io::Read::read(&mut source, &mut buffer)
@@ -383,6 +420,18 @@ pub fn fetch_file<K: AsRef<str>, V: AsRef<str>>(
     out.flush().map_err(|e| Error::io(dest, e))?;
     out.get_ref().sync_all().map_err(|e| Error::io(dest, e))?;
     Ok(format!("blake3:{}", hasher.finalize().to_hex()))
+}
+
+/// `blake3:` and the hex BLAKE3 hash of the local file at `path`, as a [`Manifest`] records a
+/// shard's content (hashed through a memory map on all cores).
+///
+/// [`Manifest`]: crate::Manifest
+///
+/// # Errors
+///
+/// [`Error::Io`] when the file cannot be opened (or is not a regular file) or mapped.
+pub fn content_hash(path: &Path) -> Result<String> {
+    FileRef::Local(path).content_hash()
 }
 
 /// A whole file, local or remote, for what is done to whole files: stat and hash.
@@ -442,9 +491,10 @@ impl<'a> FileRef<'a> {
         let mut hasher = blake3::Hasher::new();
         match self {
             FileRef::Local(path) => {
-                hasher
-                    .update_mmap_rayon(path)
-                    .map_err(|e| Error::io(path, e))?;
+                // Opened as every named file is (no FIFO, no device: `files::open_regular`),
+                // then hashed through a map on all cores.
+                let map = crate::mmap::map_file(path)?;
+                hasher.update_rayon(&map);
             }
             #[cfg(feature = "remote")]
             FileRef::Remote(object) => object.hash_into(&mut hasher)?,

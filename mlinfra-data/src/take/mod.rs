@@ -30,6 +30,8 @@
 mod tests;
 
 use std::ops::Range;
+use std::path::Path;
+use std::sync::atomic::AtomicU64;
 
 use arrow::array::{ArrayRef, RecordBatch, UInt32Array};
 use parquet::arrow::ProjectionMask;
@@ -39,6 +41,7 @@ use parquet::arrow::push_decoder::ParquetPushDecoderBuilder;
 use crate::dataset::{Dataset, Shard};
 use crate::direct::{self, RowGroupRef};
 use crate::error::contain_panics;
+use crate::materialize::{self, Tally};
 use crate::{Error, Result};
 use rayon::prelude::*;
 
@@ -67,14 +70,19 @@ impl Dataset {
         sorted.dedup();
 
         let per_group = self.split_by_row_group(&sorted);
+        // One cap for the whole take, however many row groups it reads in parallel.
+        let decoded = AtomicU64::new(0);
         let parts: Vec<RecordBatch> = per_group
             .into_par_iter()
-            .map(|(shard, local_rows)| self.read_rows(shard, &local_rows))
+            .map(|(shard, local_rows)| self.read_rows(shard, &local_rows, &decoded))
             .collect::<Result<_>>()?;
         let sorted_batch = arrow::compute::concat_batches(self.schema(), &parts)
             .map_err(|e| Error::arrow(self.shards()[0].path(), e))?;
         if sorted.len() == indices.len() && indices.is_sorted() {
             return Ok(sorted_batch);
+        }
+        if sorted.len() < indices.len() {
+            self.check_repeated_rows(&sorted_batch, &sorted, indices)?;
         }
         // Position of each requested index in the sorted, deduplicated rows. u32 is the `take`
         // kernel's index type; a batch of over 4 billion rows is not a `take` use case.
@@ -89,6 +97,42 @@ impl Dataset {
             .collect();
         arrow::compute::take_record_batch(&sorted_batch, &order)
             .map_err(|e| Error::arrow(self.shards()[0].path(), e))
+    }
+
+    /// A `take` with repeated indices copies each repeated row again: checks that the output
+    /// stays under the decode cap before it is made ([`Error::MaterializeLimit`]). Free unless
+    /// the rows could pass it (the decoded rows times the most any index repeats); then one
+    /// measure per row.
+    fn check_repeated_rows(
+        &self,
+        sorted_batch: &RecordBatch,
+        sorted: &[u64],
+        indices: &[u64],
+    ) -> Result<()> {
+        let limit = self.max_decoded_bytes();
+        let decoded: u64 = sorted_batch
+            .columns()
+            .iter()
+            .map(|c| materialize::decoded_bytes(c))
+            .sum();
+        let mut repeats = vec![0u64; sorted.len()];
+        for index in indices {
+            let at = sorted.binary_search(index).expect("every index was kept");
+            repeats[at] += 1;
+        }
+        let most = repeats.iter().copied().max().unwrap_or(1);
+        if decoded.saturating_mul(most) <= limit {
+            return Ok(());
+        }
+        let used = AtomicU64::new(0);
+        let mut tally = Tally::new(Path::new(self.uri()), limit, &used);
+        for (row, &count) in repeats.iter().enumerate() {
+            let one = sorted_batch.slice(row, 1);
+            for _ in 0..count {
+                tally.add(&one)?;
+            }
+        }
+        Ok(())
     }
 
     /// Sorted, unique global rows grouped as (shard, file-local rows of one row group), in
@@ -116,7 +160,12 @@ impl Dataset {
     /// Reads the sorted, unique file-local `rows` of one row group of shard `shard_index`, in
     /// that order: the columns the [`direct`] path can serve from their pages, the rest through
     /// a decoder.
-    fn read_rows(&self, shard_index: usize, rows: &[u64]) -> Result<RecordBatch> {
+    fn read_rows(
+        &self,
+        shard_index: usize,
+        rows: &[u64],
+        decoded: &AtomicU64,
+    ) -> Result<RecordBatch> {
         let shard = &self.shards()[shard_index];
         let (row_groups, selection) = selection_for(shard, rows);
         for &group in &row_groups {
@@ -142,15 +191,19 @@ impl Dataset {
                 None
             } else {
                 let mask = ProjectionMask::roots(shard.metadata().parquet_schema(), left.clone());
+                // Rows share dictionary values by reference; decoded, each gets a copy. The
+                // batches are cut so none can pass the decode budget, and the total is capped.
+                let row_bound = materialize::row_bound(self, shard_index, row_groups[0], &reader)?;
+                let mut tally = Tally::new(path, self.max_decoded_bytes(), decoded);
                 let decoder =
                     ParquetPushDecoderBuilder::new_with_metadata(shard.metadata().clone())
                         .with_projection(mask)
                         .with_row_groups(row_groups)
                         .with_row_selection(selection)
-                        .with_batch_size(rows.len().max(1))
+                        .with_batch_size(materialize::batch_rows(rows.len(), row_bound))
                         .build()
                         .map_err(|e| Error::parquet(path, e))?;
-                let batches = reader.decode(decoder)?;
+                let batches = reader.decode(decoder, &mut tally)?;
                 check_row_count(path, rows.len() as u64, &batches)?;
                 Some(
                     arrow::compute::concat_batches(&batches[0].schema(), &batches)
@@ -164,11 +217,7 @@ impl Dataset {
 }
 
 /// Fails with [`Error::RowCountMismatch`] unless `batches` hold exactly `expected` rows.
-pub(crate) fn check_row_count(
-    path: &std::path::Path,
-    expected: u64,
-    batches: &[RecordBatch],
-) -> Result<()> {
+pub(crate) fn check_row_count(path: &Path, expected: u64, batches: &[RecordBatch]) -> Result<()> {
     let decoded: u64 = batches.iter().map(|b| b.num_rows() as u64).sum();
     if decoded != expected {
         return Err(Error::RowCountMismatch {

@@ -13,12 +13,27 @@ pub(crate) type Fault = String;
 /// message stays short whatever the file holds.
 const MAX_QUOTED: usize = 64;
 
-/// Quotes `name` for an error message, cut to [`MAX_QUOTED`] characters.
-pub(crate) fn quoted(name: &str) -> String {
-    match name.char_indices().nth(MAX_QUOTED) {
-        None => format!("`{name}`"),
-        Some((cut, _)) => format!("`{}…`", &name[..cut]),
+/// Quotes `name` (text from an untrusted file) for an error message: cut to 64 characters,
+/// with control characters and invisible formatting (bidirectional overrides, zero-width
+/// characters) escaped as `\n`, `\u{202e}`..., so that a name can neither forge lines in a log
+/// nor reorder what a terminal shows.
+pub fn quoted(name: &str) -> String {
+    let mut out = String::with_capacity(name.len().min(4 * MAX_QUOTED) + 2);
+    out.push('`');
+    for (i, c) in name.chars().enumerate() {
+        if i == MAX_QUOTED {
+            out.push('…');
+            break;
+        }
+        let invisible = matches!(c, '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{feff}');
+        if c.is_control() || invisible {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
     }
+    out.push('`');
+    out
 }
 
 /// Reads fields in order from `bytes`, tracking the absolute offset of the next one.
@@ -176,5 +191,14 @@ mod tests {
         assert_eq!(quoted("a.b"), "`a.b`");
         let long = "x".repeat(1000);
         assert_eq!(quoted(&long).chars().count(), MAX_QUOTED + 3);
+    }
+
+    #[test]
+    fn quoting_escapes_what_could_forge_or_hide_text() {
+        assert_eq!(quoted("blk.0.attn_q"), "`blk.0.attn_q`");
+        assert_eq!(quoted("a\nb\r\x1b[31m"), "`a\\nb\\r\\u{1b}[31m`");
+        assert_eq!(quoted("x\u{202e}y"), "`x\\u{202e}y`");
+        let long = "é".repeat(MAX_QUOTED + 5);
+        assert_eq!(quoted(&long), format!("`{}…`", "é".repeat(MAX_QUOTED)));
     }
 }

@@ -78,6 +78,7 @@ pub use self::gguf::{
 pub use self::safetensors::{SafetensorsFile, SafetensorsTensor, SafetensorsTensorInfo};
 /// The element type of a safetensors tensor (the `safetensors` crate's `Dtype`).
 pub use ::safetensors::Dtype as SafetensorsDtype;
+pub use cursor::quoted;
 pub use ggml_type::GgmlType;
 
 /// The format of a tensor file, as named in [`Error::TensorFile`](crate::Error::TensorFile).

@@ -295,18 +295,38 @@ fn truncated_and_corrupted_ipc_files_never_panic() {
             "prefix of {len} bytes accepted"
         );
     }
-    // Single flipped bytes: any outcome but a panic (a flip in string data can stay valid).
+    // Single flipped bits. Reads refuse what breaks the structure and never panic; a flip in
+    // the values decodes (to other values), and `verify`, against the hash the index recorded
+    // at build time, catches every one of them (issue 21: "any non-panic result" was accepted,
+    // wrong values included).
+    assert!(cache.verify().is_ok());
+    let part = cache.files()[0].path().to_path_buf();
+    drop(cache);
     let mut rng = SplitMix64::new(3);
-    let mut refused = 0;
+    let (mut refused, mut caught) = (0, 0);
     for _ in 0..600 {
         let mut bytes = original.clone();
         let at = (rng.next_u64() % bytes.len() as u64) as usize;
         bytes[at] ^= 1 << (rng.next_u64() % 8);
         std::fs::write(&scratch, &bytes).unwrap();
-        refused += usize::from(read_all(&scratch).is_err());
+        let read = read_all(&scratch);
+        refused += usize::from(read.is_err());
+        // The same flip inside the cache.
+        std::fs::write(&part, &bytes).unwrap();
+        let verified = IpcCache::open(root.path().join("c")).and_then(|cache| cache.verify());
+        assert!(
+            verified.is_err(),
+            "a flip at byte {at} passed verify (reads: {read:?})"
+        );
+        caught += 1;
     }
+    std::fs::write(&part, &original).unwrap();
+    IpcCache::open(root.path().join("c"))
+        .unwrap()
+        .verify()
+        .unwrap();
     mlinfra_test_utils::log_line(&format!(
-        "ipc bit flips: {refused} of 600 refused, the rest decoded"
+        "ipc bit flips: {refused} of 600 refused by reads, {caught} of 600 caught by verify"
     ));
     assert!(refused > 0);
 }

@@ -145,6 +145,154 @@ fn every_bad_data_file_is_refused() {
     });
 }
 
+// Generated with pyarrow 26.0.1 by: ~/.cache/mlinfra/venvs/pyarrow-bench/bin/python benches/compare/corpus_reference.py /work/shared/testdata/parquet-testing/data
+/// The files of `parquet-testing/data` that pyarrow reads, with its row counts.
+const PYARROW_READS: &[(&str, u64)] = &[
+    ("alltypes_dictionary.parquet", 2),
+    ("alltypes_plain.parquet", 8),
+    ("alltypes_plain.snappy.parquet", 2),
+    ("alltypes_tiny_pages.parquet", 7300),
+    ("alltypes_tiny_pages_plain.parquet", 7300),
+    ("binary.parquet", 12),
+    ("binary_truncated_min_max.parquet", 12),
+    ("byte_array_decimal.parquet", 24),
+    ("byte_stream_split.zstd.parquet", 300),
+    ("byte_stream_split_extended.gzip.parquet", 200),
+    ("column_chunk_key_value_metadata.parquet", 0),
+    ("concatenated_gzip_members.parquet", 513),
+    ("data_index_bloom_encoding_stats.parquet", 14),
+    ("data_index_bloom_encoding_with_length.parquet", 14),
+    ("datapage_v1-corrupt-checksum.parquet", 5120),
+    ("datapage_v1-snappy-compressed-checksum.parquet", 5120),
+    ("datapage_v1-uncompressed-checksum.parquet", 5120),
+    ("datapage_v2.snappy.parquet", 5),
+    ("datapage_v2_empty_datapage.snappy.parquet", 1),
+    ("delta_binary_packed.parquet", 200),
+    ("delta_byte_array.parquet", 1000),
+    ("delta_encoding_optional_column.parquet", 100),
+    ("delta_encoding_required_column.parquet", 100),
+    ("delta_length_byte_array.parquet", 1000),
+    ("dict-page-offset-zero.parquet", 39),
+    ("fixed_length_byte_array.parquet", 1000),
+    ("fixed_length_decimal.parquet", 24),
+    ("fixed_length_decimal_legacy.parquet", 24),
+    ("float16_nonzeros_and_nans.parquet", 8),
+    ("float16_zeros_and_nans.parquet", 3),
+    ("floating_orders_nan_count.parquet", 50),
+    ("geospatial/crs-arbitrary-value.parquet", 1),
+    ("geospatial/crs-default.parquet", 1),
+    ("geospatial/crs-geography.parquet", 1),
+    ("geospatial/crs-projjson.parquet", 1),
+    ("geospatial/crs-srid.parquet", 1),
+    ("geospatial/geography-lines.parquet", 499),
+    ("geospatial/geography-points.parquet", 500),
+    ("geospatial/geography-polygons.parquet", 500),
+    ("geospatial/geospatial-with-nan.parquet", 3),
+    ("geospatial/geospatial.parquet", 196),
+    ("hadoop_lz4_compressed.parquet", 4),
+    ("hadoop_lz4_compressed_larger.parquet", 10000),
+    ("int32_decimal.parquet", 24),
+    ("int32_with_null_pages.parquet", 1000),
+    ("int64_decimal.parquet", 24),
+    ("int96_from_spark.parquet", 6),
+    ("list_columns.parquet", 3),
+    ("lz4_raw_compressed.parquet", 4),
+    ("lz4_raw_compressed_larger.parquet", 10000),
+    ("map_no_value.parquet", 3),
+    ("nan_in_stats.parquet", 2),
+    ("nation.dict-malformed.parquet", 25),
+    ("nested_lists.snappy.parquet", 3),
+    ("nested_maps.snappy.parquet", 6),
+    ("nested_structs.rust.parquet", 1),
+    ("non_hadoop_lz4_compressed.parquet", 4),
+    ("nonnullable.impala.parquet", 1),
+    ("null_list.parquet", 1),
+    ("nullable.impala.parquet", 7),
+    ("nulls.snappy.parquet", 8),
+    ("old_list_structure.parquet", 1),
+    ("overflow_i16_page_cnt.parquet", 40000),
+    ("page_v2_empty_compressed.parquet", 10),
+    ("plain-dict-uncompressed-checksum.parquet", 1000),
+    ("repeated_no_annotation.parquet", 6),
+    ("repeated_primitive_no_list.parquet", 4),
+    ("rle-dict-snappy-checksum.parquet", 1000),
+    ("rle-dict-uncompressed-corrupt-checksum.parquet", 1000),
+    ("rle_boolean_encoding.parquet", 68),
+    ("single_nan.parquet", 1),
+    ("sort_columns.parquet", 6),
+    ("unknown-logical-type.parquet", 3),
+];
+
+/// Files pyarrow reads that this crate refuses, each with the reason (checked by
+/// `known_refusals_say_why`).
+const REFUSED_THOUGH_PYARROW_READS: &[&str] = &[
+    // arrow-rs decodes 0 of the footer's 6 rows of a repeated group without LIST annotation.
+    "repeated_no_annotation.parquet",
+    // Dremio wrote a non-standard field 15 into ColumnMetaData (a list where the format now
+    // has `bloom_filter_length`, an i32). arrow-rs's footer parser reads a field by its id
+    // without checking its wire type, loses its place and fails ("Expected list element type
+    // of I64 but got I16"); pyarrow's generated Thrift code skips a field of the wrong type.
+    // Fixing it here would mean rewriting footers before arrow-rs parses them; see
+    // docs/FORMATS.md.
+    "dict-page-offset-zero.parquet",
+];
+
+/// Issue 21: every file pyarrow reads must read here too, with pyarrow's row count, except
+/// the documented refusals. (The test above accepts any typed refusal, so a regression that
+/// refused most files would pass it.) The list comes from `benches/compare/corpus_reference.py`.
+#[test]
+fn every_file_pyarrow_reads_reads_here_with_its_row_count() {
+    let root = require_testdata!("parquet-testing/data");
+    let mut wrong = Vec::new();
+    for &(name, rows) in PYARROW_READS {
+        let outcome = read_whole(&root.join(name));
+        let refused_on_purpose = REFUSED_THOUGH_PYARROW_READS.contains(&name);
+        match (&outcome, refused_on_purpose) {
+            (Outcome::Read { rows: read }, false) if *read == rows => {}
+            (Outcome::Refused(_), true) => {}
+            _ => wrong.push(format!("{name} (pyarrow: {rows} rows): {outcome:?}")),
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "differs from pyarrow:\n{}",
+        wrong.join("\n")
+    );
+}
+
+/// `nation.dict-malformed.parquet` was written by parquet-mr before 1.2.9, which left each
+/// dictionary page's header out of its column chunk's size (PARQUET-816). arrow-rs fetches the
+/// recorded bytes and finds the chunk cut short; mlinfra-data pads such chunks as parquet-cpp
+/// does (`compat.rs`). The values are pyarrow's (the TPC-H `nation` table).
+#[test]
+fn a_parquet_816_file_reads_with_pyarrows_values() {
+    use arrow::array::AsArray;
+    use arrow::datatypes::Int32Type;
+    let root = require_testdata!("parquet-testing/data");
+    let dataset =
+        Dataset::open(root.join("nation.dict-malformed.parquet").to_str().unwrap()).unwrap();
+    let batches: Vec<_> = dataset.scan().build().collect::<Result<_, _>>().unwrap();
+    let all = arrow::compute::concat_batches(dataset.schema(), &batches).unwrap();
+    let keys: Vec<i32> = all.column(0).as_primitive::<Int32Type>().values().to_vec();
+    assert_eq!(keys, (0..25).collect::<Vec<_>>());
+    let regions: Vec<i32> = all.column(2).as_primitive::<Int32Type>().values().to_vec();
+    assert_eq!(
+        regions,
+        [
+            0, 1, 1, 1, 4, 0, 3, 3, 2, 2, 4, 4, 2, 4, 0, 0, 0, 1, 2, 3, 4, 2, 3, 3, 1
+        ]
+    );
+    let names = all.column(1).as_binary::<i32>();
+    assert_eq!(names.value(0), b"ALGERIA");
+    assert_eq!(names.value(24), b"UNITED STATES");
+    let comments = all.column(3).as_binary::<i32>();
+    assert_eq!(
+        comments.value(24),
+        &b"y final packages. slow foxes cajole quickly. quickly silent platelets breach ironic \
+accounts. unusual pinto be"[..]
+    );
+}
+
 /// Files of the `data` corpus whose outcome is a specific refusal, with the reason.
 #[test]
 fn known_refusals_say_why() {
@@ -172,6 +320,14 @@ fn known_refusals_say_why() {
         })
     );
     assert!(refused_short, "{outcome:?}");
+    // The footer arrow-rs cannot parse (see REFUSED_THOUGH_PYARROW_READS).
+    let outcome = read_whole(&root.join("dict-page-offset-zero.parquet"));
+    let refused_footer = matches!(
+        &outcome,
+        Outcome::Refused(Error::Parquet { source, .. })
+            if source.to_string().contains("Expected list element type of I64 but got I16")
+    );
+    assert!(refused_footer, "{outcome:?}");
 }
 
 /// The encrypted files of the corpus (AES-GCM and AES-CTR, encrypted and plaintext footers).

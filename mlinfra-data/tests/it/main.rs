@@ -4,6 +4,7 @@ mod cache;
 mod corpus;
 mod dataset;
 mod fixtures;
+mod hostile;
 mod manifest;
 #[cfg(all(feature = "s3", feature = "gcs", feature = "azure", feature = "http"))]
 mod object_store;

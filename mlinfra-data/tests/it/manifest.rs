@@ -183,8 +183,14 @@ fn manifest_round_trips_and_refuses_tampering() {
         json.replacen(&hash[7..15], "00000000", 1),
         // Row counts edited.
         json.replacen("\"rows\": 700", "\"rows\": 701", 1),
+        // A shard's size edited (issue 21, defect 8: the streaming cache budgets by it).
+        json.replacen(
+            &format!("\"bytes\": {}", manifest.shards()[0].bytes),
+            "\"bytes\": 1",
+            1,
+        ),
         // Another format version.
-        json.replacen("\"format\": 1", "\"format\": 2", 1),
+        json.replacen("\"format\": 2", "\"format\": 3", 1),
         // Not a manifest.
         "{\"shards\": 3}".to_owned(),
         json[..json.len() / 2].to_owned(),
@@ -216,17 +222,37 @@ fn fetch_file_copies_and_hashes_as_the_manifest_does() {
     let out = tempfile::tempdir().unwrap();
     for (i, shard) in manifest.shards().iter().enumerate() {
         let copy = out.path().join(format!("copy-{i}"));
-        let hash =
-            mlinfra_data::storage::fetch_file(&shard.uri, &[] as &[(&str, &str)], &copy).unwrap();
+        let fetch = |dest: &Path, max_bytes| {
+            mlinfra_data::storage::fetch_file(&shard.uri, &[] as &[(&str, &str)], dest, max_bytes)
+        };
+        let hash = fetch(&copy, shard.bytes).unwrap();
         assert_eq!(hash, shard.content_hash);
         let original = std::fs::read(dataset.shards()[i].path()).unwrap();
         assert_eq!(std::fs::read(&copy).unwrap(), original);
+        // Issue 21, defect 8: a download stops at the size it was told, instead of taking
+        // whatever the source holds.
+        let capped = out.path().join(format!("capped-{i}"));
+        match fetch(&capped, shard.bytes - 1) {
+            Err(Error::Io { source, .. }) => {
+                assert_eq!(source.kind(), std::io::ErrorKind::FileTooLarge, "{source}")
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(std::fs::metadata(&capped).unwrap().len() < shard.bytes);
+        // The destination is created, never opened through something already there.
+        let planted = out.path().join(format!("planted-{i}"));
+        let target = out.path().join(format!("target-{i}"));
+        std::fs::write(&target, b"keep").unwrap();
+        std::os::unix::fs::symlink(&target, &planted).unwrap();
+        assert!(fetch(&planted, shard.bytes).is_err());
+        assert_eq!(std::fs::read(&target).unwrap(), b"keep");
     }
     let missing = dir.path().join("no-such.parquet");
     let error = mlinfra_data::storage::fetch_file(
         missing.to_str().unwrap(),
         &[] as &[(&str, &str)],
         &out.path().join("x"),
+        u64::MAX,
     )
     .unwrap_err();
     assert!(matches!(error, Error::Io { .. }), "{error:?}");

@@ -107,13 +107,30 @@ impl Pad {
             })
             .collect::<Result<_>>()?;
         let longest = sequences.iter().map(|s| s.len).max().unwrap_or(0);
-        let mut len = longest.next_multiple_of(self.multiple_of);
-        if let Some(max_len) = self.max_len {
-            len = len.min(max_len);
-        }
+        // Checked: `multiple_of` and the batch shape are the caller's, and a wrapped product
+        // would size the buffers wrong rather than fail.
+        let rounded = longest.checked_next_multiple_of(self.multiple_of);
+        let len = match (rounded, self.max_len) {
+            (Some(len), Some(max_len)) => Some(len.min(max_len)),
+            // Rounding overflowed: the rounded length is past any cap.
+            (None, Some(max_len)) => Some(max_len),
+            (len, None) => len,
+        };
+        let sizes = len.and_then(|len| {
+            let cells = rows.len().checked_mul(len)?;
+            Some((len, cells, cells.checked_mul(width)?))
+        });
+        let Some((len, cells, token_bytes)) = sizes.filter(|&(.., b)| b <= isize::MAX as usize)
+        else {
+            return Err(fail(format!(
+                "{} sequences of up to {longest} tokens padded to a multiple of {} overflow",
+                rows.len(),
+                self.multiple_of
+            )));
+        };
 
-        let mut tokens = pool.get(rows.len() * len * width);
-        let mut mask = pool.get(rows.len() * len);
+        let mut tokens = pool.get(token_bytes);
+        let mut mask = pool.get(cells);
         let (token_rows, mask_rows) = (tokens.as_mut_slice(), mask.as_mut_slice());
         for (i, sequence) in sequences.iter().enumerate() {
             let kept = sequence.len.min(len);

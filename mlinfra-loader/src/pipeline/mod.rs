@@ -332,7 +332,7 @@ struct Delivered {
 ///         let emb = batch.data.remove("emb"); // burn TensorData, [256, 64]
 ///         # let _ = (emb, epoch);
 ///     }
-///     loader.next_epoch();
+///     loader.next_epoch()?;
 /// }
 /// let checkpoint = serde_json::to_string(loader.state()).unwrap();
 /// # let _ = checkpoint;
@@ -431,14 +431,17 @@ impl<C: Collate> Loader<C> {
 
     /// Ends the current epoch (whatever was not delivered is skipped) and starts prefetching
     /// the next one.
-    pub fn next_epoch(&mut self) {
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidPlan`] after epoch `u64::MAX` (a resumed state can claim it); the
+    /// loader then stays at the end of its epoch.
+    pub fn next_epoch(&mut self) -> Result<()> {
+        self.state.next_epoch()?;
         self.stop_run();
-        self.state.next_epoch();
-        match self.state.plan() {
-            Ok(plan) => self.start_run(plan),
-            // The state's parameters were validated at build; only the epoch changed.
-            Err(_) => unreachable!("a plan that was valid stays valid in the next epoch"),
-        }
+        let plan = self.state.plan()?;
+        self.start_run(plan);
+        Ok(())
     }
 
     /// Where batches are staged (see [`Staging`]); [`LoaderStats::pinned_bytes`] counts what

@@ -83,7 +83,13 @@ impl EpochPlan {
     ///
     /// # Errors
     ///
-    /// [`Error::InvalidPlan`] for a block shuffle with `block` or `window` of 0.
+    /// [`Error::InvalidPlan`] for a block shuffle with `block` or `window` of 0, or whose
+    /// group of `window × block` samples (after the clamping below) does not fit a `u64`.
+    ///
+    /// A `block` larger than the epoch orders like one block of the whole epoch, and a
+    /// `window` larger than the number of blocks like a window of all of them: both are
+    /// clamped (the order is the same), so no size a state or checkpoint may claim reaches the
+    /// arithmetic unchecked.
     pub fn new(
         samples: u64,
         fingerprint: &str,
@@ -110,6 +116,19 @@ impl EpochPlan {
                     return Err(Error::InvalidPlan {
                         reason: format!(
                             "a block shuffle needs block >= 1 and window >= 1, got block {block}, window {window}"
+                        )
+                        .into(),
+                    });
+                }
+                // Clamping changes no order (the block count and every group's length stay
+                // the same), and bounds every product below by about twice `samples`.
+                let block = block.min(samples.max(1));
+                let window = window.min(samples.div_ceil(block).max(1));
+                if window.checked_mul(block).is_none() || samples.checked_add(block).is_none() {
+                    return Err(Error::InvalidPlan {
+                        reason: format!(
+                            "a block shuffle of {samples} samples in blocks of {block}, \
+                             {window} at a time, overflows"
                         )
                         .into(),
                     });

@@ -134,9 +134,21 @@ impl LoaderState {
     }
 
     /// Moves to the start of the next epoch.
-    pub fn next_epoch(&mut self) {
-        self.epoch += 1;
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidPlan`] after epoch `u64::MAX` (only a hand-edited or corrupted state
+    /// gets there): wrapping to epoch 0 would silently replay its order. The state is
+    /// unchanged.
+    pub fn next_epoch(&mut self) -> Result<()> {
+        self.epoch = self
+            .epoch
+            .checked_add(1)
+            .ok_or_else(|| Error::InvalidPlan {
+                reason: format!("epoch {} is the last one a loader can number", self.epoch).into(),
+            })?;
         self.consumed = 0;
+        Ok(())
     }
 
     /// Checks that this state belongs to the dataset with `fingerprint` and `samples` samples.
@@ -225,7 +237,7 @@ mod tests {
         let mut state = LoaderState::new("blake3:x", 100, 5, Shuffle::Exact, Remainder::Pad);
         let first = state.plan().unwrap();
         state.advance(10, 2);
-        state.next_epoch();
+        state.next_epoch().unwrap();
         assert_eq!((state.epoch(), state.consumed()), (1, 0));
         let second = state.plan().unwrap();
         let order = |plan: &EpochPlan| {
@@ -252,5 +264,14 @@ mod tests {
         json["format"] = 2.into();
         let future: LoaderState = serde_json::from_value(json).unwrap();
         assert!(matches!(future.plan(), Err(Error::InvalidPlan { .. })));
+    }
+
+    #[test]
+    fn the_last_epoch_does_not_wrap_to_the_first() {
+        let mut state = LoaderState::new("blake3:x", 100, 5, Shuffle::Exact, Remainder::Drop)
+            .with_epoch(u64::MAX);
+        state.advance(10, 1);
+        assert!(matches!(state.next_epoch(), Err(Error::InvalidPlan { .. })));
+        assert_eq!((state.epoch(), state.consumed()), (u64::MAX, 10));
     }
 }

@@ -207,3 +207,42 @@ fn an_exact_shuffle_is_uniform_over_seeds() {
         .sum();
     assert!(chi2 < 27.88, "chi-square {chi2:.1}: {counts:?}");
 }
+
+/// Issue 21, defect 10: a block or window larger than the epoch (from flags, a resumed state
+/// or a checkpoint) orders exactly like the largest meaningful one, instead of overflowing
+/// `window × block` into a division by zero inside a worker.
+#[test]
+fn oversized_blocks_and_windows_order_like_the_whole_epoch() {
+    for samples in [1, 17, 1000] {
+        let whole = order(&plan(
+            samples,
+            Shuffle::Block {
+                block: samples,
+                window: 1,
+            },
+        ));
+        for (block, window) in [(u64::MAX, u64::MAX), (u64::MAX, 1), (samples + 1, 1 << 40)] {
+            let huge = order(&plan(samples, Shuffle::Block { block, window }));
+            assert_eq!(
+                huge, whole,
+                "{samples} samples, block {block}, window {window}"
+            );
+        }
+        // A window over more blocks than there are equals a window of all of them.
+        let all = order(&plan(
+            samples,
+            Shuffle::Block {
+                block: 4,
+                window: samples.div_ceil(4),
+            },
+        ));
+        let beyond = order(&plan(
+            samples,
+            Shuffle::Block {
+                block: 4,
+                window: u64::MAX,
+            },
+        ));
+        assert_eq!(beyond, all, "{samples} samples, window past the blocks");
+    }
+}

@@ -47,7 +47,7 @@ fn deliveries(
                 delivered.push((part, row));
             }
         }
-        loader.next_epoch();
+        loader.next_epoch().unwrap();
     }
     delivered
 }

@@ -251,7 +251,7 @@ fn resuming_after_the_last_padded_batch_ends_the_epoch_cleanly() {
     let mut resumed = builder(1).resume(state).build().unwrap();
     assert_eq!(resumed.batches_in_epoch(), 0);
     assert!(resumed.next().is_none());
-    resumed.next_epoch();
+    resumed.next_epoch().unwrap();
     assert_eq!(collect(&mut resumed).len(), 2);
 }
 
@@ -264,7 +264,7 @@ fn epochs_advance_and_reshuffle() {
         .build()
         .unwrap();
     let first = ids(&collect(&mut loader));
-    loader.next_epoch();
+    loader.next_epoch().unwrap();
     assert_eq!((loader.epoch(), loader.state().consumed()), (1, 0));
     let second = ids(&collect(&mut loader));
     assert_ne!(first, second);
@@ -346,7 +346,7 @@ fn contiguous_batches_are_views_of_the_mapping_and_gathered_ones_are_recycled() 
             assert!(!mapping.contains(&address));
             assert!(address.is_multiple_of(64));
         }
-        loader.next_epoch();
+        loader.next_epoch().unwrap();
     }
     // 6 epochs × 8 batches × 4 columns = 192 buffers used. At most 2 batches in flight plus
     // the one the consumer holds (and one it just dropped) are alive at once: 4 × 4 buffers.
@@ -436,6 +436,29 @@ fn token_lists_are_padded_with_a_mask() {
             }
         }
     }
+}
+
+/// Issue 21 (unchecked size products): a `multiple_of` that rounds the padded length past
+/// `usize` wrapped (or, in debug builds, panicked inside a worker); the product of rows,
+/// length and width too. Now a typed collate error, and a cap still wins.
+#[test]
+fn a_padded_length_that_overflows_is_an_error_and_a_cap_still_applies() {
+    let (_dir, fixture) = fixture(20);
+    let huge = mlinfra_loader::Pad::new(0).multiple_of(usize::MAX);
+    let mut loader = Loader::builder(fixture.cache(), 4)
+        .collate(Tensors::new().columns(["tokens"]).pad("tokens", huge))
+        .build()
+        .unwrap();
+    let error = loader.next().unwrap().unwrap_err();
+    assert!(error.to_string().contains("overflow"), "{error}");
+    let capped = huge.max_len(3);
+    let mut loader = Loader::builder(fixture.cache(), 4)
+        .collate(Tensors::new().columns(["tokens"]).pad("tokens", capped))
+        .build()
+        .unwrap();
+    let batch = loader.next().unwrap().unwrap();
+    let tokens = batch.data.get("tokens").unwrap();
+    assert_eq!(tokens.shape().as_slice(), &[4, 3]);
 }
 
 #[test]

@@ -150,7 +150,11 @@ fn a_shard_that_differs_from_its_manifest_is_refused_and_not_kept() {
     match streaming(&server, manifest.clone(), dir.path(), u64::MAX).build() {
         Err(Error::ShardCorrupt { uri, reason }) => {
             assert!(uri.ends_with("part-00.parquet"), "{uri}");
-            assert!(reason.contains("content hash"), "{reason}");
+            // Another content hash, or (stopped at the recorded size) more bytes.
+            assert!(
+                reason.contains("content hash") || reason.contains("bytes the manifest records"),
+                "{reason}"
+            );
         }
         other => panic!("{other:?}"),
     }
@@ -168,4 +172,89 @@ fn a_shard_that_differs_from_its_manifest_is_refused_and_not_kept() {
         }
         other => panic!("{other:?}"),
     }
+}
+
+/// A local dataset of `shards` shards of 100 rows and its manifest: streaming reads local
+/// paths as it reads object stores, which is all the cache's own behaviour needs.
+fn local_dataset(dir: &Path, shards: u64) -> Manifest {
+    for shard in 0..shards {
+        let bytes = parquet(shard * 100..(shard + 1) * 100);
+        std::fs::write(dir.join(format!("part-{shard:02}.parquet")), bytes).unwrap();
+    }
+    DatasetBuilder::new(dir.to_str().unwrap())
+        .build()
+        .unwrap()
+        .manifest()
+        .unwrap()
+        .clone()
+}
+
+/// Issue 21 (sibling of defect 8): a file in a shared cache directory was trusted because of
+/// its name. One that is not the shard its name promises (same size, other bytes) is now
+/// found out, downloaded again, and the rows read are the right ones.
+#[test]
+fn a_cached_file_that_is_not_its_shard_is_downloaded_again() {
+    let data = tempfile::tempdir().unwrap();
+    let manifest = local_dataset(data.path(), 2);
+    let cache = tempfile::tempdir().unwrap();
+    let builder = || Streaming::builder(manifest.clone(), cache.path(), u64::MAX);
+    drop(builder().build().unwrap()); // caches shard 0
+    let hash = manifest.shards()[0]
+        .content_hash
+        .strip_prefix("blake3:")
+        .unwrap();
+    let cached = cache.path().join(format!("{hash}.parquet"));
+    // Another shard's bytes, cut or padded to the size the manifest records.
+    let mut forged = std::fs::read(data.path().join("part-01.parquet")).unwrap();
+    forged.resize(manifest.shards()[0].bytes as usize, 0);
+    std::fs::write(&cached, forged).unwrap();
+    let source = builder().build().unwrap();
+    let rows = source.rows(&[0, 99]).unwrap();
+    let ids: Vec<u64> = rows
+        .rows()
+        .iter()
+        .map(|&(batch, row)| {
+            let column = rows.batches()[batch].column_by_name("id").unwrap();
+            let ids = column
+                .as_any()
+                .downcast_ref::<arrow::array::Int64Array>()
+                .unwrap();
+            ids.value(row) as u64
+        })
+        .collect();
+    assert_eq!(ids, [0, 99]);
+    assert_eq!(
+        std::fs::read(&cached).unwrap(),
+        std::fs::read(data.path().join("part-00.parquet")).unwrap()
+    );
+}
+
+/// Issue 21 (sibling): dropping a source waited for its fetcher, and a fetcher waiting for
+/// the directory lock (held by another process's download) held up the drop for as long.
+/// The fetcher now gives up when its source is dropped.
+#[test]
+fn dropping_a_source_does_not_wait_for_anothers_lock() {
+    let data = tempfile::tempdir().unwrap();
+    let manifest = local_dataset(data.path(), 2);
+    let cache = tempfile::tempdir().unwrap();
+    let source = Streaming::builder(manifest, cache.path(), u64::MAX)
+        .build()
+        .unwrap();
+    // Another holder of the lock (another process: a second open file description).
+    let lock = std::fs::File::options()
+        .write(true)
+        .open(cache.path().join(".lock"))
+        .unwrap();
+    lock.lock().unwrap();
+    source.prefetch(0, &[150]); // shard 1: the fetcher now waits for the lock
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    let (done, dropped) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        drop(source);
+        let _ = done.send(());
+    });
+    dropped
+        .recv_timeout(std::time::Duration::from_secs(10))
+        .expect("dropping the source waited for the lock");
+    drop(lock);
 }

@@ -139,15 +139,23 @@ pub struct Engine<R> {
 }
 
 impl<R: ModelRunner> Engine<R> {
-    /// An engine driving `runner`.
+    /// An engine driving `runner`. The scheduler's
+    /// [`max_model_len`](SchedulerConfig::max_model_len) is lowered to the runner's
+    /// [`max_seq_len`](ModelRunner::max_seq_len), so requests that could outgrow the model are
+    /// refused when added.
     ///
     /// # Errors
     ///
     /// [`Error::InvalidConfig`] when the scheduler refuses `config.scheduler`.
     pub fn new(runner: R, config: EngineConfig) -> Result<Self> {
+        let mut scheduler = config.scheduler;
+        scheduler.max_model_len = match (scheduler.max_model_len, runner.max_seq_len()) {
+            (Some(set), Some(model)) => Some(set.min(model)),
+            (set, model) => set.or(model),
+        };
         Ok(Engine {
             runner,
-            scheduler: Scheduler::new(config.scheduler)?,
+            scheduler: Scheduler::new(scheduler)?,
             live: HashMap::new(),
             detokenizer: None,
             next_id: 0,
@@ -208,7 +216,8 @@ impl<R: ModelRunner> Engine<R> {
     ///
     /// [`Error::InvalidSampling`] for parameters out of range or stop strings without a
     /// detokenizer; [`Error::InvalidRequest`] for a token outside the vocabulary or a request
-    /// the scheduler refuses (empty, or too long to ever fit).
+    /// the scheduler refuses (empty, able to outgrow the model's context, or too long to ever
+    /// fit in KV memory).
     pub fn add_request_with(
         &mut self,
         prompt: Vec<u32>,

@@ -71,7 +71,10 @@ impl Sampler {
     }
 
     /// The logits after penalties and temperature (for temperature 0, after penalties
-    /// only): what the filters and the draw see.
+    /// only): what the filters and the draw see. With a temperature other than 1 they are
+    /// also shifted so that the largest is 0 before dividing (softmax is unchanged): a tiny
+    /// temperature then sends the others to `-inf`, never the largest to `inf`, whose
+    /// `inf - inf` would turn the distribution into NaN.
     pub fn processed_logits(&mut self, logits: &[f32]) -> &[f32] {
         self.scratch.clear();
         self.scratch.extend_from_slice(logits);
@@ -84,8 +87,9 @@ impl Sampler {
                 if penalised.insert(token)
                     && let Some(logit) = self.scratch.get_mut(token as usize)
                 {
+                    // Clamped: a tiny penalty must not make a logit +inf (see above).
                     *logit = if *logit > 0.0 {
-                        *logit / repetition
+                        (*logit / repetition).min(f32::MAX)
                     } else {
                         *logit * repetition
                     };
@@ -100,9 +104,17 @@ impl Sampler {
             }
         }
         if !params.is_greedy() && params.temperature != 1.0 {
-            let inverse = 1.0 / params.temperature;
-            for logit in &mut self.scratch {
-                *logit *= inverse;
+            let max = self
+                .scratch
+                .iter()
+                .copied()
+                .fold(f32::NEG_INFINITY, f32::max);
+            if max.is_finite() {
+                // A division, not a multiplication by 1/T: for T = 1e-45, 1/T is inf and
+                // the largest logit's 0 · inf would be NaN; 0 / T is 0.
+                for logit in &mut self.scratch {
+                    *logit = (*logit - max) / params.temperature;
+                }
             }
         }
         &self.scratch
@@ -113,8 +125,8 @@ impl Sampler {
     ///
     /// # Errors
     ///
-    /// [`Error::InvalidSampling`] for empty logits or logits with a NaN (a broken model must
-    /// not turn into a silently arbitrary token).
+    /// [`Error::InvalidSampling`] for empty logits or logits with a NaN or `+inf` (a broken
+    /// model must not turn into a silently arbitrary token).
     pub fn sample(&mut self, logits: &[f32]) -> Result<Sample> {
         check_logits(logits)?;
         let log_z = self.params.logprobs.map(|_| log_normalizer(logits));
@@ -313,14 +325,26 @@ enum Candidates {
     First(usize),
 }
 
+/// Logits a distribution can be made of: at least one, none NaN, none `+inf` (`-inf` masks a
+/// token and is fine). Penalties and temperature keep finite logits finite or `-inf`
+/// ([`Sampler::processed_logits`]), so what passes here never becomes NaN.
 fn check_logits(logits: &[f32]) -> Result<()> {
-    if logits.is_empty() || logits.iter().any(|logit| logit.is_nan()) {
+    if let Some(bad) = logits
+        .iter()
+        .position(|logit| logit.is_nan() || *logit == f32::INFINITY)
+    {
         return Err(Error::InvalidSampling {
             reason: format!(
-                "logits must be non-empty and free of NaN ({} values)",
-                logits.len()
+                "logit {bad} of {} is {} (a model must give finite logits, or -inf to mask)",
+                logits.len(),
+                logits[bad]
             )
             .into(),
+        });
+    }
+    if logits.is_empty() {
+        return Err(Error::InvalidSampling {
+            reason: "no logits".into(),
         });
     }
     Ok(())

@@ -64,6 +64,10 @@ pub struct SchedulerConfig {
     pub watermark: f64,
     /// Serving order.
     pub policy: Policy,
+    /// Longest sequence (prompt plus generated tokens) a request may reach: the model's
+    /// context length. `None`: only the KV pool limits it. An [`Engine`](crate::engine::Engine)
+    /// lowers it to its runner's [`max_seq_len`](crate::runner::ModelRunner::max_seq_len).
+    pub max_model_len: Option<usize>,
 }
 
 impl Default for SchedulerConfig {
@@ -77,6 +81,7 @@ impl Default for SchedulerConfig {
             prefix_caching: true,
             watermark: 0.01,
             policy: Policy::Fcfs,
+            max_model_len: None,
         }
     }
 }
@@ -230,8 +235,9 @@ impl Scheduler {
     /// # Errors
     ///
     /// [`Error::InvalidRequest`] for a live id, an empty prompt, `max_tokens` of 0, a prompt
-    /// over the budget without chunked prefill, or a request whose KV could never fit in the
-    /// pool (so that every admitted request can finish).
+    /// over the budget without chunked prefill, a request that could grow past
+    /// [`SchedulerConfig::max_model_len`], or one whose KV could never fit in the pool (so
+    /// that every admitted request can finish).
     pub fn add(&mut self, new: NewRequest) -> Result<()> {
         let refuse = |reason: String| Err(invalid(new.id, &reason));
         if self.requests.contains_key(&new.id) {
@@ -251,7 +257,26 @@ impl Scheduler {
                 self.config.max_batched_tokens
             ));
         }
-        let most = new.prompt.len() + new.max_tokens - 1;
+        // The longest the request can grow: its prompt, then every generated token but the
+        // last (which is sampled, never computed). Checked: `max_tokens` comes from clients,
+        // and a wrapped sum would admit a request that can never finish.
+        let Some(most) = new.prompt.len().checked_add(new.max_tokens - 1) else {
+            return refuse(format!(
+                "has a {}-token prompt and max_tokens {}: the sum overflows",
+                new.prompt.len(),
+                new.max_tokens
+            ));
+        };
+        if let Some(limit) = self.config.max_model_len
+            && most > limit
+        {
+            return refuse(format!(
+                "can reach {most} tokens ({}-token prompt, max_tokens {}), past the model's \
+                 {limit}-token context",
+                new.prompt.len(),
+                new.max_tokens
+            ));
+        }
         let usable = self.config.num_blocks - self.watermark_blocks;
         if self.kv.blocks_for(most) > usable {
             return refuse(format!(

@@ -27,18 +27,18 @@ impl Default for NgramProposer {
 
 impl NgramProposer {
     /// Up to `k` proposed next tokens for `tokens` (prompt and output so far); empty when no
-    /// suffix recurs. O(len × max_n) per call.
+    /// suffix recurs. O(len × min(max_n, len)) per call, whatever `max_n` and `k` say.
     pub fn propose(&self, tokens: &[u32]) -> Vec<u32> {
         let len = tokens.len();
-        for n in (self.min_n.max(1)..=self.max_n).rev() {
-            if n >= len {
-                continue;
-            }
+        // A suffix must leave room for an earlier occurrence: n < len. Capping here keeps a
+        // huge `max_n` from looping over lengths that cannot match.
+        let longest = self.max_n.min(len.saturating_sub(1));
+        for n in (self.min_n.max(1)..=longest).rev() {
             let suffix = &tokens[len - n..];
             // The most recent earlier occurrence, not overlapping the suffix itself.
             if let Some(start) = (0..len - n).rev().find(|&s| &tokens[s..s + n] == suffix) {
                 let from = start + n;
-                return tokens[from..len.min(from + self.k)].to_vec();
+                return tokens[from..len.min(from.saturating_add(self.k))].to_vec();
             }
         }
         Vec::new()
@@ -76,5 +76,22 @@ mod tests {
             exact.propose(&[1, 2, 9, 2]).is_empty(),
             "a 1-token match is below min_n"
         );
+    }
+
+    /// Issue 21 (unchecked sizes): `max_n` and `k` of `usize::MAX` looped over 2^64 suffix
+    /// lengths and overflowed the proposal's end; they now mean "as long as there is".
+    #[test]
+    fn huge_limits_mean_as_long_as_the_sequence_allows() {
+        let unbounded = NgramProposer {
+            min_n: 1,
+            max_n: usize::MAX,
+            k: usize::MAX,
+        };
+        assert_eq!(
+            unbounded.propose(&[1, 7, 8, 9, 4, 5, 6, 2, 7, 8, 9]),
+            [4, 5, 6, 2, 7, 8, 9]
+        );
+        assert!(unbounded.propose(&[]).is_empty());
+        assert!(unbounded.propose(&[3]).is_empty());
     }
 }

@@ -333,6 +333,51 @@ fn bad_requests_and_failed_steps_are_typed_errors() {
     assert_eq!(engine.step().unwrap(), Default::default(), "still usable");
 }
 
+/// Issue 21, defect 2: a request that would run past the model's context was found only
+/// mid-run, and that error aborted every request of the step with it. The engine now knows
+/// the runner's `max_seq_len` and refuses such a request when it is added; the others run.
+#[test]
+fn a_request_past_the_models_context_is_refused_and_others_run() {
+    let config = LlamaConfig {
+        max_seq_len: 12,
+        ..tiny_config()
+    };
+    let mut engine = engine(&config, 32, 64);
+    let fine = engine
+        .add_request(vec![1, 2, 3], SamplingParams::greedy(4))
+        .unwrap();
+    // 8 + 5 - 1 = 12 positions: the most the model computes; one more token is too many.
+    let edge = engine
+        .add_request(vec![1; 8], SamplingParams::greedy(5))
+        .unwrap();
+    let error = engine
+        .add_request(vec![1; 8], SamplingParams::greedy(6))
+        .unwrap_err();
+    assert!(
+        error
+            .to_string()
+            .contains("past the model's 12-token context"),
+        "{error}"
+    );
+    let huge = engine.add_request(vec![1; 8], SamplingParams::greedy(usize::MAX));
+    assert!(
+        matches!(huge, Err(Error::InvalidRequest { .. })),
+        "{huge:?}"
+    );
+    engine.run_until_idle().unwrap();
+    for (handle, tokens) in [(fine, 4), (edge, 5)] {
+        let events: Vec<_> = handle.events().try_iter().collect();
+        assert_eq!(events.len(), tokens + 1, "{events:?}");
+        assert!(matches!(
+            events.last(),
+            Some(StreamEvent::Finished {
+                reason: FinishReason::Length,
+                ..
+            })
+        ));
+    }
+}
+
 /// The real SmolLM2-135M on the paged engine, with two prompts batched and a stop string:
 /// greedy text equals the model's own dense `generate_greedy` (" Paris." for the capital).
 #[test]

@@ -189,8 +189,9 @@ fn penalties_change_the_logits_as_vllm_does() {
         ..SamplingParams::default()
     };
     let mut sampler = Sampler::new(params, &[1], 0).unwrap();
-    // Negative logits are multiplied, then everything is divided by the temperature.
-    assert_eq!(sampler.processed_logits(&[1.0, -1.0]), [2.0, -4.0]);
+    // Negative logits are multiplied, then everything is divided by the temperature, after a
+    // shift that makes the largest 0 (softmax is unchanged): [1, -2] / 0.5 - 2.
+    assert_eq!(sampler.processed_logits(&[1.0, -1.0]), [0.0, -6.0]);
 }
 
 #[test]
@@ -292,4 +293,39 @@ fn bad_parameters_and_logits_are_typed_errors() {
         sampler.sample(&[]),
         Err(Error::InvalidSampling { .. })
     ));
+}
+
+/// Issue 21, sibling of defect 2: a finite but tiny temperature (or repetition penalty) made
+/// the scaled logits infinite, `inf - inf` turned the distribution into NaN, and the sampler
+/// returned an arbitrary token. A tiny temperature is now the limit it approaches: the argmax,
+/// on every draw and whatever the seed.
+#[test]
+fn a_tiny_temperature_samples_the_argmax() {
+    let logits = [0.5, 2.0, -1.0, 1.999, f32::NEG_INFINITY];
+    for temperature in [1e-38, f32::MIN_POSITIVE, 1e-45] {
+        for seed in 0..50 {
+            let params = SamplingParams {
+                temperature,
+                ..SamplingParams::default()
+            };
+            let mut sampler = Sampler::new(params.clone(), &[], seed).unwrap();
+            assert_eq!(sampler.sample(&logits).unwrap().token, 1, "T={temperature}");
+            let probs = sampler.probabilities(&logits).unwrap();
+            assert_eq!(probs[1], 1.0, "T={temperature}: {probs:?}");
+        }
+    }
+    // A tiny repetition penalty on a seen positive logit pushes it to the top, finitely.
+    let params = SamplingParams {
+        temperature: 0.5,
+        repetition_penalty: 1e-38,
+        ..SamplingParams::default()
+    };
+    let mut sampler = Sampler::new(params, &[0], 1).unwrap();
+    assert_eq!(sampler.sample(&logits).unwrap().token, 0);
+    // Logits a broken model gives are refused, never sampled.
+    for bad in [f32::NAN, f32::INFINITY] {
+        let mut sampler = Sampler::new(SamplingParams::default(), &[], 0).unwrap();
+        let error = sampler.sample(&[0.0, bad]).unwrap_err();
+        assert!(matches!(error, Error::InvalidSampling { .. }), "{error}");
+    }
 }

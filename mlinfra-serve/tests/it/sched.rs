@@ -313,6 +313,7 @@ fn random_workloads_finish_in_order_with_unbatched_outputs() {
             prefix_caching: seed % 7 != 0,
             watermark: [0.0, 0.01, 0.1][(seed % 3) as usize],
             policy,
+            max_model_len: None,
         };
         let budget = config.max_batched_tokens;
         let usable = (num_blocks - (config.watermark * num_blocks as f64) as usize) * block_size;
@@ -509,5 +510,51 @@ fn drafts_are_verified_and_rejected_tokens_give_their_blocks_back() {
     assert_eq!(
         finished[0].status(),
         RequestStatus::Finished(FinishReason::Stop)
+    );
+}
+
+/// Issue 21, defect 2: `max_tokens = usize::MAX` wrapped `prompt + max_tokens - 1` to a small
+/// number, so the request passed the "can it ever fit" check, filled the KV cache, preempted
+/// itself and was never re-admitted, while the engine spun and everything behind it starved.
+/// The sum is checked, and a request that could outgrow the model's context is refused when
+/// added, not found mid-run (where the error aborted every request of the step).
+#[test]
+fn requests_that_could_never_finish_are_refused_when_added() {
+    let mut scheduler = Scheduler::new(config(64, 4, 64)).unwrap();
+    for max_tokens in [usize::MAX, usize::MAX - 1, usize::MAX / 2] {
+        let error = scheduler
+            .add(NewRequest::new(1, vec![1, 2, 3], max_tokens))
+            .unwrap_err();
+        assert!(matches!(error, Error::InvalidRequest { .. }), "{error}");
+    }
+    // What is left runs to the end: nothing was admitted by the refused requests.
+    scheduler.add(NewRequest::new(2, vec![1, 2, 3], 4)).unwrap();
+    let mut steps = 0;
+    while !scheduler.is_idle() {
+        let plan = scheduler.schedule().unwrap();
+        let sampled: Vec<(u64, u32)> = plan
+            .scheduled
+            .iter()
+            .filter(|w| w.samples)
+            .map(|w| (w.id, 5))
+            .collect();
+        scheduler.update(&sampled).unwrap();
+        steps += 1;
+        assert!(steps < 100, "the scheduler does not finish");
+    }
+
+    let mut limited = Scheduler::new(SchedulerConfig {
+        max_model_len: Some(16),
+        ..config(64, 4, 64)
+    })
+    .unwrap();
+    // 10 + 7 - 1 = 16 positions: fits; one more token does not.
+    limited.add(NewRequest::new(1, vec![1; 10], 7)).unwrap();
+    let error = limited.add(NewRequest::new(2, vec![1; 10], 8)).unwrap_err();
+    assert!(
+        error
+            .to_string()
+            .contains("past the model's 16-token context"),
+        "{error}"
     );
 }

@@ -89,7 +89,7 @@ impl FileSink {
     pub(crate) fn create(path: &Path, len: u64, file_name: &str) -> io::Result<FileSink> {
         let (file, direct) = match open_direct(path) {
             Ok(file) => (file, true),
-            Err(error) if is_unsupported(&error) => (File::create(path)?, false),
+            Err(error) if is_unsupported(&error) => (create_buffered(path)?, false),
             Err(error) => return Err(error),
         };
         // Halfway, rounded down to the alignment so both halves can go direct; at least one
@@ -187,12 +187,25 @@ impl FileSink {
 
 /// The page-cache path for small files: two halves, with the fault point between them.
 pub(crate) fn write_buffered(temp: &Path, bytes: &[u8], file_name: &str) -> io::Result<File> {
-    let mut file = File::create(temp)?;
+    let mut file = create_buffered(temp)?;
     let (head, tail) = bytes.split_at(bytes.len() / 2);
     file.write_all(head)?;
     crate::fault::point("write.partial", file_name);
     file.write_all(tail)?;
     Ok(file)
+}
+
+/// Creates (or truncates) a temporary file through the page cache, never through a symlink
+/// planted at its name. Not `create_new`: a direct open that the file system refused may
+/// already have created the file.
+fn create_buffered(path: &Path) -> io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    File::options()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
 }
 
 #[cfg(target_os = "linux")]
@@ -202,7 +215,7 @@ fn open_direct(path: &Path) -> io::Result<File> {
         .write(true)
         .create(true)
         .truncate(true)
-        .custom_flags(libc::O_DIRECT)
+        .custom_flags(libc::O_DIRECT | libc::O_NOFOLLOW)
         .open(path)
 }
 

@@ -1,17 +1,18 @@
 //! Durable file writes and content hashes: the two primitives every checkpoint file uses.
 
-use std::fs::{self, File};
+use std::fs::File;
 use std::io::{self, Read};
 use std::path::Path;
 
+use mlinfra_data::files;
 use sha2::{Digest, Sha256};
 
 use super::direct;
 
 /// Writes `bytes` to `path` so that a reader sees either the old file (or none) or all of the
-/// new one, never a prefix: temp file in the same directory, `fsync`, rename over `path`,
-/// `fsync` of the directory (the rename itself must survive a power cut). Through the page
-/// cache: for small files (manifests).
+/// new one, never a prefix, and so that the write survives a power cut:
+/// [`mlinfra_data::files::write_atomic_with`]. Through the page cache: for small files
+/// (manifests).
 ///
 /// On error the temp file is removed and `path` is untouched.
 pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
@@ -22,38 +23,26 @@ pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
 
 /// The atomic-replace protocol of [`write_atomic`] around `body`, which creates the temp file
 /// (given its path and the final file's name, for fault points), fills it, and returns a
-/// handle whose `fsync` makes it durable, and what else it has to say.
+/// handle whose `fsync` makes it durable, and what else it has to say. The fault point
+/// `write.unrenamed` sits between the durable temp file and its rename.
 pub(crate) fn write_atomic_with<T>(
     path: &Path,
     body: impl FnOnce(&Path, &str) -> io::Result<(File, T)>,
 ) -> io::Result<T> {
     let name = path
         .file_name()
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path has no file name"))?;
-    let mut temp_name = name.to_os_string();
-    temp_name.push(format!(".tmp-{}", std::process::id()));
-    let temp = path.with_file_name(temp_name);
-    let file_name = name.to_string_lossy();
-    let written = (|| {
-        let (file, said) = body(&temp, &file_name)?;
-        file.sync_all()?;
-        drop(file);
-        crate::fault::point("write.unrenamed", &file_name);
-        fs::rename(&temp, path)?;
-        Ok(said)
-    })();
-    match written {
-        Ok(said) => sync_dir(path.parent().unwrap_or(Path::new("."))).map(|()| said),
-        Err(error) => {
-            let _ = fs::remove_file(&temp);
-            Err(error)
-        }
-    }
+        .map(|name| name.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    files::write_atomic_with(
+        path,
+        |temp| body(temp, &name),
+        || crate::fault::point("write.unrenamed", &name),
+    )
 }
 
 /// Makes a directory's entries (creations, renames, removals) durable.
 pub(crate) fn sync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
+    files::sync_dir(dir)
 }
 
 /// SHA-256 of `bytes`, lowercase hex.
@@ -62,22 +51,33 @@ pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
     hex(&Sha256::digest(bytes))
 }
 
-/// Reads a whole file and checks it against its recorded length and SHA-256. Returns the bytes
-/// on success and a sentence saying what is wrong otherwise.
+/// Opens a checkpoint file for reading: a regular file, not through a symlink, without
+/// blocking ([`files::open_regular_no_follow`]). A checkpoint holds only files this crate
+/// wrote, so anything else there is tampering, and must not hang or flood the reader.
+pub(crate) fn open_checkpoint_file(path: &Path) -> Result<File, String> {
+    files::open_regular_no_follow(path).map_err(|e| format!("cannot open: {e}"))
+}
+
+/// Reads a whole file and checks it against its recorded length and SHA-256 (reading at most
+/// one byte more than recorded). Returns the bytes on success and a sentence saying what is
+/// wrong otherwise.
 pub(crate) fn read_verified(path: &Path, bytes: u64, sha256: &str) -> Result<Vec<u8>, String> {
-    let mut data = Vec::with_capacity(usize::try_from(bytes).unwrap_or(0));
-    File::open(path)
-        .map_err(|e| format!("cannot open: {e}"))?
-        .read_to_end(&mut data)
-        .map_err(|e| format!("cannot read: {e}"))?;
+    let mut file = open_checkpoint_file(path)?;
+    let data = files::read_bounded(&mut file, bytes).map_err(|e| match e.kind() {
+        io::ErrorKind::FileTooLarge => {
+            format!("is longer than the {bytes} bytes the manifest says (replaced)")
+        }
+        _ => format!("cannot read: {e}"),
+    })?;
     check(data.len() as u64, &Sha256::digest(&data), bytes, sha256)?;
     Ok(data)
 }
 
 /// Streams a file through SHA-256 without keeping it: validation of files this rank does not
-/// otherwise need. Same contract as [`read_verified`].
+/// otherwise need. Same contract as [`read_verified`]: at most one byte past the recorded
+/// length is read.
 pub(crate) fn verify(path: &Path, bytes: u64, sha256: &str) -> Result<(), String> {
-    let mut file = File::open(path).map_err(|e| format!("cannot open: {e}"))?;
+    let mut file = open_checkpoint_file(path)?.take(bytes.saturating_add(1));
     let mut hasher = Sha256::new();
     let mut buffer = vec![0u8; 1 << 20];
     let mut len = 0u64;
@@ -136,6 +136,7 @@ pub(crate) fn sha256_from_words(words: &[u64]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs;
 
     #[test]
     fn sha256_matches_the_published_vector() {

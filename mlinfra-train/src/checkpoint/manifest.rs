@@ -15,6 +15,10 @@ pub(crate) const FORMAT: u32 = 1;
 /// The file name of a checkpoint's manifest, inside its `step-…` directory.
 pub const MANIFEST: &str = "manifest.json";
 
+/// The largest manifest read: 256 MiB (the parameter layout of a model with millions of
+/// tensors). A larger file is corrupt, whatever it holds.
+const MAX_MANIFEST_BYTES: u64 = 256 << 20;
+
 /// What one checkpoint holds, and the size and SHA-256 of each of its files.
 ///
 /// A checkpoint directory counts only once its manifest exists, and the manifest is written
@@ -70,19 +74,31 @@ impl FileRecord {
 }
 
 impl Manifest {
-    /// Reads and checks a manifest (format, and rank files that tile the parameter vector).
-    pub(crate) fn read(path: &Path) -> Result<Manifest> {
+    /// Reads and checks the manifest of the checkpoint of step `step`: its format, its step
+    /// (which must be the directory's: anything else is corrupt, and resuming or retention
+    /// must never act on it), and rank files that are distinct ranks of its world, named as
+    /// this crate names them, tiling the parameter vector. Opened like every checkpoint file:
+    /// no symlinks, no FIFOs, at most 256 MiB read.
+    pub(crate) fn read(path: &Path, step: u64) -> Result<Manifest> {
         let corrupt = |reason: String| Error::CheckpointCorrupt {
             path: path.into(),
             reason: reason.into(),
         };
-        let text = std::fs::read(path).map_err(|e| corrupt(format!("cannot read: {e}")))?;
+        let mut file = super::files::open_checkpoint_file(path).map_err(&corrupt)?;
+        let text = mlinfra_data::files::read_bounded(&mut file, MAX_MANIFEST_BYTES)
+            .map_err(|e| corrupt(format!("cannot read: {e}")))?;
         let manifest: Manifest =
             serde_json::from_slice(&text).map_err(|e| corrupt(format!("not a manifest: {e}")))?;
         if manifest.format != FORMAT {
             return Err(corrupt(format!(
                 "format {} (this build reads {FORMAT})",
                 manifest.format
+            )));
+        }
+        if manifest.step != step {
+            return Err(corrupt(format!(
+                "records step {} in the directory of step {step}",
+                manifest.step
             )));
         }
         if manifest.world == 0 || manifest.rng.len() != manifest.world {
@@ -92,10 +108,22 @@ impl Manifest {
                 manifest.rng.len()
             )));
         }
-        // The files, in order of their shards, must cover the whole vector without gaps.
+        // The files, in order of their shards, must cover the whole vector without gaps, each
+        // written by another rank of the world under that rank's name.
         let mut next = 0;
+        let mut ranks_seen = vec![false; manifest.world];
         for file in &manifest.files {
-            if file.shard[0] != next || file.shard[1] < file.shard[0] || file.name.contains('/') {
+            let rank_ok = ranks_seen
+                .get_mut(file.rank)
+                .is_some_and(|seen| !std::mem::replace(seen, true));
+            if !rank_ok || file.name != super::rank_file_name(file.rank) {
+                return Err(corrupt(format!(
+                    "file `{}` of rank {} in a world of {}: a rank outside the world, a \
+                     duplicate, or a name this crate does not write",
+                    file.name, file.rank, manifest.world
+                )));
+            }
+            if file.shard[0] != next || file.shard[1] < file.shard[0] {
                 return Err(corrupt(format!(
                     "file `{}` holds [{}, {}), expected a shard starting at {next}",
                     file.name, file.shard[0], file.shard[1]

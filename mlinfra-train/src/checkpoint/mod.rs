@@ -40,12 +40,19 @@
 //! checkpoint saved by N ranks loads on M: each rank reads the files overlapping its new shard
 //! and cuts them to it ([`DataParallel::resume`](crate::DataParallel::resume)).
 //!
-//! **Retention.** Rank 0 keeps the newest `keep_last` complete checkpoints and removes older
-//! ones (manifest first, so a half-removed checkpoint is never taken for a complete one) and
-//! abandoned directories older than the newest complete checkpoint. It does so on a
-//! background thread once the new manifest is durable: unlinking a 100 MB+ file costs tens of
-//! milliseconds that neither a sync save nor the step publishing an async one should wait
-//! for. [`Checkpointer::wait`] and dropping the checkpointer finish it.
+//! **Retention.** Rank 0 keeps the newest `keep_last` complete checkpoints up to the one it
+//! just wrote and removes older ones (manifest first, so a half-removed checkpoint is never
+//! taken for a complete one) and abandoned directories older than the one it just wrote. It
+//! never removes the checkpoint it just wrote, nor any directory of a higher step (which this
+//! run did not write). It does so on a background thread once the new manifest is durable:
+//! unlinking a 100 MB+ file costs tens of milliseconds that neither a sync save nor the step
+//! publishing an async one should wait for. [`Checkpointer::wait`] and dropping the
+//! checkpointer finish it.
+//!
+//! **One run per directory.** A run that does not resume refuses a directory that already
+//! holds complete checkpoints ([`Error::CheckpointDirInUse`], from
+//! [`Trainer::new`](crate::Trainer::new); [`complete_steps`] lists them): its checkpoints would
+//! interleave with the other run's, and a later resume would take whichever step is higher.
 
 mod direct;
 mod files;
@@ -188,6 +195,22 @@ pub fn step_dir(root: &Path, step: u64) -> PathBuf {
 /// The step a checkpoint directory name stands for.
 fn parse_step_dir(name: &str) -> Option<u64> {
     name.strip_prefix("step-")?.parse().ok()
+}
+
+/// The steps of the complete checkpoints (directories with a manifest) under `root`, newest
+/// first; none when `root` does not exist. Not verified: what a run that does not resume
+/// checks, to refuse a directory in use.
+///
+/// # Errors
+///
+/// [`Error::CheckpointIo`] when `root` exists but cannot be listed.
+pub fn complete_steps(root: &Path) -> Result<Vec<u64>> {
+    let mut steps: Vec<u64> = restore::list_steps(root)?
+        .into_iter()
+        .filter(|&step| step_dir(root, step).join(MANIFEST).is_file())
+        .collect();
+    steps.sort_unstable_by(|a, b| b.cmp(a));
+    Ok(steps)
 }
 
 fn rank_file_name(rank: usize) -> String {
@@ -507,8 +530,9 @@ impl Checkpointer {
     }
 }
 
-/// Removes complete checkpoints under `root` beyond the newest `keep_last` and abandoned
-/// directories older than `newest`. Best effort: a checkpoint that cannot be removed stays.
+/// Removes complete checkpoints under `root` older than `newest` (the one just written) beyond
+/// the newest `keep_last` up to it, and abandoned directories older than `newest`. Nothing at
+/// or above `newest` is touched. Best effort: a checkpoint that cannot be removed stays.
 fn retire(root: &Path, keep_last: usize, newest: u64) {
     let Ok(entries) = std::fs::read_dir(root) else {
         return;
@@ -518,6 +542,9 @@ fn retire(root: &Path, keep_last: usize, newest: u64) {
         let Some(step) = entry.file_name().to_str().and_then(parse_step_dir) else {
             continue;
         };
+        if step > newest {
+            continue; // not this run's
+        }
         let path = entry.path();
         if path.join(MANIFEST).is_file() {
             complete.push((step, path));
@@ -529,7 +556,13 @@ fn retire(root: &Path, keep_last: usize, newest: u64) {
         return;
     }
     complete.sort_by_key(|(step, _)| std::cmp::Reverse(*step));
-    for (_, path) in complete.into_iter().skip(keep_last) {
+    // `newest` itself is complete (its manifest was just written) and sorts first, so it is
+    // always among the kept; the guard makes that independent of the listing.
+    for (_, path) in complete
+        .into_iter()
+        .filter(|(step, _)| *step != newest)
+        .skip(keep_last.saturating_sub(1))
+    {
         // The manifest first: from then on the directory no longer counts.
         if std::fs::remove_file(path.join(MANIFEST)).is_ok() {
             let _ = std::fs::remove_dir_all(&path);

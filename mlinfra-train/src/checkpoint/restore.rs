@@ -37,10 +37,19 @@ impl Checkpoint {
     /// # Errors
     ///
     /// [`Error::CheckpointCorrupt`] naming the first file that is missing, truncated or
-    /// altered, or a manifest that is missing or malformed.
+    /// altered, or a manifest that is missing, malformed, or records another step than the
+    /// directory's name.
     pub fn open(dir: impl AsRef<Path>) -> Result<Checkpoint> {
         let dir = dir.as_ref().to_path_buf();
-        let manifest = Manifest::read(&dir.join(MANIFEST))?;
+        let step = dir
+            .file_name()
+            .and_then(|name| name.to_str())
+            .and_then(parse_step_dir)
+            .ok_or_else(|| Error::CheckpointCorrupt {
+                path: dir.as_path().into(),
+                reason: "not a checkpoint directory (named `step-` and a step number)".into(),
+            })?;
+        let manifest = Manifest::read(&dir.join(MANIFEST), step)?;
         for file in &manifest.files {
             let path = dir.join(&file.name);
             files::verify(&path, file.bytes, &file.sha256).map_err(|reason| {
@@ -77,7 +86,7 @@ impl Checkpoint {
         let mut skipped = Vec::new();
         // Each rank proposes its newest valid step at or below `bound`; the ranks settle on the
         // smallest proposal, which every rank then checks in the next round. Encoded as
-        // step + 1, with 0 for "none".
+        // [has one, step]: every u64 is a valid step, so none can stand for "none".
         let mut bound = u64::MAX;
         loop {
             let mut proposal = None;
@@ -95,18 +104,25 @@ impl Checkpoint {
                     }
                 }
             }
-            let mine = proposal.as_ref().map_or(0, |c| c.manifest.step + 1);
-            let all = all_gather_u64(collective, &[mine])?;
-            let agreed = all.iter().copied().min().unwrap_or(0);
-            if agreed == 0 {
+            let mine = proposal.as_ref().map_or([0, 0], |c| [1, c.manifest.step]);
+            let all = all_gather_u64(collective, &mine)?;
+            let proposals: Vec<Option<u64>> = all
+                .chunks_exact(2)
+                .map(|p| (p[0] == 1).then_some(p[1]))
+                .collect();
+            // Any rank without a valid checkpoint at or below the bound: none is common.
+            let Some(agreed) = proposals.iter().copied().min().flatten() else {
                 return Ok(None);
-            }
-            if all.iter().all(|&p| p == agreed) {
+            };
+            if proposals.iter().all(|&p| p == Some(agreed)) {
                 let mut checkpoint = proposal.expect("this rank proposed the agreed step");
                 checkpoint.skipped = skipped;
                 return Ok(Some(checkpoint));
             }
-            bound = agreed - 1;
+            let Some(below) = agreed.checked_sub(1) else {
+                return Ok(None);
+            };
+            bound = below;
             // Candidates above the new bound that this rank found valid were refused by
             // another rank.
             candidates.retain(|&s| s <= bound);
@@ -154,7 +170,8 @@ impl Checkpoint {
         let mut scalars: Option<Vec<(String, Scalar)>> = None;
         for file in &self.manifest.files {
             let held = file.range();
-            let decoded = self.read_file(file.rank)?;
+            let decoded = self.read_file(file)?;
+            // `decode` checked every tensor against the record's shard length.
             master[held.clone()].copy_from_slice(&decoded.master);
             let path = self.dir.join(&file.name);
             let corrupt = |reason: String| Error::CheckpointCorrupt {
@@ -207,15 +224,9 @@ impl Checkpoint {
         })
     }
 
-    /// Reads and decodes one rank's file, checking its hash again (it may have changed since
-    /// [`Checkpoint::open`]).
-    fn read_file(&self, rank: usize) -> Result<rank_file::RankFile> {
-        let file = self
-            .manifest
-            .files
-            .iter()
-            .find(|f| f.rank == rank)
-            .expect("callers pass ranks from the manifest");
+    /// Reads and decodes one rank file of the manifest, checking its hash again (it may have
+    /// changed since [`Checkpoint::open`]).
+    fn read_file(&self, file: &super::FileRecord) -> Result<rank_file::RankFile> {
         let path = self.dir.join(&file.name);
         let corrupt = |reason: String| Error::CheckpointCorrupt {
             path: path.as_path().into(),
@@ -227,7 +238,7 @@ impl Checkpoint {
 }
 
 /// The steps of the `step-…` directories under `root` (none if `root` does not exist).
-fn list_steps(root: &Path) -> Result<Vec<u64>> {
+pub(super) fn list_steps(root: &Path) -> Result<Vec<u64>> {
     let entries = match std::fs::read_dir(root) {
         Ok(entries) => entries,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),

@@ -23,6 +23,13 @@ use crate::{Error, Result};
 /// are checked against this rank's expectations before each call; lengths that differ between
 /// ranks are an MPI error (the job aborts).
 ///
+/// A rank that *returns* an error is the other way to leave peers waiting: its peers are
+/// blocked in the next collective, and `MPI_Finalize` on the way out would block it too. So a
+/// clean end is explicit: [`finish`](MpiCollective::finish) (a barrier, then `MPI_Finalize`).
+/// Dropping the handle without it (an error or a panic unwinding out of the rank's code)
+/// calls `MPI_Abort`, which ends every rank of the job: a failed job exits, with the launcher
+/// reporting the failure, instead of hanging.
+///
 /// **Threads.** MPI is initialised at `MPI_THREAD_SERIALIZED`: calls may come from any thread,
 /// one at a time, which `&mut self` on every operation guarantees.
 pub struct MpiCollective {
@@ -31,8 +38,9 @@ pub struct MpiCollective {
     size: usize,
     /// Scratch for padded blocks and out-of-place results, reused across calls.
     scratch: Vec<f32>,
-    /// Finalises MPI when dropped; declared last so the communicator goes first.
-    _universe: Universe,
+    /// Finalises MPI when dropped, which only [`MpiCollective::finish`] lets happen (see
+    /// `Drop`). Dropping the world communicator after it is safe: that drop does nothing.
+    universe: Option<Universe>,
 }
 
 impl std::fmt::Debug for MpiCollective {
@@ -80,13 +88,40 @@ impl MpiCollective {
             rank,
             size,
             scratch: Vec::new(),
-            _universe: universe,
+            universe: Some(universe),
         })
+    }
+
+    /// Ends this rank cleanly: waits for every rank at a barrier, then finalises MPI. The one
+    /// way to drop the handle without aborting the job (see **Failures** above).
+    ///
+    /// # Errors
+    ///
+    /// None today (MPI's error handler aborts on failure); the `Result` leaves room for one.
+    pub fn finish(mut self) -> Result<()> {
+        self.world.barrier();
+        // `Universe`'s drop is the `MPI_Finalize` call; `Drop for MpiCollective` then finds
+        // nothing left to abort.
+        drop(self.universe.take());
+        Ok(())
     }
 
     /// The block every rank sends in reduce-scatter and all-gather: the largest shard.
     fn block(&self, len: usize) -> usize {
         len.div_ceil(self.size)
+    }
+}
+
+impl Drop for MpiCollective {
+    fn drop(&mut self) {
+        if self.universe.is_some() {
+            eprintln!(
+                "mlinfra-train: MPI rank {} of {} ended without MpiCollective::finish (an error \
+                 or a panic); aborting the job so that no rank waits for it forever",
+                self.rank, self.size
+            );
+            self.world.abort(1);
+        }
     }
 }
 

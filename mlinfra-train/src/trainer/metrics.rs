@@ -109,6 +109,42 @@ impl Metrics {
     }
 }
 
+/// The records of a metrics log, as [`read_metrics`] found them.
+#[derive(Debug, Clone, Default, PartialEq)]
+#[non_exhaustive]
+pub struct MetricsLog {
+    /// Each line that is a JSON object, in order.
+    pub records: Vec<serde_json::Map<String, serde_json::Value>>,
+    /// Lines that are not (a write cut short by a crash: the last line of a killed run, which
+    /// the next run ends with a newline before appending).
+    pub torn_lines: usize,
+}
+
+/// Reads a metrics log written by a [`Trainer`](super::Trainer) (one JSON object per line,
+/// appended to across resumed runs), skipping torn lines: a crash mid-write leaves a partial
+/// line, and that must not make a finished run's log unreadable. The caller decides whether
+/// [`MetricsLog::torn_lines`] is worth a warning. Reads at most 1 GiB.
+///
+/// # Errors
+///
+/// [`Error::CheckpointIo`] when the file cannot be read (missing, not a regular file, over
+/// 1 GiB).
+pub fn read_metrics(path: &Path) -> Result<MetricsLog> {
+    let bytes =
+        mlinfra_data::files::read_regular(path, 1 << 30).map_err(|source| Error::CheckpointIo {
+            path: path.into(),
+            source,
+        })?;
+    let mut log = MetricsLog::default();
+    for line in bytes.split(|&b| b == b'\n').filter(|line| !line.is_empty()) {
+        match serde_json::from_slice(line) {
+            Ok(serde_json::Value::Object(record)) => log.records.push(record),
+            _ => log.torn_lines += 1,
+        }
+    }
+    Ok(log)
+}
+
 /// JSON has no NaN or infinity: they are written as `null`.
 fn finite(x: f64) -> Option<f64> {
     x.is_finite().then_some(x)
@@ -148,5 +184,47 @@ impl Progress {
 
     pub(super) fn finish(&self) {
         self.bar.finish_and_clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 21, defect 9: one torn line (a launch killed mid-write) made reading the log
+    /// fail, so `train_digits` exited 2 after its training had finished, and its supervisor
+    /// relaunched it until it gave up. Torn lines are skipped and counted, wherever the next
+    /// launch's newline left them.
+    #[test]
+    fn torn_lines_are_skipped_and_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("metrics.jsonl");
+        let log = concat!(
+            "{\"kind\":\"train\",\"step\":1,\"loss\":2.0}\n",
+            "{\"kind\":\"train\",\"step\":2,\"lo\n",
+            "{\"kind\":\"resume\",\"step\":1}\n",
+            "\n",
+            "{\"kind\":\"eval\",\"step\":2,\"loss\":1.5}\n",
+            "{\"kind\":\"train\",\"st"
+        );
+        std::fs::write(&path, log).unwrap();
+        let read = read_metrics(&path).unwrap();
+        assert_eq!(read.torn_lines, 2);
+        let kinds: Vec<&str> = read
+            .records
+            .iter()
+            .map(|r| r["kind"].as_str().unwrap())
+            .collect();
+        assert_eq!(kinds, ["train", "resume", "eval"]);
+        // What the writer does on the next launch: end the torn line, then append.
+        let mut metrics = Metrics::open(Some(&path), 0).unwrap();
+        metrics.resume(2).unwrap();
+        drop(metrics);
+        let read = read_metrics(&path).unwrap();
+        assert_eq!((read.records.len(), read.torn_lines), (4, 2));
+        assert!(matches!(
+            read_metrics(&dir.path().join("missing.jsonl")),
+            Err(Error::CheckpointIo { .. })
+        ));
     }
 }

@@ -13,6 +13,7 @@ use burn::tensor::Device;
 use mlinfra_loader::{Loader, LoaderBuilder, Tensors};
 use serde::{Deserialize, Serialize};
 
+pub use metrics::{MetricsLog, read_metrics};
 pub use task::{Classification, Classifier, EvalSums, Task};
 
 use crate::checkpoint::{Checkpoint, CheckpointConfig, Checkpointer};
@@ -51,7 +52,9 @@ pub struct CheckpointSchedule {
     pub config: CheckpointConfig,
     /// Save after every this many steps; 0 for only the final (and SIGTERM) checkpoint.
     pub every: u64,
-    /// Resume from the newest valid checkpoint in the directory, if there is one.
+    /// Resume from the newest valid checkpoint in the directory, if there is one. Without it,
+    /// a directory that already holds complete checkpoints is refused
+    /// ([`Error::CheckpointDirInUse`]): one run per directory.
     pub resume: bool,
 }
 
@@ -124,6 +127,30 @@ impl<C: Collective, M, T> std::fmt::Debug for Trainer<C, M, T> {
     }
 }
 
+/// A run that does not resume must not share its checkpoint directory with another run's
+/// complete checkpoints (see the [checkpoint module](crate::checkpoint)). Collective: every
+/// rank lists the directory it sees, and all fail if any finds checkpoints.
+fn refuse_dir_in_use<C: Collective + ?Sized>(
+    dir: &std::path::Path,
+    collective: &mut C,
+) -> Result<()> {
+    let newest = crate::checkpoint::complete_steps(dir)?.first().copied();
+    let mine = newest.map_or([0, 0], |step| [1, step]);
+    let all = crate::collective::all_gather_u64(collective, &mine)?;
+    match all
+        .chunks_exact(2)
+        .filter(|p| p[0] == 1)
+        .map(|p| p[1])
+        .max()
+    {
+        Some(newest) => Err(Error::CheckpointDirInUse {
+            dir: dir.into(),
+            newest,
+        }),
+        None => Ok(()),
+    }
+}
+
 impl<C, M, T> Trainer<C, M, T>
 where
     C: Collective,
@@ -164,6 +191,8 @@ where
         if let Some(schedule) = &config.checkpoint {
             if schedule.resume {
                 restored = Checkpoint::latest(&schedule.config.dir, &mut collective)?;
+            } else {
+                refuse_dir_in_use(&schedule.config.dir, &mut collective)?;
             }
             checkpoints = Some((Checkpointer::new(schedule.config.clone())?, schedule.every));
         }
@@ -261,6 +290,8 @@ where
         let mut samples = 0u64;
         let mut last_loss = f64::NAN;
         let mut stopped = false;
+        // A supervisor with a liveness timeout hears from every step (a no-op otherwise).
+        let heartbeat = crate::supervisor::Heartbeat::from_env();
         while self.engine.steps() < self.config.steps {
             if self.stop_requested()? {
                 stopped = true;
@@ -268,6 +299,7 @@ where
             }
             let step_started = Instant::now();
             let report = self.step()?;
+            heartbeat.beat();
             let step_time = step_started.elapsed();
             samples += report.samples;
             last_loss = report.loss;
@@ -342,7 +374,10 @@ where
                             .into(),
                     });
                 }
-                self.loader.next_epoch();
+                if let Err(error) = self.loader.next_epoch() {
+                    self.model = Some(model);
+                    return Err(error.into());
+                }
                 continue;
             };
             empty_epochs = 0;

@@ -360,3 +360,175 @@ fn an_async_save_writes_the_state_it_was_given_and_old_ones_are_retired() {
     assert_eq!(restored.snapshot(None, 0).unwrap().master, saved[3]);
     assert_ne!(saved[3], engine.snapshot(None, 0).unwrap().master);
 }
+
+/// Two saves (steps 1 and 2) by two ZeRO-1 ranks, each writing a file; keeps everything.
+fn two_rank_checkpoints(dir: &std::path::Path) {
+    for steps in [1, 2] {
+        on_ranks(2, |c| {
+            let (mut engine, _) = trained(c, Sharding::Zero1, steps);
+            let mut checkpointer = Checkpointer::new(CheckpointConfig {
+                keep_last: 0,
+                ..CheckpointConfig::new(dir)
+            })
+            .unwrap();
+            save(&mut engine, &mut checkpointer, 0);
+        });
+    }
+}
+
+/// Rewrites the manifest of step `step` under `dir` through `edit`.
+fn edit_manifest(dir: &std::path::Path, step: u64, edit: impl FnOnce(&mut serde_json::Value)) {
+    let path = step_dir(dir, step).join(MANIFEST);
+    let mut json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    edit(&mut json);
+    std::fs::write(&path, serde_json::to_vec(&json).unwrap()).unwrap();
+}
+
+/// The newest checkpoint both ranks agree on, and what the newer ones were skipped for.
+fn latest_of_two_ranks(dir: &std::path::Path) -> (u64, Vec<String>) {
+    let found = on_ranks(2, |mut c| {
+        let checkpoint = Checkpoint::latest(dir, &mut c).unwrap().unwrap();
+        let skipped: Vec<String> = checkpoint.skipped().iter().map(|s| s.1.clone()).collect();
+        // Loading it must work too: no panic on the way in.
+        let device = Device::flex().autodiff();
+        DataParallel::resume(
+            c,
+            mlp(7, &device),
+            &OptimizerConfig::adamw(),
+            options(Sharding::Zero1),
+            &checkpoint,
+        )
+        .unwrap();
+        (checkpoint.step(), skipped)
+    });
+    assert_eq!(found[0], found[1]);
+    found.into_iter().next().unwrap()
+}
+
+/// Issue 21, defect 4: a manifest naming one rank twice passed verification (each file
+/// matched its record) and restore then panicked on a `copy_from_slice` of the wrong length.
+/// It is now a corrupt checkpoint, and the previous one is used.
+#[test]
+fn a_manifest_with_a_duplicate_rank_is_corrupt() {
+    let dir = tempfile::tempdir().unwrap();
+    two_rank_checkpoints(dir.path());
+    edit_manifest(dir.path(), 2, |m| m["files"][1]["rank"] = 0.into());
+    let (step, skipped) = latest_of_two_ranks(dir.path());
+    assert_eq!(step, 1);
+    assert!(skipped[0].contains("duplicate"), "{skipped:?}");
+}
+
+/// Issue 21, defect 5: a manifest saying `step: u64::MAX` made `step + 1` wrap to 0, so the
+/// ranks agreed on "no checkpoint", resume started fresh, and retention then deleted the older
+/// valid checkpoints. A manifest whose step is not its directory's is corrupt; and a
+/// consistent checkpoint at step `u64::MAX` is found as itself, not as nothing.
+#[test]
+fn a_manifest_step_must_be_its_directorys_and_never_wraps() {
+    let dir = tempfile::tempdir().unwrap();
+    two_rank_checkpoints(dir.path());
+    edit_manifest(dir.path(), 2, |m| m["step"] = u64::MAX.into());
+    let (step, skipped) = latest_of_two_ranks(dir.path());
+    assert_eq!(step, 1);
+    assert!(skipped[0].contains("records step"), "{skipped:?}");
+    // The same checkpoint moved to the directory its manifest names: valid, and the newest.
+    std::fs::rename(step_dir(dir.path(), 2), step_dir(dir.path(), u64::MAX)).unwrap();
+    let found = Checkpoint::latest(dir.path(), &mut Single)
+        .unwrap()
+        .unwrap();
+    assert_eq!(found.step(), u64::MAX);
+}
+
+/// Runs `f` on another thread; fails if it takes more than 20 s (the defects were hangs).
+fn within_seconds<T: Send + 'static>(what: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (sender, receiver) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = sender.send(f());
+    });
+    receiver
+        .recv_timeout(std::time::Duration::from_secs(20))
+        .unwrap_or_else(|_| panic!("{what} still blocks after 20 s"))
+}
+
+/// Issue 21, defect 6: a rank file that is a symlink to `/dev/zero` was hashed for ever, a
+/// FIFO blocked `open`, and a manifest pointing at `/dev/zero` grew to 4 GB before failing.
+/// Checkpoint files are opened without following symlinks and without blocking, must be
+/// regular files, and are read to at most their recorded size plus one byte.
+#[test]
+fn checkpoint_files_that_are_not_regular_files_are_corrupt_at_once() {
+    for tamper in [
+        "rank symlink to /dev/zero",
+        "rank FIFO",
+        "manifest symlink to /dev/zero",
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        two_rank_checkpoints(dir.path());
+        let newest = step_dir(dir.path(), 2);
+        let rank_file = newest.join("rank-00001.bpk");
+        match tamper {
+            "rank symlink to /dev/zero" => {
+                std::fs::remove_file(&rank_file).unwrap();
+                std::os::unix::fs::symlink("/dev/zero", &rank_file).unwrap();
+            }
+            "rank FIFO" => {
+                std::fs::remove_file(&rank_file).unwrap();
+                let name = std::ffi::CString::new(rank_file.to_str().unwrap()).unwrap();
+                // SAFETY: `name` is a valid NUL-terminated path that outlives the call.
+                assert_eq!(unsafe { libc::mkfifo(name.as_ptr(), 0o600) }, 0);
+            }
+            _ => {
+                let manifest = newest.join(MANIFEST);
+                std::fs::remove_file(&manifest).unwrap();
+                std::os::unix::fs::symlink("/dev/zero", &manifest).unwrap();
+            }
+        }
+        let root = dir.path().to_path_buf();
+        let step = within_seconds(tamper, move || {
+            Checkpoint::latest(&root, &mut Single)
+                .unwrap()
+                .unwrap()
+                .step()
+        });
+        assert_eq!(step, 1, "{tamper}");
+    }
+}
+
+/// Issue 21, defect 7: a fresh run in a directory holding another run's higher-numbered
+/// checkpoints had each of its own deleted by retention right after writing it. Retention now
+/// never removes what it just wrote, nor anything above it.
+#[test]
+fn retention_keeps_what_it_just_wrote_and_what_is_not_its_own() {
+    let dir = tempfile::tempdir().unwrap();
+    // Another run's checkpoint at step 10.
+    let (mut other, _) = trained(Single, Sharding::Replicated, 10);
+    let mut checkpointer = Checkpointer::new(CheckpointConfig::new(dir.path())).unwrap();
+    save(&mut other, &mut checkpointer, 0);
+    checkpointer.wait(other.collective()).unwrap();
+    // This run, keeping 1.
+    let mut checkpointer = Checkpointer::new(CheckpointConfig {
+        keep_last: 1,
+        ..CheckpointConfig::new(dir.path())
+    })
+    .unwrap();
+    for steps in [2, 3] {
+        let (mut engine, _) = trained(Single, Sharding::Replicated, steps);
+        save(&mut engine, &mut checkpointer, 0);
+        checkpointer.wait(engine.collective()).unwrap();
+        assert!(
+            step_dir(dir.path(), steps).join(MANIFEST).is_file(),
+            "step {steps} was removed right after it was written"
+        );
+    }
+    assert!(
+        !step_dir(dir.path(), 2).exists(),
+        "keep_last 1: step 2 goes"
+    );
+    assert!(
+        step_dir(dir.path(), 10).join(MANIFEST).is_file(),
+        "not this run's"
+    );
+    assert_eq!(
+        mlinfra_train::checkpoint::complete_steps(dir.path()).unwrap(),
+        [10, 3]
+    );
+}

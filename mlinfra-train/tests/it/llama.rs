@@ -253,6 +253,27 @@ fn weights_that_do_not_fit_are_typed_errors() {
         error.to_string().contains("outside the vocabulary of 64"),
         "{error}"
     );
+    // Issue 21, defect 12: inference errors said "invalid training configuration"; they name
+    // the operation that refused its input.
+    let error = model.generate_greedy(&[], 1, &[]).unwrap_err();
+    assert_eq!(
+        error.to_string(),
+        "Llama::generate_greedy refused its input: the prompt is empty"
+    );
+    let error = model.generate_greedy(&[1], usize::MAX, &[]).unwrap_err();
+    assert!(
+        error
+            .to_string()
+            .starts_with("Llama::generate_greedy refused its input"),
+        "{error}"
+    );
+    let error = model.forward(ids(&[1; 65], &device)).unwrap_err();
+    assert!(
+        error
+            .to_string()
+            .starts_with("Llama::forward refused its input"),
+        "{error}"
+    );
 }
 
 /// SmolLM2-135M-Instruct from its Q4_1 GGUF: the tokenizer agrees with the original's on
@@ -317,4 +338,58 @@ fn smollm2_completes_the_capital_of_france_as_transformers_does() {
     let text = tokenizer.decode(&got).unwrap();
     mlinfra_test_utils::log_line(&format!("SmolLM2 greedy: {text:?}"));
     assert!(text.starts_with(" Paris."), "{text:?}");
+}
+
+/// `tiny.gguf` with the `u32` value of metadata `key` replaced by `value`, written to `dir`.
+fn patched_tiny_gguf(dir: &Path, key: &str, value: u32) -> PathBuf {
+    let mut bytes = std::fs::read(fixture("tiny.gguf")).unwrap();
+    let at = bytes
+        .windows(key.len())
+        .position(|w| w == key.as_bytes())
+        .unwrap_or_else(|| panic!("{key} not in tiny.gguf"));
+    let type_at = at + key.len();
+    assert_eq!(
+        bytes[type_at..type_at + 4],
+        4u32.to_le_bytes(),
+        "{key} is a u32"
+    );
+    bytes[type_at + 4..type_at + 8].copy_from_slice(&value.to_le_bytes());
+    let path = dir.join(format!("{key}-{value}.gguf"));
+    std::fs::write(&path, bytes).unwrap();
+    path
+}
+
+/// Issue 21, defect 3: `llama.block_count` sized an allocation before any tensor was looked
+/// at (2^40 aborted on a petabyte, 2^60 panicked with "capacity overflow"), and head and
+/// hidden sizes were multiplied unchecked. Layer counts are now bounded by the tensors the
+/// file holds, and every product is checked: typed errors, whatever the metadata says.
+#[test]
+fn absurd_gguf_hyper_parameters_are_typed_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let layers = patched_tiny_gguf(dir.path(), "llama.block_count", u32::MAX);
+    let file = GgufFile::open(&layers).unwrap();
+    let error = Llama::from_gguf(&file, &Device::flex()).unwrap_err();
+    assert!(
+        error
+            .to_string()
+            .contains("llama.block_count is 4294967295, but the file holds tensors for 2 blocks"),
+        "{error}"
+    );
+    let wide = patched_tiny_gguf(dir.path(), "llama.embedding_length", u32::MAX);
+    let file = GgufFile::open(&wide).unwrap();
+    let error = Llama::from_gguf(&file, &Device::flex()).unwrap_err();
+    assert!(
+        matches!(error, Error::InvalidConfig { .. } | Error::Weights { .. }),
+        "{error:?}"
+    );
+    // A config built by hand overflows the same way, and says so.
+    let huge = LlamaConfig {
+        hidden_size: 1 << 40,
+        num_heads: 1 << 20,
+        head_dim: Some(1 << 30),
+        ..tiny_config()
+    };
+    let error = huge.validate().unwrap_err();
+    assert!(error.to_string().contains("sizes overflow"), "{error}");
+    assert_eq!(huge.num_params(), usize::MAX);
 }

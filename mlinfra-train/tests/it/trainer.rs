@@ -466,10 +466,70 @@ fn an_f16_run_with_loss_scaling_resumes_bit_exactly() {
     .clone();
     let state = manifest.loss_scale.expect("the loss scale is saved");
     assert!(state.scale < 16_777_216.0, "{state:?}");
+    // The control (issue 21: the old one compared fp32 with f16, which proves nothing about
+    // the scale): the same checkpoint with its saved scale taken out of the manifest.
+    let unscaled = tempfile::tempdir().unwrap();
+    let (from, to) = (
+        mlinfra_train::checkpoint::step_dir(ckpt.path(), 10),
+        mlinfra_train::checkpoint::step_dir(unscaled.path(), 10),
+    );
+    std::fs::create_dir_all(&to).unwrap();
+    for entry in std::fs::read_dir(&from).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+    }
+    let manifest_path = to.join(mlinfra_train::checkpoint::MANIFEST);
+    let mut json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&manifest_path).unwrap()).unwrap();
+    assert!(json.as_object_mut().unwrap().remove("loss_scale").is_some());
+    std::fs::write(&manifest_path, serde_json::to_vec(&json).unwrap()).unwrap();
+
     let resumed = on_ranks(2, |c| f16(TOTAL, schedule).go(c, &train));
     assert_eq!(resumed[0].1, Some(10));
     assert!(resumed[0].0 == reference[0], "resumed f16 weights differ");
-    // Without the saved scale the run would differ: the check is not vacuous.
-    let fp32 = on_ranks(2, |c| Run::zero1(TOTAL, None).go(c, &train).0);
-    assert!(fp32[0] != reference[0]);
+    let without_scale = on_ranks(2, |c| {
+        f16(TOTAL, Some((unscaled.path(), 4, SaveMode::Sync))).go(c, &train)
+    });
+    assert_eq!(without_scale[0].1, Some(10), "the control must resume too");
+    assert!(
+        without_scale[0].0 != reference[0],
+        "resuming without the saved scale must end elsewhere, or this test proves nothing"
+    );
+}
+
+/// Issue 21, defect 7: a run started without resume in a directory holding another run's
+/// checkpoints interleaved its checkpoints with them (and a later resume took whichever step
+/// was higher). It is refused, on every rank, saying how to proceed.
+#[test]
+fn a_fresh_run_refuses_a_directory_that_holds_checkpoints() {
+    let dir = tempfile::tempdir().unwrap();
+    let (train, _) = teacher_sets(dir.path());
+    let ckpt = tempfile::tempdir().unwrap();
+    on_ranks(2, |c| {
+        Run::zero1(4, Some((ckpt.path(), 2, SaveMode::Sync))).go(c, &train)
+    });
+    let errors = on_ranks(2, |c| {
+        let device = Device::flex().autodiff();
+        let mut fresh = config(8, Some((ckpt.path(), 2, SaveMode::Sync)));
+        fresh.checkpoint.as_mut().unwrap().resume = false;
+        Trainer::new(
+            c,
+            model(&device),
+            noisy(0.0),
+            loader(&train),
+            &OptimizerConfig::adamw(),
+            options(Sharding::Zero1, 8),
+            fresh,
+        )
+        .err()
+        .map(|error| error.to_string())
+    });
+    for error in errors {
+        let error = error.expect("a fresh run over another run's checkpoints must be refused");
+        assert!(
+            error.contains("already holds checkpoints (the newest at step 4)")
+                && error.contains("resume from them, or use an empty directory"),
+            "{error}"
+        );
+    }
 }

@@ -1,7 +1,7 @@
 //! [`LlamaConfig`]: the shape of a Llama-family decoder, from serde, GGUF metadata or a
 //! Hugging Face `config.json`.
 
-use mlinfra_data::tensor::{GgufFile, GgufValue};
+use mlinfra_data::tensor::{GgufFile, GgufValue, quoted};
 use serde::{Deserialize, Serialize};
 
 use crate::{Error, Result};
@@ -60,7 +60,8 @@ impl LlamaConfig {
     }
 
     /// Checks that the shape can be built: non-zero sizes, whole groups of query heads per
-    /// key/value head, an even head width (RoPE rotates pairs).
+    /// key/value head, an even head width (RoPE rotates pairs), and a parameter count that
+    /// does not overflow (the sizes may come from an untrusted file).
     ///
     /// # Errors
     ///
@@ -107,18 +108,49 @@ impl LlamaConfig {
                 self.rms_norm_eps, self.rope_theta
             ));
         }
+        // f32 weights: every tensor's byte size, and their sum, must be representable.
+        if self
+            .checked_num_params()
+            .and_then(|n| n.checked_mul(4))
+            .is_none_or(|bytes| bytes > isize::MAX as usize)
+        {
+            return invalid(format!(
+                "Llama sizes overflow: vocab_size {}, hidden_size {}, intermediate_size {}, \
+                 num_layers {}, {} heads of width {head_dim} ({} key/value heads)",
+                self.vocab_size,
+                self.hidden_size,
+                self.intermediate_size,
+                self.num_layers,
+                self.num_heads,
+                self.num_kv_heads
+            ));
+        }
         Ok(())
     }
 
-    /// Parameters of the model this config builds.
+    /// Parameters of the model this config builds (saturating at `usize::MAX` for a config
+    /// that does not [`validate`](Self::validate)).
     pub fn num_params(&self) -> usize {
+        self.checked_num_params().unwrap_or(usize::MAX)
+    }
+
+    /// [`num_params`](Self::num_params), `None` on overflow.
+    fn checked_num_params(&self) -> Option<usize> {
         let (h, f, v) = (self.hidden_size, self.intermediate_size, self.vocab_size);
-        let q = self.num_heads * self.head_dim();
-        let kv = self.num_kv_heads * self.head_dim();
-        let attention = h * q + 2 * h * kv + q * h;
-        let layer = attention + 3 * h * f + 2 * h;
-        let head = if self.tie_embeddings { 0 } else { v * h };
-        v * h + self.num_layers * layer + h + head
+        let q = self.num_heads.checked_mul(self.head_dim())?;
+        let kv = self.num_kv_heads.checked_mul(self.head_dim())?;
+        // q_proj, o_proj: h·q each; k_proj, v_proj: h·kv each.
+        let attention = h.checked_mul(q)?.checked_mul(2)?;
+        let attention = attention.checked_add(h.checked_mul(kv)?.checked_mul(2)?)?;
+        let layer = attention
+            .checked_add(h.checked_mul(f)?.checked_mul(3)?)?
+            .checked_add(h.checked_mul(2)?)?;
+        let embedding = v.checked_mul(h)?;
+        let head = if self.tie_embeddings { 0 } else { embedding };
+        embedding
+            .checked_add(self.num_layers.checked_mul(layer)?)?
+            .checked_add(h)?
+            .checked_add(head)
     }
 
     /// The config a GGUF file describes (`general.architecture = "llama"` and its `llama.*`
@@ -141,7 +173,8 @@ impl LlamaConfig {
             .ok_or_else(|| fail("no general.architecture".into()))?;
         if arch != "llama" {
             return Err(fail(format!(
-                "general.architecture is `{arch}`; only `llama` is supported"
+                "general.architecture is {}; only `llama` is supported",
+                quoted(arch)
             )));
         }
         let int = |key: &str| -> Result<Option<usize>> {
@@ -168,7 +201,10 @@ impl LlamaConfig {
             .and_then(GgufValue::as_str)
             .filter(|kind| *kind != "none")
         {
-            return Err(fail(format!("RoPE scaling `{kind}` is not supported")));
+            return Err(fail(format!(
+                "RoPE scaling {} is not supported",
+                quoted(kind)
+            )));
         }
         if file.tensor_info("rope_freqs.weight").is_some() {
             return Err(fail(
@@ -178,6 +214,22 @@ impl LlamaConfig {
         let embed = file
             .tensor_info("token_embd.weight")
             .ok_or_else(|| fail("no token_embd.weight tensor".into()))?;
+        // The layer count sizes allocations before any tensor is read: it must not claim more
+        // blocks than the file holds (bounded by its tensor count).
+        let blocks_present = (0..file.tensors().len())
+            .take_while(|i| {
+                file.tensor_info(&format!("blk.{i}.attn_norm.weight"))
+                    .is_some()
+            })
+            .count();
+        if let Some(claimed) = int("llama.block_count")?
+            && claimed > blocks_present
+        {
+            return Err(fail(format!(
+                "llama.block_count is {claimed}, but the file holds tensors for {blocks_present} \
+                 blocks"
+            )));
+        }
         let vocab_from_tensor = embed.shape().get(1).map(|&v| v as usize);
         let num_heads = required("llama.attention.head_count")?;
         let hidden_size = required("llama.embedding_length")?;
@@ -236,7 +288,8 @@ impl LlamaConfig {
             && act != "silu"
         {
             return Err(invalid(format!(
-                "hidden_act is `{act}`; only `silu` is supported"
+                "hidden_act is {}; only `silu` is supported",
+                quoted(act)
             )));
         }
         for flag in ["attention_bias", "mlp_bias"] {

@@ -13,7 +13,7 @@ impl Llama {
     ///
     /// # Errors
     ///
-    /// [`Error::InvalidConfig`] for an empty prompt, an id outside the vocabulary, or a
+    /// [`Error::InvalidInput`] for an empty prompt, an id outside the vocabulary, or a
     /// prompt plus `max_new` longer than the model's `max_seq_len`.
     pub fn generate_greedy(
         &self,
@@ -21,21 +21,27 @@ impl Llama {
         max_new: usize,
         stop: &[u32],
     ) -> Result<Vec<u32>> {
+        let refuse = |reason: String| {
+            Err(Error::InvalidInput {
+                operation: "Llama::generate_greedy",
+                reason: reason.into(),
+            })
+        };
+        if prompt.is_empty() {
+            return refuse("the prompt is empty".into());
+        }
         let vocab = self.embed_tokens.weight.dims()[0];
         if let Some(bad) = prompt.iter().find(|&&id| id as usize >= vocab) {
-            return Err(Error::InvalidConfig {
-                reason: format!("prompt id {bad} is outside the vocabulary of {vocab}").into(),
-            });
+            return refuse(format!(
+                "prompt id {bad} is outside the vocabulary of {vocab}"
+            ));
         }
-        if prompt.len() + max_new > self.max_seq_len {
-            return Err(Error::InvalidConfig {
-                reason: format!(
-                    "{} prompt tokens + {max_new} new exceed max_seq_len {}",
-                    prompt.len(),
-                    self.max_seq_len
-                )
-                .into(),
-            });
+        if prompt.len().saturating_add(max_new) > self.max_seq_len {
+            return refuse(format!(
+                "{} prompt tokens + {max_new} new exceed max_seq_len {}",
+                prompt.len(),
+                self.max_seq_len
+            ));
         }
         let mut cache = KvCache::default();
         let mut input: Vec<u32> = prompt.to_vec();

@@ -202,7 +202,9 @@ fn build(
         Ok::<_, Error>(projection(&values, out, input, device))
     };
 
-    let mut layers = Vec::with_capacity(config.num_layers);
+    // Grown, not reserved: a file's layer count is untrusted, and a missing tensor ends the
+    // loop with an error after at most the layers the file really holds.
+    let mut layers = Vec::new();
     for i in 0..config.num_layers {
         let hf = |part: &str| format!("model.layers.{i}.{part}.weight");
         let gguf = |part: &str| format!("blk.{i}.{part}.weight");

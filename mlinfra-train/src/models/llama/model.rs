@@ -115,7 +115,7 @@ impl Llama {
     ///
     /// # Errors
     ///
-    /// [`Error::InvalidConfig`] for an empty sequence or one longer than the model's
+    /// [`Error::InvalidInput`] for an empty sequence or one longer than the model's
     /// `max_seq_len`.
     pub fn forward(&self, tokens: Tensor<2, Int>) -> Result<Tensor<3>> {
         self.forward_from(tokens, 0, None)
@@ -127,7 +127,7 @@ impl Llama {
     ///
     /// # Errors
     ///
-    /// As [`Llama::forward`], counting the cached positions; [`Error::InvalidConfig`] when the
+    /// As [`Llama::forward`], counting the cached positions; [`Error::InvalidInput`] when the
     /// batch size differs from the cache's.
     pub fn forward_cached(&self, tokens: Tensor<2, Int>, cache: &mut KvCache) -> Result<Tensor<3>> {
         if cache.layers.is_empty() {
@@ -144,13 +144,14 @@ impl Llama {
     ///
     /// # Errors
     ///
-    /// As [`Llama::forward`]; [`Error::InvalidConfig`] for sequences shorter than 2.
+    /// As [`Llama::forward`]; [`Error::InvalidInput`] for sequences shorter than 2.
     pub fn next_token_loss(&self, tokens: Tensor<2, Int>) -> Result<Tensor<1>> {
         let [batch, seq] = tokens.dims();
         if seq < 2 {
-            return Err(invalid(format!(
-                "next-token loss needs 2 or more tokens, got {seq}"
-            )));
+            return Err(invalid(
+                "Llama::next_token_loss",
+                format!("next-token loss needs 2 or more tokens, got {seq}"),
+            ));
         }
         let inputs = tokens.clone().slice([0..batch, 0..seq - 1]);
         let targets = tokens
@@ -173,7 +174,7 @@ impl Llama {
     ///
     /// # Errors
     ///
-    /// [`Error::InvalidConfig`] for no tokens, `positions` of another length or past
+    /// [`Error::InvalidInput`] for no tokens, `positions` of another length or past
     /// `max_seq_len`, a token id outside the vocabulary, or a row outside the batch.
     pub fn forward_tokens(
         &self,
@@ -186,27 +187,35 @@ impl Llama {
         let [vocab, hidden] = weight.dims();
         let count = tokens.len();
         if count == 0 || positions.len() != count {
-            return Err(invalid(format!(
-                "a flat batch needs 1 or more tokens and one position each, got {count} tokens \
+            return Err(invalid(
+                "Llama::forward_tokens",
+                format!(
+                    "a flat batch needs 1 or more tokens and one position each, got {count} tokens \
                  and {} positions",
-                positions.len()
-            )));
+                    positions.len()
+                ),
+            ));
         }
         if let Some(position) = positions.iter().find(|&&p| p >= self.max_seq_len) {
-            return Err(invalid(format!(
-                "position {position} is past the model's {} positions",
-                self.max_seq_len
-            )));
+            return Err(invalid(
+                "Llama::forward_tokens",
+                format!(
+                    "position {position} is past the model's {} positions",
+                    self.max_seq_len
+                ),
+            ));
         }
         if let Some(token) = tokens.iter().find(|&&t| t as usize >= vocab) {
-            return Err(invalid(format!(
-                "token {token} is outside the {vocab}-token vocabulary"
-            )));
+            return Err(invalid(
+                "Llama::forward_tokens",
+                format!("token {token} is outside the {vocab}-token vocabulary"),
+            ));
         }
         if let Some(row) = rows.iter().find(|&&r| r >= count) {
-            return Err(invalid(format!(
-                "logit row {row} is outside the {count}-token batch"
-            )));
+            return Err(invalid(
+                "Llama::forward_tokens",
+                format!("logit row {row} is outside the {count}-token batch"),
+            ));
         }
         let device = weight.device();
         let ids: Vec<i64> = tokens.iter().map(|&t| i64::from(t)).collect();
@@ -248,18 +257,24 @@ impl Llama {
     ) -> Result<Tensor<3>> {
         let [batch, seq] = tokens.dims();
         if seq == 0 || start + seq > self.max_seq_len {
-            return Err(invalid(format!(
-                "{seq} tokens at position {start}: a forward needs 1 to {} positions in all",
-                self.max_seq_len
-            )));
+            return Err(invalid(
+                "Llama::forward",
+                format!(
+                    "{seq} tokens at position {start}: a forward needs 1 to {} positions in all",
+                    self.max_seq_len
+                ),
+            ));
         }
         if let Some(Some((k, _))) = cache.as_ref().and_then(|c| c.first())
             && k.dims()[0] != batch
         {
-            return Err(invalid(format!(
-                "batch of {batch} against a KV cache of batch {}",
-                k.dims()[0]
-            )));
+            return Err(invalid(
+                "Llama::forward",
+                format!(
+                    "batch of {batch} against a KV cache of batch {}",
+                    k.dims()[0]
+                ),
+            ));
         }
         let weight = self.embed_tokens.weight.val();
         let head_dim = self.layers.first().map_or(2, |l| l.self_attn.head_dim);
@@ -471,8 +486,9 @@ impl Rope {
     }
 }
 
-fn invalid(reason: String) -> Error {
-    Error::InvalidConfig {
+fn invalid(operation: &'static str, reason: String) -> Error {
+    Error::InvalidInput {
+        operation,
         reason: reason.into(),
     }
 }
