@@ -328,9 +328,15 @@ impl Error {
 
 /// Runs `decode` on data from `path`, turning a panic inside the Parquet or Arrow decoders into
 /// [`Error::DecoderPanic`]. Malformed files have made those decoders panic before; a dataset
-/// library must not take its caller down with them.
+/// library must not take its caller down with them, nor print a "panicked at" report for what
+/// it returns as an error: while `decode` runs, this thread's panics are not reported by the
+/// panic hook (see [`quiet_contained_panics`]).
 pub(crate) fn contain_panics<T>(path: &Path, decode: impl FnOnce() -> Result<T>) -> Result<T> {
-    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(decode)) {
+    quiet_contained_panics();
+    CONTAINING.with(|depth| depth.set(depth.get() + 1));
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(decode));
+    CONTAINING.with(|depth| depth.set(depth.get() - 1));
+    match outcome {
         Ok(result) => result,
         Err(payload) => {
             let message = payload
@@ -344,6 +350,26 @@ pub(crate) fn contain_panics<T>(path: &Path, decode: impl FnOnce() -> Result<T>)
             })
         }
     }
+}
+
+std::thread_local! {
+    /// How many [`contain_panics`] calls this thread is inside.
+    static CONTAINING: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+}
+
+/// Wraps the process's panic hook, once: a panic on a thread inside [`contain_panics`] is
+/// returned as an error, so it is not reported; every other panic reaches the hook that was
+/// installed before (the default one prints "thread ... panicked at"), as it would have.
+fn quiet_contained_panics() {
+    static INSTALLED: std::sync::Once = std::sync::Once::new();
+    INSTALLED.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if CONTAINING.with(|depth| depth.get()) == 0 {
+                previous(info);
+            }
+        }));
+    });
 }
 
 #[cfg(test)]
