@@ -224,9 +224,7 @@ mod tests {
     fn a_fifo_a_device_and_a_directory_are_refused_without_blocking() {
         let dir = tempfile::tempdir().unwrap();
         let fifo = dir.path().join("data.parquet");
-        let name = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
-        // SAFETY: `name` is a valid NUL-terminated path that outlives the call.
-        assert_eq!(unsafe { libc::mkfifo(name.as_ptr(), 0o600) }, 0);
+        mlinfra_test_utils::hostile::mkfifo(&fifo);
         for (path, what) in [
             (fifo.as_path(), "a FIFO"),
             (Path::new("/dev/zero"), "a character device"),

@@ -36,6 +36,7 @@
 
 #![warn(missing_docs)]
 
+pub mod hostile;
 pub mod reference;
 pub mod rng;
 pub mod stores;

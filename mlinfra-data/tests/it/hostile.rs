@@ -4,11 +4,11 @@
 
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
 
 use arrow::array::{Array, ArrayRef, RecordBatch, StringArray};
 use mlinfra_data::tensor::{GgufFile, SafetensorsFile};
 use mlinfra_data::{Dataset, DatasetBuilder, Error};
+use mlinfra_test_utils::hostile::{mkfifo, within_seconds};
 use parquet::arrow::ArrowWriter;
 use parquet::basic::Compression;
 use parquet::file::properties::WriterProperties;
@@ -99,23 +99,6 @@ fn a_dictionary_bomb_is_stopped_at_the_cap_on_every_path() {
         .create()
         .unwrap();
     assert_eq!(cache.num_rows(), 1000);
-}
-
-/// Runs `open` on another thread and fails if it takes more than 20 s: the defect was a hang.
-fn within_seconds<T: Send + 'static>(what: &str, open: impl FnOnce() -> T + Send + 'static) -> T {
-    let (sender, receiver) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = sender.send(open());
-    });
-    receiver
-        .recv_timeout(Duration::from_secs(20))
-        .unwrap_or_else(|_| panic!("{what} still blocks after 20 s"))
-}
-
-fn mkfifo(path: &Path) {
-    let name = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
-    // SAFETY: `name` is a valid NUL-terminated path that outlives the call.
-    assert_eq!(unsafe { libc::mkfifo(name.as_ptr(), 0o600) }, 0);
 }
 
 /// Defect 6 (the data layer's part): a FIFO named `*.parquet` in a dataset directory, or

@@ -439,17 +439,6 @@ fn a_manifest_step_must_be_its_directorys_and_never_wraps() {
     assert_eq!(found.step(), u64::MAX);
 }
 
-/// Runs `f` on another thread; fails if it takes more than 20 s (the defects were hangs).
-fn within_seconds<T: Send + 'static>(what: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
-    let (sender, receiver) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = sender.send(f());
-    });
-    receiver
-        .recv_timeout(std::time::Duration::from_secs(20))
-        .unwrap_or_else(|_| panic!("{what} still blocks after 20 s"))
-}
-
 /// Issue 21, defect 6: a rank file that is a symlink to `/dev/zero` was hashed for ever, a
 /// FIFO blocked `open`, and a manifest pointing at `/dev/zero` grew to 4 GB before failing.
 /// Checkpoint files are opened without following symlinks and without blocking, must be
@@ -472,9 +461,7 @@ fn checkpoint_files_that_are_not_regular_files_are_corrupt_at_once() {
             }
             "rank FIFO" => {
                 std::fs::remove_file(&rank_file).unwrap();
-                let name = std::ffi::CString::new(rank_file.to_str().unwrap()).unwrap();
-                // SAFETY: `name` is a valid NUL-terminated path that outlives the call.
-                assert_eq!(unsafe { libc::mkfifo(name.as_ptr(), 0o600) }, 0);
+                mlinfra_test_utils::hostile::mkfifo(&rank_file);
             }
             _ => {
                 let manifest = newest.join(MANIFEST);
@@ -483,7 +470,7 @@ fn checkpoint_files_that_are_not_regular_files_are_corrupt_at_once() {
             }
         }
         let root = dir.path().to_path_buf();
-        let step = within_seconds(tamper, move || {
+        let step = mlinfra_test_utils::hostile::within_seconds(tamper, move || {
             Checkpoint::latest(&root, &mut Single)
                 .unwrap()
                 .unwrap()
