@@ -728,6 +728,9 @@ struct Records<'p> {
 
 impl<'p> Records<'p> {
     fn open(path: &'p Path, syntax: Syntax, max_record_bytes: usize) -> Result<Self> {
+        // Not `files::open_regular`: a conversion streams its input once, front to back, so a
+        // pipe is a real input here (`csv_to_parquet <(zcat x.csv.gz)`), and opening one waits
+        // for its writer as a pipe's reader should. Memory stays bounded by the record cap.
         let file = File::open(path).map_err(|e| Error::io(path, e))?;
         let bytes_total = file
             .metadata()
