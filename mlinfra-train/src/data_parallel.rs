@@ -417,8 +417,54 @@ impl<C: Collective> DataParallel<C> {
     /// # Errors
     ///
     /// [`Error::InvalidConfig`] when no rank accumulated a sample; collective and layout
-    /// errors.
+    /// errors. [`DataParallel::try_step`] hands `model` back with the error.
     pub fn step<M: Module>(&mut self, model: M) -> Result<(M, StepReport)> {
+        self.try_step(model).map_err(|(_, error)| error)
+    }
+
+    /// [`DataParallel::step`] that hands `model` back when it fails, as it was: the layout is
+    /// checked against it before anything else, and it is only consumed by the final load of
+    /// the new weights, after every operation that can fail. (The engine's own state may have
+    /// moved on by then: after a failed step, resume from a checkpoint rather than step again.)
+    ///
+    /// # Errors
+    ///
+    /// As [`DataParallel::step`], with the model.
+    pub fn try_step<M: Module>(
+        &mut self,
+        model: M,
+    ) -> std::result::Result<(M, StepReport), (M, Error)> {
+        if let Err(error) = self.check_layout(&model) {
+            return Err((model, error));
+        }
+        let report = match self.update() {
+            Ok(report) => report,
+            Err(error) => return Err((model, error)),
+        };
+        if report.skipped {
+            return Ok((model, report));
+        }
+        match self.layout.load(model, &self.full) {
+            Ok(model) => Ok((model, report)),
+            // The layout matched `model` above, and `full` has its length: unreachable.
+            Err(error) => unreachable!("loading weights into a checked layout failed: {error}"),
+        }
+    }
+
+    /// [`Error::ModelLayout`] unless `model` has the parameters this engine trains.
+    fn check_layout<M: Module>(&self, model: &M) -> Result<()> {
+        let layout = ParamLayout::of(model)?;
+        if layout != self.layout {
+            return Err(Error::ModelLayout {
+                reason: "the model passed to step() is not the one this engine trains".into(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Everything a step does but load the new weights into the model: the new full vector
+    /// is in `self.full` unless the returned report says the step was skipped.
+    fn update(&mut self) -> Result<StepReport> {
         let mut sums = [self.samples as f64, self.loss_sum, self.loss_samples as f64];
         self.collective.all_reduce_f64(&mut sums)?;
         let total = sums[0];
@@ -488,7 +534,7 @@ impl<C: Collective> DataParallel<C> {
                     loss_scale,
                 };
                 self.finish_step();
-                return Ok((model, report));
+                return Ok(report);
             }
         }
         let clipped = match self.max_grad_norm {
@@ -516,7 +562,6 @@ impl<C: Collective> DataParallel<C> {
                     .all_gather(&self.grad_shard, &mut self.full)?
             }
         }
-        let model = self.layout.load(model, &self.full)?;
         let report = StepReport {
             step: self.step,
             samples: total as u64,
@@ -528,7 +573,7 @@ impl<C: Collective> DataParallel<C> {
             loss_scale,
         };
         self.finish_step();
-        Ok((model, report))
+        Ok(report)
     }
 
     /// Clears the accumulators and counts the step.

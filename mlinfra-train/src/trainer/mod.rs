@@ -356,49 +356,53 @@ where
         Ok(flag[0] > 0.0)
     }
 
-    /// One optimizer step over `micro_batches` loader batches.
+    /// One optimizer step over `micro_batches` loader batches. The model is taken out for the
+    /// step and put back on every path, failures included: after an error, [`Trainer::model`]
+    /// still returns it (with the weights of the last step that completed).
     fn step(&mut self) -> Result<StepReport> {
         let model = self
             .model
             .take()
             .expect("the model is only out during a step");
+        let outcome = self.accumulate_micro_batches(&model);
+        if let Err(error) = outcome {
+            self.model = Some(model);
+            return Err(error);
+        }
+        crate::fault::point("step.mid", "");
+        match self.engine.try_step(model) {
+            Ok((model, report)) => {
+                self.model = Some(model);
+                Ok(report)
+            }
+            Err((model, error)) => {
+                self.model = Some(model);
+                Err(error)
+            }
+        }
+    }
+
+    /// The forward and backward passes of one step's `micro_batches` loader batches, their
+    /// gradients added to the engine.
+    fn accumulate_micro_batches(&mut self, model: &M) -> Result<()> {
         let mut micro = 0;
         let mut empty_epochs = 0;
         while micro < self.config.micro_batches {
             let Some(batch) = self.loader.next() else {
                 empty_epochs += 1;
                 if empty_epochs > 1 {
-                    self.model = Some(model);
                     return Err(Error::InvalidConfig {
                         reason: "the loader delivers no batches (dataset smaller than a batch?)"
                             .into(),
                     });
                 }
-                if let Err(error) = self.loader.next_epoch() {
-                    self.model = Some(model);
-                    return Err(error.into());
-                }
+                self.loader.next_epoch()?;
                 continue;
             };
             empty_epochs = 0;
-            let batch = match batch {
-                Ok(batch) => batch,
-                Err(error) => {
-                    self.model = Some(model);
-                    return Err(error.into());
-                }
-            };
             let (loss, samples) =
-                match self
-                    .task
-                    .loss(&model, batch.data, &self.device, &mut self.rng)
-                {
-                    Ok(loss) => loss,
-                    Err(error) => {
-                        self.model = Some(model);
-                        return Err(error);
-                    }
-                };
+                self.task
+                    .loss(model, batch?.data, &self.device, &mut self.rng)?;
             let mean = loss
                 .clone()
                 .try_into_scalar::<f32>()
@@ -412,14 +416,11 @@ where
             } else {
                 (loss * scale).backward()
             };
-            self.engine.accumulate(&model, &grads, samples)?;
+            self.engine.accumulate(model, &grads, samples)?;
             self.engine.record_loss(f64::from(mean), samples);
             micro += 1;
         }
-        crate::fault::point("step.mid", "");
-        let (model, report) = self.engine.step(model)?;
-        self.model = Some(model);
-        Ok(report)
+        Ok(())
     }
 
     /// Evaluation over every rank's share of the eval loader, summed over ranks.

@@ -533,3 +533,122 @@ fn a_fresh_run_refuses_a_directory_that_holds_checkpoints() {
         );
     }
 }
+
+/// How [`Faulty`] fails.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Fault {
+    /// The task's loss returns an error.
+    Loss,
+    /// The task's loss returns a tensor of two elements, whose read-back fails.
+    ReadBack,
+}
+
+/// A task that fails on rank `rank` at its first batch, as `fault` says.
+struct Faulty {
+    inner: Classification,
+    rank: usize,
+    this_rank: usize,
+    fault: Fault,
+}
+
+impl Task<Mlp> for Faulty {
+    fn loss(
+        &self,
+        model: &Mlp,
+        batch: TensorBatch,
+        device: &Device,
+        rng: &mut SplitMix64,
+    ) -> mlinfra_train::Result<(burn::tensor::Tensor<1>, u64)> {
+        let (loss, samples) = self.inner.loss(model, batch, device, rng)?;
+        if self.this_rank != self.rank {
+            return Ok((loss, samples));
+        }
+        match self.fault {
+            Fault::Loss => Err(mlinfra_train::Error::InvalidConfig {
+                reason: "the task failed on purpose".into(),
+            }),
+            Fault::ReadBack => Ok((
+                burn::tensor::Tensor::cat(vec![loss.clone(), loss], 0),
+                samples,
+            )),
+        }
+    }
+
+    fn evaluate(
+        &self,
+        model: &Mlp,
+        batch: TensorBatch,
+        device: &Device,
+    ) -> mlinfra_train::Result<EvalSums> {
+        self.inner.evaluate(model, batch, device)
+    }
+}
+
+/// Issue 22, item 7: a failed step left the model taken out of the trainer, and
+/// `Trainer::model()` panicked, on some error paths. Each path is taken here, at the first
+/// step: the error comes back from `fit`, and `model()` returns the model with its initial
+/// weights. The failing rank breaks the collective for the other one, whose engine then fails
+/// inside `accumulate` (ZeRO-2 reduce-scatters there) or inside `step` (the others).
+#[test]
+fn every_failed_step_puts_the_model_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let (train, _) = teacher_sets(dir.path());
+    let initial = ParamLayout::of(&model(&Device::flex()))
+        .unwrap()
+        .values(&model(&Device::flex()))
+        .unwrap();
+    let cases = [
+        (
+            Fault::Loss,
+            Sharding::Replicated,
+            "the task's loss / the engine's step",
+        ),
+        (
+            Fault::ReadBack,
+            Sharding::Replicated,
+            "the loss read-back / the engine's step",
+        ),
+        (
+            Fault::Loss,
+            Sharding::Zero2,
+            "the task's loss / the engine's accumulate",
+        ),
+    ];
+    for (fault, sharding, paths) in cases {
+        let outcomes = on_ranks(2, |c| {
+            let device = Device::flex().autodiff();
+            let this_rank = c.rank();
+            let mut trainer = Trainer::new(
+                c,
+                model(&device),
+                Faulty {
+                    inner: noisy(0.0),
+                    rank: 1,
+                    this_rank,
+                    fault,
+                },
+                loader(&train),
+                &OptimizerConfig::adamw(),
+                StepOptions {
+                    sharding,
+                    ..options(Sharding::Replicated, 8)
+                },
+                config(8, None),
+            )
+            .unwrap();
+            let error = trainer.fit().err().map(|e| e.to_string());
+            let weights = ParamLayout::of(trainer.model())
+                .unwrap()
+                .values(trainer.model())
+                .unwrap();
+            (error, weights)
+        });
+        for (rank, (error, weights)) in outcomes.into_iter().enumerate() {
+            let error = error.unwrap_or_else(|| panic!("{paths}: rank {rank} did not fail"));
+            assert!(
+                weights == initial,
+                "{paths}: rank {rank} ({error}): weights changed"
+            );
+        }
+    }
+}
