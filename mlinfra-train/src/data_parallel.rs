@@ -161,14 +161,16 @@ impl StepOptions {
 
 impl<C: Collective> DataParallel<C> {
     /// Takes over the training of `model` on this rank. Every rank must pass a model with the
-    /// same layout; rank 0's weights are broadcast so all start identical.
+    /// same layout; rank 0's weights are broadcast so all start identical. Parameters frozen
+    /// with `Param::set_require_grad(false)` are left alone: not trained, not synchronized,
+    /// not checkpointed ([`ParamLayout::trainable`]).
     ///
     /// Returns the engine and the model (with rank 0's weights).
     ///
     /// # Errors
     ///
     /// [`Error::InvalidConfig`] for bad options; [`Error::ModelLayout`] for a model without
-    /// float parameters; collective errors.
+    /// trainable float parameters; collective errors.
     pub fn new<M: Module>(
         collective: C,
         model: M,
@@ -218,10 +220,12 @@ impl<C: Collective> DataParallel<C> {
             scaling.validate()?;
         }
         let mut optimizer = ShardOptimizer::new(optimizer)?;
-        let layout = ParamLayout::of(&model)?;
+        // Frozen parameters (the base under adapters) are not laid out, reduced, optimized
+        // or checkpointed: see `ParamLayout::trainable`.
+        let layout = ParamLayout::trainable(&model)?;
         if layout.is_empty() {
             return Err(Error::ModelLayout {
-                reason: "the model has no float parameters to train".into(),
+                reason: "the model has no trainable float parameters".into(),
             });
         }
         let shard = match options.sharding {
@@ -453,7 +457,7 @@ impl<C: Collective> DataParallel<C> {
 
     /// [`Error::ModelLayout`] unless `model` has the parameters this engine trains.
     fn check_layout<M: Module>(&self, model: &M) -> Result<()> {
-        let layout = ParamLayout::of(model)?;
+        let layout = ParamLayout::trainable(model)?;
         if layout != self.layout {
             return Err(Error::ModelLayout {
                 reason: "the model passed to step() is not the one this engine trains".into(),

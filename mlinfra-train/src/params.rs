@@ -9,6 +9,11 @@
 //!
 //! Moving between the module and the flat vector costs one host copy of the parameters
 //! (or gradients) each way per step.
+//!
+//! **Frozen parameters.** [`ParamLayout::trainable`] leaves out parameters frozen with
+//! `Param::set_require_grad(false)` on an autodiff device (the base weights under adapters):
+//! the training engine lays out, reduces, optimizes and checkpoints only what trains, and a
+//! frozen weight costs it nothing. [`ParamLayout::of`] keeps every float parameter.
 
 use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
 use burn::tensor::{Gradients, Tensor, TensorData};
@@ -40,6 +45,37 @@ impl ParamSlot {
 pub struct ParamLayout {
     slots: Vec<ParamSlot>,
     len: usize,
+    /// Which parameters the layout holds (and every pass over a module skips the others).
+    #[serde(default, skip_serializing_if = "Selection::is_all")]
+    selection: Selection,
+}
+
+/// Which of a module's float parameters a [`ParamLayout`] holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum Selection {
+    /// Every one.
+    #[default]
+    All,
+    /// Those not frozen: see the [module docs](self).
+    Trainable,
+}
+
+impl Selection {
+    fn is_all(&self) -> bool {
+        *self == Selection::All
+    }
+
+    /// Whether `param` belongs to a layout of this selection.
+    fn holds<const D: usize>(self, param: &Param<Tensor<D>>) -> bool {
+        match self {
+            Selection::All => true,
+            Selection::Trainable => {
+                let tensor = param.val();
+                !tensor.is_autodiff() || tensor.is_require_grad()
+            }
+        }
+    }
 }
 
 impl ParamLayout {
@@ -49,7 +85,24 @@ impl ParamLayout {
     ///
     /// [`Error::ModelLayout`] when two parameters share a path (a module visited twice).
     pub fn of<M: Module>(module: &M) -> Result<ParamLayout> {
-        let mut visitor = PathVisitor::<SlotCollector>::default();
+        Self::select(module, Selection::All)
+    }
+
+    /// The layout of `module`'s trainable float parameters: those not frozen (see the
+    /// [module docs](self)). What the training engine uses.
+    ///
+    /// # Errors
+    ///
+    /// As [`ParamLayout::of`].
+    pub fn trainable<M: Module>(module: &M) -> Result<ParamLayout> {
+        Self::select(module, Selection::Trainable)
+    }
+
+    fn select<M: Module>(module: &M, selection: Selection) -> Result<ParamLayout> {
+        let mut visitor = PathVisitor::with(SlotCollector {
+            slots: Vec::new(),
+            selection,
+        });
         module.visit(&mut visitor);
         let slots = visitor.inner.slots;
         let mut paths: Vec<&str> = slots.iter().map(|slot| slot.path.as_str()).collect();
@@ -60,7 +113,11 @@ impl ParamLayout {
             });
         }
         let len = slots.last().map_or(0, |slot| slot.offset + slot.len);
-        Ok(ParamLayout { slots, len })
+        Ok(ParamLayout {
+            slots,
+            len,
+            selection,
+        })
     }
 
     /// The parameters, in flat order.
@@ -200,13 +257,16 @@ impl<T: OnParam> OnParam for &mut T {
     }
 }
 
-#[derive(Default)]
 struct SlotCollector {
     slots: Vec<ParamSlot>,
+    selection: Selection,
 }
 
 impl OnParam for SlotCollector {
     fn on_float<const D: usize>(&mut self, path: &str, param: &Param<Tensor<D>>) {
+        if !self.selection.holds(param) {
+            return;
+        }
         let shape = param.lazy_shape().as_slice().to_vec();
         let len = shape.iter().product();
         let offset = self.slots.last().map_or(0, |slot| slot.offset + slot.len);
@@ -250,7 +310,7 @@ impl<'a> Gather<'a> {
 
 impl OnParam for Gather<'_> {
     fn on_float<const D: usize>(&mut self, path: &str, param: &Param<Tensor<D>>) {
-        if self.error.is_some() {
+        if self.error.is_some() || !self.layout.selection.holds(param) {
             return;
         }
         let slot = match check_slot(self.layout, self.next, path, param.lazy_shape().as_slice()) {
@@ -374,7 +434,7 @@ impl OnParamMut for Scatter<'_> {
         path: &str,
         param: Param<Tensor<D>>,
     ) -> Param<Tensor<D>> {
-        if self.error.is_some() {
+        if self.error.is_some() || !self.layout.selection.holds(&param) {
             return param;
         }
         let slot = match check_slot(self.layout, self.next, path, param.lazy_shape().as_slice()) {

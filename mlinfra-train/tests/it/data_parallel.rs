@@ -6,7 +6,7 @@ use mlinfra_test_utils::rng::SplitMix64 as Rng;
 use mlinfra_train::collective::{Collective, Single};
 use mlinfra_train::models::{Mlp, MlpConfig};
 use mlinfra_train::optim::{LrSchedule, OptimizerConfig};
-use mlinfra_train::{DataParallel, LossScaling, Precision, Sharding, StepOptions};
+use mlinfra_train::{DataParallel, LossScaling, ParamLayout, Precision, Sharding, StepOptions};
 
 use crate::collective::on_ranks;
 
@@ -228,7 +228,7 @@ fn zero1_keeps_one_nth_of_the_optimizer_state_per_rank() {
     let data = Data::new(2 * 60, 13);
     let params = {
         let model = config().init(&Device::flex()).unwrap();
-        mlinfra_train::ParamLayout::of(&model).unwrap().len()
+        ParamLayout::of(&model).unwrap().len()
     };
     let replicated = train(Single, &adamw(), Sharding::Replicated, &data, 2, 60, &[60]).1;
     assert_eq!(
@@ -257,7 +257,7 @@ fn zero1_keeps_one_nth_of_the_optimizer_state_per_rank() {
 fn zero2_keeps_one_nth_of_the_gradients_per_rank() {
     let params = {
         let model = config().init(&Device::flex()).unwrap();
-        mlinfra_train::ParamLayout::of(&model).unwrap().len()
+        ParamLayout::of(&model).unwrap().len()
     };
     for world in [2, 3] {
         for sharding in [Sharding::Replicated, Sharding::Zero1, Sharding::Zero2] {
@@ -396,4 +396,70 @@ fn an_injected_inf_skips_the_step_and_backs_off_the_loss_scale() {
     let diff = max_abs_diff(&with_bad, &without);
     assert!(diff <= 1e-3, "max |diff| {diff:e}");
     assert!(max_abs_diff(&with_bad, &before) > 1e-3, "training moved on");
+}
+
+/// Issue 22 (a frozen base): parameters frozen with `set_require_grad(false)` are outside the
+/// engine's layout. They keep their values through training, hold no optimizer state, and the
+/// rest trains as it would on its own.
+#[test]
+fn frozen_parameters_are_neither_trained_nor_laid_out() {
+    use burn::module::{Module, ModuleMapper, Param};
+    use burn::tensor::Tensor;
+
+    /// Freezes the parameters whose visit index is in `frozen` (the first layer's weight and
+    /// bias are indices 0 and 1).
+    struct Freeze {
+        next: usize,
+        frozen: Vec<usize>,
+    }
+    impl ModuleMapper for Freeze {
+        fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+            let index = self.next;
+            self.next += 1;
+            if self.frozen.contains(&index) {
+                param.set_require_grad(false)
+            } else {
+                param
+            }
+        }
+    }
+
+    let data = Data::new(64, 3);
+    let device = Device::flex().autodiff();
+    let model = config().init(&device).unwrap();
+    let all = ParamLayout::of(&model).unwrap();
+    let before = all.values(&model).unwrap();
+    let model = model.map(&mut Freeze {
+        next: 0,
+        frozen: vec![0, 1],
+    });
+    let trainable = ParamLayout::trainable(&model).unwrap();
+    let first_layer = all.slots()[0].len + all.slots()[1].len;
+    assert_eq!(trainable.len(), all.len() - first_layer);
+    assert_eq!(trainable.slots()[0].path, all.slots()[2].path);
+    let (mut engine, mut model) =
+        DataParallel::new(Single, model, &adamw(), options(Sharding::Replicated)).unwrap();
+    for step in 0..3 {
+        let (x, y) = data.batch(step * 16..(step + 1) * 16, &device);
+        let grads = Mlp::loss(&model, x, y).backward();
+        engine.accumulate(&model, &grads, 16).unwrap();
+        model = engine.step(model).unwrap().0;
+    }
+    // AdamW's two f32 moments, for the trainable parameters only.
+    let state = engine.optimizer_state_bytes();
+    assert!(
+        (2 * 4 * trainable.len()..2 * 4 * all.len()).contains(&state),
+        "{state} bytes of optimizer state"
+    );
+    let after = all.values(&model).unwrap();
+    assert_eq!(
+        after[..first_layer],
+        before[..first_layer],
+        "a frozen weight moved"
+    );
+    assert_ne!(
+        after[first_layer..],
+        before[first_layer..],
+        "the rest did not train"
+    );
 }
