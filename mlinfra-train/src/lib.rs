@@ -83,6 +83,7 @@ mod fault;
 pub mod models;
 pub mod optim;
 mod params;
+pub mod peft;
 pub mod precision;
 mod rng;
 pub mod supervisor;

@@ -88,8 +88,9 @@ impl ParamLayout {
         Self::select(module, Selection::All)
     }
 
-    /// The layout of `module`'s trainable float parameters: those not frozen (see the
-    /// [module docs](self)). What the training engine uses.
+    /// The layout of `module`'s trainable float parameters: every float parameter but those
+    /// frozen with `Param::set_require_grad(false)` on an autodiff device (on other devices
+    /// nothing is frozen). What the training engine uses.
     ///
     /// # Errors
     ///

@@ -4,6 +4,6 @@ mod llama;
 mod mlp;
 
 pub use llama::{
-    KvCache, LayerAttention, Llama, LlamaAttention, LlamaConfig, LlamaLayer, LlamaMlp,
+    AdapterInfo, KvCache, LayerAttention, Llama, LlamaAttention, LlamaConfig, LlamaLayer, LlamaMlp,
 };
 pub use mlp::{Mlp, MlpConfig};

@@ -11,4 +11,5 @@ mod llama;
 #[cfg(feature = "mpi")]
 mod mpi;
 mod params;
+mod peft;
 mod trainer;

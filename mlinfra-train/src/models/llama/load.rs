@@ -20,6 +20,7 @@ use mlinfra_data::tensor::{GgufFile, SafetensorsFile};
 
 use super::model::{LlamaAttention, LlamaLayer, LlamaMlp};
 use super::{Llama, LlamaConfig};
+use crate::peft::LoraLinear;
 use crate::rng::SplitMix64;
 use crate::{Error, Result};
 
@@ -294,7 +295,7 @@ fn build(
             vec![vocab, hidden],
             None,
         )?;
-        Some(projection(&values, vocab, hidden, device))
+        Some(output_projection(&values, vocab, hidden, device))
     };
     Ok(Llama {
         embed_tokens: Embedding {
@@ -305,12 +306,21 @@ fn build(
         lm_head,
         rope_theta: config.rope_theta,
         max_seq_len: config.max_seq_len,
+        adapters: Vec::new(),
     })
 }
 
-/// A bias-free `Linear` from a file's row-major `[out, in]` matrix: burn's `Linear` computes
-/// `x · W` with W `[in, out]`, hence the transpose.
-fn projection(values: &[f32], out: usize, input: usize, device: &Device) -> Linear {
+/// A bias-free projection from a file's row-major `[out, in]` matrix: it computes `x · W` with
+/// W `[in, out]`, hence the transpose.
+fn projection(values: &[f32], out: usize, input: usize, device: &Device) -> LoraLinear {
+    LoraLinear::new(
+        tensor2(transpose(values, out, input), [input, out], device),
+        None,
+    )
+}
+
+/// The output projection (never adapted: PEFT leaves `lm_head` out of `all-linear` too).
+fn output_projection(values: &[f32], out: usize, input: usize, device: &Device) -> Linear {
     Linear {
         weight: Param::from_tensor(tensor2(transpose(values, out, input), [input, out], device)),
         bias: None,

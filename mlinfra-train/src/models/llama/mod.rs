@@ -31,10 +31,12 @@
 //! `s` positions costs about `2 · params · s` flops plus attention's `4 · s² · hidden` per
 //! layer; [`KvCache`] makes each generated token cost one position.
 
+mod adapters;
 mod config;
 mod generate;
 mod load;
 mod model;
 
+pub use adapters::AdapterInfo;
 pub use config::LlamaConfig;
 pub use model::{KvCache, LayerAttention, Llama, LlamaAttention, LlamaLayer, LlamaMlp};

@@ -5,6 +5,8 @@
 use burn::module::Module;
 use burn::nn::loss::CrossEntropyLossConfig;
 use burn::nn::{Embedding, Linear, RmsNorm};
+
+use crate::peft::LoraLinear;
 use burn::tensor::activation::silu;
 use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
@@ -28,6 +30,9 @@ pub struct Llama {
     pub(super) lm_head: Option<Linear>,
     pub(super) rope_theta: f64,
     pub(super) max_seq_len: usize,
+    /// The adapters, in slot order (see [`Llama::with_adapter`]).
+    #[module(skip)]
+    pub(super) adapters: Vec<super::adapters::AdapterInfo>,
 }
 
 /// One pre-norm decoder block: `x + attn(norm(x))`, then `h + mlp(norm(h))`.
@@ -43,10 +48,10 @@ pub struct LlamaLayer {
 /// convention: dimension `i` pairs with `i + head_dim/2`).
 #[derive(Module, Debug)]
 pub struct LlamaAttention {
-    pub(super) q_proj: Linear,
-    pub(super) k_proj: Linear,
-    pub(super) v_proj: Linear,
-    pub(super) o_proj: Linear,
+    pub(super) q_proj: LoraLinear,
+    pub(super) k_proj: LoraLinear,
+    pub(super) v_proj: LoraLinear,
+    pub(super) o_proj: LoraLinear,
     pub(super) num_heads: usize,
     pub(super) num_kv_heads: usize,
     pub(super) head_dim: usize,
@@ -55,9 +60,9 @@ pub struct LlamaAttention {
 /// SwiGLU feed-forward: `down(silu(gate(x)) · up(x))`.
 #[derive(Module, Debug)]
 pub struct LlamaMlp {
-    pub(super) gate_proj: Linear,
-    pub(super) up_proj: Linear,
-    pub(super) down_proj: Linear,
+    pub(super) gate_proj: LoraLinear,
+    pub(super) up_proj: LoraLinear,
+    pub(super) down_proj: LoraLinear,
 }
 
 /// Keys and values of the positions seen so far, per layer, so that each generated token
@@ -337,7 +342,7 @@ impl LlamaAttention {
         cache: Option<&mut Option<(Tensor<4>, Tensor<4>)>>,
     ) -> Tensor<3> {
         let [batch, seq, _] = x.dims();
-        let heads = |proj: &Linear, count: usize| {
+        let heads = |proj: &LoraLinear, count: usize| {
             proj.forward(x.clone())
                 .reshape([batch, seq, count, self.head_dim])
                 .swap_dims(1, 2)
@@ -380,7 +385,7 @@ impl LlamaAttention {
         attention: &mut dyn LayerAttention,
     ) -> Tensor<3> {
         let [_, count, _] = x.dims();
-        let heads = |proj: &Linear, heads: usize| {
+        let heads = |proj: &LoraLinear, heads: usize| {
             proj.forward(x.clone())
                 .reshape([count, heads, self.head_dim])
         };

@@ -1,0 +1,290 @@
+//! Adapters on a [`Llama`]: add, switch, disable, delete, merge and unmerge them, as PEFT's
+//! `PeftModel` does (`add_adapter`, `set_adapter`, `disable_adapter`, `delete_adapter`,
+//! `merge_adapter`, `unmerge_adapter`).
+//!
+//! Adding the first adapter freezes the whole base model (`set_require_grad(false)`): the
+//! training engine then trains, reduces and checkpoints only the active adapter's weights
+//! ([`ParamLayout::trainable`](crate::ParamLayout::trainable)). Only the active adapter's
+//! weights are trainable, as in PEFT.
+
+use burn::module::{Module, ModuleMapper, Param};
+use burn::tensor::Tensor;
+
+use super::Llama;
+use crate::peft::{AdapterInit, LoraConfig, LoraLinear};
+use crate::rng::SplitMix64;
+use crate::{Error, Result};
+
+/// One adapter of a model: its name and configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AdapterInfo {
+    /// The name it is addressed by.
+    pub name: String,
+    /// Its configuration.
+    pub config: LoraConfig,
+}
+
+impl Llama {
+    /// The model with a new adapter `name` on the linear layers `config` targets (Hugging
+    /// Face paths: `model.layers.3.self_attn.q_proj`), made active. Its `A` matrices are
+    /// drawn from `seed` (Kaiming-uniform, as PEFT), its `B` are zero, so the model's outputs
+    /// are unchanged until it trains. The base is frozen.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidConfig`] for a config that does not validate, a name already in use,
+    /// or targets that match no layer (naming them).
+    pub fn with_adapter(self, name: &str, config: &LoraConfig, seed: u64) -> Result<Llama> {
+        config.validate()?;
+        if self.adapter_slot(name).is_some() {
+            return Err(invalid(format!("an adapter named `{name}` exists already")));
+        }
+        if self.merged() {
+            return Err(invalid(format!(
+                "adding adapter `{name}` to a model with a merged adapter: unmerge it first"
+            )));
+        }
+        let matcher = config.target_modules.compile()?;
+        if !self.linear_paths().iter().any(|path| matcher.matches(path)) {
+            return Err(invalid(format!(
+                "LoRA target_modules {:?} match no linear layer of the model",
+                config.target_modules
+            )));
+        }
+        let init = AdapterInit {
+            r: config.r,
+            scaling: config.scaling(),
+            dropout: config.dropout,
+            dora: config.use_dora,
+            zero_b: config.init_lora_weights,
+        };
+        let mut rng = SplitMix64::new(seed);
+        let mut model = self.map(&mut Freeze);
+        model = model.map_linears(|path, layer| {
+            layer.with_slot(matcher.matches(path).then_some(init), &mut rng)
+        });
+        model.adapters.push(AdapterInfo {
+            name: name.to_owned(),
+            config: config.clone(),
+        });
+        let slot = model.adapters.len() - 1;
+        Ok(model.with_active(Some(slot)))
+    }
+
+    /// The adapters, in the order they were added.
+    pub fn adapters(&self) -> &[AdapterInfo] {
+        &self.adapters
+    }
+
+    /// The active adapter's name.
+    pub fn active_adapter(&self) -> Option<&str> {
+        let slot = self.first_linear().state.active?;
+        self.adapters.get(slot).map(|info| info.name.as_str())
+    }
+
+    /// The model with adapter `name` active (and the only one trainable).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidConfig`] for an unknown name, or while an adapter is merged.
+    pub fn set_adapter(self, name: &str) -> Result<Llama> {
+        let slot = self
+            .adapter_slot(name)
+            .ok_or_else(|| invalid(format!("no adapter named `{name}`")))?;
+        if self.merged() {
+            return Err(invalid(
+                "switching adapters while one is merged: unmerge it first".into(),
+            ));
+        }
+        Ok(self.with_active(Some(slot)))
+    }
+
+    /// The model computing as its base alone (`enabled` false) or with its active adapter
+    /// again (PEFT's `disable_adapter` context). DPO's reference model is the policy with
+    /// adapters disabled.
+    pub fn with_adapters_enabled(self, enabled: bool) -> Llama {
+        self.map_linears(|_, mut layer| {
+            layer.state.disabled = !enabled;
+            layer
+        })
+    }
+
+    /// Whether adapters are disabled.
+    pub fn adapters_disabled(&self) -> bool {
+        self.first_linear().state.disabled
+    }
+
+    /// The model without adapter `name` (its weights dropped; the others keep theirs). The
+    /// active adapter becomes none when it was the one deleted.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidConfig`] for an unknown name, or while an adapter is merged.
+    pub fn without_adapter(mut self, name: &str) -> Result<Llama> {
+        let slot = self
+            .adapter_slot(name)
+            .ok_or_else(|| invalid(format!("no adapter named `{name}`")))?;
+        if self.merged() {
+            return Err(invalid(format!(
+                "deleting adapter `{name}` while an adapter is merged: unmerge it first"
+            )));
+        }
+        self.adapters.remove(slot);
+        let active = self
+            .first_linear()
+            .state
+            .active
+            .and_then(|a| match a.cmp(&slot) {
+                std::cmp::Ordering::Less => Some(a),
+                std::cmp::Ordering::Equal => None,
+                std::cmp::Ordering::Greater => Some(a - 1),
+            });
+        Ok(self
+            .map_linears(|_, layer| layer.without_slot(slot))
+            .with_active(active))
+    }
+
+    /// The model with its active adapter folded into the base weights: outputs unchanged, no
+    /// adapter cost per forward. [`Llama::unmerge_adapter`] takes it out again.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidConfig`] without an active adapter, or with one merged already.
+    pub fn merge_adapter(self) -> Result<Llama> {
+        if self.active_adapter().is_none() {
+            return Err(invalid("no active adapter to merge".into()));
+        }
+        if self.merged() {
+            return Err(invalid("an adapter is merged already".into()));
+        }
+        let mut failure = None;
+        let model = self.map_linears(|_, layer| {
+            // `merged` only fails when a layer has an adapter merged, checked above; a layer
+            // that failed anyway comes back unmerged and the error is returned.
+            let (layer, outcome) = try_merge(layer);
+            failure = failure.take().or(outcome.err());
+            layer
+        });
+        match failure {
+            Some(error) => Err(error),
+            None => Ok(model),
+        }
+    }
+
+    /// The model with its merged adapter taken out of the base weights again (nothing to do
+    /// when none is merged).
+    pub fn unmerge_adapter(self) -> Llama {
+        self.map_linears(|_, layer| layer.unmerged())
+    }
+
+    /// The Hugging Face path of every adaptable linear layer, in layer order, with the layer.
+    pub fn linear_layers(&self) -> Vec<(String, &LoraLinear)> {
+        let mut out = Vec::with_capacity(self.layers.len() * 7);
+        for (i, layer) in self.layers.iter().enumerate() {
+            let attn = &layer.self_attn;
+            let mlp = &layer.mlp;
+            for (part, linear) in [
+                ("self_attn.q_proj", &attn.q_proj),
+                ("self_attn.k_proj", &attn.k_proj),
+                ("self_attn.v_proj", &attn.v_proj),
+                ("self_attn.o_proj", &attn.o_proj),
+                ("mlp.gate_proj", &mlp.gate_proj),
+                ("mlp.up_proj", &mlp.up_proj),
+                ("mlp.down_proj", &mlp.down_proj),
+            ] {
+                out.push((format!("model.layers.{i}.{part}"), linear));
+            }
+        }
+        out
+    }
+
+    fn linear_paths(&self) -> Vec<String> {
+        self.linear_layers()
+            .into_iter()
+            .map(|(path, _)| path)
+            .collect()
+    }
+
+    /// The model with `f` applied to every adaptable linear layer, given its Hugging Face path.
+    pub(crate) fn map_linears(
+        mut self,
+        mut f: impl FnMut(&str, LoraLinear) -> LoraLinear,
+    ) -> Llama {
+        for (i, layer) in self.layers.iter_mut().enumerate() {
+            let path = |part: &str| format!("model.layers.{i}.{part}");
+            let attn = &mut layer.self_attn;
+            let mlp = &mut layer.mlp;
+            for (part, linear) in [
+                ("self_attn.q_proj", &mut attn.q_proj),
+                ("self_attn.k_proj", &mut attn.k_proj),
+                ("self_attn.v_proj", &mut attn.v_proj),
+                ("self_attn.o_proj", &mut attn.o_proj),
+                ("mlp.gate_proj", &mut mlp.gate_proj),
+                ("mlp.up_proj", &mut mlp.up_proj),
+                ("mlp.down_proj", &mut mlp.down_proj),
+            ] {
+                replace_with(linear, |l| f(&path(part), l));
+            }
+        }
+        self
+    }
+
+    /// Slot `active` in use everywhere, its weights the only trainable ones.
+    fn with_active(self, active: Option<usize>) -> Llama {
+        self.map_linears(|_, mut layer| {
+            layer.state.active = active;
+            layer.adapters = std::mem::take(&mut layer.adapters)
+                .into_iter()
+                .enumerate()
+                .map(|(slot, weights)| weights.map(|w| w.trainable(Some(slot) == active)))
+                .collect();
+            layer
+        })
+    }
+
+    fn adapter_slot(&self, name: &str) -> Option<usize> {
+        self.adapters.iter().position(|info| info.name == name)
+    }
+
+    fn merged(&self) -> bool {
+        self.linear_layers()
+            .iter()
+            .any(|(_, layer)| layer.state.merged.is_some())
+    }
+
+    fn first_linear(&self) -> &LoraLinear {
+        &self.layers[0].self_attn.q_proj
+    }
+}
+
+/// Merges `layer`'s active adapter, handing the layer back either way.
+fn try_merge(layer: LoraLinear) -> (LoraLinear, Result<()>) {
+    // `merged` consumes the layer; on its one error path it has changed nothing, so a clone
+    // (parameter handles, no data copied) stands in for it.
+    let backup = layer.clone();
+    match layer.merged() {
+        Ok(layer) => (layer, Ok(())),
+        Err(error) => (backup, Err(error)),
+    }
+}
+
+/// Replaces `*slot` with `f` of its value.
+fn replace_with(slot: &mut LoraLinear, f: impl FnOnce(LoraLinear) -> LoraLinear) {
+    let taken = slot.clone();
+    *slot = f(taken);
+}
+
+/// Freezes every parameter it maps.
+struct Freeze;
+
+impl ModuleMapper for Freeze {
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+        param.set_require_grad(false)
+    }
+}
+
+fn invalid(reason: String) -> Error {
+    Error::InvalidConfig {
+        reason: reason.into(),
+    }
+}

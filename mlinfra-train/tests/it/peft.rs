@@ -1,0 +1,245 @@
+//! Adapters on the Llama decoder (issue 22, items 1 and 2): outputs unchanged at PEFT's
+//! initialisation, merge and unmerge against the unmerged outputs, only the active adapter
+//! trains, switching, disabling and deleting. (DoRA's gradients against finite differences
+//! in f64: `peft::linear`'s unit tests.)
+
+use burn::tensor::{Device, Int, Tensor, TensorData};
+use mlinfra_train::collective::Single;
+use mlinfra_train::models::{Llama, LlamaConfig};
+use mlinfra_train::optim::{LrSchedule, OptimizerConfig};
+use mlinfra_train::peft::{LoraConfig, TargetModules};
+use mlinfra_train::{DataParallel, ParamLayout, StepOptions};
+
+fn config() -> LlamaConfig {
+    LlamaConfig {
+        vocab_size: 48,
+        hidden_size: 32,
+        intermediate_size: 40,
+        num_layers: 2,
+        num_heads: 4,
+        num_kv_heads: 2,
+        head_dim: None,
+        rms_norm_eps: 1e-5,
+        rope_theta: 10_000.0,
+        max_seq_len: 64,
+        tie_embeddings: false,
+    }
+}
+
+fn model(device: &Device) -> Llama {
+    config().init_with_std(11, 0.15, device).unwrap()
+}
+
+const TOKENS: [u32; 12] = [3, 17, 5, 40, 2, 9, 33, 21, 8, 1, 44, 12];
+
+fn logits(model: &Llama) -> Vec<f32> {
+    let device = Device::flex();
+    let ids: Vec<i64> = TOKENS.iter().map(|&t| i64::from(t)).collect();
+    let ids = Tensor::<2, Int>::from_data(TensorData::new(ids, [1, TOKENS.len()]), &device);
+    model
+        .forward(ids)
+        .unwrap()
+        .into_data()
+        .try_to_vec::<f32>()
+        .unwrap()
+}
+
+fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+fn every_linear() -> TargetModules {
+    TargetModules::all_linear()
+}
+
+/// PEFT initialises `B` at zero: adding an adapter changes no output, LoRA or DoRA.
+#[test]
+fn a_fresh_adapter_changes_nothing() {
+    let device = Device::flex();
+    let base = logits(&model(&device));
+    for dora in [false, true] {
+        let config = LoraConfig::new(4, 8.0)
+            .with_target_modules(every_linear())
+            .with_dora(dora);
+        let adapted = model(&device).with_adapter("a", &config, 1).unwrap();
+        let diff = max_abs_diff(&logits(&adapted), &base);
+        assert!(diff < 1e-5, "dora {dora}: {diff}");
+    }
+}
+
+/// Merge and unmerge against the unmerged outputs, with a non-zero `B` (PEFT's own tests use
+/// `init_lora_weights=False` for this): merged to 1e-4, the base restored to 1e-5 after the
+/// unmerge, and the adapter really changes the outputs.
+#[test]
+fn merging_and_unmerging_keep_the_outputs() {
+    let device = Device::flex();
+    let base = logits(&model(&device));
+    for (dora, targets) in [
+        (false, every_linear()),
+        (false, TargetModules::names(["q_proj", "v_proj"])),
+        (true, every_linear()),
+        (true, TargetModules::names(["o_proj", "down_proj"])),
+    ] {
+        let config = LoraConfig::new(4, 16.0)
+            .with_target_modules(targets.clone())
+            .with_dora(dora)
+            .with_init_lora_weights(false);
+        let adapted = model(&device).with_adapter("a", &config, 7).unwrap();
+        let unmerged = logits(&adapted);
+        let moved = max_abs_diff(&unmerged, &base);
+        assert!(
+            moved > 1e-2,
+            "dora {dora} {targets:?}: the adapter changed little ({moved})"
+        );
+        let merged_model = adapted.merge_adapter().unwrap();
+        let merged = logits(&merged_model);
+        let diff = max_abs_diff(&merged, &unmerged);
+        assert!(
+            diff < 1e-4,
+            "dora {dora} {targets:?}: merged differs by {diff}"
+        );
+        assert!(
+            merged_model.clone().merge_adapter().is_err(),
+            "merged twice"
+        );
+        let restored = merged_model.unmerge_adapter();
+        let diff = max_abs_diff(&logits(&restored), &unmerged);
+        assert!(
+            diff < 1e-4,
+            "dora {dora} {targets:?}: unmerged differs by {diff}"
+        );
+        let base_again = logits(&restored.with_adapters_enabled(false));
+        let diff = max_abs_diff(&base_again, &base);
+        assert!(
+            diff < 1e-5,
+            "dora {dora} {targets:?}: the base moved by {diff}"
+        );
+    }
+}
+
+/// The trainable parameters are the active adapter's, and nothing else: the base (embedding,
+/// norms, head included) is frozen, and another adapter waits its turn. Training moves only
+/// them, and lowers the loss.
+#[test]
+fn only_the_active_adapter_trains() {
+    let device = Device::flex().autodiff();
+    let config =
+        LoraConfig::new(4, 8.0).with_target_modules(TargetModules::names(["q_proj", "v_proj"]));
+    let model = model(&device)
+        .with_adapter("first", &config, 1)
+        .unwrap()
+        .with_adapter("second", &config.clone().with_dora(true), 2)
+        .unwrap();
+    assert_eq!(model.active_adapter(), Some("second"));
+    let trainable = ParamLayout::trainable(&model).unwrap();
+    let paths: Vec<&str> = trainable.slots().iter().map(|s| s.path.as_str()).collect();
+    // Two layers, two projections each: A, B and the DoRA magnitude of slot 1.
+    assert_eq!(paths.len(), 2 * 2 * 3, "{paths:?}");
+    assert!(
+        paths.iter().all(|p| p.contains(".adapters.1.")),
+        "{paths:?}"
+    );
+    let model = model.set_adapter("first").unwrap();
+    let trainable = ParamLayout::trainable(&model).unwrap();
+    assert!(
+        trainable
+            .slots()
+            .iter()
+            .all(|s| s.path.contains(".adapters.0."))
+    );
+    assert_eq!(trainable.slots().len(), 2 * 2 * 2);
+
+    let everything = ParamLayout::of(&model).unwrap();
+    let before = everything.values(&model).unwrap();
+    let (mut engine, mut model) = DataParallel::new(
+        Single,
+        model,
+        &OptimizerConfig::adamw(),
+        StepOptions::new(LrSchedule::constant(0.01)),
+    )
+    .unwrap();
+    let ids: Vec<i64> = TOKENS.iter().map(|&t| i64::from(t)).collect();
+    let ids = Tensor::<2, Int>::from_data(TensorData::new(ids, [1, TOKENS.len()]), &device);
+    let mut losses = Vec::new();
+    for _ in 0..20 {
+        let loss = model.next_token_loss(ids.clone()).unwrap();
+        losses.push(loss.clone().into_scalar::<f32>());
+        let grads = loss.backward();
+        engine.accumulate(&model, &grads, 1).unwrap();
+        model = engine.step(model).unwrap().0;
+    }
+    assert!(losses[19] < losses[0] * 0.9, "{losses:?}");
+    let after = everything.values(&model).unwrap();
+    for slot in everything.slots() {
+        let changed = before[slot.range()] != after[slot.range()];
+        let trains = slot.path.contains(".adapters.0.");
+        assert_eq!(changed, trains, "{}: changed {changed}", slot.path);
+    }
+}
+
+/// Switching, disabling and deleting, as PEFT's `set_adapter`, `disable_adapter` and
+/// `delete_adapter` do; and what cannot work is a typed error.
+#[test]
+fn adapters_switch_disable_delete_and_refuse_what_cannot_work() {
+    let device = Device::flex();
+    let base = logits(&model(&device));
+    let config = |seed_b: bool| {
+        LoraConfig::new(2, 4.0)
+            .with_target_modules(every_linear())
+            .with_init_lora_weights(!seed_b)
+    };
+    let model = model(&device)
+        .with_adapter("x", &config(true), 3)
+        .unwrap()
+        .with_adapter("y", &config(true), 4)
+        .unwrap();
+    let y = logits(&model);
+    let model = model.set_adapter("x").unwrap();
+    let x = logits(&model);
+    assert!(max_abs_diff(&x, &y) > 1e-3, "two adapters, one output");
+    let off = model.with_adapters_enabled(false);
+    assert!(off.adapters_disabled());
+    assert!(max_abs_diff(&logits(&off), &base) < 1e-6);
+    let on = off.with_adapters_enabled(true);
+    assert!(max_abs_diff(&logits(&on), &x) < 1e-6);
+    let only_y = on.without_adapter("x").unwrap();
+    assert_eq!(only_y.active_adapter(), None);
+    let names: Vec<&str> = only_y.adapters().iter().map(|a| a.name.as_str()).collect();
+    assert_eq!(names, ["y"]);
+    let only_y = only_y.set_adapter("y").unwrap();
+    assert!(
+        max_abs_diff(&logits(&only_y), &y) < 1e-6,
+        "y survives x's deletion"
+    );
+
+    let refused = |result: mlinfra_train::Result<Llama>, what: &str| match result {
+        Err(error) => assert!(error.to_string().contains(what), "{error}"),
+        Ok(_) => panic!("expected an error containing {what:?}"),
+    };
+    refused(
+        only_y.clone().set_adapter("nope"),
+        "no adapter named `nope`",
+    );
+    refused(
+        only_y.clone().with_adapter("y", &config(false), 1),
+        "exists already",
+    );
+    refused(
+        only_y
+            .clone()
+            .with_adapter("z", &LoraConfig::new(0, 1.0), 1),
+        "r must be at least 1",
+    );
+    refused(
+        only_y.clone().with_adapter(
+            "z",
+            &LoraConfig::new(2, 1.0).with_target_modules(TargetModules::names(["attn_q"])),
+            1,
+        ),
+        "match no linear layer",
+    );
+    refused(only_y.without_adapter("nope"), "no adapter named `nope`");
+}
