@@ -60,9 +60,10 @@ pub(crate) struct AdapterState {
 ///   row), never the dense `W + s·A·B`: burn's own `apply_lora` builds that dense matrix on
 ///   every forward, an `in × out` product and a second copy of each adapted weight.
 /// - **DoRA** (Liu et al. 2024, as PEFT computes it): with `n` the norm of each column of
-///   `W + s·A·B`, detached from the graph (the paper's §4.3: its gradient is not taken),
-///   `y = x·W + b + (m/n − 1)·(x·W) + (m/n)·s·(drop(x)·A)·B`. The norm needs the dense
-///   `W + s·A·B` once per forward, as in PEFT: DoRA's one dense cost.
+///   `W + s·A·B` (each output), detached from the graph (the paper's §4.3: its gradient is
+///   not taken), `y = x·W + b + (m/n − 1)·(drop(x)·W) + (m/n)·s·(drop(x)·A)·B`, which is
+///   `(m/n)·(x·(W + s·A·B)) + b` without dropout. The norm needs the dense `W + s·A·B` once
+///   per forward, as in PEFT: DoRA's one dense cost.
 ///
 /// # Merging
 ///
@@ -142,25 +143,24 @@ impl LoraLinear {
         let Some(adapter) = self.applied() else {
             return linear(x, weight, bias);
         };
+        // The adapter's input; `x` itself unless dropout is on (training, p > 0).
+        let dropped = adapter.dropout.forward(x.clone());
         let update = linear(
-            linear(adapter.dropout.forward(x.clone()), adapter.a.val(), None),
+            linear(dropped.clone(), adapter.a.val(), None),
             adapter.b.val(),
             None,
         )
         .mul_scalar(adapter.scaling);
+        let base = linear(x, weight.clone(), bias);
         let Some(magnitude) = &adapter.magnitude else {
-            return linear(x, weight, bias) + update;
+            return base + update;
         };
         let norm = norm.unwrap_or_else(|| column_norms(&weight, adapter).detach());
         let factor = magnitude.val() / norm;
-        let unbiased = linear(x, weight, None);
-        let mut out = unbiased.clone()
-            + along_last::<D>(factor.clone() - 1.0) * unbiased
-            + along_last::<D>(factor) * update;
-        if let Some(bias) = bias {
-            out = out + along_last::<D>(bias);
-        }
-        out
+        // PEFT's DoRA: the rescaling term is recomputed on the dropped input, without the
+        // bias, when dropout is on; without dropout it is `(m/n − 1)·(x·W)`.
+        base + along_last::<D>(factor.clone() - 1.0) * linear(dropped, weight, None)
+            + along_last::<D>(factor) * update
     }
 
     /// This layer with one more adapter slot: `Some` fresh weights (`A` Kaiming-uniform as
