@@ -119,6 +119,18 @@ pub enum Error {
         status: Box<str>,
     },
 
+    /// An adapter directory (PEFT's `adapter_config.json` and `adapter_model.safetensors`)
+    /// cannot be read or written, or does not fit the model it is loaded into: an unknown
+    /// `peft_type`, a rank of 0, a field that is not supported, a tensor whose name or shape
+    /// does not fit. Input data (or the machine, for I/O).
+    #[error("adapter file {}: {reason}", path.display())]
+    AdapterFile {
+        /// The file (or directory).
+        path: Box<std::path::Path>,
+        /// What is wrong, naming the field or tensor.
+        reason: Box<str>,
+    },
+
     /// A configuration that cannot work: a trainer's (zero steps, a negative learning
     /// rate...), a model's shape, a collective's. Caller error.
     #[error("invalid configuration: {reason}")]

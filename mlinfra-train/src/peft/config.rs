@@ -185,7 +185,7 @@ impl TargetModules {
 }
 
 /// PEFT's name for every linear layer but the output projection.
-const ALL_LINEAR: &str = "all-linear";
+pub(crate) const ALL_LINEAR: &str = "all-linear";
 
 /// A compiled [`TargetModules`].
 #[derive(Debug, Clone)]

@@ -5,6 +5,7 @@ use burn::nn::{Dropout, DropoutConfig};
 use burn::tensor::module::linear;
 use burn::tensor::{Tensor, TensorData};
 
+use super::LoraConfig;
 use crate::rng::SplitMix64;
 use crate::{Error, Result};
 
@@ -86,6 +87,14 @@ pub struct LoraLinear {
     pub(crate) state: AdapterState,
 }
 
+/// An adapter slot's weights in burn's layout: `a` `[in, r]`, `b` `[r, out]`, DoRA's
+/// magnitude `[out]` when known.
+pub(crate) struct SlotValues {
+    pub(crate) a: Tensor<2>,
+    pub(crate) b: Tensor<2>,
+    pub(crate) magnitude: Option<Tensor<1>>,
+}
+
 /// What a fresh adapter slot is made of.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct AdapterInit {
@@ -95,6 +104,18 @@ pub(crate) struct AdapterInit {
     pub(crate) dora: bool,
     /// `B` at zero (PEFT's `init_lora_weights=True`), or drawn like `A`.
     pub(crate) zero_b: bool,
+}
+
+impl From<&LoraConfig> for AdapterInit {
+    fn from(config: &LoraConfig) -> Self {
+        AdapterInit {
+            r: config.r,
+            scaling: config.scaling(),
+            dropout: config.dropout,
+            dora: config.use_dora,
+            zero_b: config.init_lora_weights,
+        }
+    }
 }
 
 impl LoraLinear {
@@ -168,51 +189,70 @@ impl LoraLinear {
     /// norms of `W`) or `None` where the adapter does not target this layer. The base is
     /// frozen.
     pub(crate) fn with_slot(self, init: Option<AdapterInit>, rng: &mut SplitMix64) -> Self {
-        let mut layer = self.frozen();
         let slot = init.map(|init| {
-            let [input, output] = layer.dims();
-            let weight = layer.weight.val();
-            let (device, dtype) = (weight.device(), weight.dtype());
+            let [input, output] = self.dims();
             // PEFT: kaiming_uniform_(lora_A.weight, a=sqrt(5)), whose bound is
             // gain·sqrt(3/fan_in) = sqrt(1/3)·sqrt(3/in) = 1/sqrt(in).
-            let bound = 1.0 / (input as f64).sqrt();
-            let a: Vec<f32> = (0..input * init.r)
-                .map(|_| rng.uniform(-bound, bound) as f32)
-                .collect();
-            let a = Tensor::<2>::from_data(TensorData::new(a, [input, init.r]), (&device, dtype));
+            let a = uniform(input * init.r, 1.0 / (input as f64).sqrt(), rng);
             let b = if init.zero_b {
-                Tensor::<2>::zeros([init.r, output], (&device, dtype))
+                vec![0.0; init.r * output]
             } else {
                 // PEFT with `init_lora_weights=False` keeps nn.Linear's initialisation of
                 // lora_B [out, r]: the same Kaiming-uniform, fan_in = r.
-                let bound = 1.0 / (init.r as f64).sqrt();
-                let b: Vec<f32> = (0..init.r * output)
-                    .map(|_| rng.uniform(-bound, bound) as f32)
-                    .collect();
-                Tensor::<2>::from_data(TensorData::new(b, [init.r, output]), (&device, dtype))
+                uniform(init.r * output, 1.0 / (init.r as f64).sqrt(), rng)
             };
-            // DoRA starts from the column norms of `W + s·A·B` (PEFT's
-            // `update_layer` with `use_dora`), so the output is unchanged at the start.
-            let magnitude = init.dora.then(|| {
-                let update = a.clone().matmul(b.clone()).mul_scalar(init.scaling);
-                let norms = (weight.clone() + update)
-                    .powf_scalar(2.0)
-                    .sum_dim(0)
-                    .sqrt()
-                    .reshape([output]);
-                Param::from_tensor(norms.detach())
-            });
+            let values = SlotValues {
+                a: self.tensor2(a, [input, init.r]),
+                b: self.tensor2(b, [init.r, output]),
+                magnitude: None,
+            };
+            (init, values)
+        });
+        self.with_slot_values(slot)
+    }
+
+    /// This layer with one more adapter slot holding `values` (`None` where the adapter does
+    /// not target this layer), frozen. A DoRA slot without a magnitude starts from the column
+    /// norms of `W + s·A·B` (PEFT's `update_layer` with `use_dora`), so that the output is
+    /// unchanged by it.
+    pub(crate) fn with_slot_values(self, slot: Option<(AdapterInit, SlotValues)>) -> Self {
+        let mut layer = self.frozen();
+        let weights = slot.map(|(init, values)| {
+            let SlotValues { a, b, magnitude } = values;
+            let magnitude = match magnitude {
+                Some(m) => Some(m),
+                None if init.dora => {
+                    let [_, output] = layer.dims();
+                    let update = a.clone().matmul(b.clone()).mul_scalar(init.scaling);
+                    let norms = (layer.weight.val() + update)
+                        .powf_scalar(2.0)
+                        .sum_dim(0)
+                        .sqrt()
+                        .reshape([output]);
+                    Some(norms.detach())
+                }
+                None => None,
+            };
             LoraWeights {
                 a: Param::from_tensor(a),
                 b: Param::from_tensor(b),
-                magnitude,
+                magnitude: magnitude.map(Param::from_tensor),
                 dropout: DropoutConfig::new(init.dropout).init(),
                 scaling: init.scaling,
                 merged_norm: None,
             }
         });
-        layer.adapters.push(slot);
+        layer.adapters.push(weights);
         layer
+    }
+
+    /// `values` as a tensor of `shape` on this layer's device, in its dtype.
+    pub(crate) fn tensor2(&self, values: Vec<f32>, shape: [usize; 2]) -> Tensor<2> {
+        let weight = self.weight.val();
+        Tensor::from_data(
+            TensorData::new(values, shape),
+            (&weight.device(), weight.dtype()),
+        )
     }
 
     /// This layer without adapter slot `slot` (the later slots move down one).
@@ -287,6 +327,11 @@ impl LoraLinear {
         self.bias = self.bias.map(|bias| bias.set_require_grad(false));
         self
     }
+}
+
+/// `n` values uniform in `±bound`.
+fn uniform(n: usize, bound: f64, rng: &mut SplitMix64) -> Vec<f32> {
+    (0..n).map(|_| rng.uniform(-bound, bound) as f32).collect()
 }
 
 /// `s·A·B` `[in, out]`, detached.

@@ -12,4 +12,5 @@ mod llama;
 mod mpi;
 mod params;
 mod peft;
+mod peft_interop;
 mod trainer;

@@ -243,3 +243,103 @@ fn adapters_switch_disable_delete_and_refuse_what_cannot_work() {
     );
     refused(only_y.without_adapter("nope"), "no adapter named `nope`");
 }
+
+/// Issue 22, item 4: an adapter written in PEFT's format and read back into a fresh model
+/// computes what the adapter did (LoRA, DoRA, rsLoRA; a trained, non-zero `B`).
+#[test]
+fn a_saved_adapter_loads_into_a_fresh_model_with_the_same_outputs() {
+    let device = Device::flex();
+    for (dora, rslora) in [(false, false), (true, false), (false, true)] {
+        let config = LoraConfig::new(4, 16.0)
+            .with_target_modules(TargetModules::names(["q_proj", "v_proj", "down_proj"]))
+            .with_dora(dora)
+            .with_rslora(rslora)
+            .with_init_lora_weights(false);
+        let adapted = model(&device).with_adapter("mine", &config, 5).unwrap();
+        let expected = logits(&adapted);
+        let dir = tempfile::tempdir().unwrap();
+        adapted
+            .save_adapter("mine", dir.path(), Some("SmolLM2-test"))
+            .unwrap();
+        let loaded = model(&device).load_adapter(dir.path(), "theirs").unwrap();
+        assert_eq!(loaded.active_adapter(), Some("theirs"));
+        assert_eq!(loaded.adapters()[0].config, config);
+        let diff = max_abs_diff(&logits(&loaded), &expected);
+        assert!(diff < 1e-6, "dora {dora} rslora {rslora}: {diff}");
+        let written: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.path().join("adapter_config.json")).unwrap())
+                .unwrap();
+        assert_eq!(written["peft_type"], "LORA");
+        assert_eq!(written["base_model_name_or_path"], "SmolLM2-test");
+        assert_eq!(written["use_dora"], dora);
+    }
+}
+
+/// An adapter for another model, or whose config and tensors disagree, is refused with the
+/// file and the layer named, and the model is not half-changed.
+#[test]
+fn an_adapter_that_does_not_fit_the_model_is_refused() {
+    let device = Device::flex();
+    let dir = tempfile::tempdir().unwrap();
+    let all = LoraConfig::new(2, 4.0).with_target_modules(TargetModules::all_linear());
+    model(&device)
+        .with_adapter("a", &all, 1)
+        .unwrap()
+        .save_adapter("a", dir.path(), None)
+        .unwrap();
+    // A model with a narrower MLP: the same layer names, other shapes.
+    let narrow = LlamaConfig {
+        intermediate_size: 24,
+        ..config()
+    };
+    let error = narrow
+        .init(1, &device)
+        .unwrap()
+        .load_adapter(dir.path(), "a")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.contains("adapter_model.safetensors")
+            && error.contains("model.layers.0.mlp.down_proj: the adapter is for a layer 40 -> 32"),
+        "{error}"
+    );
+    // A model with fewer layers: tensors for a layer it does not have.
+    let shallow = LlamaConfig {
+        num_layers: 1,
+        ..config()
+    };
+    let error = shallow
+        .init(1, &device)
+        .unwrap()
+        .load_adapter(dir.path(), "a")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.contains("model.layers.1.") && error.contains("not a linear layer"),
+        "{error}"
+    );
+    // Config says every linear layer, the file has only some.
+    let narrower = LoraConfig::new(2, 4.0).with_target_modules(TargetModules::names(["q_proj"]));
+    let partial = tempfile::tempdir().unwrap();
+    model(&device)
+        .with_adapter("a", &narrower, 1)
+        .unwrap()
+        .save_adapter("a", partial.path(), None)
+        .unwrap();
+    std::fs::copy(
+        dir.path().join("adapter_config.json"),
+        partial.path().join("adapter_config.json"),
+    )
+    .unwrap();
+    let error = model(&device)
+        .load_adapter(partial.path(), "a")
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("which has no tensors"), "{error}");
+    // A missing directory names the config file.
+    let error = model(&device)
+        .load_adapter(dir.path().join("nowhere"), "a")
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("adapter_config.json"), "{error}");
+}

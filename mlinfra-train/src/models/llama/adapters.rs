@@ -7,11 +7,17 @@
 //! ([`ParamLayout::trainable`](crate::ParamLayout::trainable)). Only the active adapter's
 //! weights are trainable, as in PEFT.
 
+use std::collections::BTreeMap;
+use std::path::Path;
+
 use burn::module::{Module, ModuleMapper, Param};
 use burn::tensor::Tensor;
 
 use super::Llama;
-use crate::peft::{AdapterInit, LoraConfig, LoraLinear};
+use crate::peft::{
+    ADAPTER_WEIGHTS_FILE, AdapterInit, AdapterTensors, LoraConfig, LoraLinear, PeftAdapter,
+    SlotValues,
+};
 use crate::rng::SplitMix64;
 use crate::{Error, Result};
 
@@ -36,14 +42,7 @@ impl Llama {
     /// or targets that match no layer (naming them).
     pub fn with_adapter(self, name: &str, config: &LoraConfig, seed: u64) -> Result<Llama> {
         config.validate()?;
-        if self.adapter_slot(name).is_some() {
-            return Err(invalid(format!("an adapter named `{name}` exists already")));
-        }
-        if self.merged() {
-            return Err(invalid(format!(
-                "adding adapter `{name}` to a model with a merged adapter: unmerge it first"
-            )));
-        }
+        self.check_new_adapter(name)?;
         let matcher = config.target_modules.compile()?;
         if !self.linear_paths().iter().any(|path| matcher.matches(path)) {
             return Err(invalid(format!(
@@ -51,24 +50,162 @@ impl Llama {
                 config.target_modules
             )));
         }
-        let init = AdapterInit {
-            r: config.r,
-            scaling: config.scaling(),
-            dropout: config.dropout,
-            dora: config.use_dora,
-            zero_b: config.init_lora_weights,
-        };
+        let init = AdapterInit::from(config);
         let mut rng = SplitMix64::new(seed);
-        let mut model = self.map(&mut Freeze);
-        model = model.map_linears(|path, layer| {
+        let model = self.map(&mut Freeze).map_linears(|path, layer| {
             layer.with_slot(matcher.matches(path).then_some(init), &mut rng)
         });
-        model.adapters.push(AdapterInfo {
-            name: name.to_owned(),
-            config: config.clone(),
+        Ok(model.with_new_adapter(name, config))
+    }
+
+    /// The model with adapter `name` read from a PEFT adapter directory
+    /// (`adapter_config.json`, `adapter_model.safetensors`: what PEFT's `save_pretrained`
+    /// writes and [`Llama::save_adapter`] writes), made active. Applied unmerged.
+    ///
+    /// # Errors
+    ///
+    /// What [`PeftAdapter::read`] refuses; [`Error::AdapterFile`] naming the tensor when the
+    /// adapter does not fit this model: a tensor for a layer the model does not have, a shape
+    /// that differs from the layer's, a layer its `target_modules` match without tensors (or
+    /// tensors for one they do not match); [`Error::InvalidConfig`] for a name in use or while
+    /// an adapter is merged.
+    pub fn load_adapter(self, dir: impl AsRef<Path>, name: &str) -> Result<Llama> {
+        let dir = dir.as_ref();
+        let adapter = PeftAdapter::read(dir)?;
+        self.with_peft_adapter(name, &adapter).map_err(|e| match e {
+            Error::ModelLayout { reason } => Error::AdapterFile {
+                path: dir.join(ADAPTER_WEIGHTS_FILE).into_boxed_path(),
+                reason,
+            },
+            other => other,
+        })
+    }
+
+    /// The model with adapter `name` holding `adapter`'s weights, made active.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::ModelLayout`] naming the layer when `adapter` does not fit this model (see
+    /// [`Llama::load_adapter`]); [`Error::InvalidConfig`] as [`Llama::with_adapter`].
+    pub fn with_peft_adapter(self, name: &str, adapter: &PeftAdapter) -> Result<Llama> {
+        let config = &adapter.config;
+        config.validate()?;
+        self.check_new_adapter(name)?;
+        let matcher = config.target_modules.compile()?;
+        let layers: BTreeMap<String, [usize; 2]> = self
+            .linear_layers()
+            .into_iter()
+            .map(|(path, layer)| (path, layer.dims()))
+            .collect();
+        let mismatch = |reason: String| {
+            Err(Error::ModelLayout {
+                reason: reason.into(),
+            })
+        };
+        for (path, tensors) in &adapter.layers {
+            let Some(&[input, output]) = layers.get(path) else {
+                return mismatch(format!(
+                    "tensors for {path}, which is not a linear layer of the model (those are \
+                     model.layers.{{0..{}}}.self_attn.{{q,k,v,o}}_proj and \
+                     mlp.{{gate,up,down}}_proj)",
+                    self.layers.len().saturating_sub(1)
+                ));
+            };
+            if [tensors.input, tensors.output] != [input, output] {
+                return mismatch(format!(
+                    "{path}: the adapter is for a layer {} -> {}, the model's is {input} -> \
+                     {output}",
+                    tensors.input, tensors.output
+                ));
+            }
+            if !matcher.matches(path) {
+                return mismatch(format!(
+                    "tensors for {path}, which target_modules {:?} does not match",
+                    config.target_modules
+                ));
+            }
+        }
+        if let Some(path) = layers
+            .keys()
+            .find(|path| matcher.matches(path) && !adapter.layers.contains_key(*path))
+        {
+            return mismatch(format!(
+                "target_modules {:?} matches {path}, which has no tensors",
+                config.target_modules
+            ));
+        }
+        let init = AdapterInit::from(config);
+        let model = self.map(&mut Freeze).map_linears(|path, layer| {
+            let values = adapter.layers.get(path).map(|t| {
+                let values = SlotValues {
+                    a: layer.tensor2(t.a.clone(), [t.r, t.input]).transpose(),
+                    b: layer.tensor2(t.b.clone(), [t.output, t.r]).transpose(),
+                    magnitude: t
+                        .magnitude
+                        .as_ref()
+                        .map(|m| layer.tensor2(m.clone(), [1, t.output]).reshape([t.output])),
+                };
+                (init, values)
+            });
+            layer.with_slot_values(values)
         });
-        let slot = model.adapters.len() - 1;
-        Ok(model.with_active(Some(slot)))
+        Ok(model.with_new_adapter(name, config))
+    }
+
+    /// Adapter `name` in PEFT's terms: its configuration and tensors, ready to
+    /// [write](PeftAdapter::write).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidConfig`] for an unknown name; [`Error::Tensor`] when a weight cannot be
+    /// read back from its device.
+    pub fn peft_adapter(&self, name: &str) -> Result<PeftAdapter> {
+        let slot = self
+            .adapter_slot(name)
+            .ok_or_else(|| invalid(format!("no adapter named `{name}`")))?;
+        let mut layers = BTreeMap::new();
+        for (path, layer) in self.linear_layers() {
+            let Some(Some(weights)) = layer.adapters.get(slot) else {
+                continue;
+            };
+            let [input, output] = layer.dims();
+            let [_, r] = weights.a.lazy_shape().dims();
+            let tensors = AdapterTensors {
+                input,
+                output,
+                r,
+                a: read_f32(weights.a.val().transpose(), &path)?,
+                b: read_f32(weights.b.val().transpose(), &path)?,
+                magnitude: match &weights.magnitude {
+                    Some(m) => Some(read_f32(m.val(), &path)?),
+                    None => None,
+                },
+            };
+            layers.insert(path, tensors);
+        }
+        Ok(PeftAdapter {
+            config: self.adapters[slot].config.clone(),
+            base_model_name_or_path: None,
+            layers,
+        })
+    }
+
+    /// Writes adapter `name` to `dir` in PEFT's format (`adapter_config.json`,
+    /// `adapter_model.safetensors`), which PEFT's `PeftModel.from_pretrained` and
+    /// [`Llama::load_adapter`] read. `base_model_name_or_path` goes into the config.
+    ///
+    /// # Errors
+    ///
+    /// As [`Llama::peft_adapter`] and [`PeftAdapter::write`].
+    pub fn save_adapter(
+        &self,
+        name: &str,
+        dir: impl AsRef<Path>,
+        base_model_name_or_path: Option<&str>,
+    ) -> Result<()> {
+        let mut adapter = self.peft_adapter(name)?;
+        adapter.base_model_name_or_path = base_model_name_or_path.map(str::to_owned);
+        adapter.write(dir)
     }
 
     /// The adapters, in the order they were added.
@@ -229,6 +366,29 @@ impl Llama {
         self
     }
 
+    /// Refuses a name in use, and any new adapter while one is merged.
+    fn check_new_adapter(&self, name: &str) -> Result<()> {
+        if self.adapter_slot(name).is_some() {
+            return Err(invalid(format!("an adapter named `{name}` exists already")));
+        }
+        if self.merged() {
+            return Err(invalid(format!(
+                "adding adapter `{name}` to a model with a merged adapter: unmerge it first"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Records the adapter whose slot every layer has just gained, and makes it active.
+    fn with_new_adapter(mut self, name: &str, config: &LoraConfig) -> Llama {
+        self.adapters.push(AdapterInfo {
+            name: name.to_owned(),
+            config: config.clone(),
+        });
+        let slot = self.adapters.len() - 1;
+        self.with_active(Some(slot))
+    }
+
     /// Slot `active` in use everywhere, its weights the only trainable ones.
     fn with_active(self, active: Option<usize>) -> Llama {
         self.map_linears(|_, mut layer| {
@@ -281,6 +441,17 @@ impl ModuleMapper for Freeze {
     fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
         param.set_require_grad(false)
     }
+}
+
+/// A tensor's values as f32, in logical (row-major) order.
+fn read_f32<const D: usize>(tensor: Tensor<D>, path: &str) -> Result<Vec<f32>> {
+    tensor
+        .into_data()
+        .convert::<f32>()
+        .try_into_vec::<f32>()
+        .map_err(|e| Error::Tensor {
+            reason: format!("reading the adapter of {path}: {e:?}").into(),
+        })
 }
 
 fn invalid(reason: String) -> Error {

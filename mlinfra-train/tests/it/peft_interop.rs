@@ -1,0 +1,151 @@
+//! Interoperability with Hugging Face PEFT (issue 22, item 4), on SmolLM2-135M-Instruct from
+//! its Q4_1 GGUF. The fixtures in `tests/it/peft/` come from `scripts/peft-reference`: PEFT
+//! wrote the adapters (non-zero `B`; LoRA and DoRA with rsLoRA) and computed the logits, with
+//! transformers' float32 model dequantized from the same GGUF.
+//!
+//! Tolerance: logits within 1e-3 of PEFT's (absolute; the logits are of magnitude 10-30). The
+//! two base models already differ by about 8e-5 (float32 summation orders over 30 layers), the
+//! adapted ones by about 1.3e-4 (measured 2026-12-07); each adapter moves the logits by 2-3,
+//! over a thousand times the tolerance.
+
+use std::path::{Path, PathBuf};
+
+use burn::tensor::{Device, Int, Tensor, TensorData};
+use mlinfra_data::tensor::{GgufFile, SafetensorsFile};
+use mlinfra_train::models::Llama;
+
+/// Logits of ours and PEFT's may differ by this much (see the module's docs).
+const TOLERANCE: f64 = 1e-3;
+
+fn fixture_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/it/peft")
+}
+
+/// A logits file in `scripts/peft_reference.py`'s layout.
+struct Logits(SafetensorsFile);
+
+impl Logits {
+    fn open(path: &Path) -> Logits {
+        Logits(SafetensorsFile::open(path).unwrap())
+    }
+
+    fn ints(&self, name: &str) -> Vec<i64> {
+        let tensor = self.0.tensor(name).unwrap();
+        tensor
+            .bytes()
+            .chunks_exact(8)
+            .map(|b| i64::from_le_bytes(b.try_into().unwrap()))
+            .collect()
+    }
+
+    fn floats(&self, name: &str) -> Vec<f32> {
+        self.0.to_f32(name).unwrap()
+    }
+
+    fn prompts(&self) -> usize {
+        (0..)
+            .take_while(|i| self.0.tensor_info(&format!("p{i}.input_ids")).is_some())
+            .count()
+    }
+}
+
+/// The largest differences between `model`'s logits and the fixture's model `which`, over
+/// every prompt and position: at the kept ids, in log-sum-exp, and whether the arg-max agrees
+/// wherever ours is not a near tie.
+struct Agreement {
+    logits: f64,
+    logsumexp: f64,
+    argmax_differs: usize,
+}
+
+fn agreement(model: &Llama, reference: &Logits, which: &str) -> Agreement {
+    let device = Device::flex();
+    let vocab_ids = reference.ints("vocab_ids");
+    let mut out = Agreement {
+        logits: 0.0,
+        logsumexp: 0.0,
+        argmax_differs: 0,
+    };
+    for p in 0..reference.prompts() {
+        let ids = reference.ints(&format!("p{p}.input_ids"));
+        let len = ids.len();
+        let input = Tensor::<2, Int>::from_data(TensorData::new(ids, [1, len]), &device);
+        let logits = model
+            .forward(input)
+            .unwrap()
+            .into_data()
+            .try_to_vec::<f32>()
+            .unwrap();
+        let vocab = logits.len() / len;
+        let want = reference.floats(&format!("p{p}.{which}.logits"));
+        let want_lse = reference.floats(&format!("p{p}.{which}.logsumexp"));
+        let want_argmax = reference.ints(&format!("p{p}.{which}.argmax"));
+        for (pos, row) in logits.chunks_exact(vocab).enumerate() {
+            for (k, &id) in vocab_ids.iter().enumerate() {
+                let diff = f64::from(row[id as usize] - want[pos * vocab_ids.len() + k]).abs();
+                out.logits = out.logits.max(diff);
+            }
+            let max = row.iter().copied().fold(f32::MIN, f32::max);
+            let lse = f64::from(max)
+                + row
+                    .iter()
+                    .map(|&v| f64::from(v - max).exp())
+                    .sum::<f64>()
+                    .ln();
+            out.logsumexp = out.logsumexp.max((lse - f64::from(want_lse[pos])).abs());
+            let mut sorted: Vec<(f32, usize)> = row.iter().copied().zip(0..).collect();
+            sorted.sort_by(|a, b| b.0.total_cmp(&a.0));
+            let margin = sorted[0].0 - sorted[1].0;
+            if margin > 0.01 && sorted[0].1 as i64 != want_argmax[pos] {
+                out.argmax_differs += 1;
+            }
+        }
+    }
+    out
+}
+
+fn smollm2() -> Option<Llama> {
+    let path = mlinfra_test_utils::model("SmolLM2-135M-Instruct.Q4_1.gguf")?;
+    let file = GgufFile::open(&path).unwrap();
+    Some(Llama::from_gguf(&file, &Device::flex()).unwrap().0)
+}
+
+fn assert_agrees(model: &Llama, reference: &Logits, which: &str) -> Agreement {
+    let found = agreement(model, reference, which);
+    mlinfra_test_utils::log_line(&format!(
+        "PEFT interop, {which}: max |logit diff| {:.2e}, max |logsumexp diff| {:.2e}",
+        found.logits, found.logsumexp
+    ));
+    assert!(
+        found.logits < TOLERANCE && found.logsumexp < TOLERANCE,
+        "{which}: logits differ from PEFT's by {:.2e} (log-sum-exp {:.2e}), tolerance {TOLERANCE}",
+        found.logits,
+        found.logsumexp
+    );
+    assert_eq!(found.argmax_differs, 0, "{which}: arg-max differs");
+    found
+}
+
+/// Adapters PEFT wrote load into ours and give PEFT's logits; unmerged and merged alike.
+#[test]
+fn adapters_written_by_peft_give_peft_logits() {
+    let Some(base) = smollm2() else {
+        return;
+    };
+    let reference = Logits::open(&fixture_dir().join("logits.safetensors"));
+    assert_agrees(&base, &reference, "base");
+    for which in ["peft_lora", "peft_dora"] {
+        let adapted = base
+            .clone()
+            .load_adapter(fixture_dir().join(which), which)
+            .unwrap();
+        assert_agrees(&adapted, &reference, which);
+        // The adapter does change the model, far beyond the tolerance.
+        let moved = agreement(&adapted, &reference, "base").logits;
+        assert!(
+            moved > 1000.0 * TOLERANCE,
+            "{which} moved the logits by {moved}"
+        );
+        assert_agrees(&adapted.merge_adapter().unwrap(), &reference, which);
+    }
+}
