@@ -87,7 +87,7 @@ mod stats;
 pub mod stream;
 
 pub use buffers::{BufferPool, PoolCounters};
-pub use collate::{Collate, Pad, TensorBatch, Tensors};
+pub use collate::{Collate, Pack, Pad, TensorBatch, Tensors, TokenCount};
 pub use device::Device;
 pub use error::{Error, Result};
 pub use mixture::Mixture;

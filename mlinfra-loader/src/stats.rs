@@ -15,6 +15,11 @@ pub struct LoaderStats {
     pub batches: u64,
     /// Samples delivered.
     pub samples: u64,
+    /// Real tokens in the padded or packed columns of the batches delivered
+    /// ([`Collate::token_count`](crate::Collate::token_count)).
+    pub tokens: u64,
+    /// Token positions (real plus padding) of those columns.
+    pub token_slots: u64,
     /// Time the consumer spent blocked in `next()`, waiting for a batch. The target is zero
     /// after the first batch: then the accelerator never waits for the loader.
     pub wait: Duration,
@@ -47,6 +52,13 @@ impl LoaderStats {
     /// Samples delivered per second of the loader's life.
     pub fn samples_per_s(&self) -> f64 {
         self.samples as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+
+    /// The share of delivered token positions that hold a real token, `tokens / token_slots`
+    /// (1.0: no padding at all): how well [`Pack`](crate::Pack) filled its rows, or how much
+    /// [`Pad`](crate::Pad) padded. `None` before any padded or packed batch.
+    pub fn packing_efficiency(&self) -> Option<f64> {
+        (self.token_slots > 0).then(|| self.tokens as f64 / self.token_slots as f64)
     }
 }
 

@@ -7,18 +7,21 @@
 //! - [`Tensors`] (the default): fixed-width columns as burn [`TensorData`](burn::tensor::TensorData)
 //!   in a [`TensorBatch`], gathered straight from the source into recycled buffers (one copy),
 //!   or handed over with no copy at all when the rows are contiguous in a memory-mapped cache;
-//!   variable-length token columns padded with an attention mask ([`Pad`]).
+//!   variable-length token columns padded with an attention mask ([`Pad`]) or packed several
+//!   sequences to a row ([`Pack`]).
 //! - [`ArrowRows`]: an Arrow `RecordBatch`, for code that wants Arrow.
 //! - [`from_fn`]: any closure over the rows, with the user's own error type.
 
+mod pack;
 mod pad;
 mod tensors;
 
 use arrow::array::{Array, RecordBatch};
 use mlinfra_data::RowRefs;
 
+pub use pack::Pack;
 pub use pad::{Pad, PadSide};
-pub use tensors::{TensorBatch, Tensors};
+pub use tensors::{TensorBatch, Tensors, TokenCount};
 
 use crate::buffers::BufferPool;
 use crate::{Error, Result};
@@ -43,6 +46,17 @@ pub trait Collate: Send + Sync + 'static {
     fn output_bytes(&self, output: &Self::Output) -> usize {
         let _ = output;
         0
+    }
+
+    /// Real and total token positions in `output`, for [`LoaderStats::tokens`] and
+    /// [`LoaderStats::token_slots`]. The default, zero, is for outputs that are not token
+    /// sequences.
+    ///
+    /// [`LoaderStats::tokens`]: crate::LoaderStats::tokens
+    /// [`LoaderStats::token_slots`]: crate::LoaderStats::token_slots
+    fn token_count(&self, output: &Self::Output) -> TokenCount {
+        let _ = output;
+        TokenCount::default()
     }
 
     /// Whether [`Collate::stage`] moves outputs into transfer memory. The default, false,

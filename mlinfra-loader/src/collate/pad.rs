@@ -6,7 +6,7 @@ use arrow::buffer::Buffer;
 use arrow::datatypes::{DataType, Field};
 use burn::tensor::{BoolStore, DType, TensorData};
 
-use super::tensors::tensor_data;
+use super::tensors::{TokenCount, tensor_data};
 use crate::buffers::BufferPool;
 use crate::{Error, Result};
 
@@ -73,7 +73,7 @@ impl Pad {
         columns: &[&ArrayRef],
         rows: &[(usize, usize)],
         pool: &BufferPool,
-    ) -> Result<(TensorData, TensorData)> {
+    ) -> Result<(TensorData, TensorData, TokenCount)> {
         let name = field.name();
         let fail = |what: String| Error::Collate {
             reason: format!("column `{name}`: {what}").into(),
@@ -129,11 +129,16 @@ impl Pad {
             )));
         };
 
+        let mut count = TokenCount {
+            real: 0,
+            slots: cells as u64,
+        };
         let mut tokens = pool.get(token_bytes);
         let mut mask = pool.get(cells);
         let (token_rows, mask_rows) = (tokens.as_mut_slice(), mask.as_mut_slice());
         for (i, sequence) in sequences.iter().enumerate() {
             let kept = sequence.len.min(len);
+            count.real += kept as u64;
             let pad = len - kept;
             let real = match self.side {
                 PadSide::Right => 0..kept,
@@ -158,6 +163,7 @@ impl Pad {
                 vec![rows.len(), len],
                 DType::Bool(BoolStore::Native),
             )?,
+            count,
         ))
     }
 }

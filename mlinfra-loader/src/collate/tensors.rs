@@ -9,7 +9,7 @@ use arrow::datatypes::{DataType, Field};
 use burn::tensor::{AllocationProperty, BoolStore, Bytes, DType, TensorData};
 use mlinfra_data::RowRefs;
 
-use super::{Collate, Pad};
+use super::{Collate, Pack, Pad};
 use crate::buffers::BufferPool;
 use crate::{Error, Result};
 
@@ -25,6 +25,16 @@ use crate::{Error, Result};
 #[derive(Debug, Clone, Default)]
 pub struct TensorBatch {
     columns: Vec<(String, TensorData)>,
+    tokens: TokenCount,
+}
+
+/// Token positions of a padded or packed batch: how many hold real tokens, out of how many.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TokenCount {
+    /// Positions holding a real token.
+    pub real: u64,
+    /// Positions in all (real plus padding).
+    pub slots: u64,
 }
 
 impl TensorBatch {
@@ -88,6 +98,12 @@ impl TensorBatch {
             .sum()
     }
 
+    /// Real and total token positions of the padded ([`Pad`]) or packed ([`Pack`]) columns;
+    /// zero for a batch without either.
+    pub fn token_count(&self) -> TokenCount {
+        self.tokens
+    }
+
     pub(super) fn push(&mut self, name: impl Into<String>, data: TensorData) {
         self.columns.push((name.into(), data));
     }
@@ -119,6 +135,7 @@ impl TensorBatch {
 pub struct Tensors {
     columns: Option<Vec<String>>,
     pads: HashMap<String, Pad>,
+    pack: Option<(String, Pack)>,
     zero_copy: bool,
 }
 
@@ -134,6 +151,7 @@ impl Tensors {
         Tensors {
             columns: None,
             pads: HashMap::new(),
+            pack: None,
             zero_copy: true,
         }
     }
@@ -148,6 +166,14 @@ impl Tensors {
     /// plus a `{name}_mask` bool tensor that is true on real tokens; see [`Pad`].
     pub fn pad(mut self, name: impl Into<String>, pad: Pad) -> Tensors {
         self.pads.insert(name.into(), pad);
+        self
+    }
+
+    /// Packs the variable-length integer list column `name` (token ids) into fixed-length rows
+    /// of several sequences each, with per-sequence positions, segment ids and a loss mask;
+    /// see [`Pack`]. Only `name` and the pack's loss mask column may be collated with it.
+    pub fn pack(mut self, name: impl Into<String>, pack: Pack) -> Tensors {
+        self.pack = Some((name.into(), pack));
         self
     }
 
@@ -176,6 +202,9 @@ impl Collate for Tensors {
                 })
                 .collect::<Result<_>>()?,
         };
+        if let Some((name, pack)) = &self.pack {
+            return collate_packed(name, pack, rows, &indices, pool);
+        }
         // Whether the rows can be handed over as views: decided once for every column.
         let contiguous = self.zero_copy.then(|| rows.as_contiguous()).flatten();
         let mut batch = TensorBatch::default();
@@ -184,7 +213,9 @@ impl Collate for Tensors {
             let columns: Vec<&ArrayRef> = rows.batches().iter().map(|b| b.column(index)).collect();
             match self.pads.get(field.name()) {
                 Some(pad) => {
-                    let (tokens, mask) = pad.collate(field, &columns, rows.rows(), pool)?;
+                    let (tokens, mask, count) = pad.collate(field, &columns, rows.rows(), pool)?;
+                    batch.tokens.real += count.real;
+                    batch.tokens.slots += count.slots;
                     batch.push(field.name(), tokens);
                     batch.push(format!("{}_mask", field.name()), mask);
                 }
@@ -201,6 +232,10 @@ impl Collate for Tensors {
         output.num_bytes()
     }
 
+    fn token_count(&self, output: &TensorBatch) -> TokenCount {
+        output.token_count()
+    }
+
     fn stages(&self) -> bool {
         true
     }
@@ -211,6 +246,49 @@ impl Collate for Tensors {
         device.staging(output.columns.iter_mut().map(|(_, data)| data));
         output.pinned_bytes() as u64
     }
+}
+
+/// [`Tensors::collate`] with packing: the packed column and its loss mask, nothing else.
+fn collate_packed(
+    name: &str,
+    pack: &Pack,
+    rows: &RowRefs,
+    indices: &[usize],
+    pool: &BufferPool,
+) -> Result<TensorBatch> {
+    let schema = rows.schema();
+    let column = |name: &str| -> Result<Vec<&ArrayRef>> {
+        let index = schema.index_of(name).map_err(|_| Error::Collate {
+            reason: format!("packing: no column `{name}` in the source").into(),
+        })?;
+        Ok(rows.batches().iter().map(|b| b.column(index)).collect())
+    };
+    let mask_name = pack.loss_mask_column();
+    if let Some(other) = indices
+        .iter()
+        .map(|&i| schema.field(i).name())
+        .find(|n| n.as_str() != name && Some(n.as_str()) != mask_name)
+    {
+        return Err(Error::Collate {
+            reason: format!(
+                "column `{other}` cannot be collated with packed `{name}`: a packed row holds \
+                 several samples (collate only the token column and its loss mask)"
+            )
+            .into(),
+        });
+    }
+    let tokens = column(name)?;
+    let masks = mask_name.map(column).transpose()?;
+    let (columns, real) = pack.collate(name, &tokens, masks.as_deref(), rows.rows(), pool)?;
+    let slots = columns
+        .first()
+        .map_or(0, |(_, data)| data.shape().iter().product::<usize>() as u64);
+    let mut batch = TensorBatch::default();
+    for (column, data) in columns {
+        batch.push(column, data);
+    }
+    batch.tokens = TokenCount { real, slots };
+    Ok(batch)
 }
 
 /// How a fixed-width column lays out: the leaf type, and the shape of one row.

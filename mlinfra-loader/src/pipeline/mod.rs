@@ -308,6 +308,8 @@ pub(crate) struct Shared<C: Collate> {
 struct Delivered {
     batches: u64,
     samples: u64,
+    tokens: u64,
+    token_slots: u64,
     wait: Duration,
 }
 
@@ -467,6 +469,8 @@ impl<C: Collate> Loader<C> {
         LoaderStats {
             batches: self.delivered.batches,
             samples: self.delivered.samples,
+            tokens: self.delivered.tokens,
+            token_slots: self.delivered.token_slots,
             wait: self.delivered.wait,
             first_batch,
             elapsed: self.built.elapsed(),
@@ -598,6 +602,9 @@ impl<C: Collate> Loader<C> {
                 self.state.advance(samples, self.world);
                 self.delivered.batches += 1;
                 self.delivered.samples += samples;
+                let tokens = self.shared.collate.token_count(&data);
+                self.delivered.tokens += tokens.real;
+                self.delivered.token_slots += tokens.slots;
                 Ok(Batch {
                     epoch: self.state.epoch(),
                     index,

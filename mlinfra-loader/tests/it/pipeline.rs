@@ -746,3 +746,107 @@ fn check_contents_catches_a_wrong_row() {
     assert!(caught.is_err());
     let _ = TensorData::new(vec![0f32], [1]);
 }
+
+/// Issue 22, item 5: packing. Every sample of a batch lies, whole (or cut to `seq_len`), in
+/// exactly one row, in one segment; positions restart at 0 per segment; padding is segment 0;
+/// and the loader's token counts say how full the rows are.
+#[test]
+fn token_lists_are_packed_into_full_rows_with_per_sequence_positions() {
+    let (_dir, fixture) = fixture(100);
+    for seq_len in [8usize, 5] {
+        let mut loader = Loader::builder(fixture.cache(), 12)
+            .collate(
+                Tensors::new()
+                    .columns(["tokens"])
+                    .pack("tokens", mlinfra_loader::Pack::new(seq_len, -1)),
+            )
+            .shuffle(Shuffle::Exact)
+            .build()
+            .unwrap();
+        let (mut real, mut slots) = (0u64, 0u64);
+        for batch in loader.by_ref() {
+            let batch = batch.unwrap();
+            let tokens = batch.data.get("tokens").unwrap();
+            let [rows, len] = tokens.shape().as_slice().try_into().unwrap();
+            assert_eq!(len, seq_len);
+            let tokens = tokens.as_slice::<i64>().unwrap();
+            let positions = batch.data.get("tokens_positions").unwrap();
+            let positions = positions.as_slice::<i64>().unwrap();
+            let segments = batch.data.get("tokens_segments").unwrap();
+            let segments = segments.as_slice::<i32>().unwrap();
+            let mask = batch.data.get("tokens_loss_mask").unwrap().as_bytes();
+            // The sequences the rows hold, read back through the segment ids.
+            let mut found: Vec<Vec<i64>> = Vec::new();
+            for row in 0..rows {
+                let cells = row * len..(row + 1) * len;
+                let mut last = 0;
+                for cell in cells {
+                    let segment = segments[cell];
+                    if segment == 0 {
+                        assert_eq!((tokens[cell], positions[cell], mask[cell]), (-1, 0, 0));
+                        last = i32::MAX; // padding only at the end of a row
+                        continue;
+                    }
+                    assert!(last != i32::MAX, "a token after padding in row {row}");
+                    if segment != last {
+                        assert_eq!(segment, last + 1, "segments count up in row {row}");
+                        found.push(Vec::new());
+                        last = segment;
+                    }
+                    let sequence = found.last_mut().unwrap();
+                    assert_eq!(positions[cell], sequence.len() as i64, "positions restart");
+                    assert_eq!(mask[cell], 1, "every real token is trained without a mask");
+                    sequence.push(tokens[cell]);
+                }
+            }
+            let mut want: Vec<Vec<i64>> = batch
+                .ids
+                .iter()
+                .map(|&id| {
+                    let mut t: Vec<i64> = fixtures::tokens(id).into_iter().map(i64::from).collect();
+                    t.truncate(seq_len);
+                    t
+                })
+                .collect();
+            found.sort();
+            want.sort();
+            assert_eq!(found, want, "seq_len {seq_len}");
+            let batch_real: usize = want.iter().map(Vec::len).sum();
+            // Best-fit decreasing never needs more than twice the lower bound of rows.
+            assert!(rows <= 2 * batch_real.div_ceil(seq_len), "{rows} rows");
+            assert_eq!(
+                batch.data.token_count(),
+                mlinfra_loader::TokenCount {
+                    real: batch_real as u64,
+                    slots: (rows * len) as u64
+                }
+            );
+            real += batch_real as u64;
+            slots += (rows * len) as u64;
+        }
+        let stats = loader.stats();
+        assert_eq!((stats.tokens, stats.token_slots), (real, slots));
+        let efficiency = stats.packing_efficiency().unwrap();
+        assert!(
+            efficiency > 0.75,
+            "seq_len {seq_len}: efficiency {efficiency}"
+        );
+        mlinfra_test_utils::log_line(&format!(
+            "packing into rows of {seq_len}: efficiency {efficiency:.3}"
+        ));
+    }
+    // Other per-sample columns cannot ride along in packed rows.
+    let mut loader = Loader::builder(fixture.cache(), 4)
+        .collate(
+            Tensors::new()
+                .columns(["tokens", "label"])
+                .pack("tokens", mlinfra_loader::Pack::new(8, 0)),
+        )
+        .build()
+        .unwrap();
+    let error = loader.next().unwrap().unwrap_err().to_string();
+    assert!(
+        error.contains("`label` cannot be collated with packed `tokens`"),
+        "{error}"
+    );
+}
