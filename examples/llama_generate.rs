@@ -3,7 +3,8 @@
 //! ```text
 //! $ scripts/fetch-model
 //! $ cargo run --release -p mlinfra-examples --example llama_generate -- \
-//!       [--model PATH.gguf] [--prompt "The capital of France is"] [--max-new 16]
+//!       [--model PATH.gguf] [--prompt "The capital of France is"] [--max-new 16] \
+//!       [--adapter DIR] [--logits-out FILE]
 //!  Paris.
 //!
 //! The answer is: 2018-01
@@ -13,6 +14,12 @@
 //! The default model is SmolLM2-135M-Instruct (Q4_1) where `scripts/fetch-model` puts it
 //! (`$MLINFRA_MODELS`, default `~/.cache/mlinfra/models`). The tokenizer comes from the
 //! file's metadata. Generation stops at the end-of-sequence token or after `--max-new`.
+//!
+//! `--adapter DIR` applies a LoRA or DoRA adapter in Hugging Face PEFT's format
+//! (`adapter_config.json`, `adapter_model.safetensors`: what PEFT's `save_pretrained` and the
+//! `finetune` example write), unmerged. `--logits-out FILE` writes the logits at the prompt's
+//! last position (the scores of the first new token) as raw little-endian f32, one value per
+//! vocabulary entry, in id order.
 //! Errors (a missing file, an architecture this decoder does not build) print the typed
 //! error and exit with status 2.
 
@@ -31,6 +38,8 @@ struct Args {
     model: PathBuf,
     prompt: String,
     max_new: usize,
+    adapter: Option<PathBuf>,
+    logits_out: Option<PathBuf>,
 }
 
 fn parse_args() -> anyhow::Result<Args> {
@@ -44,6 +53,8 @@ fn parse_args() -> anyhow::Result<Args> {
         model: models.join("SmolLM2-135M-Instruct.Q4_1.gguf"),
         prompt: "The capital of France is".into(),
         max_new: 16,
+        adapter: None,
+        logits_out: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -52,7 +63,12 @@ fn parse_args() -> anyhow::Result<Args> {
             "--model" => args.model = value()?.into(),
             "--prompt" => args.prompt = value()?,
             "--max-new" => args.max_new = value()?.parse().context("--max-new")?,
-            other => bail!("unknown flag {other}; flags: --model PATH --prompt TEXT --max-new N"),
+            "--adapter" => args.adapter = Some(value()?.into()),
+            "--logits-out" => args.logits_out = Some(value()?.into()),
+            other => bail!(
+                "unknown flag {other}; flags: --model PATH --prompt TEXT --max-new N \
+                 --adapter DIR --logits-out FILE"
+            ),
         }
     }
     if args.max_new == 0 {
@@ -71,7 +87,10 @@ fn run() -> anyhow::Result<()> {
         )
     })?;
     let tokenizer = Tokenizer::from_gguf(&file)?;
-    let (model, _config) = Llama::from_gguf(&file, &Device::flex())?;
+    let (mut model, _config) = Llama::from_gguf(&file, &Device::flex())?;
+    if let Some(dir) = &args.adapter {
+        model = model.load_adapter(dir, "adapter")?;
+    }
     let load_s = started.elapsed().as_secs_f64();
 
     let prompt = tokenizer.encode(&args.prompt)?;
@@ -80,8 +99,19 @@ fn run() -> anyhow::Result<()> {
     // one-token steps (decode) are timed apart in one pass.
     let mut cache = KvCache::default();
     let started = Instant::now();
-    let mut next = model.greedy_next(&prompt, &mut cache)?;
+    let logits = model.next_logits(&prompt, &mut cache)?;
+    let next = logits.clone().argmax(0).into_scalar::<i64>();
+    let mut next = u32::try_from(next).context("the arg-max of the logits")?;
     let prefill_s = started.elapsed().as_secs_f64();
+    if let Some(path) = &args.logits_out {
+        let values = logits
+            .into_data()
+            .convert::<f32>()
+            .try_into_vec::<f32>()
+            .map_err(|e| anyhow::anyhow!("reading the logits back: {e:?}"))?;
+        let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        std::fs::write(path, bytes).with_context(|| format!("writing {}", path.display()))?;
+    }
     let mut ids = vec![next];
     let started = Instant::now();
     while ids.len() < args.max_new && !stop.contains(&next) {
@@ -95,6 +125,7 @@ fn run() -> anyhow::Result<()> {
         "{}",
         json!({
             "model": args.model.display().to_string(),
+            "adapter": args.adapter.as_ref().map(|dir| dir.display().to_string()),
             "prompt_tokens": prompt.len(),
             "new_tokens": ids.len(),
             "load_s": load_s,

@@ -64,17 +64,33 @@ impl Llama {
     ///
     /// As [`Llama::forward_cached`].
     pub fn greedy_next(&self, input: &[u32], cache: &mut KvCache) -> Result<u32> {
-        let device = self.embed_tokens.weight.device();
-        let ids: Vec<i64> = input.iter().map(|&id| i64::from(id)).collect();
-        let tokens = Tensor::<2, Int>::from_data(TensorData::new(ids, [1, input.len()]), &device);
-        let logits = self.forward_cached(tokens, cache)?;
-        let [_, seq, _] = logits.dims();
-        let next = logits
-            .slice([0..1, seq - 1..seq])
-            .argmax(2)
+        let next = self
+            .next_logits(input, cache)?
+            .argmax(0)
             .into_scalar::<i64>();
         u32::try_from(next).map_err(|_| Error::Tensor {
             reason: format!("argmax returned {next}").into(),
         })
+    }
+
+    /// Feeds `input` after the positions in `cache` (which it extends) and returns the logits
+    /// at its last position, `[vocab]`: the scores of the next token.
+    ///
+    /// # Errors
+    ///
+    /// As [`Llama::forward_cached`]; [`Error::InvalidInput`] for an empty `input`.
+    pub fn next_logits(&self, input: &[u32], cache: &mut KvCache) -> Result<Tensor<1>> {
+        if input.is_empty() {
+            return Err(Error::InvalidInput {
+                operation: "Llama::next_logits",
+                reason: "the input is empty".into(),
+            });
+        }
+        let device = self.embed_tokens.weight.device();
+        let ids: Vec<i64> = input.iter().map(|&id| i64::from(id)).collect();
+        let tokens = Tensor::<2, Int>::from_data(TensorData::new(ids, [1, input.len()]), &device);
+        let logits = self.forward_cached(tokens, cache)?;
+        let [_, seq, vocab] = logits.dims();
+        Ok(logits.slice([0..1, seq - 1..seq]).reshape([vocab]))
     }
 }
