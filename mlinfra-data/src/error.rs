@@ -262,6 +262,16 @@ pub enum Error {
         /// What is wrong.
         what: Box<str>,
     },
+    /// A chat template could not be compiled or rendered: a syntax error, a template that
+    /// raises on its input (`raise_exception`), one that ran out of its fuel or recursion
+    /// budget, or one whose turns cannot be located for an assistant mask (input data).
+    #[error("chat template from {origin}: {what}")]
+    ChatTemplate {
+        /// The file it came from.
+        origin: Box<str>,
+        /// What went wrong, with the template's line where minijinja knows it.
+        what: Box<str>,
+    },
     /// No tensor with this name in the file (caller).
     #[error("no tensor named `{name}` in {path}")]
     NoSuchTensor {

@@ -68,6 +68,7 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod cache;
+pub mod chat;
 mod compat;
 pub mod convert;
 mod dataset;

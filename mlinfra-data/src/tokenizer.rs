@@ -253,6 +253,11 @@ impl Tokenizer {
             .map_err(|e| self.error(format!("decoding failed: {e}")))
     }
 
+    /// Whether [`Tokenizer::encode`] puts the BOS token first (`tokenizer.ggml.add_bos_token`).
+    pub fn adds_bos(&self) -> bool {
+        self.add_bos && self.bos.is_some()
+    }
+
     /// The token string of `id` (byte-level BPE strings show a space as `Ġ`).
     pub fn token(&self, id: u32) -> Option<String> {
         self.inner.id_to_token(id)

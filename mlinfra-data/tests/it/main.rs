@@ -1,6 +1,7 @@
 //! Integration tests of `mlinfra-data`: one binary, one module per area.
 
 mod cache;
+mod chat;
 mod corpus;
 mod dataset;
 mod fixtures;
