@@ -84,6 +84,7 @@ pub mod models;
 pub mod optim;
 mod params;
 pub mod peft;
+pub mod post_training;
 pub mod precision;
 mod rng;
 pub mod supervisor;

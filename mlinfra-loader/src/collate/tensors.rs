@@ -98,6 +98,15 @@ impl TensorBatch {
             .sum()
     }
 
+    /// A batch of these columns, built by hand (custom collates, tests); its
+    /// [token count](Self::token_count) is zero.
+    pub fn from_columns(columns: Vec<(String, TensorData)>) -> Self {
+        TensorBatch {
+            columns,
+            tokens: TokenCount::default(),
+        }
+    }
+
     /// Real and total token positions of the padded ([`Pad`]) or packed ([`Pack`]) columns;
     /// zero for a batch without either.
     pub fn token_count(&self) -> TokenCount {

@@ -5,5 +5,6 @@ mod mlp;
 
 pub use llama::{
     AdapterInfo, KvCache, LayerAttention, Llama, LlamaAttention, LlamaConfig, LlamaLayer, LlamaMlp,
+    PackedRows,
 };
 pub use mlp::{Mlp, MlpConfig};

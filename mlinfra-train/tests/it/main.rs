@@ -13,4 +13,5 @@ mod mpi;
 mod params;
 mod peft;
 mod peft_interop;
+mod post_training;
 mod trainer;

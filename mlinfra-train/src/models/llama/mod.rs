@@ -36,7 +36,9 @@ mod config;
 mod generate;
 mod load;
 mod model;
+mod packed;
 
 pub use adapters::AdapterInfo;
 pub use config::LlamaConfig;
 pub use model::{KvCache, LayerAttention, Llama, LlamaAttention, LlamaLayer, LlamaMlp};
+pub use packed::PackedRows;

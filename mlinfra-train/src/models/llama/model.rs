@@ -10,7 +10,7 @@ use crate::peft::LoraLinear;
 use burn::tensor::activation::silu;
 use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
-use burn::tensor::{DType, Int, Tensor, TensorData};
+use burn::tensor::{Bool, DType, Int, Tensor, TensorData};
 
 use crate::{Error, Result};
 
@@ -225,13 +225,7 @@ impl Llama {
         let device = weight.device();
         let ids: Vec<i64> = tokens.iter().map(|&t| i64::from(t)).collect();
         let ids = Tensor::<2, Int>::from_data(TensorData::new(ids, [1, count]), &device);
-        let head_dim = self.layers.first().map_or(2, |l| l.self_attn.head_dim);
-        let rope = Rope::new(
-            self.rope_theta,
-            head_dim,
-            positions.iter().copied(),
-            &weight,
-        );
+        let rope = self.rope(positions.iter().copied());
         let mut x = self.embed_tokens.forward(ids);
         for (index, layer) in self.layers.iter().enumerate() {
             x = layer.forward_with(x, |attn, x| attn.forward_flat(x, &rope, index, attention));
@@ -258,7 +252,7 @@ impl Llama {
         &self,
         tokens: Tensor<2, Int>,
         start: usize,
-        mut cache: Option<&mut Vec<Option<(Tensor<4>, Tensor<4>)>>>,
+        cache: Option<&mut Vec<Option<(Tensor<4>, Tensor<4>)>>>,
     ) -> Result<Tensor<3>> {
         let [batch, seq] = tokens.dims();
         if seq == 0 || start + seq > self.max_seq_len {
@@ -281,20 +275,38 @@ impl Llama {
                 ),
             ));
         }
+        let rope = self.rope(start..start + seq);
+        Ok(self.logits(self.hidden_states(tokens, &rope, None, cache)))
+    }
+
+    /// The rotary tables for `positions`, in the weights' dtype.
+    pub(super) fn rope(&self, positions: impl ExactSizeIterator<Item = usize>) -> Rope {
         let weight = self.embed_tokens.weight.val();
         let head_dim = self.layers.first().map_or(2, |l| l.self_attn.head_dim);
-        let rope = Rope::new(self.rope_theta, head_dim, start..start + seq, &weight);
+        Rope::new(self.rope_theta, head_dim, positions, &weight)
+    }
+
+    /// The final normalised hidden states `[batch, seq, hidden]` of `tokens`: every layer,
+    /// with `rope`'s positions and, when given, `mask` (`[batch, 1, seq, keys]`, true where a
+    /// query must not see a key) instead of the causal mask.
+    pub(super) fn hidden_states(
+        &self,
+        tokens: Tensor<2, Int>,
+        rope: &Rope,
+        mask: Option<&Tensor<4, Bool>>,
+        mut cache: Option<&mut Vec<Option<(Tensor<4>, Tensor<4>)>>>,
+    ) -> Tensor<3> {
         let mut x = self.embed_tokens.forward(tokens);
         for (i, layer) in self.layers.iter().enumerate() {
             let slot = cache.as_deref_mut().map(|layers| &mut layers[i]);
-            x = layer.forward_with(x, |attn, x| attn.forward(x, &rope, slot));
+            x = layer.forward_with(x, |attn, x| attn.forward(x, rope, slot, mask));
         }
-        Ok(self.logits(self.norm.forward(x)))
+        self.norm.forward(x)
     }
 
     /// The output projection of normalised hidden states `[batch, seq, hidden]`: fp32 logits
     /// `[batch, seq, vocab]`.
-    fn logits(&self, x: Tensor<3>) -> Tensor<3> {
+    pub(super) fn logits(&self, x: Tensor<3>) -> Tensor<3> {
         let weight = self.embed_tokens.weight.val();
         let logits = match &self.lm_head {
             Some(head) => head.forward(x),
@@ -340,6 +352,7 @@ impl LlamaAttention {
         x: Tensor<3>,
         rope: &Rope,
         cache: Option<&mut Option<(Tensor<4>, Tensor<4>)>>,
+        mask: Option<&Tensor<4, Bool>>,
     ) -> Tensor<3> {
         let [batch, seq, _] = x.dims();
         let heads = |proj: &LoraLinear, count: usize| {
@@ -361,12 +374,17 @@ impl LlamaAttention {
         let group = self.num_heads / self.num_kv_heads;
         let (k, v) = (repeat_kv(k, group), repeat_kv(v, group));
         // Causal with the mask aligned bottom-right: with cached positions in front, query
-        // `i` of this call sees every cached key and the new ones up to its own.
+        // `i` of this call sees every cached key and the new ones up to its own. A given mask
+        // (packed rows: block-diagonal and causal) replaces it.
         let options = AttentionModuleOptions {
-            is_causal: true,
+            is_causal: mask.is_none(),
             ..AttentionModuleOptions::default()
         };
-        let out = attention(q, k, v, None, None, options);
+        let mask = mask.map(|mask| {
+            let [b, _, queries, keys] = mask.dims();
+            mask.clone().expand([b, self.num_heads, queries, keys])
+        });
+        let out = attention(q, k, v, mask, None, options);
         self.o_proj.forward(out.swap_dims(1, 2).reshape([
             batch,
             seq,
@@ -418,8 +436,10 @@ fn repeat_kv(x: Tensor<4>, group: usize) -> Tensor<4> {
 }
 
 /// Rotary position embedding for the positions of one forward call: the cosines and sines
-/// `[positions, head_dim]`, each half repeating the `head_dim/2` frequencies.
-struct Rope {
+/// `[positions, head_dim]`, each half repeating the `head_dim/2` frequencies. The positions
+/// are one sequence's (shared by every row of a batch) or, for packed rows, every row's in
+/// turn (`rows · seq` of them).
+pub(super) struct Rope {
     cos: Tensor<2>,
     sin: Tensor<2>,
     half: usize,
@@ -429,7 +449,7 @@ impl Rope {
     /// The angles are computed in f64 and rounded once to the weights' dtype, so long
     /// positions keep their precision (`position · frequency` in f32 loses digits past a
     /// few thousand).
-    fn new(
+    pub(super) fn new(
         theta: f64,
         head_dim: usize,
         positions: impl ExactSizeIterator<Item = usize>,
@@ -467,10 +487,17 @@ impl Rope {
         }
     }
 
-    /// Rotates `x` `[batch, heads, seq, head_dim]`, positions along `seq`.
+    /// Rotates `x` `[batch, heads, seq, head_dim]`, positions along `seq`: the same for every
+    /// row, or each row its own when the table holds `batch · seq` positions.
     fn apply_seq(&self, x: Tensor<4>) -> Tensor<4> {
+        let [batch, _, seq, _] = x.dims();
         let [count, dim] = self.cos.dims();
-        let table = |t: &Tensor<2>| t.clone().reshape([1, 1, count, dim]);
+        let rows = if count == batch * seq && count != seq {
+            batch
+        } else {
+            1
+        };
+        let table = |t: &Tensor<2>| t.clone().reshape([rows, 1, count / rows, dim]);
         self.rotate(x, table(&self.cos), table(&self.sin))
     }
 

@@ -1,0 +1,1 @@
+//! DPO (placeholder while building)
