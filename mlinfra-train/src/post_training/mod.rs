@@ -12,6 +12,7 @@
 pub mod dpo;
 mod sft;
 
+pub use dpo::{DEFAULT_BETA, Dpo, DpoSums, Preference, preference_batch};
 pub use sft::Sft;
 
 use mlinfra_loader::TensorBatch;

@@ -73,8 +73,9 @@ impl Metrics {
         epoch: u64,
         step_time: Duration,
         elapsed: Duration,
+        extra: &[(String, f64)],
     ) -> Result<()> {
-        self.line(json!({
+        let mut record = json!({
             "kind": "train",
             "step": report.step + 1,
             "epoch": epoch,
@@ -87,7 +88,16 @@ impl Metrics {
             "samples": report.samples,
             "samples_per_s": report.samples as f64 / step_time.as_secs_f64().max(1e-9),
             "elapsed_s": elapsed.as_secs_f64(),
-        }))
+        });
+        if let Some(fields) = record.as_object_mut() {
+            for (name, value) in extra {
+                // The trainer's own keys win over a task's of the same name.
+                fields
+                    .entry(name.clone())
+                    .or_insert_with(|| json!(finite(*value)));
+            }
+        }
+        self.line(record)
     }
 
     pub(super) fn eval(&mut self, step: u64, sums: &EvalSums) -> Result<()> {

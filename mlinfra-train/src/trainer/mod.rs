@@ -94,7 +94,7 @@ pub type EvalLoader = Box<dyn FnMut(usize, usize) -> Result<Loader> + Send>;
 ///
 /// **Metrics** (rank 0, JSON lines appended to [`TrainerConfig::metrics`]):
 /// `{"kind":"train","step","epoch","loss","grad_norm","clipped","lr","samples","samples_per_s","elapsed_s"}`
-/// per step, `{"kind":"eval","step","loss","accuracy","samples"}` per evaluation,
+/// per step (plus the task's [`Task::step_metrics`]), `{"kind":"eval","step","loss","accuracy","samples"}` per evaluation,
 /// `{"kind":"checkpoint","step","save_s"}` per save, and `{"kind":"resume","step"}`.
 ///
 /// **Stopping.** Setting [`Trainer::stop_flag`] (from a SIGTERM handler, say) makes every rank
@@ -303,7 +303,14 @@ where
             let step_time = step_started.elapsed();
             samples += report.samples;
             last_loss = report.loss;
-            metrics.train(&report, self.loader.epoch(), step_time, started.elapsed())?;
+            let extra = self.task.step_metrics();
+            metrics.train(
+                &report,
+                self.loader.epoch(),
+                step_time,
+                started.elapsed(),
+                &extra,
+            )?;
             progress.step(&report);
             let done = self.engine.steps();
             if let Some((checkpointer, every)) = &mut self.checkpoints {

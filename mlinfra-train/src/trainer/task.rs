@@ -33,6 +33,13 @@ pub trait Task<M> {
     ///
     /// As [`Task::loss`].
     fn evaluate(&self, model: &M, batch: TensorBatch, device: &Device) -> Result<EvalSums>;
+
+    /// The task's own measurements over this rank's micro-batches since the last call (DPO's
+    /// rewards, say), by name; the trainer calls it after every step and adds them to that
+    /// step's `train` metrics record. The default has none.
+    fn step_metrics(&self) -> Vec<(String, f64)> {
+        Vec::new()
+    }
 }
 
 /// Sums of an evaluation over some samples; add them up over batches and ranks.

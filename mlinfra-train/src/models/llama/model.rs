@@ -230,7 +230,7 @@ impl Llama {
         for (index, layer) in self.layers.iter().enumerate() {
             x = layer.forward_with(x, |attn, x| attn.forward_flat(x, &rope, index, attention));
         }
-        let x = self.norm.forward(x).reshape([count, hidden]);
+        let x = rms_norm(&self.norm, x).reshape([count, hidden]);
         let rows: Vec<i64> = rows.iter().map(|&r| r as i64).collect();
         let selected = rows.len();
         let rows = Tensor::<1, Int>::from_data(TensorData::new(rows, [selected]), &device);
@@ -301,7 +301,7 @@ impl Llama {
             let slot = cache.as_deref_mut().map(|layers| &mut layers[i]);
             x = layer.forward_with(x, |attn, x| attn.forward(x, rope, slot, mask));
         }
-        self.norm.forward(x)
+        rms_norm(&self.norm, x)
     }
 
     /// The output projection of normalised hidden states `[batch, seq, hidden]`: fp32 logits
@@ -323,12 +323,12 @@ impl Llama {
                     .reshape([batch, seq, vocab])
             }
         };
-        // Logits in fp32 whatever the compute dtype, so the softmax and loss run in full
-        // precision (as PyTorch autocast does).
-        if logits.dtype() == DType::F32 {
-            logits
-        } else {
-            logits.cast(DType::F32)
+        // Logits in fp32 at least, so the softmax and loss run in full precision under a
+        // half-precision compute dtype (as PyTorch autocast does); f64 stays f64 (gradient
+        // checks).
+        match logits.dtype() {
+            DType::F16 | DType::BF16 => logits.cast(DType::F32),
+            _ => logits,
         }
     }
 }
@@ -341,8 +341,11 @@ impl LlamaLayer {
         x: Tensor<3>,
         attend: impl FnOnce(&LlamaAttention, Tensor<3>) -> Tensor<3>,
     ) -> Tensor<3> {
-        let h = x.clone() + attend(&self.self_attn, self.input_layernorm.forward(x));
-        h.clone() + self.mlp.forward(self.post_attention_layernorm.forward(h))
+        let h = x.clone() + attend(&self.self_attn, rms_norm(&self.input_layernorm, x));
+        h.clone()
+            + self
+                .mlp
+                .forward(rms_norm(&self.post_attention_layernorm, h))
     }
 }
 
@@ -421,6 +424,25 @@ impl LlamaMlp {
         let gate = silu(self.gate_proj.forward(x.clone()));
         self.down_proj.forward(gate * self.up_proj.forward(x))
     }
+}
+
+/// burn's [`RmsNorm`] forward, `x / sqrt(mean(x²) + ε) · γ`, with the mean square in f32 for
+/// half-precision inputs (as burn and transformers compute it) but in the input's own dtype
+/// otherwise: burn casts f64 down to f32 there, which made f64 gradient checks of the whole
+/// model meaningless.
+fn rms_norm<const D: usize>(norm: &RmsNorm, x: Tensor<D>) -> Tensor<D> {
+    let dtype = x.dtype();
+    let wide = match dtype {
+        DType::F16 | DType::BF16 => x.clone().cast(DType::F32),
+        _ => x.clone(),
+    };
+    let rms = (wide.square().mean_dim(D - 1) + norm.epsilon).sqrt();
+    let rms = if rms.dtype() == dtype {
+        rms
+    } else {
+        rms.cast(dtype)
+    };
+    (x / rms) * norm.gamma.val().unsqueeze()
 }
 
 /// `[batch, kv_heads, seq, dim]` → `[batch, kv_heads · group, seq, dim]`, each head repeated
