@@ -16,44 +16,63 @@ pub(crate) const SUPPORTED: &str = "F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q4_K, Q6_K
 /// [`SUPPORTED`]. Trailing bytes short of a block are ignored (the parser guarantees there
 /// are none).
 pub(crate) fn dequantize(ty: GgmlType, bytes: &[u8]) -> Option<Vec<f32>> {
-    Some(match ty {
-        GgmlType::F32 => elements(bytes, f32::from_le_bytes),
-        GgmlType::F16 => elements(bytes, |b| f16::from_le_bytes(b).to_f32()),
-        GgmlType::BF16 => elements(bytes, |b| bf16::from_le_bytes(b).to_f32()),
-        GgmlType::Q8_0 => blocks(bytes, q8_0),
-        GgmlType::Q4_0 => blocks(bytes, q4_0),
-        GgmlType::Q4_1 => blocks(bytes, q4_1),
-        GgmlType::Q4_K => blocks(bytes, q4_k),
-        GgmlType::Q6_K => blocks(bytes, q6_k),
-        _ => return None,
-    })
+    let elements = bytes.len() / ty.type_size() * ty.block_size();
+    let mut out = vec![0.0; elements];
+    dequantize_into(ty, bytes, &mut out).then_some(out)
+}
+
+/// [`dequantize`] into `out`, which must hold exactly the elements of `bytes`' whole blocks;
+/// false (and `out` untouched) for a type not in [`SUPPORTED`] or an `out` of another length.
+/// For converting a part of a tensor at a time (some rows) into a reused buffer.
+pub fn dequantize_into(ty: GgmlType, bytes: &[u8], out: &mut [f32]) -> bool {
+    if !matches!(
+        ty,
+        GgmlType::F32
+            | GgmlType::F16
+            | GgmlType::BF16
+            | GgmlType::Q8_0
+            | GgmlType::Q4_0
+            | GgmlType::Q4_1
+            | GgmlType::Q4_K
+            | GgmlType::Q6_K
+    ) || out.len() != bytes.len() / ty.type_size() * ty.block_size()
+    {
+        return false;
+    }
+    match ty {
+        GgmlType::F32 => elements(bytes, out, f32::from_le_bytes),
+        GgmlType::F16 => elements(bytes, out, |b| f16::from_le_bytes(b).to_f32()),
+        GgmlType::BF16 => elements(bytes, out, |b| bf16::from_le_bytes(b).to_f32()),
+        GgmlType::Q8_0 => blocks(bytes, out, q8_0),
+        GgmlType::Q4_0 => blocks(bytes, out, q4_0),
+        GgmlType::Q4_1 => blocks(bytes, out, q4_1),
+        GgmlType::Q4_K => blocks(bytes, out, q4_k),
+        _ => blocks(bytes, out, q6_k),
+    }
+    true
 }
 
 /// Converts a plain type, `N` bytes per element.
-fn elements<const N: usize>(bytes: &[u8], decode: impl Fn([u8; N]) -> f32) -> Vec<f32> {
-    bytes
-        .chunks_exact(N)
-        .map(|chunk| {
-            let mut element = [0; N];
-            element.copy_from_slice(chunk);
-            decode(element)
-        })
-        .collect()
+fn elements<const N: usize>(bytes: &[u8], out: &mut [f32], decode: impl Fn([u8; N]) -> f32) {
+    for (chunk, y) in bytes.chunks_exact(N).zip(out) {
+        let mut element = [0; N];
+        element.copy_from_slice(chunk);
+        *y = decode(element);
+    }
 }
 
 /// Converts a block type: `S` bytes encode `B` elements.
 fn blocks<const S: usize, const B: usize>(
     bytes: &[u8],
+    out: &mut [f32],
     block: fn(&[u8; S], &mut [f32; B]),
-) -> Vec<f32> {
-    let mut out = vec![0.0; bytes.len() / S * B];
+) {
     for (src, dst) in bytes.chunks_exact(S).zip(out.chunks_exact_mut(B)) {
         // Both conversions succeed: `chunks_exact` yields exactly S and B elements.
         if let (Ok(src), Ok(dst)) = (src.try_into(), dst.try_into()) {
             block(src, dst);
         }
     }
-    out
 }
 
 /// The f16 at `b[i..i + 2]`, widened exactly.

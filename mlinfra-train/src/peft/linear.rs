@@ -5,7 +5,10 @@ use burn::nn::{Dropout, DropoutConfig};
 use burn::tensor::module::linear;
 use burn::tensor::{Tensor, TensorData};
 
+use std::sync::Arc;
+
 use super::LoraConfig;
+use super::quantized::{QuantizedWeight, quantized_linear};
 use crate::rng::SplitMix64;
 use crate::{Error, Result};
 
@@ -85,6 +88,9 @@ pub struct LoraLinear {
     pub(crate) adapters: Vec<Option<LoraWeights>>,
     #[module(skip)]
     pub(crate) state: AdapterState,
+    /// QLoRA: the base weight in its GGUF blocks; `weight` is then a `[1, 1]` placeholder.
+    #[module(skip)]
+    pub(crate) quantized: Option<Arc<QuantizedWeight>>,
 }
 
 /// An adapter slot's weights in burn's layout: `a` `[in, r]`, `b` `[r, out]`, DoRA's
@@ -126,12 +132,49 @@ impl LoraLinear {
             bias: bias.map(Param::from_tensor),
             adapters: Vec::new(),
             state: AdapterState::default(),
+            quantized: None,
+        }
+    }
+
+    /// A bias-free layer over a frozen quantized base (QLoRA), on `device`.
+    pub(crate) fn quantized(weight: QuantizedWeight, device: &burn::tensor::Device) -> Self {
+        let placeholder = Tensor::<2>::zeros([1, 1], device);
+        LoraLinear {
+            weight: Param::from_tensor(placeholder).set_require_grad(false),
+            bias: None,
+            adapters: Vec::new(),
+            state: AdapterState::default(),
+            quantized: Some(Arc::new(weight)),
         }
     }
 
     /// `[in, out]`.
     pub fn dims(&self) -> [usize; 2] {
-        self.weight.lazy_shape().dims()
+        match &self.quantized {
+            Some(q) => {
+                let [out, input] = q.shape();
+                [input, out]
+            }
+            None => self.weight.lazy_shape().dims(),
+        }
+    }
+
+    /// The quantized base weight, for a QLoRA layer.
+    pub fn quantized_weight(&self) -> Option<&QuantizedWeight> {
+        self.quantized.as_deref()
+    }
+
+    /// Bytes the frozen base weight (and bias) occupy: the blocks for a quantized layer,
+    /// 4 per f32 weight otherwise.
+    pub fn base_bytes(&self) -> usize {
+        let bias = self
+            .bias
+            .as_ref()
+            .map_or(0, |b| b.lazy_shape().num_elements() * 4);
+        bias + match &self.quantized {
+            Some(q) => q.resident_bytes(),
+            None => self.weight.lazy_shape().num_elements() * self.weight.val().dtype().size(),
+        }
     }
 
     /// The adapter applied now: the active one, unless adapters are disabled or it is merged.
@@ -161,6 +204,25 @@ impl LoraLinear {
     ) -> Tensor<D> {
         let weight = self.weight.val();
         let bias = self.bias.as_ref().map(Param::val);
+        if let Some(quantized) = &self.quantized {
+            // QLoRA: LoRA only (DoRA and merging need the dense weight; refused earlier).
+            let mut y = quantized_linear(x.clone(), quantized);
+            if let Some(bias) = bias {
+                y = y + along_last::<D>(bias);
+            }
+            return match self.applied() {
+                Some(adapter) => {
+                    let dropped = adapter.dropout.forward(x);
+                    y + linear(
+                        linear(dropped, adapter.a.val(), None),
+                        adapter.b.val(),
+                        None,
+                    )
+                    .mul_scalar(adapter.scaling)
+                }
+                None => y,
+            };
+        }
         let Some(adapter) = self.applied() else {
             return linear(x, weight, bias);
         };
@@ -272,6 +334,13 @@ impl LoraLinear {
         let Some(slot) = self.state.active else {
             return Ok(self);
         };
+        if self.quantized.is_some() {
+            return Err(Error::InvalidConfig {
+                reason: "merging into a quantized base (QLoRA) would requantize it: load the \
+                         base dense to merge"
+                    .into(),
+            });
+        }
         if self.state.merged.is_some() {
             return Err(Error::InvalidConfig {
                 reason: "an adapter is merged already: unmerge it first".into(),

@@ -13,8 +13,10 @@
 mod config;
 mod files;
 mod linear;
+mod quantized;
 
 pub use config::{DEFAULT_ALPHA, DEFAULT_RANK, LoraConfig, TargetModules};
 pub use files::{ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE, AdapterTensors, PeftAdapter};
 pub(crate) use linear::{AdapterInit, SlotValues};
 pub use linear::{LoraLinear, LoraWeights};
+pub use quantized::{QuantizedWeight, TILE_ROWS};

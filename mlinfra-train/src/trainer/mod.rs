@@ -269,6 +269,12 @@ where
         &self.engine
     }
 
+    /// This rank's training loader's counters: samples and tokens delivered, packing
+    /// efficiency, time waiting for data.
+    pub fn loader_stats(&self) -> mlinfra_loader::LoaderStats {
+        self.loader.stats()
+    }
+
     /// Trains up to [`TrainerConfig::steps`], evaluating and checkpointing as configured.
     ///
     /// # Errors

@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use mlinfra_data::tensor::{GgufFile, SafetensorsFile};
+use burn::module::Module;
 use mlinfra_train::models::Llama;
 
 /// Logits of ours and PEFT's may differ by this much (see the module's docs).
@@ -148,4 +149,84 @@ fn adapters_written_by_peft_give_peft_logits() {
         );
         assert_agrees(&adapted.merge_adapter().unwrap(), &reference, which);
     }
+}
+
+/// QLoRA (issue 22, item 3): the base kept in its GGUF blocks computes PEFT's logits (with and
+/// without PEFT's adapter), holds a fraction of the f32 bytes, and gives the adapter the
+/// gradients the dense base gives.
+#[test]
+fn a_quantized_base_computes_and_trains_as_the_dense_one() {
+    let Some(path) = mlinfra_test_utils::model("SmolLM2-135M-Instruct.Q4_1.gguf") else {
+        return;
+    };
+    let file = GgufFile::open(&path).unwrap();
+    let device = Device::flex().autodiff();
+    let quantized = Llama::from_gguf_quantized(&file, &device).unwrap().0;
+    assert!(quantized.is_quantized());
+    let (resident, f32_bytes) = (
+        quantized.base_weight_bytes(),
+        quantized.base_weight_bytes_f32(),
+    );
+    mlinfra_test_utils::log_line(&format!(
+        "QLoRA base weights: {:.1} MiB resident against {:.1} MiB as f32 ({:.2}x)",
+        resident as f64 / 1048576.0,
+        f32_bytes as f64 / 1048576.0,
+        resident as f64 / f32_bytes as f64
+    ));
+    // The projections shrink to Q4_1's 5 bits per weight; the f32 embedding is most of the
+    // rest.
+    assert!(resident * 10 < f32_bytes * 4, "{resident} vs {f32_bytes}");
+
+    let reference = Logits::open(&fixture_dir().join("logits.safetensors"));
+    let inference = quantized.valid();
+    assert_agrees(&inference, &reference, "base");
+    let adapted = inference
+        .clone()
+        .load_adapter(fixture_dir().join("peft_lora"), "peft_lora")
+        .unwrap();
+    assert_agrees(&adapted, &reference, "peft_lora");
+    assert!(
+        adapted.merge_adapter().is_err(),
+        "merging into quantized blocks is refused"
+    );
+    let dora = mlinfra_train::peft::LoraConfig::new(4, 8.0).with_dora(true);
+    let error = quantized
+        .clone()
+        .with_adapter("d", &dora, 1)
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("DoRA over a quantized base"), "{error}");
+
+    // The adapter's gradients through 30 quantized layers against the dense base's.
+    let lora = mlinfra_train::peft::LoraConfig::new(4, 8.0).with_init_lora_weights(false);
+    let dense = Llama::from_gguf(&file, &device).unwrap().0;
+    let ids: Vec<i64> =
+        Logits::open(&fixture_dir().join("logits.safetensors")).ints("p1.input_ids");
+    let grads_of = |model: Llama| {
+        let model = model.with_adapter("g", &lora, 3).unwrap();
+        let tokens =
+            Tensor::<2, Int>::from_data(TensorData::new(ids.clone(), [1, ids.len()]), &device);
+        let loss = model.next_token_loss(tokens).unwrap();
+        let grads = loss.backward();
+        let layout = mlinfra_train::ParamLayout::trainable(&model).unwrap();
+        layout.grads(&model, &grads).unwrap()
+    };
+    let (q, d) = (grads_of(quantized), grads_of(dense));
+    assert_eq!(q.len(), d.len());
+    let norm = d.iter().map(|g| g * g).sum::<f32>().sqrt();
+    let diff = q
+        .iter()
+        .zip(&d)
+        .map(|(a, b)| (a - b) * (a - b))
+        .sum::<f32>()
+        .sqrt();
+    mlinfra_test_utils::log_line(&format!(
+        "QLoRA adapter gradients vs the dense base's: relative difference {:.2e}",
+        diff / norm
+    ));
+    assert!(
+        diff < 1e-4 * norm,
+        "relative gradient difference {}",
+        diff / norm
+    );
 }

@@ -43,6 +43,7 @@ impl Llama {
     pub fn with_adapter(self, name: &str, config: &LoraConfig, seed: u64) -> Result<Llama> {
         config.validate()?;
         self.check_new_adapter(name)?;
+        self.check_quantized(config)?;
         let matcher = config.target_modules.compile()?;
         if !self.linear_paths().iter().any(|path| matcher.matches(path)) {
             return Err(invalid(format!(
@@ -91,6 +92,7 @@ impl Llama {
         let config = &adapter.config;
         config.validate()?;
         self.check_new_adapter(name)?;
+        self.check_quantized(config)?;
         let matcher = config.target_modules.compile()?;
         let layers: BTreeMap<String, [usize; 2]> = self
             .linear_layers()
@@ -366,6 +368,57 @@ impl Llama {
         self
     }
 
+    /// Whether the decoder's projections are quantized ([`Llama::from_gguf_quantized`]).
+    pub fn is_quantized(&self) -> bool {
+        self.linear_layers()
+            .iter()
+            .any(|(_, layer)| layer.quantized_weight().is_some())
+    }
+
+    /// Bytes the frozen base weights occupy: the projections' ggml blocks when quantized
+    /// (QLoRA), f32 otherwise, plus the embedding, norms and output projection. Adapters are
+    /// not counted.
+    pub fn base_weight_bytes(&self) -> u64 {
+        let projections: usize = self
+            .linear_layers()
+            .iter()
+            .map(|(_, layer)| layer.base_bytes())
+            .sum();
+        let norms = self.layers.len() * 2 + 1;
+        let hidden = self.norm.gamma.lazy_shape().num_elements();
+        let embedding = self.embed_tokens.weight.lazy_shape().num_elements();
+        let head = self
+            .lm_head
+            .as_ref()
+            .map_or(0, |head| head.weight.lazy_shape().num_elements());
+        (projections + 4 * (norms * hidden + embedding + head)) as u64
+    }
+
+    /// The bytes the base weights take as f32: what [`Llama::from_gguf`] holds, to set
+    /// [`Llama::base_weight_bytes`] against.
+    pub fn base_weight_bytes_f32(&self) -> u64 {
+        4 * self.base_parameter_count()
+    }
+
+    /// Parameters of the base model (quantized ones counted as weights), adapters excluded.
+    pub fn base_parameter_count(&self) -> u64 {
+        let projections: usize = self
+            .linear_layers()
+            .iter()
+            .map(|(_, layer)| {
+                let [input, output] = layer.dims();
+                input * output
+            })
+            .sum();
+        let norms = (self.layers.len() * 2 + 1) * self.norm.gamma.lazy_shape().num_elements();
+        let embedding = self.embed_tokens.weight.lazy_shape().num_elements();
+        let head = self
+            .lm_head
+            .as_ref()
+            .map_or(0, |head| head.weight.lazy_shape().num_elements());
+        (projections + norms + embedding + head) as u64
+    }
+
     /// Refuses a name in use, and any new adapter while one is merged.
     fn check_new_adapter(&self, name: &str) -> Result<()> {
         if self.adapter_slot(name).is_some() {
@@ -375,6 +428,18 @@ impl Llama {
             return Err(invalid(format!(
                 "adding adapter `{name}` to a model with a merged adapter: unmerge it first"
             )));
+        }
+        Ok(())
+    }
+
+    /// Refuses what a quantized base cannot carry: DoRA needs the dense weight's norms.
+    fn check_quantized(&self, config: &LoraConfig) -> Result<()> {
+        if config.use_dora && self.is_quantized() {
+            return Err(invalid(
+                "DoRA over a quantized base is not supported (its magnitude needs the dense \
+                 weight's norms): use LoRA (QLoRA), or load the base with Llama::from_gguf"
+                    .into(),
+            ));
         }
         Ok(())
     }

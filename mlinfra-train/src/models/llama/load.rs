@@ -20,7 +20,7 @@ use mlinfra_data::tensor::{GgufFile, SafetensorsFile};
 
 use super::model::{LlamaAttention, LlamaLayer, LlamaMlp};
 use super::{Llama, LlamaConfig};
-use crate::peft::LoraLinear;
+use crate::peft::{LoraLinear, QuantizedWeight};
 use crate::rng::SplitMix64;
 use crate::{Error, Result};
 
@@ -34,6 +34,16 @@ struct WeightSpec {
     shape: Vec<usize>,
     /// For the query and key projections: their head count, whose rows GGUF permutes.
     rope_heads: Option<usize>,
+    /// A decoder layer's projection, which a source may hand over quantized (QLoRA).
+    projection: bool,
+}
+
+/// What a source hands the builder for one tensor.
+enum Fetched {
+    /// f32 values, row-major in the spec's shape.
+    Dense(Vec<f32>),
+    /// A projection kept in its ggml blocks, rows in Hugging Face's order.
+    Quantized(QuantizedWeight),
 }
 
 impl LlamaConfig {
@@ -61,11 +71,11 @@ impl LlamaConfig {
         let mut rng = SplitMix64::new(seed);
         build(self, device, &mut |spec| {
             let len = spec.shape.iter().product();
-            Ok(if spec.shape.len() == 1 {
+            Ok(Fetched::Dense(if spec.shape.len() == 1 {
                 vec![1.0; len]
             } else {
                 (0..len).map(|_| (std * rng.normal()) as f32).collect()
-            })
+            }))
         })
     }
 }
@@ -91,6 +101,30 @@ impl Llama {
     /// [`LlamaConfig::from_gguf`]) or a tensor that is missing or has the wrong shape;
     /// [`Error::ModelFile`] when mlinfra-data cannot read or dequantize a tensor.
     pub fn from_gguf(file: &GgufFile, device: &Device) -> Result<(Llama, LlamaConfig)> {
+        Self::from_gguf_with(file, device, false)
+    }
+
+    /// [`Llama::from_gguf`] for QLoRA: the decoder layers' projections stay in their GGUF
+    /// blocks (Q4_0, Q4_1, Q8_0, and any other type whose rows are whole blocks), dequantized
+    /// a tile of rows at a time inside each forward and backward pass
+    /// ([`QuantizedWeight`]); the embedding, norms and output projection are f32 as in
+    /// [`Llama::from_gguf`]. Projections the file stores unquantized (F32, F16) load dense.
+    ///
+    /// The base is frozen: train it with adapters ([`Llama::with_adapter`], LoRA only; DoRA
+    /// and merging need the dense weight and are refused).
+    ///
+    /// # Errors
+    ///
+    /// As [`Llama::from_gguf`].
+    pub fn from_gguf_quantized(file: &GgufFile, device: &Device) -> Result<(Llama, LlamaConfig)> {
+        Self::from_gguf_with(file, device, true)
+    }
+
+    fn from_gguf_with(
+        file: &GgufFile,
+        device: &Device,
+        quantized: bool,
+    ) -> Result<(Llama, LlamaConfig)> {
         let config = LlamaConfig::from_gguf(file)?;
         let origin = file.path().display().to_string();
         let model = build(&config, device, &mut |spec| {
@@ -101,11 +135,30 @@ impl Llama {
             // ggml lists dimensions fastest first: the reverse of the row-major shape.
             let shape: Vec<usize> = info.shape().iter().rev().map(|&d| d as usize).collect();
             check_shape(&origin, &spec.gguf, &shape, &spec.shape)?;
+            let ty = info.ggml_type();
+            if quantized
+                && spec.projection
+                && ty.block_size() > 1
+                && spec.shape[1].is_multiple_of(ty.block_size())
+            {
+                let bytes = file.tensor(&spec.gguf).map_err(Error::from)?.bytes();
+                let row_bytes = spec.shape[1] / ty.block_size() * ty.type_size();
+                let bytes = match spec.rope_heads {
+                    Some(heads) => unpermute_rope_rows(bytes, heads, spec.shape[0], row_bytes),
+                    None => bytes.to_vec(),
+                };
+                let weight = QuantizedWeight::new(ty, spec.shape[0], spec.shape[1], bytes)
+                    .map_err(|e| Error::Weights {
+                        origin: origin.clone().into(),
+                        reason: format!("{}: {e}", spec.gguf).into(),
+                    })?;
+                return Ok(Fetched::Quantized(weight));
+            }
             let values = file.dequantize_f32(&spec.gguf).map_err(Error::from)?;
-            Ok(match spec.rope_heads {
+            Ok(Fetched::Dense(match spec.rope_heads {
                 Some(heads) => unpermute_rope_rows(&values, heads, spec.shape[0], spec.shape[1]),
                 None => values,
-            })
+            }))
         })?;
         Ok((model, config))
     }
@@ -138,7 +191,9 @@ impl Llama {
                     reason: format!("no tensor {}", spec.hf).into(),
                 })?;
             check_shape(&origin, &spec.hf, info.shape(), &spec.shape)?;
-            file.to_f32(&spec.hf).map_err(Error::from)
+            file.to_f32(&spec.hf)
+                .map(Fetched::Dense)
+                .map_err(Error::from)
         })
     }
 }
@@ -153,18 +208,19 @@ fn check_shape(origin: &str, name: &str, found: &[usize], expected: &[usize]) ->
     })
 }
 
-/// Undoes `convert_hf_to_gguf.py`'s permutation of a query or key projection `[rows, cols]`
-/// with `heads` heads: GGUF row `head · d + 2j + t` is Hugging Face row `head · d + t · d/2
-/// + j` (`d` the head width, `j < d/2`, `t ∈ {0, 1}`).
-pub(super) fn unpermute_rope_rows(
-    values: &[f32],
+/// Undoes `convert_hf_to_gguf.py`'s permutation of a query or key projection of `rows` rows
+/// of `cols` elements (f32 values, or the bytes of quantized rows) with `heads` heads: GGUF
+/// row `head · d + 2j + t` is Hugging Face row `head · d + t · d/2 + j` (`d` the head width,
+/// `j < d/2`, `t ∈ {0, 1}`).
+pub(super) fn unpermute_rope_rows<T: Copy + Default>(
+    values: &[T],
     heads: usize,
     rows: usize,
     cols: usize,
-) -> Vec<f32> {
+) -> Vec<T> {
     let head_dim = rows / heads;
     let half = head_dim / 2;
-    let mut out = vec![0.0; values.len()];
+    let mut out = vec![T::default(); values.len()];
     for head in 0..heads {
         for j in 0..half {
             for t in 0..2 {
@@ -181,7 +237,7 @@ pub(super) fn unpermute_rope_rows(
 fn build(
     config: &LlamaConfig,
     device: &Device,
-    fetch: &mut dyn FnMut(&WeightSpec) -> Result<Vec<f32>>,
+    fetch: &mut dyn FnMut(&WeightSpec) -> Result<Fetched>,
 ) -> Result<Llama> {
     let (hidden, ffn, vocab) = (
         config.hidden_size,
@@ -190,17 +246,20 @@ fn build(
     );
     let head_dim = config.head_dim();
     let (q_width, kv_width) = (config.num_heads * head_dim, config.num_kv_heads * head_dim);
-    let mut get = |hf: String, gguf: String, shape: Vec<usize>, rope_heads: Option<usize>| {
+    let mut fetch_as = |hf: String, gguf: String, shape: Vec<usize>, rope_heads, projection| {
         fetch(&WeightSpec {
             hf,
             gguf,
             shape,
             rope_heads,
+            projection,
         })
     };
     let mut linear = |hf: String, gguf: String, out: usize, input: usize, rope: Option<usize>| {
-        let values = get(hf, gguf, vec![out, input], rope)?;
-        Ok::<_, Error>(projection(&values, out, input, device))
+        Ok::<_, Error>(match fetch_as(hf, gguf, vec![out, input], rope, true)? {
+            Fetched::Dense(values) => projection(&values, out, input, device),
+            Fetched::Quantized(weight) => LoraLinear::quantized(weight, device),
+        })
     };
 
     // Grown, not reserved: a file's layer count is untrusted, and a missing tensor ends the
@@ -249,6 +308,21 @@ fn build(
         };
         layers.push((self_attn, mlp));
     }
+    // Everything else is f32: only projections are ever handed over quantized.
+    let mut get =
+        |hf: String, gguf: String, shape: Vec<usize>, rope_heads: Option<usize>| match fetch_as(
+            hf.clone(),
+            gguf,
+            shape,
+            rope_heads,
+            false,
+        )? {
+            Fetched::Dense(values) => Ok(values),
+            Fetched::Quantized(_) => Err(Error::Weights {
+                origin: "the model builder".into(),
+                reason: format!("{hf} came quantized; only projections may").into(),
+            }),
+        };
     // Norms last only in the order of this function, not of the files: sources look tensors
     // up by name.
     let mut norm = |hf: String, gguf: String| {
