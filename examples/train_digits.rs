@@ -445,8 +445,6 @@ fn rank_main(
 
 /// Train loss per step and test loss per evaluation, from the metrics log.
 fn plot_losses(metrics: &Path, out: &Path) -> anyhow::Result<()> {
-    use plotters::prelude::*;
-
     let mut train = Vec::new();
     let mut test = Vec::new();
     let log = mlinfra_train::trainer::read_metrics(metrics)?;
@@ -470,59 +468,9 @@ fn plot_losses(metrics: &Path, out: &Path) -> anyhow::Result<()> {
             _ => {}
         }
     }
-    let last_step = train.iter().map(|p| p.0).fold(1.0, f64::max);
-    let top = train.iter().chain(&test).map(|p| p.1).fold(0.1, f64::max);
-    let labelled = register_system_font();
-    let root = BitMapBackend::new(out, (900, 540)).into_drawing_area();
-    root.fill(&WHITE)?;
-    let mut builder = ChartBuilder::on(&root);
-    builder
-        .margin(20)
-        .x_label_area_size(40)
-        .y_label_area_size(60);
-    if labelled {
-        builder.caption("train_digits: cross-entropy", ("sans-serif", 22));
-    }
-    let mut chart = builder.build_cartesian_2d(0.0..last_step, 0.0..top * 1.05)?;
-    let mut mesh = chart.configure_mesh();
-    if labelled {
-        mesh.x_desc("step").y_desc("loss");
-    } else {
-        mesh.x_labels(0).y_labels(0);
-    }
-    mesh.draw()?;
-    chart
-        .draw_series(LineSeries::new(train, &BLUE))?
-        .label("train (per step)")
-        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLUE));
-    chart
-        .draw_series(LineSeries::new(test, RED.stroke_width(2)))?
-        .label("test (per evaluation)")
-        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], RED));
-    if labelled {
-        chart
-            .configure_series_labels()
-            .background_style(WHITE.mix(0.8))
-            .border_style(BLACK)
-            .draw()?;
-    }
-    root.present()?;
-    Ok(())
-}
-
-/// Registers a TrueType font from the system for the plot's text; false when none is found
-/// (the plot is then drawn without text).
-fn register_system_font() -> bool {
-    const CANDIDATES: [&str; 3] = [
-        "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
-        "/usr/share/fonts/TTF/DejaVuSans.ttf",
-        "/usr/share/fonts/truetype/liberation/LiberationSans-Regular.ttf",
-    ];
-    CANDIDATES.iter().any(|path| {
-        std::fs::read(path).is_ok_and(|bytes| {
-            let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
-            plotters::style::register_font("sans-serif", plotters::style::FontStyle::Normal, bytes)
-                .is_ok()
-        })
-    })
+    mlinfra_examples::plot::loss_curves(
+        out,
+        "train_digits: cross-entropy",
+        &[("train (per step)", train), ("test (per evaluation)", test)],
+    )
 }

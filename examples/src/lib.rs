@@ -1,6 +1,8 @@
 //! Shared helpers for the mlinfra examples. Not a library for users: each example is a file
 //! under `examples/` with its own run command.
 
+pub mod arithmetic;
+pub mod plot;
 pub mod serve_sim;
 
 /// What one layer of the stack can do today. The README's status table says the same in prose.

@@ -222,6 +222,34 @@ impl Dpo {
         Ok((losses, sums))
     }
 
+    /// `log π(y|x)` of each pair's chosen and rejected completions under `model`: what TRL's
+    /// `precompute_ref_log_probs` stores as `ref_chosen_logps` / `ref_rejected_logps` (columns
+    /// `ref_{c}_logps` here) when the reference is a model other than the policy with its
+    /// adapters disabled (the SFT model, for DPO after SFT).
+    ///
+    /// # Errors
+    ///
+    /// As [`Dpo::pair_losses`].
+    pub fn completion_logps(
+        &self,
+        model: &Llama,
+        mut batch: TensorBatch,
+    ) -> Result<(Vec<f32>, Vec<f32>)> {
+        let mut read = |name: &str| -> Result<Vec<f32>> {
+            let side = self.side(&mut batch, name)?;
+            sequence_logps(model, &side)?
+                .into_data()
+                .convert::<f32>()
+                .try_into_vec::<f32>()
+                .map_err(|e| Error::Tensor {
+                    reason: format!("reading log-probs back: {e:?}").into(),
+                })
+        };
+        let chosen = read(&self.chosen.clone())?;
+        let rejected = read(&self.rejected.clone())?;
+        Ok((chosen, rejected))
+    }
+
     /// One side's rows, scored cells and optional reference log-probs.
     fn side(&self, batch: &mut TensorBatch, name: &str) -> Result<Side> {
         let ids = take_column(batch, name)?;

@@ -10,9 +10,9 @@
 
 use std::path::{Path, PathBuf};
 
+use burn::module::Module;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use mlinfra_data::tensor::{GgufFile, SafetensorsFile};
-use burn::module::Module;
 use mlinfra_train::models::Llama;
 
 /// Logits of ours and PEFT's may differ by this much (see the module's docs).

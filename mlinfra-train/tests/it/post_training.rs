@@ -340,6 +340,28 @@ fn the_dpo_loss_is_ln_2_at_the_start() {
     assert!((loss - std::f64::consts::LN_2).abs() < 1e-6, "{loss}");
     assert_eq!(sums.pairs, 6);
     assert!(sums.reward_chosen.abs() < 1e-9 && sums.reward_rejected.abs() < 1e-9);
+    // Precomputed reference log-probs (TRL's precompute_ref_log_probs) of the policy itself,
+    // here with a non-zero `B`: ln 2 again, and not when the reference is the base.
+    let moved = LoraConfig::new(4, 8.0)
+        .with_target_modules(TargetModules::all_linear())
+        .with_init_lora_weights(false);
+    let policy = model(&device).with_adapter("dpo", &moved, 3).unwrap();
+    let pairs = toy_pairs(6, 1);
+    let (chosen, rejected) = dpo.completion_logps(&policy, dpo_batch(&pairs)).unwrap();
+    let mut columns = dpo_batch(&pairs).into_columns();
+    columns.push(("ref_chosen_logps".into(), TensorData::new(chosen, [6])));
+    columns.push(("ref_rejected_logps".into(), TensorData::new(rejected, [6])));
+    let (losses, _) = dpo
+        .pair_losses(&policy, TensorBatch::from_columns(columns))
+        .unwrap();
+    let loss = f64::from(losses.mean().into_scalar::<f32>());
+    assert!((loss - std::f64::consts::LN_2).abs() < 1e-6, "{loss}");
+    let (losses, _) = dpo.pair_losses(&policy, dpo_batch(&pairs)).unwrap();
+    let against_base = f64::from(losses.mean().into_scalar::<f32>());
+    assert!(
+        (against_base - std::f64::consts::LN_2).abs() > 1e-3,
+        "{against_base}"
+    );
     // An empty completion is refused, naming the pair.
     let mut pairs = toy_pairs(2, 1);
     pairs[1].2.clear();
