@@ -151,6 +151,27 @@ fn adapters_written_by_peft_give_peft_logits() {
     }
 }
 
+/// An adapter mlinfra trained (the `finetune` example, 10 LoRA steps, r = 2 on `q_proj`)
+/// loads in PEFT (`scripts/peft-reference --ours`, which stored PEFT's logits beside it) and
+/// PEFT computes ours.
+#[test]
+fn an_adapter_trained_by_mlinfra_gives_peft_our_logits() {
+    let Some(base) = smollm2() else {
+        return;
+    };
+    let dir = fixture_dir().join("mlinfra_lora");
+    let reference = Logits::open(&dir.join("peft_logits.safetensors"));
+    let adapted = base.clone().load_adapter(&dir, "mlinfra").unwrap();
+    assert_eq!(adapted.adapters()[0].config.r, 2);
+    assert_agrees(&adapted, &reference, "adapter");
+    // Trained: it moved the model, far beyond the tolerance.
+    let moved = agreement(&base, &reference, "adapter").logits;
+    assert!(
+        moved > 100.0 * TOLERANCE,
+        "the trained adapter moved the logits by {moved}"
+    );
+}
+
 /// QLoRA (issue 22, item 3): the base kept in its GGUF blocks computes PEFT's logits (with and
 /// without PEFT's adapter), holds a fraction of the f32 bytes, and gives the adapter the
 /// gradients the dense base gives.
