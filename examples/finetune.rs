@@ -211,17 +211,20 @@ fn run() -> anyhow::Result<()> {
         .with_dora(args.method == Method::Dora);
     let model = base.with_adapter(ADAPTER, &lora, args.seed)?;
     let trainable_params = ParamLayout::trainable(&model)?.len();
-    let total_params = ParamLayout::of(&model)?.len();
+    // The base's weights, quantized ones included, plus the adapter's.
+    let total_params = model.base_parameter_count() as usize + trainable_params;
     eprintln!(
         "{:?} r={} alpha={} on {:?}: {trainable_params} trainable of {total_params} parameters; \
-         base weights resident: {}",
+         base weights resident: {} ({} as f32)",
         args.method,
         args.rank,
         args.alpha,
         args.targets,
-        human_bytes(model.base_weight_bytes())
+        human_bytes(model.base_weight_bytes()),
+        human_bytes(model.base_weight_bytes_f32())
     );
 
+    let model_bytes = (model.base_weight_bytes(), model.base_weight_bytes_f32());
     let (train, held_out) = arithmetic::split(args.train_questions, args.eval_questions, args.seed);
     let stop = tokenizer
         .eos_id()
@@ -280,6 +283,8 @@ fn run() -> anyhow::Result<()> {
         "accuracy_before": accuracy_before,
         "accuracy_after": accuracy_after,
         "tokens_per_s": tokens_per_s,
+        "base_weight_bytes": model_bytes.0,
+        "base_weight_bytes_f32": model_bytes.1,
         "packing_efficiency": stats.packing_efficiency(),
         "sft_seconds": sft_seconds,
     });

@@ -95,6 +95,9 @@ for name, losses in curves.items():
     n = min(len(losses), len(peft["losses"]))
     diff = sum(abs(a - b) for a, b in zip(losses[:n], peft["losses"][:n])) / max(n, 1)
     print(f"| {name} | " + " | ".join(f"{losses[s - 1]:.3f}" for s in steps) + f" | {diff:.3f} |")
+    if name != "PEFT LoRA":
+        verdict = "within" if diff <= 0.05 else "OUTSIDE"
+        print(f"{name}: loss curve {verdict} the 0.05 mean-absolute-difference tolerance", file=sys.stderr)
 print()
 print(f"versions: {peft['versions']}, torch threads {peft['torch_threads']}; raw outputs in {out}")
 PY

@@ -38,7 +38,7 @@ impl Sum {
                 0 => 10,
                 1 => -10,
                 _ => (rng.next_u64() % 10) as i64 + 1,
-            } * if rng.next_u64() % 2 == 0 { 1 } else { -1 };
+            } * if rng.next_u64().is_multiple_of(2) { 1 } else { -1 };
             let wrong = right + offset;
             if wrong >= 0 && wrong != right {
                 return wrong.to_string();

@@ -21,9 +21,11 @@ pub(crate) fn dequantize(ty: GgmlType, bytes: &[u8]) -> Option<Vec<f32>> {
     dequantize_into(ty, bytes, &mut out).then_some(out)
 }
 
-/// [`dequantize`] into `out`, which must hold exactly the elements of `bytes`' whole blocks;
-/// false (and `out` untouched) for a type not in [`SUPPORTED`] or an `out` of another length.
-/// For converting a part of a tensor at a time (some rows) into a reused buffer.
+/// Converts `bytes`, whole blocks of `ty`, to `f32` into `out`, which must hold exactly their
+/// elements; false (and `out` untouched) for a type other than F32, F16, BF16, Q8_0, Q4_0,
+/// Q4_1, Q4_K and Q6_K, or an `out` of another length. Bit-identical to ggml's reference
+/// dequantization. For converting part of a tensor at a time (some rows) into a reused
+/// buffer.
 pub fn dequantize_into(ty: GgmlType, bytes: &[u8], out: &mut [f32]) -> bool {
     if !matches!(
         ty,
