@@ -34,11 +34,17 @@ impl Sum {
     pub fn wrong_answer(&self, rng: &mut SplitMix64) -> String {
         let right = i64::from(self.a + self.b);
         loop {
-            let offset = match rng.next_u64() % 3 {
+            let size = match rng.next_u64() % 3 {
                 0 => 10,
                 1 => -10,
                 _ => (rng.next_u64() % 10) as i64 + 1,
-            } * if rng.next_u64().is_multiple_of(2) { 1 } else { -1 };
+            };
+            let sign = if rng.next_u64().is_multiple_of(2) {
+                1
+            } else {
+                -1
+            };
+            let offset = size * sign;
             let wrong = right + offset;
             if wrong >= 0 && wrong != right {
                 return wrong.to_string();
