@@ -49,6 +49,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{Context, bail};
+use arrow::array::{ArrayRef, Float32Array, RecordBatch};
 use burn::module::Module;
 use burn::tensor::Device;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -58,7 +59,7 @@ use mlinfra_data::convert::Conversion;
 use mlinfra_data::tensor::GgufFile;
 use mlinfra_data::tokenizer::Tokenizer;
 use mlinfra_examples::arithmetic::{self, Sum};
-use mlinfra_loader::{Loader, Pack, Pad, Shuffle, TensorBatch, Tensors};
+use mlinfra_loader::{Loader, LoaderBuilder, Pack, Pad, Shuffle, Tensors};
 use mlinfra_train::collective::Single;
 use mlinfra_train::models::Llama;
 use mlinfra_train::optim::{LrSchedule, OptimizerConfig};
@@ -102,14 +103,8 @@ const USAGE: &str = "flags: --model PATH.gguf --method lora|dora|qlora --rank R 
     [--lr LR] [--batch B] [--train-questions N] [--eval-questions N] [--dump-batches FILE]";
 
 fn parse_args() -> anyhow::Result<Args> {
-    let models = std::env::var_os("MLINFRA_MODELS")
-        .map(PathBuf::from)
-        .or_else(|| {
-            std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/mlinfra/models"))
-        })
-        .unwrap_or_default();
     let mut args = Args {
-        model: models.join("SmolLM2-135M-Instruct.Q4_1.gguf"),
+        model: mlinfra_examples::default_model(),
         method: Method::Lora,
         rank: 16,
         alpha: 32.0,
@@ -501,36 +496,15 @@ fn dpo(
         .collect();
     let dpo = Dpo::new(DEFAULT_BETA, "chosen", "rejected")?;
     let sft_model = model.valid();
-    let train_batch = with_reference(
-        &dpo,
-        &sft_model,
-        preference_batch(template, tokenizer, &pairs, "chosen", "rejected")?,
-    )?;
-    let held_batch = with_reference(
-        &dpo,
-        &sft_model,
-        preference_batch(template, tokenizer, &held, "chosen", "rejected")?,
-    )?;
+    let tokenized = |name: &str, pairs: &[_]| -> anyhow::Result<Arc<Dataset>> {
+        let batch = preference_batch(template, tokenizer, pairs, "chosen", "rejected")?;
+        with_reference(&dpo, &sft_model, dir, name, &batch)
+    };
+    let train_pairs = tokenized("dpo", &pairs)?;
+    let held_pairs = tokenized("dpo-held-out", &held)?;
     drop(sft_model);
-    let path = dir.join("dpo.parquet");
-    let mut writer = parquet::arrow::ArrowWriter::try_new(
-        std::fs::File::create(&path)?,
-        train_batch.schema(),
-        None,
-    )?;
-    writer.write(&train_batch)?;
-    writer.close()?;
-    let before = reward_sums(&dpo, &model, &held_batch)?;
-    let pad = Pad::new(i64::from(tokenizer.eos_id().unwrap_or(0)));
-    let zero = Pad::new(0);
-    let loader = Loader::builder(Arc::new(Dataset::open(path_str(&path)?)?), DPO_BATCH)
-        .collate(
-            Tensors::new()
-                .pad("chosen", pad)
-                .pad("rejected", pad)
-                .pad("chosen_completion", zero)
-                .pad("rejected_completion", zero),
-        )
+    let before = reward_sums(&dpo, &model, &held_pairs)?;
+    let loader = preference_loader(train_pairs)
         .shuffle(Shuffle::Exact)
         .seed(args.seed);
     let metrics = dir.join("dpo-metrics.jsonl");
@@ -552,7 +526,7 @@ fn dpo(
     trainer.fit()?;
     let model = trainer.model().clone();
     drop(trainer);
-    let after = reward_sums(&dpo, &model, &held_batch)?;
+    let after = reward_sums(&dpo, &model, &held_pairs)?;
     eprintln!(
         "held-out reward accuracy before DPO: {:.2}, after: {:.2}",
         before.accuracy(),
@@ -589,22 +563,36 @@ fn dpo(
 /// Pairs per DPO step.
 const DPO_BATCH: usize = 8;
 
-/// `pairs` with `ref_chosen_logps` and `ref_rejected_logps` columns: `reference`'s
-/// log-probabilities of each completion.
+/// Preference columns padded by the loader into the tensors [`Dpo`] reads, `DPO_BATCH`
+/// pairs at a time, in the dataset's order unless shuffled.
+fn preference_loader(pairs: Arc<Dataset>) -> LoaderBuilder {
+    let pad = Pad::new(0);
+    Loader::builder(pairs, DPO_BATCH).collate(
+        Tensors::new()
+            .pad("chosen", pad)
+            .pad("rejected", pad)
+            .pad("chosen_completion", pad)
+            .pad("rejected_completion", pad),
+    )
+}
+
+/// `pairs` with `ref_chosen_logps` and `ref_rejected_logps` columns, `reference`'s
+/// log-probabilities of each completion, written to `dir/{name}.parquet` and opened.
 fn with_reference(
     dpo: &Dpo,
     reference: &Llama,
-    pairs: arrow::array::RecordBatch,
-) -> anyhow::Result<arrow::array::RecordBatch> {
+    dir: &Path,
+    name: &str,
+    pairs: &RecordBatch,
+) -> anyhow::Result<Arc<Dataset>> {
+    let plain = parquet_dataset(&dir.join(format!("{name}-pairs.parquet")), pairs)?;
     let (mut chosen, mut rejected) = (Vec::new(), Vec::new());
-    let rows = pairs.num_rows();
-    for start in (0..rows).step_by(DPO_BATCH) {
-        let slice = pairs.slice(start, (rows - start).min(DPO_BATCH));
-        let (c, r) = dpo.completion_logps(reference, pad_pairs(&slice)?)?;
+    for batch in preference_loader(plain).build()? {
+        let (c, r) = dpo.completion_logps(reference, batch?.data)?;
         chosen.extend(c);
         rejected.extend(r);
     }
-    let mut columns: Vec<(String, arrow::array::ArrayRef)> = pairs
+    let mut columns: Vec<(String, ArrayRef)> = pairs
         .schema()
         .fields()
         .iter()
@@ -613,86 +601,33 @@ fn with_reference(
         .collect();
     columns.push((
         "ref_chosen_logps".into(),
-        Arc::new(arrow::array::Float32Array::from(chosen)),
+        Arc::new(Float32Array::from(chosen)),
     ));
     columns.push((
         "ref_rejected_logps".into(),
-        Arc::new(arrow::array::Float32Array::from(rejected)),
+        Arc::new(Float32Array::from(rejected)),
     ));
-    Ok(arrow::array::RecordBatch::try_from_iter(columns)?)
+    let batch = RecordBatch::try_from_iter(columns)?;
+    parquet_dataset(&dir.join(format!("{name}.parquet")), &batch)
 }
 
-/// DPO's sums over the held-out pairs, a batch at a time, without gradients.
-fn reward_sums(
-    dpo: &Dpo,
-    model: &Llama,
-    pairs: &arrow::array::RecordBatch,
-) -> anyhow::Result<DpoSums> {
+/// `batch` as a Parquet file at `path`, opened as a dataset.
+fn parquet_dataset(path: &Path, batch: &RecordBatch) -> anyhow::Result<Arc<Dataset>> {
+    let mut writer =
+        parquet::arrow::ArrowWriter::try_new(std::fs::File::create(path)?, batch.schema(), None)?;
+    writer.write(batch)?;
+    writer.close()?;
+    Ok(Arc::new(Dataset::open(path_str(path)?)?))
+}
+
+/// DPO's sums over `pairs` under `model`, without gradients.
+fn reward_sums(dpo: &Dpo, model: &Llama, pairs: &Arc<Dataset>) -> anyhow::Result<DpoSums> {
     let model = model.valid();
     let mut total = DpoSums::default();
-    let rows = pairs.num_rows();
-    for start in (0..rows).step_by(DPO_BATCH) {
-        let slice = pairs.slice(start, (rows - start).min(DPO_BATCH));
-        let (_, sums) = dpo.pair_losses(&model, pad_pairs(&slice)?)?;
-        total.pairs += sums.pairs;
-        total.correct += sums.correct;
-        total.loss += sums.loss;
-        total.reward_chosen += sums.reward_chosen;
-        total.reward_rejected += sums.reward_rejected;
-        total.logps_chosen += sums.logps_chosen;
-        total.logps_rejected += sums.logps_rejected;
+    for batch in preference_loader(Arc::clone(pairs)).build()? {
+        total.add(&dpo.pair_losses(&model, batch?.data)?.1);
     }
-    let _ = dpo.take_sums();
     Ok(total)
-}
-
-/// A preference batch padded on the right into the tensors [`Dpo`] reads (with its
-/// reference log-probabilities, when it has them).
-fn pad_pairs(batch: &arrow::array::RecordBatch) -> anyhow::Result<TensorBatch> {
-    use arrow::array::{Array, AsArray};
-    use burn::tensor::TensorData;
-    let mut columns = Vec::new();
-    for side in ["chosen", "rejected"] {
-        let ids = batch
-            .column_by_name(side)
-            .context("preference ids")?
-            .as_list::<i32>();
-        let completion = batch
-            .column_by_name(&format!("{side}_completion"))
-            .context("completion mask")?
-            .as_list::<i32>();
-        let rows = ids.len();
-        let len = (0..rows)
-            .map(|r| ids.value_length(r) as usize)
-            .max()
-            .unwrap_or(0);
-        let (mut tokens, mut mask, mut scored) = (Vec::new(), Vec::new(), Vec::new());
-        for r in 0..rows {
-            let row = ids.value(r);
-            let row = row.as_primitive::<arrow::datatypes::Int32Type>();
-            let marks = completion.value(r);
-            let marks = marks.as_primitive::<arrow::datatypes::Int8Type>();
-            for i in 0..len {
-                let real = i < row.len();
-                tokens.push(if real { i64::from(row.value(i)) } else { 0 });
-                mask.push(real);
-                scored.push(if real { i64::from(marks.value(i)) } else { 0 });
-            }
-        }
-        let shape = [rows, len];
-        columns.push((side.to_owned(), TensorData::new(tokens, shape)));
-        columns.push((format!("{side}_mask"), TensorData::new(mask, shape)));
-        columns.push((format!("{side}_completion"), TensorData::new(scored, shape)));
-        let reference = format!("ref_{side}_logps");
-        if let Some(values) = batch.column_by_name(&reference) {
-            let values = values
-                .as_primitive::<arrow::datatypes::Float32Type>()
-                .values()
-                .to_vec();
-            columns.push((reference, TensorData::new(values, [rows])));
-        }
-    }
-    Ok(TensorBatch::from_columns(columns))
 }
 
 /// `(step, loss)` of the trainer's train records.

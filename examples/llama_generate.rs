@@ -43,14 +43,8 @@ struct Args {
 }
 
 fn parse_args() -> anyhow::Result<Args> {
-    let models = std::env::var_os("MLINFRA_MODELS")
-        .map(PathBuf::from)
-        .or_else(|| {
-            std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/mlinfra/models"))
-        })
-        .unwrap_or_default();
     let mut args = Args {
-        model: models.join("SmolLM2-135M-Instruct.Q4_1.gguf"),
+        model: mlinfra_examples::default_model(),
         prompt: "The capital of France is".into(),
         max_new: 16,
         adapter: None,

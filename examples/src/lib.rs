@@ -5,6 +5,14 @@ pub mod arithmetic;
 pub mod plot;
 pub mod serve_sim;
 
+/// SmolLM2-135M-Instruct's GGUF where `scripts/fetch-model` puts it (`$MLINFRA_MODELS`, default
+/// `~/.cache/mlinfra/models`): the model examples use when none is given.
+pub fn default_model() -> std::path::PathBuf {
+    mlinfra_test_utils::models_dir()
+        .unwrap_or_default()
+        .join("SmolLM2-135M-Instruct.Q4_1.gguf")
+}
+
 /// What one layer of the stack can do today. The README's status table says the same in prose.
 #[derive(Debug, Clone, Copy)]
 pub struct Layer {

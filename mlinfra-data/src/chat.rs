@@ -245,6 +245,11 @@ impl ChatTemplate {
     /// [`Error::ChatTemplate`] when rendering fails, or when the template is not
     /// prefix-stable (rendering more messages changes the text of earlier ones, so turns
     /// cannot be located); [`Error::Tokenizer`] from the tokenizer.
+    ///
+    /// # Costs
+    ///
+    /// Two renders per assistant turn besides the whole one (quadratic in the number of turns,
+    /// which is small for chat data), and one tokenizer call per piece.
     pub fn tokenize(&self, tokenizer: &Tokenizer, messages: &[Message]) -> Result<ChatTokens> {
         let full = self.render(messages, false)?;
         // Byte ranges of `full` that assistant turns wrote, in order.

@@ -127,13 +127,7 @@ pub const MODELS_VAR: &str = "MLINFRA_MODELS";
 ///
 /// When the file is missing under `CI=true` (`scripts/check` fetches the models first).
 pub fn model(file_name: &str) -> Option<PathBuf> {
-    let dir = std::env::var_os(MODELS_VAR)
-        .filter(|dir| !dir.is_empty())
-        .map(PathBuf::from)
-        .or_else(|| {
-            std::env::var_os("HOME").map(|home| Path::new(&home).join(".cache/mlinfra/models"))
-        })?;
-    let path = dir.join(file_name);
+    let path = models_dir()?.join(file_name);
     if path.is_file() {
         return Some(path);
     }
@@ -146,6 +140,17 @@ pub fn model(file_name: &str) -> Option<PathBuf> {
     }
     eprintln!("skipped: {missing}");
     None
+}
+
+/// The model cache `scripts/fetch-model` fills: `$MLINFRA_MODELS`, else
+/// `~/.cache/mlinfra/models`; `None` with neither variable set.
+pub fn models_dir() -> Option<PathBuf> {
+    std::env::var_os(MODELS_VAR)
+        .filter(|dir| !dir.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("HOME").map(|home| Path::new(&home).join(".cache/mlinfra/models"))
+        })
 }
 
 /// Writes `line` to the process's stderr, past the test harness's output capture (which only

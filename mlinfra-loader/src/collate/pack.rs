@@ -1,7 +1,9 @@
 //! [`Pack`]: sequence packing, several token sequences per fixed-length row (documented on
 //! the type).
 
-use arrow::array::{Array, ArrayRef, AsArray};
+use std::ops::Range;
+
+use arrow::array::{Array, ArrayRef, AsArray, OffsetSizeTrait};
 use arrow::datatypes::{
     DataType, Int8Type, Int16Type, Int32Type, Int64Type, UInt8Type, UInt16Type, UInt32Type,
     UInt64Type,
@@ -207,37 +209,33 @@ fn list_values<T>(
     row: usize,
     convert: fn(&ArrayRef, usize, usize) -> std::result::Result<Vec<T>, String>,
 ) -> std::result::Result<Vec<T>, String> {
-    let (values, start, end) = match column.data_type() {
-        DataType::List(_) => {
-            let list = column.as_list::<i32>();
-            if list.is_null(row) {
-                return Err("null".into());
-            }
-            let offsets = list.value_offsets();
-            (
-                list.values(),
-                offsets[row] as usize,
-                offsets[row + 1] as usize,
-            )
-        }
-        DataType::LargeList(_) => {
-            let list = column.as_list::<i64>();
-            if list.is_null(row) {
-                return Err("null".into());
-            }
-            let offsets = list.value_offsets();
-            (
-                list.values(),
-                offsets[row] as usize,
-                offsets[row + 1] as usize,
-            )
-        }
+    let (values, range) = match column.data_type() {
+        DataType::List(_) => list_range::<i32>(column, row),
+        DataType::LargeList(_) => list_range::<i64>(column, row),
         other => return Err(format!("a list column is needed, not {other}")),
-    };
+    }
+    .ok_or("null")?;
+    let (start, end) = (range.start, range.end);
     if values.null_count() > 0 && (start..end).any(|i| values.is_null(i)) {
         return Err("a null element".into());
     }
     convert(values, start, end)
+}
+
+/// The values array of a list column and where row `row` lies in it; `None` for a null row.
+fn list_range<O: OffsetSizeTrait>(
+    column: &ArrayRef,
+    row: usize,
+) -> Option<(&ArrayRef, Range<usize>)> {
+    let list = column.as_list::<O>();
+    if list.is_null(row) {
+        return None;
+    }
+    let offsets = list.value_offsets();
+    Some((
+        list.values(),
+        offsets[row].as_usize()..offsets[row + 1].as_usize(),
+    ))
 }
 
 /// Integer list values as i64 token ids.

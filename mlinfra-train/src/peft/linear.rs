@@ -204,37 +204,26 @@ impl LoraLinear {
     ) -> Tensor<D> {
         let weight = self.weight.val();
         let bias = self.bias.as_ref().map(Param::val);
-        if let Some(quantized) = &self.quantized {
-            // QLoRA: LoRA only (DoRA and merging need the dense weight; refused earlier).
-            let mut y = quantized_linear(x.clone(), quantized);
-            if let Some(bias) = bias {
-                y = y + along_last::<D>(bias);
-            }
-            return match self.applied() {
-                Some(adapter) => {
-                    let dropped = adapter.dropout.forward(x);
-                    y + linear(
-                        linear(dropped, adapter.a.val(), None),
-                        adapter.b.val(),
-                        None,
-                    )
-                    .mul_scalar(adapter.scaling)
-                }
-                None => y,
-            };
-        }
+        let base = match &self.quantized {
+            // QLoRA: the blocks, a tile at a time (LoRA only: DoRA and merging need the dense
+            // weight and are refused for a quantized layer).
+            Some(quantized) => match bias {
+                Some(bias) => quantized_linear(x.clone(), quantized) + along_last::<D>(bias),
+                None => quantized_linear(x.clone(), quantized),
+            },
+            None => linear(x.clone(), weight.clone(), bias),
+        };
         let Some(adapter) = self.applied() else {
-            return linear(x, weight, bias);
+            return base;
         };
         // The adapter's input; `x` itself unless dropout is on (training, p > 0).
-        let dropped = adapter.dropout.forward(x.clone());
+        let dropped = adapter.dropout.forward(x);
         let update = linear(
             linear(dropped.clone(), adapter.a.val(), None),
             adapter.b.val(),
             None,
         )
         .mul_scalar(adapter.scaling);
-        let base = linear(x, weight.clone(), bias);
         let Some(magnitude) = &adapter.magnitude else {
             return base + update;
         };

@@ -126,26 +126,26 @@ impl QuantizedWeight {
         dequantize_into(self.ty, bytes, out)
     }
 
-    /// Rows `rows` as a `[rows, in]` tensor shaped like `like` (device and dtype).
-    fn tile(&self, rows: Range<usize>, buffer: &mut Vec<f32>, like: &Tensor<2>) -> Tensor<2> {
+    /// Rows `rows` as a `[rows, in]` tensor on `like`'s device, in its dtype: one f32 buffer,
+    /// handed to burn without a copy.
+    fn tile(&self, rows: Range<usize>, like: &Tensor<2>) -> Tensor<2> {
         let count = rows.len();
-        buffer.resize(count * self.cols, 0.0);
-        let converted = self.dequantize_rows(rows, buffer);
+        let mut values = vec![0.0; count * self.cols];
+        let converted = self.dequantize_rows(rows, &mut values);
         debug_assert!(converted, "checked at construction");
         Tensor::<2>::from_data(
-            TensorData::new(buffer.clone(), [count, self.cols]),
+            TensorData::new(values, [count, self.cols]),
             (&like.device(), like.dtype()),
         )
     }
 
     /// `x · Wᵀ` for `x` `[n, in]`, one tile of rows of `W` at a time: `[n, out]`.
     fn forward_tiles(&self, x: Tensor<2>) -> Tensor<2> {
-        let mut buffer = Vec::new();
         let parts: Vec<Tensor<2>> = (0..self.rows)
             .step_by(TILE_ROWS)
             .map(|start| {
                 let rows = start..(start + TILE_ROWS).min(self.rows);
-                let tile = self.tile(rows, &mut buffer, &x);
+                let tile = self.tile(rows, &x);
                 x.clone().matmul(tile.transpose())
             })
             .collect();
@@ -154,12 +154,11 @@ impl QuantizedWeight {
 
     /// `dy · W` for `dy` `[n, out]`: the gradient of `x · Wᵀ` with respect to `x`, `[n, in]`.
     fn backward_tiles(&self, dy: Tensor<2>) -> Tensor<2> {
-        let mut buffer = Vec::new();
         let mut sum: Option<Tensor<2>> = None;
         for start in (0..self.rows).step_by(TILE_ROWS) {
             let rows = start..(start + TILE_ROWS).min(self.rows);
             let count = rows.len();
-            let tile = self.tile(rows, &mut buffer, &dy);
+            let tile = self.tile(rows, &dy);
             let part = dy.clone().narrow(1, start, count).matmul(tile);
             sum = Some(match sum {
                 Some(sum) => sum + part,

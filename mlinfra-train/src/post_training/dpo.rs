@@ -75,7 +75,8 @@ pub struct DpoSums {
 }
 
 impl DpoSums {
-    fn add(&mut self, other: &DpoSums) {
+    /// Adds `other`'s pairs to these.
+    pub fn add(&mut self, other: &DpoSums) {
         self.pairs += other.pairs;
         self.loss += other.loss;
         self.reward_chosen += other.reward_chosen;
@@ -273,8 +274,8 @@ impl Dpo {
             });
         }
         let attention = attention.as_bytes().to_vec();
-        let completion = integers(&completion, &format!("{name}_completion"))?;
-        let tokens = integers(&ids, name)?
+        let completion = integers(completion, &format!("{name}_completion"))?;
+        let tokens = integers(ids, name)?
             .into_iter()
             .zip(&attention)
             .map(|(t, &real)| {

@@ -28,9 +28,8 @@ pub(crate) fn take_column(batch: &mut TensorBatch, name: &str) -> Result<burn::t
 }
 
 /// The integer values of a column, as i64, whatever its integer type.
-pub(crate) fn integers(data: &burn::tensor::TensorData, name: &str) -> Result<Vec<i64>> {
-    data.clone()
-        .convert::<i64>()
+pub(crate) fn integers(data: burn::tensor::TensorData, name: &str) -> Result<Vec<i64>> {
+    data.convert::<i64>()
         .try_into_vec::<i64>()
         .map_err(|e| Error::InvalidConfig {
             reason: format!("column `{name}` is not an integer column: {e:?}").into(),

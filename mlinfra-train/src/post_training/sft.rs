@@ -56,7 +56,7 @@ impl Sft {
                         .into(),
                 });
             }
-            integers(&data, &full)
+            integers(data, &full)
         };
         let positions = column("positions", &mut batch)?;
         let segments = column("segments", &mut batch)?;
@@ -75,7 +75,7 @@ impl Sft {
         let rows = PackedRows {
             rows,
             seq_len,
-            tokens: integers(&tokens, name)?
+            tokens: integers(tokens, name)?
                 .into_iter()
                 .map(|t| convert(t, "token"))
                 .collect::<Result<_>>()?,

@@ -1,12 +1,15 @@
-//! A learnable classification dataset: labels from a fixed linear teacher, written as Parquet.
+//! What several test modules build: a learnable classification dataset (labels from a fixed
+//! linear teacher, written as Parquet), a tiny Llama, and Parquet files of any batch.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use arrow::array::{FixedSizeListArray, Float32Array, Int64Array, RecordBatch};
 use arrow::datatypes::{DataType, Field, Schema};
+use burn::tensor::{Device, Int, Tensor, TensorData};
 use mlinfra_data::Dataset;
 use mlinfra_test_utils::rng::SplitMix64 as Rng;
+use mlinfra_train::models::{Llama, LlamaConfig};
 use parquet::arrow::ArrowWriter;
 
 /// Features per row.
@@ -45,16 +48,57 @@ pub fn teacher_parquet(dir: &Path, name: &str, rows: usize, seed: u64) -> PathBu
     ]));
     let x = FixedSizeListArray::new(item, FEATURES as i32, Arc::new(Float32Array::from(x)), None);
     let batch = RecordBatch::try_new(
-        schema.clone(),
+        schema,
         vec![Arc::new(x), Arc::new(Int64Array::from(labels))],
     )
     .unwrap();
     let path = dir.join(format!("{name}.parquet"));
-    let mut writer =
-        ArrowWriter::try_new(std::fs::File::create(&path).unwrap(), schema, None).unwrap();
-    writer.write(&batch).unwrap();
-    writer.close().unwrap();
+    write_parquet(&path, &batch);
     path
+}
+
+/// `batch` as a Parquet file at `path`.
+pub fn write_parquet(path: &Path, batch: &RecordBatch) {
+    let mut writer =
+        ArrowWriter::try_new(std::fs::File::create(path).unwrap(), batch.schema(), None).unwrap();
+    writer.write(batch).unwrap();
+    writer.close().unwrap();
+}
+
+/// A tiny Llama's shape: 2 layers, hidden 32, 4 query and 2 key/value heads, vocabulary 48.
+pub fn tiny_llama_config() -> LlamaConfig {
+    LlamaConfig {
+        vocab_size: 48,
+        hidden_size: 32,
+        intermediate_size: 40,
+        num_layers: 2,
+        num_heads: 4,
+        num_kv_heads: 2,
+        head_dim: None,
+        rms_norm_eps: 1e-5,
+        rope_theta: 10_000.0,
+        max_seq_len: 64,
+        tie_embeddings: false,
+    }
+}
+
+/// [`tiny_llama_config`] with seeded weights large enough (std 0.15) that outputs depend on
+/// the whole context.
+pub fn tiny_llama(device: &Device) -> Llama {
+    tiny_llama_config().init_with_std(11, 0.15, device).unwrap()
+}
+
+/// `model`'s logits `[1, tokens, vocab]` for one sequence, flattened, on the plain CPU device.
+pub fn llama_logits(model: &Llama, tokens: &[u32]) -> Vec<f32> {
+    let device = Device::flex();
+    let ids: Vec<i64> = tokens.iter().map(|&t| i64::from(t)).collect();
+    let ids = Tensor::<2, Int>::from_data(TensorData::new(ids, [1, tokens.len()]), &device);
+    model
+        .forward(ids)
+        .unwrap()
+        .into_data()
+        .try_to_vec::<f32>()
+        .unwrap()
 }
 
 /// The train (512 rows) and test (256 rows) sets in `dir`.

@@ -14,6 +14,8 @@ use mlinfra_train::optim::{LrSchedule, OptimizerConfig};
 use mlinfra_train::{DataParallel, Error, ParamLayout, StepOptions};
 use serde_json::Value;
 
+use crate::fixtures::llama_logits;
+
 fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/it/llama")
@@ -31,12 +33,6 @@ fn tiny_config() -> LlamaConfig {
 fn ids(tokens: &[u32], device: &Device) -> Tensor<2, Int> {
     let values: Vec<i64> = tokens.iter().map(|&t| i64::from(t)).collect();
     Tensor::from_data(TensorData::new(values, [1, tokens.len()]), device)
-}
-
-fn logits_of(model: &Llama, tokens: &[u32]) -> Vec<f32> {
-    let device = Device::flex();
-    let logits = model.forward(ids(tokens, &device)).unwrap();
-    logits.into_data().try_to_vec::<f32>().unwrap()
 }
 
 fn fixture_tokens(json: &Value) -> Vec<u32> {
@@ -78,7 +74,7 @@ fn tiny_from_safetensors() -> Llama {
 fn tiny_llama_from_safetensors_matches_transformers() {
     let json = tiny_json();
     let model = tiny_from_safetensors();
-    let got = logits_of(&model, &fixture_tokens(&json));
+    let got = llama_logits(&model, &fixture_tokens(&json));
     let vs_f32 = max_abs_diff(&got, &fixture_logits(&json, "logits"));
     let vs_f64 = max_abs_diff(&got, &fixture_logits(&json, "logits_f64"));
     assert!(vs_f32 < 2e-5, "max |ours - transformers f32| = {vs_f32}");
@@ -102,7 +98,7 @@ fn tiny_llama_from_gguf_equals_the_safetensors_one() {
     let safetensors = SafetensorsFile::open(fixture("tiny.safetensors")).unwrap();
     let twin = Llama::from_safetensors(&same, &[safetensors], &Device::flex()).unwrap();
     let tokens = fixture_tokens(&json);
-    assert_eq!(logits_of(&model, &tokens), logits_of(&twin, &tokens));
+    assert_eq!(llama_logits(&model, &tokens), llama_logits(&twin, &tokens));
 }
 
 /// A prompt, then one token at a time through the KV cache, gives a full forward's logits.
@@ -111,7 +107,7 @@ fn cached_decoding_matches_a_full_forward() {
     let json = tiny_json();
     let model = tiny_from_safetensors();
     let tokens = fixture_tokens(&json);
-    let full = logits_of(&model, &tokens);
+    let full = llama_logits(&model, &tokens);
     let vocab = 64;
     let device = Device::flex();
     let mut cache = KvCache::default();
@@ -310,7 +306,7 @@ fn smollm2_completes_the_capital_of_france_as_transformers_does() {
     let want: Vec<u32> = serde_json::from_value(reference["prompt_ids"].clone()).unwrap();
     assert_eq!(prompt, want);
 
-    let logits = logits_of(&model, &prompt);
+    let logits = llama_logits(&model, &prompt);
     let last = &logits[logits.len() - config.vocab_size..];
     for pair in reference["last_logits_at"].as_array().unwrap() {
         let (id, want) = (

@@ -10,38 +10,12 @@ use mlinfra_train::optim::{LrSchedule, OptimizerConfig};
 use mlinfra_train::peft::{LoraConfig, TargetModules};
 use mlinfra_train::{DataParallel, ParamLayout, StepOptions};
 
-fn config() -> LlamaConfig {
-    LlamaConfig {
-        vocab_size: 48,
-        hidden_size: 32,
-        intermediate_size: 40,
-        num_layers: 2,
-        num_heads: 4,
-        num_kv_heads: 2,
-        head_dim: None,
-        rms_norm_eps: 1e-5,
-        rope_theta: 10_000.0,
-        max_seq_len: 64,
-        tie_embeddings: false,
-    }
-}
-
-fn model(device: &Device) -> Llama {
-    config().init_with_std(11, 0.15, device).unwrap()
-}
+use crate::fixtures::{llama_logits, tiny_llama, tiny_llama_config};
 
 const TOKENS: [u32; 12] = [3, 17, 5, 40, 2, 9, 33, 21, 8, 1, 44, 12];
 
 fn logits(model: &Llama) -> Vec<f32> {
-    let device = Device::flex();
-    let ids: Vec<i64> = TOKENS.iter().map(|&t| i64::from(t)).collect();
-    let ids = Tensor::<2, Int>::from_data(TensorData::new(ids, [1, TOKENS.len()]), &device);
-    model
-        .forward(ids)
-        .unwrap()
-        .into_data()
-        .try_to_vec::<f32>()
-        .unwrap()
+    llama_logits(model, &TOKENS)
 }
 
 fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
@@ -59,12 +33,12 @@ fn every_linear() -> TargetModules {
 #[test]
 fn a_fresh_adapter_changes_nothing() {
     let device = Device::flex();
-    let base = logits(&model(&device));
+    let base = logits(&tiny_llama(&device));
     for dora in [false, true] {
         let config = LoraConfig::new(4, 8.0)
             .with_target_modules(every_linear())
             .with_dora(dora);
-        let adapted = model(&device).with_adapter("a", &config, 1).unwrap();
+        let adapted = tiny_llama(&device).with_adapter("a", &config, 1).unwrap();
         let diff = max_abs_diff(&logits(&adapted), &base);
         assert!(diff < 1e-5, "dora {dora}: {diff}");
     }
@@ -76,7 +50,7 @@ fn a_fresh_adapter_changes_nothing() {
 #[test]
 fn merging_and_unmerging_keep_the_outputs() {
     let device = Device::flex();
-    let base = logits(&model(&device));
+    let base = logits(&tiny_llama(&device));
     for (dora, targets) in [
         (false, every_linear()),
         (false, TargetModules::names(["q_proj", "v_proj"])),
@@ -87,7 +61,7 @@ fn merging_and_unmerging_keep_the_outputs() {
             .with_target_modules(targets.clone())
             .with_dora(dora)
             .with_init_lora_weights(false);
-        let adapted = model(&device).with_adapter("a", &config, 7).unwrap();
+        let adapted = tiny_llama(&device).with_adapter("a", &config, 7).unwrap();
         let unmerged = logits(&adapted);
         let moved = max_abs_diff(&unmerged, &base);
         assert!(
@@ -128,7 +102,7 @@ fn only_the_active_adapter_trains() {
     let device = Device::flex().autodiff();
     let config =
         LoraConfig::new(4, 8.0).with_target_modules(TargetModules::names(["q_proj", "v_proj"]));
-    let model = model(&device)
+    let model = tiny_llama(&device)
         .with_adapter("first", &config, 1)
         .unwrap()
         .with_adapter("second", &config.clone().with_dora(true), 2)
@@ -185,13 +159,13 @@ fn only_the_active_adapter_trains() {
 #[test]
 fn adapters_switch_disable_delete_and_refuse_what_cannot_work() {
     let device = Device::flex();
-    let base = logits(&model(&device));
+    let base = logits(&tiny_llama(&device));
     let config = |seed_b: bool| {
         LoraConfig::new(2, 4.0)
             .with_target_modules(every_linear())
             .with_init_lora_weights(!seed_b)
     };
-    let model = model(&device)
+    let model = tiny_llama(&device)
         .with_adapter("x", &config(true), 3)
         .unwrap()
         .with_adapter("y", &config(true), 4)
@@ -255,13 +229,17 @@ fn a_saved_adapter_loads_into_a_fresh_model_with_the_same_outputs() {
             .with_dora(dora)
             .with_rslora(rslora)
             .with_init_lora_weights(false);
-        let adapted = model(&device).with_adapter("mine", &config, 5).unwrap();
+        let adapted = tiny_llama(&device)
+            .with_adapter("mine", &config, 5)
+            .unwrap();
         let expected = logits(&adapted);
         let dir = tempfile::tempdir().unwrap();
         adapted
             .save_adapter("mine", dir.path(), Some("SmolLM2-test"))
             .unwrap();
-        let loaded = model(&device).load_adapter(dir.path(), "theirs").unwrap();
+        let loaded = tiny_llama(&device)
+            .load_adapter(dir.path(), "theirs")
+            .unwrap();
         assert_eq!(loaded.active_adapter(), Some("theirs"));
         assert_eq!(loaded.adapters()[0].config, config);
         let diff = max_abs_diff(&logits(&loaded), &expected);
@@ -282,38 +260,34 @@ fn an_adapter_that_does_not_fit_the_model_is_refused() {
     let device = Device::flex();
     let dir = tempfile::tempdir().unwrap();
     let all = LoraConfig::new(2, 4.0).with_target_modules(TargetModules::all_linear());
-    model(&device)
+    tiny_llama(&device)
         .with_adapter("a", &all, 1)
         .unwrap()
         .save_adapter("a", dir.path(), None)
         .unwrap();
-    // A model with a narrower MLP: the same layer names, other shapes.
-    let narrow = LlamaConfig {
-        intermediate_size: 24,
-        ..config()
+    let refusal = |config: LlamaConfig| {
+        config
+            .init(1, &device)
+            .unwrap()
+            .load_adapter(dir.path(), "a")
+            .unwrap_err()
+            .to_string()
     };
-    let error = narrow
-        .init(1, &device)
-        .unwrap()
-        .load_adapter(dir.path(), "a")
-        .unwrap_err()
-        .to_string();
+    // A model with a narrower MLP: the same layer names, other shapes.
+    let error = refusal(LlamaConfig {
+        intermediate_size: 24,
+        ..tiny_llama_config()
+    });
     assert!(
         error.contains("adapter_model.safetensors")
             && error.contains("model.layers.0.mlp.down_proj: the adapter is for a layer 40 -> 32"),
         "{error}"
     );
     // A model with fewer layers: tensors for a layer it does not have.
-    let shallow = LlamaConfig {
+    let error = refusal(LlamaConfig {
         num_layers: 1,
-        ..config()
-    };
-    let error = shallow
-        .init(1, &device)
-        .unwrap()
-        .load_adapter(dir.path(), "a")
-        .unwrap_err()
-        .to_string();
+        ..tiny_llama_config()
+    });
     assert!(
         error.contains("model.layers.1.") && error.contains("not a linear layer"),
         "{error}"
@@ -321,7 +295,7 @@ fn an_adapter_that_does_not_fit_the_model_is_refused() {
     // Config says every linear layer, the file has only some.
     let narrower = LoraConfig::new(2, 4.0).with_target_modules(TargetModules::names(["q_proj"]));
     let partial = tempfile::tempdir().unwrap();
-    model(&device)
+    tiny_llama(&device)
         .with_adapter("a", &narrower, 1)
         .unwrap()
         .save_adapter("a", partial.path(), None)
@@ -331,13 +305,13 @@ fn an_adapter_that_does_not_fit_the_model_is_refused() {
         partial.path().join("adapter_config.json"),
     )
     .unwrap();
-    let error = model(&device)
+    let error = tiny_llama(&device)
         .load_adapter(partial.path(), "a")
         .unwrap_err()
         .to_string();
     assert!(error.contains("which has no tensors"), "{error}");
     // A missing directory names the config file.
-    let error = model(&device)
+    let error = tiny_llama(&device)
         .load_adapter(dir.path().join("nowhere"), "a")
         .unwrap_err()
         .to_string();

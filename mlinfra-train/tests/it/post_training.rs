@@ -4,48 +4,18 @@
 use std::sync::Arc;
 
 use arrow::array::{BooleanBuilder, Int32Builder, ListBuilder, RecordBatch};
-use burn::tensor::{Device, Int, Tensor, TensorData};
+use burn::tensor::{Device, Tensor, TensorData};
 use mlinfra_data::Dataset;
 use mlinfra_loader::{Loader, Pack, Shuffle, TensorBatch, Tensors};
 use mlinfra_train::collective::Single;
-use mlinfra_train::models::{Llama, LlamaConfig, PackedRows};
+use mlinfra_train::models::{Llama, PackedRows};
 use mlinfra_train::optim::{LrSchedule, OptimizerConfig};
 use mlinfra_train::peft::{LoraConfig, TargetModules};
 use mlinfra_train::post_training::{DEFAULT_BETA, Dpo, Sft};
 use mlinfra_train::trainer::{Task, TrainerConfig};
 use mlinfra_train::{Precision, Sharding, SplitMix64, StepOptions, Trainer};
-use parquet::arrow::ArrowWriter;
 
-fn config() -> LlamaConfig {
-    LlamaConfig {
-        vocab_size: 48,
-        hidden_size: 32,
-        intermediate_size: 40,
-        num_layers: 2,
-        num_heads: 4,
-        num_kv_heads: 2,
-        head_dim: None,
-        rms_norm_eps: 1e-5,
-        rope_theta: 10_000.0,
-        max_seq_len: 64,
-        tie_embeddings: false,
-    }
-}
-
-fn model(device: &Device) -> Llama {
-    config().init_with_std(11, 0.15, device).unwrap()
-}
-
-fn forward(model: &Llama, tokens: &[u32]) -> Vec<f32> {
-    let ids: Vec<i64> = tokens.iter().map(|&t| i64::from(t)).collect();
-    let ids = Tensor::<2, Int>::from_data(TensorData::new(ids, [1, tokens.len()]), &Device::flex());
-    model
-        .forward(ids)
-        .unwrap()
-        .into_data()
-        .try_to_vec::<f32>()
-        .unwrap()
-}
+use crate::fixtures::{llama_logits, tiny_llama, tiny_llama_config, write_parquet};
 
 /// `sequences` packed into rows of `seq_len` in the order given, each row's sequences listed.
 fn pack(rows: &[&[&[u32]]], seq_len: usize) -> PackedRows {
@@ -79,7 +49,7 @@ const C: &[u32] = &[1, 44, 12, 12, 30, 7, 6];
 #[test]
 fn packed_sequences_compute_as_if_alone() {
     let device = Device::flex();
-    let model = model(&device);
+    let model = tiny_llama(&device);
     let rows = pack(&[&[A, B], &[C]], 12);
     let cells: Vec<usize> = (0..rows.cells()).collect();
     let logits = model
@@ -88,9 +58,9 @@ fn packed_sequences_compute_as_if_alone() {
         .into_data()
         .try_to_vec::<f32>()
         .unwrap();
-    let vocab = config().vocab_size;
+    let vocab = tiny_llama_config().vocab_size;
     for (sequence, start) in [(A, 0), (B, A.len()), (C, 12)] {
-        let alone = forward(&model, sequence);
+        let alone = llama_logits(&model, sequence);
         let packed = &logits[start * vocab..(start + sequence.len()) * vocab];
         let diff = alone
             .iter()
@@ -135,7 +105,7 @@ fn batch_of(rows: &PackedRows, mask: &[bool]) -> TensorBatch {
 #[test]
 fn the_sft_loss_is_the_mean_over_masked_next_tokens() {
     let device = Device::flex();
-    let model = model(&device);
+    let model = tiny_llama(&device);
     let rows = pack(&[&[A, B], &[C]], 12);
     // Mask: A's last two, all of B (its first token is never scored: nothing precedes it),
     // C's tokens 3..6, and padding (never scored).
@@ -145,8 +115,8 @@ fn the_sft_loss_is_the_mean_over_masked_next_tokens() {
     }
     let mut reference = Vec::new();
     for (sequence, start) in [(A, 0usize), (B, A.len()), (C, 12)] {
-        let logits = forward(&model, sequence);
-        let vocab = config().vocab_size;
+        let logits = llama_logits(&model, sequence);
+        let vocab = tiny_llama_config().vocab_size;
         for t in 0..sequence.len() - 1 {
             if !mask[start + t + 1] {
                 continue;
@@ -200,10 +170,7 @@ fn write_sequences(path: &std::path::Path, sequences: &[(Vec<i32>, Vec<bool>)]) 
         ("assistant_masks", Arc::new(masks.finish()) as _),
     ])
     .unwrap();
-    let mut writer =
-        ArrowWriter::try_new(std::fs::File::create(path).unwrap(), batch.schema(), None).unwrap();
-    writer.write(&batch).unwrap();
-    writer.close().unwrap();
+    write_parquet(path, &batch);
 }
 
 /// LoRA SFT through the trainer on packed rows: the adapter learns the answers (the loss on
@@ -224,8 +191,8 @@ fn lora_sft_on_packed_rows_learns_and_leaves_the_base_alone() {
         .shuffle(Shuffle::Exact)
         .seed(3);
     let lora = LoraConfig::new(8, 16.0).with_target_modules(TargetModules::all_linear());
-    let adapted = model(&device).with_adapter("sft", &lora, 2).unwrap();
-    let base_before = forward(&adapted.clone().with_adapters_enabled(false), A);
+    let adapted = tiny_llama(&device).with_adapter("sft", &lora, 2).unwrap();
+    let base_before = llama_logits(&adapted.clone().with_adapters_enabled(false), A);
     let steps = 60;
     let options = StepOptions {
         schedule: LrSchedule::warmup_cosine(1e-2, 5, steps, 0.1),
@@ -272,7 +239,7 @@ fn lora_sft_on_packed_rows_learns_and_leaves_the_base_alone() {
         summary.last_loss
     );
     let trained = trainer.model().clone();
-    let base_after = forward(&trained.clone().with_adapters_enabled(false), A);
+    let base_after = llama_logits(&trained.clone().with_adapters_enabled(false), A);
     assert_eq!(base_before, base_after, "the frozen base moved");
 }
 
@@ -331,7 +298,7 @@ fn toy_pairs(count: usize, seed: u64) -> Vec<(Vec<u32>, Vec<u32>, Vec<u32>)> {
 fn the_dpo_loss_is_ln_2_at_the_start() {
     let device = Device::flex().autodiff();
     let lora = LoraConfig::new(4, 8.0).with_target_modules(TargetModules::all_linear());
-    let policy = model(&device).with_adapter("dpo", &lora, 3).unwrap();
+    let policy = tiny_llama(&device).with_adapter("dpo", &lora, 3).unwrap();
     let dpo = Dpo::new(DEFAULT_BETA, "chosen", "rejected").unwrap();
     let (losses, sums) = dpo
         .pair_losses(&policy, dpo_batch(&toy_pairs(6, 1)))
@@ -345,7 +312,7 @@ fn the_dpo_loss_is_ln_2_at_the_start() {
     let moved = LoraConfig::new(4, 8.0)
         .with_target_modules(TargetModules::all_linear())
         .with_init_lora_weights(false);
-    let policy = model(&device).with_adapter("dpo", &moved, 3).unwrap();
+    let policy = tiny_llama(&device).with_adapter("dpo", &moved, 3).unwrap();
     let pairs = toy_pairs(6, 1);
     let (chosen, rejected) = dpo.completion_logps(&policy, dpo_batch(&pairs)).unwrap();
     let mut columns = dpo_batch(&pairs).into_columns();
@@ -436,7 +403,7 @@ fn dpo_gradients_match_finite_differences_in_f64() {
     let lora = LoraConfig::new(2, 4.0)
         .with_target_modules(TargetModules::names(["q_proj", "down_proj"]))
         .with_init_lora_weights(false);
-    let base = mlinfra_train::precision::cast_module(model(&device), burn::tensor::DType::F64);
+    let base = mlinfra_train::precision::cast_module(tiny_llama(&device), burn::tensor::DType::F64);
     let policy = base.with_adapter("dpo", &lora, 9).unwrap();
     let dpo = Dpo::new(0.5, "chosen", "rejected").unwrap();
     let pairs = toy_pairs(3, 4);
@@ -506,7 +473,7 @@ fn lora_dpo_separates_a_separable_toy_set() {
         .shuffle(Shuffle::Exact)
         .seed(5);
     let lora = LoraConfig::new(8, 16.0).with_target_modules(TargetModules::all_linear());
-    let policy = model(&device).with_adapter("dpo", &lora, 4).unwrap();
+    let policy = tiny_llama(&device).with_adapter("dpo", &lora, 4).unwrap();
     let dpo = Dpo::new(DEFAULT_BETA, "chosen", "rejected").unwrap();
     let before = dpo.pair_losses(&policy, dpo_batch(&pairs)).unwrap().1;
     let steps = 40;
@@ -601,9 +568,5 @@ fn write_pairs(path: &std::path::Path, pairs: &[(Vec<u32>, Vec<u32>, Vec<u32>)])
             Arc::new(completion.finish()),
         ));
     }
-    let batch = RecordBatch::try_from_iter(columns).unwrap();
-    let mut writer =
-        ArrowWriter::try_new(std::fs::File::create(path).unwrap(), batch.schema(), None).unwrap();
-    writer.write(&batch).unwrap();
-    writer.close().unwrap();
+    write_parquet(path, &RecordBatch::try_from_iter(columns).unwrap());
 }

@@ -384,14 +384,7 @@ impl Llama {
             .iter()
             .map(|(_, layer)| layer.base_bytes())
             .sum();
-        let norms = self.layers.len() * 2 + 1;
-        let hidden = self.norm.gamma.lazy_shape().num_elements();
-        let embedding = self.embed_tokens.weight.lazy_shape().num_elements();
-        let head = self
-            .lm_head
-            .as_ref()
-            .map_or(0, |head| head.weight.lazy_shape().num_elements());
-        (projections + 4 * (norms * hidden + embedding + head)) as u64
+        (projections + 4 * self.dense_base_parameters()) as u64
     }
 
     /// The bytes the base weights take as f32: what [`Llama::from_gguf`] holds, to set
@@ -410,13 +403,19 @@ impl Llama {
                 input * output
             })
             .sum();
+        (projections + self.dense_base_parameters()) as u64
+    }
+
+    /// Parameters outside the adaptable projections, always f32: the embedding, the norms
+    /// and an untied output projection.
+    fn dense_base_parameters(&self) -> usize {
         let norms = (self.layers.len() * 2 + 1) * self.norm.gamma.lazy_shape().num_elements();
         let embedding = self.embed_tokens.weight.lazy_shape().num_elements();
         let head = self
             .lm_head
             .as_ref()
             .map_or(0, |head| head.weight.lazy_shape().num_elements());
-        (projections + norms + embedding + head) as u64
+        norms + embedding + head
     }
 
     /// Refuses a name in use, and any new adapter while one is merged.
