@@ -141,6 +141,43 @@ fn the_sft_loss_is_the_mean_over_masked_next_tokens() {
     assert!((got - want).abs() < 1e-5, "{got} vs {want}");
 }
 
+/// A one-rank trainer of an adapter: AdamW at 1e-2 with `warmup` steps and cosine decay over
+/// `steps`, clipping at 1.0, metrics to `metrics`.
+fn adapter_trainer<T: Task<Llama>>(
+    model: Llama,
+    task: T,
+    loader: mlinfra_loader::LoaderBuilder,
+    (steps, warmup, metrics): (u64, u64, &std::path::Path),
+    seed: u64,
+) -> Trainer<Single, Llama, T> {
+    let options = StepOptions {
+        schedule: LrSchedule::warmup_cosine(1e-2, warmup, steps, 0.1),
+        max_grad_norm: Some(1.0),
+        sharding: Sharding::Replicated,
+        precision: Precision::F32,
+        loss_scaling: None,
+    };
+    let config = TrainerConfig {
+        steps,
+        micro_batches: 1,
+        eval_every: None,
+        checkpoint: None,
+        metrics: Some(metrics.to_path_buf()),
+        progress: false,
+        seed,
+    };
+    Trainer::new(
+        Single,
+        model,
+        task,
+        loader,
+        &OptimizerConfig::adamw(),
+        options,
+        config,
+    )
+    .unwrap()
+}
+
 /// Sequences `prompt ++ answer` where the answer is a fixed function of the prompt.
 fn toy_sequences(count: usize) -> Vec<(Vec<i32>, Vec<bool>)> {
     let mut rng = SplitMix64::new(21);
@@ -194,32 +231,14 @@ fn lora_sft_on_packed_rows_learns_and_leaves_the_base_alone() {
     let adapted = tiny_llama(&device).with_adapter("sft", &lora, 2).unwrap();
     let base_before = llama_logits(&adapted.clone().with_adapters_enabled(false), A);
     let steps = 60;
-    let options = StepOptions {
-        schedule: LrSchedule::warmup_cosine(1e-2, 5, steps, 0.1),
-        max_grad_norm: Some(1.0),
-        sharding: Sharding::Replicated,
-        precision: Precision::F32,
-        loss_scaling: None,
-    };
     let metrics = dir.path().join("metrics.jsonl");
-    let mut trainer = Trainer::new(
-        Single,
+    let mut trainer = adapter_trainer(
         adapted,
         Sft::new("input_ids"),
         loader,
-        &OptimizerConfig::adamw(),
-        options,
-        TrainerConfig {
-            steps,
-            micro_batches: 1,
-            eval_every: None,
-            checkpoint: None,
-            metrics: Some(metrics.clone()),
-            progress: false,
-            seed: 1,
-        },
-    )
-    .unwrap();
+        (steps, 5, &metrics),
+        1,
+    );
     let summary = trainer.fit().unwrap();
     let log = mlinfra_train::trainer::read_metrics(&metrics).unwrap();
     let losses: Vec<f64> = log
@@ -478,30 +497,7 @@ fn lora_dpo_separates_a_separable_toy_set() {
     let before = dpo.pair_losses(&policy, dpo_batch(&pairs)).unwrap().1;
     let steps = 40;
     let metrics = dir.path().join("metrics.jsonl");
-    let mut trainer = Trainer::new(
-        Single,
-        policy,
-        dpo.clone(),
-        loader,
-        &OptimizerConfig::adamw(),
-        StepOptions {
-            schedule: LrSchedule::warmup_cosine(1e-2, 4, steps, 0.1),
-            max_grad_norm: Some(1.0),
-            sharding: Sharding::Replicated,
-            precision: Precision::F32,
-            loss_scaling: None,
-        },
-        TrainerConfig {
-            steps,
-            micro_batches: 1,
-            eval_every: None,
-            checkpoint: None,
-            metrics: Some(metrics.clone()),
-            progress: false,
-            seed: 2,
-        },
-    )
-    .unwrap();
+    let mut trainer = adapter_trainer(policy, dpo.clone(), loader, (steps, 4, &metrics), 2);
     trainer.fit().unwrap();
     let after = dpo
         .pair_losses(trainer.model(), dpo_batch(&pairs))
