@@ -173,6 +173,7 @@ fn parse_args() -> anyhow::Result<Args> {
 }
 
 fn main() -> ExitCode {
+    mlinfra_examples::keep_freed_memory();
     match run() {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {

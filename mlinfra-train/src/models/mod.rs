@@ -5,6 +5,6 @@ mod mlp;
 
 pub use llama::{
     AdapterInfo, KvCache, LayerAttention, Llama, LlamaAttention, LlamaConfig, LlamaLayer, LlamaMlp,
-    PackedRows,
+    PackedRows, VarlenAttention,
 };
 pub use mlp::{Mlp, MlpConfig};

@@ -110,7 +110,8 @@ impl Sft {
         if cells.is_empty() {
             // Nothing to learn from (every mask false): a zero that still depends on the
             // parameters, so the step's backward pass has a graph to walk.
-            let logits = model.packed_logits(&rows, &[0])?;
+            let first = rows.segments.iter().position(|&s| s != 0).unwrap_or(0);
+            let logits = model.packed_logits(&rows, &[first])?;
             return Ok((logits.clone().sum().mul_scalar(0.0), logits, targets));
         }
         let logits = model.packed_logits(&rows, &cells)?;

@@ -51,7 +51,9 @@ fn packed_sequences_compute_as_if_alone() {
     let device = Device::flex();
     let model = tiny_llama(&device);
     let rows = pack(&[&[A, B], &[C]], 12);
-    let cells: Vec<usize> = (0..rows.cells()).collect();
+    let cells: Vec<usize> = (0..rows.cells())
+        .filter(|&c| rows.segments[c] != 0)
+        .collect();
     let logits = model
         .packed_logits(&rows, &cells)
         .unwrap()
@@ -59,7 +61,8 @@ fn packed_sequences_compute_as_if_alone() {
         .try_to_vec::<f32>()
         .unwrap();
     let vocab = tiny_llama_config().vocab_size;
-    for (sequence, start) in [(A, 0), (B, A.len()), (C, 12)] {
+    // The selected cells, in order: A, B, then C (row 1).
+    for (sequence, start) in [(A, 0), (B, A.len()), (C, A.len() + B.len())] {
         let alone = llama_logits(&model, sequence);
         let packed = &logits[start * vocab..(start + sequence.len()) * vocab];
         let diff = alone
@@ -71,6 +74,12 @@ fn packed_sequences_compute_as_if_alone() {
     }
     let error = model.packed_logits(&rows, &[24]).unwrap_err().to_string();
     assert!(error.contains("cell 24 is outside the 24 cells"), "{error}");
+    let error = model.packed_logits(&rows, &[9]).unwrap_err().to_string();
+    assert!(error.contains("cell 9 is padding"), "{error}");
+    let mut empty = rows.clone();
+    empty.segments.fill(0);
+    let error = model.packed_logits(&empty, &[0]).unwrap_err().to_string();
+    assert!(error.contains("all 24 cells are padding"), "{error}");
 }
 
 fn batch_of(rows: &PackedRows, mask: &[bool]) -> TensorBatch {

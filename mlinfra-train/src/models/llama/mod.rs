@@ -37,8 +37,10 @@ mod generate;
 mod load;
 mod model;
 mod packed;
+mod varlen;
 
 pub use adapters::AdapterInfo;
 pub use config::LlamaConfig;
 pub use model::{KvCache, LayerAttention, Llama, LlamaAttention, LlamaLayer, LlamaMlp};
 pub use packed::PackedRows;
+pub use varlen::VarlenAttention;

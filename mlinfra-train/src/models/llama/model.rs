@@ -10,7 +10,7 @@ use crate::peft::LoraLinear;
 use burn::tensor::activation::silu;
 use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
-use burn::tensor::{Bool, DType, Int, Tensor, TensorData};
+use burn::tensor::{DType, Int, Tensor, TensorData};
 
 use crate::{Error, Result};
 
@@ -276,7 +276,7 @@ impl Llama {
             ));
         }
         let rope = self.rope(start..start + seq);
-        Ok(self.logits(self.hidden_states(tokens, &rope, None, cache)))
+        Ok(self.logits(self.hidden_states(tokens, &rope, cache)))
     }
 
     /// The rotary tables for `positions`, in the weights' dtype.
@@ -287,19 +287,17 @@ impl Llama {
     }
 
     /// The final normalised hidden states `[batch, seq, hidden]` of `tokens`: every layer,
-    /// with `rope`'s positions and, when given, `mask` (`[batch, 1, seq, keys]`, true where a
-    /// query must not see a key) instead of the causal mask.
-    pub(super) fn hidden_states(
+    /// causally masked, with `rope`'s positions.
+    fn hidden_states(
         &self,
         tokens: Tensor<2, Int>,
         rope: &Rope,
-        mask: Option<&Tensor<4, Bool>>,
         mut cache: Option<&mut Vec<Option<(Tensor<4>, Tensor<4>)>>>,
     ) -> Tensor<3> {
         let mut x = self.embed_tokens.forward(tokens);
         for (i, layer) in self.layers.iter().enumerate() {
             let slot = cache.as_deref_mut().map(|layers| &mut layers[i]);
-            x = layer.forward_with(x, |attn, x| attn.forward(x, rope, slot, mask));
+            x = layer.forward_with(x, |attn, x| attn.forward(x, rope, slot));
         }
         rms_norm(&self.norm, x)
     }
@@ -355,7 +353,6 @@ impl LlamaAttention {
         x: Tensor<3>,
         rope: &Rope,
         cache: Option<&mut Option<(Tensor<4>, Tensor<4>)>>,
-        mask: Option<&Tensor<4, Bool>>,
     ) -> Tensor<3> {
         let [batch, seq, _] = x.dims();
         let heads = |proj: &LoraLinear, count: usize| {
@@ -377,17 +374,12 @@ impl LlamaAttention {
         let group = self.num_heads / self.num_kv_heads;
         let (k, v) = (repeat_kv(k, group), repeat_kv(v, group));
         // Causal with the mask aligned bottom-right: with cached positions in front, query
-        // `i` of this call sees every cached key and the new ones up to its own. A given mask
-        // (packed rows: block-diagonal and causal) replaces it.
+        // `i` of this call sees every cached key and the new ones up to its own.
         let options = AttentionModuleOptions {
-            is_causal: mask.is_none(),
+            is_causal: true,
             ..AttentionModuleOptions::default()
         };
-        let mask = mask.map(|mask| {
-            let [b, _, queries, keys] = mask.dims();
-            mask.clone().expand([b, self.num_heads, queries, keys])
-        });
-        let out = attention(q, k, v, mask, None, options);
+        let out = attention(q, k, v, None, None, options);
         self.o_proj.forward(out.swap_dims(1, 2).reshape([
             batch,
             seq,
@@ -447,7 +439,7 @@ fn rms_norm<const D: usize>(norm: &RmsNorm, x: Tensor<D>) -> Tensor<D> {
 
 /// `[batch, kv_heads, seq, dim]` → `[batch, kv_heads · group, seq, dim]`, each head repeated
 /// `group` times in place (head `h` of the result is key/value head `h / group`).
-fn repeat_kv(x: Tensor<4>, group: usize) -> Tensor<4> {
+pub(super) fn repeat_kv(x: Tensor<4>, group: usize) -> Tensor<4> {
     if group == 1 {
         return x;
     }

@@ -3,9 +3,9 @@
 //!
 //! [`Pack`]: mlinfra_loader::Pack
 
-use burn::tensor::{Bool, Int, Tensor, TensorData};
+use burn::tensor::Tensor;
 
-use super::Llama;
+use super::{Llama, VarlenAttention};
 use crate::{Error, Result};
 
 /// Rows of packed token sequences, on the host: `rows × seq_len` cells each, row-major.
@@ -40,21 +40,50 @@ impl PackedRows {
     }
 }
 
+impl PackedRows {
+    /// The real (non-padding) cells laid end to end, as [`Llama::forward_tokens`] takes them:
+    /// their tokens and positions, where each sequence starts (a sequence is a run of one
+    /// non-zero segment within a row), and for every cell its index in that flat batch
+    /// (`None` for padding).
+    fn unpadded(&self) -> (Vec<u32>, Vec<usize>, Vec<usize>, Vec<Option<usize>>) {
+        let mut tokens = Vec::with_capacity(self.cells());
+        let mut positions = Vec::with_capacity(self.cells());
+        let mut starts = vec![0];
+        let flat = (0..self.cells())
+            .map(|cell| {
+                if self.segments[cell] == 0 {
+                    return None;
+                }
+                let new_sequence = cell.is_multiple_of(self.seq_len)
+                    || self.segments[cell - 1] != self.segments[cell];
+                if new_sequence && !tokens.is_empty() {
+                    starts.push(tokens.len());
+                }
+                tokens.push(self.tokens[cell]);
+                positions.push(self.positions[cell]);
+                Some(tokens.len() - 1)
+            })
+            .collect();
+        starts.push(tokens.len());
+        (tokens, positions, starts, flat)
+    }
+}
+
 impl Llama {
     /// Logits (fp32) `[cells.len(), vocab]` at the cells `cells` (flat indices into the rows)
-    /// of packed rows: every layer runs over all cells, with attention block-diagonal per
-    /// segment and causal, and rotary positions from `rows.positions`; only the selected
-    /// cells go through the output projection (a loss needs the logits where it scores a
-    /// token, not the vocabulary-sized product at every cell).
+    /// of packed rows. Padding is dropped before the first layer: the real cells run as one
+    /// flat batch of sequences ([`VarlenAttention`]: each token attends causally within its
+    /// own sequence), with rotary positions from `rows.positions`, and only the selected cells
+    /// go through the output projection (a loss needs the logits where it scores a token, not
+    /// the vocabulary-sized product at every cell). The cost is that of the real tokens alone,
+    /// whatever the packing efficiency.
     ///
     /// # Errors
     ///
-    /// [`Error::InvalidInput`] for buffers whose lengths are not `rows · seq_len`, no cells,
-    /// a position past `max_seq_len`, a token outside the vocabulary, or a selected cell
-    /// outside the rows.
+    /// [`Error::InvalidInput`] for buffers whose lengths are not `rows · seq_len`, no cells, no
+    /// real (non-padding) cell, a position past `max_seq_len`, a token outside the vocabulary,
+    /// or a selected cell outside the rows or on padding.
     pub fn packed_logits(&self, rows: &PackedRows, cells: &[usize]) -> Result<Tensor<2>> {
-        let weight = self.embed_tokens.weight.val();
-        let [vocab, hidden] = weight.dims();
         let refuse = |reason: String| {
             Err(Error::InvalidInput {
                 operation: "Llama::packed_logits",
@@ -72,55 +101,22 @@ impl Llama {
                 rows.segments.len()
             ));
         }
-        if let Some(p) = rows.positions.iter().find(|&&p| p >= self.max_seq_len) {
-            return refuse(format!(
-                "position {p} is past the model's {} positions",
-                self.max_seq_len
-            ));
-        }
-        if let Some(t) = rows.tokens.iter().find(|&&t| t as usize >= vocab) {
-            return refuse(format!("token {t} is outside the {vocab}-token vocabulary"));
-        }
         if let Some(c) = cells.iter().find(|&&c| c >= n) {
             return refuse(format!("cell {c} is outside the {n} cells"));
         }
-        let device = weight.device();
-        let ids: Vec<i64> = rows.tokens.iter().map(|&t| i64::from(t)).collect();
-        let tokens =
-            Tensor::<2, Int>::from_data(TensorData::new(ids, [rows.rows, rows.seq_len]), &device);
-        let rope = self.rope(rows.positions.iter().copied());
-        let mask = Tensor::<4, Bool>::from_data(
-            TensorData::new(
-                block_causal_mask(rows),
-                [rows.rows, 1, rows.seq_len, rows.seq_len],
-            ),
-            &device,
-        );
-        let x = self
-            .hidden_states(tokens, &rope, Some(&mask), None)
-            .reshape([n, hidden]);
-        let selected: Vec<i64> = cells.iter().map(|&c| c as i64).collect();
-        let count = selected.len();
-        let selected = Tensor::<1, Int>::from_data(TensorData::new(selected, [count]), &device);
-        let x = x.select(0, selected).reshape([1, count, hidden]);
-        Ok(self.logits(x).reshape([count, vocab]))
-    }
-}
-
-/// `[rows, seq, seq]` flags, true where query `i` must not see key `j`: unless `j ≤ i` in the
-/// same segment. Padding (segment 0) attends to earlier padding, so that no query has every
-/// key masked (a softmax over nothing is NaN); nothing real attends to padding.
-fn block_causal_mask(rows: &PackedRows) -> Vec<bool> {
-    let seq = rows.seq_len;
-    let mut mask = vec![true; rows.rows * seq * seq];
-    for row in 0..rows.rows {
-        let segments = &rows.segments[row * seq..(row + 1) * seq];
-        for (i, &si) in segments.iter().enumerate() {
-            let flags = &mut mask[(row * seq + i) * seq..(row * seq + i + 1) * seq];
-            for (j, &sj) in segments[..=i].iter().enumerate() {
-                flags[j] = si != sj;
-            }
+        let (tokens, positions, starts, flat) = rows.unpadded();
+        if tokens.is_empty() {
+            return refuse(format!("all {n} cells are padding (segment 0)"));
         }
+        let selected = cells
+            .iter()
+            .map(|&c| flat[c].ok_or(c))
+            .collect::<std::result::Result<Vec<usize>, usize>>();
+        let selected = match selected {
+            Ok(selected) => selected,
+            Err(c) => return refuse(format!("cell {c} is padding (segment 0)")),
+        };
+        let mut attention = VarlenAttention::new(starts)?;
+        self.forward_tokens(&tokens, &positions, &selected, &mut attention)
     }
-    mask
 }
