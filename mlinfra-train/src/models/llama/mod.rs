@@ -34,9 +34,11 @@
 mod adapters;
 mod config;
 mod generate;
+mod host;
 mod load;
 mod model;
 mod packed;
+mod swiglu;
 mod varlen;
 
 pub use adapters::AdapterInfo;

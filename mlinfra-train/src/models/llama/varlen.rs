@@ -27,7 +27,7 @@ use std::ops::Range;
 
 use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
-use burn::tensor::{DType, Tensor, TensorData};
+use burn::tensor::{DType, Tensor};
 use burn_autodiff::Autodiff;
 use burn_autodiff::checkpoint::base::Checkpointer;
 use burn_autodiff::checkpoint::strategy::NoCheckpointing;
@@ -36,6 +36,7 @@ use burn_autodiff::ops::{Backward, Ops, OpsKind};
 use burn_flex::{Flex, FlexTensor};
 use rayon::prelude::*;
 
+use super::host::{contiguous, tensor, values};
 use super::model::{LayerAttention, repeat_kv};
 use crate::{Error, Result};
 
@@ -123,15 +124,10 @@ impl VarlenAttention {
         let q = q.clone().try_into_primitive::<Autodiff<Flex>>().ok()?;
         let k = k.clone().try_into_primitive::<Autodiff<Flex>>().ok()?;
         let v = v.clone().try_into_primitive::<Autodiff<Flex>>().ok()?;
-        let inner = [q.primitive(), k.primitive(), v.primitive()].map(Clone::clone);
-        let (out, lse) = forward(
-            &host(&inner[0]),
-            &host(&inner[1]),
-            &host(&inner[2]),
-            &self.starts,
-            shape,
-        );
-        let out = flex(out, [self.tokens(), shape.heads, shape.dim]);
+        let inner = [q.primitive(), k.primitive(), v.primitive()].map(contiguous);
+        let [q_values, k_values, v_values] = inner.each_ref().map(values);
+        let (out, lse) = forward(q_values, k_values, v_values, &self.starts, shape);
+        let out = tensor(out, [self.tokens(), shape.heads, shape.dim]);
         let tracked = match VarlenStep
             .prepare::<NoCheckpointing>([q.node(), k.node(), v.node()])
             .compute_bound()
@@ -163,11 +159,15 @@ impl VarlenAttention {
         v: &Tensor<3>,
         shape: Heads,
     ) -> Option<Tensor<3>> {
-        let q = q.clone().try_into_primitive::<Flex>().ok()?;
-        let k = k.clone().try_into_primitive::<Flex>().ok()?;
-        let v = v.clone().try_into_primitive::<Flex>().ok()?;
-        let (out, _) = forward(&host(&q), &host(&k), &host(&v), &self.starts, shape);
-        Some(Tensor::from_primitive::<Flex>(flex(
+        let inner = |x: &Tensor<3>| {
+            x.clone()
+                .try_into_primitive::<Flex>()
+                .ok()
+                .map(|x| contiguous(&x))
+        };
+        let [q, k, v] = [inner(q)?, inner(k)?, inner(v)?];
+        let (out, _) = forward(values(&q), values(&k), values(&v), &self.starts, shape);
+        Some(Tensor::from_primitive::<Flex>(tensor(
             out,
             [self.tokens(), shape.heads, shape.dim],
         )))
@@ -224,7 +224,7 @@ impl Heads {
     }
 }
 
-/// What the backward step needs: the inputs, the output, and the log-sum-exp of each query's
+/// What the backward step needs: the inputs and the output (contiguous), and the log-sum-exp of each query's
 /// scores per head (`[tokens, heads]`).
 #[derive(Debug, Clone)]
 struct Saved {
@@ -246,7 +246,7 @@ impl Backward<Flex, 3> for VarlenStep {
     fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
         let grad = grads.consume::<Flex>(&ops.node);
         let saved = ops.state;
-        let [dq, dk, dv] = backward(&saved, &host(&grad));
+        let [dq, dk, dv] = backward(&saved, values(&contiguous(&grad)));
         let tokens = saved.starts[saved.starts.len() - 1];
         let Heads {
             heads,
@@ -260,27 +260,10 @@ impl Backward<Flex, 3> for VarlenStep {
             (node_v, dv, kv_heads),
         ] {
             if let Some(node) = node {
-                grads.register::<Flex>(node.id, flex(grad, [tokens, heads, dim]));
+                grads.register::<Flex>(node.id, tensor(grad, [tokens, heads, dim]));
             }
         }
     }
-}
-
-/// A Flex tensor's values, row-major.
-fn host(tensor: &FlexTensor) -> Vec<f32> {
-    Tensor::<3>::from_primitive::<Flex>(tensor.clone())
-        .into_data()
-        .try_into_vec::<f32>()
-        .unwrap_or_else(|e| unreachable!("an f32 tensor reads as f32: {e:?}"))
-}
-
-fn flex(values: Vec<f32>, shape: [usize; 3]) -> FlexTensor {
-    Tensor::<3>::from_data(
-        TensorData::new(values, shape),
-        &burn::tensor::Device::flex(),
-    )
-    .try_into_primitive::<Flex>()
-    .unwrap_or_else(|e| unreachable!("a tensor made on Flex is a Flex tensor: {e:?}"))
 }
 
 /// `out` `[tokens, heads, dim]` and the log-sum-exp of each query's scaled scores
@@ -346,12 +329,7 @@ fn backward(saved: &Saved, d_out: &[f32]) -> [Vec<f32>; 3] {
         dim,
     } = saved.shape;
     let starts = &saved.starts;
-    let (q, k, v, out) = (
-        host(&saved.q),
-        host(&saved.k),
-        host(&saved.v),
-        host(&saved.out),
-    );
+    let [q, k, v, out] = [&saved.q, &saved.k, &saved.v, &saved.out].map(values);
     let tokens = starts[starts.len() - 1];
     let (group, scale) = (saved.shape.group(), saved.shape.scale());
     let mut dq = vec![0.0; tokens * heads * dim];
@@ -370,14 +348,14 @@ fn backward(saved: &Saved, d_out: &[f32]) -> [Vec<f32>; 3] {
             for t in w[0]..w[1] {
                 for h in 0..heads {
                     let g = h / group;
-                    let q_row = row(&q, t, h, heads, dim);
+                    let q_row = row(q, t, h, heads, dim);
                     let d_o = row(d_out, t, h, heads, dim);
-                    let delta = dot(d_o, row(&out, t, h, heads, dim));
+                    let delta = dot(d_o, row(out, t, h, heads, dim));
                     let lse = saved.lse[t * heads + h];
                     let dq_row = &mut dq[((t - start) * heads + h) * dim..][..dim];
                     for j in start..=t {
-                        let k_row = row(&k, j, g, kv_heads, dim);
-                        let v_row = row(&v, j, g, kv_heads, dim);
+                        let k_row = row(k, j, g, kv_heads, dim);
+                        let v_row = row(v, j, g, kv_heads, dim);
                         let p = (dot(q_row, k_row) * scale - lse).exp();
                         let ds = p * (dot(d_o, v_row) - delta) * scale;
                         axpy(dq_row, ds, k_row);
@@ -434,7 +412,7 @@ fn axpy(y: &mut [f32], alpha: f32, x: &[f32]) {
 
 #[cfg(test)]
 mod tests {
-    use burn::tensor::Device;
+    use burn::tensor::{Device, TensorData};
 
     use super::*;
     use crate::rng::SplitMix64;
