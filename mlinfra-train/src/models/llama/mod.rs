@@ -37,6 +37,7 @@ mod generate;
 mod host;
 mod load;
 mod model;
+mod norm;
 mod packed;
 mod swiglu;
 mod varlen;

@@ -11,6 +11,7 @@ use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{DType, Int, Tensor, TensorData};
 
+use super::norm::rms_norm;
 use super::swiglu::swiglu;
 use crate::{Error, Result};
 
@@ -417,25 +418,6 @@ impl LlamaMlp {
         self.down_proj
             .forward(swiglu(gate, self.up_proj.forward(x)))
     }
-}
-
-/// burn's [`RmsNorm`] forward, `x / sqrt(mean(x²) + ε) · γ`, with the mean square in f32 for
-/// half-precision inputs (as burn and transformers compute it) but in the input's own dtype
-/// otherwise: burn casts f64 down to f32 there, which made f64 gradient checks of the whole
-/// model meaningless.
-fn rms_norm<const D: usize>(norm: &RmsNorm, x: Tensor<D>) -> Tensor<D> {
-    let dtype = x.dtype();
-    let wide = match dtype {
-        DType::F16 | DType::BF16 => x.clone().cast(DType::F32),
-        _ => x.clone(),
-    };
-    let rms = (wide.square().mean_dim(D - 1) + norm.epsilon).sqrt();
-    let rms = if rms.dtype() == dtype {
-        rms
-    } else {
-        rms.cast(dtype)
-    };
-    (x / rms) * norm.gamma.val().unsqueeze()
 }
 
 /// `[batch, kv_heads, seq, dim]` → `[batch, kv_heads · group, seq, dim]`, each head repeated
