@@ -21,7 +21,7 @@
 #
 # Environment: STEPS (50), BATCH (16), RANK (16), ALPHA (32), TARGETS (q_proj,v_proj),
 # SEQ_LEN (128), LR (1e-3), FINETUNE (a built example binary: skip the cargo build),
-# CARGO_TARGET_DIR, MLINFRA_LLAMA_REF_VENV (scripts/reference-venv).
+# CARGO_TARGET_DIR (default: the shared ~/.cache/mlinfra-target), MLINFRA_LLAMA_REF_VENV (scripts/reference-venv).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 
@@ -39,8 +39,10 @@ venv=$(scripts/reference-venv | tail -n 1)
 if [[ -n "${FINETUNE:-}" ]]; then
     bin=$FINETUNE
 else
+    # The shared build cache, as scripts/check uses it.
+    export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/mlinfra-target}
     cargo build --release --quiet -p mlinfra-examples --example finetune
-    bin=${CARGO_TARGET_DIR:-target}/release/examples/finetune
+    bin=$CARGO_TARGET_DIR/release/examples/finetune
 fi
 
 # Peak RSS in bytes from /usr/bin/time -v's report.

@@ -19,7 +19,11 @@
 //! - [`models::Mlp`] with a serde [`models::MlpConfig`] and seeded, rank-independent init.
 //! - [`models::Llama`]: a Llama-family decoder (RMSNorm, RoPE, grouped-query attention,
 //!   SwiGLU, tied embeddings) from a serde [`models::LlamaConfig`], loading GGUF (quantized)
-//!   or safetensors weights through mlinfra-data; greedy decoding with a KV cache.
+//!   or safetensors weights through mlinfra-data; greedy decoding with a KV cache. On the
+//!   CPU backend in f32, attention over packed sequences ([`models::VarlenAttention`]),
+//!   SwiGLU and RMSNorm are single autodiff steps that keep only what their backward pass
+//!   needs (as FlashAttention and Liger Kernel do), which is what makes LoRA fine-tuning
+//!   faster and smaller than PEFT on torch (docs/BENCHMARKS.md).
 //! - [`Trainer`]: the loop over an mlinfra-loader: a [`trainer::Task`]'s loss per batch,
 //!   gradient accumulation, evaluation, JSON-lines metrics, a progress bar, checkpoints, and a
 //!   stop flag for SIGTERM; resumes bit-exactly (weights, optimizer state, step, loader

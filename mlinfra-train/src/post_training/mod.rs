@@ -3,7 +3,8 @@
 //! - [`Sft`]: supervised fine-tuning on packed chat rows (mlinfra-loader's
 //!   [`Pack`](mlinfra_loader::Pack) collate of [`ChatTemplate`] tokens), the loss on the
 //!   assistant's tokens only: TRL's `SFTTrainer` with `packing=True` and
-//!   `assistant_only_loss=True`.
+//!   `assistant_only_loss=True`. Like TRL's `padding_free`, the padding of the packed rows
+//!   is dropped before the model runs ([`Llama::packed_logits`](crate::models::Llama::packed_logits)).
 //! - [`dpo`]: direct preference optimisation (TRL's `DPOTrainer`, sigmoid loss), with the
 //!   policy's adapters disabled as the reference model.
 //!
