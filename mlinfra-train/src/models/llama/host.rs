@@ -29,3 +29,10 @@ pub(super) fn values(tensor: &FlexTensor) -> &[f32] {
 pub(super) fn tensor<const D: usize>(values: Vec<f32>, shape: [usize; D]) -> FlexTensor {
     FlexTensor::from_data(TensorData::new(values, shape))
 }
+
+/// The dimensions of a rank-`D` tensor.
+pub(super) fn dims<const D: usize>(tensor: &FlexTensor) -> [usize; D] {
+    let dims = tensor.layout().shape().to_vec();
+    dims.try_into()
+        .unwrap_or_else(|d| unreachable!("a rank-{D} tensor has {D} dimensions: {d:?}"))
+}

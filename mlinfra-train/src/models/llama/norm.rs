@@ -28,7 +28,7 @@ use burn_autodiff::ops::{Backward, Ops, OpsKind};
 use burn_flex::{Flex, FlexTensor};
 use rayon::prelude::*;
 
-use super::host::{contiguous, tensor, values};
+use super::host::{contiguous, dims, tensor, values};
 
 /// Rows one rayon task normalises.
 const ROWS_PER_TASK: usize = 32;
@@ -72,7 +72,7 @@ fn fused_autodiff<const D: usize>(
     let gamma = gamma.clone().try_into_primitive::<Autodiff<Flex>>().ok()?;
     let (x_inner, gamma_inner) = (contiguous(x.primitive()), contiguous(gamma.primitive()));
     let (out, inverse_rms) = forward(values(&x_inner), values(&gamma_inner), epsilon);
-    let out = tensor(out, shape::<D>(&x_inner));
+    let out = tensor(out, dims::<D>(&x_inner));
     let tracked = match RmsNormStep
         .prepare::<NoCheckpointing>([x.node(), gamma.node()])
         .compute_bound()
@@ -92,13 +92,7 @@ fn fused_inference<const D: usize>(
     let x = contiguous(&x.clone().try_into_primitive::<Flex>().ok()?);
     let gamma = contiguous(&gamma.clone().try_into_primitive::<Flex>().ok()?);
     let (out, _) = forward(values(&x), values(&gamma), epsilon);
-    Some(Tensor::from_primitive::<Flex>(tensor(out, shape::<D>(&x))))
-}
-
-fn shape<const D: usize>(t: &FlexTensor) -> [usize; D] {
-    let dims = t.layout().shape().to_vec();
-    dims.try_into()
-        .unwrap_or_else(|d| unreachable!("a rank-{D} tensor has {D} dimensions: {d:?}"))
+    Some(Tensor::from_primitive::<Flex>(tensor(out, dims::<D>(&x))))
 }
 
 #[derive(Debug)]

@@ -26,7 +26,7 @@ use burn_autodiff::ops::{Backward, Ops, OpsKind};
 use burn_flex::{Flex, FlexTensor};
 use rayon::prelude::*;
 
-use super::host::{contiguous, tensor, values};
+use super::host::{contiguous, dims, tensor, values};
 
 /// Elements one rayon task computes.
 const CHUNK: usize = 16 * 1024;
@@ -48,7 +48,7 @@ fn fused_autodiff<const D: usize>(gate: &Tensor<D>, up: &Tensor<D>) -> Option<Te
     let gate = gate.clone().try_into_primitive::<Autodiff<Flex>>().ok()?;
     let up = up.clone().try_into_primitive::<Autodiff<Flex>>().ok()?;
     let (g, u) = (contiguous(gate.primitive()), contiguous(up.primitive()));
-    let out = tensor(forward(values(&g), values(&u)), shape::<D>(&g));
+    let out = tensor(forward(values(&g), values(&u)), dims::<D>(&g));
     let tracked = match SwigluStep
         .prepare::<NoCheckpointing>([gate.node(), up.node()])
         // Under `NoCheckpointing` the bound only labels the step (memory-bound steps must be
@@ -65,14 +65,8 @@ fn fused_autodiff<const D: usize>(gate: &Tensor<D>, up: &Tensor<D>) -> Option<Te
 fn fused_inference<const D: usize>(gate: &Tensor<D>, up: &Tensor<D>) -> Option<Tensor<D>> {
     let g = contiguous(&gate.clone().try_into_primitive::<Flex>().ok()?);
     let u = contiguous(&up.clone().try_into_primitive::<Flex>().ok()?);
-    let out = tensor(forward(values(&g), values(&u)), shape::<D>(&g));
+    let out = tensor(forward(values(&g), values(&u)), dims::<D>(&g));
     Some(Tensor::from_primitive::<Flex>(out))
-}
-
-fn shape<const D: usize>(t: &FlexTensor) -> [usize; D] {
-    let dims = t.layout().shape().to_vec();
-    dims.try_into()
-        .unwrap_or_else(|d| unreachable!("a rank-{D} tensor has {D} dimensions: {d:?}"))
 }
 
 #[derive(Debug)]
