@@ -49,6 +49,15 @@ const LLAMA3_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L
 const TOKEN_TYPE_CONTROL: i32 = 3;
 const TOKEN_TYPE_USER_DEFINED: i32 = 4;
 
+/// Where one stream of generated tokens stands in [`Tokenizer::decode_step`]: the last few ids
+/// and the text they decoded to. Start each stream from `DecodeState::default()`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DecodeState {
+    ids: Vec<u32>,
+    prefix: String,
+    prefix_index: usize,
+}
+
 /// A tokenizer: text to ids and ids to text, with the model's special ids.
 ///
 /// Special tokens written in the text (such as `<|im_start|>`) are recognised as their ids,
@@ -251,6 +260,40 @@ impl Tokenizer {
         self.inner
             .decode(ids, false)
             .map_err(|e| self.error(format!("decoding failed: {e}")))
+    }
+
+    /// The text that generated token `id` adds to those already stepped through `state`, for
+    /// streaming: `None` while the text so far ends inside a UTF-8 character (byte-level BPE
+    /// spells rare characters over several tokens), and the whole character with the token
+    /// that completes it. The pieces never split a character, and together they are
+    /// [`Tokenizer::decode`] of all the ids (special tokens included).
+    ///
+    /// This is Hugging Face's `DecodeStream` (what TGI streams with), with its state in
+    /// `state` rather than borrowed from the tokenizer, so that a server can keep one per
+    /// request beside one shared tokenizer.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Tokenizer`] for an id outside the vocabulary.
+    ///
+    /// # Costs
+    ///
+    /// Two or three decodes of a window of the last few ids: constant in the length of the
+    /// output, where decoding the whole output after every token is quadratic.
+    pub fn decode_step(&self, state: &mut DecodeState, id: u32) -> Result<Option<String>> {
+        let size = self.vocab_size();
+        if id as usize >= size {
+            return Err(self.error(format!("id {id} is outside the vocabulary of {size}")));
+        }
+        tokenizers::tokenizer::step_decode_stream(
+            &self.inner,
+            vec![id],
+            false,
+            &mut state.ids,
+            &mut state.prefix,
+            &mut state.prefix_index,
+        )
+        .map_err(|e| self.error(format!("streaming decode failed at id {id}: {e}")))
     }
 
     /// Whether [`Tokenizer::encode`] puts the BOS token first (`tokenizer.ggml.add_bos_token`).

@@ -178,3 +178,42 @@ fn from_bytes(gguf: &Gguf) -> String {
     assert!(matches!(error, Error::Tokenizer { .. }), "{error:?}");
     error.to_string()
 }
+
+/// Streaming detokenization on SmolLM2's 49k vocabulary: characters that byte-level BPE
+/// spells over several tokens (an emoji, CJK) come out whole with the token that completes
+/// them, never as U+FFFD; the pieces add up to the text of all the ids; leading spaces and
+/// special tokens survive; and a bad id is a typed error, not a panic.
+#[test]
+fn streamed_pieces_never_split_a_character_and_add_up_to_the_text() {
+    let Some(path) = mlinfra_test_utils::model("SmolLM2-135M-Instruct.Q4_1.gguf") else {
+        return;
+    };
+    let tokenizer = Tokenizer::from_gguf(&GgufFile::open(&path).unwrap()).unwrap();
+    let text = " Crabs 🦀 live in 東京, naïvely.<|im_end|>\n";
+    let ids = tokenizer.encode(text).unwrap();
+    let mut state = mlinfra_data::tokenizer::DecodeState::default();
+    let mut streamed = String::new();
+    let mut held = 0;
+    for &id in &ids {
+        match tokenizer.decode_step(&mut state, id).unwrap() {
+            Some(piece) => {
+                assert!(!piece.contains('\u{fffd}'), "a split character: {piece:?}");
+                streamed.push_str(&piece);
+            }
+            None => held += 1,
+        }
+    }
+    assert_eq!(streamed, tokenizer.decode(&ids).unwrap());
+    assert_eq!(streamed, text);
+    assert!(
+        held > 0,
+        "the text must hold a character spelled over several tokens: {ids:?}"
+    );
+    let error = tokenizer
+        .decode_step(&mut state, tokenizer.vocab_size() as u32)
+        .unwrap_err();
+    assert!(
+        error.to_string().contains("outside the vocabulary"),
+        "{error}"
+    );
+}

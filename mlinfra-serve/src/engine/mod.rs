@@ -15,11 +15,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, Sender, channel};
 use std::time::Instant;
 
+use mlinfra_data::tokenizer::{DecodeState, Tokenizer};
 use mlinfra_train::SplitMix64;
 
 use crate::kv::PrefixKeys;
 use crate::runner::ModelRunner;
-use crate::sampling::{Sample, Sampler, SamplingParams, find_stop};
+use crate::sampling::{Sample, Sampler, SamplingParams, StopCriteria};
 use crate::sched::{FinishReason, NewRequest, RequestId, Scheduler, SchedulerConfig};
 use crate::spec::{NgramProposer, Proposer};
 use crate::{Error, Result};
@@ -56,6 +57,10 @@ pub enum StreamEvent {
     Token {
         /// The token.
         token: u32,
+        /// Text to stream with it (with a [`Detokenizer`]; empty without one): whole
+        /// characters only, never a stop string or a stop token's text, and held back while it
+        /// could still begin a stop string (it then comes with a later token).
+        text: String,
         /// Its raw log-probability, when asked for.
         logprob: Option<f32>,
         /// The most likely alternatives, when asked for.
@@ -97,16 +102,31 @@ impl Drop for RequestHandle {
     }
 }
 
-/// A text decoder for stop strings: the text of a request's generated tokens.
-pub type Detokenizer = Box<dyn Fn(&[u32]) -> String + Send>;
+/// Streaming detokenization, for text deltas and stop strings: the text each generated token
+/// adds. mlinfra-data's [`Tokenizer`] is one (Hugging Face's `DecodeStream`).
+pub trait Detokenizer: Send + Sync {
+    /// The text `token` adds to the tokens already stepped through `state`; `None` while it
+    /// ends inside a character (or for a token the vocabulary does not spell).
+    fn step(&self, state: &mut DecodeState, token: u32) -> Option<String>;
+}
+
+impl Detokenizer for Tokenizer {
+    fn step(&self, state: &mut DecodeState, token: u32) -> Option<String> {
+        // The model's vocabulary can be larger than the tokenizer's (padded embedding rows):
+        // such a token has no text.
+        self.decode_step(state, token).ok().flatten()
+    }
+}
 
 struct Live {
     sampler: Sampler,
     events: Sender<StreamEvent>,
     cancelled: Arc<AtomicBool>,
     clock: RequestClock,
-    /// Bytes of the output text already searched for stop strings.
-    stop_checked: usize,
+    /// Stop tokens, length and stop strings; what text may be streamed.
+    stop: StopCriteria,
+    /// The incremental detokenizer's place.
+    text: DecodeState,
 }
 
 /// One step's work, for logs and benchmarks.
@@ -131,7 +151,7 @@ pub struct Engine<R> {
     runner: R,
     scheduler: Scheduler,
     live: HashMap<RequestId, Live>,
-    detokenizer: Option<Detokenizer>,
+    detokenizer: Option<Arc<dyn Detokenizer>>,
     next_id: RequestId,
     seed: u64,
     proposer: Option<Box<dyn Proposer>>,
@@ -174,10 +194,9 @@ impl<R: ModelRunner> Engine<R> {
         self
     }
 
-    /// Enables stop strings, decoding generated tokens with `detokenizer`. Requests with
-    /// stop strings have their whole output decoded after every token (the search itself only
-    /// looks at the new text), so this costs O(output²) per such request.
-    pub fn with_detokenizer(mut self, detokenizer: Detokenizer) -> Self {
+    /// Streams text with the tokens and enables stop strings, decoding generated tokens
+    /// incrementally with `detokenizer` (constant work per token).
+    pub fn with_detokenizer(mut self, detokenizer: Arc<dyn Detokenizer>) -> Self {
         self.detokenizer = Some(detokenizer);
         self
     }
@@ -244,6 +263,7 @@ impl<R: ModelRunner> Engine<R> {
             SplitMix64::new(self.seed ^ id.wrapping_mul(0x9E37_79B9_7F4A_7C15)).next_u64()
         });
         let sampler = Sampler::new(params.clone(), &prompt, seed)?;
+        let stop = StopCriteria::new(&params);
         let prompt_len = prompt.len();
         self.scheduler.add(NewRequest {
             id,
@@ -263,7 +283,8 @@ impl<R: ModelRunner> Engine<R> {
                 events: sender,
                 cancelled: cancelled.clone(),
                 clock: RequestClock::new(prompt_len),
-                stop_checked: 0,
+                stop,
+                text: DecodeState::default(),
             },
         );
         Ok(RequestHandle {
@@ -358,15 +379,22 @@ impl<R: ModelRunner> Engine<R> {
             let Some(live) = self.live.get_mut(&id) else {
                 continue;
             };
-            // A stop token or max_tokens among the accepted tokens cut the rest.
-            let kept = kept_by_finished
-                .get(&id)
-                .map_or(samples.len(), |&output| output - live.clock.tokens());
-            report.tokens_generated += kept;
+            // A stop token or max_tokens among the accepted tokens cut the rest (the
+            // scheduler finished the request); a stop string cuts here.
+            let finished_by_scheduler = kept_by_finished.get(&id);
+            let kept =
+                finished_by_scheduler.map_or(samples.len(), |&output| output - live.clock.tokens());
             for sample in samples.into_iter().take(kept) {
                 live.clock.token(now);
+                report.tokens_generated += 1;
+                let piece = self
+                    .detokenizer
+                    .as_ref()
+                    .and_then(|d| d.step(&mut live.text, sample.token));
+                let check = live.stop.push(sample.token, piece.as_deref());
                 let event = StreamEvent::Token {
                     token: sample.token,
+                    text: check.text,
                     logprob: sample.logprob,
                     top_logprobs: sample.top_logprobs,
                 };
@@ -374,9 +402,12 @@ impl<R: ModelRunner> Engine<R> {
                     stopped.push((id, FinishReason::Aborted)); // the receiver is gone
                     break;
                 }
-            }
-            if stopped.last().is_none_or(|&(last, _)| last != id) && self.hits_stop_string(id) {
-                stopped.push((id, FinishReason::Stop));
+                if check.finish.is_some() {
+                    if finished_by_scheduler.is_none() {
+                        stopped.push((id, FinishReason::Stop)); // a stop string
+                    }
+                    break;
+                }
             }
         }
         self.counters.tokens_generated += report.tokens_generated as u64;
@@ -447,25 +478,6 @@ impl<R: ModelRunner> Engine<R> {
             sampled.push((work.id, samples));
         }
         Ok(sampled)
-    }
-
-    /// Whether request `id`'s output text now contains one of its stop strings.
-    fn hits_stop_string(&mut self, id: RequestId) -> bool {
-        let (Some(detokenizer), Some(live), Some(request)) = (
-            &self.detokenizer,
-            self.live.get_mut(&id),
-            self.scheduler.request(id),
-        ) else {
-            return false;
-        };
-        let stops = &live.sampler.params().stop;
-        if stops.is_empty() {
-            return false;
-        }
-        let text = detokenizer(request.output());
-        let hit = find_stop(&text, live.stop_checked, stops).is_some();
-        live.stop_checked = text.len();
-        hit
     }
 
     /// Finishes a live request in the scheduler and reports it.

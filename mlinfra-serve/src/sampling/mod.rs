@@ -7,4 +7,4 @@ mod stop;
 
 pub use params::{MAX_LOGPROBS, SamplingParams};
 pub use sampler::{Sample, Sampler};
-pub use stop::{find_stop, stop_holdback};
+pub use stop::{StopCheck, StopCriteria};

@@ -1,27 +1,99 @@
-//! Stop strings over incrementally decoded text.
+//! When a request stops, and which of its text may be streamed: [`StopCriteria`].
 
-/// Where the earliest stop string starts in `text`, looking only at matches that end after
-/// byte `checked` (the text already searched by earlier calls): O(new text × stops) per call,
-/// not O(whole text). `None` when no stop string appears.
+use crate::sampling::SamplingParams;
+use crate::sched::FinishReason;
+
+/// One request's stopping rules (stop tokens, `max_tokens`, stop strings) over its generated
+/// tokens and their text, fed one token at a time.
 ///
-/// The engine cuts the output there (the stop string is not returned, as in OpenAI's API).
-pub fn find_stop(text: &str, checked: usize, stops: &[String]) -> Option<usize> {
+/// Stop strings match across token boundaries. The criteria keep back only text that could
+/// still become a stop string (a suffix that is a prefix of one), so streamed text never has
+/// to be taken back, and a matched stop string never reaches the client (OpenAI's semantics).
+/// A stop token's own text is not released either (the token itself stays in the output ids).
+///
+/// # Costs
+///
+/// Per token, O((new text + longest stop string) × stop strings): the search only looks at
+/// the held-back text and the new piece, never the whole output.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StopCriteria {
+    stop_token_ids: Vec<u32>,
+    max_tokens: usize,
+    stops: Vec<String>,
+    generated: usize,
+    /// Decoded text not yet released: a suffix that could begin a stop string.
+    held: String,
+}
+
+/// What one token did: the text that may be streamed now, and whether the request is done.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StopCheck {
+    /// Text to stream now (possibly empty).
+    pub text: String,
+    /// Why the request ends with this token, if it does: [`FinishReason::Stop`] for a stop
+    /// token or string, [`FinishReason::Length`] at `max_tokens`.
+    pub finish: Option<FinishReason>,
+}
+
+impl StopCriteria {
+    /// The criteria of a request with `params`.
+    pub fn new(params: &SamplingParams) -> Self {
+        StopCriteria {
+            stop_token_ids: params.stop_token_ids.clone(),
+            max_tokens: params.max_tokens,
+            stops: params.stop.clone(),
+            generated: 0,
+            held: String::new(),
+        }
+    }
+
+    /// Tokens accounted for so far.
+    pub fn generated(&self) -> usize {
+        self.generated
+    }
+
+    /// Accounts for generated token `token`, whose text is `piece`: what an incremental
+    /// decoder returned for it (`None` while a character is still incomplete).
+    ///
+    /// After a check with `finish` set, the request is over; later calls are not meaningful.
+    pub fn push(&mut self, token: u32, piece: Option<&str>) -> StopCheck {
+        self.generated += 1;
+        if self.stop_token_ids.contains(&token) {
+            return self.finish(FinishReason::Stop);
+        }
+        self.held.push_str(piece.unwrap_or(""));
+        if let Some(at) = find_stop(&self.held, &self.stops) {
+            self.held.truncate(at);
+            return self.finish(FinishReason::Stop);
+        }
+        if self.generated >= self.max_tokens {
+            return self.finish(FinishReason::Length);
+        }
+        let keep = stop_holdback(&self.held, &self.stops);
+        let text = self.held[..self.held.len() - keep].to_owned();
+        self.held.drain(..self.held.len() - keep);
+        StopCheck { text, finish: None }
+    }
+
+    fn finish(&mut self, reason: FinishReason) -> StopCheck {
+        StopCheck {
+            text: std::mem::take(&mut self.held),
+            finish: Some(reason),
+        }
+    }
+}
+
+/// Where the earliest stop string starts in `text`, if one occurs.
+fn find_stop(text: &str, stops: &[String]) -> Option<usize> {
     stops
         .iter()
-        .filter_map(|stop| {
-            // A match ending after `checked` starts after `checked - len(stop)`.
-            let mut from = checked.saturating_sub(stop.len() - 1).min(text.len());
-            while !text.is_char_boundary(from) {
-                from -= 1;
-            }
-            text[from..].find(stop.as_str()).map(|at| from + at)
-        })
+        .filter_map(|stop| text.find(stop.as_str()))
         .min()
 }
 
-/// Bytes at the end of `text` that could be the start of a stop string: a streaming engine
-/// holds them back until the next token shows whether they are. Always a char boundary.
-pub fn stop_holdback(text: &str, stops: &[String]) -> usize {
+/// Bytes at the end of `text` that could be the start of a stop string: held back until the
+/// next token shows whether they are. Always a char boundary.
+fn stop_holdback(text: &str, stops: &[String]) -> usize {
     let mut hold = 0;
     for stop in stops {
         for len in (hold + 1..stop.len().min(text.len() + 1)).rev() {
@@ -39,29 +111,92 @@ pub fn stop_holdback(text: &str, stops: &[String]) -> usize {
 mod tests {
     use super::*;
 
-    fn stops(list: &[&str]) -> Vec<String> {
-        list.iter().map(|s| s.to_string()).collect()
+    fn criteria(stops: &[&str], stop_token_ids: &[u32], max_tokens: usize) -> StopCriteria {
+        StopCriteria::new(&SamplingParams {
+            stop: stops.iter().map(|s| s.to_string()).collect(),
+            stop_token_ids: stop_token_ids.to_vec(),
+            ..SamplingParams::greedy(max_tokens)
+        })
+    }
+
+    /// Feeds `pieces` (token ids 100, 101, ...) and returns the streamed text and the finish.
+    fn run(
+        criteria: &mut StopCriteria,
+        pieces: &[Option<&str>],
+    ) -> (Vec<String>, Option<FinishReason>) {
+        let mut streamed = Vec::new();
+        for (i, piece) in pieces.iter().enumerate() {
+            let check = criteria.push(100 + i as u32, *piece);
+            streamed.push(check.text);
+            if check.finish.is_some() {
+                return (streamed, check.finish);
+            }
+        }
+        (streamed, None)
     }
 
     #[test]
-    fn finds_the_earliest_stop_including_across_chunk_boundaries() {
-        let list = stops(&["\n\n", "END"]);
-        assert_eq!(find_stop("a\nb", 0, &list), None);
-        // "\n" was searched already; the second "\n" completes the match across calls.
-        assert_eq!(find_stop("a\n\nb", 2, &list), Some(1));
-        assert_eq!(find_stop("xxENDyy\n\n", 0, &list), Some(2));
-        // Matches wholly inside the checked text were reported before; not found again.
-        assert_eq!(find_stop("ENDxxxxx", 8, &list), None);
-        assert_eq!(find_stop("héllo wörld", 3, &stops(&["wö"])), Some(7));
+    fn a_stop_string_across_tokens_is_matched_and_never_streamed() {
+        let mut c = criteria(&["\n\n", "END"], &[], 100);
+        let (streamed, finish) = run(&mut c, &[Some("Hi"), Some(" E"), Some("N"), Some("D more")]);
+        // "E" and "EN" could begin "END": held back, then dropped with the match.
+        assert_eq!(streamed, ["Hi", " ", "", ""]);
+        assert_eq!(finish, Some(FinishReason::Stop));
+        let mut c = criteria(&["\n\n"], &[], 100);
+        let (streamed, finish) = run(&mut c, &[Some("a\n"), Some("\nb")]);
+        assert_eq!(streamed, ["a", ""]);
+        assert_eq!(finish, Some(FinishReason::Stop));
+    }
+
+    #[test]
+    fn held_text_is_released_once_it_cannot_be_a_stop_string() {
+        let mut c = criteria(&["</s>"], &[], 100);
+        let (streamed, finish) = run(&mut c, &[Some("x <"), Some("/"), Some("p>"), Some(" y")]);
+        assert_eq!(streamed, ["x ", "", "</p>", " y"]);
+        assert_eq!(finish, None);
+    }
+
+    #[test]
+    fn incomplete_characters_and_multibyte_stops() {
+        let mut c = criteria(&["wö"], &[], 100);
+        // None: the decoder is still inside a character.
+        let (streamed, finish) = run(&mut c, &[Some("héllo w"), None, Some("örld")]);
+        assert_eq!(streamed, ["héllo ", "", ""]);
+        assert_eq!(finish, Some(FinishReason::Stop));
+    }
+
+    #[test]
+    fn stop_tokens_and_max_tokens_end_the_request_and_flush_held_text() {
+        // Token 102 is a stop token: the held "E" is released, the stop token's text is not.
+        let mut c = criteria(&["END"], &[102], 100);
+        let (streamed, finish) = run(&mut c, &[Some("a"), Some(" E"), Some("<eos>")]);
+        assert_eq!(streamed, ["a", " ", "E"]);
+        assert_eq!(finish, Some(FinishReason::Stop));
+        let mut c = criteria(&["END"], &[], 2);
+        let (streamed, finish) = run(&mut c, &[Some("a"), Some(" E"), Some("never")]);
+        assert_eq!(streamed, ["a", " E"]);
+        assert_eq!(finish, Some(FinishReason::Length));
+        assert_eq!(c.generated(), 2);
+        // Without stop strings nothing is held.
+        let mut c = criteria(&[], &[], 10);
+        assert_eq!(run(&mut c, &[Some("a<"), Some("b")]).0, ["a<", "b"]);
+    }
+
+    #[test]
+    fn the_earliest_of_several_stop_strings_wins() {
+        let mut c = criteria(&["cd", "bcdz", "b"], &[], 100);
+        let (streamed, finish) = run(&mut c, &[Some("abcd")]);
+        assert_eq!(streamed, ["a"]);
+        assert_eq!(finish, Some(FinishReason::Stop));
     }
 
     #[test]
     fn holds_back_a_possible_stop_prefix() {
-        let list = stops(&["</s>", "STOP"]);
+        let list: Vec<String> = ["</s>", "STOP"].map(String::from).to_vec();
         assert_eq!(stop_holdback("hello </", &list), 2);
         assert_eq!(stop_holdback("hello ST", &list), 2);
         assert_eq!(stop_holdback("hello", &list), 0);
-        assert_eq!(stop_holdback("é", &stops(&["éa"])), 2);
+        assert_eq!(stop_holdback("é", &["éa".to_string()]), 2);
         assert_eq!(stop_holdback("</s", &list), 3);
     }
 }

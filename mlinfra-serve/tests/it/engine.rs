@@ -1,10 +1,13 @@
 //! The engine (`engine::Engine`): streaming, cancellation, stop conditions, seeded sampling
 //! and metrics, over the paged Llama runner.
 
+use std::sync::Arc;
+
 use burn::tensor::Device;
+use mlinfra_data::tokenizer::DecodeState;
 use mlinfra_serve::Error;
 use mlinfra_serve::attention::ReferenceAttention;
-use mlinfra_serve::engine::{Engine, EngineConfig, RequestHandle, StreamEvent};
+use mlinfra_serve::engine::{Detokenizer, Engine, EngineConfig, RequestHandle, StreamEvent};
 use mlinfra_serve::runner::{LlamaRunner, ModelRunner};
 use mlinfra_serve::sampling::SamplingParams;
 use mlinfra_serve::sched::{FinishReason, Scheduler, SchedulerConfig, SchedulerOutput};
@@ -74,6 +77,32 @@ fn drain(handle: &RequestHandle) -> (Vec<u32>, Option<(FinishReason, usize)>) {
         }
     }
     (tokens, finished)
+}
+
+/// Every token and the streamed text, then the finish reason.
+fn drain_text(handle: &RequestHandle) -> (Vec<u32>, String, Option<FinishReason>) {
+    let (mut tokens, mut text, mut finished) = (Vec::new(), String::new(), None);
+    for event in handle.events().try_iter() {
+        match event {
+            StreamEvent::Token {
+                token, text: piece, ..
+            } => {
+                tokens.push(token);
+                text.push_str(&piece);
+            }
+            StreamEvent::Finished { reason, .. } => finished = Some(reason),
+        }
+    }
+    (tokens, text, finished)
+}
+
+/// One letter per token: a detokenizer whose text is easy to predict.
+struct Letters;
+
+impl Detokenizer for Letters {
+    fn step(&self, _: &mut DecodeState, token: u32) -> Option<String> {
+        Some(char::from(b'a' + (token % 26) as u8).to_string())
+    }
 }
 
 #[test]
@@ -169,9 +198,7 @@ fn stop_tokens_and_stop_strings_end_requests() {
     let prompt: Vec<u32> = (5..15).collect();
     let free_run = reference.generate_greedy(&prompt, 12, &[]).unwrap();
     let letter = |t: u32| char::from(b'a' + (t % 26) as u8);
-    let detokenize = move |tokens: &[u32]| tokens.iter().map(|&t| letter(t)).collect::<String>();
-
-    let mut engine = engine(&config, 32, 64).with_detokenizer(Box::new(detokenize));
+    let mut engine = engine(&config, 32, 64).with_detokenizer(Arc::new(Letters));
     // A stop token: the first occurrence of free_run[3] ends the request, token included.
     let stop_token = free_run[3];
     let cut = free_run.iter().position(|&t| t == stop_token).unwrap() + 1;
@@ -198,15 +225,23 @@ fn stop_tokens_and_stop_strings_end_requests() {
         )
         .unwrap();
     engine.run_until_idle().unwrap();
+    // The stop token stays in the ids; its text is not streamed.
+    let by_token_text: String = free_run[..cut - 1].iter().map(|&t| letter(t)).collect();
     assert_eq!(
-        drain(&by_token),
-        (free_run[..cut].to_vec(), Some((FinishReason::Stop, cut)))
+        drain_text(&by_token),
+        (
+            free_run[..cut].to_vec(),
+            by_token_text,
+            Some(FinishReason::Stop)
+        )
     );
+    // The stop string is matched across two tokens and never streamed.
     assert_eq!(
-        drain(&by_string),
+        drain_text(&by_string),
         (
             free_run[..cut_text].to_vec(),
-            Some((FinishReason::Stop, cut_text))
+            text[..cut_text - 2].to_string(),
+            Some(FinishReason::Stop)
         )
     );
 }
@@ -404,7 +439,7 @@ fn smollm2_serves_the_same_text_as_its_dense_decoder() {
         block_size: 16,
         ..SchedulerConfig::default()
     };
-    let decoder = mlinfra_data::tokenizer::Tokenizer::from_gguf(&file).unwrap();
+    let decoder = Arc::new(mlinfra_data::tokenizer::Tokenizer::from_gguf(&file).unwrap());
     let mut engine = Engine::new(
         runner,
         EngineConfig {
@@ -414,7 +449,7 @@ fn smollm2_serves_the_same_text_as_its_dense_decoder() {
         },
     )
     .unwrap()
-    .with_detokenizer(Box::new(move |ids: &[u32]| decoder.decode(ids).unwrap()));
+    .with_detokenizer(decoder);
     let prompts =
         ["The capital of France is", "1, 2, 3, 4,"].map(|text| tokenizer.encode(text).unwrap());
     let params = SamplingParams {
@@ -426,11 +461,14 @@ fn smollm2_serves_the_same_text_as_its_dense_decoder() {
         .map(|p| engine.add_request(p.clone(), params.clone()).unwrap())
         .collect();
     engine.run_until_idle().unwrap();
-    let capital = drain(&handles[0]).0;
-    assert!(
-        tokenizer.decode(&capital).unwrap().starts_with(" Paris."),
-        "{:?}",
-        tokenizer.decode(&capital)
+    let (capital, streamed, _) = drain_text(&handles[0]);
+    let whole = tokenizer.decode(&capital).unwrap();
+    assert!(whole.starts_with(" Paris."), "{whole:?}");
+    // The streamed text is the output's up to the stop string "\n", which it never shows.
+    assert_eq!(
+        streamed,
+        whole[..whole.find('\n').unwrap_or(whole.len())],
+        "{whole:?}"
     );
     let counting = drain(&handles[1]).0;
     let dense = reference
