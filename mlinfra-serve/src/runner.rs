@@ -173,17 +173,24 @@ impl ModelRunner for LlamaRunner {
             layout: &layout,
             backend: &*self.attention,
             scale: self.scale,
-            error: None,
         };
         let logits = self
             .model
             .forward_tokens(&tokens, &positions, &rows, &mut hook)
-            .map_err(|error| Error::Model(Box::new(error)));
-        if let Some(error) = hook.error {
-            return Err(error);
-        }
+            .map_err(|error| match error {
+                // The paged backend's own error, as it raised it.
+                mlinfra_train::Error::Attention { source, layer } => match source
+                    .downcast::<Error>()
+                {
+                    Ok(error) => *error,
+                    Err(source) => {
+                        Error::Model(Box::new(mlinfra_train::Error::Attention { layer, source }))
+                    }
+                },
+                error => Error::Model(Box::new(error)),
+            })?;
         let values =
-            logits?
+            logits
                 .into_data()
                 .try_to_vec::<f32>()
                 .map_err(|error| Error::InvalidBatch {
@@ -200,14 +207,12 @@ impl ModelRunner for LlamaRunner {
     }
 }
 
-/// The model's attention step, delegated to the paged backend. The hook interface cannot
-/// fail, so the first error is kept and reported after the forward.
+/// The model's attention step, delegated to the paged backend.
 struct PagedHook<'a> {
     memory: &'a mut PagedKv,
     layout: &'a BatchLayout<'a>,
     backend: &'a (dyn PagedAttention + Send),
     scale: f64,
-    error: Option<Error>,
 }
 
 impl LayerAttention for PagedHook<'_> {
@@ -217,21 +222,17 @@ impl LayerAttention for PagedHook<'_> {
         q: burn::tensor::Tensor<3>,
         k: burn::tensor::Tensor<3>,
         v: burn::tensor::Tensor<3>,
-    ) -> burn::tensor::Tensor<3> {
-        let fallback = q.clone();
-        match self.backend.forward(
-            self.memory.layer_mut(layer),
-            self.layout,
-            q,
-            k,
-            v,
-            self.scale,
-        ) {
-            Ok(out) => out,
-            Err(error) => {
-                self.error.get_or_insert(error);
-                fallback
-            }
-        }
+    ) -> std::result::Result<burn::tensor::Tensor<3>, Box<dyn std::error::Error + Send + Sync>>
+    {
+        self.backend
+            .forward(
+                self.memory.layer_mut(layer),
+                self.layout,
+                q,
+                k,
+                v,
+                self.scale,
+            )
+            .map_err(|error| Box::new(error) as _)
     }
 }

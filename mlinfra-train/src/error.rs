@@ -139,6 +139,16 @@ pub enum Error {
         reason: Box<str>,
     },
 
+    /// A [`LayerAttention`](crate::models::LayerAttention) hook failed (a serving engine's
+    /// paged KV memory, say); its own error is the source.
+    #[error("attention of layer {layer} failed: {source}")]
+    Attention {
+        /// The decoder layer.
+        layer: usize,
+        /// The hook's error.
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+
     /// An operation refused its input: an empty prompt, a token outside the vocabulary, a
     /// sequence longer than the model's context. Caller error.
     #[error("{operation} refused its input: {reason}")]

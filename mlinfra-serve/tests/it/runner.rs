@@ -237,3 +237,58 @@ fn the_cpu_matmul_is_row_invariant_from_two_rows_up() {
         );
     }
 }
+
+/// An attention backend that fails at one layer.
+struct FailingAttention {
+    layer_calls_before_failing: std::sync::atomic::AtomicUsize,
+}
+
+impl mlinfra_serve::attention::PagedAttention for FailingAttention {
+    fn forward(
+        &self,
+        _memory: &mut mlinfra_serve::attention::LayerKv,
+        _layout: &mlinfra_serve::attention::BatchLayout<'_>,
+        q: Tensor<3>,
+        _k: Tensor<3>,
+        _v: Tensor<3>,
+        _scale: f64,
+    ) -> mlinfra_serve::Result<Tensor<3>> {
+        use std::sync::atomic::Ordering;
+        if self
+            .layer_calls_before_failing
+            .fetch_sub(1, Ordering::Relaxed)
+            == 0
+        {
+            return Err(mlinfra_serve::Error::InvalidBatch {
+                reason: "injected attention failure".into(),
+            });
+        }
+        Ok(q)
+    }
+}
+
+/// A failing attention step stops the forward at that layer and comes back from `execute`
+/// as the backend's own typed error (the hook returns `Result`; nothing is stashed).
+#[test]
+fn an_attention_failure_is_the_backends_typed_error() {
+    let config = tiny_config();
+    let device = Device::flex();
+    let model = config.init_with_std(7, 0.02, &device).unwrap();
+    let backend = FailingAttention {
+        layer_calls_before_failing: 1.into(),
+    };
+    let mut runner = LlamaRunner::new(model, &config, 8, 4, Box::new(backend), &device).unwrap();
+    let mut scheduler = Scheduler::new(SchedulerConfig {
+        num_blocks: 8,
+        block_size: 4,
+        ..SchedulerConfig::default()
+    })
+    .unwrap();
+    scheduler.add(NewRequest::new(0, vec![1, 2, 3], 2)).unwrap();
+    let plan = scheduler.schedule().unwrap();
+    let error = runner.execute(&plan, &scheduler).unwrap_err();
+    assert!(
+        matches!(&error, mlinfra_serve::Error::InvalidBatch { reason } if reason.contains("injected")),
+        "{error:?}"
+    );
+}

@@ -112,7 +112,18 @@ pub trait LayerAttention {
     /// Attention output `[tokens, num_heads, head_dim]` of layer `layer` for queries `q`
     /// `[tokens, num_heads, head_dim]` and the new keys and values `k`, `v`
     /// `[tokens, num_kv_heads, head_dim]` of the same tokens.
-    fn attend(&mut self, layer: usize, q: Tensor<3>, k: Tensor<3>, v: Tensor<3>) -> Tensor<3>;
+    ///
+    /// # Errors
+    ///
+    /// Whatever the implementor's attention fails with (out of KV memory, a bad block table):
+    /// [`Llama::forward_tokens`] stops at that layer and returns it as [`Error::Attention`].
+    fn attend(
+        &mut self,
+        layer: usize,
+        q: Tensor<3>,
+        k: Tensor<3>,
+        v: Tensor<3>,
+    ) -> std::result::Result<Tensor<3>, Box<dyn std::error::Error + Send + Sync>>;
 }
 
 impl Llama {
@@ -229,7 +240,8 @@ impl Llama {
         let rope = self.rope(positions.iter().copied());
         let mut x = self.embed_tokens.forward(ids);
         for (index, layer) in self.layers.iter().enumerate() {
-            x = layer.forward_with(x, |attn, x| attn.forward_flat(x, &rope, index, attention));
+            x = layer
+                .try_forward_with(x, |attn, x| attn.forward_flat(x, &rope, index, attention))?;
         }
         let x = rms_norm(&self.norm, x).reshape([count, hidden]);
         let rows: Vec<i64> = rows.iter().map(|&r| r as i64).collect();
@@ -340,11 +352,24 @@ impl LlamaLayer {
         x: Tensor<3>,
         attend: impl FnOnce(&LlamaAttention, Tensor<3>) -> Tensor<3>,
     ) -> Tensor<3> {
-        let h = x.clone() + attend(&self.self_attn, rms_norm(&self.input_layernorm, x));
-        h.clone()
+        let infallible = |attn: &LlamaAttention, x| Ok::<_, Error>(attend(attn, x));
+        match self.try_forward_with(x, infallible) {
+            Ok(x) => x,
+            Err(never) => unreachable!("an infallible attention step failed: {never}"),
+        }
+    }
+
+    /// [`forward_with`](Self::forward_with) for an attention step that can fail.
+    fn try_forward_with(
+        &self,
+        x: Tensor<3>,
+        attend: impl FnOnce(&LlamaAttention, Tensor<3>) -> Result<Tensor<3>>,
+    ) -> Result<Tensor<3>> {
+        let h = x.clone() + attend(&self.self_attn, rms_norm(&self.input_layernorm, x))?;
+        Ok(h.clone()
             + self
                 .mlp
-                .forward(rms_norm(&self.post_attention_layernorm, h))
+                .forward(rms_norm(&self.post_attention_layernorm, h)))
     }
 }
 
@@ -397,7 +422,7 @@ impl LlamaAttention {
         rope: &Rope,
         layer: usize,
         attention: &mut dyn LayerAttention,
-    ) -> Tensor<3> {
+    ) -> Result<Tensor<3>> {
         let [_, count, _] = x.dims();
         let heads = |proj: &LoraLinear, heads: usize| {
             proj.forward(x.clone())
@@ -406,9 +431,12 @@ impl LlamaAttention {
         let q = rope.apply_tokens(heads(&self.q_proj, self.num_heads));
         let k = rope.apply_tokens(heads(&self.k_proj, self.num_kv_heads));
         let v = heads(&self.v_proj, self.num_kv_heads);
-        let out = attention.attend(layer, q, k, v);
-        self.o_proj
-            .forward(out.reshape([1, count, self.num_heads * self.head_dim]))
+        let out = attention
+            .attend(layer, q, k, v)
+            .map_err(|source| Error::Attention { layer, source })?;
+        Ok(self
+            .o_proj
+            .forward(out.reshape([1, count, self.num_heads * self.head_dim])))
     }
 }
 

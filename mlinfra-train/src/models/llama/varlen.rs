@@ -81,20 +81,31 @@ impl VarlenAttention {
 }
 
 impl LayerAttention for VarlenAttention {
-    /// # Panics
+    /// # Errors
     ///
-    /// When `q` does not hold [`VarlenAttention::tokens`] tokens, or the head counts do not
-    /// divide (the model's own calls always fit).
-    fn attend(&mut self, _layer: usize, q: Tensor<3>, k: Tensor<3>, v: Tensor<3>) -> Tensor<3> {
+    /// [`Error::InvalidInput`] when `q` does not hold [`VarlenAttention::tokens`] tokens or the
+    /// key/value heads do not divide the query heads (the model's own calls always fit).
+    fn attend(
+        &mut self,
+        _layer: usize,
+        q: Tensor<3>,
+        k: Tensor<3>,
+        v: Tensor<3>,
+    ) -> std::result::Result<Tensor<3>, Box<dyn std::error::Error + Send + Sync>> {
         let [tokens, heads, dim] = q.dims();
         let kv_heads = k.dims()[1];
-        assert!(
-            tokens == self.tokens() && heads.is_multiple_of(kv_heads),
-            "varlen attention over {} tokens got q {:?}, k {:?}",
-            self.tokens(),
-            q.dims(),
-            k.dims()
-        );
+        if tokens != self.tokens() || kv_heads == 0 || !heads.is_multiple_of(kv_heads) {
+            return Err(Box::new(Error::InvalidInput {
+                operation: "VarlenAttention::attend",
+                reason: format!(
+                    "sequences of {} tokens in all got q {:?}, k {:?}",
+                    self.tokens(),
+                    q.dims(),
+                    k.dims()
+                )
+                .into(),
+            }));
+        }
         let shape = Heads {
             heads,
             kv_heads,
@@ -102,13 +113,13 @@ impl LayerAttention for VarlenAttention {
         };
         if q.dtype() == DType::F32 {
             if let Some(out) = self.fused_autodiff(&q, &k, &v, shape) {
-                return out;
+                return Ok(out);
             }
             if let Some(out) = self.fused_inference(&q, &k, &v, shape) {
-                return out;
+                return Ok(out);
             }
         }
-        self.per_sequence(q, k, v, shape)
+        Ok(self.per_sequence(q, k, v, shape))
     }
 }
 
@@ -494,7 +505,7 @@ mod tests {
             [3..8, 0..KV_HEADS, 0..DIM],
             random(KV_HEADS, 9, &device).narrow(0, 0, 5),
         );
-        let moved = attention.attend(0, q, k, other);
+        let moved = attention.attend(0, q.clone(), k.clone(), other).unwrap();
         let change = (moved - fused).abs().sum_dim(2).sum_dim(1).reshape([15]);
         let change = change.into_data().try_into_vec::<f32>().unwrap();
         for (t, c) in change.iter().enumerate() {
@@ -503,7 +514,7 @@ mod tests {
     }
 
     #[test]
-    fn sequence_starts_are_checked() {
+    fn sequence_starts_and_shapes_are_checked() {
         for starts in [vec![], vec![0], vec![1, 4], vec![0, 3, 3], vec![0, 5, 2]] {
             let error = VarlenAttention::new(starts.clone())
                 .unwrap_err()
@@ -511,5 +522,20 @@ mod tests {
             assert!(error.contains("strictly increase"), "{starts:?}: {error}");
         }
         assert_eq!(VarlenAttention::new(vec![0, 2, 7]).unwrap().tokens(), 7);
+        let device = Device::flex();
+        let mut attention = VarlenAttention::new(vec![0, 2, 7]).unwrap();
+        let error = attention
+            .attend(
+                0,
+                random(HEADS, 1, &device),
+                random(KV_HEADS, 2, &device),
+                random(KV_HEADS, 3, &device),
+            )
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("sequences of 7 tokens in all got q [15, 6, 12]"),
+            "{error}"
+        );
     }
 }
