@@ -1,11 +1,12 @@
-//! Model runners: what turns a scheduler's plan into logits, between
-//! [`Scheduler::schedule`] and [`Scheduler::update`].
+//! Model runners: what turns a scheduler's [`StepBatch`] into logits, between
+//! [`Scheduler::schedule`](crate::sched::Scheduler::schedule) and
+//! [`Scheduler::update`](crate::sched::Scheduler::update).
 
 use burn::tensor::Device;
 use mlinfra_train::models::{LayerAttention, Llama, LlamaConfig};
 
 use crate::attention::{BatchLayout, PagedAttention, PagedKv, SeqLayout};
-use crate::sched::{Scheduler, SchedulerOutput};
+use crate::sched::StepBatch;
 use crate::{Error, Result};
 
 /// Runs a model over one step's plan.
@@ -22,17 +23,71 @@ pub trait ModelRunner {
         None
     }
 
-    /// Makes the plan's block copies, computes KV for every scheduled token (a request's
-    /// known tokens, then its [`draft`](crate::sched::Request::draft)), and returns the
-    /// logits of each scheduled request that [`samples`](crate::sched::ScheduledRequest::samples),
-    /// in plan order: `draft + 1` rows for each (the last position, and one per draft token
-    /// to verify).
+    /// Makes the batch's block copies, computes KV for every token of `batch` (each
+    /// request's known tokens, then its [`draft`](crate::sched::Request::draft)), and returns
+    /// the logits of its [`logit_rows`](StepBatch::logit_rows), in that order.
     ///
     /// # Errors
     ///
     /// Whatever the model or the attention backend refuses; the step is then lost and the
     /// engine fails its requests.
-    fn execute(&mut self, plan: &SchedulerOutput, scheduler: &Scheduler) -> Result<Vec<Vec<f32>>>;
+    fn execute(&mut self, batch: &StepBatch) -> Result<Logits>;
+}
+
+/// The logits of one step: `[rows, vocab]` in one row-major buffer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Logits {
+    values: Vec<f32>,
+    vocab: usize,
+}
+
+impl Logits {
+    /// Rows of `vocab` values each, laid end to end in `values`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidBatch`] for a zero vocabulary or a buffer that is not whole rows.
+    pub fn new(values: Vec<f32>, vocab: usize) -> Result<Self> {
+        if vocab == 0 || !values.len().is_multiple_of(vocab) {
+            return Err(Error::InvalidBatch {
+                reason: format!(
+                    "{} logits are not whole rows of a {vocab}-token vocabulary",
+                    values.len()
+                )
+                .into(),
+            });
+        }
+        Ok(Logits { values, vocab })
+    }
+
+    /// Rows.
+    pub fn rows(&self) -> usize {
+        self.values.len() / self.vocab
+    }
+
+    /// Row `i`.
+    ///
+    /// # Panics
+    ///
+    /// When `i` is not below [`Logits::rows`].
+    pub fn row(&self, i: usize) -> &[f32] {
+        &self.values[i * self.vocab..(i + 1) * self.vocab]
+    }
+
+    /// The rows in order.
+    pub fn iter(&self) -> std::slice::ChunksExact<'_, f32> {
+        self.values.chunks_exact(self.vocab)
+    }
+
+    /// The vocabulary size: every row's length.
+    pub fn vocab_size(&self) -> usize {
+        self.vocab
+    }
+
+    /// All values, row after row.
+    pub fn as_slice(&self) -> &[f32] {
+        &self.values
+    }
 }
 
 /// A [`Llama`] over paged KV memory: every step is one flat (varlen) forward of all scheduled
@@ -111,45 +166,29 @@ impl ModelRunner for LlamaRunner {
         Some(self.max_seq_len)
     }
 
-    fn execute(&mut self, plan: &SchedulerOutput, scheduler: &Scheduler) -> Result<Vec<Vec<f32>>> {
-        if plan.scheduled.is_empty() {
-            return Ok(Vec::new());
+    fn execute(&mut self, batch: &StepBatch) -> Result<Logits> {
+        if batch.seqs.is_empty() {
+            return Logits::new(Vec::new(), self.vocab_size);
         }
-        self.memory.copy_blocks(&plan.copies);
-
-        let mut tokens = Vec::with_capacity(plan.num_tokens);
-        let mut positions = Vec::with_capacity(plan.num_tokens);
-        let mut rows = Vec::new();
-        let mut seqs = Vec::with_capacity(plan.scheduled.len());
-        for work in &plan.scheduled {
-            let (Some(request), Some(table)) = (
-                scheduler.request(work.id),
-                scheduler.kv().block_table(work.id),
-            ) else {
-                return Err(Error::InvalidBatch {
-                    reason: format!("scheduled request {} is not running", work.id).into(),
-                });
-            };
-            let end = work.start + work.len;
-            seqs.push(SeqLayout {
-                query_start: tokens.len(),
-                query_len: work.len,
-                context_len: end,
-                block_table: table,
-            });
-            // The known tokens, then the draft being verified (if any).
-            tokens.extend_from_slice(&request.tokens()[work.start..end - work.draft]);
-            tokens.extend_from_slice(&request.draft()[..work.draft]);
-            positions.extend(work.start..end);
-            if work.samples {
-                rows.extend(tokens.len() - 1 - work.draft..tokens.len());
-            }
-        }
+        self.memory.copy_blocks(&batch.copies);
+        let mut tokens = batch.tokens.clone();
+        let mut positions = batch.positions.clone();
+        let mut rows = batch.logit_rows.clone();
+        let scratch = [self.scratch_block];
+        let mut seqs: Vec<SeqLayout<'_>> = batch
+            .seqs
+            .iter()
+            .map(|seq| SeqLayout {
+                query_start: seq.query_start,
+                query_len: seq.query_len,
+                context_len: seq.context_len,
+                block_table: &seq.block_table,
+            })
+            .collect();
         // Batch invariance: the CPU matmul takes another path (with another summation order)
         // for a single row than for two or more, and is row-invariant from two rows up. A
         // lone token gets a padding token beside it, a lone logit row a twin; the padding's KV
         // goes to the scratch block past the scheduler's pool.
-        let scratch = [self.scratch_block];
         if tokens.len() == 1 {
             seqs.push(SeqLayout {
                 query_start: 1,
@@ -196,14 +235,11 @@ impl ModelRunner for LlamaRunner {
                 .map_err(|error| Error::InvalidBatch {
                     reason: format!("logits could not be read back: {error:?}").into(),
                 })?;
-        let mut logits: Vec<Vec<f32>> = values
-            .chunks_exact(self.vocab_size)
-            .map(<[f32]>::to_vec)
-            .collect();
+        let mut values = values;
         if lone_row {
-            logits.pop();
+            values.truncate(self.vocab_size);
         }
-        Ok(logits)
+        Logits::new(values, self.vocab_size)
     }
 }
 

@@ -448,26 +448,32 @@ impl<R: ModelRunner> Engine<R> {
         &mut self,
         plan: &crate::sched::SchedulerOutput,
     ) -> Result<Vec<(RequestId, Vec<Sample>)>> {
-        let logits = self.runner.execute(plan, &self.scheduler)?;
-        let mut rows = logits.into_iter();
+        let logits = self.runner.execute(&plan.batch)?;
+        let wanted = plan.batch.logit_rows.len();
+        if logits.rows() != wanted || logits.vocab_size() != self.runner.vocab_size() {
+            return Err(Error::InvalidBatch {
+                reason: format!(
+                    "the runner returned {} logit rows of {}, not {wanted} of {}",
+                    logits.rows(),
+                    logits.vocab_size(),
+                    self.runner.vocab_size()
+                )
+                .into(),
+            });
+        }
+        let mut next_row = 0;
         let mut sampled = Vec::new();
         for work in plan.scheduled.iter().filter(|work| work.samples) {
             let live = self
                 .live
                 .get_mut(&work.id)
                 .expect("scheduled requests are live");
-            let own: Vec<Vec<f32>> = rows.by_ref().take(work.draft + 1).collect();
-            if own.len() != work.draft + 1 {
-                return Err(Error::InvalidBatch {
-                    reason: format!(
-                        "the runner returned too few logit rows for request {}",
-                        work.id
-                    )
-                    .into(),
-                });
-            }
+            let own: Vec<&[f32]> = (next_row..next_row + work.draft + 1)
+                .map(|row| logits.row(row))
+                .collect();
+            next_row += work.draft + 1;
             let samples = if work.draft == 0 {
-                vec![live.sampler.sample(&own[0])?]
+                vec![live.sampler.sample(own[0])?]
             } else {
                 let request = self
                     .scheduler

@@ -194,7 +194,7 @@ impl Sampler {
     /// # Errors
     ///
     /// [`Error::InvalidSampling`] for rows that do not match the draft, or bad logits.
-    pub fn verify(&mut self, draft: &[u32], rows: &[Vec<f32>]) -> Result<Vec<Sample>> {
+    pub fn verify(&mut self, draft: &[u32], rows: &[&[f32]]) -> Result<Vec<Sample>> {
         let targets = rows
             .iter()
             .map(|row| self.probabilities(row))

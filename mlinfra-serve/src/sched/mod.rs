@@ -6,4 +6,5 @@ mod scheduler;
 pub use request::{FinishReason, NewRequest, Request, RequestId, RequestStatus};
 pub use scheduler::{
     Policy, ScheduledRequest, Scheduler, SchedulerConfig, SchedulerOutput, SchedulerStats,
+    StepBatch, StepSeq,
 };

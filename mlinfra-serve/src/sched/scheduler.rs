@@ -32,7 +32,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use super::request::{FinishReason, NewRequest, Request, RequestId, RequestStatus};
-use crate::kv::{BlockCopy, KvCacheManager, PrefixCacheStats};
+use crate::kv::{BlockCopy, BlockId, KvCacheManager, PrefixCacheStats};
 use crate::{Error, Result};
 
 /// The order in which requests are served.
@@ -110,10 +110,45 @@ pub struct SchedulerOutput {
     pub scheduled: Vec<ScheduledRequest>,
     /// Requests preempted this step (their KV is gone; they are waiting again).
     pub preempted: Vec<RequestId>,
-    /// Block copies to make before the forward pass (copy-on-write).
-    pub copies: Vec<BlockCopy>,
     /// Tokens scheduled, at most the budget.
     pub num_tokens: usize,
+    /// What the model runner computes: everything it needs, so that it never reads the
+    /// scheduler.
+    pub batch: StepBatch,
+}
+
+/// One model step, complete: the flat (varlen) batch of tokens, where each scheduled request
+/// sits in it with a snapshot of its block table, the block copies to make first, and which
+/// rows get logits. A runner (and an attention kernel under test) needs nothing else.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StepBatch {
+    /// Block copies to make before the forward pass (copy-on-write).
+    pub copies: Vec<BlockCopy>,
+    /// Token ids, request after request in plan order: its known tokens, then its draft.
+    pub tokens: Vec<u32>,
+    /// Each token's position in its own sequence.
+    pub positions: Vec<usize>,
+    /// Each scheduled request's part, in plan order.
+    pub seqs: Vec<StepSeq>,
+    /// Indices into `tokens` whose logits the step returns, in this order: `draft + 1` rows
+    /// (its last known token and each draft token) for each request that samples.
+    pub logit_rows: Vec<usize>,
+}
+
+/// One request's part of a [`StepBatch`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StepSeq {
+    /// The request.
+    pub id: RequestId,
+    /// Index of its first token in the batch.
+    pub query_start: usize,
+    /// Its tokens this step.
+    pub query_len: usize,
+    /// Its positions after this step: the step's tokens are positions
+    /// `context_len - query_len .. context_len`.
+    pub context_len: usize,
+    /// Its block table: position `p` lives in block `block_table[p / block_size]`.
+    pub block_table: Vec<BlockId>,
 }
 
 /// Counters for dashboards and benchmarks.
@@ -358,8 +393,36 @@ impl Scheduler {
         }
         out.num_tokens = self.config.max_batched_tokens - budget;
         self.peak_usage = self.peak_usage.max(self.kv.pool().usage());
+        self.fill_batch(&mut out);
         self.pending = Some(out.scheduled.clone());
         Ok(out)
+    }
+
+    /// The step's tokens, positions, block tables and logit rows, from the plan.
+    fn fill_batch(&self, out: &mut SchedulerOutput) {
+        let batch = &mut out.batch;
+        batch.tokens.reserve(out.num_tokens);
+        batch.positions.reserve(out.num_tokens);
+        for work in &out.scheduled {
+            let request = &self.requests[&work.id];
+            let end = work.start + work.len;
+            batch.seqs.push(StepSeq {
+                id: work.id,
+                query_start: batch.tokens.len(),
+                query_len: work.len,
+                context_len: end,
+                block_table: self.kv.block_table(work.id).unwrap_or_default().to_vec(),
+            });
+            batch
+                .tokens
+                .extend_from_slice(&request.tokens[work.start..end - work.draft]);
+            batch.tokens.extend_from_slice(&request.draft[..work.draft]);
+            batch.positions.extend(work.start..end);
+            if work.samples {
+                let last = batch.tokens.len();
+                batch.logit_rows.extend(last - 1 - work.draft..last);
+            }
+        }
     }
 
     fn schedule_running(&mut self, budget: &mut usize, out: &mut SchedulerOutput) -> Result<()> {
@@ -383,7 +446,7 @@ impl Scheduler {
             request.draft.truncate(draft);
             loop {
                 if let Some(copies) = self.kv.allocate_slots(id, start + len)? {
-                    out.copies.extend(copies);
+                    out.batch.copies.extend(copies);
                     out.scheduled.push(ScheduledRequest {
                         id,
                         start,

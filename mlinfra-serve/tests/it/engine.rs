@@ -8,9 +8,9 @@ use mlinfra_data::tokenizer::DecodeState;
 use mlinfra_serve::Error;
 use mlinfra_serve::attention::ReferenceAttention;
 use mlinfra_serve::engine::{Detokenizer, Engine, EngineConfig, RequestHandle, StreamEvent};
-use mlinfra_serve::runner::{LlamaRunner, ModelRunner};
+use mlinfra_serve::runner::{LlamaRunner, Logits, ModelRunner};
 use mlinfra_serve::sampling::SamplingParams;
-use mlinfra_serve::sched::{FinishReason, Scheduler, SchedulerConfig, SchedulerOutput};
+use mlinfra_serve::sched::{FinishReason, SchedulerConfig, StepBatch};
 use mlinfra_serve::spec::{DraftModelProposer, NgramProposer, Proposer};
 use mlinfra_train::models::{Llama, LlamaConfig};
 
@@ -296,11 +296,7 @@ impl ModelRunner for FailingRunner {
         8
     }
 
-    fn execute(
-        &mut self,
-        _: &SchedulerOutput,
-        _: &Scheduler,
-    ) -> mlinfra_serve::Result<Vec<Vec<f32>>> {
+    fn execute(&mut self, _: &StepBatch) -> mlinfra_serve::Result<Logits> {
         Err(Error::InvalidBatch {
             reason: "the device fell off the bus".into(),
         })

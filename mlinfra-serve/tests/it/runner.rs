@@ -83,11 +83,11 @@ fn paged_runner_matches_the_dense_forward_through_chunks_preemption_and_prefix_h
     let mut worst: f32 = 0.0;
     while !scheduler.is_idle() {
         let plan = scheduler.schedule().unwrap();
-        let logits = runner.execute(&plan, &scheduler).unwrap();
+        let logits = runner.execute(&plan.batch).unwrap();
         let sampling: Vec<_> = plan.scheduled.iter().filter(|s| s.samples).collect();
-        assert_eq!(logits.len(), sampling.len());
+        assert_eq!(logits.rows(), sampling.len());
         let mut sampled = Vec::new();
-        for (work, row) in sampling.iter().zip(&logits) {
+        for (work, row) in sampling.iter().zip(logits.iter()) {
             let tokens = scheduler.request(work.id).unwrap().tokens();
             let dense = dense_last_logits(&reference, tokens);
             for (a, b) in row.iter().zip(&dense) {
@@ -145,10 +145,10 @@ fn run_logits(
     let mut runs = vec![(Vec::new(), 0, 0); requests.len()];
     while !scheduler.is_idle() {
         let plan = scheduler.schedule().unwrap();
-        let logits = runner.execute(&plan, &scheduler).unwrap();
+        let logits = runner.execute(&plan.batch).unwrap();
         let sampling = plan.scheduled.iter().filter(|s| s.samples);
         let mut sampled = Vec::new();
-        for (work, row) in sampling.zip(&logits) {
+        for (work, row) in sampling.zip(logits.iter()) {
             let index = requests.iter().position(|r| r.id == work.id).unwrap();
             runs[index]
                 .0
@@ -286,7 +286,7 @@ fn an_attention_failure_is_the_backends_typed_error() {
     .unwrap();
     scheduler.add(NewRequest::new(0, vec![1, 2, 3], 2)).unwrap();
     let plan = scheduler.schedule().unwrap();
-    let error = runner.execute(&plan, &scheduler).unwrap_err();
+    let error = runner.execute(&plan.batch).unwrap_err();
     assert!(
         matches!(&error, mlinfra_serve::Error::InvalidBatch { reason } if reason.contains("injected")),
         "{error:?}"

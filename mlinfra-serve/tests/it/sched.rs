@@ -43,7 +43,7 @@ fn reference_output(new: &NewRequest) -> (Vec<u32>, FinishReason) {
 /// prefix reads back through its block table; returns the finished requests.
 fn step(scheduler: &mut Scheduler, fake: &mut FakeKv) -> (SchedulerOutput, Vec<Request>) {
     let plan = scheduler.schedule().unwrap();
-    fake.copy(&plan.copies);
+    fake.copy(&plan.batch.copies);
     let mut sampled = Vec::new();
     for work in &plan.scheduled {
         let request = scheduler.request(work.id).unwrap();
@@ -457,6 +457,21 @@ fn drafts_are_verified_and_rejected_tokens_give_their_blocks_back() {
         ),
         (7, 7, 6)
     );
+    // The step batch is complete on its own: the last known token and the draft at
+    // positions 7..14, the block table as the KV manager has it, and 7 logit rows (the last
+    // known token's and one per draft token).
+    let batch = &plan.batch;
+    let generated = scheduler.request(1).unwrap().output()[0];
+    assert_eq!(batch.tokens, [generated, 5, 6, 7, 8, 9, 10]);
+    assert_eq!(batch.positions, (7..14).collect::<Vec<_>>());
+    assert_eq!(batch.logit_rows, (0..7).collect::<Vec<_>>());
+    assert_eq!(batch.seqs.len(), 1);
+    let seq = &batch.seqs[0];
+    assert_eq!(
+        (seq.id, seq.query_start, seq.query_len, seq.context_len),
+        (1, 0, 7, 14)
+    );
+    assert_eq!(seq.block_table, scheduler.kv().block_table(1).unwrap());
     assert_eq!(scheduler.kv().num_tokens(1), 14);
     let request = scheduler.request(1).unwrap();
     let mut with_draft = request.tokens().to_vec();
