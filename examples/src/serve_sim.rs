@@ -116,15 +116,11 @@ pub fn simulate(args: &SimConfig) -> anyhow::Result<SimReport> {
         Box::new(ReferenceAttention),
         &device,
     )?;
-    let scheduler = SchedulerConfig {
-        num_blocks: args.kv_blocks,
-        block_size: args.block_size,
-        ..SchedulerConfig::default()
-    };
     let mut engine = Engine::new(
         runner,
         EngineConfig {
-            scheduler,
+            // The KV pool is the runner's (args.kv_blocks of args.block_size).
+            scheduler: SchedulerConfig::default(),
             seed: args.seed,
             speculative: args.speculative.then(NgramProposer::default),
         },

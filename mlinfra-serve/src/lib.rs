@@ -30,7 +30,6 @@
 //! use mlinfra_serve::engine::{Engine, EngineConfig, StreamEvent};
 //! use mlinfra_serve::runner::LlamaRunner;
 //! use mlinfra_serve::sampling::SamplingParams;
-//! use mlinfra_serve::sched::SchedulerConfig;
 //! use mlinfra_train::models::LlamaConfig;
 //!
 //! let config = LlamaConfig {
@@ -41,8 +40,8 @@
 //! let device = Device::flex();
 //! let model = config.init_with_std(0, 0.2, &device)?;
 //! let runner = LlamaRunner::new(model, &config, 64, 16, Box::new(ReferenceAttention), &device)?;
-//! let scheduler = SchedulerConfig { num_blocks: 64, block_size: 16, ..SchedulerConfig::default() };
-//! let mut engine = Engine::new(runner, EngineConfig { scheduler, ..EngineConfig::default() })?;
+//! // The KV pool (64 blocks of 16 slots) is the runner's; the engine schedules over it.
+//! let mut engine = Engine::new(runner, EngineConfig::default())?;
 //! let handle = engine.add_request(vec![1, 2, 3], SamplingParams::greedy(4))?;
 //! engine.run_until_idle()?;
 //! let tokens: Vec<u32> = handle

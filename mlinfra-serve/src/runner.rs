@@ -23,6 +23,14 @@ pub trait ModelRunner {
         None
     }
 
+    /// The KV pool this runner's memory was built for, when it owns one: an
+    /// [`Engine`](crate::engine::Engine) schedules over exactly this pool, so the geometry is
+    /// given once, where the memory is allocated. Defaults to `None` (the engine's
+    /// [`SchedulerConfig`](crate::sched::SchedulerConfig) decides).
+    fn kv_geometry(&self) -> Option<KvGeometry> {
+        None
+    }
+
     /// Makes the batch's block copies, computes KV for every token of `batch` (each
     /// request's known tokens, then its [`draft`](crate::sched::Request::draft)), and returns
     /// the logits of its [`logit_rows`](StepBatch::logit_rows), in that order.
@@ -32,6 +40,15 @@ pub trait ModelRunner {
     /// Whatever the model or the attention backend refuses; the step is then lost and the
     /// engine fails its requests.
     fn execute(&mut self, batch: &StepBatch) -> Result<Logits>;
+}
+
+/// The shape of a paged KV pool: `num_blocks` blocks of `block_size` token slots.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KvGeometry {
+    /// Blocks the scheduler may hand out.
+    pub num_blocks: usize,
+    /// Token slots per block.
+    pub block_size: usize,
 }
 
 /// The logits of one step: `[rows, vocab]` in one row-major buffer.
@@ -164,6 +181,14 @@ impl ModelRunner for LlamaRunner {
 
     fn max_seq_len(&self) -> Option<usize> {
         Some(self.max_seq_len)
+    }
+
+    fn kv_geometry(&self) -> Option<KvGeometry> {
+        Some(KvGeometry {
+            // The scratch block past the pool is the runner's own.
+            num_blocks: self.scratch_block as usize,
+            block_size: self.memory.block_size(),
+        })
     }
 
     fn execute(&mut self, batch: &StepBatch) -> Result<Logits> {

@@ -31,7 +31,9 @@ pub use metrics::{EngineMetrics, RequestMetrics};
 /// Engine settings.
 #[derive(Debug, Clone, Default)]
 pub struct EngineConfig {
-    /// Scheduler limits and KV geometry (the runner must have been built for the same pool).
+    /// Scheduler limits. Its `num_blocks` and `block_size` are replaced by the runner's
+    /// [`kv_geometry`](ModelRunner::kv_geometry) when the runner owns KV memory (as
+    /// [`LlamaRunner`](crate::runner::LlamaRunner) does): the pool is given once, to the runner.
     pub scheduler: SchedulerConfig,
     /// Seed for requests without their own: request `id` draws from a generator derived
     /// from `(seed, id)`.
@@ -159,7 +161,8 @@ pub struct Engine<R> {
 }
 
 impl<R: ModelRunner> Engine<R> {
-    /// An engine driving `runner`. The scheduler's
+    /// An engine driving `runner`, scheduling over the runner's KV pool when it has one. The
+    /// scheduler's
     /// [`max_model_len`](SchedulerConfig::max_model_len) is lowered to the runner's
     /// [`max_seq_len`](ModelRunner::max_seq_len), so requests that could outgrow the model are
     /// refused when added.
@@ -169,6 +172,10 @@ impl<R: ModelRunner> Engine<R> {
     /// [`Error::InvalidConfig`] when the scheduler refuses `config.scheduler`.
     pub fn new(runner: R, config: EngineConfig) -> Result<Self> {
         let mut scheduler = config.scheduler;
+        if let Some(geometry) = runner.kv_geometry() {
+            scheduler.num_blocks = geometry.num_blocks;
+            scheduler.block_size = geometry.block_size;
+        }
         scheduler.max_model_len = match (scheduler.max_model_len, runner.max_seq_len()) {
             (Some(set), Some(model)) => Some(set.min(model)),
             (set, model) => set.or(model),

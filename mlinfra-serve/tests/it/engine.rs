@@ -601,3 +601,44 @@ fn a_draft_model_rolls_its_cache_back_after_a_rejection() {
         again.propose(1, &longer).unwrap()
     );
 }
+
+/// The KV pool is given once, to the runner: an engine schedules over the runner's blocks
+/// whatever its scheduler config says, so the two cannot disagree.
+#[test]
+fn the_engine_schedules_over_the_runners_kv_pool() {
+    let config = tiny_config();
+    let device = Device::flex();
+    let runner = LlamaRunner::new(
+        model(&config),
+        &config,
+        8,
+        4,
+        Box::new(ReferenceAttention),
+        &device,
+    )
+    .unwrap();
+    let mut engine = Engine::new(
+        runner,
+        EngineConfig {
+            scheduler: SchedulerConfig {
+                num_blocks: 1024,
+                block_size: 16,
+                ..SchedulerConfig::default()
+            },
+            ..EngineConfig::default()
+        },
+    )
+    .unwrap();
+    let pool = engine.scheduler().kv().pool();
+    assert_eq!((pool.num_free(), pool.block_size()), (8, 4));
+    // 8 blocks of 4 hold 32 tokens: a request that could need more is refused when added.
+    let error = engine
+        .add_request(vec![1; 20], SamplingParams::greedy(20))
+        .unwrap_err();
+    assert!(matches!(error, Error::InvalidRequest { .. }), "{error}");
+    let handle = engine
+        .add_request(vec![1; 10], SamplingParams::greedy(4))
+        .unwrap();
+    engine.run_until_idle().unwrap();
+    assert_eq!(drain(&handle).1, Some((FinishReason::Length, 4)));
+}
