@@ -217,13 +217,43 @@ impl ChatTemplate {
     /// accept, say), uses something undefined in a way that cannot render, or runs out of
     /// fuel.
     pub fn render(&self, messages: &[Message], add_generation_prompt: bool) -> Result<String> {
+        self.render_context(Serde(messages), None, add_generation_prompt)
+    }
+
+    /// [`ChatTemplate::render`] for messages in OpenAI's full JSON shape (assistant
+    /// `tool_calls`, `tool` messages with a `tool_call_id`, `content` that may be null) and
+    /// with tool definitions: `tools` (OpenAI's `[{"type": "function", "function": {...}}]`)
+    /// reach the template under that name, as `transformers`' `apply_chat_template(...,
+    /// tools=...)` passes them, so each template lays them out its own way. No tools pass
+    /// `none`, as transformers does.
+    ///
+    /// # Errors
+    ///
+    /// As [`ChatTemplate::render`].
+    pub fn render_with_tools(
+        &self,
+        messages: &[serde_json::Value],
+        tools: &[serde_json::Value],
+        add_generation_prompt: bool,
+    ) -> Result<String> {
+        let tools = (!tools.is_empty()).then(|| Value::from(Serde(tools)));
+        self.render_context(Serde(messages), tools, add_generation_prompt)
+    }
+
+    fn render_context<M: Serialize>(
+        &self,
+        messages: Serde<M>,
+        tools: Option<Value>,
+        add_generation_prompt: bool,
+    ) -> Result<String> {
         let template = self
             .env
             .get_template(NAME)
             .map_err(|e| template_error(&self.origin, describe(&e)))?;
         template
             .render(context! {
-                messages => Serde(messages),
+                messages => messages,
+                tools => tools,
                 add_generation_prompt => add_generation_prompt,
                 bos_token => &self.bos_token,
                 eos_token => &self.eos_token,
@@ -545,5 +575,38 @@ mod tests {
             ChatTemplate::new("{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}").unwrap();
         let error = recursive.render(&[], false).unwrap_err().to_string();
         assert!(error.contains("recursion"), "{error}");
+    }
+
+    /// Tool definitions and tool calls reach the template in OpenAI's shape, laid out the way
+    /// a Hermes/Qwen-style template does; without tools the template sees `none`.
+    #[test]
+    fn tools_and_tool_calls_render_the_way_the_template_lays_them_out() {
+        let source = "{% if tools %}<tools>{% for t in tools %}{{ t.function.name }}:{{ t.function.parameters | tojson }};{% endfor %}</tools>\n{% else %}no tools\n{% endif %}{% for m in messages %}<{{ m.role }}>{% if m.tool_calls %}{% for c in m.tool_calls %}<call>{{ c.function.name }}({{ c.function.arguments }})</call>{% endfor %}{% elif m.role == 'tool' %}[{{ m.tool_call_id }}] {{ m.content }}{% else %}{{ m.content }}{% endif %}\n{% endfor %}{% if add_generation_prompt %}<assistant>{% endif %}";
+        let template = ChatTemplate::new(source).unwrap();
+        let tools = [serde_json::json!({"type": "function", "function": {
+            "name": "get_weather",
+            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}
+        }})];
+        let messages = [
+            serde_json::json!({"role": "user", "content": "Weather in Paris?"}),
+            serde_json::json!({"role": "assistant", "content": null, "tool_calls": [
+                {"id": "call_1", "type": "function",
+                 "function": {"name": "get_weather", "arguments": "{\"city\": \"Paris\"}"}}
+            ]}),
+            serde_json::json!({"role": "tool", "tool_call_id": "call_1", "content": "18 C"}),
+        ];
+        let text = template.render_with_tools(&messages, &tools, true).unwrap();
+        // transformers' `tojson` (json.dumps spacing) and trim_blocks (no newline after a
+        // block tag), as the environment is configured.
+        assert_eq!(
+            text,
+            "<tools>get_weather:{\"properties\": {\"city\": {\"type\": \"string\"}}, \"type\": \"object\"};</tools>\n\
+             <user>Weather in Paris?<assistant><call>get_weather({\"city\": \"Paris\"})</call>\
+             <tool>[call_1] 18 C<assistant>"
+        );
+        let plain = template
+            .render_with_tools(&messages[..1], &[], false)
+            .unwrap();
+        assert_eq!(plain, "no tools\n<user>Weather in Paris?");
     }
 }
