@@ -2,6 +2,8 @@
 //! [`Scheduler::schedule`](crate::sched::Scheduler::schedule) and
 //! [`Scheduler::update`](crate::sched::Scheduler::update).
 
+use std::borrow::Cow;
+
 use burn::tensor::Device;
 use mlinfra_train::models::{LayerAttention, Llama, LlamaConfig};
 
@@ -196,9 +198,10 @@ impl ModelRunner for LlamaRunner {
             return Logits::new(Vec::new(), self.vocab_size);
         }
         self.memory.copy_blocks(&batch.copies);
-        let mut tokens = batch.tokens.clone();
-        let mut positions = batch.positions.clone();
-        let mut rows = batch.logit_rows.clone();
+        // Borrowed unless the batch-invariance padding below must extend them.
+        let mut tokens = Cow::Borrowed(batch.tokens.as_slice());
+        let mut positions = Cow::Borrowed(batch.positions.as_slice());
+        let mut rows = Cow::Borrowed(batch.logit_rows.as_slice());
         let scratch = [self.scratch_block];
         let mut seqs: Vec<SeqLayout<'_>> = batch
             .seqs
@@ -221,12 +224,13 @@ impl ModelRunner for LlamaRunner {
                 context_len: 1,
                 block_table: &scratch,
             });
-            tokens.push(0);
-            positions.push(0);
+            tokens.to_mut().push(0);
+            positions.to_mut().push(0);
         }
         let lone_row = rows.len() == 1;
         if lone_row {
-            rows.push(rows[0]);
+            let row = rows[0];
+            rows.to_mut().push(row);
         }
         let layout = BatchLayout {
             seqs,

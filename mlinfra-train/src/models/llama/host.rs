@@ -26,7 +26,7 @@ pub(super) fn values(tensor: &FlexTensor) -> &[f32] {
 }
 
 /// A tensor of `shape` over `values` (row-major), without a copy.
-pub(super) fn tensor<const D: usize>(values: Vec<f32>, shape: [usize; D]) -> FlexTensor {
+pub(super) fn tensor(values: Vec<f32>, shape: impl Into<burn::tensor::Shape>) -> FlexTensor {
     FlexTensor::from_data(TensorData::new(values, shape))
 }
 

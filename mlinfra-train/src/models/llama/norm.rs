@@ -114,9 +114,7 @@ impl Backward<Flex, 2> for RmsNormStep {
             node_gamma.is_some(),
         );
         if let Some(node) = node_x {
-            let dims = x.layout().shape().clone();
-            let dx = FlexTensor::from_data(burn::tensor::TensorData::new(dx, dims));
-            grads.register::<Flex>(node.id, dx);
+            grads.register::<Flex>(node.id, tensor(dx, x.layout().shape().clone()));
         }
         if let Some(node) = node_gamma {
             let width = dgamma.len();

@@ -84,8 +84,7 @@ impl Backward<Flex, 2> for SwigluStep {
         let dims = grad.layout().shape().clone();
         for (node, grad) in [(node_g, dg), (node_u, du)] {
             if let Some(node) = node {
-                let grad = FlexTensor::from_data(burn::tensor::TensorData::new(grad, dims.clone()));
-                grads.register::<Flex>(node.id, grad);
+                grads.register::<Flex>(node.id, tensor(grad, dims.clone()));
             }
         }
     }
