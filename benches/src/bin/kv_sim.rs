@@ -30,7 +30,7 @@
 use std::collections::VecDeque;
 
 use anyhow::{Context, bail};
-use mlinfra_serve::sched::{NewRequest, Scheduler, SchedulerConfig};
+use mlinfra_serve::sched::{FinishReason, NewRequest, Scheduler, SchedulerConfig};
 use mlinfra_train::SplitMix64;
 use serde_json::json;
 
@@ -117,9 +117,7 @@ fn paged(requests: &[Request], capacity: usize) -> anyhow::Result<Tally> {
         let prompt = (0..request.prompt as u32)
             .map(|t| 1 + (t + id as u32) % 30_000)
             .collect();
-        let mut new = NewRequest::new(id as u64, prompt, MAX_TOKENS);
-        new.stop_token_ids = vec![STOP];
-        scheduler.add(new)?;
+        scheduler.add(NewRequest::new(id as u64, prompt, MAX_TOKENS))?;
     }
     let mut tally = Tally::default();
     while !scheduler.is_idle() {
@@ -135,17 +133,19 @@ fn paged(requests: &[Request], capacity: usize) -> anyhow::Result<Tally> {
             capacity,
             scheduler.running().count(),
         );
-        let sampled: Vec<(u64, u32)> = plan
-            .scheduled
-            .iter()
-            .filter(|work| work.samples)
-            .map(|work| {
-                let request = scheduler.request(work.id).expect("scheduled");
-                let done = request.output().len() + 1 >= requests[work.id as usize].output;
-                (work.id, if done { STOP } else { 1 })
-            })
-            .collect();
-        scheduler.update(&sampled)?;
+        let mut sampled = Vec::new();
+        let mut stopped = Vec::new();
+        for work in plan.scheduled.iter().filter(|work| work.samples) {
+            let request = scheduler.request(work.id).expect("scheduled");
+            // The request "generates" its drawn output length, then a stop token.
+            if request.output().len() + 1 >= requests[work.id as usize].output {
+                sampled.push((work.id, vec![STOP]));
+                stopped.push((work.id, FinishReason::Stop));
+            } else {
+                sampled.push((work.id, vec![1]));
+            }
+        }
+        scheduler.update_speculative(&sampled, &stopped)?;
     }
     Ok(tally)
 }

@@ -44,11 +44,6 @@ impl RequestClock {
         }
     }
 
-    /// Tokens streamed so far.
-    pub(super) fn tokens(&self) -> usize {
-        self.tokens
-    }
-
     pub(super) fn token(&mut self, now: Instant) {
         self.first.get_or_insert(now);
         self.last = Some(now);

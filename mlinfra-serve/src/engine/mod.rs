@@ -276,7 +276,6 @@ impl<R: ModelRunner> Engine<R> {
             id,
             prompt,
             max_tokens: params.max_tokens,
-            stop_token_ids: params.stop_token_ids,
             priority: options.priority,
             prefix_keys: options.prefix_keys,
         })?;
@@ -367,33 +366,24 @@ impl<R: ModelRunner> Engine<R> {
                 return Err(error);
             }
         };
-        let emitted: Vec<(RequestId, Vec<u32>)> = sampled
-            .iter()
-            .map(|(id, samples)| (*id, samples.iter().map(|s| s.token).collect()))
-            .collect();
         for work in plan.scheduled.iter().filter(|work| work.samples) {
             report.draft_tokens += work.draft;
         }
-        let finished = self.scheduler.update_speculative(&emitted)?;
-        let kept_by_finished: HashMap<RequestId, usize> = finished
-            .iter()
-            .map(|request| (request.id(), request.output().len()))
-            .collect();
+        // Each request's stop criteria see its tokens in order; the first that ends it cuts
+        // the rest (accepted draft tokens after a stop are never streamed).
         let now = Instant::now();
+        let mut emitted = Vec::with_capacity(sampled.len());
         let mut stopped = Vec::new();
         for (id, samples) in sampled {
             report.accepted_tokens += samples.len() - 1;
             let Some(live) = self.live.get_mut(&id) else {
                 continue;
             };
-            // A stop token or max_tokens among the accepted tokens cut the rest (the
-            // scheduler finished the request); a stop string cuts here.
-            let finished_by_scheduler = kept_by_finished.get(&id);
-            let kept =
-                finished_by_scheduler.map_or(samples.len(), |&output| output - live.clock.tokens());
-            for sample in samples.into_iter().take(kept) {
+            let mut kept = Vec::with_capacity(samples.len());
+            for sample in samples {
                 live.clock.token(now);
                 report.tokens_generated += 1;
+                kept.push(sample.token);
                 let piece = self
                     .detokenizer
                     .as_ref()
@@ -409,26 +399,20 @@ impl<R: ModelRunner> Engine<R> {
                     stopped.push((id, FinishReason::Aborted)); // the receiver is gone
                     break;
                 }
-                if check.finish.is_some() {
-                    if finished_by_scheduler.is_none() {
-                        stopped.push((id, FinishReason::Stop)); // a stop string
-                    }
+                if let Some(reason) = check.finish {
+                    stopped.push((id, reason));
                     break;
                 }
             }
+            emitted.push((id, kept));
         }
+        let finished = self.scheduler.update_speculative(&emitted, &stopped)?;
         self.counters.tokens_generated += report.tokens_generated as u64;
         self.counters.draft_tokens += report.draft_tokens as u64;
         self.counters.accepted_tokens += report.accepted_tokens as u64;
+        report.finished = finished.len();
         for request in finished {
-            report.finished += 1;
             self.report_finished(&request, now);
-        }
-        for (id, reason) in stopped {
-            if self.live.contains_key(&id) {
-                report.finished += 1;
-                self.end(id, reason)?;
-            }
         }
         self.counters.steps += 1;
         Ok(report)

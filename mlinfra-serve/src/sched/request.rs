@@ -12,10 +12,9 @@ pub struct NewRequest {
     pub id: RequestId,
     /// The prompt's token ids (at least one).
     pub prompt: Vec<u32>,
-    /// Tokens to generate at most.
+    /// Tokens to generate at most: the scheduler ends it there with
+    /// [`FinishReason::Length`]. Stop tokens and strings are the sampler's business.
     pub max_tokens: usize,
-    /// Generating any of these ends the request (it is kept in the output).
-    pub stop_token_ids: Vec<u32>,
     /// Lower is served first under [`Policy::Priority`](super::Policy::Priority) (vLLM's
     /// convention); ignored under FCFS.
     pub priority: i32,
@@ -24,13 +23,12 @@ pub struct NewRequest {
 }
 
 impl NewRequest {
-    /// A request with default priority, no stop tokens and the base model's cache keys.
+    /// A request with default priority and the base model's cache keys.
     pub fn new(id: RequestId, prompt: Vec<u32>, max_tokens: usize) -> Self {
         NewRequest {
             id,
             prompt,
             max_tokens,
-            stop_token_ids: Vec::new(),
             priority: 0,
             prefix_keys: PrefixKeys::default(),
         }
@@ -51,7 +49,7 @@ pub enum RequestStatus {
 /// Why a request finished.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FinishReason {
-    /// It generated one of its stop tokens (or the engine saw a stop string).
+    /// It generated one of its stop tokens or a stop string.
     Stop,
     /// It generated `max_tokens` tokens.
     Length,
@@ -67,7 +65,6 @@ pub struct Request {
     pub(super) tokens: Vec<u32>,
     pub(super) prompt_len: usize,
     pub(super) max_tokens: usize,
-    pub(super) stop_token_ids: Vec<u32>,
     pub(super) prefix_keys: PrefixKeys,
     /// Ordering key: (priority, arrival), smallest served first.
     pub(super) key: (i32, u64),

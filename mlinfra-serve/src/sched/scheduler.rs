@@ -334,7 +334,6 @@ impl Scheduler {
                 prompt_len: new.prompt.len(),
                 tokens: new.prompt,
                 max_tokens: new.max_tokens,
-                stop_token_ids: new.stop_token_ids,
                 prefix_keys: new.prefix_keys,
                 key,
                 num_computed: 0,
@@ -544,8 +543,13 @@ impl Scheduler {
 
     /// Applies the last plan's results: every scheduled request's KV is computed, and each
     /// one that [`samples`](ScheduledRequest::samples) gets its token from `sampled`.
-    /// Returns the requests that finished (stop token or length), removed from the scheduler
-    /// with their blocks freed.
+    /// Returns the requests that reached their `max_tokens` (finished with
+    /// [`FinishReason::Length`]), removed from the scheduler with their blocks freed.
+    ///
+    /// The scheduler knows no stop tokens or strings: whoever samples decides when a request
+    /// stops (the engine's [`StopCriteria`](crate::sampling::StopCriteria)) and says so
+    /// through [`update_speculative`](Self::update_speculative). `max_tokens` is the bound it
+    /// reserves room for.
     ///
     /// Requests aborted since the plan are skipped (a token for them is ignored).
     ///
@@ -559,22 +563,25 @@ impl Scheduler {
             .iter()
             .map(|&(id, token)| (id, vec![token]))
             .collect();
-        self.update_speculative(&sampled)
+        self.update_speculative(&sampled, &[])
     }
 
     /// [`update`](Self::update) for steps that verified drafts: each sampling request gets
     /// its accepted draft prefix followed by one more token (just the one token without a
     /// draft). The KV of rejected draft tokens is dropped (blocks past the accepted tokens
-    /// return to the pool); a stop token or `max_tokens` among the tokens ends the request
-    /// there.
+    /// return to the pool). `stopped` names requests that end with their last token here
+    /// (a stop token or string), and why; they are finished and returned with the rest. A
+    /// request's tokens may stop short of its draft plus one (its stop came first); reaching
+    /// `max_tokens` ends it there.
     ///
     /// # Errors
     ///
     /// As [`update`](Self::update), and [`Error::InvalidRequest`] when a request's tokens are
-    /// not a prefix of its draft plus one token.
+    /// not a prefix of its draft plus one token, or a stopped request sampled nothing.
     pub fn update_speculative(
         &mut self,
         sampled: &[(RequestId, Vec<u32>)],
+        stopped: &[(RequestId, FinishReason)],
     ) -> Result<Vec<Request>> {
         let Some(plan) = self.pending.as_ref() else {
             return Err(Error::CallOrder {
@@ -621,6 +628,10 @@ impl Scheduler {
                 return Err(invalid(*id, "got a token but did not sample this step"));
             }
         }
+        let stopped: HashMap<RequestId, FinishReason> = stopped.iter().copied().collect();
+        if let Some(id) = stopped.keys().find(|id| !tokens.contains_key(id)) {
+            return Err(invalid(*id, "stopped without a token this step"));
+        }
         let plan = self.pending.take().expect("checked above");
         let mut finished = Vec::new();
         for step in plan {
@@ -635,20 +646,13 @@ impl Scheduler {
             }
             let emitted = tokens[&step.id];
             request.draft.clear();
-            let mut reason = None;
-            for &token in emitted {
-                request.tokens.push(token);
-                reason = if request.stop_token_ids.contains(&token) {
-                    Some(FinishReason::Stop)
-                } else if request.tokens.len() - request.prompt_len >= request.max_tokens {
-                    Some(FinishReason::Length)
-                } else {
-                    None
-                };
-                if reason.is_some() {
-                    break;
-                }
-            }
+            let room = request.max_tokens - request.output().len();
+            request.tokens.extend(emitted.iter().take(room));
+            let at_length = request.output().len() == request.max_tokens;
+            let reason = stopped
+                .get(&step.id)
+                .copied()
+                .or(at_length.then_some(FinishReason::Length));
             if let Some(reason) = reason {
                 finished.push(self.finish(step.id, reason)?);
                 continue;

@@ -24,13 +24,13 @@ fn next_token(context: &[u32]) -> u32 {
     (SplitMix64::new(hash).next_u64() % VOCAB) as u32
 }
 
-/// What a request generates when it runs alone.
-fn reference_output(new: &NewRequest) -> (Vec<u32>, FinishReason) {
+/// What a request generates when it runs alone, stopping at any of `stop_tokens`.
+fn reference_output(new: &NewRequest, stop_tokens: &[u32]) -> (Vec<u32>, FinishReason) {
     let mut tokens = new.prompt.clone();
     loop {
         let token = next_token(&tokens);
         tokens.push(token);
-        if new.stop_token_ids.contains(&token) {
+        if stop_tokens.contains(&token) {
             return (tokens[new.prompt.len()..].to_vec(), FinishReason::Stop);
         }
         if tokens.len() - new.prompt.len() == new.max_tokens {
@@ -42,9 +42,20 @@ fn reference_output(new: &NewRequest) -> (Vec<u32>, FinishReason) {
 /// Runs one step against the fake KV store, checking every scheduled request's computed
 /// prefix reads back through its block table; returns the finished requests.
 fn step(scheduler: &mut Scheduler, fake: &mut FakeKv) -> (SchedulerOutput, Vec<Request>) {
+    step_stopping(scheduler, fake, &HashMap::new())
+}
+
+/// [`step`], where a request that samples one of its `stop_tokens` is told to stop (as the
+/// engine's stop criteria would).
+fn step_stopping(
+    scheduler: &mut Scheduler,
+    fake: &mut FakeKv,
+    stop_tokens: &HashMap<RequestId, Vec<u32>>,
+) -> (SchedulerOutput, Vec<Request>) {
     let plan = scheduler.schedule().unwrap();
     fake.copy(&plan.batch.copies);
     let mut sampled = Vec::new();
+    let mut stopped = Vec::new();
     for work in &plan.scheduled {
         let request = scheduler.request(work.id).unwrap();
         let table = scheduler.kv().block_table(work.id).unwrap();
@@ -67,10 +78,14 @@ fn step(scheduler: &mut Scheduler, fake: &mut FakeKv) -> (SchedulerOutput, Vec<R
                 .into_iter()
                 .map(Option::unwrap)
                 .collect();
-            sampled.push((work.id, next_token(&context)));
+            let token = next_token(&context);
+            if stop_tokens.get(&work.id).is_some_and(|stops| stops.contains(&token)) {
+                stopped.push((work.id, FinishReason::Stop));
+            }
+            sampled.push((work.id, vec![token]));
         }
     }
-    let finished = scheduler.update(&sampled).unwrap();
+    let finished = scheduler.update_speculative(&sampled, &stopped).unwrap();
     (plan, finished)
 }
 
@@ -175,10 +190,10 @@ fn out_of_blocks_preempts_the_last_request_which_resumes_from_the_prefix_cache()
         "the later request is the victim"
     );
     assert!(!preempted.contains(&1));
-    assert_eq!(outputs[&1].0, reference_output(&first).0);
+    assert_eq!(outputs[&1].0, reference_output(&first, &[]).0);
     assert_eq!(
         outputs[&2].0,
-        reference_output(&second).0,
+        reference_output(&second, &[]).0,
         "recompute gives the same tokens"
     );
     assert!(outputs[&2].1 >= 1);
@@ -322,7 +337,7 @@ fn random_workloads_finish_in_order_with_unbatched_outputs() {
         let mut fake = FakeKv::new(num_blocks, block_size);
         let shared: Vec<u32> = (0..40).map(|i| 500 + i).collect();
 
-        let mut pending: Vec<(usize, NewRequest)> = (0..30)
+        let mut pending: Vec<(usize, NewRequest, Vec<u32>)> = (0..30)
             .map(|id| {
                 let at_step = (rng.next_u64() % 60) as usize;
                 let mut prompt: Vec<u32> = if rng.next_u64().is_multiple_of(2) {
@@ -339,17 +354,23 @@ fn random_workloads_finish_in_order_with_unbatched_outputs() {
                 }
                 let mut new = NewRequest::new(id, prompt, 1 + (rng.next_u64() % 40) as usize);
                 new.max_tokens = new.max_tokens.min(usable / 2);
-                if rng.next_u64().is_multiple_of(2) {
-                    new.stop_token_ids = vec![0, 1];
-                }
+                let stops = if rng.next_u64().is_multiple_of(2) {
+                    vec![0, 1]
+                } else {
+                    Vec::new()
+                };
                 new.priority = (rng.next_u64() % 3) as i32;
-                (at_step, new)
+                (at_step, new, stops)
             })
             .collect();
-        pending.sort_by_key(|(at, _)| *at);
+        pending.sort_by_key(|(at, _, _)| *at);
         let expected: HashMap<RequestId, (Vec<u32>, FinishReason)> = pending
             .iter()
-            .map(|(_, new)| (new.id, reference_output(new)))
+            .map(|(_, new, stops)| (new.id, reference_output(new, stops)))
+            .collect();
+        let stop_tokens: HashMap<RequestId, Vec<u32>> = pending
+            .iter()
+            .map(|(_, new, stops)| (new.id, stops.clone()))
             .collect();
         // (priority as scheduled, arrival) of each request, to check the order.
         let mut order_key: HashMap<RequestId, (i32, usize)> = HashMap::new();
@@ -369,7 +390,7 @@ fn random_workloads_finish_in_order_with_unbatched_outputs() {
                 next += 1;
             }
             let was_running: HashSet<RequestId> = scheduler.running().collect();
-            let (plan, done) = step(&mut scheduler, &mut fake);
+            let (plan, done) = step_stopping(&mut scheduler, &mut fake, &stop_tokens);
             steps += 1;
             assert!(steps < 20_000, "seed {seed}: no progress");
 
@@ -480,13 +501,13 @@ fn drafts_are_verified_and_rejected_tokens_give_their_blocks_back() {
     assert_eq!(scheduler.kv().block_table(1).unwrap().len(), 4);
     // Not a prefix of the draft: refused, nothing changes.
     let error = scheduler
-        .update_speculative(&[(1, vec![5, 9, 3])])
+        .update_speculative(&[(1, vec![5, 9, 3])], &[])
         .unwrap_err();
     assert!(error.to_string().contains("accepted prefix"), "{error}");
     // Two accepted, then a correction: 7 + 1 + 2 computed, 3 tokens appended.
     assert!(
         scheduler
-            .update_speculative(&[(1, vec![5, 6, 42])])
+            .update_speculative(&[(1, vec![5, 6, 42])], &[])
             .unwrap()
             .is_empty()
     );
@@ -500,10 +521,8 @@ fn drafts_are_verified_and_rejected_tokens_give_their_blocks_back() {
     );
     // A draft is cut so that accepted tokens plus one stay within max_tokens (20 - 4 - 1).
     assert_eq!(scheduler.set_draft(1, vec![0; 40]).unwrap(), 15);
-    // A stop token among the accepted ones ends the request there.
-    let mut stopping = NewRequest::new(2, vec![2; 3], 20);
-    stopping.stop_token_ids = vec![99];
-    scheduler.add(stopping).unwrap();
+    // A stop among the accepted tokens (the sampler's decision) ends the request there.
+    scheduler.add(NewRequest::new(2, vec![2; 3], 20)).unwrap();
     scheduler.set_draft(1, Vec::new()).unwrap();
     step(&mut scheduler, &mut fake);
     scheduler.set_draft(2, vec![7, 99, 8]).unwrap();
@@ -513,13 +532,15 @@ fn drafts_are_verified_and_rejected_tokens_give_their_blocks_back() {
         .iter()
         .map(|s| {
             if s.id == 2 {
-                (2, vec![7, 99, 8, 4])
+                (2, vec![7, 99])
             } else {
                 (s.id, vec![3])
             }
         })
         .collect();
-    let finished = scheduler.update_speculative(&tokens).unwrap();
+    let finished = scheduler
+        .update_speculative(&tokens, &[(2, FinishReason::Stop)])
+        .unwrap();
     assert_eq!(finished.len(), 1);
     assert_eq!(finished[0].output()[1..], [7, 99]);
     assert_eq!(
