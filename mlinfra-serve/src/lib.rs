@@ -60,6 +60,7 @@
 //!
 //! | Name | Description | Default? |
 //! |---|---|---|
+//! | `server` | [`server`]: the OpenAI-compatible HTTP server (axum, tokio) | no |
 //! | `cuda` | NVIDIA GPUs through burn's CUDA backend (needs an LLVM bundle to link) | no |
 
 #![warn(missing_docs)]
@@ -72,6 +73,9 @@ pub mod kv;
 pub mod runner;
 pub mod sampling;
 pub mod sched;
+#[cfg(feature = "server")]
+#[cfg_attr(docsrs, doc(cfg(feature = "server")))]
+pub mod server;
 pub mod spec;
 
 pub use error::{Error, Result};

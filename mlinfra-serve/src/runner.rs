@@ -7,7 +7,7 @@ use std::borrow::Cow;
 use burn::tensor::Device;
 use mlinfra_train::models::{LayerAttention, Llama, LlamaConfig};
 
-use crate::attention::{BatchLayout, PagedAttention, PagedKv, SeqLayout};
+use crate::attention::{BatchLayout, PagedAttention, PagedKv, ReferenceAttention, SeqLayout};
 use crate::sched::StepBatch;
 use crate::{Error, Result};
 
@@ -168,6 +168,31 @@ impl LlamaRunner {
             scale: 1.0 / (config.head_dim() as f64).sqrt(),
             scratch_block: num_blocks as u32,
         })
+    }
+
+    /// The Llama-family model in a GGUF file (weights dequantized to f32, as
+    /// [`Llama::from_gguf`] loads them) with `num_blocks` KV blocks of `block_size` slots,
+    /// attending through the [`ReferenceAttention`] backend.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Model`] when the file's architecture or weights cannot be built.
+    pub fn from_gguf(
+        file: &mlinfra_data::tensor::GgufFile,
+        num_blocks: usize,
+        block_size: usize,
+        device: &Device,
+    ) -> Result<Self> {
+        let (model, config) =
+            Llama::from_gguf(file, device).map_err(|error| Error::Model(Box::new(error)))?;
+        Self::new(
+            model,
+            &config,
+            num_blocks,
+            block_size,
+            Box::new(ReferenceAttention),
+            device,
+        )
     }
 
     /// The KV memory (tests read it through block tables).

@@ -37,6 +37,7 @@
 #![warn(missing_docs)]
 
 pub mod hostile;
+pub mod http;
 pub mod reference;
 pub mod rng;
 pub mod stores;

@@ -7,4 +7,6 @@ mod kv;
 mod runner;
 mod sampling;
 mod sched;
+#[cfg(feature = "server")]
+mod server;
 mod spec;

@@ -79,7 +79,10 @@ fn step_stopping(
                 .map(Option::unwrap)
                 .collect();
             let token = next_token(&context);
-            if stop_tokens.get(&work.id).is_some_and(|stops| stops.contains(&token)) {
+            if stop_tokens
+                .get(&work.id)
+                .is_some_and(|stops| stops.contains(&token))
+            {
                 stopped.push((work.id, FinishReason::Stop));
             }
             sampled.push((work.id, vec![token]));
