@@ -1,4 +1,5 @@
 //! The one integration-test binary of the examples package: the contracts examples promise.
 
 mod data_inspect;
+mod serve_openai;
 mod serve_sim;
