@@ -2,6 +2,8 @@
 
     python openai_client.py BASE_URL MODEL
 
+Chat and text completions, streamed and not; `n`, stop strings, logprobs; `parse()` with a
+pydantic model; a tool call, whole and streamed; malformed and oversized requests.
 BASE_URL is the server's `http://HOST:PORT/v1`, MODEL a name `/v1/models` lists. Each check
 prints one line; the first failure raises (exit status 1). Run by
 `examples/tests/it/serve_openai.rs` with the venv `scripts/openai-venv` makes.
@@ -13,6 +15,7 @@ import urllib.error
 import urllib.request
 
 import openai
+import pydantic
 from openai import OpenAI
 
 BASE, MODEL = sys.argv[1], sys.argv[2]
@@ -142,6 +145,69 @@ legacy = client.completions.create(
 )
 check(len(legacy.choices[0].logprobs.tokens) == 4, "completion logprobs, legacy format")
 
+
+# --- structured outputs and tools ------------------------------------------------------------
+class Person(pydantic.BaseModel):
+    name: str
+    age: int
+
+
+parsed = client.chat.completions.parse(
+    model=MODEL,
+    messages=[{"role": "user", "content": "Describe a person."}],
+    response_format=Person,
+    max_tokens=80,
+    seed=1,
+)
+person = parsed.choices[0].message.parsed
+check(isinstance(person, Person), f"parse() with a pydantic model: {person!r}")
+
+weather = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "The weather in a city",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string"}},
+            "required": ["city"],
+            "additionalProperties": False,
+        },
+    },
+}
+called = client.chat.completions.create(
+    model=MODEL,
+    messages=[{"role": "user", "content": "What is the weather in Paris?"}],
+    tools=[weather],
+    tool_choice="required",
+    max_tokens=60,
+    temperature=0,
+)
+call = called.choices[0].message.tool_calls[0]
+check(
+    called.choices[0].finish_reason == "tool_calls"
+    and call.function.name == "get_weather"
+    and isinstance(json.loads(call.function.arguments)["city"], str),
+    f"a required tool call: {call.function.name}({call.function.arguments})",
+)
+deltas = [
+    c.choices[0].delta.tool_calls[0]
+    for c in client.chat.completions.create(
+        model=MODEL,
+        messages=[{"role": "user", "content": "What is the weather in Paris?"}],
+        tools=[weather],
+        tool_choice="required",
+        max_tokens=60,
+        temperature=0,
+        stream=True,
+    )
+    if c.choices and c.choices[0].delta.tool_calls
+]
+check(
+    deltas[0].function.name == "get_weather"
+    and "".join(d.function.arguments or "" for d in deltas) == call.function.arguments,
+    f"the streamed call's {len(deltas)} argument deltas add up to the same call",
+)
 
 # --- errors ----------------------------------------------------------------------------------
 def status_of(call):

@@ -60,7 +60,8 @@
 //!
 //! | Name | Description | Default? |
 //! |---|---|---|
-//! | `server` | [`server`]: the OpenAI-compatible HTTP server (axum, tokio) | no |
+//! | `server` | [`server`]: the OpenAI-compatible HTTP server (axum, tokio); implies `guidance` | no |
+//! | `guidance` | [`guidance`]: structured outputs, token masks from JSON schemas (llguidance) | no |
 //! | `cuda` | NVIDIA GPUs through burn's CUDA backend (needs an LLVM bundle to link) | no |
 
 #![warn(missing_docs)]
@@ -69,6 +70,9 @@
 pub mod attention;
 pub mod engine;
 mod error;
+#[cfg(feature = "guidance")]
+#[cfg_attr(docsrs, doc(cfg(feature = "guidance")))]
+pub mod guidance;
 pub mod kv;
 pub mod runner;
 pub mod sampling;

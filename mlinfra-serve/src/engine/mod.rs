@@ -44,12 +44,37 @@ pub struct EngineConfig {
 }
 
 /// What a request is, beyond its prompt and sampling parameters.
-#[derive(Debug, Clone, Default)]
+#[derive(Default)]
 pub struct RequestOptions {
     /// Lower is served first under the priority policy.
     pub priority: i32,
     /// Prefix-cache keys (adapter, tenant salt).
     pub prefix_keys: PrefixKeys,
+    /// Which tokens may come next (structured outputs); `None` leaves the model free. A
+    /// constrained request is never drafted for (one token per step).
+    pub constraint: Option<Box<dyn TokenConstraint>>,
+}
+
+impl std::fmt::Debug for RequestOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RequestOptions")
+            .field("priority", &self.priority)
+            .field("prefix_keys", &self.prefix_keys)
+            .field("constraint", &self.constraint.is_some())
+            .finish()
+    }
+}
+
+/// The hook of structured outputs: a per-request automaton that says which tokens may come
+/// next. The `guidance` module implements it with llguidance (JSON schemas, grammars).
+pub trait TokenConstraint: Send {
+    /// Sets to `-inf` the logits of the tokens that may not come next. At least one stays
+    /// finite: when nothing else may follow (the output is complete, or the constraint
+    /// failed), an end-of-sequence token.
+    fn mask(&mut self, logits: &mut [f32]);
+
+    /// Moves past `token`, which the last [`mask`](Self::mask) allowed.
+    fn advance(&mut self, token: u32);
 }
 
 /// An event on a request's stream.
@@ -129,6 +154,8 @@ struct Live {
     stop: StopCriteria,
     /// The incremental detokenizer's place.
     text: DecodeState,
+    /// Structured outputs' token mask.
+    constraint: Option<Box<dyn TokenConstraint>>,
 }
 
 /// One step's work, for logs and benchmarks.
@@ -291,6 +318,7 @@ impl<R: ModelRunner> Engine<R> {
                 clock: RequestClock::new(prompt_len),
                 stop,
                 text: DecodeState::default(),
+                constraint: options.constraint,
             },
         );
         Ok(RequestHandle {
@@ -338,7 +366,8 @@ impl<R: ModelRunner> Engine<R> {
                     .scheduler
                     .request(id)
                     .expect("running requests are live");
-                if request.is_decoding() {
+                let constrained = self.live.get(&id).is_some_and(|l| l.constraint.is_some());
+                if request.is_decoding() && !constrained {
                     let mut draft = proposer.propose(id, request.tokens())?;
                     // A draft model with a larger vocabulary must not reach the target.
                     if let Some(outside) = draft.iter().position(|&t| t as usize >= vocab) {
@@ -464,7 +493,17 @@ impl<R: ModelRunner> Engine<R> {
                 .collect();
             next_row += work.draft + 1;
             let samples = if work.draft == 0 {
-                vec![live.sampler.sample(own[0])?]
+                let sample = match live.constraint.as_mut() {
+                    Some(constraint) => {
+                        let mut row = own[0].to_vec();
+                        constraint.mask(&mut row);
+                        let sample = live.sampler.sample(&row)?;
+                        constraint.advance(sample.token);
+                        sample
+                    }
+                    None => live.sampler.sample(own[0])?,
+                };
+                vec![sample]
             } else {
                 let request = self
                     .scheduler

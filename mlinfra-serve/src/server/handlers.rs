@@ -20,10 +20,11 @@ use tokio::sync::mpsc;
 
 use super::api::{
     ChatChoice, ChatChunk, ChatCompletion, ChatLogprobs, ChatMessage, ChatRequest, ChunkChoice,
-    Completion, CompletionChoice, CompletionLogprobs, CompletionRequest, Delta, ModelCard,
-    ModelList, Prompt, SamplingFields, TokenLogprob, TopLogprob, Usage,
+    Completion, CompletionChoice, CompletionLogprobs, CompletionRequest, Delta, FunctionOut,
+    ModelCard, ModelList, Prompt, SamplingFields, TokenLogprob, ToolCallOut, TopLogprob, Usage,
 };
 use super::error::ApiError;
+use super::tools::{Piece, ToolCall, ToolMode, ToolParser};
 use super::worker::{Choice, ChoiceEvent};
 use super::{Admission, AppState};
 use crate::engine::StreamEvent;
@@ -47,7 +48,9 @@ pub(super) async fn chat_completions(
 ) -> Result<Response, ApiError> {
     let request: ChatRequest = parse(&state, body)?;
     state.check_model(&request.model)?;
-    refuse_unsupported(&request)?;
+    let tools = request.tools.clone().unwrap_or_default();
+    let tool_mode = ToolMode::resolve(&tools, request.tool_choice.as_ref())?;
+    let schema = output_schema(request.response_format.as_ref(), tool_mode.as_ref(), &tools)?;
     let template = state.model.chat_template.as_ref().ok_or_else(|| {
         ApiError::invalid(
             Some("messages"),
@@ -69,7 +72,7 @@ pub(super) async fn chat_completions(
         }
     }
     let text = template
-        .render_with_tools(&request.messages, &[], true)
+        .render_with_tools(&request.messages, &tools, true)
         .map_err(|error| ApiError::invalid(Some("messages"), error.to_string()))?;
     let prompt = state.encode_chat(&text)?;
     let logprobs = match (request.logprobs, request.top_logprobs) {
@@ -85,7 +88,7 @@ pub(super) async fn chat_completions(
     let max_tokens = request
         .max_completion_tokens
         .or(request.sampling.max_tokens);
-    let plan = Plan::new(
+    let mut plan = Plan::new(
         &state,
         vec![prompt],
         &request.sampling,
@@ -93,9 +96,25 @@ pub(super) async fn chat_completions(
         max_tokens,
         "messages",
     )?;
+    if let Some(schema) = &schema {
+        let grammars = state.grammars.as_ref().ok_or_else(|| {
+            ApiError::invalid(
+                Some("response_format"),
+                "structured outputs are not available for this model's tokenizer",
+            )
+        })?;
+        for choice in &mut plan.choices {
+            let constraint = match schema {
+                OutputSchema::AnyObject => grammars.json_object(),
+                OutputSchema::Schema(schema) => grammars.json_schema(schema),
+            }
+            .map_err(|error| ApiError::invalid(Some("response_format"), error.to_string()))?;
+            choice.constraint = Some(Box::new(constraint));
+        }
+    }
+    plan.tools = tool_mode;
     let stream = wants_stream(&request.sampling)?;
-    let format = Format::Chat;
-    run(state, plan, format, stream, request.model).await
+    run(state, plan, Format::Chat, stream, request.model).await
 }
 
 /// `POST /v1/completions`.
@@ -239,29 +258,53 @@ fn parse<T: DeserializeOwned>(
     })
 }
 
-/// Fields of the chat API this server does not implement yet: refused by name rather than
-/// silently ignored.
-fn refuse_unsupported(request: &ChatRequest) -> Result<(), ApiError> {
-    if request
-        .tools
-        .as_ref()
-        .is_some_and(|tools| !tools.is_empty())
-        && request.tool_choice.as_ref().and_then(|c| c.as_str()) != Some("none")
-    {
-        return Err(ApiError::invalid(
-            Some("tools"),
-            "`tools` are not supported yet",
-        ));
+/// What the output must be: any JSON object, or JSON valid under a schema.
+enum OutputSchema {
+    AnyObject,
+    Schema(serde_json::Value),
+}
+
+/// The output constraint of a chat request: its `response_format`, or the call a
+/// `tool_choice` forces (not both).
+fn output_schema(
+    format: Option<&serde_json::Value>,
+    tools: Option<&ToolMode>,
+    tool_list: &[serde_json::Value],
+) -> Result<Option<OutputSchema>, ApiError> {
+    let param = Some("response_format");
+    let from_format = match format {
+        None => None,
+        Some(format) => match format["type"].as_str() {
+            Some("text") => None,
+            Some("json_object") => Some(OutputSchema::AnyObject),
+            Some("json_schema") => {
+                let schema = &format["json_schema"]["schema"];
+                if !schema.is_object() && !schema.is_boolean() {
+                    return Err(ApiError::invalid(
+                        param,
+                        "`response_format.json_schema.schema` must be a JSON schema object",
+                    ));
+                }
+                Some(OutputSchema::Schema(schema.clone()))
+            }
+            _ => {
+                return Err(ApiError::invalid(
+                    param,
+                    "`response_format.type` must be text, json_object or json_schema",
+                ));
+            }
+        },
+    };
+    let from_tools = tools.and_then(|mode| mode.schema(tool_list));
+    match (from_format, from_tools) {
+        (Some(_), Some(_)) => Err(ApiError::invalid(
+            Some("tool_choice"),
+            "a forced tool call and a `response_format` cannot both constrain the output",
+        )),
+        (Some(format), None) => Ok(Some(format)),
+        (None, Some(schema)) => Ok(Some(OutputSchema::Schema(schema))),
+        (None, None) => Ok(None),
     }
-    if let Some(format) = &request.response_format
-        && format.get("type").and_then(|t| t.as_str()) != Some("text")
-    {
-        return Err(ApiError::invalid(
-            Some("response_format"),
-            "`response_format` other than `text` is not supported yet",
-        ));
-    }
-    Ok(())
 }
 
 fn wants_stream(fields: &SamplingFields) -> Result<Stream, ApiError> {
@@ -289,6 +332,8 @@ struct Plan {
     prompts: Vec<Vec<u32>>,
     n: usize,
     choices: Vec<Choice>,
+    /// How tool calls are read from the output, when the request has tools.
+    tools: Option<ToolMode>,
 }
 
 impl Plan {
@@ -363,6 +408,7 @@ impl Plan {
                         seed: fields.seed.map(|seed| (seed as u64).wrapping_add(index)),
                         ..base.clone()
                     },
+                    constraint: None,
                 });
             }
         }
@@ -370,6 +416,7 @@ impl Plan {
             prompts,
             n,
             choices,
+            tools: None,
         })
     }
 }
@@ -384,12 +431,34 @@ enum Format {
 /// One choice as its events arrive.
 #[derive(Debug, Default)]
 struct ChoiceState {
+    /// Content so far (tool-call text excluded).
     text: String,
     tokens: usize,
     chat_logprobs: Vec<TokenLogprob>,
     completion_logprobs: CompletionLogprobs,
     finish: Option<FinishReason>,
     cached_tokens: usize,
+    /// Splits tool calls from content, when the request has tools.
+    tools: Option<ToolParser>,
+}
+
+impl ChoiceState {
+    /// The finish reason as OpenAI words it: `tool_calls` when the output ended in calls.
+    fn finish_reason(&self) -> Option<&'static str> {
+        let called = self.tools.as_ref().is_some_and(|t| !t.calls().is_empty());
+        self.finish.map(|reason| match reason {
+            FinishReason::Stop if called => "tool_calls",
+            reason => finish_reason(reason),
+        })
+    }
+}
+
+/// What one engine event changed in a choice.
+enum Update {
+    /// A token: the pieces of output it completed, and whether it has a logprobs entry.
+    Token { pieces: Vec<Piece>, logprobs: bool },
+    /// The choice ended; the pieces its tool parser held back.
+    Finished { pieces: Vec<Piece> },
 }
 
 /// A request's events turned into responses: the part both formats share.
@@ -418,21 +487,29 @@ async fn run(
     let admission = state.admit(plan.choices.len())?;
     let logprobs = plan.choices[0].params.logprobs.is_some();
     let (sender, mut events) = mpsc::unbounded_channel();
+    let count = plan.choices.len();
     state.worker.submit(plan.choices, sender).await?;
     let prefix = match format {
         Format::Chat => "chatcmpl",
         Format::Completion => "cmpl",
     };
+    let id = state.next_id();
     let mut responder = Responder {
-        id: format!("{prefix}-{}", state.next_id()),
+        choices: (0..count)
+            .map(|index| ChoiceState {
+                tools: plan
+                    .tools
+                    .clone()
+                    .map(|mode| ToolParser::new(mode, format!("call_{id}_{index}_"))),
+                ..ChoiceState::default()
+            })
+            .collect(),
+        id: format!("{prefix}-{id}"),
         created: unix_time(),
         model,
         n: plan.n,
         prompts: plan.prompts.iter().map(Vec::len).collect(),
         logprobs,
-        choices: (0..plan.prompts.len() * plan.n)
-            .map(|_| ChoiceState::default())
-            .collect(),
         include_usage: matches!(
             stream,
             Stream::Yes {
@@ -485,8 +562,8 @@ impl Responder {
             .unwrap_or_default()
     }
 
-    /// Records an event; returns the choice's streamable text and logprob entry (if any).
-    fn absorb(&mut self, event: ChoiceEvent) -> Option<(String, bool)> {
+    /// Records an event in its choice.
+    fn absorb(&mut self, event: ChoiceEvent) -> Update {
         let index = event.index;
         match event.event {
             StreamEvent::Token {
@@ -495,63 +572,41 @@ impl Responder {
                 logprob,
                 top_logprobs,
             } => {
-                let logprob_entry = match (self.logprobs, logprob) {
+                let entry = match (self.logprobs, logprob) {
                     (true, Some(logprob)) => {
-                        let token_text = self.token_text(token);
                         let tops: Vec<(String, f32)> = top_logprobs
                             .iter()
                             .map(|&(t, lp)| (self.token_text(t), lp))
                             .collect();
-                        Some((token_text, logprob, tops))
+                        Some((self.token_text(token), logprob, tops))
                     }
                     _ => None,
                 };
                 let choice = &mut self.choices[index];
                 choice.tokens += 1;
-                choice.text.push_str(&text);
-                let had_logprobs = logprob_entry.is_some();
-                if let Some((token_text, logprob, tops)) = logprob_entry {
-                    let offset = choice
-                        .completion_logprobs
-                        .text_offset
-                        .last()
-                        .copied()
-                        .unwrap_or(0)
-                        + choice
-                            .completion_logprobs
-                            .tokens
-                            .last()
-                            .map_or(0, String::len);
-                    let lps = &mut choice.completion_logprobs;
-                    lps.tokens.push(token_text.clone());
-                    lps.token_logprobs.push(logprob);
-                    lps.top_logprobs.push(
-                        tops.iter()
-                            .map(|(t, lp)| (t.clone(), serde_json::json!(lp)))
-                            .collect(),
-                    );
-                    lps.text_offset.push(offset);
-                    choice.chat_logprobs.push(TokenLogprob {
-                        bytes: token_text.as_bytes().to_vec(),
-                        token: token_text,
-                        logprob,
-                        top_logprobs: tops
-                            .into_iter()
-                            .map(|(token, logprob)| TopLogprob {
-                                bytes: token.as_bytes().to_vec(),
-                                token,
-                                logprob,
-                            })
-                            .collect(),
-                    });
+                let logprobs = entry.is_some();
+                if let Some((token_text, logprob, tops)) = entry {
+                    record_logprobs(choice, token_text, logprob, tops);
                 }
-                Some((text, had_logprobs))
+                let pieces = match choice.tools.as_mut() {
+                    Some(parser) => parser.push(&text),
+                    None if text.is_empty() => Vec::new(),
+                    None => vec![Piece::Content(text)],
+                };
+                append_content(&mut choice.text, &pieces);
+                Update::Token { pieces, logprobs }
             }
             StreamEvent::Finished { reason, metrics } => {
                 let choice = &mut self.choices[index];
                 choice.finish = Some(reason);
                 choice.cached_tokens = metrics.prefix_hit_tokens;
-                None
+                let pieces = choice
+                    .tools
+                    .as_mut()
+                    .map(ToolParser::finish)
+                    .unwrap_or_default();
+                append_content(&mut choice.text, &pieces);
+                Update::Finished { pieces }
             }
         }
     }
@@ -559,6 +614,7 @@ impl Responder {
     /// The whole (non-streamed) response.
     fn whole(self) -> Response {
         let usage = self.usage();
+        let logprobs = self.logprobs;
         match self.format {
             Format::Chat => Json(ChatCompletion {
                 id: self.id,
@@ -569,16 +625,27 @@ impl Responder {
                     .choices
                     .into_iter()
                     .enumerate()
-                    .map(|(index, choice)| ChatChoice {
-                        index,
-                        message: ChatMessage {
-                            role: "assistant",
-                            content: choice.text,
-                        },
-                        logprobs: self.logprobs.then_some(ChatLogprobs {
-                            content: choice.chat_logprobs,
-                        }),
-                        finish_reason: choice.finish.map(finish_reason),
+                    .map(|(index, choice)| {
+                        let finish_reason = choice.finish_reason();
+                        let calls: Vec<ToolCallOut> = choice
+                            .tools
+                            .as_ref()
+                            .map(|parser| parser.calls().iter().map(whole_call).collect())
+                            .unwrap_or_default();
+                        let content = (calls.is_empty() || !choice.text.trim().is_empty())
+                            .then_some(choice.text);
+                        ChatChoice {
+                            index,
+                            message: ChatMessage {
+                                role: "assistant",
+                                content,
+                                tool_calls: calls,
+                            },
+                            logprobs: logprobs.then_some(ChatLogprobs {
+                                content: choice.chat_logprobs,
+                            }),
+                            finish_reason,
+                        }
                     })
                     .collect(),
                 usage,
@@ -595,9 +662,9 @@ impl Responder {
                     .enumerate()
                     .map(|(index, choice)| CompletionChoice {
                         index,
+                        finish_reason: choice.finish_reason(),
                         text: choice.text,
-                        logprobs: self.logprobs.then_some(choice.completion_logprobs),
-                        finish_reason: choice.finish.map(finish_reason),
+                        logprobs: logprobs.then_some(choice.completion_logprobs),
                     })
                     .collect(),
                 usage: Some(Some(usage)),
@@ -621,6 +688,7 @@ impl Responder {
                         delta: Delta {
                             role: Some("assistant"),
                             content: Some(String::new()),
+                            tool_calls: Vec::new(),
                         },
                         logprobs: None,
                         finish_reason: None,
@@ -653,45 +721,50 @@ impl Responder {
         })
     }
 
-    /// The chunks one event produces: a token's text (and logprobs), or a finish.
-    fn chunks(&mut self, event: ChoiceEvent) -> Vec<String> {
-        let index = event.index;
-        let Some((text, has_logprobs)) = self.absorb(event) else {
-            let reason = self.choices[index].finish.map(finish_reason);
-            return vec![match self.format {
-                Format::Chat => self.chat_chunk(ChunkChoice {
-                    index,
-                    delta: Delta::default(),
-                    logprobs: None,
-                    finish_reason: reason,
-                }),
-                Format::Completion => self.completion_chunk(CompletionChoice {
-                    index,
-                    text: String::new(),
-                    logprobs: None,
-                    finish_reason: reason,
-                }),
-            }];
-        };
-        if text.is_empty() && !has_logprobs {
-            return Vec::new(); // held back (a partial character or a possible stop string)
-        }
+    /// One chunk for one piece of a choice's output, with the token's logprobs when given.
+    fn piece_chunk(&self, index: usize, piece: Piece, logprobs: bool) -> String {
         let choice = &self.choices[index];
-        vec![match self.format {
-            Format::Chat => self.chat_chunk(ChunkChoice {
-                index,
-                delta: Delta {
-                    role: None,
-                    content: Some(text),
-                },
-                logprobs: has_logprobs.then(|| ChatLogprobs {
-                    content: choice.chat_logprobs.last().cloned().into_iter().collect(),
-                }),
-                finish_reason: None,
-            }),
+        match self.format {
+            Format::Chat => {
+                let mut delta = Delta::default();
+                match piece {
+                    Piece::Content(text) => delta.content = Some(text),
+                    Piece::Start { index, id, name } => delta.tool_calls.push(ToolCallOut {
+                        index: Some(index),
+                        id: Some(id),
+                        kind: Some("function"),
+                        function: FunctionOut {
+                            name: Some(name),
+                            arguments: String::new(),
+                        },
+                    }),
+                    Piece::Arguments { index, delta: text } => {
+                        delta.tool_calls.push(ToolCallOut {
+                            index: Some(index),
+                            function: FunctionOut {
+                                name: None,
+                                arguments: text,
+                            },
+                            ..ToolCallOut::default()
+                        });
+                    }
+                }
+                self.chat_chunk(ChunkChoice {
+                    index,
+                    delta,
+                    logprobs: logprobs.then(|| ChatLogprobs {
+                        content: choice.chat_logprobs.last().cloned().into_iter().collect(),
+                    }),
+                    finish_reason: None,
+                })
+            }
             Format::Completion => {
+                let text = match piece {
+                    Piece::Content(text) => text,
+                    _ => String::new(),
+                };
                 let lps = &choice.completion_logprobs;
-                let last = has_logprobs.then(|| CompletionLogprobs {
+                let last = logprobs.then(|| CompletionLogprobs {
                     tokens: lps.tokens.last().cloned().into_iter().collect(),
                     token_logprobs: lps.token_logprobs.last().copied().into_iter().collect(),
                     top_logprobs: lps.top_logprobs.last().cloned().into_iter().collect(),
@@ -704,7 +777,52 @@ impl Responder {
                     finish_reason: None,
                 })
             }
-        }]
+        }
+    }
+
+    /// The chunks one event produces: a token's pieces (and logprobs), or a finish.
+    fn chunks(&mut self, event: ChoiceEvent) -> Vec<String> {
+        let index = event.index;
+        match self.absorb(event) {
+            Update::Token { pieces, logprobs } => {
+                if pieces.is_empty() {
+                    // Held back (a partial character, a possible stop string or tool-call
+                    // tag); its logprobs still go out, with empty content.
+                    return if logprobs {
+                        vec![self.piece_chunk(index, Piece::Content(String::new()), true)]
+                    } else {
+                        Vec::new()
+                    };
+                }
+                pieces
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, piece)| self.piece_chunk(index, piece, logprobs && i == 0))
+                    .collect()
+            }
+            Update::Finished { pieces } => {
+                let mut chunks: Vec<String> = pieces
+                    .into_iter()
+                    .map(|piece| self.piece_chunk(index, piece, false))
+                    .collect();
+                let reason = self.choices[index].finish_reason();
+                chunks.push(match self.format {
+                    Format::Chat => self.chat_chunk(ChunkChoice {
+                        index,
+                        delta: Delta::default(),
+                        logprobs: None,
+                        finish_reason: reason,
+                    }),
+                    Format::Completion => self.completion_chunk(CompletionChoice {
+                        index,
+                        text: String::new(),
+                        logprobs: None,
+                        finish_reason: reason,
+                    }),
+                });
+                chunks
+            }
+        }
     }
 
     /// The end of a stream: the usage chunk when asked for, then `[DONE]`.
@@ -741,6 +859,60 @@ impl Responder {
         }
         chunks.push("[DONE]".into());
         chunks
+    }
+}
+
+/// Appends the content pieces' text.
+fn append_content(text: &mut String, pieces: &[Piece]) {
+    for piece in pieces {
+        if let Piece::Content(content) = piece {
+            text.push_str(content);
+        }
+    }
+}
+
+/// Adds one token's logprobs to both formats' records of a choice.
+fn record_logprobs(
+    choice: &mut ChoiceState,
+    token_text: String,
+    logprob: f32,
+    tops: Vec<(String, f32)>,
+) {
+    let lps = &mut choice.completion_logprobs;
+    let offset =
+        lps.text_offset.last().copied().unwrap_or(0) + lps.tokens.last().map_or(0, String::len);
+    lps.tokens.push(token_text.clone());
+    lps.token_logprobs.push(logprob);
+    lps.top_logprobs.push(
+        tops.iter()
+            .map(|(t, lp)| (t.clone(), serde_json::json!(lp)))
+            .collect(),
+    );
+    lps.text_offset.push(offset);
+    choice.chat_logprobs.push(TokenLogprob {
+        bytes: token_text.as_bytes().to_vec(),
+        token: token_text,
+        logprob,
+        top_logprobs: tops
+            .into_iter()
+            .map(|(token, logprob)| TopLogprob {
+                bytes: token.as_bytes().to_vec(),
+                token,
+                logprob,
+            })
+            .collect(),
+    });
+}
+
+fn whole_call(call: &ToolCall) -> ToolCallOut {
+    ToolCallOut {
+        index: None,
+        id: Some(call.id.clone()),
+        kind: Some("function"),
+        function: FunctionOut {
+            name: Some(call.name.clone()),
+            arguments: call.arguments.clone(),
+        },
     }
 }
 

@@ -26,6 +26,7 @@ mod api;
 mod error;
 mod handlers;
 mod metrics;
+mod tools;
 mod worker;
 
 use std::future::{Future, IntoFuture};
@@ -42,6 +43,7 @@ use mlinfra_data::tokenizer::Tokenizer;
 use tokio::net::TcpListener;
 
 use crate::engine::Engine;
+use crate::guidance::Grammars;
 use crate::runner::ModelRunner;
 
 use error::ApiError;
@@ -142,6 +144,8 @@ pub(crate) struct AppState {
     worker: Worker,
     metrics: Arc<ServerMetrics>,
     model: ServedModel,
+    /// Structured outputs over the model's vocabulary (`None` when it cannot be read).
+    grammars: Option<Grammars>,
     config: ServerConfig,
     api_key: Option<blake3::Hash>,
     in_flight: AtomicUsize,
@@ -167,10 +171,16 @@ impl Server {
         let engine = engine.with_detokenizer(model.tokenizer.clone());
         let metrics = Arc::new(ServerMetrics::new());
         let worker = Worker::spawn(engine, metrics.clone())?;
+        let grammars = model.stop_token_ids.first().and_then(|&eos| {
+            Grammars::new(model.tokenizer.clone(), eos)
+                .inspect_err(|error| tracing::warn!(%error, "no structured outputs"))
+                .ok()
+        });
         Ok(Server {
             state: Arc::new(AppState {
                 worker,
                 metrics,
+                grammars,
                 api_key: config
                     .api_key
                     .as_deref()

@@ -16,7 +16,7 @@ use std::time::Instant;
 
 use tokio::sync::{mpsc, oneshot};
 
-use crate::engine::{Engine, RequestHandle, RequestOptions, StreamEvent};
+use crate::engine::{Engine, RequestHandle, RequestOptions, StreamEvent, TokenConstraint};
 use crate::runner::ModelRunner;
 use crate::sampling::SamplingParams;
 use crate::{Error, Result};
@@ -24,10 +24,11 @@ use crate::{Error, Result};
 use super::metrics::ServerMetrics;
 
 /// One sequence to generate: a choice of a response.
-#[derive(Debug, Clone)]
 pub(super) struct Choice {
     pub prompt: Vec<u32>,
     pub params: SamplingParams,
+    /// Structured outputs' token mask.
+    pub constraint: Option<Box<dyn TokenConstraint>>,
 }
 
 /// An engine event, tagged with the choice it belongs to.
@@ -185,11 +186,11 @@ fn apply<R: ModelRunner>(engine: &mut Engine<R>, command: Command, flights: &mut
             let mut outcome = Ok(());
             for (index, choice) in choices.into_iter().enumerate() {
                 let prompt_tokens = choice.prompt.len();
-                match engine.add_request_with(
-                    choice.prompt,
-                    choice.params,
-                    RequestOptions::default(),
-                ) {
+                let options = RequestOptions {
+                    constraint: choice.constraint,
+                    ..RequestOptions::default()
+                };
+                match engine.add_request_with(choice.prompt, choice.params, options) {
                     Ok(handle) => added.push(Flight {
                         handle,
                         index,

@@ -607,3 +607,120 @@ fn shutdown_drains_requests_in_flight_within_the_deadline() {
     stopping.join().unwrap().unwrap();
     assert!(started.elapsed() < Duration::from_secs(20));
 }
+
+fn weather_tool() -> Value {
+    json!({"type": "function", "function": {
+        "name": "get_weather",
+        "description": "The weather in a city",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string"}},
+            "required": ["city"],
+            "additionalProperties": false,
+        },
+    }})
+}
+
+/// `response_format` makes the output JSON valid under the schema, by constrained decoding
+/// (issue 23, item 4); a schema the grammar engine refuses is a 400.
+#[test]
+fn response_formats_constrain_the_output_to_valid_json() {
+    let Some(server) = TestServer::start(|_, _| {}) else {
+        return;
+    };
+    let schema = json!({
+        "type": "object",
+        "properties": {"name": {"type": "string"}, "age": {"type": "integer"}},
+        "required": ["name", "age"],
+        "additionalProperties": false,
+    });
+    let format = json!({"type": "json_schema", "json_schema": {"name": "person", "strict": true, "schema": schema}});
+    for seed in 0..3 {
+        let body = chat(
+            "Describe a person.",
+            json!({"max_tokens": 80, "seed": seed, "response_format": format}),
+        );
+        let (status, response) = server.post("/v1/chat/completions", &body);
+        assert_eq!(status, 200, "{response}");
+        let choice = &response["choices"][0];
+        assert_eq!(choice["finish_reason"], "stop", "{response}");
+        let content: Value =
+            serde_json::from_str(choice["message"]["content"].as_str().unwrap()).unwrap();
+        let object = content.as_object().unwrap();
+        assert!(
+            content["name"].is_string() && content["age"].is_i64(),
+            "{content}"
+        );
+        assert_eq!(object.len(), 2, "{content}");
+    }
+    let any = chat(
+        "Describe a person.",
+        json!({"max_tokens": 60, "temperature": 0, "response_format": {"type": "json_object"}}),
+    );
+    let (_, response) = server.post("/v1/chat/completions", &any);
+    let content = response["choices"][0]["message"]["content"]
+        .as_str()
+        .unwrap();
+    if response["choices"][0]["finish_reason"] == "stop" {
+        assert!(serde_json::from_str::<Value>(content).unwrap().is_object());
+    } else {
+        assert!(content.trim_start().starts_with('{'), "{content}");
+    }
+    let bad = chat(
+        "hi",
+        json!({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "wat"}}}}),
+    );
+    let (status, error) = server.post("/v1/chat/completions", &bad);
+    assert_eq!(status, 400, "{error}");
+    assert_eq!(error["error"]["param"], "response_format");
+}
+
+/// `tool_choice: "required"` (and a named function) force one call whose arguments follow
+/// the tool's schema; streamed, the arguments arrive as deltas that add up to the same call.
+#[test]
+fn forced_tool_calls_follow_the_schema_and_stream_as_deltas() {
+    let Some(server) = TestServer::start(|_, _| {}) else {
+        return;
+    };
+    for tool_choice in [
+        json!("required"),
+        json!({"type": "function", "function": {"name": "get_weather"}}),
+    ] {
+        let body = chat(
+            "What is the weather in Paris?",
+            json!({"max_tokens": 60, "temperature": 0, "tools": [weather_tool()], "tool_choice": tool_choice}),
+        );
+        let (status, response) = server.post("/v1/chat/completions", &body);
+        assert_eq!(status, 200, "{response}");
+        let choice = &response["choices"][0];
+        assert_eq!(choice["finish_reason"], "tool_calls", "{response}");
+        assert!(choice["message"]["content"].is_null());
+        let call = &choice["message"]["tool_calls"][0];
+        assert_eq!(call["type"], "function");
+        assert_eq!(call["function"]["name"], "get_weather");
+        let arguments = call["function"]["arguments"].as_str().unwrap();
+        let parsed: Value = serde_json::from_str(arguments).unwrap();
+        assert!(parsed["city"].is_string(), "{parsed}");
+        assert_eq!(parsed.as_object().unwrap().len(), 1);
+
+        let mut streamed = body.clone();
+        streamed["stream"] = json!(true);
+        let chunks = stream_chunks(&server, "/v1/chat/completions", &streamed);
+        let deltas: Vec<&Value> = chunks
+            .iter()
+            .filter_map(|c| c["choices"][0]["delta"]["tool_calls"].get(0))
+            .collect();
+        assert_eq!(deltas[0]["function"]["name"], "get_weather");
+        assert!(deltas[0]["id"].as_str().unwrap().starts_with("call_"));
+        assert!(deltas.len() > 2, "arguments come in pieces: {deltas:?}");
+        let joined: String = deltas
+            .iter()
+            .filter_map(|d| d["function"]["arguments"].as_str())
+            .collect();
+        assert_eq!(joined, arguments);
+        assert_eq!(
+            chunks.last().unwrap()["choices"][0]["finish_reason"],
+            "tool_calls"
+        );
+    }
+}
