@@ -22,8 +22,10 @@
 //! `--max-queue N` is how many sequences may wait beyond a full batch before requests get
 //! 429 (default 64). The API key can also come from `MLINFRA_API_KEY`.
 //!
-//! `--lora NAME=DIR` (PEFT adapters served per request) is part of this example's contract
-//! but not built yet: giving it is an error that says so.
+//! `--lora NAME=DIR` (repeatable) loads a PEFT LoRA adapter (what `finetune` and PEFT's
+//! `save_pretrained` write): requests pick it with `"model": "NAME"`, and requests on
+//! different adapters are batched together. `POST /v1/load_lora_adapter` and
+//! `/v1/unload_lora_adapter` (vLLM's) change them while the server runs.
 
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -33,7 +35,7 @@ use anyhow::{Context, bail};
 use burn::tensor::Device;
 use mlinfra_data::tensor::GgufFile;
 use mlinfra_serve::engine::{Engine, EngineConfig};
-use mlinfra_serve::runner::LlamaRunner;
+use mlinfra_serve::runner::{LlamaRunner, ModelRunner};
 use mlinfra_serve::sched::SchedulerConfig;
 use mlinfra_serve::server::{ServedModel, Server, ServerConfig};
 
@@ -92,9 +94,6 @@ fn parse_args() -> anyhow::Result<Args> {
     if args.kv_blocks == 0 {
         bail!("--kv-blocks must be at least 1");
     }
-    if let Some((name, _)) = args.loras.first() {
-        bail!("--lora {name}=...: serving adapters per request is not built yet");
-    }
     Ok(args)
 }
 
@@ -116,7 +115,12 @@ fn run() -> anyhow::Result<()> {
             .context("--model has no file name")?,
     };
     let served = ServedModel::from_gguf(&file)?;
-    let runner = LlamaRunner::from_gguf(&file, args.kv_blocks, BLOCK_SIZE, &Device::flex())?;
+    let mut runner = LlamaRunner::from_gguf(&file, args.kv_blocks, BLOCK_SIZE, &Device::flex())?;
+    for (name, dir) in &args.loras {
+        runner
+            .load_adapter(name, dir)
+            .with_context(|| format!("--lora {name}={}", dir.display()))?;
+    }
     let engine = Engine::new(
         runner,
         EngineConfig {

@@ -1,6 +1,6 @@
 """serve_openai through the official `openai` Python SDK: what a real client sees.
 
-    python openai_client.py BASE_URL MODEL
+    python openai_client.py BASE_URL MODEL [ADAPTER ADAPTER]
 
 Chat and text completions, streamed and not; `n`, stop strings, logprobs; `parse()` with a
 pydantic model; a tool call, whole and streamed; malformed and oversized requests.
@@ -11,6 +11,7 @@ prints one line; the first failure raises (exit status 1). Run by
 
 import json
 import sys
+import threading
 import urllib.error
 import urllib.request
 
@@ -18,7 +19,7 @@ import openai
 import pydantic
 from openai import OpenAI
 
-BASE, MODEL = sys.argv[1], sys.argv[2]
+BASE, MODEL, ADAPTERS = sys.argv[1], sys.argv[2], sys.argv[3:]
 client = OpenAI(base_url=BASE, api_key="unused", max_retries=0, timeout=300)
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
 
@@ -208,6 +209,27 @@ check(
     and "".join(d.function.arguments or "" for d in deltas) == call.function.arguments,
     f"the streamed call's {len(deltas)} argument deltas add up to the same call",
 )
+
+# --- adapters --------------------------------------------------------------------------------
+if ADAPTERS:
+    listed = {m.id: m for m in client.models.list().data}
+    check(all(a in listed for a in ADAPTERS), f"/v1/models lists the adapters {ADAPTERS}")
+    answers = {}
+
+    def ask(model):
+        answers[model] = client.completions.create(
+            model=model, prompt="The capital of France is", temperature=0, max_tokens=12
+        ).choices[0].text
+
+    threads = [threading.Thread(target=ask, args=(m,)) for m in [MODEL, *ADAPTERS]]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    check(
+        len(answers) == 1 + len(ADAPTERS) and len(set(answers.values())) == len(answers),
+        f"requests on two adapters and the base model at once: {answers}",
+    )
 
 # --- errors ----------------------------------------------------------------------------------
 def status_of(call):

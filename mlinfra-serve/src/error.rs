@@ -76,6 +76,15 @@ pub enum Error {
         reason: Box<str>,
     },
 
+    /// An adapter cannot be unloaded while requests use it: retry once they finish.
+    #[error("adapter `{name}` is in use by {requests} live request(s)")]
+    AdapterInUse {
+        /// The adapter.
+        name: Box<str>,
+        /// Live requests that use it.
+        requests: usize,
+    },
+
     /// A configuration that cannot work (zero blocks...). Caller error.
     #[error("invalid serving configuration: {reason}")]
     InvalidConfig {

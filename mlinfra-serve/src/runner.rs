@@ -42,6 +42,36 @@ pub trait ModelRunner {
     /// Whatever the model or the attention backend refuses; the step is then lost and the
     /// engine fails its requests.
     fn execute(&mut self, batch: &StepBatch) -> Result<Logits>;
+
+    /// The adapters requests may name ([`StepSeq::adapter`](crate::sched::StepSeq)), each
+    /// applied to its own requests' rows of a batch. Defaults to none.
+    fn adapters(&self) -> Vec<String> {
+        Vec::new()
+    }
+
+    /// Loads the PEFT adapter in `dir` under `name`, for requests that follow.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidConfig`] from runners without adapters (the default); what loading
+    /// refuses otherwise.
+    fn load_adapter(&mut self, name: &str, dir: &std::path::Path) -> Result<()> {
+        let _ = dir;
+        Err(Error::InvalidConfig {
+            reason: format!("this model runner cannot load adapters (`{name}`)").into(),
+        })
+    }
+
+    /// Drops adapter `name`. The engine calls it only when no live request uses it.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidConfig`] for an adapter it does not have.
+    fn unload_adapter(&mut self, name: &str) -> Result<()> {
+        Err(Error::InvalidConfig {
+            reason: format!("no adapter named `{name}`").into(),
+        })
+    }
 }
 
 /// The shape of a paged KV pool: `num_blocks` blocks of `block_size` token slots.
@@ -218,6 +248,37 @@ impl ModelRunner for LlamaRunner {
         })
     }
 
+    fn adapters(&self) -> Vec<String> {
+        self.model
+            .adapters()
+            .iter()
+            .map(|info| info.name.clone())
+            .collect()
+    }
+
+    fn load_adapter(&mut self, name: &str, dir: &std::path::Path) -> Result<()> {
+        let loaded = self
+            .model
+            .clone()
+            .load_adapter(dir, name)
+            .map_err(|error| Error::Model(Box::new(error)))?;
+        // Refused now rather than at the first step that would route a row through it.
+        loaded
+            .adapter_routing(&[Some(name)])
+            .map_err(|error| Error::Model(Box::new(error)))?;
+        self.model = loaded;
+        Ok(())
+    }
+
+    fn unload_adapter(&mut self, name: &str) -> Result<()> {
+        self.model = self
+            .model
+            .clone()
+            .without_adapter(name)
+            .map_err(|error| Error::Model(Box::new(error)))?;
+        Ok(())
+    }
+
     fn execute(&mut self, batch: &StepBatch) -> Result<Logits> {
         if batch.seqs.is_empty() {
             return Logits::new(Vec::new(), self.vocab_size);
@@ -267,9 +328,25 @@ impl ModelRunner for LlamaRunner {
             backend: &*self.attention,
             scale: self.scale,
         };
+        // With adapters loaded, every row runs with its own request's adapter (or none): one
+        // batch serves several adapters and the base model.
+        let routing = if self.model.adapters().is_empty() {
+            None
+        } else {
+            let mut names: Vec<Option<&str>> = Vec::with_capacity(tokens.len());
+            for seq in &batch.seqs {
+                names.extend(std::iter::repeat_n(seq.adapter.as_deref(), seq.query_len));
+            }
+            names.resize(tokens.len(), None); // padding
+            Some(
+                self.model
+                    .adapter_routing(&names)
+                    .map_err(|error| Error::Model(Box::new(error)))?,
+            )
+        };
         let logits = self
             .model
-            .forward_tokens(&tokens, &positions, &rows, &mut hook)
+            .forward_tokens_routed(&tokens, &positions, &rows, &mut hook, routing.as_ref())
             .map_err(|error| match error {
                 // The paged backend's own error, as it raised it.
                 mlinfra_train::Error::Attention { source, layer } => match source

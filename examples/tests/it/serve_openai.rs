@@ -78,8 +78,32 @@ fn openai_python() -> Option<PathBuf> {
     python
 }
 
+/// Two LoRA adapters with random `B` (each changes the output), as `NAME=DIR` flags.
+fn write_adapters(model: &Path, dir: &Path) -> Vec<String> {
+    use burn::tensor::Device;
+    use mlinfra_train::models::Llama;
+    use mlinfra_train::peft::LoraConfig;
+    let file = mlinfra_data::tensor::GgufFile::open(model).unwrap();
+    let (llama, _) = Llama::from_gguf(&file, &Device::flex()).unwrap();
+    ["alpha", "beta"]
+        .iter()
+        .enumerate()
+        .map(|(seed, name)| {
+            let config = LoraConfig::new(8, 16.0).with_init_lora_weights(false);
+            let adapted = llama
+                .clone()
+                .with_adapter(name, &config, seed as u64)
+                .unwrap();
+            let path = dir.join(name);
+            adapted.save_adapter(name, &path, None).unwrap();
+            format!("{name}={}", path.display())
+        })
+        .collect()
+}
+
 /// The official `openai` Python SDK against the example: chat and text completions, streamed
-/// and not, `n=2`, stop strings, logprobs, malformed and oversized requests.
+/// and not, `n=2`, stop strings, logprobs, `parse()` with pydantic, a tool call, requests on
+/// two adapters at once, malformed and oversized requests.
 #[test]
 fn the_openai_sdk_is_served() {
     let Some(model) = mlinfra_test_utils::model(MODEL_FILE) else {
@@ -88,14 +112,16 @@ fn the_openai_sdk_is_served() {
     let Some(python) = openai_python() else {
         return;
     };
-    let server = start(&model, &[]);
+    let adapters = tempfile::tempdir().unwrap();
+    let loras = write_adapters(&model, adapters.path());
+    let server = start(&model, &["--lora", &loras[0], "--lora", &loras[1]]);
     let models = request(server.address, "GET", "/v1/models", "").json();
     assert_eq!(models["data"][0]["id"], "SmolLM2-135M-Instruct.Q4_1");
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/openai_client.py");
     let output = Command::new(python)
         .arg(script)
         .arg(format!("http://{}/v1", server.address))
-        .arg("SmolLM2-135M-Instruct.Q4_1")
+        .args(["SmolLM2-135M-Instruct.Q4_1", "alpha", "beta"])
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);

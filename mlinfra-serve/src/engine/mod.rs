@@ -156,6 +156,8 @@ struct Live {
     text: DecodeState,
     /// Structured outputs' token mask.
     constraint: Option<Box<dyn TokenConstraint>>,
+    /// The adapter it runs with.
+    adapter: Option<Box<str>>,
 }
 
 /// One step's work, for logs and benchmarks.
@@ -293,12 +295,22 @@ impl<R: ModelRunner> Engine<R> {
                 .into(),
             });
         }
+        if let Some(adapter) = &options.prefix_keys.adapter
+            && !self.runner.adapters().iter().any(|a| **a == **adapter)
+        {
+            return Err(Error::InvalidRequest {
+                request: id,
+                reason: format!("request {id} names adapter `{adapter}`, which is not loaded")
+                    .into(),
+            });
+        }
         let seed = params.seed.unwrap_or_else(|| {
             SplitMix64::new(self.seed ^ id.wrapping_mul(0x9E37_79B9_7F4A_7C15)).next_u64()
         });
         let sampler = Sampler::new(params.clone(), &prompt, seed)?;
         let stop = StopCriteria::new(&params);
         let prompt_len = prompt.len();
+        let adapter = options.prefix_keys.adapter.clone();
         self.scheduler.add(NewRequest {
             id,
             prompt,
@@ -319,6 +331,7 @@ impl<R: ModelRunner> Engine<R> {
                 stop,
                 text: DecodeState::default(),
                 constraint: options.constraint,
+                adapter,
             },
         );
         Ok(RequestHandle {
@@ -326,6 +339,47 @@ impl<R: ModelRunner> Engine<R> {
             events,
             cancelled,
         })
+    }
+
+    /// The adapters requests may name in their
+    /// [`PrefixKeys::adapter`](crate::kv::PrefixKeys::adapter).
+    pub fn adapters(&self) -> Vec<String> {
+        self.runner.adapters()
+    }
+
+    /// Loads the PEFT adapter in `dir` as `name`, between steps.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidConfig`] for a name already loaded; what the runner refuses.
+    pub fn load_adapter(&mut self, name: &str, dir: &std::path::Path) -> Result<()> {
+        if self.runner.adapters().iter().any(|a| a == name) {
+            return Err(Error::InvalidConfig {
+                reason: format!("adapter `{name}` is loaded already").into(),
+            });
+        }
+        self.runner.load_adapter(name, dir)
+    }
+
+    /// Unloads adapter `name`, refusing while live requests use it.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::AdapterInUse`] while requests use it; what the runner refuses (an unknown
+    /// name).
+    pub fn unload_adapter(&mut self, name: &str) -> Result<()> {
+        let requests = self
+            .live
+            .values()
+            .filter(|live| live.adapter.as_deref() == Some(name))
+            .count();
+        if requests > 0 {
+            return Err(Error::AdapterInUse {
+                name: name.into(),
+                requests,
+            });
+        }
+        self.runner.unload_adapter(name)
     }
 
     /// Ends a request now; its blocks return to the pool at once and its stream gets

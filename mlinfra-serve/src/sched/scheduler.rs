@@ -149,6 +149,9 @@ pub struct StepSeq {
     pub context_len: usize,
     /// Its block table: position `p` lives in block `block_table[p / block_size]`.
     pub block_table: Vec<BlockId>,
+    /// The adapter it runs with (its [`PrefixKeys::adapter`](crate::kv::PrefixKeys)), or the
+    /// base model.
+    pub adapter: Option<Box<str>>,
 }
 
 /// Counters for dashboards and benchmarks.
@@ -411,6 +414,7 @@ impl Scheduler {
                 query_len: work.len,
                 context_len: end,
                 block_table: self.kv.block_table(work.id).unwrap_or_default().to_vec(),
+                adapter: request.prefix_keys.adapter.clone(),
             });
             batch
                 .tokens

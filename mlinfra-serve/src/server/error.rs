@@ -79,6 +79,13 @@ impl ApiError {
         )
     }
 
+    /// 409: the request conflicts with the server's state (an adapter in use).
+    pub(super) fn conflict(message: String) -> Self {
+        let mut error = Self::new(StatusCode::CONFLICT, "invalid_request_error", message);
+        error.code = Some("conflict");
+        error
+    }
+
     /// 413: the body is over the limit.
     pub(super) fn too_large(limit: usize) -> Self {
         let mut error = Self::new(

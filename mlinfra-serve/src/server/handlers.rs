@@ -47,7 +47,7 @@ pub(super) async fn chat_completions(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let request: ChatRequest = parse(&state, body)?;
-    state.check_model(&request.model)?;
+    let adapter = state.resolve_model(&request.model)?;
     let tools = request.tools.clone().unwrap_or_default();
     let tool_mode = ToolMode::resolve(&tools, request.tool_choice.as_ref())?;
     let schema = output_schema(request.response_format.as_ref(), tool_mode.as_ref(), &tools)?;
@@ -113,6 +113,7 @@ pub(super) async fn chat_completions(
         }
     }
     plan.tools = tool_mode;
+    plan.set_adapter(adapter);
     let stream = wants_stream(&request.sampling)?;
     run(state, plan, Format::Chat, stream, request.model).await
 }
@@ -123,7 +124,7 @@ pub(super) async fn completions(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let request: CompletionRequest = parse(&state, body)?;
-    state.check_model(&request.model)?;
+    let adapter = state.resolve_model(&request.model)?;
     if request.echo == Some(true) {
         return Err(ApiError::invalid(Some("echo"), "`echo` is not supported"));
     }
@@ -146,7 +147,7 @@ pub(super) async fn completions(
         return Err(ApiError::invalid(Some("prompt"), "`prompt` is empty"));
     }
     let max_tokens = request.sampling.max_tokens.or(Some(DEFAULT_MAX_TOKENS));
-    let plan = Plan::new(
+    let mut plan = Plan::new(
         &state,
         prompts,
         &request.sampling,
@@ -154,23 +155,92 @@ pub(super) async fn completions(
         max_tokens,
         "prompt",
     )?;
+    plan.set_adapter(adapter);
     let stream = wants_stream(&request.sampling)?;
     run(state, plan, Format::Completion, stream, request.model).await
 }
 
-/// `GET /v1/models`.
+/// `GET /v1/models`: the model, then its adapters (with the model as `parent`, as vLLM).
 pub(super) async fn models(State(state): Shared) -> Json<ModelList> {
+    let base = &state.config.served_model_name;
+    let card = |id: String, parent: Option<String>| ModelCard {
+        id,
+        object: "model",
+        created: state.started,
+        owned_by: "mlinfra",
+        parent,
+        max_model_len: state.worker.info.max_model_len,
+    };
+    let mut data = vec![card(base.clone(), None)];
+    data.extend(
+        state
+            .adapter_names()
+            .into_iter()
+            .map(|name| card(name, Some(base.clone()))),
+    );
     Json(ModelList {
         object: "list",
-        data: vec![ModelCard {
-            id: state.config.served_model_name.clone(),
-            object: "model",
-            created: state.started,
-            owned_by: "mlinfra",
-            parent: None,
-            max_model_len: state.worker.info.max_model_len,
-        }],
+        data,
     })
+}
+
+#[derive(serde::Deserialize)]
+struct LoadAdapter {
+    lora_name: String,
+    lora_path: std::path::PathBuf,
+}
+
+#[derive(serde::Deserialize)]
+struct UnloadAdapter {
+    lora_name: String,
+}
+
+/// `POST /v1/load_lora_adapter` (vLLM's): loads a PEFT adapter directory under a name.
+pub(super) async fn load_lora_adapter(
+    State(state): Shared,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<String, ApiError> {
+    let request: LoadAdapter = parse(&state, body)?;
+    let name = request.lora_name;
+    if name.is_empty() || name == state.config.served_model_name {
+        return Err(ApiError::invalid(
+            Some("lora_name"),
+            format!("`lora_name` {name:?} cannot name an adapter"),
+        ));
+    }
+    state
+        .worker
+        .load_adapter(name.clone(), request.lora_path)
+        .await
+        .map_err(|error| ApiError::invalid(Some("lora_path"), error.to_string()))?;
+    state.set_adapters(|adapters| adapters.push(name.clone()));
+    Ok(format!(
+        "Success: LoRA adapter '{name}' added successfully."
+    ))
+}
+
+/// `POST /v1/unload_lora_adapter`: refused (409) while requests use the adapter.
+pub(super) async fn unload_lora_adapter(
+    State(state): Shared,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<String, ApiError> {
+    let request: UnloadAdapter = parse(&state, body)?;
+    let name = request.lora_name;
+    if !state.adapter_names().contains(&name) {
+        return Err(ApiError::model_not_found(&name, &state.adapter_names()));
+    }
+    match state.worker.unload_adapter(name.clone()).await {
+        Ok(()) => {
+            state.set_adapters(|adapters| adapters.retain(|a| *a != name));
+            Ok(format!(
+                "Success: LoRA adapter '{name}' removed successfully."
+            ))
+        }
+        Err(error @ crate::Error::AdapterInUse { .. }) => {
+            Err(ApiError::conflict(error.to_string()))
+        }
+        Err(error) => Err(ApiError::invalid(Some("lora_name"), error.to_string())),
+    }
 }
 
 /// `GET /health`: 200 while serving, 503 once draining.
@@ -409,6 +479,7 @@ impl Plan {
                         ..base.clone()
                     },
                     constraint: None,
+                    adapter: None,
                 });
             }
         }
@@ -418,6 +489,15 @@ impl Plan {
             choices,
             tools: None,
         })
+    }
+}
+
+impl Plan {
+    /// Every choice runs with `adapter` (or the base model).
+    fn set_adapter(&mut self, adapter: Option<Box<str>>) {
+        for choice in &mut self.choices {
+            choice.adapter.clone_from(&adapter);
+        }
     }
 }
 

@@ -6,7 +6,16 @@
 //!   `max_completion_tokens`, `temperature`, `top_p`, `top_k`, `min_p`, `seed`, the
 //!   penalties, `logprobs` / `top_logprobs`, and `stream_options.include_usage`; `usage`
 //!   reports `prompt_tokens_details.cached_tokens` from the prefix cache;
-//! - `GET /v1/models`; `GET /health` (503 while draining); `GET /metrics` (Prometheus).
+//! - `GET /v1/models` (the model and its adapters); `GET /health` (503 while draining);
+//!   `GET /metrics` (Prometheus);
+//! - multi-LoRA: PEFT adapters loaded at start or with `POST /v1/load_lora_adapter`
+//!   (`{"lora_name", "lora_path"}`, as vLLM) and `POST /v1/unload_lora_adapter` (refused with
+//!   409 while requests use it), picked per request through `model`; requests on different
+//!   adapters share a step, each row through its own adapter, and the prefix cache is keyed
+//!   by adapter;
+//! - structured outputs (`response_format` `json_object` / `json_schema`) and tools
+//!   (`tool_choice` `auto`, `none`, `required`, a named function), by constrained decoding
+//!   with llguidance ([`crate::guidance`]).
 //!
 //! Behaviour under faults and load:
 //! - every error is OpenAI-shaped (`{"error": {"message", "type", "param", "code"}}`) with a
@@ -30,8 +39,8 @@ mod tools;
 mod worker;
 
 use std::future::{Future, IntoFuture};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use axum::Router;
@@ -148,6 +157,8 @@ pub(crate) struct AppState {
     grammars: Option<Grammars>,
     config: ServerConfig,
     api_key: Option<blake3::Hash>,
+    /// Adapters requests may name in `model`, as loaded now.
+    adapters: RwLock<Vec<String>>,
     in_flight: AtomicUsize,
     draining: AtomicBool,
     next_id: AtomicU64,
@@ -176,8 +187,10 @@ impl Server {
                 .inspect_err(|error| tracing::warn!(%error, "no structured outputs"))
                 .ok()
         });
+        let adapters = RwLock::new(worker.initial_adapters.clone());
         Ok(Server {
             state: Arc::new(AppState {
+                adapters,
                 worker,
                 metrics,
                 grammars,
@@ -202,6 +215,11 @@ impl Server {
             .route("/v1/chat/completions", post(handlers::chat_completions))
             .route("/v1/completions", post(handlers::completions))
             .route("/v1/models", get(handlers::models))
+            .route("/v1/load_lora_adapter", post(handlers::load_lora_adapter))
+            .route(
+                "/v1/unload_lora_adapter",
+                post(handlers::unload_lora_adapter),
+            )
             .route_layer(axum::middleware::from_fn_with_state(
                 state.clone(),
                 handlers::authorize,
@@ -308,15 +326,34 @@ impl AppState {
         format!("{:x}{n:06x}", self.started)
     }
 
-    fn check_model(&self, model: &str) -> Result<(), ApiError> {
+    /// The adapter a request's `model` names (`None`: the base model), or a 404.
+    fn resolve_model(&self, model: &str) -> Result<Option<Box<str>>, ApiError> {
         if model == self.config.served_model_name {
-            Ok(())
-        } else {
-            Err(ApiError::model_not_found(
-                model,
-                std::slice::from_ref(&self.config.served_model_name),
-            ))
+            return Ok(None);
         }
+        let adapters = self.adapter_names();
+        if adapters.iter().any(|a| a == model) {
+            return Ok(Some(model.into()));
+        }
+        let mut served = vec![self.config.served_model_name.clone()];
+        served.extend(adapters);
+        Err(ApiError::model_not_found(model, &served))
+    }
+
+    fn adapter_names(&self) -> Vec<String> {
+        self.adapters
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    fn set_adapters(&self, update: impl FnOnce(&mut Vec<String>)) {
+        update(
+            &mut self
+                .adapters
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
     }
 
     fn encode(&self, text: &str) -> Result<Vec<u32>, ApiError> {

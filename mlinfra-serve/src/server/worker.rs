@@ -9,6 +9,7 @@
 //! the closed channel before the next step and aborts the request, returning its KV blocks
 //! before that step runs.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, Sender, channel};
 use std::thread::JoinHandle;
@@ -17,6 +18,7 @@ use std::time::Instant;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::engine::{Engine, RequestHandle, RequestOptions, StreamEvent, TokenConstraint};
+use crate::kv::PrefixKeys;
 use crate::runner::ModelRunner;
 use crate::sampling::SamplingParams;
 use crate::{Error, Result};
@@ -29,6 +31,8 @@ pub(super) struct Choice {
     pub params: SamplingParams,
     /// Structured outputs' token mask.
     pub constraint: Option<Box<dyn TokenConstraint>>,
+    /// The adapter it runs with, or the base model.
+    pub adapter: Option<Box<str>>,
 }
 
 /// An engine event, tagged with the choice it belongs to.
@@ -47,6 +51,17 @@ enum Command {
     },
     /// End every live request now (the drain deadline passed).
     AbortAll,
+    /// Load a PEFT adapter between steps.
+    LoadAdapter {
+        name: String,
+        dir: PathBuf,
+        reply: oneshot::Sender<Result<()>>,
+    },
+    /// Unload an adapter no live request uses.
+    UnloadAdapter {
+        name: String,
+        reply: oneshot::Sender<Result<()>>,
+    },
 }
 
 /// What the HTTP side knows about the engine, fixed at start.
@@ -63,6 +78,8 @@ pub(super) struct Worker {
     commands: Sender<Command>,
     thread: Option<JoinHandle<()>>,
     pub info: EngineInfo,
+    /// The adapters loaded before the server started.
+    pub initial_adapters: Vec<String>,
 }
 
 impl Worker {
@@ -76,6 +93,7 @@ impl Worker {
             max_model_len: config.max_model_len,
             max_running: config.max_running,
         };
+        let adapters = engine.adapters();
         let (commands, receiver) = channel();
         let thread = std::thread::Builder::new()
             .name("mlinfra-engine".into())
@@ -84,6 +102,7 @@ impl Worker {
             commands,
             thread: Some(thread),
             info,
+            initial_adapters: adapters,
         })
     }
 
@@ -105,6 +124,32 @@ impl Worker {
                 events,
                 reply,
             })
+            .map_err(|_| gone())?;
+        answer.await.map_err(|_| gone())?
+    }
+
+    /// Loads adapter `name` from `dir` between two steps.
+    ///
+    /// # Errors
+    ///
+    /// What [`Engine::load_adapter`] refuses.
+    pub(super) async fn load_adapter(&self, name: String, dir: PathBuf) -> Result<()> {
+        let (reply, answer) = oneshot::channel();
+        self.commands
+            .send(Command::LoadAdapter { name, dir, reply })
+            .map_err(|_| gone())?;
+        answer.await.map_err(|_| gone())?
+    }
+
+    /// Unloads adapter `name` between two steps.
+    ///
+    /// # Errors
+    ///
+    /// What [`Engine::unload_adapter`] refuses (an adapter in use).
+    pub(super) async fn unload_adapter(&self, name: String) -> Result<()> {
+        let (reply, answer) = oneshot::channel();
+        self.commands
+            .send(Command::UnloadAdapter { name, reply })
             .map_err(|_| gone())?;
         answer.await.map_err(|_| gone())?
     }
@@ -188,6 +233,10 @@ fn apply<R: ModelRunner>(engine: &mut Engine<R>, command: Command, flights: &mut
                 let prompt_tokens = choice.prompt.len();
                 let options = RequestOptions {
                     constraint: choice.constraint,
+                    prefix_keys: PrefixKeys {
+                        adapter: choice.adapter,
+                        salt: None,
+                    },
                     ..RequestOptions::default()
                 };
                 match engine.add_request_with(choice.prompt, choice.params, options) {
@@ -218,6 +267,12 @@ fn apply<R: ModelRunner>(engine: &mut Engine<R>, command: Command, flights: &mut
             for flight in flights.iter() {
                 let _ = engine.abort(flight.handle.id());
             }
+        }
+        Command::LoadAdapter { name, dir, reply } => {
+            let _ = reply.send(engine.load_adapter(&name, &dir));
+        }
+        Command::UnloadAdapter { name, reply } => {
+            let _ = reply.send(engine.unload_adapter(&name));
         }
     }
 }

@@ -10,11 +10,12 @@ use std::time::{Duration, Instant};
 use burn::tensor::Device;
 use mlinfra_data::tensor::GgufFile;
 use mlinfra_serve::engine::{Engine, EngineConfig};
-use mlinfra_serve::runner::LlamaRunner;
+use mlinfra_serve::runner::{LlamaRunner, ModelRunner};
 use mlinfra_serve::sched::SchedulerConfig;
 use mlinfra_serve::server::{ServedModel, Server, ServerConfig};
 use mlinfra_test_utils::http::{open_stream, request, request_with, sse_data};
 use mlinfra_train::models::{KvCache, Llama};
+use mlinfra_train::peft::{LoraConfig, TargetModules};
 use serde_json::{Value, json};
 
 const MODEL_FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
@@ -32,10 +33,21 @@ impl TestServer {
     /// SmolLM2 served as [`NAME`] with `config` and `scheduler` changed by `tune`; `None`
     /// (after a skip line) when the model file is missing outside CI.
     fn start(tune: impl FnOnce(&mut ServerConfig, &mut SchedulerConfig)) -> Option<Self> {
+        Self::start_with_adapters(&[], tune)
+    }
+
+    /// [`start`](Self::start) with PEFT adapters loaded first, as `--lora NAME=DIR` does.
+    fn start_with_adapters(
+        adapters: &[(&str, &std::path::Path)],
+        tune: impl FnOnce(&mut ServerConfig, &mut SchedulerConfig),
+    ) -> Option<Self> {
         let path = mlinfra_test_utils::model(MODEL_FILE)?;
         let file = GgufFile::open(&path).unwrap();
         let served = ServedModel::from_gguf(&file).unwrap();
-        let runner = LlamaRunner::from_gguf(&file, 256, 16, &Device::flex()).unwrap();
+        let mut runner = LlamaRunner::from_gguf(&file, 256, 16, &Device::flex()).unwrap();
+        for (name, dir) in adapters {
+            runner.load_adapter(name, dir).unwrap();
+        }
         let mut config = ServerConfig::new(NAME);
         let mut scheduler = SchedulerConfig::default();
         tune(&mut config, &mut scheduler);
@@ -723,4 +735,148 @@ fn forced_tool_calls_follow_the_schema_and_stream_as_deltas() {
             "tool_calls"
         );
     }
+}
+
+/// Two PEFT adapters for SmolLM2 with random `B` (so each changes the output), written
+/// where `dir` says.
+fn write_adapters(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let file = GgufFile::open(mlinfra_test_utils::model(MODEL_FILE).unwrap()).unwrap();
+    let (model, _) = Llama::from_gguf(&file, &Device::flex()).unwrap();
+    ["alpha", "beta"]
+        .iter()
+        .enumerate()
+        .map(|(seed, name)| {
+            let config = LoraConfig::new(8, 16.0)
+                .with_init_lora_weights(false)
+                .with_target_modules(TargetModules::names(["q_proj", "v_proj", "down_proj"]));
+            let adapted = model
+                .clone()
+                .with_adapter(name, &config, seed as u64)
+                .unwrap();
+            let path = dir.join(name);
+            adapted.save_adapter(name, &path, None).unwrap();
+            path
+        })
+        .collect()
+}
+
+/// The greedy continuation of `prompt` by SmolLM2 with `adapter` (or none), run alone.
+fn greedy_alone(prompt: &str, adapter: Option<&std::path::Path>, max: usize) -> String {
+    let file = GgufFile::open(mlinfra_test_utils::model(MODEL_FILE).unwrap()).unwrap();
+    let served = ServedModel::from_gguf(&file).unwrap();
+    let (mut model, _) = Llama::from_gguf(&file, &Device::flex()).unwrap();
+    if let Some(dir) = adapter {
+        model = model.load_adapter(dir, "adapter").unwrap();
+    }
+    let ids = served.tokenizer.encode(prompt).unwrap();
+    let out = model
+        .generate_greedy(&ids, max, &served.stop_token_ids)
+        .unwrap();
+    let shown = match out.last() {
+        Some(last) if served.stop_token_ids.contains(last) => &out[..out.len() - 1],
+        _ => &out[..],
+    };
+    served.tokenizer.decode(shown).unwrap()
+}
+
+/// Requests on two adapters and the base model, at once, each get what their model computes
+/// alone (one batch, per-row adapters); adapters come and go while the server runs, and one
+/// in use is not unloaded (issue 23, item 5).
+#[test]
+fn requests_on_different_adapters_share_a_batch_and_get_their_own_outputs() {
+    if mlinfra_test_utils::model(MODEL_FILE).is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let paths = write_adapters(dir.path());
+    let Some(server) = TestServer::start_with_adapters(&[("alpha", &paths[0])], |_, _| {}) else {
+        return;
+    };
+    let prompt = "The capital of France is";
+    // Load the second while running, as vLLM's endpoint does.
+    let load = json!({"lora_name": "beta", "lora_path": paths[1]});
+    let loaded = request(
+        server.address,
+        "POST",
+        "/v1/load_lora_adapter",
+        &load.to_string(),
+    );
+    assert_eq!(loaded.status, 200, "{}", loaded.body);
+    let models = request(server.address, "GET", "/v1/models", "").json();
+    let ids: Vec<&str> = models["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, [NAME, "alpha", "beta"]);
+    assert_eq!(models["data"][1]["parent"], NAME);
+
+    let address = server.address;
+    let ask = move |model: &'static str| {
+        std::thread::spawn(move || {
+            let body =
+                json!({"model": model, "prompt": prompt, "max_tokens": 12, "temperature": 0});
+            let response = request(address, "POST", "/v1/completions", &body.to_string());
+            assert_eq!(response.status, 200, "{}", response.body);
+            response.json()["choices"][0]["text"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+    };
+    let running: Vec<_> = [NAME, "alpha", "beta"].into_iter().map(ask).collect();
+    let texts: Vec<String> = running.into_iter().map(|t| t.join().unwrap()).collect();
+    assert_eq!(texts[0], greedy_alone(prompt, None, 12));
+    assert_eq!(texts[1], greedy_alone(prompt, Some(&paths[0]), 12));
+    assert_eq!(texts[2], greedy_alone(prompt, Some(&paths[1]), 12));
+    assert_ne!(texts[0], texts[1], "the adapter changes the output");
+    assert_ne!(texts[1], texts[2]);
+
+    // The prefix cache is keyed by adapter: the base model's cached prompt is not alpha's.
+    let long_prompt = "Once upon a time, in a land far away, there lived a king who had three daughters and a very old dog.";
+    let body = |model: &str| json!({"model": model, "prompt": long_prompt, "max_tokens": 2});
+    let (_, base) = server.post("/v1/completions", &body(NAME));
+    let (_, first) = server.post("/v1/completions", &body("alpha"));
+    let (_, second) = server.post("/v1/completions", &body("alpha"));
+    assert_eq!(
+        first["usage"]["prompt_tokens_details"]["cached_tokens"], 0,
+        "{first}"
+    );
+    assert!(
+        second["usage"]["prompt_tokens_details"]["cached_tokens"]
+            .as_u64()
+            .unwrap()
+            >= 16
+    );
+    assert!(base["usage"]["prompt_tokens"].as_u64().unwrap() > 16);
+
+    // An adapter in use is not unloaded; once its request is done, it is.
+    let long = json!({"model": "beta", "prompt": prompt, "max_tokens": 400, "stream": true});
+    let (_, mut reader) = open_stream(server.address, "/v1/completions", &long.to_string());
+    sse_data(&mut reader).next().unwrap();
+    let unload = json!({"lora_name": "beta"}).to_string();
+    let refused = request(server.address, "POST", "/v1/unload_lora_adapter", &unload);
+    assert_eq!(refused.status, 409, "{}", refused.body);
+    drop(reader);
+    server.wait_for("the stream on beta to end", |s| {
+        s.metric("mlinfra_num_requests_running") == 0.0
+    });
+    let unloaded = request(server.address, "POST", "/v1/unload_lora_adapter", &unload);
+    assert_eq!(unloaded.status, 200, "{}", unloaded.body);
+    let gone = request(
+        server.address,
+        "POST",
+        "/v1/completions",
+        &json!({"model": "beta", "prompt": "hi"}).to_string(),
+    );
+    assert_eq!(gone.status, 404);
+    let bad = json!({"lora_name": "gamma", "lora_path": "/nonexistent"});
+    let refused = request(
+        server.address,
+        "POST",
+        "/v1/load_lora_adapter",
+        &bad.to_string(),
+    );
+    assert_eq!(refused.status, 400, "{}", refused.body);
 }

@@ -3,7 +3,7 @@
 use burn::module::{Module, Param};
 use burn::nn::{Dropout, DropoutConfig};
 use burn::tensor::module::linear;
-use burn::tensor::{Tensor, TensorData};
+use burn::tensor::{IndexingUpdateOp, Int, Tensor, TensorData};
 
 use std::sync::Arc;
 
@@ -38,6 +38,46 @@ impl LoraWeights {
         self.b = self.b.set_require_grad(trainable);
         self.magnitude = self.magnitude.map(|m| m.set_require_grad(trainable));
         self
+    }
+}
+
+/// Which adapter each token of a flat batch runs with: several adapters (and the base
+/// model) served in one forward, each row through its own adapter (Punica and S-LoRA's
+/// multi-LoRA batching). Built by [`Llama::adapter_routing`].
+///
+/// Each adapter's rows are gathered, go through its `A` and `B`, and are added back in place:
+/// the base matmul is shared by every row, the adapter matmuls cost `rows · r · (in + out)`
+/// per adapter.
+///
+/// [`Llama::adapter_routing`]: crate::models::Llama::adapter_routing
+#[derive(Debug, Clone)]
+pub struct AdapterRouting {
+    /// (adapter slot, the rows that use it), one entry per adapter in the batch.
+    pub(crate) groups: Vec<(usize, Tensor<1, Int>)>,
+}
+
+impl AdapterRouting {
+    /// Routing from each token's adapter slot (`None`: the base model alone).
+    pub(crate) fn new(slots: &[Option<usize>], device: &burn::tensor::Device) -> Self {
+        let mut groups: Vec<(usize, Vec<i64>)> = Vec::new();
+        for (row, slot) in slots.iter().enumerate() {
+            let Some(slot) = *slot else { continue };
+            match groups.iter_mut().find(|(s, _)| *s == slot) {
+                Some((_, rows)) => rows.push(row as i64),
+                None => groups.push((slot, vec![row as i64])),
+            }
+        }
+        let groups = groups
+            .into_iter()
+            .map(|(slot, rows)| {
+                let count = rows.len();
+                (
+                    slot,
+                    Tensor::<1, Int>::from_data(TensorData::new(rows, [count]), device),
+                )
+            })
+            .collect();
+        AdapterRouting { groups }
     }
 }
 
@@ -194,6 +234,56 @@ impl LoraLinear {
         self.forward_with_norm(x, None)
     }
 
+    /// The output for a flat batch `x` `[1, tokens, in]` whose rows run with the adapters
+    /// `routing` names (LoRA only; the active adapter is ignored), or [`forward`](Self::forward)
+    /// without routing.
+    pub fn forward_routed(&self, x: Tensor<3>, routing: Option<&AdapterRouting>) -> Tensor<3> {
+        let Some(routing) = routing else {
+            return self.forward(x);
+        };
+        let [batch, count, input] = x.dims();
+        let base = self.base_forward(x.clone());
+        let output = base.dims()[2];
+        let mut out = base.reshape([batch * count, output]);
+        let rows = x.reshape([batch * count, input]);
+        for (slot, selected) in &routing.groups {
+            let Some(Some(adapter)) = self.adapters.get(*slot) else {
+                continue; // this adapter does not target this layer
+            };
+            // Batch invariance: the CPU matmul sums a lone row in another order than two or
+            // more, so a lone row goes through with its twin and one result is kept.
+            let lone = selected.dims()[0] == 1;
+            let gathered = if lone {
+                Tensor::cat(vec![selected.clone(), selected.clone()], 0)
+            } else {
+                selected.clone()
+            };
+            let mut update = linear(
+                linear(rows.clone().select(0, gathered), adapter.a.val(), None),
+                adapter.b.val(),
+                None,
+            )
+            .mul_scalar(adapter.scaling);
+            if lone {
+                update = update.narrow(0, 0, 1);
+            }
+            out = out.select_assign(0, selected.clone(), update, IndexingUpdateOp::Add);
+        }
+        out.reshape([batch, count, output])
+    }
+
+    /// `x·W + b`, without adapters.
+    fn base_forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        let bias = self.bias.as_ref().map(Param::val);
+        match &self.quantized {
+            Some(quantized) => match bias {
+                Some(bias) => quantized_linear(x, quantized) + along_last::<D>(bias),
+                None => quantized_linear(x, quantized),
+            },
+            None => linear(x, self.weight.val(), bias),
+        }
+    }
+
     /// [`LoraLinear::forward`], with DoRA's column norms given (a constant) instead of
     /// computed from the current weights: the function whose gradient the detached norm
     /// gives, which finite differences can check.
@@ -203,16 +293,9 @@ impl LoraLinear {
         norm: Option<Tensor<1>>,
     ) -> Tensor<D> {
         let weight = self.weight.val();
-        let bias = self.bias.as_ref().map(Param::val);
-        let base = match &self.quantized {
-            // QLoRA: the blocks, a tile at a time (LoRA only: DoRA and merging need the dense
-            // weight and are refused for a quantized layer).
-            Some(quantized) => match bias {
-                Some(bias) => quantized_linear(x.clone(), quantized) + along_last::<D>(bias),
-                None => quantized_linear(x.clone(), quantized),
-            },
-            None => linear(x.clone(), weight.clone(), bias),
-        };
+        // QLoRA: the blocks, a tile at a time (LoRA only: DoRA and merging need the dense
+        // weight and are refused for a quantized layer).
+        let base = self.base_forward(x.clone());
         let Some(adapter) = self.applied() else {
             return base;
         };

@@ -45,5 +45,5 @@ mod quantized;
 pub use config::{DEFAULT_ALPHA, DEFAULT_RANK, LoraConfig, TargetModules};
 pub use files::{ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE, AdapterTensors, PeftAdapter};
 pub(crate) use linear::{AdapterInit, SlotValues};
-pub use linear::{LoraLinear, LoraWeights};
+pub use linear::{AdapterRouting, LoraLinear, LoraWeights};
 pub use quantized::{QuantizedWeight, TILE_ROWS};

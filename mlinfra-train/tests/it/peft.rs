@@ -317,3 +317,57 @@ fn an_adapter_that_does_not_fit_the_model_is_refused() {
         .to_string();
     assert!(error.contains("adapter_config.json"), "{error}");
 }
+
+/// Multi-LoRA serving (issue 23, item 5): one flat batch whose sequences run with different
+/// adapters (and none) gives each sequence the logits its adapter alone gives, whatever
+/// adapter is active; a lone adapter row is handled like many.
+#[test]
+fn per_row_adapters_give_each_sequence_its_own_adapters_logits() {
+    use mlinfra_train::models::VarlenAttention;
+    let device = Device::flex();
+    let config = LoraConfig::new(4, 8.0)
+        .with_target_modules(every_linear())
+        .with_init_lora_weights(false);
+    let model = tiny_llama(&device)
+        .with_adapter("a", &config, 1)
+        .unwrap()
+        .with_adapter("b", &config, 2)
+        .unwrap();
+    let seqs: [&[u32]; 4] = [&TOKENS[..5], &TOKENS[2..6], &TOKENS[4..11], &TOKENS[7..8]];
+    let names = [None, Some("a"), Some("b"), Some("a")];
+    let mut tokens = Vec::new();
+    let mut positions = Vec::new();
+    let mut starts = vec![0];
+    let mut per_token = Vec::new();
+    let mut rows = Vec::new();
+    for (seq, name) in seqs.iter().zip(names) {
+        tokens.extend_from_slice(seq);
+        positions.extend(0..seq.len());
+        per_token.extend(std::iter::repeat_n(name, seq.len()));
+        starts.push(tokens.len());
+        rows.push(tokens.len() - 1);
+    }
+    let routing = model.adapter_routing(&per_token).unwrap();
+    let mut attention = VarlenAttention::new(starts).unwrap();
+    let batched = model
+        .forward_tokens_routed(&tokens, &positions, &rows, &mut attention, Some(&routing))
+        .unwrap()
+        .into_data()
+        .try_to_vec::<f32>()
+        .unwrap();
+    let vocab = tiny_llama_config().vocab_size;
+    for (i, (seq, name)) in seqs.iter().zip(names).enumerate() {
+        let alone = match name {
+            None => model.clone().with_adapters_enabled(false),
+            Some(name) => model.clone().set_adapter(name).unwrap(),
+        };
+        let logits = llama_logits(&alone, seq);
+        let last = &logits[logits.len() - vocab..];
+        let diff = max_abs_diff(&batched[i * vocab..(i + 1) * vocab], last);
+        assert!(diff < 1e-4, "sequence {i} ({name:?}): {diff}");
+    }
+    // The adapters matter here: sequence 1 differs from the base model's.
+    let base = llama_logits(&model.clone().with_adapters_enabled(false), seqs[1]);
+    assert!(max_abs_diff(&batched[vocab..2 * vocab], &base[base.len() - vocab..]) > 1e-3);
+    assert!(model.adapter_routing(&[Some("c")]).is_err());
+}

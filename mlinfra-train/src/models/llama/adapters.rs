@@ -15,8 +15,8 @@ use burn::tensor::Tensor;
 
 use super::Llama;
 use crate::peft::{
-    ADAPTER_WEIGHTS_FILE, AdapterInit, AdapterTensors, LoraConfig, LoraLinear, PeftAdapter,
-    SlotValues,
+    ADAPTER_WEIGHTS_FILE, AdapterInit, AdapterRouting, AdapterTensors, LoraConfig, LoraLinear,
+    PeftAdapter, SlotValues,
 };
 use crate::rng::SplitMix64;
 use crate::{Error, Result};
@@ -208,6 +208,41 @@ impl Llama {
         let mut adapter = self.peft_adapter(name)?;
         adapter.base_model_name_or_path = base_model_name_or_path.map(str::to_owned);
         adapter.write(dir)
+    }
+
+    /// Per-row adapters for [`Llama::forward_tokens_routed`]: token `i` of the batch runs
+    /// with adapter `adapters[i]` (`None`: the base model), whatever adapter is active.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidConfig`] for an unknown name, a DoRA adapter (whose column norms are
+    /// per adapter and layer: served one at a time, not per row), or while one is merged.
+    pub fn adapter_routing(&self, adapters: &[Option<&str>]) -> Result<AdapterRouting> {
+        if self.merged() {
+            return Err(invalid(
+                "per-row adapters while an adapter is merged: unmerge it first".into(),
+            ));
+        }
+        let mut slots = Vec::with_capacity(adapters.len());
+        for name in adapters {
+            let slot = match name {
+                None => None,
+                Some(name) => {
+                    let slot = self
+                        .adapter_slot(name)
+                        .ok_or_else(|| invalid(format!("no adapter named `{name}`")))?;
+                    if self.adapters[slot].config.use_dora {
+                        return Err(invalid(format!(
+                            "adapter `{name}` is DoRA: per-row serving takes LoRA adapters"
+                        )));
+                    }
+                    Some(slot)
+                }
+            };
+            slots.push(slot);
+        }
+        let device = self.embed_tokens.weight.val().device();
+        Ok(AdapterRouting::new(&slots, &device))
     }
 
     /// The adapters, in the order they were added.

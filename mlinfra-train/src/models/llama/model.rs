@@ -6,7 +6,7 @@ use burn::module::Module;
 use burn::nn::loss::CrossEntropyLossConfig;
 use burn::nn::{Embedding, Linear, RmsNorm};
 
-use crate::peft::LoraLinear;
+use crate::peft::{AdapterRouting, LoraLinear};
 use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{DType, Int, Tensor, TensorData};
@@ -200,6 +200,24 @@ impl Llama {
         rows: &[usize],
         attention: &mut dyn LayerAttention,
     ) -> Result<Tensor<2>> {
+        self.forward_tokens_routed(tokens, positions, rows, attention, None)
+    }
+
+    /// [`forward_tokens`](Self::forward_tokens) with each token running through the adapter
+    /// `routing` assigns it (several adapters and the base model in one batch); the active
+    /// adapter is ignored then.
+    ///
+    /// # Errors
+    ///
+    /// As [`forward_tokens`](Self::forward_tokens).
+    pub fn forward_tokens_routed(
+        &self,
+        tokens: &[u32],
+        positions: &[usize],
+        rows: &[usize],
+        attention: &mut dyn LayerAttention,
+        routing: Option<&AdapterRouting>,
+    ) -> Result<Tensor<2>> {
         let weight = self.embed_tokens.weight.val();
         let [vocab, hidden] = weight.dims();
         let count = tokens.len();
@@ -240,8 +258,11 @@ impl Llama {
         let rope = self.rope(positions.iter().copied());
         let mut x = self.embed_tokens.forward(ids);
         for (index, layer) in self.layers.iter().enumerate() {
-            x = layer
-                .try_forward_with(x, |attn, x| attn.forward_flat(x, &rope, index, attention))?;
+            x = layer.try_forward_with(
+                x,
+                |attn, x| attn.forward_flat(x, &rope, index, attention, routing),
+                routing,
+            )?;
         }
         let x = rms_norm(&self.norm, x).reshape([count, hidden]);
         let rows: Vec<i64> = rows.iter().map(|&r| r as i64).collect();
@@ -353,23 +374,25 @@ impl LlamaLayer {
         attend: impl FnOnce(&LlamaAttention, Tensor<3>) -> Tensor<3>,
     ) -> Tensor<3> {
         let infallible = |attn: &LlamaAttention, x| Ok::<_, Error>(attend(attn, x));
-        match self.try_forward_with(x, infallible) {
+        match self.try_forward_with(x, infallible, None) {
             Ok(x) => x,
             Err(never) => unreachable!("an infallible attention step failed: {never}"),
         }
     }
 
-    /// [`forward_with`](Self::forward_with) for an attention step that can fail.
+    /// [`forward_with`](Self::forward_with) for an attention step that can fail, with the MLP
+    /// routed per row when `routing` is given.
     fn try_forward_with(
         &self,
         x: Tensor<3>,
         attend: impl FnOnce(&LlamaAttention, Tensor<3>) -> Result<Tensor<3>>,
+        routing: Option<&AdapterRouting>,
     ) -> Result<Tensor<3>> {
         let h = x.clone() + attend(&self.self_attn, rms_norm(&self.input_layernorm, x))?;
         Ok(h.clone()
             + self
                 .mlp
-                .forward(rms_norm(&self.post_attention_layernorm, h)))
+                .forward(rms_norm(&self.post_attention_layernorm, h), routing))
     }
 }
 
@@ -422,10 +445,11 @@ impl LlamaAttention {
         rope: &Rope,
         layer: usize,
         attention: &mut dyn LayerAttention,
+        routing: Option<&AdapterRouting>,
     ) -> Result<Tensor<3>> {
         let [_, count, _] = x.dims();
         let heads = |proj: &LoraLinear, heads: usize| {
-            proj.forward(x.clone())
+            proj.forward_routed(x.clone(), routing)
                 .reshape([count, heads, self.head_dim])
         };
         let q = rope.apply_tokens(heads(&self.q_proj, self.num_heads));
@@ -434,17 +458,18 @@ impl LlamaAttention {
         let out = attention
             .attend(layer, q, k, v)
             .map_err(|source| Error::Attention { layer, source })?;
-        Ok(self
-            .o_proj
-            .forward(out.reshape([1, count, self.num_heads * self.head_dim])))
+        Ok(self.o_proj.forward_routed(
+            out.reshape([1, count, self.num_heads * self.head_dim]),
+            routing,
+        ))
     }
 }
 
 impl LlamaMlp {
-    fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        let gate = self.gate_proj.forward(x.clone());
-        self.down_proj
-            .forward(swiglu(gate, self.up_proj.forward(x)))
+    fn forward(&self, x: Tensor<3>, routing: Option<&AdapterRouting>) -> Tensor<3> {
+        let gate = self.gate_proj.forward_routed(x.clone(), routing);
+        let up = self.up_proj.forward_routed(x, routing);
+        self.down_proj.forward_routed(swiglu(gate, up), routing)
     }
 }
 
