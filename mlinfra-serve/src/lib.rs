@@ -3,8 +3,9 @@
 //! The serving core: a paged KV block pool with reference counts and a prefix cache, a
 //! continuous-batching scheduler with chunked prefill and preemption, sampling, an attention
 //! extension trait with a burn reference implementation (fast backends come from
-//! `mlinfra-kernels`), a Llama runner over paged KV, and an engine with streaming,
-//! cancellation and speculative decoding. An OpenAI-compatible HTTP API is to come.
+//! `mlinfra-kernels`), a Llama runner over paged KV with per-row LoRA adapters, an engine with
+//! streaming, cancellation, structured outputs and speculative decoding, and (feature
+//! `server`) an OpenAI-compatible HTTP server.
 //!
 //! # Status
 //!
@@ -14,15 +15,21 @@
 //! - [`sched`]: continuous batching with a token budget, chunked prefill, FCFS or priority
 //!   order, and preemption by recompute with guards against thrash;
 //! - [`sampling`]: greedy, temperature, top-k/top-p/min-p, penalties, seeded generators,
-//!   logprobs, stop tokens and stop strings;
+//!   logprobs, stop tokens and stop strings ([`sampling::StopCriteria`]: the one place a
+//!   request's stopping is decided);
 //! - [`attention`]: the paged-attention extension trait and its batch-invariant burn
-//!   reference; [`runner`]: the Llama model over paged KV;
-//! - [`engine`]: streaming, cancellation on handle drop, per-request and engine metrics;
+//!   reference; [`runner`]: the Llama model over paged KV, several LoRA adapters per batch;
+//! - [`engine`]: streaming with text deltas, cancellation on handle drop, per-request and
+//!   engine metrics, per-request token constraints;
 //! - [`spec`]: speculative decoding with prompt-lookup or draft-model drafts, verified in the
-//!   engine by the Leviathan et al. acceptance rule.
+//!   engine by the Leviathan et al. acceptance rule;
+//! - `guidance` (feature): JSON-schema structured outputs by llguidance's token masks;
+//! - `server` (feature): the OpenAI API (chat and text completions, streaming, `n`, stop
+//!   strings, logprobs, tools, `response_format`, multi-LoRA), Prometheus metrics, 429s,
+//!   hang-up aborts and drain on shutdown. Example `serve_openai`.
 //!
-//! Next: quantized weights, a fast CPU paged-attention kernel, and the HTTP API. The
-//! README's status table tracks what works.
+//! Next: quantized weights on the serving path and a fast CPU paged-attention kernel (the
+//! CPU fast path against llama.cpp). The README's status table tracks what works.
 //!
 //! ```
 //! use burn::tensor::Device;

@@ -37,6 +37,9 @@ pub(super) struct SamplingFields {
     pub presence_penalty: Option<f32>,
     pub frequency_penalty: Option<f32>,
     pub repetition_penalty: Option<f32>,
+    /// vLLM's and llama.cpp's extension: generate past end-of-sequence tokens, to exactly
+    /// `max_tokens` (load benchmarks).
+    pub ignore_eos: Option<bool>,
     #[serde(default)]
     pub stream: Option<bool>,
     pub stream_options: Option<StreamOptions>,

@@ -459,7 +459,11 @@ impl Plan {
             frequency_penalty: fields.frequency_penalty.unwrap_or(0.0),
             presence_penalty: fields.presence_penalty.unwrap_or(0.0),
             max_tokens: 1,
-            stop_token_ids: state.model.stop_token_ids.clone(),
+            stop_token_ids: if fields.ignore_eos == Some(true) {
+                Vec::new()
+            } else {
+                state.model.stop_token_ids.clone()
+            },
             stop,
             seed: None,
             logprobs,

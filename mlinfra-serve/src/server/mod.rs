@@ -4,7 +4,8 @@
 //! - `POST /v1/chat/completions`, `POST /v1/completions`: whole or streamed (server-sent
 //!   events ending in `data: [DONE]`), with `n`, `stop`, `max_tokens` /
 //!   `max_completion_tokens`, `temperature`, `top_p`, `top_k`, `min_p`, `seed`, the
-//!   penalties, `logprobs` / `top_logprobs`, and `stream_options.include_usage`; `usage`
+//!   penalties, `logprobs` / `top_logprobs`, `ignore_eos`, and `stream_options.include_usage`;
+//!   `usage`
 //!   reports `prompt_tokens_details.cached_tokens` from the prefix cache;
 //! - `GET /v1/models` (the model and its adapters); `GET /health` (503 while draining);
 //!   `GET /metrics` (Prometheus);
