@@ -75,8 +75,9 @@
 //! strings `Utf8`, booleans `Boolean`, objects `Struct`, arrays `List`; a key holding several
 //! scalar kinds becomes `Utf8`, keeping numbers and booleans as their JSON text; a key that
 //! is only ever `null` or `[]` becomes `Utf8` (or a list of it). A missing key is null. Keys
-//! come in order of first appearance, alphabetical among keys first seen on the same line
-//! (arrow-json's inference reads objects into sorted maps). A line whose types conflict with
+//! come in order of first appearance, as pyarrow lists them (arrow-json's inference reads
+//! objects into serde_json maps, which keep document order in this workspace:
+//! `preserve_order`). A line whose types conflict with
 //! earlier lines (an object where a number was) is left out of the sample and fails when
 //! decoded.
 //!
