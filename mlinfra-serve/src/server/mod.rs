@@ -60,8 +60,8 @@ use error::ApiError;
 use metrics::ServerMetrics;
 use worker::Worker;
 
-/// Server settings.
-#[derive(Debug, Clone)]
+/// Server settings. Its `Debug` output leaves the API key out.
+#[derive(Clone)]
 pub struct ServerConfig {
     /// The name clients put in `model` (and `/v1/models` lists).
     pub served_model_name: String,
@@ -74,6 +74,18 @@ pub struct ServerConfig {
     pub api_key: Option<String>,
     /// How long a shutdown waits for requests in flight before aborting them.
     pub drain_timeout: Duration,
+}
+
+impl std::fmt::Debug for ServerConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerConfig")
+            .field("served_model_name", &self.served_model_name)
+            .field("max_queue", &self.max_queue)
+            .field("max_body_bytes", &self.max_body_bytes)
+            .field("api_key", &self.api_key.as_ref().map(|_| "<set>"))
+            .field("drain_timeout", &self.drain_timeout)
+            .finish()
+    }
 }
 
 impl ServerConfig {
