@@ -25,7 +25,9 @@
 //! `--lora NAME=DIR` (repeatable) loads a PEFT LoRA adapter (what `finetune` and PEFT's
 //! `save_pretrained` write): requests pick it with `"model": "NAME"`, and requests on
 //! different adapters are batched together. `POST /v1/load_lora_adapter` and
-//! `/v1/unload_lora_adapter` (vLLM's) change them while the server runs.
+//! `/v1/unload_lora_adapter` (vLLM's) change them while the server runs: any client that
+//! reaches the server can make it read a directory, so with `--host` other than loopback
+//! give `--api-key`.
 
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -134,6 +136,9 @@ fn run() -> anyhow::Result<()> {
     let mut server_config = ServerConfig::new(name);
     server_config.max_queue = args.max_queue;
     server_config.api_key = args.api_key;
+    // The example's contract includes vLLM's adapter endpoints; it binds to 127.0.0.1
+    // unless told otherwise (then set --api-key: loading reads the server's disk).
+    server_config.allow_runtime_lora = true;
     let server = Server::start(engine, served, server_config)?;
 
     let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -97,7 +97,9 @@ impl Grammars {
     }
 }
 
-/// One request's grammar state.
+/// One request's grammar state. A clone starts where the original is (each choice of a
+/// request gets one, compiled once).
+#[derive(Clone)]
 pub struct GrammarConstraint {
     matcher: Matcher,
     eos: u32,

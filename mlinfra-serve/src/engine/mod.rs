@@ -187,6 +187,9 @@ pub struct Engine<R> {
     seed: u64,
     proposer: Option<Box<dyn Proposer>>,
     counters: Counters,
+    /// Each adapter loaded through the engine, and the load it is (the prefix cache keys).
+    adapter_loads: HashMap<String, u64>,
+    loads: u64,
 }
 
 impl<R: ModelRunner> Engine<R> {
@@ -220,6 +223,8 @@ impl<R: ModelRunner> Engine<R> {
                 .speculative
                 .map(|ngram| Box::new(ngram) as Box<dyn Proposer>),
             counters: Counters::new(),
+            adapter_loads: HashMap::new(),
+            loads: 0,
         })
     }
 
@@ -295,14 +300,20 @@ impl<R: ModelRunner> Engine<R> {
                 .into(),
             });
         }
-        if let Some(adapter) = &options.prefix_keys.adapter
-            && !self.runner.adapters().iter().any(|a| **a == **adapter)
-        {
-            return Err(Error::InvalidRequest {
-                request: id,
-                reason: format!("request {id} names adapter `{adapter}`, which is not loaded")
-                    .into(),
-            });
+        let mut options = options;
+        let adapter = options.prefix_keys.adapter.clone();
+        if let Some(name) = &adapter {
+            if !self.runner.adapters().iter().any(|a| **a == **name) {
+                return Err(Error::InvalidRequest {
+                    request: id,
+                    reason: format!("request {id} names adapter `{name}`, which is not loaded")
+                        .into(),
+                });
+            }
+            // The cache identity is the adapter as loaded, not its name: an adapter unloaded
+            // and loaded again under the same name from other weights shares no KV.
+            let generation = self.adapter_loads.get(&**name).copied().unwrap_or(0);
+            options.prefix_keys.adapter = Some(format!("{name}#{generation}").into());
         }
         let seed = params.seed.unwrap_or_else(|| {
             SplitMix64::new(self.seed ^ id.wrapping_mul(0x9E37_79B9_7F4A_7C15)).next_u64()
@@ -310,13 +321,13 @@ impl<R: ModelRunner> Engine<R> {
         let sampler = Sampler::new(params.clone(), &prompt, seed)?;
         let stop = StopCriteria::new(&params);
         let prompt_len = prompt.len();
-        let adapter = options.prefix_keys.adapter.clone();
         self.scheduler.add(NewRequest {
             id,
             prompt,
             max_tokens: params.max_tokens,
             priority: options.priority,
             prefix_keys: options.prefix_keys,
+            adapter: adapter.clone(),
         })?;
         self.next_id += 1;
         let (sender, events) = channel();
@@ -358,7 +369,10 @@ impl<R: ModelRunner> Engine<R> {
                 reason: format!("adapter `{name}` is loaded already").into(),
             });
         }
-        self.runner.load_adapter(name, dir)
+        self.runner.load_adapter(name, dir)?;
+        self.loads += 1;
+        self.adapter_loads.insert(name.to_owned(), self.loads);
+        Ok(())
     }
 
     /// Unloads adapter `name`, refusing while live requests use it.

@@ -18,8 +18,12 @@ pub struct NewRequest {
     /// Lower is served first under [`Policy::Priority`](super::Policy::Priority) (vLLM's
     /// convention); ignored under FCFS.
     pub priority: i32,
-    /// Prefix-cache keys (adapter, salt).
+    /// Prefix-cache keys (adapter, salt): what makes its KV differ from another request's
+    /// with the same tokens.
     pub prefix_keys: PrefixKeys,
+    /// The adapter the runner applies to its rows ([`StepSeq::adapter`](super::StepSeq)), by
+    /// name; `None` runs the base model.
+    pub adapter: Option<Box<str>>,
 }
 
 impl NewRequest {
@@ -31,6 +35,7 @@ impl NewRequest {
             max_tokens,
             priority: 0,
             prefix_keys: PrefixKeys::default(),
+            adapter: None,
         }
     }
 }
@@ -66,6 +71,7 @@ pub struct Request {
     pub(super) prompt_len: usize,
     pub(super) max_tokens: usize,
     pub(super) prefix_keys: PrefixKeys,
+    pub(super) adapter: Option<Box<str>>,
     /// Ordering key: (priority, arrival), smallest served first.
     pub(super) key: (i32, u64),
     /// Tokens whose KV is computed (0 again after a preemption).

@@ -149,8 +149,8 @@ pub struct StepSeq {
     pub context_len: usize,
     /// Its block table: position `p` lives in block `block_table[p / block_size]`.
     pub block_table: Vec<BlockId>,
-    /// The adapter it runs with (its [`PrefixKeys::adapter`](crate::kv::PrefixKeys)), or the
-    /// base model.
+    /// The adapter it runs with ([`NewRequest::adapter`](super::NewRequest)), or the base
+    /// model.
     pub adapter: Option<Box<str>>,
 }
 
@@ -268,6 +268,15 @@ impl Scheduler {
         }
     }
 
+    /// The most tokens (prompt plus `max_tokens`) a request may ask for: the model's context
+    /// or what KV admission may ever use, whichever is less.
+    pub fn max_request_tokens(&self) -> usize {
+        let usable = (self.config.num_blocks - self.watermark_blocks) * self.config.block_size;
+        self.config
+            .max_model_len
+            .map_or(usable, |limit| limit.min(usable))
+    }
+
     /// Queues a request.
     ///
     /// # Errors
@@ -337,6 +346,7 @@ impl Scheduler {
                 prompt_len: new.prompt.len(),
                 tokens: new.prompt,
                 max_tokens: new.max_tokens,
+                adapter: new.adapter,
                 prefix_keys: new.prefix_keys,
                 key,
                 num_computed: 0,
@@ -414,7 +424,7 @@ impl Scheduler {
                 query_len: work.len,
                 context_len: end,
                 block_table: self.kv.block_table(work.id).unwrap_or_default().to_vec(),
-                adapter: request.prefix_keys.adapter.clone(),
+                adapter: request.adapter.clone(),
             });
             batch
                 .tokens

@@ -86,6 +86,11 @@ impl ApiError {
         error
     }
 
+    /// 404 for a route this server has switched off.
+    pub(super) fn no_route_because(message: &str) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "invalid_request_error", message)
+    }
+
     /// 413: the body is over the limit.
     pub(super) fn too_large(limit: usize) -> Self {
         let mut error = Self::new(

@@ -96,20 +96,33 @@ pub(super) async fn chat_completions(
         max_tokens,
         "messages",
     )?;
-    if let Some(schema) = &schema {
-        let grammars = state.grammars.as_ref().ok_or_else(|| {
-            ApiError::invalid(
-                Some("response_format"),
-                "structured outputs are not available for this model's tokenizer",
-            )
-        })?;
-        for choice in &mut plan.choices {
-            let constraint = match schema {
+    if let Some(schema) = schema {
+        if request.sampling.ignore_eos == Some(true) {
+            // A complete output ends with the end-of-turn token the grammar then allows alone.
+            return Err(ApiError::invalid(
+                Some("ignore_eos"),
+                "`ignore_eos` cannot be combined with a constrained output",
+            ));
+        }
+        // Compiled once, off the async workers (a schema can be large), then copied per choice.
+        let compiling = state.clone();
+        let constraint = tokio::task::spawn_blocking(move || {
+            let grammars = compiling.grammars.as_ref().ok_or_else(|| {
+                ApiError::invalid(
+                    Some("response_format"),
+                    "structured outputs are not available for this model's tokenizer",
+                )
+            })?;
+            match &schema {
                 OutputSchema::AnyObject => grammars.json_object(),
                 OutputSchema::Schema(schema) => grammars.json_schema(schema),
             }
-            .map_err(|error| ApiError::invalid(Some("response_format"), error.to_string()))?;
-            choice.constraint = Some(Box::new(constraint));
+            .map_err(|error| ApiError::invalid(Some("response_format"), error.to_string()))
+        })
+        .await
+        .map_err(|error| ApiError::internal(format!("compiling the output grammar: {error}")))??;
+        for choice in &mut plan.choices {
+            choice.constraint = Some(Box::new(constraint.clone()));
         }
     }
     plan.tools = tool_mode;
@@ -195,11 +208,24 @@ struct UnloadAdapter {
     lora_name: String,
 }
 
+/// A 404 unless [`ServerConfig::allow_runtime_lora`](super::ServerConfig) is on.
+fn runtime_lora_allowed(state: &AppState) -> Result<(), ApiError> {
+    if state.config.allow_runtime_lora {
+        Ok(())
+    } else {
+        Err(ApiError::no_route_because(
+            "loading and unloading adapters over HTTP is off on this server \
+             (ServerConfig::allow_runtime_lora)",
+        ))
+    }
+}
+
 /// `POST /v1/load_lora_adapter` (vLLM's): loads a PEFT adapter directory under a name.
 pub(super) async fn load_lora_adapter(
     State(state): Shared,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<String, ApiError> {
+    runtime_lora_allowed(&state)?;
     let request: LoadAdapter = parse(&state, body)?;
     let name = request.lora_name;
     if name.is_empty() || name == state.config.served_model_name {
@@ -224,6 +250,7 @@ pub(super) async fn unload_lora_adapter(
     State(state): Shared,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<String, ApiError> {
+    runtime_lora_allowed(&state)?;
     let request: UnloadAdapter = parse(&state, body)?;
     let name = request.lora_name;
     if !state.adapter_names().contains(&name) {
@@ -658,8 +685,10 @@ impl Responder {
             } => {
                 let entry = match (self.logprobs, logprob) {
                     (true, Some(logprob)) => {
+                        // Alternatives a constraint masked out have no probability.
                         let tops: Vec<(String, f32)> = top_logprobs
                             .iter()
+                            .filter(|(_, lp)| lp.is_finite())
                             .map(|&(t, lp)| (self.token_text(t), lp))
                             .collect();
                         Some((self.token_text(token), logprob, tops))
@@ -695,8 +724,13 @@ impl Responder {
         }
     }
 
-    /// The whole (non-streamed) response.
+    /// The whole (non-streamed) response; a 500 when the engine thread stopped before
+    /// finishing a choice.
     fn whole(self) -> Response {
+        if self.choices.iter().any(|c| c.finish.is_none()) {
+            return ApiError::internal("the engine stopped before the response was complete")
+                .into_response();
+        }
         let usage = self.usage();
         let logprobs = self.logprobs;
         match self.format {

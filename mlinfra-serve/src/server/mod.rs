@@ -26,8 +26,9 @@
 //!   with `Retry-After`; request bodies over `max_body_bytes` get a 413;
 //! - a client that disconnects has its request aborted and its KV blocks freed by the next
 //!   engine step;
-//! - [`Server::serve`]'s shutdown future starts a drain: no new requests (503), the ones in
-//!   flight finish, and after `drain_timeout` whatever is left is aborted;
+//! - [`Server::serve`]'s shutdown future starts a drain: new connections are refused (and
+//!   new requests on open keep-alive connections get 503), the requests in flight finish, and
+//!   after `drain_timeout` whatever is left is aborted;
 //! - with an API key, `/v1/*` wants `Authorization: Bearer <key>`, checked in constant time.
 //!
 //! The engine runs on its own thread (see `worker`); HTTP runs on tokio through axum.
@@ -74,6 +75,10 @@ pub struct ServerConfig {
     pub api_key: Option<String>,
     /// How long a shutdown waits for requests in flight before aborting them.
     pub drain_timeout: Duration,
+    /// Whether `/v1/load_lora_adapter` and `/v1/unload_lora_adapter` work (vLLM gates them
+    /// the same way): any client that reaches the server may then make it read a directory
+    /// of its disk, and a load pauses generation while the weights are read. Off by default.
+    pub allow_runtime_lora: bool,
 }
 
 impl std::fmt::Debug for ServerConfig {
@@ -84,13 +89,14 @@ impl std::fmt::Debug for ServerConfig {
             .field("max_body_bytes", &self.max_body_bytes)
             .field("api_key", &self.api_key.as_ref().map(|_| "<set>"))
             .field("drain_timeout", &self.drain_timeout)
+            .field("allow_runtime_lora", &self.allow_runtime_lora)
             .finish()
     }
 }
 
 impl ServerConfig {
     /// Defaults for a model served as `served_model_name`: a queue of 64, 4 MiB bodies, no
-    /// API key, 30 s to drain.
+    /// API key, 30 s to drain, no adapter loading over HTTP.
     pub fn new(served_model_name: impl Into<String>) -> Self {
         ServerConfig {
             served_model_name: served_model_name.into(),
@@ -98,6 +104,7 @@ impl ServerConfig {
             max_body_bytes: 4 << 20,
             api_key: None,
             drain_timeout: Duration::from_secs(30),
+            allow_runtime_lora: false,
         }
     }
 }
@@ -245,7 +252,8 @@ impl Server {
             .with_state(state)
     }
 
-    /// Serves on `listener` until `shutdown` completes, then drains: new requests get 503,
+    /// Serves on `listener` until `shutdown` completes, then drains: the listener closes (new
+    /// requests on open connections get 503),
     /// requests in flight run to their end for up to
     /// [`drain_timeout`](ServerConfig::drain_timeout), and are aborted after it (their
     /// streams end with finish reason `abort`). Returns once every connection is closed.
@@ -311,6 +319,15 @@ impl AppState {
     /// A place for `sequences` more sequences, or a 429.
     fn admit(self: &Arc<Self>, sequences: usize) -> Result<Admission, ApiError> {
         let limit = self.limit();
+        if sequences > limit {
+            // Never fits, however long the client waits: not a 429.
+            return Err(ApiError::invalid(
+                Some("n"),
+                format!(
+                    "the request asks for {sequences} sequences (prompts × n); this server runs                      at most {limit} at once"
+                ),
+            ));
+        }
         let mut current = self.in_flight.load(Ordering::Acquire);
         loop {
             if current + sequences > limit {
@@ -411,7 +428,7 @@ impl AppState {
         }
         match max_tokens {
             None => Ok(context - prompt_len),
-            Some(max) if prompt_len + max <= context => Ok(max),
+            Some(max) if prompt_len.saturating_add(max) <= context => Ok(max),
             Some(max) => Err(ApiError::invalid_code(
                 "max_tokens",
                 "context_length_exceeded",
@@ -419,7 +436,7 @@ impl AppState {
                     "This model's maximum context length is {context} tokens. However, you \
                      requested {} tokens ({prompt_len} in the prompt, {max} in the \
                      completion). Please reduce the length of the prompt or completion.",
-                    prompt_len + max
+                    prompt_len.saturating_add(max)
                 ),
             )),
         }

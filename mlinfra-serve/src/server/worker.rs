@@ -67,7 +67,8 @@ enum Command {
 /// What the HTTP side knows about the engine, fixed at start.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct EngineInfo {
-    /// Longest prompt plus output a request may have.
+    /// Longest prompt plus output a request may have (the model's context, or the KV
+    /// pool's capacity when smaller).
     pub max_model_len: Option<usize>,
     /// Most requests in the running batch.
     pub max_running: usize,
@@ -88,10 +89,11 @@ impl Worker {
     where
         R: ModelRunner + Send + 'static,
     {
-        let config = engine.scheduler().config();
+        let scheduler = engine.scheduler();
         let info = EngineInfo {
-            max_model_len: config.max_model_len,
-            max_running: config.max_running,
+            // What a request may ask for: the context, or less when KV memory is smaller.
+            max_model_len: Some(scheduler.max_request_tokens()),
+            max_running: scheduler.config().max_running,
         };
         let adapters = engine.adapters();
         let (commands, receiver) = channel();
@@ -211,8 +213,13 @@ fn run<R: ModelRunner>(
         }
         let stepped = !engine.is_idle();
         if stepped && let Err(error) = engine.step() {
-            // The step's requests were aborted (their streams say so); the engine goes on.
-            tracing::error!(%error, "engine step failed");
+            // A failed model run aborted its own requests; a failure before it (scheduling,
+            // drafting) would repeat every step: end every request in flight rather than
+            // leave their clients waiting on a loop.
+            tracing::error!(%error, "engine step failed: aborting the requests in flight");
+            for flight in &flights {
+                let _ = engine.abort(flight.handle.id());
+            }
         }
         forward(&mut flights, metrics);
         metrics.engine(&engine.scheduler().stats(), stepped);

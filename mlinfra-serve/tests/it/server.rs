@@ -421,11 +421,17 @@ fn client_mistakes_get_openai_shaped_4xx_errors() {
         "gpt-9",
     );
     assert_eq!(error["code"], "model_not_found");
+    // The limit: the model's 8192-token context, or less when the KV pool is smaller (it is
+    // here), as `/v1/models` says.
+    let limit = request(address, "GET", "/v1/models", "").json()["data"][0]["max_model_len"]
+        .as_u64()
+        .unwrap();
+    assert!(limit <= 8192);
     let long = completion("hi", json!({"max_tokens": 10_000}));
     let error = check(
         request(address, "POST", "/v1/completions", &long.to_string()),
         400,
-        "8192",
+        &limit.to_string(),
     );
     assert_eq!(error["code"], "context_length_exceeded");
     assert!(error["message"].as_str().unwrap().contains("10000"));
@@ -456,6 +462,32 @@ fn client_mistakes_get_openai_shaped_4xx_errors() {
         request(address, "POST", "/v1/completions", &big.to_string()),
         413,
         "limit",
+    );
+    let huge = completion("hi", json!({"max_tokens": u64::MAX}));
+    check(
+        request(address, "POST", "/v1/completions", &huge.to_string()),
+        400,
+        "maximum context length",
+    );
+    let forced_forever = chat(
+        "hi",
+        json!({"ignore_eos": true, "response_format": {"type": "json_object"}}),
+    );
+    check(
+        request(
+            address,
+            "POST",
+            "/v1/chat/completions",
+            &forced_forever.to_string(),
+        ),
+        400,
+        "ignore_eos",
+    );
+    let load = json!({"lora_name": "x", "lora_path": "/etc"});
+    check(
+        request(address, "POST", "/v1/load_lora_adapter", &load.to_string()),
+        404,
+        "allow_runtime_lora",
     );
     check(
         request(address, "GET", "/v1/nothing", ""),
@@ -501,6 +533,15 @@ fn a_full_queue_answers_429_with_retry_after() {
         server.metric("mlinfra_requests_rejected_total{reason=\"queue_full\"}"),
         1.0
     );
+    // More sequences than the server ever runs at once: a 400, not a 429 to retry forever.
+    let never = completion("hi", json!({"n": 3}));
+    let refused = request(
+        server.address,
+        "POST",
+        "/v1/completions",
+        &never.to_string(),
+    );
+    assert_eq!(refused.status, 400, "{}", refused.body);
     drop(running);
     drop(queued);
     server.wait_for("both streams aborted", |s| {
@@ -789,7 +830,9 @@ fn requests_on_different_adapters_share_a_batch_and_get_their_own_outputs() {
     }
     let dir = tempfile::tempdir().unwrap();
     let paths = write_adapters(dir.path());
-    let Some(server) = TestServer::start_with_adapters(&[("alpha", &paths[0])], |_, _| {}) else {
+    let Some(server) = TestServer::start_with_adapters(&[("alpha", &paths[0])], |config, _| {
+        config.allow_runtime_lora = true;
+    }) else {
         return;
     };
     let prompt = "The capital of France is";
@@ -835,7 +878,7 @@ fn requests_on_different_adapters_share_a_batch_and_get_their_own_outputs() {
 
     // The prefix cache is keyed by adapter: the base model's cached prompt is not alpha's.
     let long_prompt = "Once upon a time, in a land far away, there lived a king who had three daughters and a very old dog.";
-    let body = |model: &str| json!({"model": model, "prompt": long_prompt, "max_tokens": 2});
+    let body = |model: &str| json!({"model": model, "prompt": long_prompt, "max_tokens": 2, "temperature": 0});
     let (_, base) = server.post("/v1/completions", &body(NAME));
     let (_, first) = server.post("/v1/completions", &body("alpha"));
     let (_, second) = server.post("/v1/completions", &body("alpha"));
@@ -862,6 +905,27 @@ fn requests_on_different_adapters_share_a_batch_and_get_their_own_outputs() {
     server.wait_for("the stream on beta to end", |s| {
         s.metric("mlinfra_num_requests_running") == 0.0
     });
+    server.post("/v1/completions", &body("beta"));
+    let (_, cached_beta) = server.post("/v1/completions", &body("beta"));
+    let unloaded = request(server.address, "POST", "/v1/unload_lora_adapter", &unload);
+    assert_eq!(unloaded.status, 200, "{}", unloaded.body);
+    // Loaded again under the same name from other weights (alpha's): none of the old beta's
+    // cached KV is reused, and the output is the new weights'.
+    let reload = json!({"lora_name": "beta", "lora_path": paths[0]});
+    let reloaded = request(
+        server.address,
+        "POST",
+        "/v1/load_lora_adapter",
+        &reload.to_string(),
+    );
+    assert_eq!(reloaded.status, 200, "{}", reloaded.body);
+    let (_, again) = server.post("/v1/completions", &body("beta"));
+    assert_eq!(
+        again["usage"]["prompt_tokens_details"]["cached_tokens"], 0,
+        "{again}"
+    );
+    assert_eq!(again["choices"][0]["text"], second["choices"][0]["text"]);
+    assert!(cached_beta["usage"]["prompt_tokens_details"]["cached_tokens"].as_u64() > Some(0));
     let unloaded = request(server.address, "POST", "/v1/unload_lora_adapter", &unload);
     assert_eq!(unloaded.status, 200, "{}", unloaded.body);
     let gone = request(
