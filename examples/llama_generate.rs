@@ -4,12 +4,19 @@
 //! $ scripts/fetch-model
 //! $ cargo run --release -p mlinfra-examples --example llama_generate -- \
 //!       [--model PATH.gguf] [--prompt "The capital of France is"] [--max-new 16] \
-//!       [--adapter DIR] [--logits-out FILE]
+//!       [--adapter DIR] [--logits-out FILE] [--threads N] [--ignore-eos] [--chat]
 //!  Paris.
 //!
 //! The answer is: 2018-01
-//! {"model":"...SmolLM2-135M-Instruct.Q4_1.gguf","prompt_tokens":5,"new_tokens":16,"load_s":1.9,"prefill_tokens_per_s":...,"decode_tokens_per_s":...}
+//! {"model":"...SmolLM2-135M-Instruct.Q4_1.gguf","prompt_tokens":5,"new_tokens":16,"load_s":1.9,"prefill_tokens_per_s":...,"decode_tokens_per_s":...,"output_ids":[...]}
 //! ```
+//!
+//! `--threads N` runs the matmuls on N threads (default: every core). `--ignore-eos` decodes
+//! exactly `--max-new` tokens, past end-of-sequence (for decode benchmarks). `--chat` puts
+//! `--prompt` in a user turn of the GGUF's chat template (with the assistant's turn opened),
+//! and then also stops at the template's end-of-turn tokens. The last line is one JSON
+//! object, a contract other tools read: `prefill_tokens_per_s`, `decode_tokens_per_s` and
+//! `output_ids` (the generated ids, a stop token included).
 //!
 //! The default model is SmolLM2-135M-Instruct (Q4_1) where `scripts/fetch-model` puts it
 //! (`$MLINFRA_MODELS`, default `~/.cache/mlinfra/models`). The tokenizer comes from the
@@ -30,7 +37,7 @@ use std::time::Instant;
 use anyhow::{Context, bail};
 use burn::tensor::Device;
 use mlinfra_data::tensor::GgufFile;
-use mlinfra_data::tokenizer::Tokenizer;
+use mlinfra_serve::server::ServedModel;
 use mlinfra_train::models::{KvCache, Llama};
 use serde_json::json;
 
@@ -40,6 +47,9 @@ struct Args {
     max_new: usize,
     adapter: Option<PathBuf>,
     logits_out: Option<PathBuf>,
+    threads: Option<usize>,
+    ignore_eos: bool,
+    chat: bool,
 }
 
 fn parse_args() -> anyhow::Result<Args> {
@@ -49,6 +59,9 @@ fn parse_args() -> anyhow::Result<Args> {
         max_new: 16,
         adapter: None,
         logits_out: None,
+        threads: None,
+        ignore_eos: false,
+        chat: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -59,20 +72,33 @@ fn parse_args() -> anyhow::Result<Args> {
             "--max-new" => args.max_new = value()?.parse().context("--max-new")?,
             "--adapter" => args.adapter = Some(value()?.into()),
             "--logits-out" => args.logits_out = Some(value()?.into()),
+            "--threads" => args.threads = Some(value()?.parse().context("--threads")?),
+            "--ignore-eos" => args.ignore_eos = true,
+            "--chat" => args.chat = true,
             other => bail!(
                 "unknown flag {other}; flags: --model PATH --prompt TEXT --max-new N \
-                 --adapter DIR --logits-out FILE"
+                 --adapter DIR --logits-out FILE --threads N --ignore-eos --chat"
             ),
         }
     }
     if args.max_new == 0 {
         bail!("--max-new must be at least 1");
     }
+    if args.threads == Some(0) {
+        bail!("--threads must be at least 1");
+    }
     Ok(args)
 }
 
 fn run() -> anyhow::Result<()> {
     let args = parse_args()?;
+    if let Some(threads) = args.threads {
+        // burn's CPU matmuls run on rayon's global pool.
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build_global()
+            .context("--threads: starting the thread pool")?;
+    }
     let started = Instant::now();
     let file = GgufFile::open(&args.model).with_context(|| {
         format!(
@@ -80,22 +106,70 @@ fn run() -> anyhow::Result<()> {
             args.model.display()
         )
     })?;
-    let tokenizer = Tokenizer::from_gguf(&file)?;
+    // The tokenizer, chat template and end-of-generation tokens, as the server reads them.
+    let served = ServedModel::from_gguf(&file)?;
+    let tokenizer = &served.tokenizer;
     let (mut model, _config) = Llama::from_gguf(&file, &Device::flex())?;
     if let Some(dir) = &args.adapter {
         model = model.load_adapter(dir, "adapter")?;
     }
     let load_s = started.elapsed().as_secs_f64();
 
-    let prompt = tokenizer.encode(&args.prompt)?;
-    let stop: Vec<u32> = tokenizer.eos_id().into_iter().collect();
+    let prompt = if args.chat {
+        let template = served
+            .chat_template
+            .as_ref()
+            .context("--chat: the GGUF has no chat template")?;
+        let message = json!({"role": "user", "content": args.prompt});
+        let text = template.render_with_tools(&[message], &[], true)?;
+        let mut ids = tokenizer.encode(&text)?;
+        // The template writes BOS itself when the model wants one.
+        if ids.len() >= 2 && ids[0] == ids[1] && tokenizer.bos_id() == Some(ids[0]) {
+            ids.remove(0);
+        }
+        ids
+    } else {
+        tokenizer.encode(&args.prompt)?
+    };
+    let stop: Vec<u32> = match (args.ignore_eos, args.chat) {
+        (true, _) => Vec::new(),
+        (false, true) => served.stop_token_ids.clone(),
+        (false, false) => tokenizer.eos_id().into_iter().collect(),
+    };
+    // `--ignore-eos` as llama.cpp does it: end-of-generation tokens are never chosen.
+    let banned: Vec<u32> = if args.ignore_eos {
+        served.stop_token_ids.clone()
+    } else {
+        Vec::new()
+    };
+    let argmax = |logits: &burn::tensor::Tensor<1>| -> anyhow::Result<u32> {
+        let mut values = logits
+            .clone()
+            .into_data()
+            .convert::<f32>()
+            .try_into_vec::<f32>()
+            .map_err(|e| anyhow::anyhow!("reading the logits back: {e:?}"))?;
+        for &id in &banned {
+            if let Some(value) = values.get_mut(id as usize) {
+                *value = f32::NEG_INFINITY;
+            }
+        }
+        // The lowest id among equal maxima, as burn's argmax.
+        let (best, _) =
+            values
+                .iter()
+                .enumerate()
+                .fold((0, f32::NEG_INFINITY), |(bi, bv), (i, &v)| {
+                    if v > bv { (i, v) } else { (bi, bv) }
+                });
+        u32::try_from(best).context("the arg-max of the logits")
+    };
     // `generate_greedy`'s loop, written out so the prompt's forward (prefill) and the
     // one-token steps (decode) are timed apart in one pass.
     let mut cache = KvCache::default();
     let started = Instant::now();
     let logits = model.next_logits(&prompt, &mut cache)?;
-    let next = logits.clone().argmax(0).into_scalar::<i64>();
-    let mut next = u32::try_from(next).context("the arg-max of the logits")?;
+    let mut next = argmax(&logits)?;
     let prefill_s = started.elapsed().as_secs_f64();
     if let Some(path) = &args.logits_out {
         let values = logits
@@ -109,7 +183,7 @@ fn run() -> anyhow::Result<()> {
     let mut ids = vec![next];
     let started = Instant::now();
     while ids.len() < args.max_new && !stop.contains(&next) {
-        next = model.greedy_next(&[next], &mut cache)?;
+        next = argmax(&model.next_logits(&[next], &mut cache)?)?;
         ids.push(next);
     }
     let decode_s = started.elapsed().as_secs_f64();
@@ -125,6 +199,7 @@ fn run() -> anyhow::Result<()> {
             "load_s": load_s,
             "prefill_tokens_per_s": prompt.len() as f64 / prefill_s,
             "decode_tokens_per_s": decode_tokens as f64 / decode_s.max(1e-9),
+            "output_ids": ids,
         })
     );
     Ok(())
