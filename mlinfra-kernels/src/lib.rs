@@ -8,8 +8,10 @@
 //! # Status
 //!
 //! Today: the runtime plumbing ([`wgpu::software_device`], the adapter every CPU-only test
-//! machine runs kernels on) and one elementwise kernel, [`gelu_tanh`], proven against its f64
-//! twin. Fused SwiGLU, RMSNorm, paged decode attention and quantized GEMV are next.
+//! machine runs kernels on), one elementwise kernel, [`gelu_tanh`], proven against its f64
+//! twin, and the first CPU kernel, [`cpu::quant`]'s Q4_1 × Q8_1 dot product (AVX2 and
+//! portable, against an f64 twin). Quantized GEMV/GEMM, fused norms and paged decode
+//! attention are next.
 //!
 //! # Quick start
 //!
@@ -34,6 +36,7 @@
 #![warn(missing_docs)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+pub mod cpu;
 pub mod elementwise;
 mod error;
 pub mod wgpu;

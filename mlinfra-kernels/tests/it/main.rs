@@ -2,4 +2,5 @@
 //! software Vulkan adapter (lavapipe) through cubecl's wgpu runtime.
 
 mod gelu;
+mod quant;
 mod runtime;

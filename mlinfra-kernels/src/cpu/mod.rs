@@ -1,0 +1,44 @@
+//! CPU kernels for the serving path (issue 24): quantized weights that stay in their GGUF
+//! blocks, multiplied against activations quantized on the fly, in SIMD chosen at run time.
+//!
+//! Today: [`quant`], the Q4_1 × Q8_1 dot product (ggml's `vec_dot_q4_1_q8_1`) with an AVX2
+//! path and a portable one. GEMV over interleaved rows, the GEMM, fused norms and paged
+//! attention are next.
+
+pub mod quant;
+
+/// The instruction sets this CPU offers the kernels, detected at run time (never assumed:
+/// a CPU without them runs the portable code, never SIGILL).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CpuFeatures {
+    /// AVX2 and FMA: 256-bit integer and fused multiply-add.
+    pub avx2: bool,
+    /// AVX-VNNI: 256-bit int8 dot products (`vpdpbusd`).
+    pub avx_vnni: bool,
+    /// AVX-512 F, BW and VNNI.
+    pub avx512_vnni: bool,
+}
+
+impl CpuFeatures {
+    /// What this CPU has.
+    pub fn detect() -> Self {
+        #[cfg(target_arch = "x86_64")]
+        {
+            CpuFeatures {
+                avx2: is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"),
+                avx_vnni: is_x86_feature_detected!("avxvnni"),
+                avx512_vnni: is_x86_feature_detected!("avx512f")
+                    && is_x86_feature_detected!("avx512bw")
+                    && is_x86_feature_detected!("avx512vnni"),
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            CpuFeatures {
+                avx2: false,
+                avx_vnni: false,
+                avx512_vnni: false,
+            }
+        }
+    }
+}

@@ -1,0 +1,200 @@
+//! Q4_1 weights against Q8_1 activations: the dot product of llama.cpp's x86 Q4_1 path.
+//!
+//! A weight row stays in its GGUF blocks (`block_q4_1`, 20 bytes per 32 values: scale `d`
+//! and minimum `m` in f16, then 16 bytes of 4-bit codes, `w = d·q + m`). The activation row
+//! is quantized once per matmul to `block_q8_1` (32 i8 codes, scale `d`, and `s = d·Σq`), so
+//! that each block's dot product is integer:
+//!
+//! `Σ w·x = d_w·d_x·Σ q_w·q_x + m_w·s_x`
+//!
+//! On AVX2 the 32 code products of a block are one `maddubs` (unsigned 4-bit × signed 8-bit
+//! into i16 pairs) and one `madd` into i32 lanes; the portable path computes the same integer
+//! sums in scalar code. Both add blocks in the same order, so they agree to f32 rounding.
+
+use half::f16;
+
+/// Values per block (ggml's `QK4_1` and `QK8_1`).
+pub const BLOCK: usize = 32;
+/// Bytes of one `block_q4_1`.
+pub const Q4_1_BYTES: usize = 20;
+
+/// 32 activations quantized to i8: `x ≈ d·q`, with `s = d·Σq` kept for the weights' minimum.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BlockQ8_1 {
+    /// Scale: the block's largest magnitude over 127.
+    pub d: f32,
+    /// `d` times the sum of the codes.
+    pub s: f32,
+    /// Codes in `-127..=127`.
+    pub qs: [i8; BLOCK],
+}
+
+/// A row whose bytes are not whole Q4_1 blocks, or whose length differs from the
+/// activations'.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("Q4_1 row of {row_bytes} bytes against {blocks} activation blocks: {reason}")]
+pub struct ShapeError {
+    /// The weight row's bytes.
+    pub row_bytes: usize,
+    /// The activation blocks.
+    pub blocks: usize,
+    /// What does not fit.
+    pub reason: &'static str,
+}
+
+/// `x` in Q8_1 blocks, the last one padded with zeros (a row of any length).
+pub fn quantize_q8_1(x: &[f32]) -> Vec<BlockQ8_1> {
+    x.chunks(BLOCK)
+        .map(|chunk| {
+            let amax = chunk.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let d = amax / 127.0;
+            let inverse = if d > 0.0 { 1.0 / d } else { 0.0 };
+            let mut qs = [0i8; BLOCK];
+            for (q, &v) in qs.iter_mut().zip(chunk) {
+                // |v·inverse| ≤ 127 by construction; NaN becomes 0.
+                *q = (v * inverse).round() as i8;
+            }
+            let sum: i32 = qs.iter().map(|&q| i32::from(q)).sum();
+            BlockQ8_1 {
+                d,
+                s: d * sum as f32,
+                qs,
+            }
+        })
+        .collect()
+}
+
+/// The 32 codes (0..16) of a Q4_1 block, in value order.
+fn codes(block: &[u8]) -> [u8; BLOCK] {
+    let mut out = [0u8; BLOCK];
+    for (j, &byte) in block[4..Q4_1_BYTES].iter().enumerate() {
+        out[j] = byte & 0x0F;
+        out[j + 16] = byte >> 4;
+    }
+    out
+}
+
+fn scale_and_min(block: &[u8]) -> (f32, f32) {
+    let d = f16::from_le_bytes([block[0], block[1]]).to_f32();
+    let m = f16::from_le_bytes([block[2], block[3]]).to_f32();
+    (d, m)
+}
+
+/// `Σ w·x` for a Q4_1 weight row (`row`, its GGUF bytes) and Q8_1 activations, on the best
+/// instruction set this CPU has.
+///
+/// # Errors
+///
+/// [`ShapeError`] when `row` is not whole blocks or has another block count than `x`.
+pub fn dot_q4_1_q8_1(row: &[u8], x: &[BlockQ8_1]) -> Result<f32, ShapeError> {
+    check(row, x)?;
+    #[cfg(target_arch = "x86_64")]
+    if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+        // SAFETY: AVX2 and FMA were detected on this CPU just above; the shapes are checked.
+        return Ok(unsafe { dot_avx2(row, x) });
+    }
+    Ok(dot_portable(row, x))
+}
+
+/// [`dot_q4_1_q8_1`] in portable scalar code (the fallback, and the SIMD paths' twin).
+///
+/// # Errors
+///
+/// As [`dot_q4_1_q8_1`].
+pub fn dot_q4_1_q8_1_portable(row: &[u8], x: &[BlockQ8_1]) -> Result<f32, ShapeError> {
+    check(row, x)?;
+    Ok(dot_portable(row, x))
+}
+
+fn check(row: &[u8], x: &[BlockQ8_1]) -> Result<(), ShapeError> {
+    let fail = |reason| {
+        Err(ShapeError {
+            row_bytes: row.len(),
+            blocks: x.len(),
+            reason,
+        })
+    };
+    if !row.len().is_multiple_of(Q4_1_BYTES) {
+        return fail("the row is not whole 20-byte blocks");
+    }
+    if row.len() / Q4_1_BYTES != x.len() {
+        return fail("the block counts differ");
+    }
+    Ok(())
+}
+
+fn dot_portable(row: &[u8], x: &[BlockQ8_1]) -> f32 {
+    let mut total = 0f32;
+    for (block, act) in row.chunks_exact(Q4_1_BYTES).zip(x) {
+        let (d, m) = scale_and_min(block);
+        let sum: i32 = codes(block)
+            .iter()
+            .zip(&act.qs)
+            .map(|(&q, &a)| i32::from(q) * i32::from(a))
+            .sum();
+        total += d * act.d * sum as f32 + m * act.s;
+    }
+    total
+}
+
+/// # Safety
+///
+/// The CPU must have AVX2 and FMA; `row` must hold `x.len()` whole Q4_1 blocks.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn dot_avx2(row: &[u8], x: &[BlockQ8_1]) -> f32 {
+    use std::arch::x86_64::*;
+    let low = _mm_set1_epi8(0x0F);
+    let ones = _mm256_set1_epi16(1);
+    let mut acc = _mm256_setzero_ps();
+    let mut minimums = 0f32;
+    for (block, act) in row.chunks_exact(Q4_1_BYTES).zip(x) {
+        let (d, m) = scale_and_min(block);
+        // SAFETY: `block` holds 20 bytes, so 16 bytes from offset 4 are in bounds (unaligned
+        // load); `act.qs` is 32 bytes.
+        let (packed, activations) = unsafe {
+            (
+                _mm_loadu_si128(block.as_ptr().add(4).cast()),
+                _mm256_loadu_si256(act.qs.as_ptr().cast()),
+            )
+        };
+        // Codes 0..16 in value order: low nibbles are values 0..16, high nibbles 16..32.
+        let lo = _mm_and_si128(packed, low);
+        let hi = _mm_and_si128(_mm_srli_epi16(packed, 4), low);
+        let weights = _mm256_set_m128i(hi, lo);
+        // Unsigned codes × signed activations, adjacent pairs summed (|sum| ≤ 2·15·127: no
+        // saturation), then pairs of i16 into i32.
+        let pairs = _mm256_maddubs_epi16(weights, activations);
+        let sums = _mm256_madd_epi16(pairs, ones);
+        let scale = _mm256_set1_ps(d * act.d);
+        acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums), scale, acc);
+        minimums += m * act.s;
+    }
+    // Horizontal sum of the 8 lanes.
+    let quad = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
+    let pair = _mm_add_ps(quad, _mm_movehl_ps(quad, quad));
+    let single = _mm_add_ss(pair, _mm_shuffle_ps(pair, pair, 1));
+    _mm_cvtss_f32(single) + minimums
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_follow_ggml_order() {
+        let mut block = [0u8; Q4_1_BYTES];
+        block[4] = 0x21; // value 0 = 1, value 16 = 2
+        block[19] = 0xF3; // value 15 = 3, value 31 = 15
+        let codes = codes(&block);
+        assert_eq!((codes[0], codes[16], codes[15], codes[31]), (1, 2, 3, 15));
+    }
+
+    #[test]
+    fn shapes_are_checked() {
+        let x = quantize_q8_1(&[1.0; 64]);
+        assert!(dot_q4_1_q8_1(&[0; 40], &x).is_ok());
+        assert!(dot_q4_1_q8_1(&[0; 39], &x).is_err());
+        assert!(dot_q4_1_q8_1(&[0; 20], &x).is_err());
+    }
+}
