@@ -2,24 +2,12 @@
 //! reports `scanned_rows`; any bad input is exit status 2 with the typed error on stderr.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::Arc;
 
 use arrow::array::{ArrayRef, Int64Array, RecordBatch};
 use parquet::arrow::ArrowWriter;
 use parquet::basic::Compression;
 use parquet::file::properties::WriterProperties;
-
-/// The example's binary, built by `cargo test` beside this test binary. (`cargo test --test it`
-/// builds no examples, and would run whatever `data_inspect` was built last: run these with
-/// `cargo test -p mlinfra-examples`, as `scripts/check` does with `--workspace`.)
-fn data_inspect() -> Command {
-    let exe = std::env::current_exe().unwrap();
-    let debug_dir: PathBuf = exe.parent().unwrap().parent().unwrap().to_path_buf();
-    let example = debug_dir.join("examples").join("data_inspect");
-    assert!(example.is_file(), "{} was not built", example.display());
-    Command::new(example)
-}
 
 /// 1,000 rows of `x`, uncompressed and plain, so that bytes in the middle are page values.
 fn write(path: &Path) {
@@ -47,12 +35,16 @@ fn scan_decodes_every_page_and_reports_the_rows() {
     let dir = tempfile::tempdir().unwrap();
     let good = dir.path().join("good.parquet");
     write(&good);
-    let output = data_inspect().arg("--scan").arg(&good).output().unwrap();
+    let output = crate::example("data_inspect")
+        .arg("--scan")
+        .arg(&good)
+        .output()
+        .unwrap();
     assert!(output.status.success(), "{output:?}");
     let summary: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
     assert_eq!(summary["rows"], 1000);
     assert_eq!(summary["scanned_rows"], 1000);
-    let footer_only = data_inspect().arg(&good).output().unwrap();
+    let footer_only = crate::example("data_inspect").arg(&good).output().unwrap();
     let summary: serde_json::Value = serde_json::from_slice(&footer_only.stdout).unwrap();
     assert!(summary.get("scanned_rows").is_none(), "{summary}");
 
@@ -63,8 +55,19 @@ fn scan_decodes_every_page_and_reports_the_rows() {
     }
     let bad = dir.path().join("bad-page.parquet");
     std::fs::write(&bad, bytes).unwrap();
-    assert!(data_inspect().arg(&bad).output().unwrap().status.success());
-    let scanned = data_inspect().arg("--scan").arg(&bad).output().unwrap();
+    assert!(
+        crate::example("data_inspect")
+            .arg(&bad)
+            .output()
+            .unwrap()
+            .status
+            .success()
+    );
+    let scanned = crate::example("data_inspect")
+        .arg("--scan")
+        .arg(&bad)
+        .output()
+        .unwrap();
     assert_eq!(scanned.status.code(), Some(2), "{scanned:?}");
     let stderr = String::from_utf8_lossy(&scanned.stderr);
     assert!(stderr.starts_with("error: "), "{stderr}");
@@ -72,7 +75,7 @@ fn scan_decodes_every_page_and_reports_the_rows() {
     assert!(scanned.stdout.is_empty());
 
     for args in [&["--scan", "--scan"][..], &["--bogus", "x"][..], &[][..]] {
-        let usage = data_inspect().args(args).output().unwrap();
+        let usage = crate::example("data_inspect").args(args).output().unwrap();
         assert_eq!(usage.status.code(), Some(2), "{args:?}");
     }
 }
@@ -97,7 +100,11 @@ fn no_fuzzed_file_makes_it_print_a_panic() {
     );
     let mut contained = 0;
     for file in &files {
-        let output = data_inspect().arg("--scan").arg(file).output().unwrap();
+        let output = crate::example("data_inspect")
+            .arg("--scan")
+            .arg(file)
+            .output()
+            .unwrap();
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert!(
             matches!(output.status.code(), Some(0 | 2)),

@@ -2,9 +2,6 @@
 //! last JSON line with `prefill_tokens_per_s`, `decode_tokens_per_s` and `output_ids`; and the
 //! greedy agreement with llama.cpp on the chat prompt "What is 2+2?" (item 4).
 
-use std::path::PathBuf;
-use std::process::Command;
-
 /// llama.cpp's greedy ids for SmolLM2-135M-Instruct Q4_1, the chat prompt "What is 2+2?"
 /// (the GGUF's template, with its default system turn), 16 tokens with end-of-generation
 /// tokens banned. Recorded offline with llama.cpp as vendored in llama-cpp-python 0.3.36
@@ -15,15 +12,6 @@ use std::process::Command;
 const LLAMA_CPP_IDS: [u32; 16] = [
     504, 2988, 288, 451, 8170, 4119, 1732, 314, 216, 36, 30, 198, 198, 788, 6530, 28,
 ];
-
-/// The example's binary, built by `cargo test -p mlinfra-examples` beside this test binary.
-fn llama_generate() -> Command {
-    let exe = std::env::current_exe().unwrap();
-    let debug_dir: PathBuf = exe.parent().unwrap().parent().unwrap().to_path_buf();
-    let example = debug_dir.join("examples").join("llama_generate");
-    assert!(example.is_file(), "{} was not built", example.display());
-    Command::new(example)
-}
 
 fn last_json(output: &std::process::Output) -> serde_json::Value {
     assert!(output.status.success(), "{output:?}");
@@ -36,7 +24,7 @@ fn greedy_chat_ids_are_llama_cpps() {
     let Some(model) = mlinfra_test_utils::model("SmolLM2-135M-Instruct.Q4_1.gguf") else {
         return;
     };
-    let output = llama_generate()
+    let output = crate::example("llama_generate")
         .arg("--model")
         .arg(&model)
         .args([
@@ -57,7 +45,7 @@ fn greedy_chat_ids_are_llama_cpps() {
     assert!(summary["decode_tokens_per_s"].as_f64().unwrap() > 0.0);
 
     // Without `--ignore-eos`, the chat turn ends at its end-of-turn token, kept in the ids.
-    let output = llama_generate()
+    let output = crate::example("llama_generate")
         .arg("--model")
         .arg(&model)
         .args(["--chat", "--prompt", "What is 2+2?", "--max-new", "16"])
@@ -66,6 +54,9 @@ fn greedy_chat_ids_are_llama_cpps() {
     let ids: Vec<u32> = serde_json::from_value(last_json(&output)["output_ids"].clone()).unwrap();
     assert_eq!(ids[..11], LLAMA_CPP_IDS[..11]);
     assert_eq!(ids.len(), 12, "{ids:?}");
-    let bad = llama_generate().args(["--threads", "0"]).output().unwrap();
+    let bad = crate::example("llama_generate")
+        .args(["--threads", "0"])
+        .output()
+        .unwrap();
     assert_eq!(bad.status.code(), Some(2));
 }

@@ -12,15 +12,6 @@ use mlinfra_test_utils::http::{open_stream, request, sse_data};
 
 const MODEL_FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
 
-/// The example's binary, built by `cargo test -p mlinfra-examples` beside this test binary.
-fn serve_openai() -> Command {
-    let exe = std::env::current_exe().unwrap();
-    let debug_dir: PathBuf = exe.parent().unwrap().parent().unwrap().to_path_buf();
-    let example = debug_dir.join("examples").join("serve_openai");
-    assert!(example.is_file(), "{} was not built", example.display());
-    Command::new(example)
-}
-
 /// A running server, killed on drop.
 struct Running {
     child: Child,
@@ -36,7 +27,7 @@ impl Drop for Running {
 
 /// Starts the example on an ephemeral port and waits for its `listening on` line.
 fn start(model: &Path, extra: &[&str]) -> Running {
-    let mut child = serve_openai()
+    let mut child = crate::example("serve_openai")
         .arg("--model")
         .arg(model)
         .args(["--port", "0"])
