@@ -5,6 +5,9 @@ use std::hint::black_box;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group};
 use mlinfra_benches::ELEMENTWISE_SIZES;
+use mlinfra_kernels::cpu::matrix::{QuantMatrix, WeightFormat};
+use mlinfra_kernels::cpu::pool::{Parallelism, SpinPool};
+use mlinfra_kernels::cpu::quant::quantize_q8_1;
 use mlinfra_kernels::{gelu_tanh, gelu_tanh_reference, wgpu::software_device};
 
 fn gelu(c: &mut Criterion) {
@@ -40,4 +43,56 @@ fn gelu(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, gelu);
+/// GEMV (one token) over quantized matrices larger than the last-level cache, in GB/s of
+/// weights read: compare with `mem_ceiling`'s read bandwidth (docs/BENCHMARKS.md). Also the
+/// two threading schemes side by side on a decode-sized matrix (SmolLM2's `ffn_down`, 576 ×
+/// 1536), where dispatch cost shows, and a 64-token tile (prefill) in GFLOP/s.
+fn quant_gemv(c: &mut Criterion) {
+    let mut group = c.benchmark_group("quant_gemv");
+    let threads = std::thread::available_parallelism().map_or(1, usize::from);
+    let schemes = [
+        ("serial", Parallelism::Serial),
+        ("spin", Parallelism::Spin(SpinPool::new(threads))),
+        ("rayon", Parallelism::Rayon { parts: threads }),
+    ];
+    let shapes = [
+        (WeightFormat::Q4_1, 16384, 4096, "large"),
+        (WeightFormat::Q8_0, 8192, 4096, "large"),
+        (WeightFormat::Q4_1, 576, 1536, "ffn_down"),
+    ];
+    for (format, rows, cols, label) in shapes {
+        // Arbitrary but fixed bytes: the kernels' cost does not depend on the values.
+        let bytes: Vec<u8> = (0..rows * cols / 32 * format.block_bytes())
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8 & 0x3F)
+            .collect();
+        let matrix = QuantMatrix::new(format, rows, cols, &bytes).expect("a valid matrix");
+        for tokens in [1usize, 64] {
+            let x: Vec<f32> = (0..tokens * cols)
+                .map(|i| ((i % 97) as f32 - 48.0) / 17.0)
+                .collect();
+            let q8 = quantize_q8_1(&x);
+            let mut out = vec![0f32; tokens * rows];
+            if tokens == 1 {
+                group.throughput(Throughput::Bytes(bytes.len() as u64));
+            } else {
+                group.throughput(Throughput::Elements((2 * rows * cols * tokens) as u64));
+            }
+            for (name, parallelism) in &schemes {
+                if tokens > 1 && *name != "spin" {
+                    continue;
+                }
+                let id = format!("{format:?}_{label}_{rows}x{cols}_t{tokens}_{name}");
+                group.bench_function(BenchmarkId::new(id, threads), |b| {
+                    b.iter(|| {
+                        matrix
+                            .matmul(black_box(&q8), &mut out, parallelism)
+                            .expect("shapes fit")
+                    })
+                });
+            }
+        }
+    }
+    group.finish();
+}
+
+criterion_group!(benches, gelu, quant_gemv);

@@ -37,8 +37,15 @@ use std::time::Instant;
 use anyhow::{Context, bail};
 use burn::tensor::Device;
 use mlinfra_data::tensor::GgufFile;
+use mlinfra_kernels::cpu::SimdKernels;
+use mlinfra_serve::host::HostLlamaRunner;
+use mlinfra_serve::runner::ModelRunner;
+use mlinfra_serve::sched::{StepBatch, StepSeq};
 use mlinfra_serve::server::ServedModel;
 use mlinfra_train::models::{KvCache, Llama};
+
+/// KV slots per block of the quantized decoder's pool.
+const BLOCK_SIZE: usize = 16;
 use serde_json::json;
 
 struct Args {
@@ -50,6 +57,7 @@ struct Args {
     threads: Option<usize>,
     ignore_eos: bool,
     chat: bool,
+    burn: bool,
 }
 
 fn parse_args() -> anyhow::Result<Args> {
@@ -62,6 +70,7 @@ fn parse_args() -> anyhow::Result<Args> {
         threads: None,
         ignore_eos: false,
         chat: false,
+        burn: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -75,9 +84,10 @@ fn parse_args() -> anyhow::Result<Args> {
             "--threads" => args.threads = Some(value()?.parse().context("--threads")?),
             "--ignore-eos" => args.ignore_eos = true,
             "--chat" => args.chat = true,
+            "--burn" => args.burn = true,
             other => bail!(
                 "unknown flag {other}; flags: --model PATH --prompt TEXT --max-new N \
-                 --adapter DIR --logits-out FILE --threads N --ignore-eos --chat"
+                 --adapter DIR --logits-out FILE --threads N --ignore-eos --chat --burn"
             ),
         }
     }
@@ -90,9 +100,64 @@ fn parse_args() -> anyhow::Result<Args> {
     Ok(args)
 }
 
+/// The model behind the generation loop: the quantized CPU kernels (the default) or burn's
+/// f32 decoder (`--burn`, and with `--adapter`).
+enum Decoder {
+    Host {
+        runner: Box<HostLlamaRunner>,
+        block_table: Vec<u32>,
+        context: usize,
+    },
+    Burn {
+        model: Box<Llama>,
+        cache: KvCache,
+    },
+}
+
+impl Decoder {
+    /// Runs `tokens` after the context so far; the logits of the last one.
+    fn next_logits(&mut self, tokens: &[u32]) -> anyhow::Result<Vec<f32>> {
+        match self {
+            Decoder::Host {
+                runner,
+                block_table,
+                context,
+            } => {
+                let start = *context;
+                *context += tokens.len();
+                let batch = StepBatch {
+                    copies: Vec::new(),
+                    tokens: tokens.to_vec(),
+                    positions: (start..*context).collect(),
+                    seqs: vec![StepSeq {
+                        id: 0,
+                        query_start: 0,
+                        query_len: tokens.len(),
+                        context_len: *context,
+                        block_table: block_table.clone(),
+                        adapter: None,
+                    }],
+                    logit_rows: vec![tokens.len() - 1],
+                };
+                Ok(runner.execute(&batch)?.as_slice().to_vec())
+            }
+            Decoder::Burn { model, cache } => model
+                .next_logits(tokens, cache)?
+                .into_data()
+                .convert::<f32>()
+                .try_into_vec::<f32>()
+                .map_err(|e| anyhow::anyhow!("reading the logits back: {e:?}")),
+        }
+    }
+}
+
 fn run() -> anyhow::Result<()> {
     let args = parse_args()?;
-    if let Some(threads) = args.threads {
+    let threads = args
+        .threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from));
+    let use_burn = args.burn || args.adapter.is_some();
+    if use_burn && args.threads.is_some() {
         // burn's CPU matmuls run on rayon's global pool.
         rayon::ThreadPoolBuilder::new()
             .num_threads(threads)
@@ -109,11 +174,6 @@ fn run() -> anyhow::Result<()> {
     // The tokenizer, chat template and end-of-generation tokens, as the server reads them.
     let served = ServedModel::from_gguf(&file)?;
     let tokenizer = &served.tokenizer;
-    let (mut model, _config) = Llama::from_gguf(&file, &Device::flex())?;
-    if let Some(dir) = &args.adapter {
-        model = model.load_adapter(dir, "adapter")?;
-    }
-    let load_s = started.elapsed().as_secs_f64();
 
     let prompt = if args.chat {
         let template = served
@@ -131,6 +191,41 @@ fn run() -> anyhow::Result<()> {
     } else {
         tokenizer.encode(&args.prompt)?
     };
+    if prompt.is_empty() {
+        bail!("--prompt encodes to no tokens");
+    }
+    let mut decoder = if use_burn {
+        let (mut model, _config) = Llama::from_gguf(&file, &Device::flex())?;
+        if let Some(dir) = &args.adapter {
+            model = model.load_adapter(dir, "adapter")?;
+        }
+        Decoder::Burn {
+            model: Box::new(model),
+            cache: KvCache::default(),
+        }
+    } else {
+        let context = prompt.len() + args.max_new;
+        let blocks = context.div_ceil(BLOCK_SIZE);
+        let runner = HostLlamaRunner::from_gguf(
+            &file,
+            Box::new(SimdKernels::new(threads)),
+            blocks,
+            BLOCK_SIZE,
+        )?;
+        eprintln!(
+            "llama_generate: {} ({} MB of weights)",
+            runner.kernels(),
+            runner.weight_bytes() / 1_000_000
+        );
+        Decoder::Host {
+            runner: Box::new(runner),
+            block_table: (0..blocks as u32).collect(),
+            context: 0,
+        }
+    };
+    drop(file);
+    let load_s = started.elapsed().as_secs_f64();
+
     let stop: Vec<u32> = match (args.ignore_eos, args.chat) {
         (true, _) => Vec::new(),
         (false, true) => served.stop_token_ids.clone(),
@@ -142,13 +237,7 @@ fn run() -> anyhow::Result<()> {
     } else {
         Vec::new()
     };
-    let argmax = |logits: &burn::tensor::Tensor<1>| -> anyhow::Result<u32> {
-        let mut values = logits
-            .clone()
-            .into_data()
-            .convert::<f32>()
-            .try_into_vec::<f32>()
-            .map_err(|e| anyhow::anyhow!("reading the logits back: {e:?}"))?;
+    let argmax = |mut values: Vec<f32>| -> anyhow::Result<u32> {
         for &id in &banned {
             if let Some(value) = values.get_mut(id as usize) {
                 *value = f32::NEG_INFINITY;
@@ -164,26 +253,19 @@ fn run() -> anyhow::Result<()> {
                 });
         u32::try_from(best).context("the arg-max of the logits")
     };
-    // `generate_greedy`'s loop, written out so the prompt's forward (prefill) and the
-    // one-token steps (decode) are timed apart in one pass.
-    let mut cache = KvCache::default();
+    // The prompt's forward (prefill) and the one-token steps (decode), timed apart.
     let started = Instant::now();
-    let logits = model.next_logits(&prompt, &mut cache)?;
-    let mut next = argmax(&logits)?;
+    let logits = decoder.next_logits(&prompt)?;
     let prefill_s = started.elapsed().as_secs_f64();
     if let Some(path) = &args.logits_out {
-        let values = logits
-            .into_data()
-            .convert::<f32>()
-            .try_into_vec::<f32>()
-            .map_err(|e| anyhow::anyhow!("reading the logits back: {e:?}"))?;
-        let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let bytes: Vec<u8> = logits.iter().flat_map(|v| v.to_le_bytes()).collect();
         std::fs::write(path, bytes).with_context(|| format!("writing {}", path.display()))?;
     }
+    let mut next = argmax(logits)?;
     let mut ids = vec![next];
     let started = Instant::now();
     while ids.len() < args.max_new && !stop.contains(&next) {
-        next = argmax(&model.next_logits(&[next], &mut cache)?)?;
+        next = argmax(decoder.next_logits(&[next])?)?;
         ids.push(next);
     }
     let decode_s = started.elapsed().as_secs_f64();

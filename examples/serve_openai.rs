@@ -4,7 +4,8 @@
 //! $ scripts/fetch-model
 //! $ cargo run --release -p mlinfra-examples --example serve_openai -- \
 //!       --model PATH.gguf [--host 127.0.0.1] [--port P] [--lora NAME=DIR]... \
-//!       [--max-queue N] [--kv-blocks N] [--served-model-name NAME] [--api-key KEY]
+//!       [--enable-lora] [--threads N] [--max-queue N] [--kv-blocks N] \
+//!       [--served-model-name NAME] [--api-key KEY]
 //! listening on http://127.0.0.1:8000
 //! ```
 //!
@@ -22,6 +23,11 @@
 //! `--max-queue N` is how many sequences may wait beyond a full batch before requests get
 //! 429 (default 64). The API key can also come from `MLINFRA_API_KEY`.
 //!
+//! The model runs on the quantized CPU kernels (`mlinfra_kernels::cpu::SimdKernels`: weights
+//! in their GGUF blocks, `--threads N`, default every core). Adapters need burn's f32
+//! decoder, which `--lora` or `--enable-lora` (vLLM's flag) select instead; without them the
+//! adapter endpoints answer that adapters are not enabled.
+//!
 //! `--lora NAME=DIR` (repeatable) loads a PEFT LoRA adapter (what `finetune` and PEFT's
 //! `save_pretrained` write): requests pick it with `"model": "NAME"`, and requests on
 //! different adapters are batched together. `POST /v1/load_lora_adapter` and
@@ -36,7 +42,9 @@ use std::process::ExitCode;
 use anyhow::{Context, bail};
 use burn::tensor::Device;
 use mlinfra_data::tensor::GgufFile;
+use mlinfra_kernels::cpu::SimdKernels;
 use mlinfra_serve::engine::{Engine, EngineConfig};
+use mlinfra_serve::host::HostLlamaRunner;
 use mlinfra_serve::runner::{LlamaRunner, ModelRunner};
 use mlinfra_serve::sched::SchedulerConfig;
 use mlinfra_serve::server::{ServedModel, Server, ServerConfig};
@@ -53,6 +61,8 @@ struct Args {
     kv_blocks: usize,
     served_model_name: Option<String>,
     api_key: Option<String>,
+    enable_lora: bool,
+    threads: Option<usize>,
 }
 
 fn parse_args() -> anyhow::Result<Args> {
@@ -67,6 +77,8 @@ fn parse_args() -> anyhow::Result<Args> {
         api_key: std::env::var("MLINFRA_API_KEY")
             .ok()
             .filter(|key| !key.is_empty()),
+        enable_lora: false,
+        threads: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -86,15 +98,20 @@ fn parse_args() -> anyhow::Result<Args> {
             "--kv-blocks" => args.kv_blocks = value()?.parse().context("--kv-blocks")?,
             "--served-model-name" => args.served_model_name = Some(value()?),
             "--api-key" => args.api_key = Some(value()?),
+            "--enable-lora" => args.enable_lora = true,
+            "--threads" => args.threads = Some(value()?.parse().context("--threads")?),
             other => bail!(
                 "unknown flag {other}; flags: --model PATH.gguf --host IP --port P \
-                 --lora NAME=DIR --max-queue N --kv-blocks N --served-model-name NAME \
-                 --api-key KEY"
+                 --lora NAME=DIR --enable-lora --threads N --max-queue N --kv-blocks N \
+                 --served-model-name NAME --api-key KEY"
             ),
         }
     }
     if args.kv_blocks == 0 {
         bail!("--kv-blocks must be at least 1");
+    }
+    if args.threads == Some(0) {
+        bail!("--threads must be at least 1");
     }
     Ok(args)
 }
@@ -117,12 +134,43 @@ fn run() -> anyhow::Result<()> {
             .context("--model has no file name")?,
     };
     let served = ServedModel::from_gguf(&file)?;
-    let mut runner = LlamaRunner::from_gguf(&file, args.kv_blocks, BLOCK_SIZE, &Device::flex())?;
-    for (name, dir) in &args.loras {
-        runner
-            .load_adapter(name, dir)
-            .with_context(|| format!("--lora {name}={}", dir.display()))?;
+    if args.enable_lora || !args.loras.is_empty() {
+        let mut runner =
+            LlamaRunner::from_gguf(&file, args.kv_blocks, BLOCK_SIZE, &Device::flex())?;
+        for (name, dir) in &args.loras {
+            runner
+                .load_adapter(name, dir)
+                .with_context(|| format!("--lora {name}={}", dir.display()))?;
+        }
+        eprintln!("serve_openai: burn's f32 decoder (adapters enabled)");
+        serve(runner, served, name, args)
+    } else {
+        let threads = args
+            .threads
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from));
+        let runner = HostLlamaRunner::from_gguf(
+            &file,
+            Box::new(SimdKernels::new(threads)),
+            args.kv_blocks,
+            BLOCK_SIZE,
+        )?;
+        eprintln!(
+            "serve_openai: {} ({} MB of weights)",
+            runner.kernels(),
+            runner.weight_bytes() / 1_000_000
+        );
+        drop(file);
+        serve(runner, served, name, args)
     }
+}
+
+/// Serves `runner` until SIGTERM or Ctrl-C.
+fn serve<R: ModelRunner + Send + 'static>(
+    runner: R,
+    served: ServedModel,
+    name: String,
+    args: Args,
+) -> anyhow::Result<()> {
     let engine = Engine::new(
         runner,
         EngineConfig {

@@ -15,6 +15,16 @@ pub enum Error {
     #[error(transparent)]
     Model(Box<mlinfra_train::Error>),
 
+    /// A weight tensor the model cannot use: missing, of the wrong shape or type for the
+    /// architecture, or bytes that are not whole blocks. Caller error (the file).
+    #[error("weight tensor {tensor}: {reason}")]
+    Weights {
+        /// The tensor's name in the file.
+        tensor: Box<str>,
+        /// What does not fit.
+        reason: Box<str>,
+    },
+
     /// Every KV block is referenced: the scheduler must wait or preempt (capacity).
     #[error("all {blocks} KV blocks are in use")]
     OutOfBlocks {

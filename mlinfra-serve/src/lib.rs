@@ -80,6 +80,7 @@ mod error;
 #[cfg(feature = "guidance")]
 #[cfg_attr(docsrs, doc(cfg(feature = "guidance")))]
 pub mod guidance;
+pub mod host;
 pub mod kv;
 pub mod runner;
 pub mod sampling;

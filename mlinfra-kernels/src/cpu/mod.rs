@@ -1,11 +1,21 @@
 //! CPU kernels for the serving path (issue 24): quantized weights that stay in their GGUF
 //! blocks, multiplied against activations quantized on the fly, in SIMD chosen at run time.
 //!
-//! Today: [`quant`], the Q4_1 × Q8_1 dot product (ggml's `vec_dot_q4_1_q8_1`) with an AVX2
-//! path and a portable one. GEMV over interleaved rows, the GEMM, fused norms and paged
-//! attention are next.
+//! - [`quant`]: activations quantized to Q8_1 blocks, and the plain Q4_1 × Q8_1 dot product
+//!   (ggml's `vec_dot_q4_1_q8_1`) as a reference point;
+//! - [`matrix`]: Q4_1 and Q8_0 weight matrices repacked 8 rows at a time, multiplied by
+//!   Q8_1 activations (GEMV for decode, tiled for prefill) with AVX2, AVX-VNNI or
+//!   AVX-512-VNNI chosen at run time, and a portable path that computes the same bits;
+//! - [`pool`]: the threads a call is split over;
+//! - [`SimdKernels`]: all of it as serve's `HostKernels`, the compute of its
+//!   `HostLlamaRunner`.
 
+mod host;
+pub mod matrix;
+pub mod pool;
 pub mod quant;
+
+pub use host::SimdKernels;
 
 /// The instruction sets this CPU offers the kernels, detected at run time (never assumed:
 /// a CPU without them runs the portable code, never SIGILL).

@@ -19,12 +19,16 @@ pub const BLOCK: usize = 32;
 pub const Q4_1_BYTES: usize = 20;
 
 /// 32 activations quantized to i8: `x ≈ d·q`, with `s = d·Σq` kept for the weights' minimum.
+/// `d` and `s` are f16 values (held in f32), as in ggml's `block_q8_1`.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct BlockQ8_1 {
     /// Scale: the block's largest magnitude over 127.
     pub d: f32,
     /// `d` times the sum of the codes.
     pub s: f32,
+    /// The sum of the codes, exact (kernels that store weights offset by 128 subtract
+    /// `128·sum`).
+    pub sum: i32,
     /// Codes in `-127..=127`.
     pub qs: [i8; BLOCK],
 }
@@ -44,24 +48,35 @@ pub struct ShapeError {
 
 /// `x` in Q8_1 blocks, the last one padded with zeros (a row of any length).
 pub fn quantize_q8_1(x: &[f32]) -> Vec<BlockQ8_1> {
-    x.chunks(BLOCK)
-        .map(|chunk| {
-            let amax = chunk.iter().fold(0f32, |m, v| m.max(v.abs()));
-            let d = amax / 127.0;
-            let inverse = if d > 0.0 { 1.0 / d } else { 0.0 };
-            let mut qs = [0i8; BLOCK];
-            for (q, &v) in qs.iter_mut().zip(chunk) {
-                // |v·inverse| ≤ 127 by construction; NaN becomes 0.
-                *q = (v * inverse).round() as i8;
-            }
-            let sum: i32 = qs.iter().map(|&q| i32::from(q)).sum();
-            BlockQ8_1 {
-                d,
-                s: d * sum as f32,
-                qs,
-            }
-        })
-        .collect()
+    let mut out = Vec::new();
+    quantize_q8_1_into(x, &mut out);
+    out
+}
+
+/// [`quantize_q8_1`] into `out` (cleared first), reusing its allocation. A row-major
+/// `[tokens, cols]` matrix with `cols` a multiple of 32 gives each token's blocks in turn.
+pub fn quantize_q8_1_into(x: &[f32], out: &mut Vec<BlockQ8_1>) {
+    out.clear();
+    out.extend(x.chunks(BLOCK).map(|chunk| {
+        let amax = chunk.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let d = amax / 127.0;
+        let inverse = if d > 0.0 { 1.0 / d } else { 0.0 };
+        let mut qs = [0i8; BLOCK];
+        for (q, &v) in qs.iter_mut().zip(chunk) {
+            // |v·inverse| ≤ 127 by construction; NaN becomes 0. Ties to even, as ggml's
+            // AVX2 quantizer rounds.
+            *q = (v * inverse).round_ties_even() as i8;
+        }
+        let sum: i32 = qs.iter().map(|&q| i32::from(q)).sum();
+        // ggml keeps `d` and `s` in f16 (`block_q8_1`): the same rounding here, so that
+        // the products are llama.cpp's.
+        BlockQ8_1 {
+            d: f16::from_f32(d).to_f32(),
+            s: f16::from_f32(d * sum as f32).to_f32(),
+            sum,
+            qs,
+        }
+    }));
 }
 
 /// The 32 codes (0..16) of a Q4_1 block, in value order.

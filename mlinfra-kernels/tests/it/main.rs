@@ -2,5 +2,7 @@
 //! software Vulkan adapter (lavapipe) through cubecl's wgpu runtime.
 
 mod gelu;
+mod host;
+mod matrix;
 mod quant;
 mod runtime;

@@ -3,6 +3,7 @@
 mod attention;
 mod engine;
 mod fake_kv;
+mod host;
 mod kv;
 mod runner;
 mod sampling;

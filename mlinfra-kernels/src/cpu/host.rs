@@ -1,0 +1,171 @@
+//! [`SimdKernels`]: serve's [`HostKernels`] on this crate's CPU kernels, so that
+//! [`HostLlamaRunner`](mlinfra_serve::host::HostLlamaRunner) runs with weights in their
+//! GGUF blocks, SIMD chosen at run time, and a [`SpinPool`].
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use mlinfra_data::tensor::GgmlType;
+use mlinfra_serve::host::{
+    HostKernels, HostLinear, ReferenceKernels, WeightBlocks, check_forward, stacked_cols,
+};
+use mlinfra_serve::{Error, Result};
+
+use super::CpuFeatures;
+use super::matrix::{Isa, LayoutError, QuantMatrix, WeightFormat};
+use super::pool::{Parallelism, SpinPool};
+use super::quant::{BlockQ8_1, quantize_q8_1_into};
+
+/// The CPU serving kernels (module docs).
+#[derive(Debug)]
+pub struct SimdKernels {
+    parallelism: Parallelism,
+    isa: Isa,
+    /// Tensors of types these kernels do not multiply in place, dequantized to f32 instead.
+    fallbacks: AtomicUsize,
+}
+
+impl SimdKernels {
+    /// Kernels on `threads` threads (the caller's and `threads - 1` spinning workers) and the
+    /// best instruction set of this CPU.
+    pub fn new(threads: usize) -> Self {
+        Self::with_parallelism(Parallelism::Spin(SpinPool::new(threads)))
+    }
+
+    /// Kernels on `parallelism` (rayon, serial...), for comparisons.
+    pub fn with_parallelism(parallelism: Parallelism) -> Self {
+        SimdKernels {
+            parallelism,
+            isa: Isa::best(CpuFeatures::detect()),
+            fallbacks: AtomicUsize::new(0),
+        }
+    }
+
+    /// Runs on `isa` instead (tests compare the paths).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidConfig`] when this CPU lacks it.
+    pub fn with_isa(mut self, isa: Isa) -> Result<Self> {
+        if !isa.is_supported(CpuFeatures::detect()) {
+            return Err(Error::InvalidConfig {
+                reason: format!("this CPU cannot run {isa:?}").into(),
+            });
+        }
+        self.isa = isa;
+        Ok(self)
+    }
+
+    /// The instruction set the kernels run on.
+    pub fn isa(&self) -> Isa {
+        self.isa
+    }
+}
+
+impl HostKernels for SimdKernels {
+    fn describe(&self) -> String {
+        let threads = self.parallelism.parts();
+        let scheme = match self.parallelism {
+            Parallelism::Serial => "serial",
+            Parallelism::Spin(_) => "spin pool",
+            Parallelism::Rayon { .. } => "rayon",
+        };
+        let mut text = format!("simd ({:?}, {threads} threads, {scheme})", self.isa);
+        let fallbacks = self.fallbacks.load(Ordering::Relaxed);
+        if fallbacks > 0 {
+            text.push_str(&format!(
+                "; {fallbacks} layers of types without a kernel run dequantized to f32"
+            ));
+        }
+        if self.isa == Isa::Portable {
+            text.push_str("; this CPU has no AVX2: portable code");
+        }
+        text
+    }
+
+    fn linear(&self, parts: &[WeightBlocks<'_>]) -> Result<Box<dyn HostLinear>> {
+        let cols = stacked_cols(parts)?;
+        let format = match parts.first().map(|p| p.ggml_type) {
+            Some(GgmlType::Q4_1) => Some(WeightFormat::Q4_1),
+            Some(GgmlType::Q8_0) => Some(WeightFormat::Q8_0),
+            _ => None,
+        };
+        let same_type = parts
+            .iter()
+            .all(|p| Some(p.ggml_type) == parts.first().map(|f| f.ggml_type));
+        let Some(format) = format.filter(|_| same_type) else {
+            self.fallbacks.fetch_add(1, Ordering::Relaxed);
+            return ReferenceKernels.linear(parts);
+        };
+        let mut bytes = Vec::with_capacity(parts.iter().map(|p| p.bytes.len()).sum());
+        let mut rows = 0;
+        for part in parts {
+            part.row_bytes()?;
+            bytes.extend_from_slice(&part.bytes);
+            rows += part.rows;
+        }
+        let name = parts
+            .iter()
+            .map(|p| p.name.as_ref())
+            .collect::<Vec<_>>()
+            .join(" + ");
+        let matrix = QuantMatrix::new(format, rows, cols, &bytes)
+            .and_then(|m| m.with_isa(self.isa))
+            .map_err(|error| Error::Weights {
+                tensor: name.into(),
+                reason: error.to_string().into(),
+            })?;
+        Ok(Box::new(QuantLinear {
+            matrix: Arc::new(matrix),
+            parallelism: self.parallelism.clone(),
+        }))
+    }
+
+    fn for_each_chunk(
+        &self,
+        out: &mut [f32],
+        chunk: usize,
+        task: &(dyn Fn(usize, &mut [f32]) + Sync),
+    ) {
+        self.parallelism.for_each_chunk(out, chunk, task);
+    }
+}
+
+/// A [`QuantMatrix`] as serve's linear layer: activations quantized to Q8_1 per call.
+struct QuantLinear {
+    matrix: Arc<QuantMatrix>,
+    parallelism: Parallelism,
+}
+
+fn batch_error(error: LayoutError) -> Error {
+    Error::InvalidBatch {
+        reason: error.to_string().into(),
+    }
+}
+
+impl HostLinear for QuantLinear {
+    fn rows(&self) -> usize {
+        self.matrix.rows()
+    }
+
+    fn cols(&self) -> usize {
+        self.matrix.cols()
+    }
+
+    fn forward(&self, x: &[f32], out: &mut [f32]) -> Result<()> {
+        check_forward(self.rows(), self.cols(), x, out)?;
+        let mut blocks: Vec<BlockQ8_1> = Vec::new();
+        quantize_q8_1_into(x, &mut blocks);
+        self.matrix
+            .matmul(&blocks, out, &self.parallelism)
+            .map_err(batch_error)
+    }
+
+    fn dequantize_row(&self, row: usize, out: &mut [f32]) -> Result<()> {
+        self.matrix.dequantize_row(row, out).map_err(batch_error)
+    }
+
+    fn resident_bytes(&self) -> usize {
+        self.matrix.resident_bytes()
+    }
+}

@@ -1,0 +1,605 @@
+//! [`HostLlamaRunner`]: a Llama-family GGUF model over host memory (module docs in
+//! `host/mod.rs`).
+
+use std::borrow::Cow;
+
+use mlinfra_data::tensor::GgufFile;
+use mlinfra_train::models::LlamaConfig;
+
+use super::{HostKernels, HostLinear, WeightBlocks};
+use crate::attention::{BatchLayout, SeqLayout};
+use crate::kv::BlockCopy;
+use crate::runner::{KvGeometry, Logits, ModelRunner};
+use crate::sched::StepBatch;
+use crate::{Error, Result};
+
+/// One decoder layer's weights.
+struct Layer {
+    attn_norm: Vec<f32>,
+    /// Q, K and V stacked: `(heads + 2·kv_heads) · head_dim` outputs.
+    qkv: Box<dyn HostLinear>,
+    output: Box<dyn HostLinear>,
+    ffn_norm: Vec<f32>,
+    /// Gate and up stacked: `2 · intermediate` outputs.
+    gate_up: Box<dyn HostLinear>,
+    down: Box<dyn HostLinear>,
+}
+
+/// Paged KV memory in host `f32`: per layer, keys and values
+/// `[blocks · block_size, kv_heads, head_dim]` (serve's [`PagedKv`](crate::attention::PagedKv)
+/// layout).
+struct HostKv {
+    k: Vec<Vec<f32>>,
+    v: Vec<Vec<f32>>,
+    num_blocks: usize,
+    block_size: usize,
+    /// `kv_heads · head_dim`: the values of one slot.
+    slot_len: usize,
+}
+
+impl HostKv {
+    fn copy_blocks(&mut self, copies: &[BlockCopy]) -> Result<()> {
+        let block_len = self.block_size * self.slot_len;
+        for copy in copies {
+            let (src, dst) = (copy.src as usize, copy.dst as usize);
+            if src >= self.num_blocks || dst >= self.num_blocks {
+                return Err(Error::InvalidBatch {
+                    reason: format!(
+                        "a block copy {src} → {dst} outside the {}-block pool",
+                        self.num_blocks
+                    )
+                    .into(),
+                });
+            }
+            for memory in self.k.iter_mut().chain(self.v.iter_mut()) {
+                memory.copy_within(src * block_len..(src + 1) * block_len, dst * block_len);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A Llama-family model over host memory, its compute in a [`HostKernels`]: the serving
+/// path of `llama_generate` and `serve_openai` on CPUs.
+///
+/// RoPE is applied the way ggml does for `llama` files (adjacent pairs), to the Q and K rows
+/// as the GGUF stores them (permuted from Hugging Face's order for exactly that), so weights
+/// are used as they are.
+pub struct HostLlamaRunner {
+    config: LlamaConfig,
+    kernels: Box<dyn HostKernels>,
+    /// The token embedding (and, when tied, the output projection).
+    embedding: Box<dyn HostLinear>,
+    /// The output projection when the file has its own.
+    lm_head: Option<Box<dyn HostLinear>>,
+    layers: Vec<Layer>,
+    final_norm: Vec<f32>,
+    /// `cos`, `sin` of position `p`, pair `i`: `[p · head_dim / 2 + i]`.
+    rope_cos: Vec<f32>,
+    rope_sin: Vec<f32>,
+    kv: HostKv,
+    kv_precision: KvPrecision,
+}
+
+/// The precision keys and values are kept in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum KvPrecision {
+    /// Rounded to f16, as llama.cpp keeps them by default (`--cache-type-k f16`): its
+    /// numerics, so that greedy outputs agree with it. (Held in f32 slots today: the memory
+    /// is f32's.)
+    #[default]
+    F16,
+    /// Full f32: the reference numerics.
+    F32,
+}
+
+impl std::fmt::Debug for HostLlamaRunner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HostLlamaRunner")
+            .field("kernels", &self.kernels.describe())
+            .field("layers", &self.layers.len())
+            .field("num_blocks", &self.kv.num_blocks)
+            .field("block_size", &self.kv.block_size)
+            .finish_non_exhaustive()
+    }
+}
+
+impl HostLlamaRunner {
+    /// The model in `file` on `kernels`, with `num_blocks` KV blocks of `block_size` slots
+    /// (`2 · layers · blocks · block_size · kv_heads · head_dim · 4` bytes, allocated now).
+    ///
+    /// Every tensor's type and shape is checked against the architecture before anything is
+    /// built.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Model`] when the file is not a Llama-family model this runner can build;
+    /// [`Error::Weights`] for a tensor that is missing or does not fit;
+    /// [`Error::InvalidConfig`] for a zero-sized pool.
+    pub fn from_gguf(
+        file: &GgufFile,
+        kernels: Box<dyn HostKernels>,
+        num_blocks: usize,
+        block_size: usize,
+    ) -> Result<Self> {
+        let config = LlamaConfig::from_gguf(file).map_err(|e| Error::Model(Box::new(e)))?;
+        config.validate().map_err(|e| Error::Model(Box::new(e)))?;
+        if num_blocks == 0 || block_size == 0 {
+            return Err(Error::InvalidConfig {
+                reason: format!("a KV pool of {num_blocks} blocks of {block_size} slots").into(),
+            });
+        }
+        let (hidden, head_dim) = (config.hidden_size, config.head_dim());
+        let weights = |name: String, rows: usize, cols: usize| -> Result<WeightBlocks<'_>> {
+            let fail = |reason: String| Error::Weights {
+                tensor: name.clone().into(),
+                reason: reason.into(),
+            };
+            let info = file
+                .tensor_info(&name)
+                .ok_or_else(|| fail("missing from the file".into()))?;
+            // ggml lists dimensions fastest first.
+            let shape: Vec<usize> = info.shape().iter().map(|&d| d as usize).collect();
+            if shape != [cols, rows] {
+                return Err(fail(format!(
+                    "has shape {shape:?}, the architecture needs [{cols}, {rows}]"
+                )));
+            }
+            let tensor = file.tensor(&name).map_err(|e| fail(e.to_string()))?;
+            let blocks = WeightBlocks {
+                name: Cow::Owned(name.clone()),
+                ggml_type: info.ggml_type(),
+                rows,
+                cols,
+                bytes: Cow::Borrowed(tensor.bytes()),
+            };
+            blocks.row_bytes()?;
+            Ok(blocks)
+        };
+        let norm = |name: String| -> Result<Vec<f32>> {
+            let fail = |reason: String| Error::Weights {
+                tensor: name.clone().into(),
+                reason: reason.into(),
+            };
+            let info = file
+                .tensor_info(&name)
+                .ok_or_else(|| fail("missing from the file".into()))?;
+            if info.shape() != [hidden as u64] {
+                return Err(fail(format!(
+                    "has shape {:?}, the architecture needs [{hidden}]",
+                    info.shape()
+                )));
+            }
+            file.dequantize_f32(&name).map_err(|e| fail(e.to_string()))
+        };
+        let q_rows = config.num_heads * head_dim;
+        let kv_rows = config.num_kv_heads * head_dim;
+        let mut layers = Vec::new();
+        for i in 0..config.num_layers {
+            let w = |part: &str, rows, cols| weights(format!("blk.{i}.{part}.weight"), rows, cols);
+            layers.push(Layer {
+                attn_norm: norm(format!("blk.{i}.attn_norm.weight"))?,
+                qkv: kernels.linear(&[
+                    w("attn_q", q_rows, hidden)?,
+                    w("attn_k", kv_rows, hidden)?,
+                    w("attn_v", kv_rows, hidden)?,
+                ])?,
+                output: kernels.linear(&[w("attn_output", hidden, q_rows)?])?,
+                ffn_norm: norm(format!("blk.{i}.ffn_norm.weight"))?,
+                gate_up: kernels.linear(&[
+                    w("ffn_gate", config.intermediate_size, hidden)?,
+                    w("ffn_up", config.intermediate_size, hidden)?,
+                ])?,
+                down: kernels.linear(&[w("ffn_down", hidden, config.intermediate_size)?])?,
+            });
+        }
+        let embedding = kernels.linear(&[weights(
+            "token_embd.weight".into(),
+            config.vocab_size,
+            hidden,
+        )?])?;
+        let lm_head = match file.tensor_info("output.weight") {
+            Some(_) => Some(kernels.linear(&[weights(
+                "output.weight".into(),
+                config.vocab_size,
+                hidden,
+            )?])?),
+            None => None,
+        };
+        let final_norm = norm("output_norm.weight".into())?;
+        let (rope_cos, rope_sin) = rope_tables(config.max_seq_len, head_dim, config.rope_theta);
+        let slot_len = kv_rows;
+        let pool = num_blocks * block_size * slot_len;
+        let kv = HostKv {
+            k: (0..config.num_layers).map(|_| vec![0f32; pool]).collect(),
+            v: (0..config.num_layers).map(|_| vec![0f32; pool]).collect(),
+            num_blocks,
+            block_size,
+            slot_len,
+        };
+        Ok(HostLlamaRunner {
+            config,
+            kernels,
+            embedding,
+            lm_head,
+            layers,
+            final_norm,
+            rope_cos,
+            rope_sin,
+            kv,
+            kv_precision: KvPrecision::default(),
+        })
+    }
+
+    /// Keeps keys and values in `precision` from now on ([`KvPrecision::F16`] by default).
+    pub fn with_kv_precision(mut self, precision: KvPrecision) -> Self {
+        self.kv_precision = precision;
+        self
+    }
+
+    /// What computes (the kernels' own description).
+    pub fn kernels(&self) -> String {
+        self.kernels.describe()
+    }
+
+    /// Bytes of weights the kernels hold (norms and tables aside).
+    pub fn weight_bytes(&self) -> usize {
+        self.layers
+            .iter()
+            .map(|l| {
+                l.qkv.resident_bytes()
+                    + l.output.resident_bytes()
+                    + l.gate_up.resident_bytes()
+                    + l.down.resident_bytes()
+            })
+            .sum::<usize>()
+            + self.embedding.resident_bytes()
+            + self.lm_head.as_ref().map_or(0, |h| h.resident_bytes())
+    }
+
+    /// The model's shape.
+    pub fn config(&self) -> &LlamaConfig {
+        &self.config
+    }
+
+    fn check_batch(&self, batch: &StepBatch, layout: &BatchLayout<'_>) -> Result<()> {
+        layout.validate(self.kv.num_blocks)?;
+        let fail = |reason: String| {
+            Err(Error::InvalidBatch {
+                reason: reason.into(),
+            })
+        };
+        if batch.tokens.len() != layout.num_tokens() || batch.positions.len() != batch.tokens.len()
+        {
+            return fail(format!(
+                "{} tokens and {} positions for sequences of {} queries",
+                batch.tokens.len(),
+                batch.positions.len(),
+                layout.num_tokens()
+            ));
+        }
+        if let Some(token) = batch
+            .tokens
+            .iter()
+            .find(|&&t| t as usize >= self.config.vocab_size)
+        {
+            return fail(format!(
+                "token {token} is outside the {}-token vocabulary",
+                self.config.vocab_size
+            ));
+        }
+        for seq in &layout.seqs {
+            let first = seq.context_len - seq.query_len;
+            let positions = &batch.positions[seq.query_start..seq.query_start + seq.query_len];
+            if positions.iter().zip(first..).any(|(&p, want)| p != want) {
+                return fail(format!(
+                    "positions {positions:?} for a context of {} ending the step",
+                    seq.context_len
+                ));
+            }
+            if seq.context_len > self.config.max_seq_len {
+                return fail(format!(
+                    "a context of {} past the model's {}",
+                    seq.context_len, self.config.max_seq_len
+                ));
+            }
+        }
+        if let Some(&row) = batch.logit_rows.iter().find(|&&r| r >= batch.tokens.len()) {
+            return fail(format!("logit row {row} of {} tokens", batch.tokens.len()));
+        }
+        Ok(())
+    }
+
+    /// One layer over the batch's hidden states `x` (`[tokens, hidden]`), in place.
+    fn layer(
+        &mut self,
+        index: usize,
+        x: &mut [f32],
+        batch: &StepBatch,
+        layout: &BatchLayout<'_>,
+    ) -> Result<()> {
+        let cfg = &self.config;
+        let (hidden, head_dim) = (cfg.hidden_size, cfg.head_dim());
+        let (heads, kv_heads) = (cfg.num_heads, cfg.num_kv_heads);
+        let tokens = batch.tokens.len();
+        let layer = &self.layers[index];
+        let eps = cfg.rms_norm_eps as f32;
+
+        let normed = rms_norm(x, &layer.attn_norm, eps);
+        let qkv_width = (heads + 2 * kv_heads) * head_dim;
+        let mut qkv = vec![0f32; tokens * qkv_width];
+        layer.qkv.forward(&normed, &mut qkv)?;
+        for (row, &position) in qkv.chunks_exact_mut(qkv_width).zip(&batch.positions) {
+            let half = head_dim / 2;
+            let cos = &self.rope_cos[position * half..(position + 1) * half];
+            let sin = &self.rope_sin[position * half..(position + 1) * half];
+            // Q and K heads (not V) rotate.
+            for head in row[..(heads + kv_heads) * head_dim].chunks_exact_mut(head_dim) {
+                rope(head, cos, sin);
+            }
+        }
+        // The new keys and values into their slots.
+        let slot_len = self.kv.slot_len;
+        let (k_memory, v_memory) = (&mut self.kv.k[index], &mut self.kv.v[index]);
+        for (row, slot) in qkv.chunks_exact(qkv_width).zip(layout.new_token_slots()) {
+            let slot = slot as usize;
+            let k = &row[heads * head_dim..(heads + kv_heads) * head_dim];
+            let v = &row[(heads + kv_heads) * head_dim..];
+            for (memory, values) in [(&mut *k_memory, k), (&mut *v_memory, v)] {
+                let memory = &mut memory[slot * slot_len..(slot + 1) * slot_len];
+                match self.kv_precision {
+                    KvPrecision::F16 => {
+                        for (m, &value) in memory.iter_mut().zip(values) {
+                            *m = half::f16::from_f32(value).to_f32();
+                        }
+                    }
+                    KvPrecision::F32 => memory.copy_from_slice(values),
+                }
+            }
+        }
+        // Attention: one piece of the output per (token, head).
+        let mut attended = vec![0f32; tokens * heads * head_dim];
+        let mut seq_of_token = Vec::with_capacity(tokens);
+        for (s, seq) in layout.seqs.iter().enumerate() {
+            seq_of_token.extend(std::iter::repeat_n(s, seq.query_len));
+        }
+        let attention = PagedHeads {
+            k: &self.kv.k[index],
+            v: &self.kv.v[index],
+            qkv: &qkv,
+            qkv_width,
+            heads,
+            kv_heads,
+            head_dim,
+            block_size: self.kv.block_size,
+            scale: 1.0 / (head_dim as f32).sqrt(),
+        };
+        self.kernels
+            .for_each_chunk(&mut attended, head_dim, &|piece, out| {
+                let (token, head) = (piece / heads, piece % heads);
+                let seq = &layout.seqs[seq_of_token[token]];
+                attention.attend(token, head, seq, out);
+            });
+        let mut projected = vec![0f32; tokens * hidden];
+        layer.output.forward(&attended, &mut projected)?;
+        add_into(x, &projected);
+
+        let normed = rms_norm(x, &layer.ffn_norm, eps);
+        let inter = cfg.intermediate_size;
+        let mut gate_up = vec![0f32; tokens * 2 * inter];
+        layer.gate_up.forward(&normed, &mut gate_up)?;
+        let mut activated = vec![0f32; tokens * inter];
+        for (gu, out) in gate_up
+            .chunks_exact(2 * inter)
+            .zip(activated.chunks_exact_mut(inter))
+        {
+            let (gate, up) = gu.split_at(inter);
+            for ((o, &g), &u) in out.iter_mut().zip(gate).zip(up) {
+                *o = g / (1.0 + (-g).exp()) * u;
+            }
+        }
+        layer.down.forward(&activated, &mut projected)?;
+        add_into(x, &projected);
+        Ok(())
+    }
+}
+
+/// The attention of one layer's batch, one (token, head) at a time.
+struct PagedHeads<'a> {
+    k: &'a [f32],
+    v: &'a [f32],
+    qkv: &'a [f32],
+    qkv_width: usize,
+    heads: usize,
+    kv_heads: usize,
+    head_dim: usize,
+    block_size: usize,
+    scale: f32,
+}
+
+impl PagedHeads<'_> {
+    /// `out = softmax(q · Kᵀ · scale) · V` over the sequence's positions up to the token's
+    /// own, in one pass (online softmax: running maximum and sum).
+    fn attend(&self, token: usize, head: usize, seq: &SeqLayout<'_>, out: &mut [f32]) {
+        let hd = self.head_dim;
+        let q = &self.qkv[token * self.qkv_width + head * hd..][..hd];
+        let kv_head = head / (self.heads / self.kv_heads);
+        let slot_len = self.kv_heads * hd;
+        let position = seq.context_len - seq.query_len + (token - seq.query_start);
+        let mut max = f32::NEG_INFINITY;
+        let mut sum = 0f32;
+        out.fill(0.0);
+        for p in 0..=position {
+            let slot = seq.block_table[p / self.block_size] as usize * self.block_size
+                + p % self.block_size;
+            let at = slot * slot_len + kv_head * hd;
+            let k = &self.k[at..at + hd];
+            let score = dot(q, k) * self.scale;
+            let v = &self.v[at..at + hd];
+            if score > max {
+                let rescale = (max - score).exp();
+                sum *= rescale;
+                for o in out.iter_mut() {
+                    *o *= rescale;
+                }
+                max = score;
+            }
+            let weight = (score - max).exp();
+            sum += weight;
+            for (o, &value) in out.iter_mut().zip(v) {
+                *o += weight * value;
+            }
+        }
+        let inverse = 1.0 / sum;
+        for o in out.iter_mut() {
+            *o *= inverse;
+        }
+    }
+}
+
+impl ModelRunner for HostLlamaRunner {
+    fn vocab_size(&self) -> usize {
+        self.config.vocab_size
+    }
+
+    fn max_seq_len(&self) -> Option<usize> {
+        Some(self.config.max_seq_len)
+    }
+
+    fn kv_geometry(&self) -> Option<KvGeometry> {
+        Some(KvGeometry {
+            num_blocks: self.kv.num_blocks,
+            block_size: self.kv.block_size,
+        })
+    }
+
+    fn load_adapter(&mut self, name: &str, dir: &std::path::Path) -> Result<()> {
+        Err(Error::InvalidConfig {
+            reason: format!(
+                "adapter `{name}` ({}): this runner (quantized host kernels) serves the base \
+                 model only; adapters run on the burn runner (`LlamaRunner`; serve_openai \
+                 --enable-lora)",
+                dir.display()
+            )
+            .into(),
+        })
+    }
+
+    fn execute(&mut self, batch: &StepBatch) -> Result<Logits> {
+        let vocab = self.config.vocab_size;
+        if batch.seqs.is_empty() {
+            return Logits::new(Vec::new(), vocab);
+        }
+        let layout = BatchLayout {
+            seqs: batch
+                .seqs
+                .iter()
+                .map(|seq| SeqLayout {
+                    query_start: seq.query_start,
+                    query_len: seq.query_len,
+                    context_len: seq.context_len,
+                    block_table: &seq.block_table,
+                })
+                .collect(),
+            block_size: self.kv.block_size,
+        };
+        self.check_batch(batch, &layout)?;
+        if let Some(seq) = batch.seqs.iter().find(|seq| seq.adapter.is_some()) {
+            return Err(Error::InvalidBatch {
+                reason: format!(
+                    "request {} names an adapter; this runner serves the base model only",
+                    seq.id
+                )
+                .into(),
+            });
+        }
+        self.kv.copy_blocks(&batch.copies)?;
+        let hidden = self.config.hidden_size;
+        let mut x = vec![0f32; batch.tokens.len() * hidden];
+        for (&token, row) in batch.tokens.iter().zip(x.chunks_exact_mut(hidden)) {
+            self.embedding.dequantize_row(token as usize, row)?;
+        }
+        for index in 0..self.layers.len() {
+            self.layer(index, &mut x, batch, &layout)?;
+        }
+        // Only the rows whose logits are wanted go through the output projection.
+        let mut rows = Vec::with_capacity(batch.logit_rows.len() * hidden);
+        for &row in &batch.logit_rows {
+            rows.extend_from_slice(&x[row * hidden..(row + 1) * hidden]);
+        }
+        let normed = rms_norm(&rows, &self.final_norm, self.config.rms_norm_eps as f32);
+        let mut logits = vec![0f32; batch.logit_rows.len() * vocab];
+        self.lm_head
+            .as_ref()
+            .unwrap_or(&self.embedding)
+            .forward(&normed, &mut logits)?;
+        Logits::new(logits, vocab)
+    }
+}
+
+/// `x / rms(x) · weight`, row by row (`weight.len()` values per row), the mean of squares
+/// summed in f64 as ggml does.
+fn rms_norm(x: &[f32], weight: &[f32], eps: f32) -> Vec<f32> {
+    let mut out = vec![0f32; x.len()];
+    for (row, normed) in x
+        .chunks_exact(weight.len())
+        .zip(out.chunks_exact_mut(weight.len()))
+    {
+        let squares: f64 = row.iter().map(|&v| f64::from(v) * f64::from(v)).sum();
+        let mean = (squares / row.len() as f64) as f32;
+        let scale = 1.0 / (mean + eps).sqrt();
+        for ((o, &v), &w) in normed.iter_mut().zip(row).zip(weight) {
+            *o = v * scale * w;
+        }
+    }
+    out
+}
+
+/// ggml's `llama` RoPE: pair `(2i, 2i + 1)` rotated by `position · θ^(-2i / head_dim)`.
+fn rope(head: &mut [f32], cos: &[f32], sin: &[f32]) {
+    for ((pair, &c), &s) in head.chunks_exact_mut(2).zip(cos).zip(sin) {
+        let (a, b) = (pair[0], pair[1]);
+        pair[0] = a * c - b * s;
+        pair[1] = a * s + b * c;
+    }
+}
+
+/// The cos and sin of every (position, pair), computed in f64.
+fn rope_tables(positions: usize, head_dim: usize, theta: f64) -> (Vec<f32>, Vec<f32>) {
+    let half = head_dim / 2;
+    let mut cos = Vec::with_capacity(positions * half);
+    let mut sin = Vec::with_capacity(positions * half);
+    for p in 0..positions {
+        for i in 0..half {
+            let angle = p as f64 * theta.powf(-2.0 * i as f64 / head_dim as f64);
+            cos.push(angle.cos() as f32);
+            sin.push(angle.sin() as f32);
+        }
+    }
+    (cos, sin)
+}
+
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    // Eight independent sums: vectorized by the compiler, and a fixed order.
+    let mut lanes = [0f32; 8];
+    let mut chunks_a = a.chunks_exact(8);
+    let mut chunks_b = b.chunks_exact(8);
+    for (ca, cb) in (&mut chunks_a).zip(&mut chunks_b) {
+        for i in 0..8 {
+            lanes[i] += ca[i] * cb[i];
+        }
+    }
+    let tail: f32 = chunks_a
+        .remainder()
+        .iter()
+        .zip(chunks_b.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    lanes.iter().sum::<f32>() + tail
+}
+
+fn add_into(x: &mut [f32], y: &[f32]) {
+    for (a, &b) in x.iter_mut().zip(y) {
+        *a += b;
+    }
+}
