@@ -86,6 +86,7 @@ impl HostKernels for SimdKernels {
     fn linear(&self, parts: &[WeightBlocks<'_>]) -> Result<Box<dyn HostLinear>> {
         let cols = stacked_cols(parts)?;
         let format = match parts.first().map(|p| p.ggml_type) {
+            Some(GgmlType::Q4_0) => Some(WeightFormat::Q4_0),
             Some(GgmlType::Q4_1) => Some(WeightFormat::Q4_1),
             Some(GgmlType::Q8_0) => Some(WeightFormat::Q8_0),
             _ => None,

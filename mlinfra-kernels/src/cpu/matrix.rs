@@ -5,7 +5,7 @@
 //!
 //! A GGUF stores a matrix row after row, each row a run of 32-value blocks. At load,
 //! [`QuantMatrix::new`] interleaves rows in groups of [`GROUP`] = 8 (ggml's `q4_0_8x8`
-//! repack, applied here to Q4_1 and Q8_0): for each group and block index, the 8 rows'
+//! repack, applied here to Q4_0, Q4_1 and Q8_0): for each group and block index, the 8 rows'
 //! scales (and Q4_1's minimums) side by side in f16, then their codes so that 32-bit lane `r`
 //! of a 256-bit load holds 4 consecutive codes of row `r`. A block's dot product for all 8
 //! rows is then 8 (Q8_0) or 4 (Q4_1) loads, each followed by one `vpdpbusd` (or its AVX2
@@ -45,6 +45,8 @@ const TILE_BYTES: usize = 16 * 1024;
 /// The GGUF block formats [`QuantMatrix`] multiplies in place.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WeightFormat {
+    /// `block_q4_0`: f16 scale, 32 four-bit codes (`w = d·(q - 8)`).
+    Q4_0,
     /// `block_q4_1`: f16 scale and minimum, 32 four-bit codes (`w = d·q + m`).
     Q4_1,
     /// `block_q8_0`: f16 scale, 32 signed eight-bit codes (`w = d·q`).
@@ -55,14 +57,25 @@ impl WeightFormat {
     /// Bytes of one block in a GGUF.
     pub fn block_bytes(self) -> usize {
         match self {
+            WeightFormat::Q4_0 => 18,
             WeightFormat::Q4_1 => 20,
             WeightFormat::Q8_0 => 34,
+        }
+    }
+
+    /// Where a repacked group block's codes start (after the scales, and Q4_1's minimums).
+    fn codes_at(self) -> usize {
+        match self {
+            WeightFormat::Q4_1 => 32,
+            WeightFormat::Q4_0 | WeightFormat::Q8_0 => 16,
         }
     }
 
     /// Bytes of one repacked block of [`GROUP`] rows.
     fn group_block_bytes(self) -> usize {
         match self {
+            // 8 scales, 8 × 16 code bytes.
+            WeightFormat::Q4_0 => 16 + GROUP * 16,
             // 8 scales, 8 minimums, 8 × 16 code bytes.
             WeightFormat::Q4_1 => 16 + 16 + GROUP * 16,
             // 8 scales, 8 × 32 code bytes.
@@ -191,15 +204,19 @@ impl QuantMatrix {
             for (b, src) in src_row.chunks_exact(format.block_bytes()).enumerate() {
                 let dst = &mut data[(group * blocks + b) * gbb..][..gbb];
                 dst[2 * lane..2 * lane + 2].copy_from_slice(&src[0..2]);
+                let codes_at = format.codes_at();
                 match format {
-                    WeightFormat::Q4_1 => {
-                        dst[16 + 2 * lane..16 + 2 * lane + 2].copy_from_slice(&src[2..4]);
+                    WeightFormat::Q4_0 | WeightFormat::Q4_1 => {
+                        let src_codes = src.len() - 16;
+                        if format == WeightFormat::Q4_1 {
+                            dst[16 + 2 * lane..16 + 2 * lane + 2].copy_from_slice(&src[2..4]);
+                        }
                         // Byte j holds codes j (low nibble) and 16 + j (high): chunk c, lane
                         // r takes bytes 4c..4c+4, so its low nibbles are values 4c..4c+4 and
                         // its high nibbles 16+4c..16+4c+4.
                         for c in 0..4 {
-                            dst[32 + 32 * c + 4 * lane..][..4]
-                                .copy_from_slice(&src[4 + 4 * c..8 + 4 * c]);
+                            dst[codes_at + 32 * c + 4 * lane..][..4]
+                                .copy_from_slice(&src[src_codes + 4 * c..src_codes + 4 * c + 4]);
                         }
                     }
                     WeightFormat::Q8_0 => {
@@ -324,6 +341,15 @@ impl QuantMatrix {
                         }
                     }
                 }
+                WeightFormat::Q4_0 => {
+                    for c in 0..4 {
+                        for i in 0..4 {
+                            let byte = block[16 + 32 * c + 4 * lane + i];
+                            values[4 * c + i] = d * (f32::from(byte & 0x0F) - 8.0);
+                            values[16 + 4 * c + i] = d * (f32::from(byte >> 4) - 8.0);
+                        }
+                    }
+                }
             }
         }
         Ok(())
@@ -412,6 +438,11 @@ impl QuantMatrix {
                     (Isa::Avx512Vnni, WeightFormat::Q4_1) => {
                         return x86::q4_1_vnni512(bytes, x, lanes);
                     }
+                    (Isa::Avx2, WeightFormat::Q4_0) => return x86::q4_0_avx2(bytes, x, lanes),
+                    (Isa::AvxVnni, WeightFormat::Q4_0) => return x86::q4_0_vnni(bytes, x, lanes),
+                    (Isa::Avx512Vnni, WeightFormat::Q4_0) => {
+                        return x86::q4_0_vnni512(bytes, x, lanes);
+                    }
                     (Isa::Avx2, WeightFormat::Q8_0) => return x86::q8_0_avx2(bytes, x, lanes),
                     (Isa::AvxVnni, WeightFormat::Q8_0) => return x86::q8_0_vnni(bytes, x, lanes),
                     (Isa::Avx512Vnni, WeightFormat::Q8_0) => {
@@ -421,6 +452,7 @@ impl QuantMatrix {
             }
         }
         match self.format {
+            WeightFormat::Q4_0 => q4_0_portable(bytes, x, lanes),
             WeightFormat::Q4_1 => q4_1_portable(bytes, x, lanes),
             WeightFormat::Q8_0 => q8_0_portable(bytes, x, lanes),
         }
@@ -461,6 +493,28 @@ fn q4_1_portable(bytes: &[u8], x: &[BlockQ8_1], lanes: &mut [f32; GROUP]) {
     for r in 0..GROUP {
         lanes[r] = acc[r] + mins[r];
     }
+}
+
+/// As [`q4_1_portable`], for Q4_0 (`w = d·(q - 8)`: the integer sum is `Σ q·x - 8·Σx`).
+fn q4_0_portable(bytes: &[u8], x: &[BlockQ8_1], lanes: &mut [f32; GROUP]) {
+    let gbb = WeightFormat::Q4_0.group_block_bytes();
+    let mut acc = [0f32; GROUP];
+    for (block, xb) in bytes.chunks_exact(gbb).zip(x) {
+        for (r, acc) in acc.iter_mut().enumerate() {
+            let mut isum = 0i32;
+            for c in 0..4 {
+                let (low, high) = (codes4(&xb.qs, 4 * c), codes4(&xb.qs, 16 + 4 * c));
+                for i in 0..4 {
+                    let byte = block[16 + 32 * c + 4 * r + i];
+                    isum += i32::from(byte & 0x0F) * low[i] + i32::from(byte >> 4) * high[i];
+                }
+            }
+            isum -= 8 * xb.sum;
+            let d = f16_at(block, 2 * r);
+            *acc = (isum as f32).mul_add(d * xb.d, *acc);
+        }
+    }
+    *lanes = acc;
 }
 
 /// As [`q4_1_portable`], for Q8_0 (codes stored as `q + 128`).
@@ -604,6 +658,52 @@ mod x86 {
             }
         };
     }
+
+    macro_rules! q4_0_kernel {
+        ($name:ident, $features:literal, $dot:ident) => {
+            /// # Safety
+            ///
+            /// The CPU has the enabled features; `bytes` holds `x.len()` Q4_0 group blocks.
+            #[target_feature(enable = $features)]
+            pub(super) unsafe fn $name(bytes: &[u8], x: &[BlockQ8_1], lanes: &mut [f32; GROUP]) {
+                let gbb = WeightFormat::Q4_0.group_block_bytes();
+                let nibble = _mm256_set1_epi8(0x0F);
+                let mut acc = _mm256_setzero_ps();
+                for (block, xb) in bytes.chunks_exact(gbb).zip(x) {
+                    let p = block.as_ptr();
+                    // SAFETY: a group block is 144 bytes: scales at 0, code chunks at
+                    // 16 + 32c (c < 4); unaligned loads.
+                    let (d, packed) = unsafe {
+                        (
+                            _mm256_cvtph_ps(_mm_loadu_si128(p.cast())),
+                            [0, 1, 2, 3].map(|c| _mm256_loadu_si256(p.add(16 + 32 * c).cast())),
+                        )
+                    };
+                    let mut isum = _mm256_setzero_si256();
+                    for (c, packed) in packed.into_iter().enumerate() {
+                        let low = _mm256_and_si256(packed, nibble);
+                        let high = _mm256_and_si256(_mm256_srli_epi16(packed, 4), nibble);
+                        isum = $dot!(isum, low, broadcast4!(xb.qs, 4 * c));
+                        isum = $dot!(isum, high, broadcast4!(xb.qs, 16 + 4 * c));
+                    }
+                    // Codes are q, weights q - 8: take 8·Σx back out, exactly.
+                    isum = _mm256_sub_epi32(isum, _mm256_set1_epi32(8 * xb.sum));
+                    let scale = _mm256_mul_ps(d, _mm256_set1_ps(xb.d));
+                    acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), scale, acc);
+                }
+                // SAFETY: `lanes` is 8 f32.
+                unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), acc) };
+            }
+        };
+    }
+
+    q4_0_kernel!(q4_0_avx2, "avx2,fma,f16c", dot_avx2);
+    q4_0_kernel!(q4_0_vnni, "avx2,fma,f16c,avxvnni", dot_vnni);
+    q4_0_kernel!(
+        q4_0_vnni512,
+        "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni",
+        dot_vnni512
+    );
 
     q8_0_kernel_offset!(q8_0_vnni, "avx2,fma,f16c,avxvnni", dot_vnni);
     q8_0_kernel_offset!(

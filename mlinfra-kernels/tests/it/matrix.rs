@@ -1,4 +1,4 @@
-//! Repacked Q4_1 / Q8_0 matrices times Q8_1 activations (issue 24, item 3): against f64
+//! Repacked Q4_0 / Q4_1 / Q8_0 matrices times Q8_1 activations (issue 24, item 3): against f64
 //! twins on awkward shapes (row counts that are not whole groups, one-token batches), every
 //! instruction set this CPU has against the portable path bit for bit, and each token's
 //! result the same alone or in a batch, on any number of threads.
@@ -10,7 +10,7 @@ use mlinfra_kernels::cpu::pool::{Parallelism, SpinPool};
 use mlinfra_kernels::cpu::quant::{BlockQ8_1, quantize_q8_1};
 use mlinfra_test_utils::rng::SplitMix64;
 
-const FORMATS: [WeightFormat; 2] = [WeightFormat::Q4_1, WeightFormat::Q8_0];
+const FORMATS: [WeightFormat; 3] = [WeightFormat::Q4_0, WeightFormat::Q4_1, WeightFormat::Q8_0];
 
 /// A random `rows × cols` matrix in GGUF blocks: scales and minimums of either sign, every
 /// code (Q8_0's -128 included).
@@ -19,6 +19,7 @@ fn gguf_matrix(format: WeightFormat, rows: usize, cols: usize, rng: &mut SplitMi
     for _ in 0..rows * cols / 32 {
         bytes.extend(f16::from_f64(rng.uniform(-0.05, 0.05)).to_le_bytes());
         match format {
+            WeightFormat::Q4_0 => bytes.extend((0..16).map(|_| rng.next_u64() as u8)),
             WeightFormat::Q4_1 => {
                 bytes.extend(f16::from_f64(rng.uniform(-0.5, 0.5)).to_le_bytes());
                 bytes.extend((0..16).map(|_| rng.next_u64() as u8));
@@ -37,6 +38,14 @@ fn dequantize(format: WeightFormat, bytes: &[u8]) -> Vec<f64> {
     for block in bytes.chunks_exact(format.block_bytes()) {
         let d = half(&block[0..2]);
         match format {
+            WeightFormat::Q4_0 => {
+                let mut values = [0f64; 32];
+                for (j, &byte) in block[2..].iter().enumerate() {
+                    values[j] = d * (f64::from(byte & 0x0F) - 8.0);
+                    values[j + 16] = d * (f64::from(byte >> 4) - 8.0);
+                }
+                out.extend(values);
+            }
             WeightFormat::Q4_1 => {
                 let m = half(&block[2..4]);
                 let mut values = [0f64; 32];
@@ -111,6 +120,17 @@ fn products_are_their_f64_twins_on_every_isa_and_bit_identical_across_them() {
                         let term = weights[r * cols + c] * xs[t * cols + c];
                         exact += term;
                         magnitude += term.abs();
+                    }
+                    if format == WeightFormat::Q4_1 {
+                        // The kernel multiplies a block's minimum by `s` as Q8_1 stores it
+                        // (f16, as ggml): the twin takes the same operand.
+                        let blocks = cols / 32;
+                        for b in 0..blocks {
+                            let block = &bytes[(r * blocks + b) * 20..][..20];
+                            let m = f64::from(f16::from_le_bytes([block[2], block[3]]).to_f32());
+                            let xb = &q8[t * blocks + b];
+                            exact += m * (f64::from(xb.s) - f64::from(xb.d) * f64::from(xb.sum));
+                        }
                     }
                     let got = f64::from(portable[t * rows + r]);
                     assert!(

@@ -67,6 +67,17 @@ fn the_dot_product_is_its_f64_twins() {
                 .map(|(w, a)| (w * a).abs())
                 .sum::<f64>()
                 .max(1e-6);
+            // The kernel multiplies each block's minimum by `s` as stored (f16, as ggml), not
+            // by `d·Σq`: the twin takes the same operand.
+            let exact = exact
+                + row
+                    .chunks_exact(Q4_1_BYTES)
+                    .zip(&q8)
+                    .map(|(block, b)| {
+                        let m = f64::from(f16::from_le_bytes([block[2], block[3]]).to_f32());
+                        m * (f64::from(b.s) - f64::from(b.d) * f64::from(b.sum))
+                    })
+                    .sum::<f64>();
             let fast = f64::from(dot_q4_1_q8_1(&row, &q8).unwrap());
             let portable = f64::from(dot_q4_1_q8_1_portable(&row, &q8).unwrap());
             assert!(
@@ -101,13 +112,18 @@ fn activation_blocks_round_to_the_nearest_code() {
     assert_eq!(q8.len(), 2);
     for (block, values) in q8.iter().zip(x.chunks(BLOCK)) {
         let amax = values.iter().fold(0f32, |m, v| m.max(v.abs()));
-        assert_eq!(block.d, amax / 127.0);
+        // ggml's block_q8_1 keeps d and s in f16; codes come from the unrounded scale.
+        let d = amax / 127.0;
+        assert_eq!(block.d, f16::from_f32(d).to_f32());
         assert!(block.qs.iter().any(|&q| q.unsigned_abs() == 127));
         for (&q, &v) in block.qs.iter().zip(values) {
-            assert!((f32::from(q) * block.d - v).abs() <= block.d / 2.0 + 1e-6);
+            // Half a step, plus the f16 rounding of the scale (2^-11 relative) times the code.
+            assert!((f32::from(q) * d - v).abs() <= d / 2.0 + 1e-6);
+            assert!((f32::from(q) * block.d - v).abs() <= d / 2.0 + 127.0 * d / 2048.0 + 1e-6);
         }
         let sum: i32 = block.qs.iter().map(|&q| i32::from(q)).sum();
-        assert!((block.s - block.d * sum as f32).abs() <= 1e-6);
+        assert_eq!(block.sum, sum);
+        assert_eq!(block.s, f16::from_f32(d * sum as f32).to_f32());
     }
     // The padded tail is zero codes.
     assert!(q8[1].qs[8..].iter().all(|&q| q == 0));

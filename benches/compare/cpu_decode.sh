@@ -1,0 +1,100 @@
+#!/usr/bin/env bash
+# Single-stream CPU decode and prompt processing, ours against llama.cpp's `llama-bench`, on
+# the same GGUF files and thread count, in alternating rounds (issue 24, item 5):
+#
+#   tg   decode tokens/s: llama-bench `-n 128` (128 tokens from an empty context) against
+#        `llama_generate --prompt Hi --max-new 128 --ignore-eos`
+#   pp   prompt tokens/s: llama-bench `-p 512` against `llama_generate` on a 512-token prompt
+#
+# and our tg as a fraction of the decode ceiling (`mem_ceiling`: read bandwidth at the same
+# thread count over the bytes a token reads from that file).
+#
+#   benches/compare/cpu_decode.sh                 # Q4_1, Q4_0, Q8_0; 2 threads; 3 rounds
+#   THREADS=1 ROUNDS=5 FORMATS="Q4_1" benches/compare/cpu_decode.sh
+#
+# Files: SmolLM2-135M-Instruct.Q4_1.gguf from scripts/fetch-model; the Q4_0 and Q8_0 files
+# are made from it once with llama.cpp's `llama-quantize --allow-requantize`, the token
+# embedding (the tied output projection) kept at Q8_0 as in the source file. llama.cpp's
+# tools come from scripts/llama-cpp-tools (built from the llama-cpp-python sdist).
+# Prints one line per run and a summary table of medians; docs/BENCHMARKS.md quotes it.
+set -euo pipefail
+
+here=$(cd "$(dirname "$0")/../.." && pwd)
+threads=${THREADS:-2}
+rounds=${ROUNDS:-3}
+formats=${FORMATS:-"Q4_1 Q4_0 Q8_0"}
+models=${MLINFRA_MODELS:-$HOME/.cache/mlinfra/models}
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/mlinfra-target}
+
+bin=$("$here/scripts/llama-cpp-tools")
+source_model=$models/SmolLM2-135M-Instruct.Q4_1.gguf
+[[ -f $source_model ]] || "$here/scripts/fetch-model" >&2
+
+(cd "$here" && cargo build --release --quiet -p mlinfra-examples --example llama_generate \
+    && cargo build --release --quiet -p mlinfra-benches --bin mem_ceiling)
+ours=$CARGO_TARGET_DIR/release/examples/llama_generate
+ceiling=$CARGO_TARGET_DIR/release/mem_ceiling
+
+# 512 one-token words: a 512-token prompt for SmolLM2's tokenizer (checked below).
+prompt=$(python3 -c '
+import random
+words = ("the of and to in is was for on that with as by at from his it an were are which "
+         "this be or has had first one their its after new who they two her she been other").split()
+r = random.Random(0)
+print(" ".join(r.choice(words) for _ in range(512)))')
+
+field() { python3 -c "import json, sys; print(json.loads(sys.stdin.readlines()[-1])['$1'])"; }
+median() { sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
+
+results=$(mktemp)
+trap 'rm -f "$results"' EXIT
+for format in $formats; do
+    model=$models/SmolLM2-135M-Instruct.$format.gguf
+    if [[ ! -f $model ]]; then
+        "$bin/llama-quantize" --allow-requantize --token-embedding-type q8_0 \
+            --output-tensor-type q8_0 "$source_model" "$model" "$format" > /dev/null 2>&1
+    fi
+    read -r bandwidth bytes < <("$ceiling" --model "$model" --rounds 5 | python3 -c "
+import json, sys
+lines = [json.loads(l) for l in sys.stdin]
+bw = [l['read_gb_s'] for l in lines if l.get('threads') == $threads]
+model = [l for l in lines if 'bytes_per_token' in l][0]
+print(bw[0] if bw else 'nan', model['bytes_per_token'])")
+    echo "$format: read ${bandwidth} GB/s on $threads threads, ${bytes} bytes per token"
+    for round in $(seq 1 "$rounds"); do
+        "$bin/llama-bench" -m "$model" -t "$threads" -p 512 -n 128 -r 1 -o jsonl 2>/dev/null \
+            | python3 -c "
+import json, sys
+for line in sys.stdin:
+    d = json.loads(line)
+    test = 'pp' if d['n_prompt'] else 'tg'
+    print('$format', $round, 'llama.cpp', test, d['avg_ts'])" >> "$results"
+        tg=$("$ours" --model "$model" --prompt Hi --max-new 128 --ignore-eos \
+            --threads "$threads" 2>/dev/null | field decode_tokens_per_s)
+        pp_line=$("$ours" --model "$model" --prompt "$prompt" --max-new 1 \
+            --threads "$threads" 2>/dev/null | tail -n 1)
+        pp=$(field prefill_tokens_per_s <<< "$pp_line")
+        [[ $(field prompt_tokens <<< "$pp_line") == 512 ]] || echo "warning: prompt is not 512 tokens" >&2
+        echo "$format $round mlinfra tg $tg" >> "$results"
+        echo "$format $round mlinfra pp $pp" >> "$results"
+        grep "^$format $round " "$results"
+    done
+    echo "$format ceiling $bandwidth $bytes" >> "$results"
+done
+
+echo
+echo "| format | test | mlinfra tok/s | llama.cpp tok/s | ours / llama.cpp | ours, fraction of the decode ceiling |"
+echo "|---|---|---|---|---|---|"
+for format in $formats; do
+    read -r bandwidth bytes < <(awk -v f="$format" '$1 == f && $2 == "ceiling" { print $3, $4 }' "$results")
+    for test in tg pp; do
+        m=$(awk -v f="$format" -v t="$test" '$1 == f && $3 == "mlinfra" && $4 == t { print $5 }' "$results" | median)
+        l=$(awk -v f="$format" -v t="$test" '$1 == f && $3 == "llama.cpp" && $4 == t { print $5 }' "$results" | median)
+        fraction=-
+        if [[ $test == tg ]]; then
+            fraction=$(awk -v m="$m" -v b="$bytes" -v bw="$bandwidth" 'BEGIN { printf "%.0f%%", 100 * m * b / (bw * 1e9) }')
+        fi
+        awk -v f="$format" -v t="$test" -v m="$m" -v l="$l" -v fr="$fraction" \
+            'BEGIN { printf "| %s | %s | %.1f | %.1f | %.2fx | %s |\n", f, t, m, l, m / l, fr }'
+    done
+done
