@@ -13,7 +13,8 @@
 # scripts/openai-venv's venv) and prints TTFT and inter-token latency p50/p99, aggregate
 # output tokens/s and errors. A markdown table closes the run; raw JSON lines stay in $out.
 #
-# Environment: CONCURRENCY ("1 2 4 8 16"), REQUESTS (per level; default max(8, 2C)), SEED (0),
+# Environment: GGUF (another model file, e.g. the Q4_0 / Q8_0 files cpu_decode.sh makes),
+# CONCURRENCY ("1 2 4 8 16"), REQUESTS (per level; default max(8, 2C)), SEED (0),
 # THREADS (nproc), SERVE_OPENAI (a built example binary: skip the cargo build), CARGO_TARGET_DIR
 # (default: the shared ~/.cache/mlinfra-target), LLAMA_CPP_BIN (llama-server's directory).
 set -euo pipefail
@@ -25,7 +26,7 @@ seed=${SEED:-0}
 port=${PORT:-18431}
 out=$(mktemp -d "${TMPDIR:-/tmp}/mlinfra-serve-bench.XXXXXX")
 
-gguf=$(scripts/fetch-model smollm2-135m-instruct | tail -n 1)
+gguf=${GGUF:-$(scripts/fetch-model smollm2-135m-instruct | tail -n 1)}
 python=$(scripts/openai-venv | tail -n 1)
 llama_bin=${LLAMA_CPP_BIN:-$(scripts/llama-cpp-tools | tail -n 1)}
 if [[ -n "${SERVE_OPENAI:-}" ]]; then
@@ -69,7 +70,7 @@ load() {
 
 for conc in $levels; do
     echo "== concurrency $conc: mlinfra" >&2
-    RAYON_NUM_THREADS=$threads "$ours" --model "$gguf" --port "$port" \
+    RAYON_NUM_THREADS=$threads "$ours" --model "$gguf" --port "$port" --threads "$threads" \
         --kv-blocks $((conc * 128 > 512 ? conc * 128 : 512)) \
         > "$out/mlinfra-$conc.log" 2>&1 &
     server=$!

@@ -7,11 +7,13 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use mlinfra_data::tensor::GgmlType;
 use mlinfra_serve::host::{
-    HostKernels, HostLinear, ReferenceKernels, WeightBlocks, check_forward, stacked_cols,
+    AttentionStep, HostKernels, HostLinear, ReferenceKernels, WeightBlocks, check_forward,
+    stacked_cols,
 };
 use mlinfra_serve::{Error, Result};
 
 use super::CpuFeatures;
+use super::attention;
 use super::matrix::{Isa, LayoutError, QuantMatrix, WeightFormat};
 use super::pool::{Parallelism, SpinPool};
 use super::quant::{BlockQ8_1, quantize_q8_1_into};
@@ -120,6 +122,14 @@ impl HostKernels for SimdKernels {
             matrix: Arc::new(matrix),
             parallelism: self.parallelism.clone(),
         }))
+    }
+
+    fn attention(&self, step: &AttentionStep<'_>, out: &mut [f32]) {
+        let isa = self.isa;
+        self.parallelism
+            .for_each_chunk(out, step.head_dim, &|piece, out| {
+                attention::attend(step, piece, out, isa);
+            });
     }
 
     fn for_each_chunk(

@@ -39,6 +39,9 @@ use super::quant::{BLOCK, BlockQ8_1};
 /// Rows interleaved together.
 pub const GROUP: usize = 8;
 
+/// Tokens that share one decoding of a weight block (prefill and batched decode).
+const MICRO_TOKENS: usize = 4;
+
 /// Bytes of weights a thread keeps hot while it runs every token over them.
 const TILE_BYTES: usize = 16 * 1024;
 
@@ -396,24 +399,38 @@ impl QuantMatrix {
             }
             let first = self.groups * part / parts;
             let last = self.groups * (part + 1) / parts;
-            let mut lanes = [0f32; GROUP];
+            let tokens: Vec<&[BlockQ8_1]> = x.chunks_exact(self.blocks).collect();
+            let write = |t: usize, group: usize, lanes: &[f32; GROUP]| {
+                let row = group * GROUP;
+                let n = GROUP.min(rows - row);
+                // SAFETY: parts own disjoint group ranges, so rows `row..row + n` of every
+                // token are written by this part alone, and they lie inside `out`
+                // (`tokens × rows`, checked above), which outlives `run`.
+                unsafe {
+                    std::ptr::copy_nonoverlapping(lanes.as_ptr(), out_rows.at(t * rows + row), n);
+                }
+            };
             for tile_start in (first..last).step_by(tile) {
                 let tile_end = (tile_start + tile).min(last);
-                for (t, xt) in x.chunks_exact(self.blocks).enumerate() {
+                // Four tokens share each weight block's loads and decoding; the rest go one
+                // at a time. Either way a token's result is computed by the same operations.
+                let mut quads = tokens.chunks_exact(MICRO_TOKENS);
+                for (q, quad) in (&mut quads).enumerate() {
+                    let quad: [&[BlockQ8_1]; MICRO_TOKENS] = std::array::from_fn(|i| quad[i]);
                     for group in tile_start..tile_end {
-                        self.group_dot(group, xt, &mut lanes);
-                        let row = group * GROUP;
-                        let n = GROUP.min(rows - row);
-                        // SAFETY: parts own disjoint group ranges, so rows `row..row + n` of
-                        // every token are written by this part alone, and they lie inside
-                        // `out` (`tokens × rows`, checked above), which outlives `run`.
-                        unsafe {
-                            std::ptr::copy_nonoverlapping(
-                                lanes.as_ptr(),
-                                out_rows.at(t * rows + row),
-                                n,
-                            );
+                        let mut lanes = [[0f32; GROUP]; MICRO_TOKENS];
+                        self.group_dot(group, quad, &mut lanes);
+                        for (i, lanes) in lanes.iter().enumerate() {
+                            write(q * MICRO_TOKENS + i, group, lanes);
                         }
+                    }
+                }
+                let done = tokens.len() - quads.remainder().len();
+                for (i, &token) in quads.remainder().iter().enumerate() {
+                    for group in tile_start..tile_end {
+                        let mut lanes = [[0f32; GROUP]; 1];
+                        self.group_dot(group, [token], &mut lanes);
+                        write(done + i, group, &lanes[0]);
                     }
                 }
             }
@@ -421,40 +438,42 @@ impl QuantMatrix {
         Ok(())
     }
 
-    /// The 8 rows of `group` against one token's blocks.
-    fn group_dot(&self, group: usize, x: &[BlockQ8_1], lanes: &mut [f32; GROUP]) {
+    /// The 8 rows of `group` against `T` tokens' blocks.
+    fn group_dot<const T: usize>(
+        &self,
+        group: usize,
+        xs: [&[BlockQ8_1]; T],
+        lanes: &mut [[f32; GROUP]; T],
+    ) {
         let gbb = self.format.group_block_bytes();
         let bytes = &self.data[group * self.blocks * gbb..(group + 1) * self.blocks * gbb];
         #[cfg(target_arch = "x86_64")]
         {
+            use WeightFormat::{Q4_0, Q4_1, Q8_0};
             // SAFETY: `isa` was checked against this CPU when it was chosen; `bytes` holds
-            // `x.len()` group blocks (`x` is one token's `blocks` blocks, checked by
-            // `matmul`).
+            // `blocks` group blocks and each of `xs` is one token's `blocks` blocks (checked
+            // by `matmul`).
             unsafe {
                 match (self.isa, self.format) {
                     (Isa::Portable, _) => {}
-                    (Isa::Avx2, WeightFormat::Q4_1) => return x86::q4_1_avx2(bytes, x, lanes),
-                    (Isa::AvxVnni, WeightFormat::Q4_1) => return x86::q4_1_vnni(bytes, x, lanes),
-                    (Isa::Avx512Vnni, WeightFormat::Q4_1) => {
-                        return x86::q4_1_vnni512(bytes, x, lanes);
-                    }
-                    (Isa::Avx2, WeightFormat::Q4_0) => return x86::q4_0_avx2(bytes, x, lanes),
-                    (Isa::AvxVnni, WeightFormat::Q4_0) => return x86::q4_0_vnni(bytes, x, lanes),
-                    (Isa::Avx512Vnni, WeightFormat::Q4_0) => {
-                        return x86::q4_0_vnni512(bytes, x, lanes);
-                    }
-                    (Isa::Avx2, WeightFormat::Q8_0) => return x86::q8_0_avx2(bytes, x, lanes),
-                    (Isa::AvxVnni, WeightFormat::Q8_0) => return x86::q8_0_vnni(bytes, x, lanes),
-                    (Isa::Avx512Vnni, WeightFormat::Q8_0) => {
-                        return x86::q8_0_vnni512(bytes, x, lanes);
-                    }
+                    (Isa::Avx2, Q4_1) => return x86::q4_1_avx2(bytes, xs, lanes),
+                    (Isa::AvxVnni, Q4_1) => return x86::q4_1_vnni(bytes, xs, lanes),
+                    (Isa::Avx512Vnni, Q4_1) => return x86::q4_1_vnni512(bytes, xs, lanes),
+                    (Isa::Avx2, Q4_0) => return x86::q4_0_avx2(bytes, xs, lanes),
+                    (Isa::AvxVnni, Q4_0) => return x86::q4_0_vnni(bytes, xs, lanes),
+                    (Isa::Avx512Vnni, Q4_0) => return x86::q4_0_vnni512(bytes, xs, lanes),
+                    (Isa::Avx2, Q8_0) => return x86::q8_0_avx2(bytes, xs, lanes),
+                    (Isa::AvxVnni, Q8_0) => return x86::q8_0_vnni(bytes, xs, lanes),
+                    (Isa::Avx512Vnni, Q8_0) => return x86::q8_0_vnni512(bytes, xs, lanes),
                 }
             }
         }
-        match self.format {
-            WeightFormat::Q4_0 => q4_0_portable(bytes, x, lanes),
-            WeightFormat::Q4_1 => q4_1_portable(bytes, x, lanes),
-            WeightFormat::Q8_0 => q8_0_portable(bytes, x, lanes),
+        for (x, lanes) in xs.into_iter().zip(lanes.iter_mut()) {
+            match self.format {
+                WeightFormat::Q4_0 => q4_0_portable(bytes, x, lanes),
+                WeightFormat::Q4_1 => q4_1_portable(bytes, x, lanes),
+                WeightFormat::Q8_0 => q8_0_portable(bytes, x, lanes),
+            }
         }
     }
 }
@@ -585,14 +604,19 @@ mod x86 {
         ($name:ident, $features:literal, $dot:ident) => {
             /// # Safety
             ///
-            /// The CPU has the enabled features; `bytes` holds `x.len()` Q4_1 group blocks.
+            /// The CPU has the enabled features; `bytes` holds as many Q4_1 group blocks as
+            /// each of `xs` has blocks.
             #[target_feature(enable = $features)]
-            pub(super) unsafe fn $name(bytes: &[u8], x: &[BlockQ8_1], lanes: &mut [f32; GROUP]) {
+            pub(super) unsafe fn $name<const T: usize>(
+                bytes: &[u8],
+                xs: [&[BlockQ8_1]; T],
+                lanes: &mut [[f32; GROUP]; T],
+            ) {
                 let gbb = WeightFormat::Q4_1.group_block_bytes();
                 let nibble = _mm256_set1_epi8(0x0F);
-                let mut acc = _mm256_setzero_ps();
-                let mut mins = _mm256_setzero_ps();
-                for (block, xb) in bytes.chunks_exact(gbb).zip(x) {
+                let mut acc = [_mm256_setzero_ps(); T];
+                let mut mins = [_mm256_setzero_ps(); T];
+                for (b, block) in bytes.chunks_exact(gbb).enumerate() {
                     let p = block.as_ptr();
                     // SAFETY: a group block is 160 bytes: scales at 0, minimums at 16, code
                     // chunks at 32 + 32c (c < 4); unaligned loads.
@@ -603,19 +627,28 @@ mod x86 {
                             [0, 1, 2, 3].map(|c| _mm256_loadu_si256(p.add(32 + 32 * c).cast())),
                         )
                     };
-                    let mut isum = _mm256_setzero_si256();
-                    for (c, packed) in packed.into_iter().enumerate() {
-                        let low = _mm256_and_si256(packed, nibble);
-                        let high = _mm256_and_si256(_mm256_srli_epi16(packed, 4), nibble);
-                        isum = $dot!(isum, low, broadcast4!(xb.qs, 4 * c));
-                        isum = $dot!(isum, high, broadcast4!(xb.qs, 16 + 4 * c));
+                    // Chunk c's low nibbles are values 4c.., its high nibbles 16 + 4c...
+                    let low = packed.map(|packed| _mm256_and_si256(packed, nibble));
+                    let high =
+                        packed.map(|packed| _mm256_and_si256(_mm256_srli_epi16(packed, 4), nibble));
+                    for t in 0..T {
+                        let xb = &xs[t][b];
+                        let mut isum = _mm256_setzero_si256();
+                        for c in 0..4 {
+                            isum = $dot!(isum, low[c], broadcast4!(xb.qs, 4 * c));
+                            isum = $dot!(isum, high[c], broadcast4!(xb.qs, 16 + 4 * c));
+                        }
+                        let scale = _mm256_mul_ps(d, _mm256_set1_ps(xb.d));
+                        acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), scale, acc[t]);
+                        mins[t] = _mm256_fmadd_ps(m, _mm256_set1_ps(xb.s), mins[t]);
                     }
-                    let scale = _mm256_mul_ps(d, _mm256_set1_ps(xb.d));
-                    acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), scale, acc);
-                    mins = _mm256_fmadd_ps(m, _mm256_set1_ps(xb.s), mins);
                 }
-                // SAFETY: `lanes` is 8 f32.
-                unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), _mm256_add_ps(acc, mins)) };
+                for t in 0..T {
+                    // SAFETY: `lanes[t]` is 8 f32.
+                    unsafe {
+                        _mm256_storeu_ps(lanes[t].as_mut_ptr(), _mm256_add_ps(acc[t], mins[t]))
+                    };
+                }
             }
         };
     }
@@ -628,48 +661,22 @@ mod x86 {
         dot_vnni512
     );
 
-    macro_rules! q8_0_kernel_offset {
-        ($name:ident, $features:literal, $dot:ident) => {
-            /// # Safety
-            ///
-            /// The CPU has the enabled features; `bytes` holds `x.len()` Q8_0 group blocks.
-            #[target_feature(enable = $features)]
-            pub(super) unsafe fn $name(bytes: &[u8], x: &[BlockQ8_1], lanes: &mut [f32; GROUP]) {
-                let gbb = WeightFormat::Q8_0.group_block_bytes();
-                let mut acc = _mm256_setzero_ps();
-                for (block, xb) in bytes.chunks_exact(gbb).zip(x) {
-                    let p = block.as_ptr();
-                    // SAFETY: a group block is 272 bytes: scales at 0, code chunks at
-                    // 16 + 32c (c < 8).
-                    let d = unsafe { _mm256_cvtph_ps(_mm_loadu_si128(p.cast())) };
-                    let mut isum = _mm256_setzero_si256();
-                    for c in 0..8 {
-                        // SAFETY: as above.
-                        let codes = unsafe { _mm256_loadu_si256(p.add(16 + 32 * c).cast()) };
-                        isum = $dot!(isum, codes, broadcast4!(xb.qs, 4 * c));
-                    }
-                    // The codes are q + 128: take 128·Σx back out, exactly.
-                    isum = _mm256_sub_epi32(isum, _mm256_set1_epi32(128 * xb.sum));
-                    let scale = _mm256_mul_ps(d, _mm256_set1_ps(xb.d));
-                    acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), scale, acc);
-                }
-                // SAFETY: `lanes` is 8 f32.
-                unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), acc) };
-            }
-        };
-    }
-
     macro_rules! q4_0_kernel {
         ($name:ident, $features:literal, $dot:ident) => {
             /// # Safety
             ///
-            /// The CPU has the enabled features; `bytes` holds `x.len()` Q4_0 group blocks.
+            /// The CPU has the enabled features; `bytes` holds as many Q4_0 group blocks as
+            /// each of `xs` has blocks.
             #[target_feature(enable = $features)]
-            pub(super) unsafe fn $name(bytes: &[u8], x: &[BlockQ8_1], lanes: &mut [f32; GROUP]) {
+            pub(super) unsafe fn $name<const T: usize>(
+                bytes: &[u8],
+                xs: [&[BlockQ8_1]; T],
+                lanes: &mut [[f32; GROUP]; T],
+            ) {
                 let gbb = WeightFormat::Q4_0.group_block_bytes();
                 let nibble = _mm256_set1_epi8(0x0F);
-                let mut acc = _mm256_setzero_ps();
-                for (block, xb) in bytes.chunks_exact(gbb).zip(x) {
+                let mut acc = [_mm256_setzero_ps(); T];
+                for (b, block) in bytes.chunks_exact(gbb).enumerate() {
                     let p = block.as_ptr();
                     // SAFETY: a group block is 144 bytes: scales at 0, code chunks at
                     // 16 + 32c (c < 4); unaligned loads.
@@ -679,20 +686,26 @@ mod x86 {
                             [0, 1, 2, 3].map(|c| _mm256_loadu_si256(p.add(16 + 32 * c).cast())),
                         )
                     };
-                    let mut isum = _mm256_setzero_si256();
-                    for (c, packed) in packed.into_iter().enumerate() {
-                        let low = _mm256_and_si256(packed, nibble);
-                        let high = _mm256_and_si256(_mm256_srli_epi16(packed, 4), nibble);
-                        isum = $dot!(isum, low, broadcast4!(xb.qs, 4 * c));
-                        isum = $dot!(isum, high, broadcast4!(xb.qs, 16 + 4 * c));
+                    let low = packed.map(|packed| _mm256_and_si256(packed, nibble));
+                    let high =
+                        packed.map(|packed| _mm256_and_si256(_mm256_srli_epi16(packed, 4), nibble));
+                    for t in 0..T {
+                        let xb = &xs[t][b];
+                        let mut isum = _mm256_setzero_si256();
+                        for c in 0..4 {
+                            isum = $dot!(isum, low[c], broadcast4!(xb.qs, 4 * c));
+                            isum = $dot!(isum, high[c], broadcast4!(xb.qs, 16 + 4 * c));
+                        }
+                        // Codes are q, weights q - 8: take 8·Σx back out, exactly.
+                        isum = _mm256_sub_epi32(isum, _mm256_set1_epi32(8 * xb.sum));
+                        let scale = _mm256_mul_ps(d, _mm256_set1_ps(xb.d));
+                        acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), scale, acc[t]);
                     }
-                    // Codes are q, weights q - 8: take 8·Σx back out, exactly.
-                    isum = _mm256_sub_epi32(isum, _mm256_set1_epi32(8 * xb.sum));
-                    let scale = _mm256_mul_ps(d, _mm256_set1_ps(xb.d));
-                    acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), scale, acc);
                 }
-                // SAFETY: `lanes` is 8 f32.
-                unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), acc) };
+                for t in 0..T {
+                    // SAFETY: `lanes[t]` is 8 f32.
+                    unsafe { _mm256_storeu_ps(lanes[t].as_mut_ptr(), acc[t]) };
+                }
             }
         };
     }
@@ -705,41 +718,80 @@ mod x86 {
         dot_vnni512
     );
 
-    q8_0_kernel_offset!(q8_0_vnni, "avx2,fma,f16c,avxvnni", dot_vnni);
-    q8_0_kernel_offset!(
+    /// The signed int8 step of Q8_0: with VNNI, the offset codes `q + 128` go straight into
+    /// `vpdpbusd` and `128·Σx` comes out at the end; on plain AVX2 `maddubs` would saturate
+    /// on them (2·255·127 > i16::MAX), so the codes go back to signed and the sign moves onto
+    /// the activations (`|w| · sign(x, w)`: |pair| ≤ 2·128·127), with nothing to take out.
+    macro_rules! q8_dot_offset {
+        ($acc:expr, $codes:expr, $x:expr) => {
+            _mm256_dpbusd_avx_epi32($acc, $codes, $x)
+        };
+    }
+    macro_rules! q8_dot_offset512 {
+        ($acc:expr, $codes:expr, $x:expr) => {
+            _mm256_dpbusd_epi32($acc, $codes, $x)
+        };
+    }
+    macro_rules! q8_dot_signed {
+        ($acc:expr, $codes:expr, $x:expr) => {{
+            let signed = _mm256_xor_si256($codes, _mm256_set1_epi8(0x80u8 as i8));
+            dot_avx2!($acc, _mm256_abs_epi8(signed), _mm256_sign_epi8($x, signed))
+        }};
+    }
+
+    macro_rules! q8_0_kernel {
+        ($name:ident, $features:literal, $dot:ident, $offset:expr) => {
+            /// # Safety
+            ///
+            /// The CPU has the enabled features; `bytes` holds as many Q8_0 group blocks as
+            /// each of `xs` has blocks.
+            #[target_feature(enable = $features)]
+            pub(super) unsafe fn $name<const T: usize>(
+                bytes: &[u8],
+                xs: [&[BlockQ8_1]; T],
+                lanes: &mut [[f32; GROUP]; T],
+            ) {
+                let gbb = WeightFormat::Q8_0.group_block_bytes();
+                let mut acc = [_mm256_setzero_ps(); T];
+                for (b, block) in bytes.chunks_exact(gbb).enumerate() {
+                    let p = block.as_ptr();
+                    // SAFETY: a group block is 272 bytes: scales at 0, code chunks at
+                    // 16 + 32c (c < 8).
+                    let (d, codes) = unsafe {
+                        (
+                            _mm256_cvtph_ps(_mm_loadu_si128(p.cast())),
+                            [0, 1, 2, 3, 4, 5, 6, 7]
+                                .map(|c| _mm256_loadu_si256(p.add(16 + 32 * c).cast())),
+                        )
+                    };
+                    for t in 0..T {
+                        let xb = &xs[t][b];
+                        let mut isum = _mm256_setzero_si256();
+                        for c in 0..8 {
+                            isum = $dot!(isum, codes[c], broadcast4!(xb.qs, 4 * c));
+                        }
+                        if $offset {
+                            // The codes are q + 128: take 128·Σx back out, exactly.
+                            isum = _mm256_sub_epi32(isum, _mm256_set1_epi32(128 * xb.sum));
+                        }
+                        let scale = _mm256_mul_ps(d, _mm256_set1_ps(xb.d));
+                        acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), scale, acc[t]);
+                    }
+                }
+                for t in 0..T {
+                    // SAFETY: `lanes[t]` is 8 f32.
+                    unsafe { _mm256_storeu_ps(lanes[t].as_mut_ptr(), acc[t]) };
+                }
+            }
+        };
+    }
+
+    q8_0_kernel!(q8_0_avx2, "avx2,fma,f16c", q8_dot_signed, false);
+    q8_0_kernel!(q8_0_vnni, "avx2,fma,f16c,avxvnni", q8_dot_offset, true);
+    q8_0_kernel!(
         q8_0_vnni512,
         "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni",
-        dot_vnni512
+        q8_dot_offset512,
+        true
     );
-
-    /// Q8_0 on plain AVX2: `maddubs` would saturate on offset codes (2·255·127 > i16::MAX),
-    /// so the codes go back to signed and the sign moves onto the activations
-    /// (`|w| · sign(x, w)`: |pair| ≤ 2·128·127).
-    ///
-    /// # Safety
-    ///
-    /// The CPU has AVX2, FMA and F16C; `bytes` holds `x.len()` Q8_0 group blocks.
-    #[target_feature(enable = "avx2,fma,f16c")]
-    pub(super) unsafe fn q8_0_avx2(bytes: &[u8], x: &[BlockQ8_1], lanes: &mut [f32; GROUP]) {
-        let gbb = WeightFormat::Q8_0.group_block_bytes();
-        let flip = _mm256_set1_epi8(0x80u8 as i8);
-        let mut acc = _mm256_setzero_ps();
-        for (block, xb) in bytes.chunks_exact(gbb).zip(x) {
-            let p = block.as_ptr();
-            // SAFETY: as in the VNNI kernels.
-            let d = unsafe { _mm256_cvtph_ps(_mm_loadu_si128(p.cast())) };
-            let mut isum = _mm256_setzero_si256();
-            for c in 0..8 {
-                // SAFETY: as above.
-                let offset = unsafe { _mm256_loadu_si256(p.add(16 + 32 * c).cast()) };
-                let codes = _mm256_xor_si256(offset, flip);
-                let xs = broadcast4!(xb.qs, 4 * c);
-                isum = dot_avx2!(isum, _mm256_abs_epi8(codes), _mm256_sign_epi8(xs, codes));
-            }
-            let scale = _mm256_mul_ps(d, _mm256_set1_ps(xb.d));
-            acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), scale, acc);
-        }
-        // SAFETY: `lanes` is 8 f32.
-        unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), acc) };
-    }
 }

@@ -10,6 +10,7 @@
 //! - [`SimdKernels`]: all of it as serve's `HostKernels`, the compute of its
 //!   `HostLlamaRunner`.
 
+mod attention;
 mod host;
 pub mod matrix;
 pub mod pool;

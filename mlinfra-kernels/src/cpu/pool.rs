@@ -64,7 +64,8 @@ impl Parallelism {
 
 impl Parallelism {
     /// Calls `task(i, piece)` for each `chunk`-long piece of `out` (the last may be
-    /// shorter), the pieces split into contiguous runs, one run per part.
+    /// shorter). Part `p` takes pieces `p, p + parts, p + 2·parts...`: interleaved, so that
+    /// pieces whose cost grows with their index (causal attention) balance.
     pub fn for_each_chunk(
         &self,
         out: &mut [f32],
@@ -86,7 +87,7 @@ impl Parallelism {
             if part >= parts {
                 return;
             }
-            for index in pieces * part / parts..pieces * (part + 1) / parts {
+            for index in (part..pieces).step_by(parts) {
                 let start = index * chunk;
                 let end = (start + chunk).min(len);
                 // SAFETY: pieces are disjoint and each is handed to one part only; they lie
@@ -248,12 +249,15 @@ fn worker(shared: &Shared, index: usize) {
         // Spin, then park until the caller's unpark (or a timeout, in case the unpark raced
         // with the flag).
         let mut spun_since = Instant::now();
+        let mut spins = 0u32;
         let epoch = loop {
             let epoch = shared.epoch.load(Ordering::Acquire);
             if epoch != seen {
                 break epoch;
             }
-            if spun_since.elapsed() < SPIN_BEFORE_PARK {
+            spins = spins.wrapping_add(1);
+            // The clock is read every 1024 spins only: reading it is a few percent of a core.
+            if !spins.is_multiple_of(1024) || spun_since.elapsed() < SPIN_BEFORE_PARK {
                 std::hint::spin_loop();
                 continue;
             }

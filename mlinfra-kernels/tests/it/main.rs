@@ -1,6 +1,7 @@
 //! Integration tests of `mlinfra-kernels`: one binary, one module per area. Kernels run on the
 //! software Vulkan adapter (lavapipe) through cubecl's wgpu runtime.
 
+mod attention;
 mod gelu;
 mod host;
 mod matrix;

@@ -6,8 +6,9 @@ use std::borrow::Cow;
 use mlinfra_data::tensor::GgufFile;
 use mlinfra_train::models::LlamaConfig;
 
-use super::{HostKernels, HostLinear, WeightBlocks};
+use super::{AttentionStep, HostKernels, HostLinear, WeightBlocks};
 use crate::attention::{BatchLayout, SeqLayout};
+
 use crate::kv::BlockCopy;
 use crate::runner::{KvGeometry, Logits, ModelRunner};
 use crate::sched::StepBatch;
@@ -363,7 +364,7 @@ impl HostLlamaRunner {
         for (s, seq) in layout.seqs.iter().enumerate() {
             seq_of_token.extend(std::iter::repeat_n(s, seq.query_len));
         }
-        let attention = PagedHeads {
+        let step = AttentionStep {
             k: &self.kv.k[index],
             v: &self.kv.v[index],
             qkv: &qkv,
@@ -373,13 +374,10 @@ impl HostLlamaRunner {
             head_dim,
             block_size: self.kv.block_size,
             scale: 1.0 / (head_dim as f32).sqrt(),
+            layout,
+            seq_of_token: &seq_of_token,
         };
-        self.kernels
-            .for_each_chunk(&mut attended, head_dim, &|piece, out| {
-                let (token, head) = (piece / heads, piece % heads);
-                let seq = &layout.seqs[seq_of_token[token]];
-                attention.attend(token, head, seq, out);
-            });
+        self.kernels.attention(&step, &mut attended);
         let mut projected = vec![0f32; tokens * hidden];
         layer.output.forward(&attended, &mut projected)?;
         add_into(x, &projected);
@@ -401,59 +399,6 @@ impl HostLlamaRunner {
         layer.down.forward(&activated, &mut projected)?;
         add_into(x, &projected);
         Ok(())
-    }
-}
-
-/// The attention of one layer's batch, one (token, head) at a time.
-struct PagedHeads<'a> {
-    k: &'a [f32],
-    v: &'a [f32],
-    qkv: &'a [f32],
-    qkv_width: usize,
-    heads: usize,
-    kv_heads: usize,
-    head_dim: usize,
-    block_size: usize,
-    scale: f32,
-}
-
-impl PagedHeads<'_> {
-    /// `out = softmax(q · Kᵀ · scale) · V` over the sequence's positions up to the token's
-    /// own, in one pass (online softmax: running maximum and sum).
-    fn attend(&self, token: usize, head: usize, seq: &SeqLayout<'_>, out: &mut [f32]) {
-        let hd = self.head_dim;
-        let q = &self.qkv[token * self.qkv_width + head * hd..][..hd];
-        let kv_head = head / (self.heads / self.kv_heads);
-        let slot_len = self.kv_heads * hd;
-        let position = seq.context_len - seq.query_len + (token - seq.query_start);
-        let mut max = f32::NEG_INFINITY;
-        let mut sum = 0f32;
-        out.fill(0.0);
-        for p in 0..=position {
-            let slot = seq.block_table[p / self.block_size] as usize * self.block_size
-                + p % self.block_size;
-            let at = slot * slot_len + kv_head * hd;
-            let k = &self.k[at..at + hd];
-            let score = dot(q, k) * self.scale;
-            let v = &self.v[at..at + hd];
-            if score > max {
-                let rescale = (max - score).exp();
-                sum *= rescale;
-                for o in out.iter_mut() {
-                    *o *= rescale;
-                }
-                max = score;
-            }
-            let weight = (score - max).exp();
-            sum += weight;
-            for (o, &value) in out.iter_mut().zip(v) {
-                *o += weight * value;
-            }
-        }
-        let inverse = 1.0 / sum;
-        for o in out.iter_mut() {
-            *o *= inverse;
-        }
     }
 }
 
@@ -577,25 +522,6 @@ fn rope_tables(positions: usize, head_dim: usize, theta: f64) -> (Vec<f32>, Vec<
         }
     }
     (cos, sin)
-}
-
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    // Eight independent sums: vectorized by the compiler, and a fixed order.
-    let mut lanes = [0f32; 8];
-    let mut chunks_a = a.chunks_exact(8);
-    let mut chunks_b = b.chunks_exact(8);
-    for (ca, cb) in (&mut chunks_a).zip(&mut chunks_b) {
-        for i in 0..8 {
-            lanes[i] += ca[i] * cb[i];
-        }
-    }
-    let tail: f32 = chunks_a
-        .remainder()
-        .iter()
-        .zip(chunks_b.remainder())
-        .map(|(x, y)| x * y)
-        .sum();
-    lanes.iter().sum::<f32>() + tail
 }
 
 fn add_into(x: &mut [f32], y: &[f32]) {

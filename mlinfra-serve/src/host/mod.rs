@@ -16,8 +16,10 @@
 //!
 //! [`LlamaRunner`]: crate::runner::LlamaRunner
 
+mod attention;
 mod llama;
 
+pub use attention::{AttentionStep, exp_slice};
 pub use llama::{HostLlamaRunner, KvPrecision};
 
 use std::borrow::Cow;
@@ -122,9 +124,20 @@ pub trait HostKernels: Send + Sync {
     /// used.
     fn linear(&self, parts: &[WeightBlocks<'_>]) -> Result<Box<dyn HostLinear>>;
 
+    /// One layer's attention: piece `i` of `out` (`head_dim` values) is
+    /// [`AttentionStep::attend_reference`]'s result for piece `i`, up to rounding. Defaults
+    /// to exactly that, spread over [`HostKernels::for_each_chunk`].
+    ///
+    /// Contract (serve's batch invariance): a piece's result depends on its own query and
+    /// sequence only, never on the other pieces of the step.
+    fn attention(&self, step: &AttentionStep<'_>, out: &mut [f32]) {
+        self.for_each_chunk(out, step.head_dim, &|piece, out| {
+            step.attend_reference(piece, out);
+        });
+    }
+
     /// Calls `task(i, chunk)` for each `chunk`-long piece of `out` (the last may be shorter),
-    /// on as many threads as these kernels use. The runner's attention runs through it, one
-    /// piece per (token, head).
+    /// on as many threads as these kernels use.
     fn for_each_chunk(
         &self,
         out: &mut [f32],
