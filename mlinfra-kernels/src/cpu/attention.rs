@@ -1,50 +1,100 @@
-//! Paged attention for [`SimdKernels`](super::SimdKernels): serve's
-//! [`AttentionStep`] pieces, one (token, query head) each, with AVX2 and FMA.
+//! Paged attention for [`SimdKernels`](super::SimdKernels): serve's [`AttentionStep`] with
+//! AVX2 and FMA, in tiles of up to four consecutive queries of one sequence and head.
 //!
 //! The same three passes as serve's reference ([`AttentionStep::attend_reference`]): scores
-//! `q·k` for every position up to the token's own, `exp` of the scores less their maximum
-//! (serve's [`exp_slice`], compiled here for AVX2), and the values weighted and summed. The
-//! dot products and the weighted sum use 8-lane FMA; for the usual head sizes (32, 64, 128)
-//! the output stays in registers across positions. A piece's result depends on its own
-//! query and sequence only (serve's batch invariance); it differs from the reference by the
+//! `q·k` for every position up to each query's own, `exp` of the scores less their maximum
+//! (serve's [`exp_slice`], compiled here for AVX2), and the values weighted and summed. A
+//! tile loads each key and value row once for all its queries (a prefill's queries share
+//! almost all their positions), the dot products and the weighted sums are 8-lane FMA, and
+//! four scores come out of one horizontal-add tree.
+//!
+//! Batch invariance: a query's arithmetic is the same operations in the same order whatever
+//! tile it is in (a missing query is a zero lane of the tree, its results dropped), so its
+//! output depends on its own query and sequence only. It differs from the reference by the
 //! summation order's rounding.
 
 use mlinfra_serve::host::{AttentionStep, exp_slice};
 
 use super::matrix::Isa;
+use super::pool::{Parallelism, SharedOut};
 
-/// Piece `piece` of `step` into `out` on `isa` (the reference where it has no AVX2 or the
-/// head size is not a multiple of 8).
-pub(crate) fn attend(step: &AttentionStep<'_>, piece: usize, out: &mut [f32], isa: Isa) {
-    #[cfg(target_arch = "x86_64")]
-    if isa != Isa::Portable && step.head_dim.is_multiple_of(8) {
-        // SAFETY: every ISA but Portable implies AVX2 and FMA, checked when it was chosen.
-        return unsafe { x86::attend(step, piece, out) };
+/// Queries per tile.
+const TILE: usize = 4;
+
+/// `step` into `out` (`[tokens, heads · head_dim]`) on `isa` and `parallelism`: tiles spread
+/// over the parts in turn (their costs grow with their positions, so neighbours balance).
+/// The reference, piece by piece, where there is no AVX2 or the head size is not 32, 64 or
+/// 128.
+pub(crate) fn attention(
+    step: &AttentionStep<'_>,
+    out: &mut [f32],
+    isa: Isa,
+    parallelism: &Parallelism,
+) {
+    let hd = step.head_dim;
+    if isa == Isa::Portable || !matches!(hd, 32 | 64 | 128) || !cfg!(target_arch = "x86_64") {
+        parallelism.for_each_chunk(out, hd, &|piece, out| step.attend_reference(piece, out));
+        return;
     }
-    let _ = isa;
-    step.attend_reference(piece, out);
+    // (head, first token, queries) of every tile.
+    let mut tiles = Vec::new();
+    for seq in &step.layout.seqs {
+        for head in 0..step.heads {
+            let end = seq.query_start + seq.query_len;
+            let mut first = seq.query_start;
+            while first < end {
+                let n = (end - first).min(TILE);
+                tiles.push((head, first, n));
+                first += n;
+            }
+        }
+    }
+    assert_eq!(out.len(), step.pieces() * hd, "the attention output's size");
+    let base = SharedOut(out.as_mut_ptr());
+    let parts = parallelism.parts().min(tiles.len()).max(1);
+    parallelism.run(&|part| {
+        if part >= parts {
+            return;
+        }
+        for &(head, first, n) in tiles.iter().skip(part).step_by(parts) {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: every ISA but Portable implies AVX2 and FMA (checked when it was
+            // chosen); the head size is 32, 64 or 128. Tiles write disjoint pieces of `out`
+            // (each (token, head) is in one tile), which outlives `run`.
+            unsafe {
+                match hd {
+                    32 => x86::tile::<4>(step, head, first, n, base),
+                    64 => x86::tile::<8>(step, head, first, n, base),
+                    _ => x86::tile::<16>(step, head, first, n, base),
+                }
+            }
+            #[cfg(not(target_arch = "x86_64"))]
+            let _ = (head, first, n, base);
+        }
+    });
 }
 
 #[cfg(target_arch = "x86_64")]
+// Registers are indexed by query and column on purpose: the loops mirror the tile.
+#[allow(clippy::needless_range_loop)]
 mod x86 {
     use std::arch::x86_64::*;
     use std::cell::RefCell;
 
-    use super::{AttentionStep, exp_slice};
+    use super::{AttentionStep, SharedOut, TILE, exp_slice};
 
     thread_local! {
-        static SCORES: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+        static SCORES: RefCell<[Vec<f32>; TILE]> = const { RefCell::new([const { Vec::new() }; TILE]) };
         static OFFSETS: RefCell<Vec<usize>> = const { RefCell::new(Vec::new()) };
     }
 
-    /// Where the keys (and values) of positions `0..=position(piece)` start, in position
-    /// order: walked block by block (no division per position).
+    /// Where the keys (and values) of positions `0..=last` of `piece`'s sequence start, for
+    /// its KV head, in position order: walked block by block (no division per position).
     #[inline(always)]
-    fn kv_offsets(step: &AttentionStep<'_>, piece: usize, offsets: &mut Vec<usize>) {
+    fn kv_offsets(step: &AttentionStep<'_>, piece: usize, last: usize, offsets: &mut Vec<usize>) {
         let seq = step.seq(piece);
         let stride = step.kv_heads * step.head_dim;
         let head = piece % step.heads / (step.heads / step.kv_heads) * step.head_dim;
-        let last = step.position(piece);
         offsets.clear();
         for (b, &block) in seq.block_table.iter().enumerate() {
             let first = b * step.block_size;
@@ -57,128 +107,114 @@ mod x86 {
         }
     }
 
+    /// The four lanes' sums of `a`, `b`, `c`, `d` by one fixed tree: lane `t` is
+    /// `((x0+x1)+(x2+x3)) + ((x4+x5)+(x6+x7))` of the `t`-th vector.
+    #[target_feature(enable = "avx2,fma")]
+    fn sums4(a: __m256, b: __m256, c: __m256, d: __m256) -> __m128 {
+        let tree = _mm256_hadd_ps(_mm256_hadd_ps(a, b), _mm256_hadd_ps(c, d));
+        _mm_add_ps(_mm256_castps256_ps128(tree), _mm256_extractf128_ps(tree, 1))
+    }
+
+    /// Queries `first..first + n` (consecutive tokens of one sequence) of head `head`, each
+    /// into its piece of the output at `out`. `N · 8` is the head size.
+    ///
     /// # Safety
     ///
-    /// The CPU has AVX2 and FMA; `step.head_dim` is a multiple of 8.
+    /// The CPU has AVX2 and FMA; the head size is `N · 8`; no other thread writes these
+    /// pieces of the output, which is `step.pieces() · head_dim` long.
     #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn attend(step: &AttentionStep<'_>, piece: usize, out: &mut [f32]) {
+    pub(super) unsafe fn tile<const N: usize>(
+        step: &AttentionStep<'_>,
+        head: usize,
+        first: usize,
+        n: usize,
+        out: SharedOut,
+    ) {
+        let pieces: [usize; TILE] =
+            std::array::from_fn(|t| (first + t.min(n - 1)) * step.heads + head);
+        let last: [usize; TILE] = pieces.map(|piece| step.position(piece));
         OFFSETS.with_borrow_mut(|offsets| {
-            kv_offsets(step, piece, offsets);
+            kv_offsets(step, pieces[n - 1], last[n - 1], offsets);
             SCORES.with_borrow_mut(|scores| {
-                // SAFETY: the caller's promise, passed on.
-                unsafe {
-                    scores_into(step, piece, offsets, scores);
-                    softmax_weights(scores);
-                    match step.head_dim {
-                        32 => weighted_sum::<4>(step, offsets, scores, out),
-                        64 => weighted_sum::<8>(step, offsets, scores, out),
-                        128 => weighted_sum::<16>(step, offsets, scores, out),
-                        _ => weighted_sum_any(step, offsets, scores, out),
+                // Queries in registers' worth of loads; absent ones are zeros.
+                let mut q = [[_mm256_setzero_ps(); N]; TILE];
+                for t in 0..n {
+                    let query = step.query(pieces[t]);
+                    for j in 0..N {
+                        // SAFETY: a query is N·8 values.
+                        q[t][j] = unsafe { _mm256_loadu_ps(query.as_ptr().add(8 * j)) };
+                    }
+                }
+                for s in scores.iter_mut() {
+                    s.clear();
+                }
+                let scale = _mm_set1_ps(step.scale);
+                for (p, &at) in offsets.iter().enumerate() {
+                    let k = &step.k[at..at + N * 8];
+                    let mut acc = [_mm256_setzero_ps(); TILE];
+                    for j in 0..N {
+                        // SAFETY: `k` holds N·8 values.
+                        let kj = unsafe { _mm256_loadu_ps(k.as_ptr().add(8 * j)) };
+                        for t in 0..TILE {
+                            acc[t] = _mm256_fmadd_ps(q[t][j], kj, acc[t]);
+                        }
+                    }
+                    let mut four = [0f32; TILE];
+                    // SAFETY: `four` is 4 f32.
+                    unsafe {
+                        _mm_storeu_ps(
+                            four.as_mut_ptr(),
+                            _mm_mul_ps(sums4(acc[0], acc[1], acc[2], acc[3]), scale),
+                        )
+                    };
+                    for t in 0..n {
+                        if p <= last[t] {
+                            scores[t].push(four[t]);
+                        }
+                    }
+                }
+                for t in 0..n {
+                    let weights = &mut scores[t];
+                    let max = weights.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
+                    for w in weights.iter_mut() {
+                        *w -= max;
+                    }
+                    exp_slice(weights);
+                }
+                let mut acc = [[_mm256_setzero_ps(); N]; TILE];
+                let mut total = [0f32; TILE];
+                for (p, &at) in offsets.iter().enumerate() {
+                    let v = &step.v[at..at + N * 8];
+                    for j in 0..N {
+                        // SAFETY: `v` holds N·8 values.
+                        let vj = unsafe { _mm256_loadu_ps(v.as_ptr().add(8 * j)) };
+                        for t in 0..n {
+                            if p <= last[t] {
+                                let w = _mm256_set1_ps(scores[t][p]);
+                                acc[t][j] = _mm256_fmadd_ps(w, vj, acc[t][j]);
+                            }
+                        }
+                    }
+                    for t in 0..n {
+                        if p <= last[t] {
+                            total[t] += scores[t][p];
+                        }
+                    }
+                }
+                for t in 0..n {
+                    let inverse = _mm256_set1_ps(1.0 / total[t]);
+                    for j in 0..N {
+                        // SAFETY: piece `pieces[t]` is N·8 values inside the output, written
+                        // by this tile alone (the caller's promise).
+                        unsafe {
+                            _mm256_storeu_ps(
+                                out.at(pieces[t] * N * 8 + 8 * j),
+                                _mm256_mul_ps(acc[t][j], inverse),
+                            )
+                        };
                     }
                 }
             });
         });
-    }
-
-    /// `q · k · scale` for positions `0..=position`.
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn scores_into(
-        step: &AttentionStep<'_>,
-        piece: usize,
-        offsets: &[usize],
-        scores: &mut Vec<f32>,
-    ) {
-        let q = step.query(piece);
-        let hd = step.head_dim;
-        scores.clear();
-        for &at in offsets {
-            let k = &step.k[at..][..hd];
-            let mut acc = [_mm256_setzero_ps(), _mm256_setzero_ps()];
-            for (j, (qs, ks)) in q.chunks_exact(8).zip(k.chunks_exact(8)).enumerate() {
-                // SAFETY: both chunks are 8 f32.
-                let (qv, kv) =
-                    unsafe { (_mm256_loadu_ps(qs.as_ptr()), _mm256_loadu_ps(ks.as_ptr())) };
-                acc[j % 2] = _mm256_fmadd_ps(qv, kv, acc[j % 2]);
-            }
-            scores.push(horizontal_sum(_mm256_add_ps(acc[0], acc[1])) * step.scale);
-        }
-    }
-
-    /// Scores to unnormalized softmax weights, in place; returns nothing (the sum is taken
-    /// by the weighted sum).
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn softmax_weights(scores: &mut [f32]) {
-        let max = scores.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
-        for s in scores.iter_mut() {
-            *s -= max;
-        }
-        exp_slice(scores);
-    }
-
-    #[target_feature(enable = "avx2,fma")]
-    fn horizontal_sum(v: __m256) -> f32 {
-        let quad = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-        let pair = _mm_add_ps(quad, _mm_movehl_ps(quad, quad));
-        _mm_cvtss_f32(_mm_add_ss(pair, _mm_shuffle_ps(pair, pair, 1)))
-    }
-
-    /// `out = Σ_p w_p · v_p / Σ_p w_p`, the `N · 8` output values in registers.
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn weighted_sum<const N: usize>(
-        step: &AttentionStep<'_>,
-        offsets: &[usize],
-        weights: &[f32],
-        out: &mut [f32],
-    ) {
-        let mut acc = [_mm256_setzero_ps(); N];
-        let mut total = 0f32;
-        for (&at, &w) in offsets.iter().zip(weights) {
-            let v = &step.v[at..][..N * 8];
-            let weight = _mm256_set1_ps(w);
-            for (j, acc) in acc.iter_mut().enumerate() {
-                // SAFETY: `v` holds N·8 values.
-                let values = unsafe { _mm256_loadu_ps(v.as_ptr().add(8 * j)) };
-                *acc = _mm256_fmadd_ps(weight, values, *acc);
-            }
-            total += w;
-        }
-        let inverse = _mm256_set1_ps(1.0 / total);
-        for (j, acc) in acc.iter().enumerate() {
-            // SAFETY: `out` holds N·8 values (the head size).
-            unsafe { _mm256_storeu_ps(out.as_mut_ptr().add(8 * j), _mm256_mul_ps(*acc, inverse)) };
-        }
-    }
-
-    /// [`weighted_sum`] for other multiples of 8, the output in memory.
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn weighted_sum_any(
-        step: &AttentionStep<'_>,
-        offsets: &[usize],
-        weights: &[f32],
-        out: &mut [f32],
-    ) {
-        let hd = step.head_dim;
-        out.fill(0.0);
-        let mut total = 0f32;
-        for (&at, &w) in offsets.iter().zip(weights) {
-            let v = &step.v[at..][..hd];
-            let weight = _mm256_set1_ps(w);
-            for (o, vs) in out.chunks_exact_mut(8).zip(v.chunks_exact(8)) {
-                // SAFETY: both chunks are 8 f32.
-                unsafe {
-                    let sum = _mm256_fmadd_ps(
-                        weight,
-                        _mm256_loadu_ps(vs.as_ptr()),
-                        _mm256_loadu_ps(o.as_ptr()),
-                    );
-                    _mm256_storeu_ps(o.as_mut_ptr(), sum);
-                }
-            }
-            total += w;
-        }
-        let inverse = 1.0 / total;
-        for o in out.iter_mut() {
-            *o *= inverse;
-        }
     }
 }

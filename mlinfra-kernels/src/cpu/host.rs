@@ -125,11 +125,7 @@ impl HostKernels for SimdKernels {
     }
 
     fn attention(&self, step: &AttentionStep<'_>, out: &mut [f32]) {
-        let isa = self.isa;
-        self.parallelism
-            .for_each_chunk(out, step.head_dim, &|piece, out| {
-                attention::attend(step, piece, out, isa);
-            });
+        attention::attention(step, out, self.isa, &self.parallelism);
     }
 
     fn for_each_chunk(

@@ -104,3 +104,48 @@ fn pieces_are_their_f64_twins() {
         }
     }
 }
+
+/// A query's output is the same bits whatever tile it falls in: a 9-query prefill against the
+/// same sequence's last 5 queries alone (a chunked prefill's second chunk), and a decode row.
+#[test]
+fn a_query_gets_the_same_bits_in_any_tile() {
+    let mut rng = SplitMix64::new(9);
+    let (heads, kv_heads, head_dim, block_size) = (4, 2, 64, 4);
+    let k = rng.vec_f32(8 * block_size * kv_heads * head_dim, -1.0, 1.0);
+    let v = rng.vec_f32(8 * block_size * kv_heads * head_dim, -1.0, 1.0);
+    let qkv_width = (heads + 2 * kv_heads) * head_dim;
+    let qkv = rng.vec_f32(9 * qkv_width, -2.0, 2.0);
+    let table = [3u32, 6, 1];
+    let run = |queries: usize| -> Vec<u32> {
+        let layout = BatchLayout {
+            seqs: vec![SeqLayout {
+                query_start: 0,
+                query_len: queries,
+                context_len: 9,
+                block_table: &table,
+            }],
+            block_size,
+        };
+        let seq_of_token = vec![0; queries];
+        let step = AttentionStep {
+            k: &k,
+            v: &v,
+            qkv: &qkv[(9 - queries) * qkv_width..],
+            qkv_width,
+            heads,
+            kv_heads,
+            head_dim,
+            block_size,
+            scale: 0.125,
+            layout: &layout,
+            seq_of_token: &seq_of_token,
+        };
+        let mut out = vec![f32::NAN; queries * heads * head_dim];
+        SimdKernels::new(2).attention(&step, &mut out);
+        out.iter().map(|v| v.to_bits()).collect()
+    };
+    let whole = run(9);
+    let piece = heads * head_dim;
+    assert_eq!(run(5), whole[4 * piece..], "the last 5 queries alone");
+    assert_eq!(run(1), whole[8 * piece..], "the last query as a decode row");
+}
