@@ -85,9 +85,10 @@ pub struct HostLlamaRunner {
 /// The precision keys and values are kept in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum KvPrecision {
-    /// Rounded to f16, as llama.cpp keeps them by default (`--cache-type-k f16`): its
-    /// numerics, so that greedy outputs agree with it. (Held in f32 slots today: the memory
-    /// is f32's.)
+    /// Rounded to f16, as llama.cpp keeps them by default (`--cache-type-k f16`), and the
+    /// queries rounded to f16 against them, as its attention does: its numerics, so that
+    /// greedy outputs agree with it where they are close calls. (Held in f32 slots today:
+    /// the memory is f32's.)
     #[default]
     F16,
     /// Full f32: the reference numerics.
@@ -337,6 +338,13 @@ impl HostLlamaRunner {
             // Q and K heads (not V) rotate.
             for head in row[..(heads + kv_heads) * head_dim].chunks_exact_mut(head_dim) {
                 rope(head, cos, sin);
+            }
+            if self.kv_precision == KvPrecision::F16 {
+                // Against an f16 cache the queries are f16 too, as llama.cpp's attention
+                // converts them.
+                for q in &mut row[..heads * head_dim] {
+                    *q = half::f16::from_f32(*q).to_f32();
+                }
             }
         }
         // The new keys and values into their slots.
