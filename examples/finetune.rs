@@ -325,7 +325,10 @@ fn run() -> anyhow::Result<()> {
         &[("SFT loss", sft_losses), ("DPO loss", dpo_shifted)],
     )?;
     let fields = line.as_object_mut().expect("an object");
-    fields.insert("peak_rss_bytes".into(), json!(peak_rss_bytes()));
+    fields.insert(
+        "peak_rss_bytes".into(),
+        json!(mlinfra_examples::peak_rss_bytes()),
+    );
     fields.insert("adapter_dir".into(), json!(args.out.display().to_string()));
     println!("{line}");
     Ok(())
@@ -647,19 +650,6 @@ fn progress(len: u64, message: &str) -> ProgressBar {
         bar.set_style(style);
     }
     bar
-}
-
-/// The process's peak resident set (`VmHWM`), in bytes; 0 where /proc does not say.
-fn peak_rss_bytes() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|status| {
-            status
-                .lines()
-                .find_map(|line| line.strip_prefix("VmHWM:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        })
-        .map_or(0, |kb| kb * 1024)
 }
 
 fn human_bytes(bytes: u64) -> String {

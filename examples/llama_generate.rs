@@ -4,7 +4,7 @@
 //! $ scripts/fetch-model
 //! $ cargo run --release -p mlinfra-examples --example llama_generate -- \
 //!       [--model PATH.gguf] [--prompt "The capital of France is"] [--max-new 16] \
-//!       [--adapter DIR] [--logits-out FILE] [--threads N] [--ignore-eos] [--chat]
+//!       [--adapter DIR] [--logits-out FILE] [--threads N] [--ignore-eos] [--chat] [--burn]
 //!  Paris.
 //!
 //! The answer is: 2018-01
@@ -16,7 +16,12 @@
 //! `--prompt` in a user turn of the GGUF's chat template (with the assistant's turn opened),
 //! and then also stops at the template's end-of-turn tokens. The last line is one JSON
 //! object, a contract other tools read: `prefill_tokens_per_s`, `decode_tokens_per_s` and
-//! `output_ids` (the generated ids, a stop token included).
+//! `output_ids` (the generated ids, a stop token included); also `peak_rss_bytes`.
+//!
+//! The model runs on the quantized CPU kernels (`mlinfra_kernels::cpu::SimdKernels`: the
+//! weights stay in their GGUF blocks, SIMD chosen at run time; the kernels in use are logged
+//! on stderr). `--burn` runs burn's f32 decoder instead (the weights dequantized at load),
+//! as `--adapter` does.
 //!
 //! The default model is SmolLM2-135M-Instruct (Q4_1) where `scripts/fetch-model` puts it
 //! (`$MLINFRA_MODELS`, default `~/.cache/mlinfra/models`). The tokenizer comes from the
@@ -282,6 +287,7 @@ fn run() -> anyhow::Result<()> {
             "prefill_tokens_per_s": prompt.len() as f64 / prefill_s,
             "decode_tokens_per_s": decode_tokens as f64 / decode_s.max(1e-9),
             "output_ids": ids,
+            "peak_rss_bytes": mlinfra_examples::peak_rss_bytes(),
         })
     );
     Ok(())

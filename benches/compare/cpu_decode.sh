@@ -5,6 +5,8 @@
 #   tg   decode tokens/s: llama-bench `-n 128` (128 tokens from an empty context) against
 #        `llama_generate --prompt Hi --max-new 128 --ignore-eos`
 #   pp   prompt tokens/s: llama-bench `-p 512` against `llama_generate` on a 512-token prompt
+#   RSS  peak resident memory (GNU time) of llama-bench's process (pp512 then tg128) and of
+#        ours on the 512-token prompt then 128 tokens
 #
 # and our tg as a fraction of the decode ceiling (`mem_ceiling`: read bandwidth at the same
 # thread count over the bytes a token reads from that file).
@@ -47,7 +49,7 @@ field() { python3 -c "import json, sys; print(json.loads(sys.stdin.readlines()[-
 median() { sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
 
 results=$(mktemp)
-trap 'rm -f "$results"' EXIT
+trap 'rm -f "$results" "$results.rss"' EXIT
 for format in $formats; do
     model=$models/SmolLM2-135M-Instruct.$format.gguf
     if [[ ! -f $model ]]; then
@@ -62,28 +64,32 @@ model = [l for l in lines if 'bytes_per_token' in l][0]
 print(bw[0] if bw else 'nan', model['bytes_per_token'])")
     echo "$format: read ${bandwidth} GB/s on $threads threads, ${bytes} bytes per token"
     for round in $(seq 1 "$rounds"); do
-        "$bin/llama-bench" -m "$model" -t "$threads" -p 512 -n 128 -r 1 -o jsonl 2>/dev/null \
+        # Peak RSS in KiB (GNU time's %M) of each process, on the last line of its stderr.
+        /usr/bin/time -f "%M" -o "$results.rss" \
+            "$bin/llama-bench" -m "$model" -t "$threads" -p 512 -n 128 -r 1 -o jsonl 2>/dev/null \
             | python3 -c "
 import json, sys
 for line in sys.stdin:
     d = json.loads(line)
     test = 'pp' if d['n_prompt'] else 'tg'
     print('$format', $round, 'llama.cpp', test, d['avg_ts'])" >> "$results"
+        echo "$format $round llama.cpp rss $(tail -n 1 "$results.rss")" >> "$results"
         tg=$("$ours" --model "$model" --prompt Hi --max-new 128 --ignore-eos \
             --threads "$threads" 2>/dev/null | field decode_tokens_per_s)
-        pp_line=$("$ours" --model "$model" --prompt "$prompt" --max-new 1 \
-            --threads "$threads" 2>/dev/null | tail -n 1)
+        pp_line=$(/usr/bin/time -f "%M" -o "$results.rss" "$ours" --model "$model" \
+            --prompt "$prompt" --max-new 128 --ignore-eos --threads "$threads" 2>/dev/null | tail -n 1)
         pp=$(field prefill_tokens_per_s <<< "$pp_line")
         [[ $(field prompt_tokens <<< "$pp_line") == 512 ]] || echo "warning: prompt is not 512 tokens" >&2
         echo "$format $round mlinfra tg $tg" >> "$results"
         echo "$format $round mlinfra pp $pp" >> "$results"
+        echo "$format $round mlinfra rss $(tail -n 1 "$results.rss")" >> "$results"
         grep "^$format $round " "$results"
     done
     echo "$format ceiling $bandwidth $bytes" >> "$results"
 done
 
 echo
-echo "| format | test | mlinfra tok/s | llama.cpp tok/s | ours / llama.cpp | ours, fraction of the decode ceiling |"
+echo "| format | test | mlinfra | llama.cpp | ours / llama.cpp | ours, fraction of the decode ceiling |"
 echo "|---|---|---|---|---|---|"
 for format in $formats; do
     read -r bandwidth bytes < <(awk -v f="$format" '$1 == f && $2 == "ceiling" { print $3, $4 }' "$results")
@@ -95,6 +101,10 @@ for format in $formats; do
             fraction=$(awk -v m="$m" -v b="$bytes" -v bw="$bandwidth" 'BEGIN { printf "%.0f%%", 100 * m * b / (bw * 1e9) }')
         fi
         awk -v f="$format" -v t="$test" -v m="$m" -v l="$l" -v fr="$fraction" \
-            'BEGIN { printf "| %s | %s | %.1f | %.1f | %.2fx | %s |\n", f, t, m, l, m / l, fr }'
+            'BEGIN { printf "| %s | %s tok/s | %.1f | %.1f | %.2fx | %s |\n", f, t, m, l, m / l, fr }'
     done
+    m=$(awk -v f="$format" '$1 == f && $3 == "mlinfra" && $4 == "rss" { print $5 }' "$results" | median)
+    l=$(awk -v f="$format" '$1 == f && $3 == "llama.cpp" && $4 == "rss" { print $5 }' "$results" | median)
+    awk -v f="$format" -v m="$m" -v l="$l" \
+        'BEGIN { printf "| %s | peak RSS MiB (pp512 + tg128) | %.0f | %.0f | %.2fx | - |\n", f, m / 1024, l / 1024, m / l }'
 done

@@ -80,3 +80,16 @@ pub const LAYERS: [Layer; 6] = [
         status: "error type only",
     },
 ];
+
+/// The process's peak resident set (`VmHWM`), in bytes; 0 where /proc does not say.
+pub fn peak_rss_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|line| line.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .map_or(0, |kb| kb * 1024)
+}

@@ -167,6 +167,29 @@ impl GgufFile {
         self.tensor(name)?.dequantize_f32()
     }
 
+    /// Hints that tensor `name`'s bytes will not be read again soon: their pages leave this
+    /// process's resident memory now (a later read faults them back in from the file, with
+    /// the same contents). For loaders that copy tensors out (repacked, or converted), so
+    /// that the file and the copies are not resident together. A no-op off Unix, or for a
+    /// tensor that is not in the file.
+    pub fn release_tensor_pages(&self, name: &str) {
+        #[cfg(unix)]
+        if let Some(info) = self.tensor_info(name) {
+            // SAFETY: the mapping is private and read-only, never written: dropping its pages
+            // changes no byte that any borrow of it can observe (they are read back from the
+            // unchanged file). A failure only leaves the pages resident.
+            let _ = unsafe {
+                self.map.unchecked_advise_range(
+                    memmap2::UncheckedAdvice::DontNeed,
+                    info.offset(),
+                    info.byte_len(),
+                )
+            };
+        }
+        #[cfg(not(unix))]
+        let _ = name;
+    }
+
     /// The whole mapping: every tensor's [`bytes`](GgufTensor::bytes) lies inside it.
     pub fn mapped_bytes(&self) -> &[u8] {
         &self.map

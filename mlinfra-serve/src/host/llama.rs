@@ -174,6 +174,15 @@ impl HostLlamaRunner {
             }
             file.dequantize_f32(&name).map_err(|e| fail(e.to_string()))
         };
+        // Each tensor's file pages are dropped once the kernels hold their own copy, so that
+        // the file and the copies are never resident together.
+        let linear = |parts: &[WeightBlocks<'_>]| -> Result<Box<dyn HostLinear>> {
+            let built = kernels.linear(parts)?;
+            for part in parts {
+                file.release_tensor_pages(&part.name);
+            }
+            Ok(built)
+        };
         let q_rows = config.num_heads * head_dim;
         let kv_rows = config.num_kv_heads * head_dim;
         let mut layers = Vec::new();
@@ -181,27 +190,27 @@ impl HostLlamaRunner {
             let w = |part: &str, rows, cols| weights(format!("blk.{i}.{part}.weight"), rows, cols);
             layers.push(Layer {
                 attn_norm: norm(format!("blk.{i}.attn_norm.weight"))?,
-                qkv: kernels.linear(&[
+                qkv: linear(&[
                     w("attn_q", q_rows, hidden)?,
                     w("attn_k", kv_rows, hidden)?,
                     w("attn_v", kv_rows, hidden)?,
                 ])?,
-                output: kernels.linear(&[w("attn_output", hidden, q_rows)?])?,
+                output: linear(&[w("attn_output", hidden, q_rows)?])?,
                 ffn_norm: norm(format!("blk.{i}.ffn_norm.weight"))?,
-                gate_up: kernels.linear(&[
+                gate_up: linear(&[
                     w("ffn_gate", config.intermediate_size, hidden)?,
                     w("ffn_up", config.intermediate_size, hidden)?,
                 ])?,
-                down: kernels.linear(&[w("ffn_down", hidden, config.intermediate_size)?])?,
+                down: linear(&[w("ffn_down", hidden, config.intermediate_size)?])?,
             });
         }
-        let embedding = kernels.linear(&[weights(
+        let embedding = linear(&[weights(
             "token_embd.weight".into(),
             config.vocab_size,
             hidden,
         )?])?;
         let lm_head = match file.tensor_info("output.weight") {
-            Some(_) => Some(kernels.linear(&[weights(
+            Some(_) => Some(linear(&[weights(
                 "output.weight".into(),
                 config.vocab_size,
                 hidden,
