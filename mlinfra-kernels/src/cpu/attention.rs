@@ -13,7 +13,7 @@
 //! output depends on its own query and sequence only. It differs from the reference by the
 //! summation order's rounding.
 
-use mlinfra_serve::host::{AttentionStep, exp_slice};
+use mlinfra_serve::host::{AttentionStep, KvSlice, exp_slice};
 
 use super::matrix::Isa;
 use super::pool::{Parallelism, SharedOut};
@@ -32,7 +32,16 @@ pub(crate) fn attention(
     parallelism: &Parallelism,
 ) {
     let hd = step.head_dim;
-    if isa == Isa::Portable || !matches!(hd, 32 | 64 | 128) || !cfg!(target_arch = "x86_64") {
+    let half = match (step.k, step.v) {
+        (KvSlice::F16(_), KvSlice::F16(_)) => Some(true),
+        (KvSlice::F32(_), KvSlice::F32(_)) => Some(false),
+        _ => None,
+    };
+    if isa == Isa::Portable
+        || !matches!(hd, 32 | 64 | 128)
+        || half.is_none()
+        || !cfg!(target_arch = "x86_64")
+    {
         parallelism.for_each_chunk(out, hd, &|piece, out| step.attend_reference(piece, out));
         return;
     }
@@ -58,14 +67,17 @@ pub(crate) fn attention(
         }
         for &(head, first, n) in tiles.iter().skip(part).step_by(parts) {
             #[cfg(target_arch = "x86_64")]
-            // SAFETY: every ISA but Portable implies AVX2 and FMA (checked when it was
-            // chosen); the head size is 32, 64 or 128. Tiles write disjoint pieces of `out`
+            // SAFETY: every ISA but Portable implies AVX2, FMA and F16C (checked when it was
+            // chosen); the head size is 32, 64 or 128, the cache's precision matched. Tiles write disjoint pieces of `out`
             // (each (token, head) is in one tile), which outlives `run`.
             unsafe {
-                match hd {
-                    32 => x86::tile::<4>(step, head, first, n, base),
-                    64 => x86::tile::<8>(step, head, first, n, base),
-                    _ => x86::tile::<16>(step, head, first, n, base),
+                match (hd, half == Some(true)) {
+                    (32, true) => x86::tile::<4, true>(step, head, first, n, base),
+                    (64, true) => x86::tile::<8, true>(step, head, first, n, base),
+                    (_, true) => x86::tile::<16, true>(step, head, first, n, base),
+                    (32, false) => x86::tile::<4, false>(step, head, first, n, base),
+                    (64, false) => x86::tile::<8, false>(step, head, first, n, base),
+                    (_, false) => x86::tile::<16, false>(step, head, first, n, base),
                 }
             }
             #[cfg(not(target_arch = "x86_64"))]
@@ -81,7 +93,36 @@ mod x86 {
     use std::arch::x86_64::*;
     use std::cell::RefCell;
 
-    use super::{AttentionStep, SharedOut, TILE, exp_slice};
+    use super::{AttentionStep, KvSlice, SharedOut, TILE, exp_slice};
+
+    /// Row `at..at + len` of `kv` (bounds-checked), as a pointer to elements of the kind
+    /// `HALF` names (f16 or f32).
+    #[inline(always)]
+    fn row<const HALF: bool>(kv: KvSlice<'_>, at: usize, len: usize) -> *const u8 {
+        match kv {
+            KvSlice::F16(values) if HALF => values[at..at + len].as_ptr().cast(),
+            KvSlice::F32(values) if !HALF => values[at..at + len].as_ptr().cast(),
+            _ => unreachable!("the caller dispatched on the cache's precision"),
+        }
+    }
+
+    /// 8 values from element `index` of a row of `HALF`'s kind, as f32.
+    ///
+    /// # Safety
+    ///
+    /// The CPU has AVX2 and F16C; `index + 8` is within the row.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[inline]
+    unsafe fn load8<const HALF: bool>(row: *const u8, index: usize) -> __m256 {
+        // SAFETY: the caller's promise.
+        unsafe {
+            if HALF {
+                _mm256_cvtph_ps(_mm_loadu_si128(row.add(2 * index).cast()))
+            } else {
+                _mm256_loadu_ps(row.add(4 * index).cast())
+            }
+        }
+    }
 
     thread_local! {
         static SCORES: RefCell<[Vec<f32>; TILE]> = const { RefCell::new([const { Vec::new() }; TILE]) };
@@ -109,7 +150,7 @@ mod x86 {
 
     /// The four lanes' sums of `a`, `b`, `c`, `d` by one fixed tree: lane `t` is
     /// `((x0+x1)+(x2+x3)) + ((x4+x5)+(x6+x7))` of the `t`-th vector.
-    #[target_feature(enable = "avx2,fma")]
+    #[target_feature(enable = "avx2,fma,f16c")]
     fn sums4(a: __m256, b: __m256, c: __m256, d: __m256) -> __m128 {
         let tree = _mm256_hadd_ps(_mm256_hadd_ps(a, b), _mm256_hadd_ps(c, d));
         _mm_add_ps(_mm256_castps256_ps128(tree), _mm256_extractf128_ps(tree, 1))
@@ -120,10 +161,11 @@ mod x86 {
     ///
     /// # Safety
     ///
-    /// The CPU has AVX2 and FMA; the head size is `N · 8`; no other thread writes these
-    /// pieces of the output, which is `step.pieces() · head_dim` long.
-    #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn tile<const N: usize>(
+    /// The CPU has AVX2, FMA and F16C; the head size is `N · 8`; the cache is f16 if `HALF`,
+    /// else f32; no other thread writes these pieces of the output, which is
+    /// `step.pieces() · head_dim` long.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn tile<const N: usize, const HALF: bool>(
         step: &AttentionStep<'_>,
         head: usize,
         first: usize,
@@ -150,11 +192,11 @@ mod x86 {
                 }
                 let scale = _mm_set1_ps(step.scale);
                 for (p, &at) in offsets.iter().enumerate() {
-                    let k = &step.k[at..at + N * 8];
+                    let k = row::<HALF>(step.k, at, N * 8);
                     let mut acc = [_mm256_setzero_ps(); TILE];
                     for j in 0..N {
-                        // SAFETY: `k` holds N·8 values.
-                        let kj = unsafe { _mm256_loadu_ps(k.as_ptr().add(8 * j)) };
+                        // SAFETY: the row holds N·8 values.
+                        let kj = unsafe { load8::<HALF>(k, 8 * j) };
                         for t in 0..TILE {
                             acc[t] = _mm256_fmadd_ps(q[t][j], kj, acc[t]);
                         }
@@ -184,10 +226,10 @@ mod x86 {
                 let mut acc = [[_mm256_setzero_ps(); N]; TILE];
                 let mut total = [0f32; TILE];
                 for (p, &at) in offsets.iter().enumerate() {
-                    let v = &step.v[at..at + N * 8];
+                    let v = row::<HALF>(step.v, at, N * 8);
                     for j in 0..N {
-                        // SAFETY: `v` holds N·8 values.
-                        let vj = unsafe { _mm256_loadu_ps(v.as_ptr().add(8 * j)) };
+                        // SAFETY: the row holds N·8 values.
+                        let vj = unsafe { load8::<HALF>(v, 8 * j) };
                         for t in 0..n {
                             if p <= last[t] {
                                 let w = _mm256_set1_ps(scores[t][p]);

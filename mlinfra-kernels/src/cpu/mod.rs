@@ -22,7 +22,8 @@ pub use host::SimdKernels;
 /// a CPU without them runs the portable code, never SIGILL).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CpuFeatures {
-    /// AVX2 and FMA: 256-bit integer and fused multiply-add.
+    /// AVX2, FMA and F16C: 256-bit integer, fused multiply-add, and f16 conversions (every
+    /// AVX2 CPU has all three; the kernels need all three).
     pub avx2: bool,
     /// AVX-VNNI: 256-bit int8 dot products (`vpdpbusd`).
     pub avx_vnni: bool,
@@ -36,7 +37,9 @@ impl CpuFeatures {
         #[cfg(target_arch = "x86_64")]
         {
             CpuFeatures {
-                avx2: is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"),
+                avx2: is_x86_feature_detected!("avx2")
+                    && is_x86_feature_detected!("fma")
+                    && is_x86_feature_detected!("f16c"),
                 avx_vnni: is_x86_feature_detected!("avxvnni"),
                 avx512_vnni: is_x86_feature_detected!("avx512f")
                     && is_x86_feature_detected!("avx512bw")

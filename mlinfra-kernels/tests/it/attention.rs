@@ -1,24 +1,33 @@
 //! The CPU paged attention (issue 24, item 3) against an f64 twin: random batches of
 //! sequences (prefill and decode rows, contexts across block boundaries, blocks out of
 //! order), grouped-query heads, head sizes in registers (32, 64, 128), in memory (24) and
-//! left to the reference (20); on every thread split.
+//! left to the reference (20); f32 and f16 caches; on every thread split.
 
+use half::f16;
 use mlinfra_kernels::cpu::SimdKernels;
 use mlinfra_kernels::cpu::pool::Parallelism;
 use mlinfra_serve::attention::{BatchLayout, SeqLayout};
-use mlinfra_serve::host::{AttentionStep, HostKernels, ReferenceKernels};
+use mlinfra_serve::host::{AttentionStep, HostKernels, KvSlice, ReferenceKernels};
 use mlinfra_test_utils::rng::SplitMix64;
 
-/// `softmax(q·Kᵀ·scale)·V` for one piece, in f64 from the same f32 operands.
+/// Element `i` of a cache slice, in f64.
+fn value(kv: KvSlice<'_>, i: usize) -> f64 {
+    match kv {
+        KvSlice::F16(values) => f64::from(values[i].to_f32()),
+        KvSlice::F32(values) => f64::from(values[i]),
+    }
+}
+
+/// `softmax(q·Kᵀ·scale)·V` for one piece, in f64 from the same operands.
 fn twin(step: &AttentionStep<'_>, piece: usize) -> Vec<f64> {
     let hd = step.head_dim;
     let q = step.query(piece);
     let scores: Vec<f64> = (0..=step.position(piece))
         .map(|p| {
-            let k = &step.k[step.kv_offset(piece, p)..][..hd];
+            let at = step.kv_offset(piece, p);
             q.iter()
-                .zip(k)
-                .map(|(&a, &b)| f64::from(a) * f64::from(b))
+                .enumerate()
+                .map(|(i, &a)| f64::from(a) * value(step.k, at + i))
                 .sum::<f64>()
                 * f64::from(step.scale)
         })
@@ -28,9 +37,9 @@ fn twin(step: &AttentionStep<'_>, piece: usize) -> Vec<f64> {
     let total: f64 = weights.iter().sum();
     let mut out = vec![0f64; hd];
     for (p, w) in weights.iter().enumerate() {
-        let v = &step.v[step.kv_offset(piece, p)..][..hd];
-        for (o, &value) in out.iter_mut().zip(v) {
-            *o += w / total * f64::from(value);
+        let at = step.kv_offset(piece, p);
+        for (i, o) in out.iter_mut().enumerate() {
+            *o += w / total * value(step.v, at + i);
         }
     }
     out
@@ -41,11 +50,23 @@ fn pieces_are_their_f64_twins() {
     let mut rng = SplitMix64::new(64);
     let block_size = 4;
     let blocks = 24;
-    for head_dim in [32usize, 64, 128, 24, 20] {
+    for (head_dim, half) in [32usize, 64, 128, 24, 20]
+        .into_iter()
+        .flat_map(|d| [(d, false), (d, true)])
+    {
         let (heads, kv_heads) = (6, 2);
         let slot_len = kv_heads * head_dim;
         let k = rng.vec_f32(blocks * block_size * slot_len, -1.0, 1.0);
         let v = rng.vec_f32(blocks * block_size * slot_len, -1.0, 1.0);
+        let (k16, v16): (Vec<f16>, Vec<f16>) = (
+            k.iter().map(|&x| f16::from_f32(x)).collect(),
+            v.iter().map(|&x| f16::from_f32(x)).collect(),
+        );
+        let (k, v) = if half {
+            (KvSlice::F16(&k16), KvSlice::F16(&v16))
+        } else {
+            (KvSlice::F32(&k), KvSlice::F32(&v))
+        };
         // Three sequences: a 9-token prefill, a decode row at position 13, a 2-token chunk.
         let tables: [Vec<u32>; 3] = [vec![7, 3, 11], vec![0, 20, 5, 9], vec![2, 15]];
         let parts = [(9usize, 9usize), (1, 14), (2, 6)]; // (queries, context)
@@ -67,8 +88,8 @@ fn pieces_are_their_f64_twins() {
         let qkv_width = (heads + 2 * kv_heads) * head_dim;
         let qkv = rng.vec_f32(tokens * qkv_width, -2.0, 2.0);
         let step = AttentionStep {
-            k: &k,
-            v: &v,
+            k,
+            v,
             qkv: &qkv,
             qkv_width,
             heads,
@@ -111,8 +132,13 @@ fn pieces_are_their_f64_twins() {
 fn a_query_gets_the_same_bits_in_any_tile() {
     let mut rng = SplitMix64::new(9);
     let (heads, kv_heads, head_dim, block_size) = (4, 2, 64, 4);
-    let k = rng.vec_f32(8 * block_size * kv_heads * head_dim, -1.0, 1.0);
-    let v = rng.vec_f32(8 * block_size * kv_heads * head_dim, -1.0, 1.0);
+    let cache = |rng: &mut SplitMix64| -> Vec<f16> {
+        rng.vec_f32(8 * block_size * kv_heads * head_dim, -1.0, 1.0)
+            .into_iter()
+            .map(f16::from_f32)
+            .collect()
+    };
+    let (k, v) = (cache(&mut rng), cache(&mut rng));
     let qkv_width = (heads + 2 * kv_heads) * head_dim;
     let qkv = rng.vec_f32(9 * qkv_width, -2.0, 2.0);
     let table = [3u32, 6, 1];
@@ -128,8 +154,8 @@ fn a_query_gets_the_same_bits_in_any_tile() {
         };
         let seq_of_token = vec![0; queries];
         let step = AttentionStep {
-            k: &k,
-            v: &v,
+            k: KvSlice::F16(&k),
+            v: KvSlice::F16(&v),
             qkv: &qkv[(9 - queries) * qkv_width..],
             qkv_width,
             heads,

@@ -2,7 +2,57 @@
 //! problem as [`HostKernels::attention`](super::HostKernels::attention) receives it, and its
 //! reference computation.
 
+use half::f16;
+
 use crate::attention::{BatchLayout, SeqLayout};
+
+/// One layer's keys or values as the cache holds them.
+#[derive(Debug, Clone, Copy)]
+pub enum KvSlice<'a> {
+    /// Half precision ([`KvPrecision::F16`](super::KvPrecision::F16)).
+    F16(&'a [f16]),
+    /// Single precision.
+    F32(&'a [f32]),
+}
+
+impl KvSlice<'_> {
+    /// `Σ q[i] · self[at + i]`, in eight independent sums.
+    fn dot(&self, at: usize, q: &[f32]) -> f32 {
+        let mut lanes = [0f32; 8];
+        let mut row = [0f32; 8];
+        for (c, qs) in q.chunks(8).enumerate() {
+            let len = qs.len();
+            match self {
+                KvSlice::F16(values) => {
+                    for (r, v) in row.iter_mut().zip(&values[at + 8 * c..at + 8 * c + len]) {
+                        *r = v.to_f32();
+                    }
+                }
+                KvSlice::F32(values) => row[..len].copy_from_slice(&values[at + 8 * c..][..len]),
+            }
+            for i in 0..len {
+                lanes[i] += qs[i] * row[i];
+            }
+        }
+        lanes.iter().sum()
+    }
+
+    /// `out[i] += w · self[at + i]`.
+    fn add_scaled(&self, at: usize, w: f32, out: &mut [f32]) {
+        match self {
+            KvSlice::F16(values) => {
+                for (o, v) in out.iter_mut().zip(&values[at..]) {
+                    *o += w * v.to_f32();
+                }
+            }
+            KvSlice::F32(values) => {
+                for (o, v) in out.iter_mut().zip(&values[at..]) {
+                    *o += w * v;
+                }
+            }
+        }
+    }
+}
 
 /// One layer's attention for a flat batch: every token's query heads against its own
 /// sequence's keys and values, up to its own position, through the block tables.
@@ -13,9 +63,9 @@ use crate::attention::{BatchLayout, SeqLayout};
 #[derive(Debug, Clone, Copy)]
 pub struct AttentionStep<'a> {
     /// The layer's keys, `[slots, kv_heads, head_dim]` (slot `block · block_size + offset`).
-    pub k: &'a [f32],
+    pub k: KvSlice<'a>,
     /// The layer's values, as `k`.
-    pub v: &'a [f32],
+    pub v: KvSlice<'a>,
     /// Each token's Q, K and V projections side by side, `qkv_width` values per token; the
     /// queries are the first `heads · head_dim` (RoPE applied).
     pub qkv: &'a [f32],
@@ -85,13 +135,11 @@ impl AttentionStep<'_> {
             static SCORES: std::cell::RefCell<Vec<f32>> =
                 const { std::cell::RefCell::new(Vec::new()) };
         }
-        let hd = self.head_dim;
         let q = self.query(piece);
         SCORES.with_borrow_mut(|scores| {
             scores.clear();
             for p in 0..=self.position(piece) {
-                let at = self.kv_offset(piece, p);
-                scores.push(dot(q, &self.k[at..at + hd]) * self.scale);
+                scores.push(self.k.dot(self.kv_offset(piece, p), q) * self.scale);
             }
             let max = scores.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
             for s in scores.iter_mut() {
@@ -101,10 +149,7 @@ impl AttentionStep<'_> {
             let sum: f32 = scores.iter().sum();
             out.fill(0.0);
             for (p, &weight) in scores.iter().enumerate() {
-                let at = self.kv_offset(piece, p);
-                for (o, &value) in out.iter_mut().zip(&self.v[at..at + hd]) {
-                    *o += weight * value;
-                }
+                self.v.add_scaled(self.kv_offset(piece, p), weight, out);
             }
             let inverse = 1.0 / sum;
             for o in out.iter_mut() {
@@ -139,25 +184,6 @@ pub fn exp_slice(x: &mut [f32]) {
         let scale = f32::from_bits(((n as i32 + 127) as u32) << 23);
         *v = if *v < -87.0 { 0.0 } else { p * scale };
     }
-}
-
-/// `Σ a·b` in eight independent sums (vectorized by the compiler, in a fixed order).
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut lanes = [0f32; 8];
-    let mut chunks_a = a.chunks_exact(8);
-    let mut chunks_b = b.chunks_exact(8);
-    for (ca, cb) in (&mut chunks_a).zip(&mut chunks_b) {
-        for i in 0..8 {
-            lanes[i] += ca[i] * cb[i];
-        }
-    }
-    let tail: f32 = chunks_a
-        .remainder()
-        .iter()
-        .zip(chunks_b.remainder())
-        .map(|(x, y)| x * y)
-        .sum();
-    lanes.iter().sum::<f32>() + tail
 }
 
 #[cfg(test)]

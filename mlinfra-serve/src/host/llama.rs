@@ -6,7 +6,10 @@ use std::borrow::Cow;
 use mlinfra_data::tensor::GgufFile;
 use mlinfra_train::models::LlamaConfig;
 
-use super::{AttentionStep, HostKernels, HostLinear, WeightBlocks};
+use half::f16;
+use half::slice::HalfFloatSliceExt;
+
+use super::{AttentionStep, HostKernels, HostLinear, KvSlice, WeightBlocks};
 use crate::attention::{BatchLayout, SeqLayout};
 
 use crate::kv::BlockCopy;
@@ -26,12 +29,59 @@ struct Layer {
     down: Box<dyn HostLinear>,
 }
 
-/// Paged KV memory in host `f32`: per layer, keys and values
+/// One layer's keys or values, in the cache's precision.
+#[derive(Debug, Clone)]
+enum KvBuffer {
+    F16(Vec<f16>),
+    F32(Vec<f32>),
+}
+
+impl KvBuffer {
+    fn zeros(precision: KvPrecision, len: usize) -> Self {
+        match precision {
+            KvPrecision::F16 => KvBuffer::F16(vec![f16::ZERO; len]),
+            KvPrecision::F32 => KvBuffer::F32(vec![0.0; len]),
+        }
+    }
+
+    fn as_slice(&self) -> KvSlice<'_> {
+        match self {
+            KvBuffer::F16(values) => KvSlice::F16(values),
+            KvBuffer::F32(values) => KvSlice::F32(values),
+        }
+    }
+
+    /// `values` into `at..at + values.len()`, rounded to the buffer's precision.
+    fn store(&mut self, at: usize, values: &[f32]) {
+        match self {
+            KvBuffer::F16(memory) => {
+                memory[at..at + values.len()].convert_from_f32_slice(values);
+            }
+            KvBuffer::F32(memory) => memory[at..at + values.len()].copy_from_slice(values),
+        }
+    }
+
+    fn copy_within(&mut self, src: std::ops::Range<usize>, dst: usize) {
+        match self {
+            KvBuffer::F16(memory) => memory.copy_within(src, dst),
+            KvBuffer::F32(memory) => memory.copy_within(src, dst),
+        }
+    }
+
+    fn bytes(&self) -> usize {
+        match self {
+            KvBuffer::F16(values) => values.len() * 2,
+            KvBuffer::F32(values) => values.len() * 4,
+        }
+    }
+}
+
+/// Paged KV memory in host memory: per layer, keys and values
 /// `[blocks · block_size, kv_heads, head_dim]` (serve's [`PagedKv`](crate::attention::PagedKv)
-/// layout).
+/// layout), in f16 or f32.
 struct HostKv {
-    k: Vec<Vec<f32>>,
-    v: Vec<Vec<f32>>,
+    k: Vec<KvBuffer>,
+    v: Vec<KvBuffer>,
     num_blocks: usize,
     block_size: usize,
     /// `kv_heads · head_dim`: the values of one slot.
@@ -39,6 +89,27 @@ struct HostKv {
 }
 
 impl HostKv {
+    fn zeros(
+        precision: KvPrecision,
+        layers: usize,
+        num_blocks: usize,
+        block_size: usize,
+        slot_len: usize,
+    ) -> Self {
+        let pool = num_blocks * block_size * slot_len;
+        HostKv {
+            k: (0..layers)
+                .map(|_| KvBuffer::zeros(precision, pool))
+                .collect(),
+            v: (0..layers)
+                .map(|_| KvBuffer::zeros(precision, pool))
+                .collect(),
+            num_blocks,
+            block_size,
+            slot_len,
+        }
+    }
+
     fn copy_blocks(&mut self, copies: &[BlockCopy]) -> Result<()> {
         let block_len = self.block_size * self.slot_len;
         for copy in copies {
@@ -85,10 +156,9 @@ pub struct HostLlamaRunner {
 /// The precision keys and values are kept in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum KvPrecision {
-    /// Rounded to f16, as llama.cpp keeps them by default (`--cache-type-k f16`), and the
-    /// queries rounded to f16 against them, as its attention does: its numerics, so that
-    /// greedy outputs agree with it where they are close calls. (Held in f32 slots today:
-    /// the memory is f32's.)
+    /// f16, as llama.cpp keeps them by default (`--cache-type-k f16`), and the queries
+    /// rounded to f16 against them, as its attention does: its numerics, so that greedy
+    /// outputs agree with it where they are close calls. Half the memory of f32.
     #[default]
     F16,
     /// Full f32: the reference numerics.
@@ -219,15 +289,14 @@ impl HostLlamaRunner {
         };
         let final_norm = norm("output_norm.weight".into())?;
         let (rope_cos, rope_sin) = rope_tables(config.max_seq_len, head_dim, config.rope_theta);
-        let slot_len = kv_rows;
-        let pool = num_blocks * block_size * slot_len;
-        let kv = HostKv {
-            k: (0..config.num_layers).map(|_| vec![0f32; pool]).collect(),
-            v: (0..config.num_layers).map(|_| vec![0f32; pool]).collect(),
+        let precision = KvPrecision::default();
+        let kv = HostKv::zeros(
+            precision,
+            config.num_layers,
             num_blocks,
             block_size,
-            slot_len,
-        };
+            kv_rows,
+        );
         Ok(HostLlamaRunner {
             config,
             kernels,
@@ -238,14 +307,33 @@ impl HostLlamaRunner {
             rope_cos,
             rope_sin,
             kv,
-            kv_precision: KvPrecision::default(),
+            kv_precision: precision,
         })
     }
 
-    /// Keeps keys and values in `precision` from now on ([`KvPrecision::F16`] by default).
+    /// Keeps keys and values in `precision` ([`KvPrecision::F16`] by default): the KV
+    /// memory is allocated anew (empty), so call it before the first step.
     pub fn with_kv_precision(mut self, precision: KvPrecision) -> Self {
+        let kv = &self.kv;
+        self.kv = HostKv::zeros(
+            precision,
+            kv.k.len(),
+            kv.num_blocks,
+            kv.block_size,
+            kv.slot_len,
+        );
         self.kv_precision = precision;
         self
+    }
+
+    /// Bytes of the paged KV memory.
+    pub fn kv_bytes(&self) -> usize {
+        self.kv
+            .k
+            .iter()
+            .chain(&self.kv.v)
+            .map(KvBuffer::bytes)
+            .sum()
     }
 
     /// What computes (the kernels' own description).
@@ -352,28 +440,16 @@ impl HostLlamaRunner {
                 // Against an f16 cache the queries are f16 too, as llama.cpp's attention
                 // converts them.
                 for q in &mut row[..heads * head_dim] {
-                    *q = half::f16::from_f32(*q).to_f32();
+                    *q = f16::from_f32(*q).to_f32();
                 }
             }
         }
         // The new keys and values into their slots.
         let slot_len = self.kv.slot_len;
-        let (k_memory, v_memory) = (&mut self.kv.k[index], &mut self.kv.v[index]);
         for (row, slot) in qkv.chunks_exact(qkv_width).zip(layout.new_token_slots()) {
-            let slot = slot as usize;
-            let k = &row[heads * head_dim..(heads + kv_heads) * head_dim];
-            let v = &row[(heads + kv_heads) * head_dim..];
-            for (memory, values) in [(&mut *k_memory, k), (&mut *v_memory, v)] {
-                let memory = &mut memory[slot * slot_len..(slot + 1) * slot_len];
-                match self.kv_precision {
-                    KvPrecision::F16 => {
-                        for (m, &value) in memory.iter_mut().zip(values) {
-                            *m = half::f16::from_f32(value).to_f32();
-                        }
-                    }
-                    KvPrecision::F32 => memory.copy_from_slice(values),
-                }
-            }
+            let at = slot as usize * slot_len;
+            self.kv.k[index].store(at, &row[heads * head_dim..(heads + kv_heads) * head_dim]);
+            self.kv.v[index].store(at, &row[(heads + kv_heads) * head_dim..]);
         }
         // Attention: one piece of the output per (token, head).
         let mut attended = vec![0f32; tokens * heads * head_dim];
@@ -382,8 +458,8 @@ impl HostLlamaRunner {
             seq_of_token.extend(std::iter::repeat_n(s, seq.query_len));
         }
         let step = AttentionStep {
-            k: &self.kv.k[index],
-            v: &self.kv.v[index],
+            k: self.kv.k[index].as_slice(),
+            v: self.kv.v[index].as_slice(),
             qkv: &qkv,
             qkv_width,
             heads,

@@ -19,7 +19,7 @@
 mod attention;
 mod llama;
 
-pub use attention::{AttentionStep, exp_slice};
+pub use attention::{AttentionStep, KvSlice, exp_slice};
 pub use llama::{HostLlamaRunner, KvPrecision};
 
 use std::borrow::Cow;
