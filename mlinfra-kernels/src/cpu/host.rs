@@ -2,8 +2,8 @@
 //! [`HostLlamaRunner`](mlinfra_serve::host::HostLlamaRunner) runs with weights in their
 //! GGUF blocks, SIMD chosen at run time, and a [`SpinPool`].
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 use mlinfra_data::tensor::GgmlType;
 use mlinfra_serve::host::{
@@ -13,10 +13,10 @@ use mlinfra_serve::host::{
 use mlinfra_serve::{Error, Result};
 
 use super::CpuFeatures;
-use super::attention;
 use super::matrix::{Isa, LayoutError, QuantMatrix, WeightFormat};
 use super::pool::{Parallelism, SpinPool};
 use super::quant::{BlockQ8_1, quantize_q8_1_into};
+use super::{attention, convert};
 
 /// The CPU serving kernels (module docs).
 #[derive(Debug)]
@@ -25,6 +25,8 @@ pub struct SimdKernels {
     isa: Isa,
     /// Tensors of types these kernels do not multiply in place, dequantized to f32 instead.
     fallbacks: AtomicUsize,
+    /// Tensors converted to another block type at load (`convert`'s table), as "from → to".
+    conversions: Mutex<Vec<String>>,
 }
 
 impl SimdKernels {
@@ -40,6 +42,7 @@ impl SimdKernels {
             parallelism,
             isa: Isa::best(CpuFeatures::detect()),
             fallbacks: AtomicUsize::new(0),
+            conversions: Mutex::new(Vec::new()),
         }
     }
 
@@ -79,6 +82,20 @@ impl HostKernels for SimdKernels {
                 "; {fallbacks} layers of types without a kernel run dequantized to f32"
             ));
         }
+        let conversions = self.conversions.lock().unwrap_or_else(|p| p.into_inner());
+        if !conversions.is_empty() {
+            let mut kinds: Vec<&String> = conversions.iter().collect();
+            kinds.sort();
+            kinds.dedup();
+            let kinds: Vec<String> = kinds
+                .into_iter()
+                .map(|kind| {
+                    let n = conversions.iter().filter(|c| *c == kind).count();
+                    format!("{kind} ×{n}")
+                })
+                .collect();
+            text.push_str(&format!("; converted at load: {}", kinds.join(", ")));
+        }
         if self.isa == Isa::Portable {
             text.push_str("; this CPU has no AVX2: portable code");
         }
@@ -87,24 +104,38 @@ impl HostKernels for SimdKernels {
 
     fn linear(&self, parts: &[WeightBlocks<'_>]) -> Result<Box<dyn HostLinear>> {
         let cols = stacked_cols(parts)?;
-        let format = match parts.first().map(|p| p.ggml_type) {
-            Some(GgmlType::Q4_0) => Some(WeightFormat::Q4_0),
-            Some(GgmlType::Q4_1) => Some(WeightFormat::Q4_1),
-            Some(GgmlType::Q8_0) => Some(WeightFormat::Q8_0),
-            _ => None,
-        };
-        let same_type = parts
-            .iter()
-            .all(|p| Some(p.ggml_type) == parts.first().map(|f| f.ggml_type));
-        let Some(format) = format.filter(|_| same_type) else {
+        let types: Vec<GgmlType> = parts.iter().map(|p| p.ggml_type).collect();
+        let Some(format) = convert::target_format(&types) else {
             self.fallbacks.fetch_add(1, Ordering::Relaxed);
             return ReferenceKernels.linear(parts);
         };
-        let mut bytes = Vec::with_capacity(parts.iter().map(|p| p.bytes.len()).sum());
+        let mut bytes = Vec::new();
         let mut rows = 0;
         for part in parts {
             part.row_bytes()?;
-            bytes.extend_from_slice(&part.bytes);
+            let converted =
+                convert::convert(part.ggml_type, &part.bytes, format).ok_or_else(|| {
+                    Error::Weights {
+                        tensor: part.name.clone().into(),
+                        reason: format!(
+                            "{} blocks cannot be converted to {format:?}",
+                            part.ggml_type.name()
+                        )
+                        .into(),
+                    }
+                })?;
+            if !matches!(
+                (part.ggml_type, format),
+                (GgmlType::Q4_0, WeightFormat::Q4_0)
+                    | (GgmlType::Q4_1, WeightFormat::Q4_1)
+                    | (GgmlType::Q8_0, WeightFormat::Q8_0)
+            ) {
+                self.conversions
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(format!("{} → {format:?}", part.ggml_type.name()));
+            }
+            bytes.extend_from_slice(&converted);
             rows += part.rows;
         }
         let name = parts

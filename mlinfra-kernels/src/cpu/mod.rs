@@ -7,10 +7,13 @@
 //!   Q8_1 activations (GEMV for decode, tiled for prefill) with AVX2, AVX-VNNI or
 //!   AVX-512-VNNI chosen at run time, and a portable path that computes the same bits;
 //! - [`pool`]: the threads a call is split over;
+//! - `convert`: Q4_K, Q6_K and other GGUF block types converted at load into those formats
+//!   (its table states each conversion's error);
 //! - [`SimdKernels`]: all of it as serve's `HostKernels`, the compute of its
 //!   `HostLlamaRunner`.
 
 mod attention;
+mod convert;
 mod host;
 pub mod matrix;
 pub mod pool;
