@@ -289,16 +289,7 @@ impl ModelRunner for LlamaRunner {
         let mut positions = Cow::Borrowed(batch.positions.as_slice());
         let mut rows = Cow::Borrowed(batch.logit_rows.as_slice());
         let scratch = [self.scratch_block];
-        let mut seqs: Vec<SeqLayout<'_>> = batch
-            .seqs
-            .iter()
-            .map(|seq| SeqLayout {
-                query_start: seq.query_start,
-                query_len: seq.query_len,
-                context_len: seq.context_len,
-                block_table: &seq.block_table,
-            })
-            .collect();
+        let mut seqs = BatchLayout::of_step(batch, self.memory.block_size()).seqs;
         // Batch invariance: the CPU matmul takes another path (with another summation order)
         // for a single row than for two or more, and is row-invariant from two rows up. A
         // lone token gets a padding token beside it, a lone logit row a twin; the padding's KV

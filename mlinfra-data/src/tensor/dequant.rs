@@ -114,8 +114,12 @@ fn q4_1(b: &[u8; 20], y: &mut [f32; 32]) {
 /// The 6-bit scale and minimum of `Q4_K` sub-block `j` from the 12 packed bytes `q`
 /// (ggml's `get_scale_min_k4`): sub-blocks 0-3 use the low 6 bits of bytes `j` and `j + 4`;
 /// sub-blocks 4-7 take their low 4 bits from byte `j + 4` and their top 2 bits from the top
-/// bits of bytes `j - 4` (scale) and `j` (minimum).
-fn scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
+/// bits of bytes `j - 4` (scale) and `j` (minimum). Public for kernels that repack Q4_K.
+///
+/// # Panics
+///
+/// When `j` is not below 8 or `q` is shorter than 12 bytes.
+pub fn scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
     if j < 4 {
         (q[j] & 63, q[j + 4] & 63)
     } else {

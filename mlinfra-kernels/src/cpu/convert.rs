@@ -14,7 +14,7 @@
 //! these conversions are what the benchmarks' K-quant figures measure.
 
 use half::f16;
-use mlinfra_data::tensor::{GgmlType, dequantize_into};
+use mlinfra_data::tensor::{GgmlType, dequantize_into, q4_k_scale_min};
 
 use super::matrix::WeightFormat;
 use super::quant::BLOCK;
@@ -76,18 +76,6 @@ fn q4_0_to_q4_1(bytes: &[u8]) -> Vec<u8> {
     out
 }
 
-/// Q4_K's `j`-th 6-bit sub-block scale and minimum (ggml's `get_scale_min_k4`).
-fn scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
-    if j < 4 {
-        (q[j] & 63, q[j + 4] & 63)
-    } else {
-        (
-            (q[j + 4] & 0x0F) | ((q[j - 4] >> 6) << 4),
-            (q[j + 4] >> 4) | ((q[j] >> 6) << 4),
-        )
-    }
-}
-
 /// Q4_K super-blocks (144 bytes per 256 values) as 8 Q4_1 blocks each.
 fn q4_k_to_q4_1(bytes: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(bytes.len() / 144 * 8 * 20);
@@ -98,7 +86,7 @@ fn q4_k_to_q4_1(bytes: &[u8]) -> Vec<u8> {
         for (pair, qs) in block[16..].chunks_exact(32).enumerate() {
             // A 32-byte run holds sub-block 2·pair in its low nibbles, 2·pair + 1 in its high.
             for (half, shift) in [(0, 0u8), (1, 4u8)] {
-                let (sc, m) = scale_min_k4(2 * pair + half, scales);
+                let (sc, m) = q4_k_scale_min(2 * pair + half, scales);
                 out.extend_from_slice(&f16::from_f32(d * f32::from(sc)).to_le_bytes());
                 out.extend_from_slice(&f16::from_f32(-dmin * f32::from(m)).to_le_bytes());
                 let code = |i: usize| (qs[i] >> shift) & 0x0F;

@@ -600,31 +600,43 @@ mod x86 {
         };
     }
 
-    macro_rules! q4_1_kernel {
-        ($name:ident, $features:literal, $dot:ident) => {
+    /// The 4-bit kernels: Q4_1 (`$min`: scales, minimums, codes; `w = d·q + m`) and Q4_0
+    /// (scales, codes; `w = d·(q - 8)`, so `8·Σx` comes out of the integer sum).
+    macro_rules! q4_kernel {
+        ($name:ident, $features:literal, $dot:ident, $min:literal) => {
             /// # Safety
             ///
-            /// The CPU has the enabled features; `bytes` holds as many Q4_1 group blocks as
-            /// each of `xs` has blocks.
+            /// The CPU has the enabled features; `bytes` holds as many group blocks of this
+            /// kernel's format as each of `xs` has blocks.
             #[target_feature(enable = $features)]
             pub(super) unsafe fn $name<const T: usize>(
                 bytes: &[u8],
                 xs: [&[BlockQ8_1]; T],
                 lanes: &mut [[f32; GROUP]; T],
             ) {
-                let gbb = WeightFormat::Q4_1.group_block_bytes();
+                let format = if $min {
+                    WeightFormat::Q4_1
+                } else {
+                    WeightFormat::Q4_0
+                };
+                let (gbb, codes_at) = (format.group_block_bytes(), format.codes_at());
                 let nibble = _mm256_set1_epi8(0x0F);
                 let mut acc = [_mm256_setzero_ps(); T];
                 let mut mins = [_mm256_setzero_ps(); T];
                 for (b, block) in bytes.chunks_exact(gbb).enumerate() {
                     let p = block.as_ptr();
-                    // SAFETY: a group block is 160 bytes: scales at 0, minimums at 16, code
-                    // chunks at 32 + 32c (c < 4); unaligned loads.
+                    // SAFETY: a group block is `gbb` bytes: scales at 0, Q4_1's minimums at
+                    // 16, code chunks at `codes_at + 32c` (c < 4); unaligned loads.
                     let (d, m, packed) = unsafe {
                         (
                             _mm256_cvtph_ps(_mm_loadu_si128(p.cast())),
-                            _mm256_cvtph_ps(_mm_loadu_si128(p.add(16).cast())),
-                            [0, 1, 2, 3].map(|c| _mm256_loadu_si256(p.add(32 + 32 * c).cast())),
+                            if $min {
+                                _mm256_cvtph_ps(_mm_loadu_si128(p.add(16).cast()))
+                            } else {
+                                _mm256_setzero_ps()
+                            },
+                            [0, 1, 2, 3]
+                                .map(|c| _mm256_loadu_si256(p.add(codes_at + 32 * c).cast())),
                         )
                     };
                     // Chunk c's low nibbles are values 4c.., its high nibbles 16 + 4c...
@@ -638,84 +650,45 @@ mod x86 {
                             isum = $dot!(isum, low[c], broadcast4!(xb.qs, 4 * c));
                             isum = $dot!(isum, high[c], broadcast4!(xb.qs, 16 + 4 * c));
                         }
+                        if !$min {
+                            // Codes are q, weights q - 8: take 8·Σx back out, exactly.
+                            isum = _mm256_sub_epi32(isum, _mm256_set1_epi32(8 * xb.sum));
+                        }
                         let scale = _mm256_mul_ps(d, _mm256_set1_ps(xb.d));
                         acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), scale, acc[t]);
-                        mins[t] = _mm256_fmadd_ps(m, _mm256_set1_ps(xb.s), mins[t]);
+                        if $min {
+                            mins[t] = _mm256_fmadd_ps(m, _mm256_set1_ps(xb.s), mins[t]);
+                        }
                     }
                 }
                 for t in 0..T {
-                    // SAFETY: `lanes[t]` is 8 f32.
-                    unsafe {
-                        _mm256_storeu_ps(lanes[t].as_mut_ptr(), _mm256_add_ps(acc[t], mins[t]))
+                    let out = if $min {
+                        _mm256_add_ps(acc[t], mins[t])
+                    } else {
+                        acc[t]
                     };
+                    // SAFETY: `lanes[t]` is 8 f32.
+                    unsafe { _mm256_storeu_ps(lanes[t].as_mut_ptr(), out) };
                 }
             }
         };
     }
 
-    q4_1_kernel!(q4_1_avx2, "avx2,fma,f16c", dot_avx2);
-    q4_1_kernel!(q4_1_vnni, "avx2,fma,f16c,avxvnni", dot_vnni);
-    q4_1_kernel!(
+    q4_kernel!(q4_1_avx2, "avx2,fma,f16c", dot_avx2, true);
+    q4_kernel!(q4_1_vnni, "avx2,fma,f16c,avxvnni", dot_vnni, true);
+    q4_kernel!(
         q4_1_vnni512,
         "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni",
-        dot_vnni512
+        dot_vnni512,
+        true
     );
-
-    macro_rules! q4_0_kernel {
-        ($name:ident, $features:literal, $dot:ident) => {
-            /// # Safety
-            ///
-            /// The CPU has the enabled features; `bytes` holds as many Q4_0 group blocks as
-            /// each of `xs` has blocks.
-            #[target_feature(enable = $features)]
-            pub(super) unsafe fn $name<const T: usize>(
-                bytes: &[u8],
-                xs: [&[BlockQ8_1]; T],
-                lanes: &mut [[f32; GROUP]; T],
-            ) {
-                let gbb = WeightFormat::Q4_0.group_block_bytes();
-                let nibble = _mm256_set1_epi8(0x0F);
-                let mut acc = [_mm256_setzero_ps(); T];
-                for (b, block) in bytes.chunks_exact(gbb).enumerate() {
-                    let p = block.as_ptr();
-                    // SAFETY: a group block is 144 bytes: scales at 0, code chunks at
-                    // 16 + 32c (c < 4); unaligned loads.
-                    let (d, packed) = unsafe {
-                        (
-                            _mm256_cvtph_ps(_mm_loadu_si128(p.cast())),
-                            [0, 1, 2, 3].map(|c| _mm256_loadu_si256(p.add(16 + 32 * c).cast())),
-                        )
-                    };
-                    let low = packed.map(|packed| _mm256_and_si256(packed, nibble));
-                    let high =
-                        packed.map(|packed| _mm256_and_si256(_mm256_srli_epi16(packed, 4), nibble));
-                    for t in 0..T {
-                        let xb = &xs[t][b];
-                        let mut isum = _mm256_setzero_si256();
-                        for c in 0..4 {
-                            isum = $dot!(isum, low[c], broadcast4!(xb.qs, 4 * c));
-                            isum = $dot!(isum, high[c], broadcast4!(xb.qs, 16 + 4 * c));
-                        }
-                        // Codes are q, weights q - 8: take 8·Σx back out, exactly.
-                        isum = _mm256_sub_epi32(isum, _mm256_set1_epi32(8 * xb.sum));
-                        let scale = _mm256_mul_ps(d, _mm256_set1_ps(xb.d));
-                        acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), scale, acc[t]);
-                    }
-                }
-                for t in 0..T {
-                    // SAFETY: `lanes[t]` is 8 f32.
-                    unsafe { _mm256_storeu_ps(lanes[t].as_mut_ptr(), acc[t]) };
-                }
-            }
-        };
-    }
-
-    q4_0_kernel!(q4_0_avx2, "avx2,fma,f16c", dot_avx2);
-    q4_0_kernel!(q4_0_vnni, "avx2,fma,f16c,avxvnni", dot_vnni);
-    q4_0_kernel!(
+    q4_kernel!(q4_0_avx2, "avx2,fma,f16c", dot_avx2, false);
+    q4_kernel!(q4_0_vnni, "avx2,fma,f16c,avxvnni", dot_vnni, false);
+    q4_kernel!(
         q4_0_vnni512,
         "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni",
-        dot_vnni512
+        dot_vnni512,
+        false
     );
 
     /// The signed int8 step of Q8_0: with VNNI, the offset codes `q + 128` go straight into

@@ -192,7 +192,8 @@ impl SpinPool {
     }
 
     /// Runs `job(part)` for every part in `0..self.threads()`: part 0 on the caller, the
-    /// others on the workers. Returns when all have.
+    /// others on the workers. Returns when all have. Calls from several threads take turns;
+    /// a job must not call `run` on its own pool (it would wait for itself).
     ///
     /// # Panics
     ///

@@ -43,7 +43,24 @@ pub struct BatchLayout<'a> {
     pub block_size: usize,
 }
 
-impl BatchLayout<'_> {
+impl<'a> BatchLayout<'a> {
+    /// Where `batch`'s sequences sit, over blocks of `block_size` slots.
+    pub fn of_step(batch: &'a crate::sched::StepBatch, block_size: usize) -> Self {
+        BatchLayout {
+            seqs: batch
+                .seqs
+                .iter()
+                .map(|seq| SeqLayout {
+                    query_start: seq.query_start,
+                    query_len: seq.query_len,
+                    context_len: seq.context_len,
+                    block_table: &seq.block_table,
+                })
+                .collect(),
+            block_size,
+        }
+    }
+
     /// Tokens in the batch.
     pub fn num_tokens(&self) -> usize {
         self.seqs.iter().map(|seq| seq.query_len).sum()

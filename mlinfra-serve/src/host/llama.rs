@@ -10,7 +10,7 @@ use half::f16;
 use half::slice::HalfFloatSliceExt;
 
 use super::{AttentionStep, HostKernels, HostLinear, KvSlice, WeightBlocks};
-use crate::attention::{BatchLayout, SeqLayout};
+use crate::attention::BatchLayout;
 
 use crate::kv::BlockCopy;
 use crate::runner::{KvGeometry, Logits, ModelRunner};
@@ -528,19 +528,7 @@ impl ModelRunner for HostLlamaRunner {
         if batch.seqs.is_empty() {
             return Logits::new(Vec::new(), vocab);
         }
-        let layout = BatchLayout {
-            seqs: batch
-                .seqs
-                .iter()
-                .map(|seq| SeqLayout {
-                    query_start: seq.query_start,
-                    query_len: seq.query_len,
-                    context_len: seq.context_len,
-                    block_table: &seq.block_table,
-                })
-                .collect(),
-            block_size: self.kv.block_size,
-        };
+        let layout = BatchLayout::of_step(batch, self.kv.block_size);
         self.check_batch(batch, &layout)?;
         if let Some(seq) = batch.seqs.iter().find(|seq| seq.adapter.is_some()) {
             return Err(Error::InvalidBatch {
