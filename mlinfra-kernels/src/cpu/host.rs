@@ -15,7 +15,7 @@ use mlinfra_serve::{Error, Result};
 use super::CpuFeatures;
 use super::matrix::{Isa, LayoutError, QuantMatrix, WeightFormat};
 use super::pool::{Parallelism, SpinPool};
-use super::quant::{BlockQ8_1, quantize_q8_1_into};
+use super::quant::{BLOCK, BlockQ8_1, quantize_q8_1_to};
 use super::{attention, convert};
 
 /// The CPU serving kernels (module docs).
@@ -191,9 +191,19 @@ impl HostLinear for QuantLinear {
     }
 
     fn forward(&self, x: &[f32], out: &mut [f32]) -> Result<()> {
-        check_forward(self.rows(), self.cols(), x, out)?;
-        let mut blocks: Vec<BlockQ8_1> = Vec::new();
-        quantize_q8_1_into(x, &mut blocks);
+        let tokens = check_forward(self.rows(), self.cols(), x, out)?;
+        let per_token = self.cols() / BLOCK;
+        let mut blocks = vec![BlockQ8_1::default(); tokens * per_token];
+        // A prefill's activations are quantized on every thread, a token per piece.
+        let cols = self.cols();
+        if tokens >= 2 * self.parallelism.parts() {
+            self.parallelism
+                .for_each_chunk(&mut blocks, per_token, &|t, token| {
+                    quantize_q8_1_to(&x[t * cols..(t + 1) * cols], token);
+                });
+        } else {
+            quantize_q8_1_to(x, &mut blocks);
+        }
         self.matrix
             .matmul(&blocks, out, &self.parallelism)
             .map_err(batch_error)

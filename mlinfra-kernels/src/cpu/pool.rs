@@ -66,11 +66,11 @@ impl Parallelism {
     /// Calls `task(i, piece)` for each `chunk`-long piece of `out` (the last may be
     /// shorter). Part `p` takes pieces `p, p + parts, p + 2·parts...`: interleaved, so that
     /// pieces whose cost grows with their index (causal attention) balance.
-    pub fn for_each_chunk(
+    pub fn for_each_chunk<T: Send>(
         &self,
-        out: &mut [f32],
+        out: &mut [T],
         chunk: usize,
-        task: &(dyn Fn(usize, &mut [f32]) + Sync),
+        task: &(dyn Fn(usize, &mut [T]) + Sync),
     ) {
         let chunk = chunk.max(1);
         let len = out.len();
@@ -101,18 +101,25 @@ impl Parallelism {
 
 /// A mutable buffer's base pointer, shared by the parts of a call that each write their own
 /// disjoint elements.
-#[derive(Clone, Copy)]
-pub(crate) struct SharedOut(pub(crate) *mut f32);
-// SAFETY: users write disjoint elements only (each use says why).
-unsafe impl Send for SharedOut {}
+pub(crate) struct SharedOut<T = f32>(pub(crate) *mut T);
+// SAFETY: users write disjoint elements only (each use says why), of a `Send` type.
+unsafe impl<T: Send> Send for SharedOut<T> {}
 // SAFETY: as above.
-unsafe impl Sync for SharedOut {}
+unsafe impl<T: Send> Sync for SharedOut<T> {}
 
-impl SharedOut {
+impl<T> Clone for SharedOut<T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<T> Copy for SharedOut<T> {}
+
+impl<T> SharedOut<T> {
     /// # Safety
     ///
     /// `offset` must be inside the buffer.
-    pub(crate) unsafe fn at(self, offset: usize) -> *mut f32 {
+    pub(crate) unsafe fn at(self, offset: usize) -> *mut T {
         // SAFETY: the caller's promise.
         unsafe { self.0.add(offset) }
     }

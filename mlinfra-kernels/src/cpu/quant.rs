@@ -20,7 +20,7 @@ pub const Q4_1_BYTES: usize = 20;
 
 /// 32 activations quantized to i8: `x ≈ d·q`, with `s = d·Σq` kept for the weights' minimum.
 /// `d` and `s` are f16 values (held in f32), as in ggml's `block_q8_1`.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub struct BlockQ8_1 {
     /// Scale: the block's largest magnitude over 127.
     pub d: f32,
@@ -57,6 +57,13 @@ pub fn quantize_q8_1(x: &[f32]) -> Vec<BlockQ8_1> {
 /// `[tokens, cols]` matrix with `cols` a multiple of 32 gives each token's blocks in turn.
 pub fn quantize_q8_1_into(x: &[f32], out: &mut Vec<BlockQ8_1>) {
     out.clear();
+    out.resize(x.len().div_ceil(BLOCK), BlockQ8_1::default());
+    quantize_q8_1_to(x, out);
+}
+
+/// [`quantize_q8_1`] into `out`, which holds exactly `x.len().div_ceil(32)` blocks (a part
+/// of a larger buffer, for quantizing rows in parallel); extra blocks are left alone.
+pub fn quantize_q8_1_to(x: &[f32], out: &mut [BlockQ8_1]) {
     #[cfg(target_arch = "x86_64")]
     if is_x86_feature_detected!("avx2") {
         // SAFETY: AVX2 was just detected.
@@ -73,16 +80,15 @@ pub fn quantize_q8_1_into(x: &[f32], out: &mut Vec<BlockQ8_1>) {
 /// The CPU must have AVX2.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn quantize_avx2(x: &[f32], out: &mut Vec<BlockQ8_1>) {
+unsafe fn quantize_avx2(x: &[f32], out: &mut [BlockQ8_1]) {
     quantize_blocks(x, out);
 }
 
 /// The quantizer's body, without closures: it is inlined into [`quantize_avx2`] and compiled
 /// for AVX2 there (a closure would be a function of its own, compiled without).
 #[inline(always)]
-fn quantize_blocks(x: &[f32], out: &mut Vec<BlockQ8_1>) {
-    out.reserve(x.len().div_ceil(BLOCK));
-    for chunk in x.chunks(BLOCK) {
+fn quantize_blocks(x: &[f32], out: &mut [BlockQ8_1]) {
+    for (chunk, block) in x.chunks(BLOCK).zip(out.iter_mut()) {
         let mut amax = 0f32;
         for &v in chunk {
             amax = amax.max(v.abs());
@@ -99,12 +105,12 @@ fn quantize_blocks(x: &[f32], out: &mut Vec<BlockQ8_1>) {
         }
         // ggml keeps `d` and `s` in f16 (`block_q8_1`): the same rounding here, so that the
         // products are llama.cpp's.
-        out.push(BlockQ8_1 {
+        *block = BlockQ8_1 {
             d: f16::from_f32(d).to_f32(),
             s: f16::from_f32(d * sum as f32).to_f32(),
             sum,
             qs,
-        });
+        };
     }
 }
 
