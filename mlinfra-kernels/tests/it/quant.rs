@@ -143,3 +143,23 @@ fn rows_that_do_not_fit_are_refused() {
     let error = dot_q4_1_q8_1(&[0u8; 60], &q8).unwrap_err();
     assert!(error.to_string().contains("block counts"), "{error}");
 }
+
+/// The SIMD quantizer gives the portable one's blocks exactly, on random rows of awkward
+/// lengths, ties included (values at exact half-steps).
+#[test]
+fn simd_quantization_is_the_portable_one() {
+    use mlinfra_kernels::cpu::quant::quantize_q8_1_portable;
+    let mut rng = SplitMix64::new(88);
+    for len in [1usize, 31, 32, 33, 64, 576, 1536 + 5] {
+        let mut x = rng.vec_f32(len, -4.0, 4.0);
+        // Ties: 127 · k / 2 for the block maximum 127 → codes at exact .5 steps.
+        for (i, v) in x.iter_mut().enumerate().step_by(7) {
+            *v = (i % 9) as f32 - 4.5;
+        }
+        assert_eq!(
+            quantize_q8_1(&x),
+            quantize_q8_1_portable(&x),
+            "length {len}"
+        );
+    }
+}
