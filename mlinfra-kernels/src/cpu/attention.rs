@@ -172,14 +172,39 @@ mod x86 {
         n: usize,
         out: SharedOut,
     ) {
-        let pieces: [usize; TILE] =
+        // SAFETY: the caller's promise, passed on.
+        unsafe {
+            if n == 1 {
+                tile_of::<N, HALF, 1>(step, head, first, n, out);
+            } else {
+                tile_of::<N, HALF, TILE>(step, head, first, n, out);
+            }
+        }
+    }
+
+    /// [`tile`] with `Q` query slots (`n ≤ Q` of them used): one for a decode row, so that it
+    /// does a quarter of the multiplications; a lane of [`sums4`] depends on its own vector
+    /// only, so a query's scores are the same bits with either.
+    ///
+    /// # Safety
+    ///
+    /// As [`tile`].
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn tile_of<const N: usize, const HALF: bool, const Q: usize>(
+        step: &AttentionStep<'_>,
+        head: usize,
+        first: usize,
+        n: usize,
+        out: SharedOut,
+    ) {
+        let pieces: [usize; Q] =
             std::array::from_fn(|t| (first + t.min(n - 1)) * step.heads + head);
-        let last: [usize; TILE] = pieces.map(|piece| step.position(piece));
+        let last: [usize; Q] = pieces.map(|piece| step.position(piece));
         OFFSETS.with_borrow_mut(|offsets| {
             kv_offsets(step, pieces[n - 1], last[n - 1], offsets);
             SCORES.with_borrow_mut(|scores| {
                 // Queries in registers' worth of loads; absent ones are zeros.
-                let mut q = [[_mm256_setzero_ps(); N]; TILE];
+                let mut q = [[_mm256_setzero_ps(); N]; Q];
                 for t in 0..n {
                     let query = step.query(pieces[t]);
                     for j in 0..N {
@@ -191,22 +216,24 @@ mod x86 {
                     s.clear();
                 }
                 let scale = _mm_set1_ps(step.scale);
+                let zero = _mm256_setzero_ps();
                 for (p, &at) in offsets.iter().enumerate() {
                     let k = row::<HALF>(step.k, at, N * 8);
-                    let mut acc = [_mm256_setzero_ps(); TILE];
+                    let mut acc = [zero; Q];
                     for j in 0..N {
                         // SAFETY: the row holds N·8 values.
                         let kj = unsafe { load8::<HALF>(k, 8 * j) };
-                        for t in 0..TILE {
+                        for t in 0..Q {
                             acc[t] = _mm256_fmadd_ps(q[t][j], kj, acc[t]);
                         }
                     }
+                    let lane = |t: usize| if t < Q { acc[t] } else { zero };
                     let mut four = [0f32; TILE];
                     // SAFETY: `four` is 4 f32.
                     unsafe {
                         _mm_storeu_ps(
                             four.as_mut_ptr(),
-                            _mm_mul_ps(sums4(acc[0], acc[1], acc[2], acc[3]), scale),
+                            _mm_mul_ps(sums4(lane(0), lane(1), lane(2), lane(3)), scale),
                         )
                     };
                     for t in 0..n {
@@ -223,24 +250,40 @@ mod x86 {
                     }
                     exp_slice(weights);
                 }
-                let mut acc = [[_mm256_setzero_ps(); N]; TILE];
-                let mut total = [0f32; TILE];
-                for (p, &at) in offsets.iter().enumerate() {
+                let mut acc = [[zero; N]; Q];
+                let mut total = [0f32; Q];
+                // Positions every query of the tile sees (up to the first one's own), then
+                // the later ones, which only the later queries see.
+                let shared = last[0] + 1;
+                for (p, &at) in offsets.iter().enumerate().take(shared) {
                     let v = row::<HALF>(step.v, at, N * 8);
+                    let w: [__m256; Q] = std::array::from_fn(|t| {
+                        _mm256_set1_ps(if t < n { scores[t][p] } else { 0.0 })
+                    });
                     for j in 0..N {
                         // SAFETY: the row holds N·8 values.
                         let vj = unsafe { load8::<HALF>(v, 8 * j) };
                         for t in 0..n {
-                            if p <= last[t] {
-                                let w = _mm256_set1_ps(scores[t][p]);
-                                acc[t][j] = _mm256_fmadd_ps(w, vj, acc[t][j]);
-                            }
+                            acc[t][j] = _mm256_fmadd_ps(w[t], vj, acc[t][j]);
                         }
                     }
                     for t in 0..n {
-                        if p <= last[t] {
-                            total[t] += scores[t][p];
+                        total[t] += scores[t][p];
+                    }
+                }
+                for (p, &at) in offsets.iter().enumerate().skip(shared) {
+                    let v = row::<HALF>(step.v, at, N * 8);
+                    for t in 0..n {
+                        if p > last[t] {
+                            continue;
                         }
+                        let w = _mm256_set1_ps(scores[t][p]);
+                        for j in 0..N {
+                            // SAFETY: the row holds N·8 values.
+                            let vj = unsafe { load8::<HALF>(v, 8 * j) };
+                            acc[t][j] = _mm256_fmadd_ps(w, vj, acc[t][j]);
+                        }
+                        total[t] += scores[t][p];
                     }
                 }
                 for t in 0..n {
