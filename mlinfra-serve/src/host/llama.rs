@@ -410,13 +410,18 @@ impl HostLlamaRunner {
     }
 
     /// One layer over the batch's hidden states `x` (`[tokens, hidden]`), in place.
+    ///
+    /// `pending` is the previous layer's MLP output, not yet added to `x`: its residual add
+    /// and this layer's first norm are one pass. Returns this layer's MLP output, pending in
+    /// turn.
     fn layer(
         &mut self,
         index: usize,
         x: &mut [f32],
+        pending: Option<&[f32]>,
         batch: &StepBatch,
         layout: &BatchLayout<'_>,
-    ) -> Result<()> {
+    ) -> Result<Vec<f32>> {
         let cfg = &self.config;
         let (hidden, head_dim) = (cfg.hidden_size, cfg.head_dim());
         let (heads, kv_heads) = (cfg.num_heads, cfg.num_kv_heads);
@@ -424,7 +429,7 @@ impl HostLlamaRunner {
         let layer = &self.layers[index];
         let eps = cfg.rms_norm_eps as f32;
 
-        let normed = rms_norm(x, &layer.attn_norm, eps);
+        let normed = add_and_norm(x, pending, &layer.attn_norm, eps);
         let qkv_width = (heads + 2 * kv_heads) * head_dim;
         let mut qkv = vec![0f32; tokens * qkv_width];
         layer.qkv.forward(&normed, &mut qkv)?;
@@ -473,9 +478,7 @@ impl HostLlamaRunner {
         self.kernels.attention(&step, &mut attended);
         let mut projected = vec![0f32; tokens * hidden];
         layer.output.forward(&attended, &mut projected)?;
-        add_into(x, &projected);
-
-        let normed = rms_norm(x, &layer.ffn_norm, eps);
+        let normed = add_and_norm(x, Some(&projected), &layer.ffn_norm, eps);
         let inter = cfg.intermediate_size;
         let mut gate_up = vec![0f32; tokens * 2 * inter];
         layer.gate_up.forward(&normed, &mut gate_up)?;
@@ -490,8 +493,7 @@ impl HostLlamaRunner {
             }
         }
         layer.down.forward(&activated, &mut projected)?;
-        add_into(x, &projected);
-        Ok(())
+        Ok(projected)
     }
 }
 
@@ -545,8 +547,14 @@ impl ModelRunner for HostLlamaRunner {
         for (&token, row) in batch.tokens.iter().zip(x.chunks_exact_mut(hidden)) {
             self.embedding.dequantize_row(token as usize, row)?;
         }
+        let mut pending: Option<Vec<f32>> = None;
         for index in 0..self.layers.len() {
-            self.layer(index, &mut x, batch, &layout)?;
+            pending = Some(self.layer(index, &mut x, pending.as_deref(), batch, &layout)?);
+        }
+        if let Some(last) = &pending {
+            for (a, &b) in x.iter_mut().zip(last) {
+                *a += b;
+            }
         }
         // Only the rows whose logits are wanted go through the output projection.
         let mut rows = Vec::with_capacity(batch.logit_rows.len() * hidden);
@@ -572,13 +580,42 @@ fn rms_norm(x: &[f32], weight: &[f32], eps: f32) -> Vec<f32> {
         .zip(out.chunks_exact_mut(weight.len()))
     {
         let squares: f64 = row.iter().map(|&v| f64::from(v) * f64::from(v)).sum();
-        let mean = (squares / row.len() as f64) as f32;
-        let scale = 1.0 / (mean + eps).sqrt();
-        for ((o, &v), &w) in normed.iter_mut().zip(row).zip(weight) {
-            *o = v * scale * w;
-        }
+        scale_row(row, squares, weight, eps, normed);
     }
     out
+}
+
+/// `x += residual` (when there is one) and [`rms_norm`] of the sum, fused: the squares are
+/// summed as the residual is added, one pass over `x` fewer. The same values as the add
+/// followed by the norm.
+fn add_and_norm(x: &mut [f32], residual: Option<&[f32]>, weight: &[f32], eps: f32) -> Vec<f32> {
+    let Some(residual) = residual else {
+        return rms_norm(x, weight, eps);
+    };
+    let mut out = vec![0f32; x.len()];
+    let width = weight.len();
+    for ((row, add), normed) in x
+        .chunks_exact_mut(width)
+        .zip(residual.chunks_exact(width))
+        .zip(out.chunks_exact_mut(width))
+    {
+        let mut squares = 0f64;
+        for (v, &r) in row.iter_mut().zip(add) {
+            *v += r;
+            squares += f64::from(*v) * f64::from(*v);
+        }
+        scale_row(row, squares, weight, eps, normed);
+    }
+    out
+}
+
+/// `normed = row / √(squares / n + eps) · weight`.
+fn scale_row(row: &[f32], squares: f64, weight: &[f32], eps: f32, normed: &mut [f32]) {
+    let mean = (squares / row.len() as f64) as f32;
+    let scale = 1.0 / (mean + eps).sqrt();
+    for ((o, &v), &w) in normed.iter_mut().zip(row).zip(weight) {
+        *o = v * scale * w;
+    }
 }
 
 /// ggml's `llama` RoPE: pair `(2i, 2i + 1)` rotated by `position · θ^(-2i / head_dim)`.
@@ -603,10 +640,4 @@ fn rope_tables(positions: usize, head_dim: usize, theta: f64) -> (Vec<f32>, Vec<
         }
     }
     (cos, sin)
-}
-
-fn add_into(x: &mut [f32], y: &[f32]) {
-    for (a, &b) in x.iter_mut().zip(y) {
-        *a += b;
-    }
 }
