@@ -75,7 +75,8 @@ impl HostKernels for SimdKernels {
             Parallelism::Spin(_) => "spin pool",
             Parallelism::Rayon { .. } => "rayon",
         };
-        let mut text = format!("simd ({:?}, {threads} threads, {scheme})", self.isa);
+        let plural = if threads == 1 { "" } else { "s" };
+        let mut text = format!("simd ({:?}, {threads} thread{plural}, {scheme})", self.isa);
         let fallbacks = self.fallbacks.load(Ordering::Relaxed);
         if fallbacks > 0 {
             text.push_str(&format!(
@@ -97,7 +98,11 @@ impl HostKernels for SimdKernels {
             text.push_str(&format!("; converted at load: {}", kinds.join(", ")));
         }
         if self.isa == Isa::Portable {
-            text.push_str("; this CPU has no AVX2: portable code");
+            text.push_str(if CpuFeatures::detect().avx2 {
+                "; portable code (chosen)"
+            } else {
+                "; portable code: this CPU has no AVX2"
+            });
         }
         text
     }
@@ -215,5 +220,29 @@ impl HostLinear for QuantLinear {
 
     fn resident_bytes(&self) -> usize {
         self.matrix.resident_bytes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What runs is in the log line: the instruction set, the threads, and the portable path
+    /// named as such (a CPU without AVX2 gets it, never SIGILL).
+    #[test]
+    fn the_description_names_what_runs() {
+        let kernels = SimdKernels::new(2);
+        let text = kernels.describe();
+        assert!(text.contains(&format!("{:?}", kernels.isa())), "{text}");
+        assert!(text.contains("2 threads, spin pool"), "{text}");
+        let portable = SimdKernels::with_parallelism(Parallelism::Serial)
+            .with_isa(Isa::Portable)
+            .unwrap()
+            .describe();
+        assert!(
+            portable.contains("Portable") && portable.contains("portable code"),
+            "{portable}"
+        );
+        assert!(portable.contains("1 thread, serial"), "{portable}");
     }
 }
