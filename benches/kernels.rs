@@ -95,4 +95,79 @@ fn quant_gemv(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, gelu, quant_gemv);
+/// Paged attention on the CPU (`SimdKernels::attention`), SmolLM2's shape (9 query heads, 3
+/// KV heads, 64 values per head, f16 cache, blocks of 16): decode (16 sequences, one query
+/// each, 512 positions of context), in GiB/s of keys and values read; and a 512-token
+/// prefill of one sequence, in GFLOP/s (2 · head_dim multiply-adds per query, position and
+/// head, for scores and for values).
+fn paged_attention(c: &mut Criterion) {
+    use half::f16;
+    use mlinfra_serve::attention::{BatchLayout, SeqLayout};
+    use mlinfra_serve::host::{AttentionStep, HostKernels, KvSlice};
+
+    let mut group = c.benchmark_group("paged_attention");
+    let threads = std::thread::available_parallelism().map_or(1, usize::from);
+    let kernels = mlinfra_kernels::cpu::SimdKernels::new(threads);
+    let (heads, kv_heads, head_dim, block_size, context) = (9, 3, 64, 16, 512);
+    let blocks_per_seq = context / block_size;
+    for (label, seqs, queries) in [("decode_16x1", 16usize, 1usize), ("prefill_1x512", 1, 512)] {
+        let slots = seqs * blocks_per_seq * block_size;
+        let cache: Vec<f16> = (0..slots * kv_heads * head_dim)
+            .map(|i| f16::from_f32(((i % 251) as f32 - 125.0) / 256.0))
+            .collect();
+        let tables: Vec<Vec<u32>> = (0..seqs)
+            .map(|s| ((s * blocks_per_seq) as u32..((s + 1) * blocks_per_seq) as u32).collect())
+            .collect();
+        let layout = BatchLayout {
+            seqs: tables
+                .iter()
+                .enumerate()
+                .map(|(s, table)| SeqLayout {
+                    query_start: s * queries,
+                    query_len: queries,
+                    context_len: context,
+                    block_table: table,
+                })
+                .collect(),
+            block_size,
+        };
+        let seq_of_token: Vec<usize> = (0..seqs)
+            .flat_map(|s| std::iter::repeat_n(s, queries))
+            .collect();
+        let qkv_width = (heads + 2 * kv_heads) * head_dim;
+        let qkv: Vec<f32> = (0..seqs * queries * qkv_width)
+            .map(|i| ((i % 97) as f32 - 48.0) / 97.0)
+            .collect();
+        let step = AttentionStep {
+            k: KvSlice::F16(&cache),
+            v: KvSlice::F16(&cache),
+            qkv: &qkv,
+            qkv_width,
+            heads,
+            kv_heads,
+            head_dim,
+            block_size,
+            scale: 0.125,
+            layout: &layout,
+            seq_of_token: &seq_of_token,
+        };
+        let mut out = vec![0f32; step.pieces() * head_dim];
+        if queries == 1 {
+            // Each query head reads its KV head's keys and values once.
+            group.throughput(Throughput::Bytes(
+                (seqs * heads * context * head_dim * 2 * 2) as u64,
+            ));
+        } else {
+            let pairs = queries * (queries + 1) / 2;
+            group.throughput(Throughput::Elements(
+                (pairs * heads * head_dim * 2 * 2) as u64,
+            ));
+        }
+        group.bench_function(BenchmarkId::new(label, threads), |b| {
+            b.iter(|| kernels.attention(black_box(&step), &mut out))
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, gelu, quant_gemv, paged_attention);
