@@ -151,6 +151,7 @@ pub struct HostLlamaRunner {
     rope_sin: Vec<f32>,
     kv: HostKv,
     kv_precision: KvPrecision,
+    scratch: Scratch,
 }
 
 /// The precision keys and values are kept in.
@@ -308,6 +309,7 @@ impl HostLlamaRunner {
             rope_sin,
             kv,
             kv_precision: precision,
+            scratch: Scratch::default(),
         })
     }
 
@@ -411,44 +413,56 @@ impl HostLlamaRunner {
 
     /// One layer over the batch's hidden states `x` (`[tokens, hidden]`), in place.
     ///
-    /// `pending` is the previous layer's MLP output, not yet added to `x`: its residual add
-    /// and this layer's first norm are one pass. Returns this layer's MLP output, pending in
-    /// turn.
+    /// `scratch.pending` (when `has_pending`) is the previous layer's MLP output, not yet
+    /// added to `x`: its residual add and this layer's first norm are one pass. This layer's
+    /// MLP output is left there in turn.
     fn layer(
         &mut self,
         index: usize,
         x: &mut [f32],
-        pending: Option<&[f32]>,
+        has_pending: bool,
+        scratch: &mut Scratch,
         batch: &StepBatch,
         layout: &BatchLayout<'_>,
-    ) -> Result<Vec<f32>> {
+    ) -> Result<()> {
         let cfg = &self.config;
         let (hidden, head_dim) = (cfg.hidden_size, cfg.head_dim());
         let (heads, kv_heads) = (cfg.num_heads, cfg.num_kv_heads);
         let tokens = batch.tokens.len();
         let layer = &self.layers[index];
         let eps = cfg.rms_norm_eps as f32;
+        let Scratch {
+            normed,
+            qkv,
+            attended,
+            projected,
+            pending,
+            gate_up,
+            activated,
+        } = scratch;
 
-        let normed = add_and_norm(x, pending, &layer.attn_norm, eps);
+        let normed = sized(normed, tokens * hidden);
+        let residual = has_pending.then_some(pending.as_slice());
+        add_and_norm(x, residual, &layer.attn_norm, eps, normed);
         let qkv_width = (heads + 2 * kv_heads) * head_dim;
-        let mut qkv = vec![0f32; tokens * qkv_width];
-        layer.qkv.forward(&normed, &mut qkv)?;
-        for (row, &position) in qkv.chunks_exact_mut(qkv_width).zip(&batch.positions) {
-            let half = head_dim / 2;
+        let qkv = sized(qkv, tokens * qkv_width);
+        layer.qkv.forward(normed, qkv)?;
+        let f16_queries = self.kv_precision == KvPrecision::F16;
+        let half = head_dim / 2;
+        self.kernels.for_each_chunk(qkv, qkv_width, &|t, row| {
+            let position = batch.positions[t];
             let cos = &self.rope_cos[position * half..(position + 1) * half];
             let sin = &self.rope_sin[position * half..(position + 1) * half];
             // Q and K heads (not V) rotate.
             for head in row[..(heads + kv_heads) * head_dim].chunks_exact_mut(head_dim) {
                 rope(head, cos, sin);
             }
-            if self.kv_precision == KvPrecision::F16 {
+            if f16_queries {
                 // Against an f16 cache the queries are f16 too, as llama.cpp's attention
                 // converts them.
-                for q in &mut row[..heads * head_dim] {
-                    *q = f16::from_f32(*q).to_f32();
-                }
+                round_to_f16(&mut row[..heads * head_dim]);
             }
-        }
+        });
         // The new keys and values into their slots.
         let slot_len = self.kv.slot_len;
         for (row, slot) in qkv.chunks_exact(qkv_width).zip(layout.new_token_slots()) {
@@ -457,7 +471,7 @@ impl HostLlamaRunner {
             self.kv.v[index].store(at, &row[(heads + kv_heads) * head_dim..]);
         }
         // Attention: one piece of the output per (token, head).
-        let mut attended = vec![0f32; tokens * heads * head_dim];
+        let attended = sized(attended, tokens * heads * head_dim);
         let mut seq_of_token = Vec::with_capacity(tokens);
         for (s, seq) in layout.seqs.iter().enumerate() {
             seq_of_token.extend(std::iter::repeat_n(s, seq.query_len));
@@ -465,7 +479,7 @@ impl HostLlamaRunner {
         let step = AttentionStep {
             k: self.kv.k[index].as_slice(),
             v: self.kv.v[index].as_slice(),
-            qkv: &qkv,
+            qkv,
             qkv_width,
             heads,
             kv_heads,
@@ -475,26 +489,43 @@ impl HostLlamaRunner {
             layout,
             seq_of_token: &seq_of_token,
         };
-        self.kernels.attention(&step, &mut attended);
-        let mut projected = vec![0f32; tokens * hidden];
-        layer.output.forward(&attended, &mut projected)?;
-        let normed = add_and_norm(x, Some(&projected), &layer.ffn_norm, eps);
+        self.kernels.attention(&step, attended);
+        let projected = sized(projected, tokens * hidden);
+        layer.output.forward(attended, projected)?;
+        add_and_norm(x, Some(projected), &layer.ffn_norm, eps, normed);
         let inter = cfg.intermediate_size;
-        let mut gate_up = vec![0f32; tokens * 2 * inter];
-        layer.gate_up.forward(&normed, &mut gate_up)?;
-        let mut activated = vec![0f32; tokens * inter];
-        for (gu, out) in gate_up
-            .chunks_exact(2 * inter)
-            .zip(activated.chunks_exact_mut(inter))
-        {
-            let (gate, up) = gu.split_at(inter);
-            for ((o, &g), &u) in out.iter_mut().zip(gate).zip(up) {
-                *o = g / (1.0 + (-g).exp()) * u;
-            }
-        }
-        layer.down.forward(&activated, &mut projected)?;
-        Ok(projected)
+        let gate_up = sized(gate_up, tokens * 2 * inter);
+        layer.gate_up.forward(normed, gate_up)?;
+        let activated = sized(activated, tokens * inter);
+        let gate_up = &*gate_up;
+        self.kernels.for_each_chunk(activated, inter, &|t, out| {
+            let (gate, up) = gate_up[t * 2 * inter..(t + 1) * 2 * inter].split_at(inter);
+            silu_mul(gate, up, out);
+        });
+        let pending = sized(pending, tokens * hidden);
+        layer.down.forward(activated, pending)?;
+        Ok(())
     }
+}
+
+/// The step's working buffers, kept between steps so that a step allocates (and faults in)
+/// nothing.
+#[derive(Debug, Default)]
+struct Scratch {
+    normed: Vec<f32>,
+    qkv: Vec<f32>,
+    attended: Vec<f32>,
+    projected: Vec<f32>,
+    /// The last layer's MLP output, not yet added to the hidden states.
+    pending: Vec<f32>,
+    gate_up: Vec<f32>,
+    activated: Vec<f32>,
+}
+
+/// `buffer` as `len` values (their contents whatever they were: every use overwrites them).
+fn sized(buffer: &mut Vec<f32>, len: usize) -> &mut [f32] {
+    buffer.resize(len, 0.0);
+    &mut buffer[..len]
 }
 
 impl ModelRunner for HostLlamaRunner {
@@ -547,21 +578,27 @@ impl ModelRunner for HostLlamaRunner {
         for (&token, row) in batch.tokens.iter().zip(x.chunks_exact_mut(hidden)) {
             self.embedding.dequantize_row(token as usize, row)?;
         }
-        let mut pending: Option<Vec<f32>> = None;
+        let mut scratch = std::mem::take(&mut self.scratch);
         for index in 0..self.layers.len() {
-            pending = Some(self.layer(index, &mut x, pending.as_deref(), batch, &layout)?);
+            self.layer(index, &mut x, index > 0, &mut scratch, batch, &layout)?;
         }
-        if let Some(last) = &pending {
-            for (a, &b) in x.iter_mut().zip(last) {
-                *a += b;
-            }
+        for (a, &b) in x.iter_mut().zip(&scratch.pending) {
+            *a += b;
         }
+        self.scratch = scratch;
         // Only the rows whose logits are wanted go through the output projection.
         let mut rows = Vec::with_capacity(batch.logit_rows.len() * hidden);
         for &row in &batch.logit_rows {
             rows.extend_from_slice(&x[row * hidden..(row + 1) * hidden]);
         }
-        let normed = rms_norm(&rows, &self.final_norm, self.config.rms_norm_eps as f32);
+        let mut normed = vec![0f32; rows.len()];
+        add_and_norm(
+            &mut rows,
+            None,
+            &self.final_norm,
+            self.config.rms_norm_eps as f32,
+            &mut normed,
+        );
         let mut logits = vec![0f32; batch.logit_rows.len() * vocab];
         self.lm_head
             .as_ref()
@@ -571,50 +608,60 @@ impl ModelRunner for HostLlamaRunner {
     }
 }
 
-/// `x / rms(x) · weight`, row by row (`weight.len()` values per row), the mean of squares
-/// summed in f64 as ggml does.
-fn rms_norm(x: &[f32], weight: &[f32], eps: f32) -> Vec<f32> {
-    let mut out = vec![0f32; x.len()];
-    for (row, normed) in x
-        .chunks_exact(weight.len())
-        .zip(out.chunks_exact_mut(weight.len()))
-    {
-        let squares: f64 = row.iter().map(|&v| f64::from(v) * f64::from(v)).sum();
-        scale_row(row, squares, weight, eps, normed);
-    }
-    out
-}
-
-/// `x += residual` (when there is one) and [`rms_norm`] of the sum, fused: the squares are
-/// summed as the residual is added, one pass over `x` fewer. The same values as the add
-/// followed by the norm.
-fn add_and_norm(x: &mut [f32], residual: Option<&[f32]>, weight: &[f32], eps: f32) -> Vec<f32> {
-    let Some(residual) = residual else {
-        return rms_norm(x, weight, eps);
-    };
-    let mut out = vec![0f32; x.len()];
+/// `x += residual` (when there is one), then `normed = x / rms(x) · weight`, row by row
+/// (`weight.len()` values per row), fused: the squares are summed as the residual is added,
+/// in f64 as ggml does.
+fn add_and_norm(
+    x: &mut [f32],
+    residual: Option<&[f32]>,
+    weight: &[f32],
+    eps: f32,
+    normed: &mut [f32],
+) {
     let width = weight.len();
-    for ((row, add), normed) in x
+    for (r, (row, out)) in x
         .chunks_exact_mut(width)
-        .zip(residual.chunks_exact(width))
-        .zip(out.chunks_exact_mut(width))
+        .zip(normed.chunks_exact_mut(width))
+        .enumerate()
     {
         let mut squares = 0f64;
-        for (v, &r) in row.iter_mut().zip(add) {
-            *v += r;
-            squares += f64::from(*v) * f64::from(*v);
+        match residual {
+            Some(residual) => {
+                for (v, &add) in row.iter_mut().zip(&residual[r * width..(r + 1) * width]) {
+                    *v += add;
+                    squares += f64::from(*v) * f64::from(*v);
+                }
+            }
+            None => {
+                for &v in row.iter() {
+                    squares += f64::from(v) * f64::from(v);
+                }
+            }
         }
-        scale_row(row, squares, weight, eps, normed);
+        let mean = (squares / width as f64) as f32;
+        let scale = 1.0 / (mean + eps).sqrt();
+        for ((o, &v), &w) in out.iter_mut().zip(row.iter()).zip(weight) {
+            *o = v * scale * w;
+        }
     }
-    out
 }
 
-/// `normed = row / √(squares / n + eps) · weight`.
-fn scale_row(row: &[f32], squares: f64, weight: &[f32], eps: f32, normed: &mut [f32]) {
-    let mean = (squares / row.len() as f64) as f32;
-    let scale = 1.0 / (mean + eps).sqrt();
-    for ((o, &v), &w) in normed.iter_mut().zip(row).zip(weight) {
-        *o = v * scale * w;
+/// `x` rounded to f16 values, in place (F16C where the CPU has it).
+fn round_to_f16(x: &mut [f32]) {
+    let mut halves = [f16::ZERO; 64];
+    for chunk in x.chunks_mut(64) {
+        let halves = &mut halves[..chunk.len()];
+        halves.convert_from_f32_slice(chunk);
+        halves.convert_to_f32_slice(chunk);
+    }
+}
+
+/// `out = silu(gate) · up`, `silu(g) = g / (1 + e^{-g})` as ggml writes it, with libm's
+/// `expf`. (A vectorized polynomial `exp` here moved the chat prompt's close call at
+/// position 12 away from llama.cpp's choice: this product is where the two agree.)
+fn silu_mul(gate: &[f32], up: &[f32], out: &mut [f32]) {
+    for ((o, &g), &u) in out.iter_mut().zip(gate).zip(up) {
+        *o = g / (1.0 + (-g).exp()) * u;
     }
 }
 
