@@ -7,12 +7,15 @@
 //!
 //! # Status
 //!
-//! Today: the runtime plumbing ([`wgpu::software_device`], the adapter every CPU-only test
-//! machine runs kernels on), one elementwise kernel, [`gelu_tanh`], proven against its f64
-//! twin, and the first CPU kernel, [`cpu::quant`]'s Q4_1 × Q8_1 dot product (AVX2 and
-//! portable, against an f64 twin). Quantized GEMV/GEMM, fused norms and paged decode
-//! attention are next.
-//!
+//! - GPU: the runtime plumbing ([`wgpu::software_device`], the adapter every CPU-only test
+//!   machine runs kernels on) and one elementwise kernel, [`gelu_tanh`], proven against its
+//!   f64 twin. The serving and training kernels are next (issue 25).
+//! - CPU: [`cpu::SimdKernels`], serve's `HostKernels` for its `HostLlamaRunner` and the
+//!   default of the `llama_generate` and `serve_openai` examples: quantized GEMV/GEMM on
+//!   repacked GGUF blocks (Q4_0, Q4_1, Q8_0; K-quants converted at load), SIMD chosen at run
+//!   time with a portable path computing the same bits, paged attention over an f16 cache,
+//!   and a spinning thread pool. docs/BENCHMARKS.md (run S4) sets it beside llama.cpp.
+
 //! # Quick start
 //!
 //! ```no_run

@@ -28,7 +28,11 @@
 //!
 //! Weights are read once per call (decode: the whole matrix per token). For several tokens,
 //! each thread walks its rows in tiles of about 16 KiB and runs every token over a tile while
-//! it is in L1/L2, so a prefill reads the weights from memory once, not once per token.
+//! it is in L1/L2, so a prefill reads the weights from memory once, not once per token; four
+//! tokens share each block's loads and nibble decoding, and on a CPU with AVX-512 VNNI two
+//! groups share each 512-bit instruction (one token stays on 256 bits: faster for decode,
+//! docs/BENCHMARKS.md run S4). Lane for lane these are the same operations, so the bits do
+//! not change with the path taken.
 
 use half::f16;
 
