@@ -13,6 +13,8 @@
 //! llama.cpp multiplies Q4_K and Q6_K natively; native kernels for them are future work, and
 //! these conversions are what the benchmarks' K-quant figures measure.
 
+use std::borrow::Cow;
+
 use half::f16;
 use mlinfra_data::tensor::{GgmlType, dequantize_into, q4_k_scale_min};
 
@@ -51,14 +53,15 @@ fn dequantizes(ty: GgmlType) -> bool {
 
 /// `bytes` (whole rows of `ty` blocks, `cols` values per row) in `format`'s GGUF block
 /// layout; `None` for a conversion [`target_format`] would not choose.
-pub(crate) fn convert(ty: GgmlType, bytes: &[u8], format: WeightFormat) -> Option<Vec<u8>> {
+/// Blocks already in `format` are borrowed, not copied.
+pub(crate) fn convert(ty: GgmlType, bytes: &[u8], format: WeightFormat) -> Option<Cow<'_, [u8]>> {
     match (ty, format) {
         (GgmlType::Q4_0, WeightFormat::Q4_0)
         | (GgmlType::Q4_1, WeightFormat::Q4_1)
-        | (GgmlType::Q8_0, WeightFormat::Q8_0) => Some(bytes.to_vec()),
-        (GgmlType::Q4_0, WeightFormat::Q4_1) => Some(q4_0_to_q4_1(bytes)),
-        (GgmlType::Q4_K, WeightFormat::Q4_1) => Some(q4_k_to_q4_1(bytes)),
-        (_, WeightFormat::Q8_0) => to_q8_0(ty, bytes),
+        | (GgmlType::Q8_0, WeightFormat::Q8_0) => Some(Cow::Borrowed(bytes)),
+        (GgmlType::Q4_0, WeightFormat::Q4_1) => Some(Cow::Owned(q4_0_to_q4_1(bytes))),
+        (GgmlType::Q4_K, WeightFormat::Q4_1) => Some(Cow::Owned(q4_k_to_q4_1(bytes))),
+        (_, WeightFormat::Q8_0) => to_q8_0(ty, bytes).map(Cow::Owned),
         _ => None,
     }
 }

@@ -2,6 +2,7 @@
 //! [`HostLlamaRunner`](mlinfra_serve::host::HostLlamaRunner) runs with weights in their
 //! GGUF blocks, SIMD chosen at run time, and a [`SpinPool`].
 
+use std::borrow::Cow;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -114,7 +115,9 @@ impl HostKernels for SimdKernels {
             self.fallbacks.fetch_add(1, Ordering::Relaxed);
             return ReferenceKernels.linear(parts);
         };
-        let mut bytes = Vec::new();
+        // One part in its own format is repacked straight from the file's bytes; stacked or
+        // converted parts are gathered first (a copy of one layer's weights at a time).
+        let mut gathered: Vec<Cow<'_, [u8]>> = Vec::with_capacity(parts.len());
         let mut rows = 0;
         for part in parts {
             part.row_bytes()?;
@@ -140,7 +143,7 @@ impl HostKernels for SimdKernels {
                     .unwrap_or_else(|p| p.into_inner())
                     .push(format!("{} → {format:?}", part.ggml_type.name()));
             }
-            bytes.extend_from_slice(&converted);
+            gathered.push(converted);
             rows += part.rows;
         }
         let name = parts
@@ -148,6 +151,11 @@ impl HostKernels for SimdKernels {
             .map(|p| p.name.as_ref())
             .collect::<Vec<_>>()
             .join(" + ");
+        let bytes: Cow<'_, [u8]> = if gathered.len() == 1 {
+            gathered.swap_remove(0)
+        } else {
+            Cow::Owned(gathered.concat())
+        };
         let matrix = QuantMatrix::new(format, rows, cols, &bytes)
             .and_then(|m| m.with_isa(self.isa))
             .map_err(|error| Error::Weights {
