@@ -203,47 +203,49 @@ impl HostLlamaRunner {
             });
         }
         let (hidden, head_dim) = (config.hidden_size, config.head_dim());
-        let weights = |name: String, rows: usize, cols: usize| -> Result<WeightBlocks<'_>> {
-            let fail = |reason: String| Error::Weights {
-                tensor: name.clone().into(),
-                reason: reason.into(),
+        // A tensor that must exist with exactly `shape` (ggml order: fastest dimension first).
+        let fail = |name: &str, reason: String| Error::Weights {
+            tensor: name.into(),
+            reason: reason.into(),
+        };
+        let checked =
+            |name: &str, shape: &[usize]| -> Result<&mlinfra_data::tensor::GgufTensorInfo> {
+                let info = file
+                    .tensor_info(name)
+                    .ok_or_else(|| fail(name, "missing from the file".into()))?;
+                if !info
+                    .shape()
+                    .iter()
+                    .map(|&d| d as usize)
+                    .eq(shape.iter().copied())
+                {
+                    return Err(fail(
+                        name,
+                        format!(
+                            "has shape {:?}, the architecture needs {shape:?}",
+                            info.shape()
+                        ),
+                    ));
+                }
+                Ok(info)
             };
-            let info = file
-                .tensor_info(&name)
-                .ok_or_else(|| fail("missing from the file".into()))?;
-            // ggml lists dimensions fastest first.
-            let shape: Vec<usize> = info.shape().iter().map(|&d| d as usize).collect();
-            if shape != [cols, rows] {
-                return Err(fail(format!(
-                    "has shape {shape:?}, the architecture needs [{cols}, {rows}]"
-                )));
-            }
-            let tensor = file.tensor(&name).map_err(|e| fail(e.to_string()))?;
+        let weights = |name: String, rows: usize, cols: usize| -> Result<WeightBlocks<'_>> {
+            let info = checked(&name, &[cols, rows])?;
+            let tensor = file.tensor(&name).map_err(|e| fail(&name, e.to_string()))?;
             let blocks = WeightBlocks {
-                name: Cow::Owned(name.clone()),
                 ggml_type: info.ggml_type(),
                 rows,
                 cols,
                 bytes: Cow::Borrowed(tensor.bytes()),
+                name: Cow::Owned(name),
             };
             blocks.row_bytes()?;
             Ok(blocks)
         };
         let norm = |name: String| -> Result<Vec<f32>> {
-            let fail = |reason: String| Error::Weights {
-                tensor: name.clone().into(),
-                reason: reason.into(),
-            };
-            let info = file
-                .tensor_info(&name)
-                .ok_or_else(|| fail("missing from the file".into()))?;
-            if info.shape() != [hidden as u64] {
-                return Err(fail(format!(
-                    "has shape {:?}, the architecture needs [{hidden}]",
-                    info.shape()
-                )));
-            }
-            file.dequantize_f32(&name).map_err(|e| fail(e.to_string()))
+            checked(&name, &[hidden])?;
+            file.dequantize_f32(&name)
+                .map_err(|e| fail(&name, e.to_string()))
         };
         // Each tensor's file pages are dropped once the kernels hold their own copy, so that
         // the file and the copies are never resident together.
@@ -422,9 +424,14 @@ impl HostLlamaRunner {
         x: &mut [f32],
         has_pending: bool,
         scratch: &mut Scratch,
-        batch: &StepBatch,
-        layout: &BatchLayout<'_>,
+        plan: &StepPlan<'_>,
     ) -> Result<()> {
+        let StepPlan {
+            batch,
+            layout,
+            seq_of_token,
+            slots,
+        } = plan;
         let cfg = &self.config;
         let (hidden, head_dim) = (cfg.hidden_size, cfg.head_dim());
         let (heads, kv_heads) = (cfg.num_heads, cfg.num_kv_heads);
@@ -465,17 +472,13 @@ impl HostLlamaRunner {
         });
         // The new keys and values into their slots.
         let slot_len = self.kv.slot_len;
-        for (row, slot) in qkv.chunks_exact(qkv_width).zip(layout.new_token_slots()) {
+        for (row, &slot) in qkv.chunks_exact(qkv_width).zip(slots.iter()) {
             let at = slot as usize * slot_len;
             self.kv.k[index].store(at, &row[heads * head_dim..(heads + kv_heads) * head_dim]);
             self.kv.v[index].store(at, &row[(heads + kv_heads) * head_dim..]);
         }
         // Attention: one piece of the output per (token, head).
         let attended = sized(attended, tokens * heads * head_dim);
-        let mut seq_of_token = Vec::with_capacity(tokens);
-        for (s, seq) in layout.seqs.iter().enumerate() {
-            seq_of_token.extend(std::iter::repeat_n(s, seq.query_len));
-        }
         let step = AttentionStep {
             k: self.kv.k[index].as_slice(),
             v: self.kv.v[index].as_slice(),
@@ -487,7 +490,7 @@ impl HostLlamaRunner {
             block_size: self.kv.block_size,
             scale: 1.0 / (head_dim as f32).sqrt(),
             layout,
-            seq_of_token: &seq_of_token,
+            seq_of_token,
         };
         self.kernels.attention(&step, attended);
         let projected = sized(projected, tokens * hidden);
@@ -506,6 +509,16 @@ impl HostLlamaRunner {
         layer.down.forward(activated, pending)?;
         Ok(())
     }
+}
+
+/// What every layer of a step reads about it.
+struct StepPlan<'a> {
+    batch: &'a StepBatch,
+    layout: &'a BatchLayout<'a>,
+    /// Each token's sequence (an index into `layout.seqs`).
+    seq_of_token: &'a [usize],
+    /// Each token's KV slot.
+    slots: &'a [i64],
 }
 
 /// The step's working buffers, kept between steps so that a step allocates (and faults in)
@@ -578,9 +591,20 @@ impl ModelRunner for HostLlamaRunner {
         for (&token, row) in batch.tokens.iter().zip(x.chunks_exact_mut(hidden)) {
             self.embedding.dequantize_row(token as usize, row)?;
         }
+        // What every layer needs to know of the step, worked out once.
+        let mut seq_of_token = Vec::with_capacity(batch.tokens.len());
+        for (s, seq) in layout.seqs.iter().enumerate() {
+            seq_of_token.extend(std::iter::repeat_n(s, seq.query_len));
+        }
+        let plan = StepPlan {
+            batch,
+            layout: &layout,
+            seq_of_token: &seq_of_token,
+            slots: &layout.new_token_slots(),
+        };
         let mut scratch = std::mem::take(&mut self.scratch);
         for index in 0..self.layers.len() {
-            self.layer(index, &mut x, index > 0, &mut scratch, batch, &layout)?;
+            self.layer(index, &mut x, index > 0, &mut scratch, &plan)?;
         }
         for (a, &b) in x.iter_mut().zip(&scratch.pending) {
             *a += b;
