@@ -11,26 +11,22 @@
 # and our tg as a fraction of the decode ceiling (`mem_ceiling`: read bandwidth at the same
 # thread count over the bytes a token reads from that file).
 #
-#   benches/compare/cpu_decode.sh                 # Q4_1, Q4_0, Q8_0; 2 threads; 3 rounds
+#   benches/compare/cpu_decode.sh                 # Q4_1, Q4_0, Q8_0, Q4_K_M; 2 threads; 3 rounds
 #   THREADS=1 ROUNDS=5 FORMATS="Q4_1" benches/compare/cpu_decode.sh
 #
-# Files: SmolLM2-135M-Instruct.Q4_1.gguf from scripts/fetch-model; the Q4_0 and Q8_0 files
-# are made from it once with llama.cpp's `llama-quantize --allow-requantize`, the token
-# embedding (the tied output projection) kept at Q8_0 as in the source file. llama.cpp's
-# tools come from scripts/llama-cpp-tools (built from the llama-cpp-python sdist).
+# Files: SmolLM2-135M-Instruct.Q4_1.gguf from scripts/fetch-model; the others (Q4_0, Q8_0,
+# Q4_K_M...) made from it once by scripts/smollm2-gguf (llama.cpp's `llama-quantize`).
+# llama.cpp's tools come from scripts/llama-cpp-tools (built from the llama-cpp-python sdist).
 # Prints one line per run and a summary table of medians; docs/BENCHMARKS.md quotes it.
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")/../.." && pwd)
 threads=${THREADS:-2}
 rounds=${ROUNDS:-3}
-formats=${FORMATS:-"Q4_1 Q4_0 Q8_0"}
-models=${MLINFRA_MODELS:-$HOME/.cache/mlinfra/models}
+formats=${FORMATS:-"Q4_1 Q4_0 Q8_0 Q4_K_M"}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/mlinfra-target}
 
 bin=$("$here/scripts/llama-cpp-tools")
-source_model=$models/SmolLM2-135M-Instruct.Q4_1.gguf
-[[ -f $source_model ]] || "$here/scripts/fetch-model" >&2
 
 (cd "$here" && cargo build --release --quiet -p mlinfra-examples --example llama_generate \
     && cargo build --release --quiet -p mlinfra-benches --bin mem_ceiling)
@@ -51,11 +47,7 @@ median() { sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
 results=$(mktemp)
 trap 'rm -f "$results" "$results.rss"' EXIT
 for format in $formats; do
-    model=$models/SmolLM2-135M-Instruct.$format.gguf
-    if [[ ! -f $model ]]; then
-        "$bin/llama-quantize" --allow-requantize --token-embedding-type q8_0 \
-            --output-tensor-type q8_0 "$source_model" "$model" "$format" > /dev/null 2>&1
-    fi
+    model=$("$here/scripts/smollm2-gguf" "$format")
     read -r bandwidth bytes < <("$ceiling" --model "$model" --rounds 5 | python3 -c "
 import json, sys
 lines = [json.loads(l) for l in sys.stdin]

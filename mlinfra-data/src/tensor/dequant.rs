@@ -10,7 +10,7 @@ use half::{bf16, f16};
 use super::GgmlType;
 
 /// The types [`dequantize`] converts, for error messages.
-pub(crate) const SUPPORTED: &str = "F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q4_K, Q6_K";
+pub(crate) const SUPPORTED: &str = "F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q6_K";
 
 /// Converts `bytes`, whole blocks of `ty`, to `f32`; `None` if `ty` is not one of
 /// [`SUPPORTED`]. Trailing bytes short of a block are ignored (the parser guarantees there
@@ -23,7 +23,7 @@ pub(crate) fn dequantize(ty: GgmlType, bytes: &[u8]) -> Option<Vec<f32>> {
 
 /// Converts `bytes`, whole blocks of `ty`, to `f32` into `out`, which must hold exactly their
 /// elements; false (and `out` untouched) for a type other than F32, F16, BF16, Q8_0, Q4_0,
-/// Q4_1, Q4_K and Q6_K, or an `out` of another length. Bit-identical to ggml's reference
+/// Q4_1, Q5_0, Q5_1, Q4_K and Q6_K, or an `out` of another length. Bit-identical to ggml's reference
 /// dequantization. For converting part of a tensor at a time (some rows) into a reused
 /// buffer.
 pub fn dequantize_into(ty: GgmlType, bytes: &[u8], out: &mut [f32]) -> bool {
@@ -35,6 +35,8 @@ pub fn dequantize_into(ty: GgmlType, bytes: &[u8], out: &mut [f32]) -> bool {
             | GgmlType::Q8_0
             | GgmlType::Q4_0
             | GgmlType::Q4_1
+            | GgmlType::Q5_0
+            | GgmlType::Q5_1
             | GgmlType::Q4_K
             | GgmlType::Q6_K
     ) || out.len() != bytes.len() / ty.type_size() * ty.block_size()
@@ -48,6 +50,8 @@ pub fn dequantize_into(ty: GgmlType, bytes: &[u8], out: &mut [f32]) -> bool {
         GgmlType::Q8_0 => blocks(bytes, out, q8_0),
         GgmlType::Q4_0 => blocks(bytes, out, q4_0),
         GgmlType::Q4_1 => blocks(bytes, out, q4_1),
+        GgmlType::Q5_0 => blocks(bytes, out, q5_0),
+        GgmlType::Q5_1 => blocks(bytes, out, q5_1),
         GgmlType::Q4_K => blocks(bytes, out, q4_k),
         _ => blocks(bytes, out, q6_k),
     }
@@ -108,6 +112,46 @@ fn q4_1(b: &[u8; 20], y: &mut [f32; 32]) {
     for ((lo, hi), &q) in lo.iter_mut().zip(hi).zip(&b[4..]) {
         *lo = f32::from(q & 0x0F) * d + m;
         *hi = f32::from(q >> 4) * d + m;
+    }
+}
+
+/// The 32 five-bit codes of a `Q5_0` / `Q5_1` block from its 4 bytes of fifth bits `qh` and
+/// 16 bytes of nibbles `qs`: byte `j` of `qs` holds element `j` (low nibble) and `j + 16`
+/// (high), as in `Q4_0`, and bit `j` of the little-endian `qh` is element `j`'s fifth bit.
+/// Public for kernels that repack Q5 blocks.
+pub fn q5_codes(qh: [u8; 4], qs: &[u8; 16]) -> [u8; 32] {
+    let qh = u32::from_le_bytes(qh);
+    let fifth = |element: usize| (((qh >> element) & 1) as u8) << 4;
+    let mut codes = [0u8; 32];
+    for (j, &q) in qs.iter().enumerate() {
+        codes[j] = (q & 0x0F) | fifth(j);
+        codes[j + 16] = (q >> 4) | fifth(j + 16);
+    }
+    codes
+}
+
+/// The codes of the `Q5_0` / `Q5_1` block whose fifth bits start at `b[at]`.
+fn q5_codes_at(b: &[u8], at: usize) -> [u8; 32] {
+    let mut qh = [0u8; 4];
+    let mut qs = [0u8; 16];
+    qh.copy_from_slice(&b[at..at + 4]);
+    qs.copy_from_slice(&b[at + 4..at + 20]);
+    q5_codes(qh, &qs)
+}
+
+/// `Q5_0`: f16 scale `d`, 4 bytes of fifth bits, 16 bytes of nibbles; `y = (q - 16) * d`.
+fn q5_0(b: &[u8; 22], y: &mut [f32; 32]) {
+    let d = f16_at(b, 0);
+    for (y, q) in y.iter_mut().zip(q5_codes_at(b, 2)) {
+        *y = f32::from(q as i8 - 16) * d;
+    }
+}
+
+/// `Q5_1`: f16 scale `d` and minimum `m`, then as `Q5_0`; `y = q * d + m`.
+fn q5_1(b: &[u8; 24], y: &mut [f32; 32]) {
+    let (d, m) = (f16_at(b, 0), f16_at(b, 2));
+    for (y, q) in y.iter_mut().zip(q5_codes_at(b, 4)) {
+        *y = f32::from(q) * d + m;
     }
 }
 

@@ -79,7 +79,7 @@ pub use self::safetensors::{SafetensorsFile, SafetensorsTensor, SafetensorsTenso
 /// The element type of a safetensors tensor (the `safetensors` crate's `Dtype`).
 pub use ::safetensors::Dtype as SafetensorsDtype;
 pub use cursor::quoted;
-pub use dequant::{dequantize_into, scale_min_k4 as q4_k_scale_min};
+pub use dequant::{dequantize_into, q5_codes, scale_min_k4 as q4_k_scale_min};
 pub use ggml_type::GgmlType;
 
 /// The format of a tensor file, as named in [`Error::TensorFile`](crate::Error::TensorFile).

@@ -3,12 +3,13 @@
 //!
 //! - [`quant`]: activations quantized to Q8_1 blocks, and the plain Q4_1 × Q8_1 dot product
 //!   (ggml's `vec_dot_q4_1_q8_1`) as a reference point;
-//! - [`matrix`]: Q4_1 and Q8_0 weight matrices repacked 8 rows at a time, multiplied by
-//!   Q8_1 activations (GEMV for decode, tiled for prefill) with AVX2, AVX-VNNI or
-//!   AVX-512-VNNI chosen at run time, and a portable path that computes the same bits;
+//! - [`matrix`]: Q4_0, Q4_1, Q5_0, Q8_0, Q4_K and Q6_K weight matrices repacked 8 rows at a
+//!   time, multiplied by Q8_1 activations (GEMV for decode, tiled for prefill) with AVX2,
+//!   AVX-VNNI or AVX-512-VNNI chosen at run time, and a portable path that computes the same
+//!   bits;
 //! - [`pool`]: the threads a call is split over;
-//! - `convert`: Q4_K, Q6_K and other GGUF block types converted at load into those formats
-//!   (its table states each conversion's error);
+//! - `convert`: the format each GGUF type is multiplied in (Q5_1 and other types without a
+//!   kernel converted to Q8_0 at load, with the error stated);
 //! - [`SimdKernels`]: all of it as serve's `HostKernels`, the compute of its
 //!   `HostLlamaRunner`.
 

@@ -29,6 +29,9 @@ pub struct BlockQ8_1 {
     /// The sum of the codes, exact (kernels that store weights offset by 128 subtract
     /// `128·sum`).
     pub sum: i32,
+    /// The sum of codes 0..16, exact (Q6_K's 16-value sub-blocks take out their offset per
+    /// half block).
+    pub sum_low: i32,
     /// Codes in `-127..=127`.
     pub qs: [i8; BLOCK],
 }
@@ -115,16 +118,13 @@ unsafe fn quantize_avx2(x: &[f32], out: &mut [BlockQ8_1]) {
                 _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC,
             ))
         });
-        let total = _mm256_add_epi32(
-            _mm256_add_epi32(codes[0], codes[1]),
-            _mm256_add_epi32(codes[2], codes[3]),
-        );
-        let half = _mm_add_epi32(
-            _mm256_castsi256_si128(total),
-            _mm256_extracti128_si256(total, 1),
-        );
-        let half = _mm_add_epi32(half, _mm_shuffle_epi32(half, 0b01_00_11_10));
-        let sum = _mm_cvtsi128_si32(_mm_add_epi32(half, _mm_shuffle_epi32(half, 0b10_11_00_01)));
+        let lanes_sum = |v: __m256i| {
+            let half = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+            let half = _mm_add_epi32(half, _mm_shuffle_epi32(half, 0b01_00_11_10));
+            _mm_cvtsi128_si32(_mm_add_epi32(half, _mm_shuffle_epi32(half, 0b10_11_00_01)))
+        };
+        let sum_low = lanes_sum(_mm256_add_epi32(codes[0], codes[1]));
+        let sum = sum_low + lanes_sum(_mm256_add_epi32(codes[2], codes[3]));
         let packed = _mm256_packs_epi16(
             _mm256_packs_epi32(codes[0], codes[1]),
             _mm256_packs_epi32(codes[2], codes[3]),
@@ -141,6 +141,7 @@ unsafe fn quantize_avx2(x: &[f32], out: &mut [BlockQ8_1]) {
             d: f16::from_f32(d).to_f32(),
             s: f16::from_f32(d * sum as f32).to_f32(),
             sum,
+            sum_low,
             qs,
         };
     }
@@ -161,19 +162,21 @@ fn quantize_blocks(x: &[f32], out: &mut [BlockQ8_1]) {
         let d = amax / 127.0;
         let inverse = if d > 0.0 { 1.0 / d } else { 0.0 };
         let mut qs = [0i8; BLOCK];
-        let mut sum = 0i32;
         for (q, &v) in qs.iter_mut().zip(chunk) {
             // |v·inverse| ≤ 127 by construction; NaN becomes 0. Ties to even, as ggml's
             // AVX2 quantizer rounds.
             *q = (v * inverse).round_ties_even() as i8;
-            sum += i32::from(*q);
         }
+        let sum_of = |codes: &[i8]| codes.iter().map(|&q| i32::from(q)).sum::<i32>();
+        let sum_low = sum_of(&qs[..16]);
+        let sum = sum_low + sum_of(&qs[16..]);
         // ggml keeps `d` and `s` in f16 (`block_q8_1`): the same rounding here, so that the
         // products are llama.cpp's.
         *block = BlockQ8_1 {
             d: f16::from_f32(d).to_f32(),
             s: f16::from_f32(d * sum as f32).to_f32(),
             sum,
+            sum_low,
             qs,
         };
     }

@@ -102,6 +102,43 @@ fn q4_1_block() {
 }
 
 #[test]
+fn q5_0_and_q5_1_blocks() {
+    // Nibbles as in Q4_0 (element j: j, element j + 16: 15 - j); fifth bits qh = 0xAAAA_0F0F
+    // (little-endian): elements 0-3 and 8-11 set, 16-31 alternate starting unset (bit 17, 19...).
+    // So code[j] = nibble + 16 where the bit is set: code[0] = 16, code[4] = 4, code[11] = 27,
+    // code[16] = 15 (bit 16 unset), code[17] = 30 (14 + 16), code[31] = 16.
+    let qh = 0xAAAA_0F0Fu32;
+    let nibbles: Vec<u8> = (0..16u8).map(|j| j | (15 - j) << 4).collect();
+    let code = |e: usize| {
+        let nibble = if e < 16 { e } else { 31 - e } as f32;
+        nibble + if qh >> e & 1 == 1 { 16.0 } else { 0.0 }
+    };
+    assert_eq!(
+        (code(0), code(4), code(11), code(16), code(17), code(31)),
+        (16.0, 4.0, 27.0, 15.0, 30.0, 16.0)
+    );
+
+    // Q5_0, d = 2: y = (q - 16) * d.
+    let mut block = F16_TWO.to_vec();
+    block.extend(qh.to_le_bytes());
+    block.extend(&nibbles);
+    let want: Vec<f32> = (0..32).map(|e| (code(e) - 16.0) * 2.0).collect();
+    let got = dequantize(GgmlType::Q5_0, &block).unwrap();
+    assert_bits(&got, &want);
+    assert_eq!((got[0], got[4], got[17]), (0.0, -24.0, 28.0));
+
+    // Q5_1, d = 0.5, m = -1: y = q * d + m.
+    let mut block = F16_HALF.to_vec();
+    block.extend(F16_MINUS_ONE);
+    block.extend(qh.to_le_bytes());
+    block.extend(&nibbles);
+    let want: Vec<f32> = (0..32).map(|e| code(e) * 0.5 - 1.0).collect();
+    let got = dequantize(GgmlType::Q5_1, &block).unwrap();
+    assert_bits(&got, &want);
+    assert_eq!((got[0], got[11], got[31]), (7.0, 12.5, 7.0));
+}
+
+#[test]
 fn q4_k_block() {
     // d = 1, dmin = 0.5. Sub-block scales sc = [1, 2, 3, 4, 33, 40, 63, 17] and minimums
     // m = [0, 1, 2, 3, 20, 50, 5, 63]; values >= 16 in sub-blocks 4-7 exercise the top bits.
@@ -184,7 +221,7 @@ fn blocks_are_laid_out_one_after_another() {
 #[test]
 fn other_types_are_not_dequantized() {
     for ty in [
-        GgmlType::Q5_0,
+        GgmlType::Q5_K,
         GgmlType::Q2_K,
         GgmlType::IQ4_NL,
         GgmlType::I32,
