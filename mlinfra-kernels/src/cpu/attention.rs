@@ -1,17 +1,21 @@
 //! Paged attention for [`SimdKernels`](super::SimdKernels): serve's [`AttentionStep`] with
 //! AVX2 and FMA, in tiles of up to four consecutive queries of one sequence and head.
 //!
-//! The same three passes as serve's reference ([`AttentionStep::attend_reference`]): scores
-//! `q·k` for every position up to each query's own, `exp` of the scores less their maximum
-//! (serve's [`exp_slice`], compiled here for AVX2), and the values weighted and summed. A
-//! tile loads each key and value row once for all its queries (a prefill's queries share
-//! almost all their positions), the dot products and the weighted sums are 8-lane FMA, and
-//! four scores come out of one horizontal-add tree.
+//! One pass over the keys and values with an online softmax (FlashAttention's recurrence):
+//! positions go in chunks of [`CHUNK`] (at fixed positions: 0, 32, 64...); for each, the
+//! scores `q·k`, their maximum `m'` with the running one `m`, the weights `e^(s - m')`
+//! (serve's [`exp_slice`], compiled here for AVX2), the running sum and the weighted values
+//! rescaled by `e^(m - m')`, then the chunk's values added. Memory is a chunk's scores
+//! whatever the context length, and a chunk's keys and values are read while its block
+//! table entries are hot. A tile loads each key and value row once for all its queries (a
+//! prefill's queries share almost all their positions), the dot products and the weighted
+//! sums are 8-lane FMA, and four scores come out of one horizontal-add tree.
 //!
 //! Batch invariance: a query's arithmetic is the same operations in the same order whatever
-//! tile it is in (a missing query is a zero lane of the tree, its results dropped), so its
-//! output depends on its own query and sequence only. It differs from the reference by the
-//! summation order's rounding.
+//! tile it is in (a missing query is a zero lane of the tree, its results dropped; chunks
+//! start at the same positions and a query takes only its own positions of each), so its
+//! output depends on its own query and sequence only. It differs from serve's three-pass
+//! reference ([`AttentionStep::attend_reference`]) by rounding.
 
 use mlinfra_serve::host::{AttentionStep, KvSlice, exp_slice};
 
@@ -20,6 +24,9 @@ use super::pool::{Parallelism, SharedOut};
 
 /// Queries per tile.
 const TILE: usize = 4;
+
+/// Positions per step of the online softmax.
+const CHUNK: usize = 32;
 
 /// `step` into `out` (`[tokens, heads · head_dim]`) on `isa` and `parallelism`: tiles spread
 /// over the parts in turn (their costs grow with their positions, so neighbours balance).
@@ -91,9 +98,8 @@ pub(crate) fn attention(
 #[allow(clippy::needless_range_loop)]
 mod x86 {
     use std::arch::x86_64::*;
-    use std::cell::RefCell;
 
-    use super::{AttentionStep, KvSlice, SharedOut, TILE, exp_slice};
+    use super::{AttentionStep, CHUNK, KvSlice, SharedOut, TILE, exp_slice};
 
     /// Row `at..at + len` of `kv` (bounds-checked), as a pointer to elements of the kind
     /// `HALF` names (f16 or f32).
@@ -124,27 +130,21 @@ mod x86 {
         }
     }
 
-    thread_local! {
-        static SCORES: RefCell<[Vec<f32>; TILE]> = const { RefCell::new([const { Vec::new() }; TILE]) };
-        static OFFSETS: RefCell<Vec<usize>> = const { RefCell::new(Vec::new()) };
-    }
-
-    /// Where the keys (and values) of positions `0..=last` of `piece`'s sequence start, for
-    /// its KV head, in position order: walked block by block (no division per position).
+    /// Where the keys (and values) of positions `start..start + offsets.len()` of `piece`'s
+    /// sequence start, for its KV head: one division for the chunk, then block by block.
     #[inline(always)]
-    fn kv_offsets(step: &AttentionStep<'_>, piece: usize, last: usize, offsets: &mut Vec<usize>) {
+    fn chunk_offsets(step: &AttentionStep<'_>, piece: usize, start: usize, offsets: &mut [usize]) {
         let seq = step.seq(piece);
         let stride = step.kv_heads * step.head_dim;
         let head = piece % step.heads / (step.heads / step.kv_heads) * step.head_dim;
-        offsets.clear();
-        for (b, &block) in seq.block_table.iter().enumerate() {
-            let first = b * step.block_size;
-            if first > last {
-                break;
+        let (mut block, mut within) = (start / step.block_size, start % step.block_size);
+        for offset in offsets.iter_mut() {
+            let slot = seq.block_table[block] as usize * step.block_size + within;
+            *offset = slot * stride + head;
+            within += 1;
+            if within == step.block_size {
+                (block, within) = (block + 1, 0);
             }
-            let base = block as usize * step.block_size * stride + head;
-            let count = step.block_size.min(last + 1 - first);
-            offsets.extend((0..count).map(|i| base + i * stride));
         }
     }
 
@@ -200,106 +200,102 @@ mod x86 {
         let pieces: [usize; Q] =
             std::array::from_fn(|t| (first + t.min(n - 1)) * step.heads + head);
         let last: [usize; Q] = pieces.map(|piece| step.position(piece));
-        OFFSETS.with_borrow_mut(|offsets| {
-            kv_offsets(step, pieces[n - 1], last[n - 1], offsets);
-            SCORES.with_borrow_mut(|scores| {
-                // Queries in registers' worth of loads; absent ones are zeros.
-                let mut q = [[_mm256_setzero_ps(); N]; Q];
+        // Queries in registers' worth of loads; absent ones are zeros.
+        let zero = _mm256_setzero_ps();
+        let mut q = [[zero; N]; Q];
+        for t in 0..n {
+            let query = step.query(pieces[t]);
+            for j in 0..N {
+                // SAFETY: a query is N·8 values.
+                q[t][j] = unsafe { _mm256_loadu_ps(query.as_ptr().add(8 * j)) };
+            }
+        }
+        let scale = _mm_set1_ps(step.scale);
+        // The online softmax's state per query: running maximum, sum of weights, and the
+        // weighted values (all relative to the running maximum).
+        let mut max = [f32::NEG_INFINITY; Q];
+        let mut total = [0f32; Q];
+        let mut acc = [[zero; N]; Q];
+        let mut offsets = [0usize; CHUNK];
+        let mut scores = [[0f32; CHUNK]; Q];
+        let end = last[n - 1] + 1;
+        for start in (0..end).step_by(CHUNK) {
+            let len = CHUNK.min(end - start);
+            let offsets = &mut offsets[..len];
+            chunk_offsets(step, pieces[n - 1], start, offsets);
+            for (i, &at) in offsets.iter().enumerate() {
+                let k = row::<HALF>(step.k, at, N * 8);
+                let mut dots = [zero; Q];
+                for j in 0..N {
+                    // SAFETY: the row holds N·8 values.
+                    let kj = unsafe { load8::<HALF>(k, 8 * j) };
+                    for t in 0..Q {
+                        dots[t] = _mm256_fmadd_ps(q[t][j], kj, dots[t]);
+                    }
+                }
+                let lane = |t: usize| if t < Q { dots[t] } else { zero };
+                let mut four = [0f32; TILE];
+                // SAFETY: `four` is 4 f32.
+                unsafe {
+                    _mm_storeu_ps(
+                        four.as_mut_ptr(),
+                        _mm_mul_ps(sums4(lane(0), lane(1), lane(2), lane(3)), scale),
+                    )
+                };
                 for t in 0..n {
-                    let query = step.query(pieces[t]);
-                    for j in 0..N {
-                        // SAFETY: a query is N·8 values.
-                        q[t][j] = unsafe { _mm256_loadu_ps(query.as_ptr().add(8 * j)) };
+                    scores[t][i] = four[t];
+                }
+            }
+            for t in 0..n {
+                // Query t sees positions up to its own.
+                let seen = (last[t] + 1).saturating_sub(start).min(len);
+                if seen == 0 {
+                    continue;
+                }
+                let weights = &mut scores[t][..seen];
+                let new_max = weights.iter().fold(max[t], |m, &s| m.max(s));
+                for w in weights.iter_mut() {
+                    *w -= new_max;
+                }
+                exp_slice(weights);
+                // e^(m - m'): 0 for the first chunk (m = -∞), 1 while the maximum holds.
+                let mut rescale = [max[t] - new_max];
+                exp_slice(&mut rescale);
+                let chunk_total = weights.iter().fold(0f32, |sum, &w| sum + w);
+                total[t] = total[t].mul_add(rescale[0], chunk_total);
+                let rescale = _mm256_set1_ps(rescale[0]);
+                for j in 0..N {
+                    acc[t][j] = _mm256_mul_ps(acc[t][j], rescale);
+                }
+                max[t] = new_max;
+            }
+            for (i, &at) in offsets.iter().enumerate() {
+                let v = row::<HALF>(step.v, at, N * 8);
+                // Queries are consecutive positions: those from `seen_from` on see this one.
+                let seen_from = (start + i).saturating_sub(last[0]);
+                let w: [__m256; Q] =
+                    std::array::from_fn(|t| _mm256_set1_ps(if t < n { scores[t][i] } else { 0.0 }));
+                for j in 0..N {
+                    // SAFETY: the row holds N·8 values.
+                    let vj = unsafe { load8::<HALF>(v, 8 * j) };
+                    for t in seen_from..n {
+                        acc[t][j] = _mm256_fmadd_ps(w[t], vj, acc[t][j]);
                     }
                 }
-                for s in scores.iter_mut() {
-                    s.clear();
-                }
-                let scale = _mm_set1_ps(step.scale);
-                let zero = _mm256_setzero_ps();
-                for (p, &at) in offsets.iter().enumerate() {
-                    let k = row::<HALF>(step.k, at, N * 8);
-                    let mut acc = [zero; Q];
-                    for j in 0..N {
-                        // SAFETY: the row holds N·8 values.
-                        let kj = unsafe { load8::<HALF>(k, 8 * j) };
-                        for t in 0..Q {
-                            acc[t] = _mm256_fmadd_ps(q[t][j], kj, acc[t]);
-                        }
-                    }
-                    let lane = |t: usize| if t < Q { acc[t] } else { zero };
-                    let mut four = [0f32; TILE];
-                    // SAFETY: `four` is 4 f32.
-                    unsafe {
-                        _mm_storeu_ps(
-                            four.as_mut_ptr(),
-                            _mm_mul_ps(sums4(lane(0), lane(1), lane(2), lane(3)), scale),
-                        )
-                    };
-                    for t in 0..n {
-                        if p <= last[t] {
-                            scores[t].push(four[t]);
-                        }
-                    }
-                }
-                for t in 0..n {
-                    let weights = &mut scores[t];
-                    let max = weights.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
-                    for w in weights.iter_mut() {
-                        *w -= max;
-                    }
-                    exp_slice(weights);
-                }
-                let mut acc = [[zero; N]; Q];
-                let mut total = [0f32; Q];
-                // Positions every query of the tile sees (up to the first one's own), then
-                // the later ones, which only the later queries see.
-                let shared = last[0] + 1;
-                for (p, &at) in offsets.iter().enumerate().take(shared) {
-                    let v = row::<HALF>(step.v, at, N * 8);
-                    let w: [__m256; Q] = std::array::from_fn(|t| {
-                        _mm256_set1_ps(if t < n { scores[t][p] } else { 0.0 })
-                    });
-                    for j in 0..N {
-                        // SAFETY: the row holds N·8 values.
-                        let vj = unsafe { load8::<HALF>(v, 8 * j) };
-                        for t in 0..n {
-                            acc[t][j] = _mm256_fmadd_ps(w[t], vj, acc[t][j]);
-                        }
-                    }
-                    for t in 0..n {
-                        total[t] += scores[t][p];
-                    }
-                }
-                for (p, &at) in offsets.iter().enumerate().skip(shared) {
-                    let v = row::<HALF>(step.v, at, N * 8);
-                    for t in 0..n {
-                        if p > last[t] {
-                            continue;
-                        }
-                        let w = _mm256_set1_ps(scores[t][p]);
-                        for j in 0..N {
-                            // SAFETY: the row holds N·8 values.
-                            let vj = unsafe { load8::<HALF>(v, 8 * j) };
-                            acc[t][j] = _mm256_fmadd_ps(w, vj, acc[t][j]);
-                        }
-                        total[t] += scores[t][p];
-                    }
-                }
-                for t in 0..n {
-                    let inverse = _mm256_set1_ps(1.0 / total[t]);
-                    for j in 0..N {
-                        // SAFETY: piece `pieces[t]` is N·8 values inside the output, written
-                        // by this tile alone (the caller's promise).
-                        unsafe {
-                            _mm256_storeu_ps(
-                                out.at(pieces[t] * N * 8 + 8 * j),
-                                _mm256_mul_ps(acc[t][j], inverse),
-                            )
-                        };
-                    }
-                }
-            });
-        });
+            }
+        }
+        for t in 0..n {
+            let inverse = _mm256_set1_ps(1.0 / total[t]);
+            for j in 0..N {
+                // SAFETY: piece `pieces[t]` is N·8 values inside the output, written by this
+                // tile alone (the caller's promise).
+                unsafe {
+                    _mm256_storeu_ps(
+                        out.at(pieces[t] * N * 8 + 8 * j),
+                        _mm256_mul_ps(acc[t][j], inverse),
+                    )
+                };
+            }
+        }
     }
 }
