@@ -57,12 +57,17 @@ fn quant_gemv(c: &mut Criterion) {
     ];
     let shapes = [
         (WeightFormat::Q4_1, 16384, 4096, "large"),
+        (WeightFormat::Q4_0, 16384, 4096, "large"),
+        (WeightFormat::Q5_0, 16384, 4096, "large"),
+        (WeightFormat::Q4_K, 16384, 4096, "large"),
+        (WeightFormat::Q6_K, 8192, 4096, "large"),
         (WeightFormat::Q8_0, 8192, 4096, "large"),
         (WeightFormat::Q4_1, 576, 1536, "ffn_down"),
     ];
     for (format, rows, cols, label) in shapes {
-        // Arbitrary but fixed bytes: the kernels' cost does not depend on the values.
-        let bytes: Vec<u8> = (0..rows * cols / 32 * format.block_bytes())
+        // Arbitrary but fixed bytes (f16 scales among them small and finite): the kernels'
+        // cost does not depend on the values.
+        let bytes: Vec<u8> = (0..rows * cols / format.block_values() * format.block_bytes())
             .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8 & 0x3F)
             .collect();
         let matrix = QuantMatrix::new(format, rows, cols, &bytes).expect("a valid matrix");

@@ -2,7 +2,7 @@
 //! AVX2 and FMA, in tiles of up to four consecutive queries of one sequence and head.
 //!
 //! One pass over the keys and values with an online softmax (FlashAttention's recurrence):
-//! positions go in chunks of [`CHUNK`] (at fixed positions: 0, 32, 64...); for each, the
+//! positions go in chunks of 32 (at fixed positions: 0, 32, 64...); for each, the
 //! scores `q·k`, their maximum `m'` with the running one `m`, the weights `e^(s - m')`
 //! (serve's [`exp_slice`], compiled here for AVX2), the running sum and the weighted values
 //! rescaled by `e^(m - m')`, then the chunk's values added. Memory is a chunk's scores
@@ -17,16 +17,13 @@
 //! output depends on its own query and sequence only. It differs from serve's three-pass
 //! reference ([`AttentionStep::attend_reference`]) by rounding.
 
-use mlinfra_serve::host::{AttentionStep, KvSlice, exp_slice};
+use mlinfra_serve::host::{AttentionStep, KvSlice};
 
 use super::matrix::Isa;
 use super::pool::{Parallelism, SharedOut};
 
 /// Queries per tile.
 const TILE: usize = 4;
-
-/// Positions per step of the online softmax.
-const CHUNK: usize = 32;
 
 /// `step` into `out` (`[tokens, heads · head_dim]`) on `isa` and `parallelism`: tiles spread
 /// over the parts in turn (their costs grow with their positions, so neighbours balance).
@@ -99,7 +96,12 @@ pub(crate) fn attention(
 mod x86 {
     use std::arch::x86_64::*;
 
-    use super::{AttentionStep, CHUNK, KvSlice, SharedOut, TILE, exp_slice};
+    use mlinfra_serve::host::exp_slice;
+
+    use super::{AttentionStep, KvSlice, SharedOut, TILE};
+
+    /// Positions per step of the online softmax.
+    const CHUNK: usize = 32;
 
     /// Row `at..at + len` of `kv` (bounds-checked), as a pointer to elements of the kind
     /// `HALF` names (f16 or f32).

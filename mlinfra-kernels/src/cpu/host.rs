@@ -150,11 +150,14 @@ impl HostKernels for SimdKernels {
             text.push_str(&format!("; converted at load: {}", kinds.join(", ")));
         }
         if self.isa == Isa::Portable {
-            text.push_str(if CpuFeatures::detect().avx2 {
+            text.push_str(if Isa::best(CpuFeatures::detect()) != Isa::Portable {
                 "; portable code (chosen)"
             } else {
-                "; portable code: this CPU has no AVX2"
+                "; portable code: this CPU has neither AVX2 nor NEON"
             });
+        } else if matches!(self.isa, Isa::Neon | Isa::NeonDotprod) {
+            // The attention kernels are x86 only so far.
+            text.push_str("; attention in portable code");
         }
         text
     }

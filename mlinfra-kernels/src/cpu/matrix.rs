@@ -37,6 +37,8 @@
 //! not change with the path taken.
 
 mod layout;
+#[cfg(target_arch = "aarch64")]
+mod neon;
 mod portable;
 #[cfg(target_arch = "x86_64")]
 mod x86;
@@ -98,6 +100,7 @@ impl WeightFormat {
     }
 
     /// Where a repacked group block's codes start (after the scales, and Q4_1's minimums).
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     fn codes_at(self) -> usize {
         match self {
             WeightFormat::Q4_1 => 32,
@@ -138,12 +141,20 @@ pub enum Isa {
     AvxVnni,
     /// AVX-512 VNNI and VL (`vpdpbusd` on 256-bit registers, EVEX-encoded).
     Avx512Vnni,
+    /// aarch64 NEON: `smull` and pairwise adds for the int8 dot products.
+    Neon,
+    /// aarch64 NEON with the dot-product extension (`sdot`).
+    NeonDotprod,
 }
 
 impl Isa {
     /// The fastest this CPU runs.
     pub fn best(features: CpuFeatures) -> Isa {
-        if !features.avx2 {
+        if features.dotprod {
+            Isa::NeonDotprod
+        } else if features.neon {
+            Isa::Neon
+        } else if !features.avx2 {
             Isa::Portable
         } else if features.avx_vnni {
             Isa::AvxVnni
@@ -167,6 +178,8 @@ impl Isa {
             Isa::Avx2 => features.avx2,
             Isa::AvxVnni => features.avx2 && features.avx_vnni,
             Isa::Avx512Vnni => features.avx2 && features.avx512_vnni,
+            Isa::Neon => features.neon,
+            Isa::NeonDotprod => features.dotprod,
         }
     }
 }
@@ -474,6 +487,7 @@ impl QuantMatrix {
         xs: [&[BlockQ8_1]; T],
         write: &mut dyn FnMut(usize, usize, &[f32; GROUP]),
     ) {
+        #[cfg_attr(not(target_arch = "x86_64"), allow(unused_mut))]
         let mut group = groups.start;
         #[cfg(target_arch = "x86_64")]
         if T > 1 && self.wide {
@@ -530,7 +544,7 @@ impl QuantMatrix {
             // by `matmul`).
             unsafe {
                 match (self.isa, self.format) {
-                    (Isa::Portable, _) => {}
+                    (Isa::Portable | Isa::Neon | Isa::NeonDotprod, _) => {}
                     (Isa::Avx2, Q4_1) => return x86::q4_1_avx2(bytes, xs, lanes),
                     (Isa::AvxVnni, Q4_1) => return x86::q4_1_vnni(bytes, xs, lanes),
                     (Isa::Avx512Vnni, Q4_1) => return x86::q4_1_vnni512(bytes, xs, lanes),
@@ -549,6 +563,28 @@ impl QuantMatrix {
                     (Isa::Avx2, Q6_K) => return x86::q6_k_avx2(bytes, xs, lanes),
                     (Isa::AvxVnni, Q6_K) => return x86::q6_k_vnni(bytes, xs, lanes),
                     (Isa::Avx512Vnni, Q6_K) => return x86::q6_k_vnni512(bytes, xs, lanes),
+                }
+            }
+        }
+        #[cfg(target_arch = "aarch64")]
+        {
+            use WeightFormat::{Q4_0, Q4_1, Q4_K, Q5_0, Q6_K, Q8_0};
+            // SAFETY: as for x86 above.
+            unsafe {
+                match (self.isa, self.format) {
+                    (Isa::NeonDotprod, Q4_0 | Q4_1 | Q5_0) => {
+                        return neon::dotprod::small(self.format, bytes, xs, lanes);
+                    }
+                    (Isa::NeonDotprod, Q8_0) => return neon::dotprod::q8_0(bytes, xs, lanes),
+                    (Isa::NeonDotprod, Q4_K) => return neon::dotprod::q4_k(bytes, xs, lanes),
+                    (Isa::NeonDotprod, Q6_K) => return neon::dotprod::q6_k(bytes, xs, lanes),
+                    (Isa::Neon, Q4_0 | Q4_1 | Q5_0) => {
+                        return neon::baseline::small(self.format, bytes, xs, lanes);
+                    }
+                    (Isa::Neon, Q8_0) => return neon::baseline::q8_0(bytes, xs, lanes),
+                    (Isa::Neon, Q4_K) => return neon::baseline::q4_k(bytes, xs, lanes),
+                    (Isa::Neon, Q6_K) => return neon::baseline::q6_k(bytes, xs, lanes),
+                    _ => {}
                 }
             }
         }

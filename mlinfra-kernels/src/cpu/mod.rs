@@ -5,8 +5,8 @@
 //!   (ggml's `vec_dot_q4_1_q8_1`) as a reference point;
 //! - [`matrix`]: Q4_0, Q4_1, Q5_0, Q8_0, Q4_K and Q6_K weight matrices repacked 8 rows at a
 //!   time, multiplied by Q8_1 activations (GEMV for decode, tiled for prefill) with AVX2,
-//!   AVX-VNNI or AVX-512-VNNI chosen at run time, and a portable path that computes the same
-//!   bits;
+//!   AVX-VNNI or AVX-512-VNNI on x86-64, NEON (with `sdot` where present) on aarch64, chosen
+//!   at run time, and a portable path that computes the same bits;
 //! - [`pool`]: the threads a call is split over;
 //! - `convert`: the format each GGUF type is multiplied in (Q5_1 and other types without a
 //!   kernel converted to Q8_0 at load, with the error stated);
@@ -33,6 +33,10 @@ pub struct CpuFeatures {
     pub avx_vnni: bool,
     /// AVX-512 F, BW and VNNI.
     pub avx512_vnni: bool,
+    /// aarch64's NEON (every aarch64 CPU).
+    pub neon: bool,
+    /// aarch64's dot-product extension (`sdot`, FEAT_DotProd).
+    pub dotprod: bool,
 }
 
 impl CpuFeatures {
@@ -48,14 +52,29 @@ impl CpuFeatures {
                 avx512_vnni: is_x86_feature_detected!("avx512f")
                     && is_x86_feature_detected!("avx512bw")
                     && is_x86_feature_detected!("avx512vnni"),
+                neon: false,
+                dotprod: false,
             }
         }
-        #[cfg(not(target_arch = "x86_64"))]
+        #[cfg(target_arch = "aarch64")]
         {
             CpuFeatures {
                 avx2: false,
                 avx_vnni: false,
                 avx512_vnni: false,
+                neon: std::arch::is_aarch64_feature_detected!("neon"),
+                dotprod: std::arch::is_aarch64_feature_detected!("neon")
+                    && std::arch::is_aarch64_feature_detected!("dotprod"),
+            }
+        }
+        #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+        {
+            CpuFeatures {
+                avx2: false,
+                avx_vnni: false,
+                avx512_vnni: false,
+                neon: false,
+                dotprod: false,
             }
         }
     }

@@ -199,10 +199,17 @@ fn activations(x: &[BlockQ8_1]) -> Vec<f64> {
 
 fn isas() -> Vec<Isa> {
     let features = CpuFeatures::detect();
-    [Isa::Portable, Isa::Avx2, Isa::AvxVnni, Isa::Avx512Vnni]
-        .into_iter()
-        .filter(|isa| isa.is_supported(features))
-        .collect()
+    [
+        Isa::Portable,
+        Isa::Avx2,
+        Isa::AvxVnni,
+        Isa::Avx512Vnni,
+        Isa::Neon,
+        Isa::NeonDotprod,
+    ]
+    .into_iter()
+    .filter(|isa| isa.is_supported(features))
+    .collect()
 }
 
 fn parallelisms() -> Vec<Parallelism> {
