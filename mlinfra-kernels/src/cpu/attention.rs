@@ -2,12 +2,14 @@
 //! AVX2 and FMA, in tiles of up to four consecutive queries of one sequence and head.
 //!
 //! One pass over the keys and values with an online softmax (FlashAttention's recurrence):
-//! positions go in chunks of 32 (at fixed positions: 0, 32, 64...); for each, the
+//! positions go in chunks of 128 (at fixed positions: 0, 128, 256...); for each, the
 //! scores `q·k`, their maximum `m'` with the running one `m`, the weights `e^(s - m')`
 //! (serve's [`exp_slice`], compiled here for AVX2), the running sum and the weighted values
 //! rescaled by `e^(m - m')`, then the chunk's values added. Memory is a chunk's scores
-//! whatever the context length, and a chunk's keys and values are read while its block
-//! table entries are hot. A tile loads each key and value row once for all its queries (a
+//! whatever the context length. The scores and the values are two functions, so that the
+//! queries and the running sums are not both held in registers (measured: with both in one
+//! loop the compiler spilled them and decode ran 10-20% slower than the three-pass kernel
+//! this replaced; now it is faster, docs/BENCHMARKS.md run S5). A tile loads each key and value row once for all its queries (a
 //! prefill's queries share almost all their positions), the dot products and the weighted
 //! sums are 8-lane FMA, and four scores come out of one horizontal-add tree.
 //!
@@ -101,7 +103,7 @@ mod x86 {
     use super::{AttentionStep, KvSlice, SharedOut, TILE};
 
     /// Positions per step of the online softmax.
-    const CHUNK: usize = 32;
+    const CHUNK: usize = 64;
 
     /// Row `at..at + len` of `kv` (bounds-checked), as a pointer to elements of the kind
     /// `HALF` names (f16 or f32).
@@ -150,6 +152,30 @@ mod x86 {
         }
     }
 
+    /// The 8 lanes of `v` reduced by `op` in one fixed tree.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn reduce8(v: __m256, op: fn(__m128, __m128) -> __m128) -> f32 {
+        let quad = op(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+        let pair = op(quad, _mm_movehl_ps(quad, quad));
+        _mm_cvtss_f32(op(pair, _mm_shuffle_ps(pair, pair, 1)))
+    }
+
+    /// `x` (a multiple of 8 values) reduced by `op`, in a fixed order: 8 lanes at a time into
+    /// one vector, then [`reduce8`].
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn reduce_lanes(
+        x: &[f32],
+        lanes: fn(__m256, __m256) -> __m256,
+        op: fn(__m128, __m128) -> __m128,
+    ) -> f32 {
+        let mut vectors = x.chunks_exact(8).map(|v| {
+            // SAFETY: `v` is 8 f32.
+            unsafe { _mm256_loadu_ps(v.as_ptr()) }
+        });
+        let first = vectors.next().unwrap_or(_mm256_setzero_ps());
+        reduce8(vectors.fold(first, lanes), op)
+    }
+
     /// The four lanes' sums of `a`, `b`, `c`, `d` by one fixed tree: lane `t` is
     /// `((x0+x1)+(x2+x3)) + ((x4+x5)+(x6+x7))` of the `t`-th vector.
     #[target_feature(enable = "avx2,fma,f16c")]
@@ -184,6 +210,91 @@ mod x86 {
         }
     }
 
+    /// Scores `q·k · scale` of `n` queries (of `Q` slots; absent ones are zeros) against the
+    /// keys at `offsets`, into `scores[t][i]`. Its own function, so that the queries live in
+    /// registers here and the weighted values in [`chunk_values`], not both at once.
+    ///
+    /// # Safety
+    ///
+    /// As [`tile`].
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[inline(never)]
+    unsafe fn chunk_scores<const N: usize, const HALF: bool, const Q: usize>(
+        step: &AttentionStep<'_>,
+        queries: &[&[f32]; Q],
+        n: usize,
+        offsets: &[usize],
+        scores: &mut [[f32; CHUNK]; Q],
+    ) {
+        let zero = _mm256_setzero_ps();
+        let mut q = [[zero; N]; Q];
+        for t in 0..n {
+            for j in 0..N {
+                // SAFETY: a query is N·8 values.
+                q[t][j] = unsafe { _mm256_loadu_ps(queries[t].as_ptr().add(8 * j)) };
+            }
+        }
+        let scale = _mm_set1_ps(step.scale);
+        for (i, &at) in offsets.iter().enumerate() {
+            let k = row::<HALF>(step.k, at, N * 8);
+            let mut dots = [zero; Q];
+            for j in 0..N {
+                // SAFETY: the row holds N·8 values.
+                let kj = unsafe { load8::<HALF>(k, 8 * j) };
+                for t in 0..Q {
+                    dots[t] = _mm256_fmadd_ps(q[t][j], kj, dots[t]);
+                }
+            }
+            let lane = |t: usize| if t < Q { dots[t] } else { zero };
+            let mut four = [0f32; TILE];
+            // SAFETY: `four` is 4 f32.
+            unsafe {
+                _mm_storeu_ps(
+                    four.as_mut_ptr(),
+                    _mm_mul_ps(sums4(lane(0), lane(1), lane(2), lane(3)), scale),
+                )
+            };
+            for t in 0..n {
+                scores[t][i] = four[t];
+            }
+        }
+    }
+
+    /// `acc[t] += Σ_i scores[t][i] · v_i` over the values at `offsets` (positions `start..`),
+    /// for the queries that see each: they are consecutive positions from `last0`, so those
+    /// from `p - last0` on see position `p`.
+    ///
+    /// # Safety
+    ///
+    /// As [`tile`].
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[inline(never)]
+    unsafe fn chunk_values<const N: usize, const HALF: bool, const Q: usize>(
+        step: &AttentionStep<'_>,
+        n: usize,
+        start: usize,
+        last0: usize,
+        offsets: &[usize],
+        scores: &[[f32; CHUNK]; Q],
+        acc_out: &mut [[__m256; N]; Q],
+    ) {
+        let mut acc = *acc_out;
+        for (i, &at) in offsets.iter().enumerate() {
+            let v = row::<HALF>(step.v, at, N * 8);
+            let seen_from = (start + i).saturating_sub(last0).min(n);
+            let w: [__m256; Q] =
+                std::array::from_fn(|t| _mm256_set1_ps(if t < n { scores[t][i] } else { 0.0 }));
+            for j in 0..N {
+                // SAFETY: the row holds N·8 values.
+                let vj = unsafe { load8::<HALF>(v, 8 * j) };
+                for t in seen_from..n {
+                    acc[t][j] = _mm256_fmadd_ps(w[t], vj, acc[t][j]);
+                }
+            }
+        }
+        *acc_out = acc;
+    }
+
     /// [`tile`] with `Q` query slots (`n ≤ Q` of them used): one for a decode row, so that it
     /// does a quarter of the multiplications; a lane of [`sums4`] depends on its own vector
     /// only, so a query's scores are the same bits with either.
@@ -202,17 +313,8 @@ mod x86 {
         let pieces: [usize; Q] =
             std::array::from_fn(|t| (first + t.min(n - 1)) * step.heads + head);
         let last: [usize; Q] = pieces.map(|piece| step.position(piece));
-        // Queries in registers' worth of loads; absent ones are zeros.
+        let queries: [&[f32]; Q] = pieces.map(|piece| step.query(piece));
         let zero = _mm256_setzero_ps();
-        let mut q = [[zero; N]; Q];
-        for t in 0..n {
-            let query = step.query(pieces[t]);
-            for j in 0..N {
-                // SAFETY: a query is N·8 values.
-                q[t][j] = unsafe { _mm256_loadu_ps(query.as_ptr().add(8 * j)) };
-            }
-        }
-        let scale = _mm_set1_ps(step.scale);
         // The online softmax's state per query: running maximum, sum of weights, and the
         // weighted values (all relative to the running maximum).
         let mut max = [f32::NEG_INFINITY; Q];
@@ -225,37 +327,21 @@ mod x86 {
             let len = CHUNK.min(end - start);
             let offsets = &mut offsets[..len];
             chunk_offsets(step, pieces[n - 1], start, offsets);
-            for (i, &at) in offsets.iter().enumerate() {
-                let k = row::<HALF>(step.k, at, N * 8);
-                let mut dots = [zero; Q];
-                for j in 0..N {
-                    // SAFETY: the row holds N·8 values.
-                    let kj = unsafe { load8::<HALF>(k, 8 * j) };
-                    for t in 0..Q {
-                        dots[t] = _mm256_fmadd_ps(q[t][j], kj, dots[t]);
-                    }
-                }
-                let lane = |t: usize| if t < Q { dots[t] } else { zero };
-                let mut four = [0f32; TILE];
-                // SAFETY: `four` is 4 f32.
-                unsafe {
-                    _mm_storeu_ps(
-                        four.as_mut_ptr(),
-                        _mm_mul_ps(sums4(lane(0), lane(1), lane(2), lane(3)), scale),
-                    )
-                };
-                for t in 0..n {
-                    scores[t][i] = four[t];
-                }
-            }
+            // SAFETY: the caller's promise on the CPU, the head size and the cache.
+            unsafe { chunk_scores::<N, HALF, Q>(step, &queries, n, offsets, &mut scores) };
             for t in 0..n {
                 // Query t sees positions up to its own.
                 let seen = (last[t] + 1).saturating_sub(start).min(len);
                 if seen == 0 {
                     continue;
                 }
-                let weights = &mut scores[t][..seen];
-                let new_max = weights.iter().fold(max[t], |m, &s| m.max(s));
+                // Whole vectors of scores: the lanes past `seen` weigh e^-∞ = 0. `seen` is the
+                // query's own, so these are the same operations whatever the tile.
+                let width = seen.div_ceil(8) * 8;
+                let weights = &mut scores[t][..width];
+                weights[seen..].fill(f32::NEG_INFINITY);
+                let max_of = |a, b| _mm256_max_ps(a, b);
+                let new_max = reduce_lanes(weights, max_of, |a, b| _mm_max_ps(a, b)).max(max[t]);
                 for w in weights.iter_mut() {
                     *w -= new_max;
                 }
@@ -263,7 +349,8 @@ mod x86 {
                 // e^(m - m'): 0 for the first chunk (m = -∞), 1 while the maximum holds.
                 let mut rescale = [max[t] - new_max];
                 exp_slice(&mut rescale);
-                let chunk_total = weights.iter().fold(0f32, |sum, &w| sum + w);
+                let sum_of = |a, b| _mm256_add_ps(a, b);
+                let chunk_total = reduce_lanes(weights, sum_of, |a, b| _mm_add_ps(a, b));
                 total[t] = total[t].mul_add(rescale[0], chunk_total);
                 let rescale = _mm256_set1_ps(rescale[0]);
                 for j in 0..N {
@@ -271,20 +358,10 @@ mod x86 {
                 }
                 max[t] = new_max;
             }
-            for (i, &at) in offsets.iter().enumerate() {
-                let v = row::<HALF>(step.v, at, N * 8);
-                // Queries are consecutive positions: those from `seen_from` on see this one.
-                let seen_from = (start + i).saturating_sub(last[0]);
-                let w: [__m256; Q] =
-                    std::array::from_fn(|t| _mm256_set1_ps(if t < n { scores[t][i] } else { 0.0 }));
-                for j in 0..N {
-                    // SAFETY: the row holds N·8 values.
-                    let vj = unsafe { load8::<HALF>(v, 8 * j) };
-                    for t in seen_from..n {
-                        acc[t][j] = _mm256_fmadd_ps(w[t], vj, acc[t][j]);
-                    }
-                }
-            }
+            // SAFETY: as above.
+            unsafe {
+                chunk_values::<N, HALF, Q>(step, n, start, last[0], offsets, &scores, &mut acc)
+            };
         }
         for t in 0..n {
             let inverse = _mm256_set1_ps(1.0 / total[t]);

@@ -49,7 +49,7 @@ fn twin(step: &AttentionStep<'_>, piece: usize) -> Vec<f64> {
 fn pieces_are_their_f64_twins() {
     let mut rng = SplitMix64::new(64);
     let block_size = 4;
-    let blocks = 48;
+    let blocks = 128;
     for (head_dim, half) in [32usize, 64, 128, 24, 20]
         .into_iter()
         .flat_map(|d| [(d, false), (d, true)])
@@ -68,17 +68,17 @@ fn pieces_are_their_f64_twins() {
             (KvSlice::F32(&k), KvSlice::F32(&v))
         };
         // Five sequences: a 9-token prefill, a decode row at position 13, a 2-token chunk, and
-        // past the online softmax's 32-position chunks: a 6-token chunk ending at position 74
-        // (its queries straddle no chunk, its context three) and a decode row at 40.
+        // past the online softmax's 128-position chunks: a 6-token chunk ending at position
+        // 299 (its context three chunks) and a decode row at 199.
         let tables: [Vec<u32>; 5] = [
             vec![7, 3, 11],
             vec![0, 20, 5, 9],
             vec![2, 15],
-            (0..19).map(|i| 24 + (i * 7) % 19).collect(),
-            vec![1, 4, 6, 8, 10, 12, 13, 14, 16, 17, 18],
+            (0..75).map(|i| 48 + (i * 7) % 75).collect(),
+            (0..50).map(|i| 48 + (i * 11) % 75).collect(),
         ];
         // (queries, context)
-        let parts = [(9usize, 9usize), (1, 14), (2, 6), (6, 75), (1, 41)];
+        let parts = [(9usize, 9usize), (1, 14), (2, 6), (6, 300), (1, 200)];
         let mut seqs = Vec::new();
         let mut seq_of_token = Vec::new();
         let mut start = 0;
@@ -142,7 +142,7 @@ fn a_query_gets_the_same_bits_in_any_tile() {
     let mut rng = SplitMix64::new(9);
     let (heads, kv_heads, head_dim, block_size) = (4, 2, 64, 4);
     let cache = |rng: &mut SplitMix64| -> Vec<f16> {
-        rng.vec_f32(24 * block_size * kv_heads * head_dim, -1.0, 1.0)
+        rng.vec_f32(72 * block_size * kv_heads * head_dim, -1.0, 1.0)
             .into_iter()
             .map(f16::from_f32)
             .collect()
@@ -150,14 +150,14 @@ fn a_query_gets_the_same_bits_in_any_tile() {
     let (k, v) = (cache(&mut rng), cache(&mut rng));
     let qkv_width = (heads + 2 * kv_heads) * head_dim;
     let qkv = rng.vec_f32(9 * qkv_width, -2.0, 2.0);
-    // 70 positions: the queries (61..70) straddle the online softmax's chunk at 64.
-    let table: Vec<u32> = (0..18).map(|i| (i * 5) % 18 + 3).collect();
+    // 262 positions: the queries (253..262) straddle the online softmax's chunk at 256.
+    let table: Vec<u32> = (0..66).map(|i| (i * 5) % 66 + 3).collect();
     let run = |queries: usize| -> Vec<u32> {
         let layout = BatchLayout {
             seqs: vec![SeqLayout {
                 query_start: 0,
                 query_len: queries,
-                context_len: 70,
+                context_len: 262,
                 block_table: &table,
             }],
             block_size,
