@@ -32,8 +32,8 @@
 //! each thread walks its rows in tiles of about 16 KiB and runs every token over a tile while
 //! it is in L1/L2, so a prefill reads the weights from memory once, not once per token; four
 //! tokens share each block's loads and nibble decoding, and on a CPU with AVX-512 VNNI two
-//! groups share each 512-bit instruction for Q4_0, Q4_1 and Q8_0 (one token stays on 256
-//! bits: faster for decode, docs/BENCHMARKS.md run S4). Lane for lane these are the same operations, so the bits do
+//! groups share each 512-bit instruction for Q4_0, Q4_1, Q5_0 and Q8_0 (one token stays on
+//! 256 bits: faster for decode, docs/BENCHMARKS.md run S4). Lane for lane these are the same operations, so the bits do
 //! not change with the path taken.
 
 mod layout;
@@ -497,8 +497,9 @@ impl QuantMatrix {
                 WeightFormat::Q4_0 => Some(x86::q4_0_pair512::<T>),
                 WeightFormat::Q4_1 => Some(x86::q4_1_pair512::<T>),
                 WeightFormat::Q8_0 => Some(x86::q8_0_pair512::<T>),
-                // The K-quants and Q5_0 have 256-bit kernels only.
-                WeightFormat::Q5_0 | WeightFormat::Q4_K | WeightFormat::Q6_K => None,
+                WeightFormat::Q5_0 => Some(x86::q5_0_pair512::<T>),
+                // The K-quants have 256-bit kernels only.
+                WeightFormat::Q4_K | WeightFormat::Q6_K => None,
             };
             let gbb = self.format.group_block_bytes();
             while let Some(pair) = pair

@@ -590,3 +590,60 @@ q6_k_kernel!(
     "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni",
     dot_vnni512
 );
+
+/// Q5_0 on two groups at once (512-bit): lane for lane the operations of `q5_0_kernel`.
+///
+/// # Safety
+///
+/// As [`q4_1_pair512`], for Q5_0 group blocks.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+pub(super) unsafe fn q5_0_pair512<const T: usize>(
+    bytes: &[u8],
+    xs: [&[BlockQ8_1]; T],
+    lanes: &mut [[f32; 2 * GROUP]; T],
+) {
+    let gbb = WeightFormat::Q5_0.group_block_bytes();
+    let (g0, g1) = bytes.split_at(bytes.len() / 2);
+    let (nibble, bit4) = (_mm512_set1_epi8(0x0F), _mm512_set1_epi8(0x10));
+    let mut acc = [_mm512_setzero_ps(); T];
+    for (b, (block0, block1)) in g0.chunks_exact(gbb).zip(g1.chunks_exact(gbb)).enumerate() {
+        let (p0, p1) = (block0.as_ptr(), block1.as_ptr());
+        // SAFETY: each group block is 176 bytes: scales at 0, code chunks at 16 + 32c, fifth
+        // bits at 144.
+        let (d, packed, mut top) = unsafe {
+            (
+                pair_scales!(p0, p1, 0),
+                [0, 1, 2, 3].map(|c| pair256!(p0, p1, 16 + 32 * c)),
+                pair256!(p0, p1, 144),
+            )
+        };
+        let mut low = [_mm512_setzero_si512(); 4];
+        let mut high = [_mm512_setzero_si512(); 4];
+        for c in 0..4 {
+            low[c] = _mm512_or_si512(
+                _mm512_and_si512(packed[c], nibble),
+                _mm512_and_si512(_mm512_slli_epi16(top, 4), bit4),
+            );
+            high[c] = _mm512_or_si512(
+                _mm512_and_si512(_mm512_srli_epi16(packed[c], 4), nibble),
+                _mm512_and_si512(top, bit4),
+            );
+            top = _mm512_srli_epi16(top, 1);
+        }
+        for t in 0..T {
+            let xb = &xs[t][b];
+            let mut isum = _mm512_setzero_si512();
+            for c in 0..4 {
+                isum = _mm512_dpbusd_epi32(isum, low[c], broadcast4_512!(xb.qs, 4 * c));
+                isum = _mm512_dpbusd_epi32(isum, high[c], broadcast4_512!(xb.qs, 16 + 4 * c));
+            }
+            isum = _mm512_sub_epi32(isum, _mm512_set1_epi32(16 * xb.sum));
+            let scale = _mm512_mul_ps(d, _mm512_set1_ps(xb.d));
+            acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), scale, acc[t]);
+        }
+    }
+    for t in 0..T {
+        // SAFETY: `lanes[t]` is 16 f32.
+        unsafe { _mm512_storeu_ps(lanes[t].as_mut_ptr(), acc[t]) };
+    }
+}
