@@ -12,9 +12,10 @@
 //!   f64 twin. The serving and training kernels are next (issue 25).
 //! - CPU: [`cpu::SimdKernels`], serve's `HostKernels` for its `HostLlamaRunner` and the
 //!   default of the `llama_generate` and `serve_openai` examples: quantized GEMV/GEMM on
-//!   repacked GGUF blocks (Q4_0, Q4_1, Q8_0; K-quants converted at load), SIMD chosen at run
-//!   time with a portable path computing the same bits, paged attention over an f16 cache,
-//!   and a spinning thread pool. docs/BENCHMARKS.md (run S4) sets it beside llama.cpp.
+//!   repacked GGUF blocks (Q4_0, Q4_1, Q5_0, Q8_0, Q4_K, Q6_K; other types converted to Q8_0
+//!   at load), x86 or NEON SIMD chosen at run time with a portable path computing the same
+//!   bits, paged attention over an f16 cache with an online softmax, and a spinning thread
+//!   pool. docs/BENCHMARKS.md (runs S4, S5) sets it beside llama.cpp.
 
 //! # Quick start
 //!

@@ -34,14 +34,7 @@ pub(crate) fn target_format(ty: GgmlType) -> Option<WeightFormat> {
 
 /// Whether `format`'s blocks are `ty`'s own (repacked as they are, nothing converted).
 pub(crate) fn is_native(ty: GgmlType, format: WeightFormat) -> bool {
-    ty == match format {
-        WeightFormat::Q4_0 => GgmlType::Q4_0,
-        WeightFormat::Q4_1 => GgmlType::Q4_1,
-        WeightFormat::Q5_0 => GgmlType::Q5_0,
-        WeightFormat::Q8_0 => GgmlType::Q8_0,
-        WeightFormat::Q4_K => GgmlType::Q4_K,
-        WeightFormat::Q6_K => GgmlType::Q6_K,
-    }
+    ty == format.ggml_type()
 }
 
 fn dequantizes(ty: GgmlType) -> bool {

@@ -43,6 +43,8 @@ mod portable;
 #[cfg(target_arch = "x86_64")]
 mod x86;
 
+use mlinfra_data::tensor::GgmlType;
+
 use super::CpuFeatures;
 use super::pool::{Parallelism, SharedOut};
 use super::quant::{BLOCK, BlockQ8_1};
@@ -88,6 +90,18 @@ impl WeightFormat {
             WeightFormat::Q8_0 => 34,
             WeightFormat::Q4_K => 144,
             WeightFormat::Q6_K => 210,
+        }
+    }
+
+    /// The GGUF tensor type whose blocks these are.
+    pub fn ggml_type(self) -> GgmlType {
+        match self {
+            WeightFormat::Q4_0 => GgmlType::Q4_0,
+            WeightFormat::Q4_1 => GgmlType::Q4_1,
+            WeightFormat::Q5_0 => GgmlType::Q5_0,
+            WeightFormat::Q8_0 => GgmlType::Q8_0,
+            WeightFormat::Q4_K => GgmlType::Q4_K,
+            WeightFormat::Q6_K => GgmlType::Q6_K,
         }
     }
 

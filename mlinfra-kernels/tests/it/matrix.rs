@@ -4,7 +4,7 @@
 //! bit, and each token's result the same alone or in a batch, on any number of threads.
 
 use half::f16;
-use mlinfra_data::tensor::{GgmlType, dequantize_into};
+use mlinfra_data::tensor::dequantize_into;
 use mlinfra_kernels::cpu::CpuFeatures;
 use mlinfra_kernels::cpu::matrix::{Isa, QuantMatrix, WeightFormat};
 use mlinfra_kernels::cpu::pool::{Parallelism, SpinPool};
@@ -54,17 +54,6 @@ fn gguf_matrix(format: WeightFormat, rows: usize, cols: usize, rng: &mut SplitMi
         }
     }
     bytes
-}
-
-fn ggml_type(format: WeightFormat) -> GgmlType {
-    match format {
-        WeightFormat::Q4_0 => GgmlType::Q4_0,
-        WeightFormat::Q4_1 => GgmlType::Q4_1,
-        WeightFormat::Q5_0 => GgmlType::Q5_0,
-        WeightFormat::Q8_0 => GgmlType::Q8_0,
-        WeightFormat::Q4_K => GgmlType::Q4_K,
-        WeightFormat::Q6_K => GgmlType::Q6_K,
-    }
 }
 
 /// Q4_K's 6-bit scale and minimum of sub-block `j` (ggml's `get_scale_min_k4`, read anew
@@ -347,7 +336,7 @@ fn rows_dequantize_to_the_twins_values() {
         let weights = dequantize(format, &bytes);
         // ggml's reference dequantization, as mlinfra-data transcribes it: the same bits.
         let mut ggml = vec![0f32; rows * cols];
-        assert!(dequantize_into(ggml_type(format), &bytes, &mut ggml));
+        assert!(dequantize_into(format.ggml_type(), &bytes, &mut ggml));
         let matrix = QuantMatrix::new(format, rows, cols, &bytes).unwrap();
         let mut row = vec![f32::NAN; cols];
         for r in 0..rows {

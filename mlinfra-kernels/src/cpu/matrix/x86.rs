@@ -39,6 +39,31 @@ macro_rules! broadcast4 {
     };
 }
 
+/// A 32-value block's integer sums for 8 rows: chunk `c`'s low-nibble codes against
+/// activations `4c..4c + 4`, its high-nibble codes against `16 + 4c..`, with `$dot`.
+macro_rules! block_isum {
+    ($dot:ident, $low:expr, $high:expr, $xb:expr) => {{
+        let mut isum = _mm256_setzero_si256();
+        for c in 0..4 {
+            isum = $dot!(isum, $low[c], broadcast4!($xb.qs, 4 * c));
+            isum = $dot!(isum, $high[c], broadcast4!($xb.qs, 16 + 4 * c));
+        }
+        isum
+    }};
+}
+
+/// `block_isum` for two groups at once (512-bit).
+macro_rules! block_isum512 {
+    ($low:expr, $high:expr, $xb:expr) => {{
+        let mut isum = _mm512_setzero_si512();
+        for c in 0..4 {
+            isum = _mm512_dpbusd_epi32(isum, $low[c], broadcast4_512!($xb.qs, 4 * c));
+            isum = _mm512_dpbusd_epi32(isum, $high[c], broadcast4_512!($xb.qs, 16 + 4 * c));
+        }
+        isum
+    }};
+}
+
 /// The 4-bit kernels: Q4_1 (`$min`: scales, minimums, codes; `w = d·q + m`) and Q4_0
 /// (scales, codes; `w = d·(q - 8)`, so `8·Σx` comes out of the integer sum).
 macro_rules! q4_kernel {
@@ -83,11 +108,7 @@ macro_rules! q4_kernel {
                     packed.map(|packed| _mm256_and_si256(_mm256_srli_epi16(packed, 4), nibble));
                 for t in 0..T {
                     let xb = &xs[t][b];
-                    let mut isum = _mm256_setzero_si256();
-                    for c in 0..4 {
-                        isum = $dot!(isum, low[c], broadcast4!(xb.qs, 4 * c));
-                        isum = $dot!(isum, high[c], broadcast4!(xb.qs, 16 + 4 * c));
-                    }
+                    let mut isum = block_isum!($dot, low, high, xb);
                     if !$min {
                         // Codes are q, weights q - 8: take 8·Σx back out, exactly.
                         isum = _mm256_sub_epi32(isum, _mm256_set1_epi32(8 * xb.sum));
@@ -272,12 +293,7 @@ macro_rules! q4_pair_kernel {
                     packed.map(|packed| _mm512_and_si512(_mm512_srli_epi16(packed, 4), nibble));
                 for t in 0..T {
                     let xb = &xs[t][b];
-                    let mut isum = _mm512_setzero_si512();
-                    for c in 0..4 {
-                        isum = _mm512_dpbusd_epi32(isum, low[c], broadcast4_512!(xb.qs, 4 * c));
-                        isum =
-                            _mm512_dpbusd_epi32(isum, high[c], broadcast4_512!(xb.qs, 16 + 4 * c));
-                    }
+                    let mut isum = block_isum512!(low, high, xb);
                     if !$min {
                         isum = _mm512_sub_epi32(isum, _mm512_set1_epi32(8 * xb.sum));
                     }
@@ -401,11 +417,7 @@ macro_rules! q5_0_kernel {
                 }
                 for t in 0..T {
                     let xb = &xs[t][b];
-                    let mut isum = _mm256_setzero_si256();
-                    for c in 0..4 {
-                        isum = $dot!(isum, low[c], broadcast4!(xb.qs, 4 * c));
-                        isum = $dot!(isum, high[c], broadcast4!(xb.qs, 16 + 4 * c));
-                    }
+                    let mut isum = block_isum!($dot, low, high, xb);
                     isum = _mm256_sub_epi32(isum, _mm256_set1_epi32(16 * xb.sum));
                     let scale = _mm256_mul_ps(d, _mm256_set1_ps(xb.d));
                     acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), scale, acc[t]);
@@ -472,11 +484,7 @@ macro_rules! q4_k_kernel {
                         packed.map(|packed| _mm256_and_si256(_mm256_srli_epi16(packed, 4), nibble));
                     for t in 0..T {
                         let xb = &xs[t][8 * sb + j];
-                        let mut isum = _mm256_setzero_si256();
-                        for c in 0..4 {
-                            isum = $dot!(isum, low[c], broadcast4!(xb.qs, 4 * c));
-                            isum = $dot!(isum, high[c], broadcast4!(xb.qs, 16 + 4 * c));
-                        }
+                        let mut isum = block_isum!($dot, low, high, xb);
                         isum = _mm256_mullo_epi32(isum, sc);
                         let scale = _mm256_mul_ps(d, _mm256_set1_ps(xb.d));
                         acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), scale, acc[t]);
@@ -632,11 +640,7 @@ pub(super) unsafe fn q5_0_pair512<const T: usize>(
         }
         for t in 0..T {
             let xb = &xs[t][b];
-            let mut isum = _mm512_setzero_si512();
-            for c in 0..4 {
-                isum = _mm512_dpbusd_epi32(isum, low[c], broadcast4_512!(xb.qs, 4 * c));
-                isum = _mm512_dpbusd_epi32(isum, high[c], broadcast4_512!(xb.qs, 16 + 4 * c));
-            }
+            let mut isum = block_isum512!(low, high, xb);
             isum = _mm512_sub_epi32(isum, _mm512_set1_epi32(16 * xb.sum));
             let scale = _mm512_mul_ps(d, _mm512_set1_ps(xb.d));
             acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), scale, acc[t]);
