@@ -9,9 +9,10 @@
 //! whatever the context length. The scores and the values are two functions, so that the
 //! queries and the running sums are not both held in registers (measured: with both in one
 //! loop the compiler spilled them and decode ran 10-20% slower than the three-pass kernel
-//! this replaced; now it is faster, docs/BENCHMARKS.md run S5). A tile loads each key and value row once for all its queries (a
-//! prefill's queries share almost all their positions), the dot products and the weighted
-//! sums are 8-lane FMA, and four scores come out of one horizontal-add tree.
+//! this replaced; now it is faster, docs/BENCHMARKS.md run S5). A tile loads each key and
+//! value row once for all its queries (a prefill's queries share almost all their positions),
+//! the dot products and the weighted sums are 8-lane FMA, and four scores come out of one
+//! horizontal-add tree.
 //!
 //! Batch invariance: a query's arithmetic is the same operations in the same order whatever
 //! tile it is in (a missing query is a zero lane of the tree, its results dropped; chunks
@@ -73,9 +74,10 @@ pub(crate) fn attention(
         }
         for &(head, first, n) in tiles.iter().skip(part).step_by(parts) {
             #[cfg(target_arch = "x86_64")]
-            // SAFETY: every ISA but Portable implies AVX2, FMA and F16C (checked when it was
-            // chosen); the head size is 32, 64 or 128, the cache's precision matched. Tiles write disjoint pieces of `out`
-            // (each (token, head) is in one tile), which outlives `run`.
+            // SAFETY: on x86-64 every ISA but Portable implies AVX2, FMA and F16C (checked
+            // when it was chosen); the head size is 32, 64 or 128, the cache's precision
+            // matched. Tiles write disjoint pieces of `out` (each (token, head) is in one
+            // tile), which outlives `run`.
             unsafe {
                 match (hd, half == Some(true)) {
                     (32, true) => x86::tile::<4, true>(step, head, first, n, base),

@@ -3,9 +3,10 @@
 //! converted at load. Every weight stays quantized (no f32 copy of a tensor); the conversion's
 //! error is stated:
 //!
-//! | from | to | how | error against the source |
-//! |---|---|---|---|
-//! | Q5_1, and any other type mlinfra-data dequantizes that has no kernel | Q8_0 | one source block at a time dequantized, then requantized per 32 | ≤ half a Q8_0 step (`max|w|/254` of the block) per weight |
+//! - from Q5_1, and any other type mlinfra-data dequantizes that has no kernel,
+//! - to Q8_0: one source block at a time dequantized, then requantized per 32 values,
+//! - with an error against the source of at most half a Q8_0 step (`max|w|/254` of the
+//!   32 values) per weight.
 //!
 //! Types mlinfra-data cannot dequantize (Q2_K, Q3_K, Q5_K, the IQ types) and F32 / F16 /
 //! BF16 weights (quantizing them would change the model) get no format.

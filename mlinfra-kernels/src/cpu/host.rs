@@ -4,8 +4,8 @@
 
 use std::borrow::Cow;
 use std::cell::RefCell;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 
 use mlinfra_serve::host::{
     AttentionStep, HostKernels, HostLinear, ReferenceKernels, WeightBlocks, check_forward,
@@ -173,8 +173,8 @@ impl HostKernels for SimdKernels {
             return ReferenceKernels.linear(parts);
         };
         // Consecutive parts in one format share a matrix (Q, K and V of one type: one
-        // matmul); a stack of mixed types (a Q4_K_M model's Q4_K / Q6_K layers) is one
-        // matrix per run, each writing its rows of the output.
+        // matmul); a stack of mixed types (SmolLM2 Q4_K_M: Q5_0 Q and K, a Q8_0 V in some
+        // layers) is one matrix per run, each writing its rows of the output.
         let mut matrices = Vec::new();
         let mut first = 0;
         while first < parts.len() {
@@ -182,7 +182,7 @@ impl HostKernels for SimdKernels {
             let end = (first..parts.len())
                 .find(|&i| formats[i] != format)
                 .unwrap_or(parts.len());
-            matrices.push(Arc::new(self.matrix(&parts[first..end], format, cols)?));
+            matrices.push(self.matrix(&parts[first..end], format, cols)?);
             first = end;
         }
         Ok(Box::new(QuantLinear {
@@ -210,7 +210,7 @@ impl HostKernels for SimdKernels {
 /// [`QuantMatrix`]es stacked as serve's linear layer: activations quantized to Q8_1 once per
 /// call, then each matrix writes its rows of the output.
 struct QuantLinear {
-    matrices: Vec<Arc<QuantMatrix>>,
+    matrices: Vec<QuantMatrix>,
     rows: usize,
     cols: usize,
     parallelism: Parallelism,

@@ -21,10 +21,10 @@
 //! Every output `y[t, r]` is `Σ_b fma(isum_b, d_r,b · d_x,b, ·) + Σ_b fma(m_r,b, s_x,b, ·)`
 //! over the 32-value blocks in order, where `isum_b` is the exact integer dot product of the
 //! block's codes (times the K-quants' integer sub-block scales, still exact in f32) and
-//! `m_r,b` the block's minimum (Q4_1, Q4_K): the same operations in the same order whatever the number of tokens, the thread
-//! count or the instruction set. So a row's result does not depend on the batch it is in
-//! (serve's batch invariance), and the SIMD paths equal the portable one bit for bit (the
-//! tests check both).
+//! `m_r,b` the block's minimum (Q4_1, Q4_K): the same operations in the same order whatever
+//! the number of tokens, the thread count or the instruction set. So a row's result does not
+//! depend on the batch it is in (serve's batch invariance), and the SIMD paths equal the
+//! portable one bit for bit (the tests check both).
 //!
 //! # Cost
 //!
@@ -33,8 +33,11 @@
 //! it is in L1/L2, so a prefill reads the weights from memory once, not once per token; four
 //! tokens share each block's loads and nibble decoding, and on a CPU with AVX-512 VNNI two
 //! groups share each 512-bit instruction for Q4_0, Q4_1, Q5_0 and Q8_0 (one token stays on
-//! 256 bits: faster for decode, docs/BENCHMARKS.md run S4). Lane for lane these are the same operations, so the bits do
-//! not change with the path taken.
+//! 256 bits: faster for decode, docs/BENCHMARKS.md run S4). Lane for lane these are the same
+//! operations, so the bits do not change with the path taken.
+//!
+//! On aarch64 the same layout feeds NEON: a 256-bit chunk is two 128-bit registers, and the
+//! int8 step is `sdot` (FEAT_DotProd) or `smull` and pairwise adds (`neon`).
 
 mod layout;
 #[cfg(target_arch = "aarch64")]

@@ -19,8 +19,8 @@
 //! | Q4_1 | `d` ×8 · `m` ×8 · codes |
 //! | Q5_0 | `d` ×8 · codes · fifth bits 32 |
 //! | Q8_0 | `d` ×8 · 8 chunks × 32 of `q + 128` (4 values per lane) |
-//! | Q4_K | `d` ×8 · `dmin` ×8 · `sc` \[8 sub-blocks\]\[8 rows\] u8 · `m` likewise · 8 sub-blocks of codes |
-//! | Q6_K | `d` ×8 · `sc` \[16 sub-blocks\]\[8 rows\] i8 · per 32 values: codes · top bits 2 × 32 |
+//! | Q4_K | `d` ×8 · `dmin` ×8 · `sc` \[8\]\[8 rows\] u8 · `m` likewise · 8 × codes |
+//! | Q6_K | `d` ×8 · `sc` \[16\]\[8 rows\] i8 · per 32 values: codes · top bits 2 × 32 |
 
 use half::f16;
 use mlinfra_data::tensor::{q4_k_scale_min, q5_codes};
