@@ -9,7 +9,10 @@
 #        ours on the 512-token prompt then 128 tokens
 #
 # and our tg as a fraction of the decode ceiling (`mem_ceiling`: read bandwidth at the same
-# thread count over the bytes a token reads from that file).
+# thread count over the bytes a token reads from that file). The bandwidth is probed in every
+# round, right before our tg run, and each round's tg is set against its own probe (the
+# median of those fractions is reported): on a shared machine, a probe taken once at the
+# start can catch a quieter moment than the runs it is compared with.
 #
 #   benches/compare/cpu_decode.sh                 # Q4_1, Q4_0, Q8_0, Q4_K_M; 2 threads; 3 rounds
 #   THREADS=1 ROUNDS=5 FORMATS="Q4_1" benches/compare/cpu_decode.sh
@@ -66,8 +69,13 @@ for line in sys.stdin:
     test = 'pp' if d['n_prompt'] else 'tg'
     print('$format', $round, 'llama.cpp', test, d['avg_ts'])" >> "$results"
         echo "$format $round llama.cpp rss $(tail -n 1 "$results.rss")" >> "$results"
+        round_bandwidth=$("$ceiling" --model "$model" --rounds 3 | python3 -c "
+import json, sys
+print([json.loads(l)['read_gb_s'] for l in sys.stdin if json.loads(l).get('threads') == $threads][0])")
         tg=$("$ours" --model "$model" --prompt Hi --max-new 128 --ignore-eos \
             --threads "$threads" 2>/dev/null | field decode_tokens_per_s)
+        echo "$format $round mlinfra fraction $(awk -v m="$tg" -v b="$bytes" -v bw="$round_bandwidth" \
+            'BEGIN { print m * b / (bw * 1e9) }') $round_bandwidth" >> "$results"
         pp_line=$(/usr/bin/time -f "%M" -o "$results.rss" "$ours" --model "$model" \
             --prompt "$prompt" --max-new 128 --ignore-eos --threads "$threads" 2>/dev/null | tail -n 1)
         pp=$(field prefill_tokens_per_s <<< "$pp_line")
@@ -90,7 +98,10 @@ for format in $formats; do
         l=$(awk -v f="$format" -v t="$test" '$1 == f && $3 == "llama.cpp" && $4 == t { print $5 }' "$results" | median)
         fraction=-
         if [[ $test == tg ]]; then
-            fraction=$(awk -v m="$m" -v b="$bytes" -v bw="$bandwidth" 'BEGIN { printf "%.0f%%", 100 * m * b / (bw * 1e9) }')
+            fraction=$(awk -v f="$format" '$1 == f && $4 == "fraction" { print $5 }' "$results" \
+                | median | awk '{ printf "%.0f%%", 100 * $1 }')
+            bandwidth=$(awk -v f="$format" '$1 == f && $4 == "fraction" { print $6 }' "$results" | median)
+            fraction="$fraction (of $(printf '%.1f' "$bandwidth") GB/s)"
         fi
         awk -v f="$format" -v t="$test" -v m="$m" -v l="$l" -v fr="$fraction" \
             'BEGIN { printf "| %s | %s tok/s | %.1f | %.1f | %.2fx | %s |\n", f, t, m, l, m / l, fr }'
