@@ -2,8 +2,8 @@
 
 /// Errors returned by `mlinfra-kernels`.
 ///
-/// Each variant documents who is at fault: the machine (a missing driver), the device runtime,
-/// or a lower layer.
+/// Each variant documents who is at fault: the machine (a missing driver) or the device
+/// runtime.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
@@ -26,9 +26,6 @@ pub enum Error {
         #[source]
         source: Box<cubecl::server::ServerError>,
     },
-    /// A device request failed in the layers below (for example `cuda:0` without `cuda`).
-    #[error(transparent)]
-    Loader(#[from] mlinfra_loader::Error),
 }
 
 /// `Result` with [`Error`] as the default error type.

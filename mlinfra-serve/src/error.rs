@@ -6,10 +6,6 @@
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// Choosing a device failed in the layers below.
-    #[error(transparent)]
-    Loader(#[from] mlinfra_loader::Error),
-
     /// The model refused a forward pass (a token outside its vocabulary, a position past its
     /// length) or its weights could not be used.
     #[error(transparent)]
@@ -121,8 +117,10 @@ mod tests {
 
     #[test]
     fn lower_layer_errors_pass_through_unchanged() {
-        let below = mlinfra_loader::Error::InvalidDevice { spec: "tpu".into() };
+        let below = mlinfra_train::Error::ModelLayout {
+            reason: "2 layers, 3 expected".into(),
+        };
         let text = below.to_string();
-        assert_eq!(Error::from(below).to_string(), text);
+        assert_eq!(Error::Model(Box::new(below)).to_string(), text);
     }
 }
