@@ -2,8 +2,8 @@
 
 /// Errors returned by `mlinfra-kernels`.
 ///
-/// Each variant documents who is at fault: the machine (a missing driver) or the device
-/// runtime.
+/// Each variant documents who is at fault: the caller (operands that do not fit), the machine
+/// (a missing driver) or the device runtime.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
@@ -16,6 +16,14 @@ pub enum Error {
         /// What wgpu reported.
         #[source]
         source: Box<cubecl::wgpu::WgpuInitError>,
+    },
+    /// Operands whose shapes do not fit the kernel (the caller).
+    #[error("kernel `{kernel}`: {reason}")]
+    Shape {
+        /// The kernel that was asked to run.
+        kernel: &'static str,
+        /// What does not fit.
+        reason: Box<str>,
     },
     /// The device runtime failed to run or read back a kernel (the device, or an internal bug).
     #[error("kernel `{kernel}` failed on the device")]

@@ -8,8 +8,10 @@
 //! # Status
 //!
 //! - GPU: the runtime plumbing ([`wgpu::software_device`], the adapter every CPU-only test
-//!   machine runs kernels on) and one elementwise kernel, [`gelu_tanh`], proven against its
-//!   f64 twin. The serving and training kernels are next (issue 25).
+//!   machine runs kernels on) and elementwise kernels proven against their f64 twins:
+//!   [`gelu_tanh`] and the fused SwiGLU, [`swiglu`] and [`swiglu_backward`] (Liger's fusion:
+//!   the backward recomputes the sigmoid instead of storing it). They take host slices and
+//!   plug into no trait yet; the serving and training kernels are next (issue 25).
 //! - CPU: [`cpu::SimdKernels`], serve's `HostKernels` for its `HostLlamaRunner` and the
 //!   default of the `llama_generate` and `serve_openai` examples: quantized GEMV/GEMM on
 //!   repacked GGUF blocks (Q4_0, Q4_1, Q5_0, Q8_0, Q4_K, Q6_K; other types converted to Q8_0
@@ -46,4 +48,7 @@ mod error;
 pub mod wgpu;
 
 pub use elementwise::gelu::{gelu_tanh, gelu_tanh_reference};
+pub use elementwise::swiglu::{
+    swiglu, swiglu_backward, swiglu_backward_reference, swiglu_reference,
+};
 pub use error::{Error, Result};

@@ -1,3 +1,4 @@
 //! Elementwise kernels: one unit per element, bound by memory traffic.
 
 pub mod gelu;
+pub mod swiglu;

@@ -7,3 +7,4 @@ mod host;
 mod matrix;
 mod quant;
 mod runtime;
+mod swiglu;

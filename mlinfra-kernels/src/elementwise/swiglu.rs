@@ -1,0 +1,196 @@
+//! SwiGLU, fused: `h = silu(g) · u` with `silu(g) = g · σ(g)`, forward and backward, one unit
+//! per element (Liger Kernel's fused SwiGLU, in cubecl).
+//!
+//! Unfused, a framework writes `σ(g)`, `silu(g)` and the product as separate tensors and reads
+//! them back for the backward pass; here the forward reads `g` and `u` and writes `h` (12 bytes
+//! per element in f32), and the backward recomputes `σ(g)` from `g` instead of storing it,
+//! reading `g`, `u` and `dh` and writing `dg` and `du` (20 bytes per element):
+//!
+//! - `du = dh · silu(g)`
+//! - `dg = dh · u · σ(g) · (1 + g · (1 - σ(g)))`
+//!
+//! Generic over the float type; the host functions take f32 (the element type is a comptime
+//! choice in the kernels, so f16 and bf16 launches are the same code where the runtime has
+//! them).
+
+use cubecl::prelude::*;
+
+use crate::{Error, Result};
+
+/// Units per cube: a multiple of every vendor's warp/wavefront size.
+const CUBE_DIM: u32 = 256;
+
+#[cube]
+fn sigmoid<F: Float>(x: F) -> F {
+    F::new(1.0) / (F::new(1.0) + F::exp(-x))
+}
+
+#[cube(launch)]
+fn swiglu_kernel<F: Float>(gate: &[F], up: &[F], out: &mut [F]) {
+    // The grid may round up past the end; the tail units do nothing.
+    if ABSOLUTE_POS < gate.len() {
+        let g = gate[ABSOLUTE_POS];
+        out[ABSOLUTE_POS] = g * sigmoid::<F>(g) * up[ABSOLUTE_POS];
+    }
+}
+
+#[cube(launch)]
+fn swiglu_backward_kernel<F: Float>(
+    gate: &[F],
+    up: &[F],
+    grad: &[F],
+    grad_gate: &mut [F],
+    grad_up: &mut [F],
+) {
+    if ABSOLUTE_POS < gate.len() {
+        let g = gate[ABSOLUTE_POS];
+        let u = up[ABSOLUTE_POS];
+        let dh = grad[ABSOLUTE_POS];
+        let s = sigmoid::<F>(g);
+        grad_up[ABSOLUTE_POS] = dh * g * s;
+        grad_gate[ABSOLUTE_POS] = dh * u * s * (F::new(1.0) + g * (F::new(1.0) - s));
+    }
+}
+
+/// A device buffer holding `values`.
+fn upload(client: &Client, values: &[f32]) -> cubecl::server::Handle {
+    client.create_from_slice(f32::as_bytes(values))
+}
+
+fn read(client: &Client, handle: cubecl::server::Handle, kernel: &'static str) -> Result<Vec<f32>> {
+    let bytes = client.read_one(handle).map_err(|source| Error::Device {
+        kernel,
+        source: Box::new(source),
+    })?;
+    Ok(f32::from_bytes(&bytes).to_vec())
+}
+
+/// Output buffers start as NaN, so an element a kernel fails to write cannot pass for a result.
+fn poisoned(client: &Client, len: usize) -> cubecl::server::Handle {
+    upload(client, &vec![f32::NAN; len])
+}
+
+/// Checks that the operands have one length.
+fn same_lengths(lengths: &[usize]) -> Result<usize> {
+    let len = lengths[0];
+    if lengths.iter().any(|&l| l != len) {
+        return Err(Error::Shape {
+            kernel: "swiglu",
+            reason: format!("operands of lengths {lengths:?}").into(),
+        });
+    }
+    Ok(len)
+}
+
+/// `silu(gate) · up`, element by element, on `client`'s device: uploads, launches one unit
+/// per element, waits and reads back (a convenience for tests and small inputs, not the
+/// in-graph path).
+///
+/// # Errors
+///
+/// [`Error::Shape`] when the operands' lengths differ; [`Error::Device`] when the runtime
+/// fails to run or read back the kernel.
+pub fn swiglu(client: &Client, gate: &[f32], up: &[f32]) -> Result<Vec<f32>> {
+    let len = same_lengths(&[gate.len(), up.len()])?;
+    if len == 0 {
+        return Ok(Vec::new());
+    }
+    let out = poisoned(client, len);
+    let cube_dim = CubeDim::new_1d(CUBE_DIM);
+    let cube_count = cubecl::calculate_cube_count_elemwise(client, len, cube_dim);
+    swiglu_kernel::launch::<f32>(
+        client,
+        cube_count,
+        cube_dim,
+        // SAFETY: each handle was just allocated for exactly `len` f32 elements.
+        unsafe { BufferArg::from_raw_parts(upload(client, gate), len) },
+        // SAFETY: as above.
+        unsafe { BufferArg::from_raw_parts(upload(client, up), len) },
+        // SAFETY: as above.
+        unsafe { BufferArg::from_raw_parts(out.clone(), len) },
+    );
+    read(client, out, "swiglu")
+}
+
+/// The backward of [`swiglu`] for the upstream gradient `grad`: `(d gate, d up)`.
+///
+/// # Errors
+///
+/// As [`swiglu`].
+pub fn swiglu_backward(
+    client: &Client,
+    gate: &[f32],
+    up: &[f32],
+    grad: &[f32],
+) -> Result<(Vec<f32>, Vec<f32>)> {
+    let len = same_lengths(&[gate.len(), up.len(), grad.len()])?;
+    if len == 0 {
+        return Ok((Vec::new(), Vec::new()));
+    }
+    let (grad_gate, grad_up) = (poisoned(client, len), poisoned(client, len));
+    let cube_dim = CubeDim::new_1d(CUBE_DIM);
+    let cube_count = cubecl::calculate_cube_count_elemwise(client, len, cube_dim);
+    swiglu_backward_kernel::launch::<f32>(
+        client,
+        cube_count,
+        cube_dim,
+        // SAFETY: each handle was just allocated for exactly `len` f32 elements.
+        unsafe { BufferArg::from_raw_parts(upload(client, gate), len) },
+        // SAFETY: as above.
+        unsafe { BufferArg::from_raw_parts(upload(client, up), len) },
+        // SAFETY: as above.
+        unsafe { BufferArg::from_raw_parts(upload(client, grad), len) },
+        // SAFETY: as above.
+        unsafe { BufferArg::from_raw_parts(grad_gate.clone(), len) },
+        // SAFETY: as above.
+        unsafe { BufferArg::from_raw_parts(grad_up.clone(), len) },
+    );
+    Ok((
+        read(client, grad_gate, "swiglu_backward")?,
+        read(client, grad_up, "swiglu_backward")?,
+    ))
+}
+
+/// The naive f64 twin of [`swiglu`].
+pub fn swiglu_reference(gate: f64, up: f64) -> f64 {
+    gate / (1.0 + (-gate).exp()) * up
+}
+
+/// The naive f64 twin of [`swiglu_backward`]: `(d gate, d up)` for upstream gradient `grad`.
+pub fn swiglu_backward_reference(gate: f64, up: f64, grad: f64) -> (f64, f64) {
+    let s = 1.0 / (1.0 + (-gate).exp());
+    (grad * up * s * (1.0 + gate * (1.0 - s)), grad * gate * s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The backward twin against central differences of the forward twin: an independent
+    /// derivation of the same derivative.
+    #[test]
+    fn backward_twin_is_the_forward_twins_derivative() {
+        let h = 1e-6;
+        for (g, u) in [
+            (-6.0, 0.5),
+            (-1.0, 2.0),
+            (0.0, -1.5),
+            (0.3, 1.0),
+            (4.0, -0.25),
+        ] {
+            let (dg, du) = swiglu_backward_reference(g, u, 1.0);
+            let numeric_dg = (swiglu_reference(g + h, u) - swiglu_reference(g - h, u)) / (2.0 * h);
+            let numeric_du = (swiglu_reference(g, u + h) - swiglu_reference(g, u - h)) / (2.0 * h);
+            assert!(
+                (dg - numeric_dg).abs() < 1e-8,
+                "d gate at ({g}, {u}): {dg} vs {numeric_dg}"
+            );
+            assert!(
+                (du - numeric_du).abs() < 1e-8,
+                "d up at ({g}, {u}): {du} vs {numeric_du}"
+            );
+        }
+        // silu(1) = 1 / (1 + e^-1) = 0.7310585786300049 (CPython 3.11: 1/(1+math.exp(-1))).
+        assert!((swiglu_reference(1.0, 1.0) - 0.731_058_578_630_004_9).abs() < 1e-15);
+    }
+}
