@@ -25,6 +25,15 @@ pub enum Error {
         /// What does not fit.
         reason: Box<str>,
     },
+    /// The runtime has no support for the element type asked for (the machine: f16 on a
+    /// device without it).
+    #[error("kernel `{kernel}`: this device does not support {element}")]
+    Unsupported {
+        /// The kernel that was asked to run.
+        kernel: &'static str,
+        /// The element type.
+        element: &'static str,
+    },
     /// The device runtime failed to run or read back a kernel (the device, or an internal bug).
     #[error("kernel `{kernel}` failed on the device")]
     Device {

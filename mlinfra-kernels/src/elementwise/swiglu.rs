@@ -9,9 +9,8 @@
 //! - `du = dh · silu(g)`
 //! - `dg = dh · u · σ(g) · (1 + g · (1 - σ(g)))`
 //!
-//! Generic over the float type; the host functions take f32 (the element type is a comptime
-//! choice in the kernels, so f16 and bf16 launches are the same code where the runtime has
-//! them).
+//! Generic over the float type: the host functions take f32 or f16 ([`Element`]); f16 runs
+//! where the runtime has it (lavapipe does) and is a typed error where it does not.
 
 use cubecl::prelude::*;
 
@@ -52,30 +51,45 @@ fn swiglu_backward_kernel<F: Float>(
     }
 }
 
-/// A device buffer holding `values`.
-fn upload(client: &Client, values: &[f32]) -> cubecl::server::Handle {
-    client.create_from_slice(f32::as_bytes(values))
+/// The element types the host functions take.
+pub trait Element: Float + CubeElement {}
+impl Element for f32 {}
+impl Element for half::f16 {}
+
+fn upload<E: Element>(client: &Client, values: &[E]) -> cubecl::server::Handle {
+    client.create_from_slice(E::as_bytes(values))
 }
 
-fn read(client: &Client, handle: cubecl::server::Handle, kernel: &'static str) -> Result<Vec<f32>> {
+fn read<E: Element>(
+    client: &Client,
+    handle: cubecl::server::Handle,
+    kernel: &'static str,
+) -> Result<Vec<E>> {
     let bytes = client.read_one(handle).map_err(|source| Error::Device {
         kernel,
         source: Box::new(source),
     })?;
-    Ok(f32::from_bytes(&bytes).to_vec())
+    Ok(E::from_bytes(&bytes).to_vec())
 }
 
-/// Output buffers start as NaN, so an element a kernel fails to write cannot pass for a result.
-fn poisoned(client: &Client, len: usize) -> cubecl::server::Handle {
-    upload(client, &vec![f32::NAN; len])
+/// An output buffer of `len` elements, every bit set: NaN in f32, f16 and bf16 alike, so an
+/// element a kernel fails to write cannot pass for a result.
+fn poisoned<E: Element>(client: &Client, len: usize) -> cubecl::server::Handle {
+    client.create_from_slice(&vec![0xFF; len * size_of::<E>()])
 }
 
-/// Checks that the operands have one length.
-fn same_lengths(lengths: &[usize]) -> Result<usize> {
+/// The operands' common length, after checking the runtime has the element type.
+fn checked<E: Element>(client: &Client, kernel: &'static str, lengths: &[usize]) -> Result<usize> {
+    if !client.properties().supports_type(E::elem_type_native()) {
+        return Err(Error::Unsupported {
+            kernel,
+            element: std::any::type_name::<E>(),
+        });
+    }
     let len = lengths[0];
     if lengths.iter().any(|&l| l != len) {
         return Err(Error::Shape {
-            kernel: "swiglu",
+            kernel,
             reason: format!("operands of lengths {lengths:?}").into(),
         });
     }
@@ -88,21 +102,21 @@ fn same_lengths(lengths: &[usize]) -> Result<usize> {
 ///
 /// # Errors
 ///
-/// [`Error::Shape`] when the operands' lengths differ; [`Error::Device`] when the runtime
-/// fails to run or read back the kernel.
-pub fn swiglu(client: &Client, gate: &[f32], up: &[f32]) -> Result<Vec<f32>> {
-    let len = same_lengths(&[gate.len(), up.len()])?;
+/// [`Error::Shape`] when the operands' lengths differ; [`Error::Unsupported`] when the
+/// runtime lacks `E`; [`Error::Device`] when it fails to run or read back the kernel.
+pub fn swiglu<E: Element>(client: &Client, gate: &[E], up: &[E]) -> Result<Vec<E>> {
+    let len = checked::<E>(client, "swiglu", &[gate.len(), up.len()])?;
     if len == 0 {
         return Ok(Vec::new());
     }
-    let out = poisoned(client, len);
+    let out = poisoned::<E>(client, len);
     let cube_dim = CubeDim::new_1d(CUBE_DIM);
     let cube_count = cubecl::calculate_cube_count_elemwise(client, len, cube_dim);
-    swiglu_kernel::launch::<f32>(
+    swiglu_kernel::launch::<E>(
         client,
         cube_count,
         cube_dim,
-        // SAFETY: each handle was just allocated for exactly `len` f32 elements.
+        // SAFETY: each handle was just allocated for exactly `len` elements of `E`.
         unsafe { BufferArg::from_raw_parts(upload(client, gate), len) },
         // SAFETY: as above.
         unsafe { BufferArg::from_raw_parts(upload(client, up), len) },
@@ -117,24 +131,28 @@ pub fn swiglu(client: &Client, gate: &[f32], up: &[f32]) -> Result<Vec<f32>> {
 /// # Errors
 ///
 /// As [`swiglu`].
-pub fn swiglu_backward(
+pub fn swiglu_backward<E: Element>(
     client: &Client,
-    gate: &[f32],
-    up: &[f32],
-    grad: &[f32],
-) -> Result<(Vec<f32>, Vec<f32>)> {
-    let len = same_lengths(&[gate.len(), up.len(), grad.len()])?;
+    gate: &[E],
+    up: &[E],
+    grad: &[E],
+) -> Result<(Vec<E>, Vec<E>)> {
+    let len = checked::<E>(
+        client,
+        "swiglu_backward",
+        &[gate.len(), up.len(), grad.len()],
+    )?;
     if len == 0 {
         return Ok((Vec::new(), Vec::new()));
     }
-    let (grad_gate, grad_up) = (poisoned(client, len), poisoned(client, len));
+    let (grad_gate, grad_up) = (poisoned::<E>(client, len), poisoned::<E>(client, len));
     let cube_dim = CubeDim::new_1d(CUBE_DIM);
     let cube_count = cubecl::calculate_cube_count_elemwise(client, len, cube_dim);
-    swiglu_backward_kernel::launch::<f32>(
+    swiglu_backward_kernel::launch::<E>(
         client,
         cube_count,
         cube_dim,
-        // SAFETY: each handle was just allocated for exactly `len` f32 elements.
+        // SAFETY: each handle was just allocated for exactly `len` elements of `E`.
         unsafe { BufferArg::from_raw_parts(upload(client, gate), len) },
         // SAFETY: as above.
         unsafe { BufferArg::from_raw_parts(upload(client, up), len) },
