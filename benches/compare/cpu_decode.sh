@@ -51,13 +51,14 @@ results=$(mktemp)
 trap 'rm -f "$results" "$results.rss"' EXIT
 for format in $formats; do
     model=$("$here/scripts/smollm2-gguf" "$format")
-    read -r bandwidth bytes < <("$ceiling" --model "$model" --rounds 5 | python3 -c "
+    read -r bandwidth bytes < <("$ceiling" --model "$model" --rounds 1 | python3 -c "
 import json, sys
 lines = [json.loads(l) for l in sys.stdin]
 bw = [l['read_gb_s'] for l in lines if l.get('threads') == $threads]
 model = [l for l in lines if 'bytes_per_token' in l][0]
 print(bw[0] if bw else 'nan', model['bytes_per_token'])")
-    echo "$format: read ${bandwidth} GB/s on $threads threads, ${bytes} bytes per token"
+    # Bytes per token from the file; the bandwidth the fractions use is probed in every round.
+    echo "$format: read ${bandwidth} GB/s on $threads threads (one pass), ${bytes} bytes per token"
     for round in $(seq 1 "$rounds"); do
         # Peak RSS in KiB (GNU time's %M) of each process, on the last line of its stderr.
         /usr/bin/time -f "%M" -o "$results.rss" \

@@ -6,13 +6,11 @@
 
 use cubecl::prelude::*;
 
-use crate::{Error, Result};
+use super::{checked, grid, poisoned, read, upload};
+use crate::Result;
 
 const SQRT_2_OVER_PI: f64 = 0.797_884_560_802_865_4;
 const CUBIC_COEFF: f64 = 0.044_715;
-
-/// Units per cube: a multiple of every vendor's warp/wavefront size.
-const CUBE_DIM: u32 = 256;
 
 #[cube(launch)]
 fn gelu_tanh_kernel<F: Float>(input: &[F], output: &mut [F]) {
@@ -31,32 +29,25 @@ fn gelu_tanh_kernel<F: Float>(input: &[F], output: &mut [F]) {
 ///
 /// # Errors
 ///
-/// [`Error::Device`] when the runtime fails to run or read back the kernel.
+/// [`Error::Device`](crate::Error::Device) when the runtime fails to run or read back the
+/// kernel.
 pub fn gelu_tanh(client: &Client, input: &[f32]) -> Result<Vec<f32>> {
-    if input.is_empty() {
+    let len = checked::<f32>(client, "gelu_tanh", &[input.len()])?;
+    if len == 0 {
         return Ok(Vec::new());
     }
-    let len = input.len();
-    let input_handle = client.create_from_slice(f32::as_bytes(input));
-    let output_handle = client.empty(size_of_val(input));
-    let cube_dim = CubeDim::new_1d(CUBE_DIM);
-    let cube_count = cubecl::calculate_cube_count_elemwise(client, len, cube_dim);
+    let output = poisoned::<f32>(client, len);
+    let (cube_count, cube_dim) = grid(client, len);
     gelu_tanh_kernel::launch::<f32>(
         client,
         cube_count,
         cube_dim,
         // SAFETY: each handle was just allocated for exactly `len` f32 elements.
-        unsafe { BufferArg::from_raw_parts(input_handle, len) },
+        unsafe { BufferArg::from_raw_parts(upload(client, input), len) },
         // SAFETY: as above.
-        unsafe { BufferArg::from_raw_parts(output_handle.clone(), len) },
+        unsafe { BufferArg::from_raw_parts(output.clone(), len) },
     );
-    let bytes = client
-        .read_one(output_handle)
-        .map_err(|source| Error::Device {
-            kernel: "gelu_tanh",
-            source: Box::new(source),
-        })?;
-    Ok(f32::from_bytes(&bytes).to_vec())
+    read(client, output, "gelu_tanh")
 }
 
 /// The naive f64 twin of [`gelu_tanh`]: the oracle its tests compare against.

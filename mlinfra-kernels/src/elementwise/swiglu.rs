@@ -14,10 +14,8 @@
 
 use cubecl::prelude::*;
 
-use crate::{Error, Result};
-
-/// Units per cube: a multiple of every vendor's warp/wavefront size.
-const CUBE_DIM: u32 = 256;
+use super::{Element, checked, grid, poisoned, read, upload};
+use crate::Result;
 
 #[cube]
 fn sigmoid<F: Float>(x: F) -> F {
@@ -51,67 +49,22 @@ fn swiglu_backward_kernel<F: Float>(
     }
 }
 
-/// The element types the host functions take.
-pub trait Element: Float + CubeElement {}
-impl Element for f32 {}
-impl Element for half::f16 {}
-
-fn upload<E: Element>(client: &Client, values: &[E]) -> cubecl::server::Handle {
-    client.create_from_slice(E::as_bytes(values))
-}
-
-fn read<E: Element>(
-    client: &Client,
-    handle: cubecl::server::Handle,
-    kernel: &'static str,
-) -> Result<Vec<E>> {
-    let bytes = client.read_one(handle).map_err(|source| Error::Device {
-        kernel,
-        source: Box::new(source),
-    })?;
-    Ok(E::from_bytes(&bytes).to_vec())
-}
-
-/// An output buffer of `len` elements, every bit set: NaN in f32, f16 and bf16 alike, so an
-/// element a kernel fails to write cannot pass for a result.
-fn poisoned<E: Element>(client: &Client, len: usize) -> cubecl::server::Handle {
-    client.create_from_slice(&vec![0xFF; len * size_of::<E>()])
-}
-
-/// The operands' common length, after checking the runtime has the element type.
-fn checked<E: Element>(client: &Client, kernel: &'static str, lengths: &[usize]) -> Result<usize> {
-    if !client.properties().supports_type(E::elem_type_native()) {
-        return Err(Error::Unsupported {
-            kernel,
-            element: std::any::type_name::<E>(),
-        });
-    }
-    let len = lengths[0];
-    if lengths.iter().any(|&l| l != len) {
-        return Err(Error::Shape {
-            kernel,
-            reason: format!("operands of lengths {lengths:?}").into(),
-        });
-    }
-    Ok(len)
-}
-
 /// `silu(gate) · up`, element by element, on `client`'s device: uploads, launches one unit
 /// per element, waits and reads back (a convenience for tests and small inputs, not the
 /// in-graph path).
 ///
 /// # Errors
 ///
-/// [`Error::Shape`] when the operands' lengths differ; [`Error::Unsupported`] when the
-/// runtime lacks `E`; [`Error::Device`] when it fails to run or read back the kernel.
+/// [`Error::Shape`](crate::Error::Shape) when the operands' lengths differ;
+/// [`Error::Unsupported`](crate::Error::Unsupported) when the runtime lacks `E`;
+/// [`Error::Device`](crate::Error::Device) when it fails to run or read back the kernel.
 pub fn swiglu<E: Element>(client: &Client, gate: &[E], up: &[E]) -> Result<Vec<E>> {
     let len = checked::<E>(client, "swiglu", &[gate.len(), up.len()])?;
     if len == 0 {
         return Ok(Vec::new());
     }
     let out = poisoned::<E>(client, len);
-    let cube_dim = CubeDim::new_1d(CUBE_DIM);
-    let cube_count = cubecl::calculate_cube_count_elemwise(client, len, cube_dim);
+    let (cube_count, cube_dim) = grid(client, len);
     swiglu_kernel::launch::<E>(
         client,
         cube_count,
@@ -146,8 +99,7 @@ pub fn swiglu_backward<E: Element>(
         return Ok((Vec::new(), Vec::new()));
     }
     let (grad_gate, grad_up) = (poisoned::<E>(client, len), poisoned::<E>(client, len));
-    let cube_dim = CubeDim::new_1d(CUBE_DIM);
-    let cube_count = cubecl::calculate_cube_count_elemwise(client, len, cube_dim);
+    let (cube_count, cube_dim) = grid(client, len);
     swiglu_backward_kernel::launch::<E>(
         client,
         cube_count,
