@@ -43,9 +43,15 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod cpu;
+mod device;
 pub mod elementwise;
 mod error;
+pub mod loss;
+pub mod norm;
+mod reduce;
 pub mod wgpu;
+
+pub use device::{DeviceBuffer, Element};
 
 pub use elementwise::gelu::{gelu_tanh, gelu_tanh_reference};
 pub use elementwise::swiglu::{

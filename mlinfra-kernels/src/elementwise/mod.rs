@@ -13,10 +13,7 @@ pub mod swiglu;
 /// Units per cube: a multiple of every vendor's warp/wavefront size.
 const CUBE_DIM: u32 = 256;
 
-/// The element types the host functions take.
-pub trait Element: Float + CubeElement {}
-impl Element for f32 {}
-impl Element for half::f16 {}
+pub use crate::device::Element;
 
 pub(crate) fn upload<E: Element>(client: &Client, values: &[E]) -> cubecl::server::Handle {
     client.create_from_slice(E::as_bytes(values))
@@ -46,12 +43,7 @@ pub(crate) fn checked<E: Element>(
     kernel: &'static str,
     lengths: &[usize],
 ) -> Result<usize> {
-    if !client.properties().supports_type(E::elem_type_native()) {
-        return Err(Error::Unsupported {
-            kernel,
-            element: std::any::type_name::<E>(),
-        });
-    }
+    crate::device::supported::<E>(client, kernel)?;
     let len = lengths[0];
     if lengths.iter().any(|&l| l != len) {
         return Err(Error::Shape {

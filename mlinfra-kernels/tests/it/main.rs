@@ -4,7 +4,9 @@
 mod attention;
 mod gelu;
 mod host;
+mod loss;
 mod matrix;
+mod norm;
 mod quant;
 mod runtime;
 mod swiglu;
