@@ -34,6 +34,14 @@ pub enum Error {
         /// The element type.
         element: &'static str,
     },
+    /// Weights in a block format the kernel does not take (the caller).
+    #[error("kernel `{kernel}` does not take {format} weights")]
+    Format {
+        /// The kernel that was asked to run.
+        kernel: &'static str,
+        /// The format's name.
+        format: &'static str,
+    },
     /// The device runtime failed to run or read back a kernel (the device, or an internal bug).
     #[error("kernel `{kernel}` failed on the device")]
     Device {

@@ -46,6 +46,7 @@ pub mod cpu;
 mod device;
 pub mod elementwise;
 mod error;
+pub mod gemv;
 pub mod loss;
 pub mod norm;
 mod reduce;

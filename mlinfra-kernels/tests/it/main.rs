@@ -3,6 +3,7 @@
 
 mod attention;
 mod gelu;
+mod gemv;
 mod host;
 mod loss;
 mod matrix;
