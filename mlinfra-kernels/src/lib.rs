@@ -49,6 +49,7 @@ mod error;
 pub mod gemv;
 pub mod loss;
 pub mod norm;
+pub mod paged_attention;
 mod reduce;
 pub mod wgpu;
 

@@ -8,6 +8,7 @@ mod host;
 mod loss;
 mod matrix;
 mod norm;
+mod paged_attention;
 mod quant;
 mod runtime;
 mod swiglu;
