@@ -1,10 +1,11 @@
-//! `llama_generate`: greedy text from a Llama-family GGUF model, on the CPU.
+//! `llama_generate`: greedy text from a Llama-family GGUF model, on the CPU or a wgpu device.
 //!
 //! ```text
 //! $ scripts/fetch-model
 //! $ cargo run --release -p mlinfra-examples --example llama_generate -- \
 //!       [--model PATH.gguf] [--prompt "The capital of France is"] [--max-new 16] \
-//!       [--adapter DIR] [--logits-out FILE] [--threads N] [--ignore-eos] [--chat] [--burn]
+//!       [--adapter DIR] [--logits-out FILE] [--threads N] [--ignore-eos] [--chat] [--burn] \
+//!       [--device cpu|wgpu]
 //!  Paris.
 //!
 //! The answer is: 2018-01
@@ -20,7 +21,10 @@
 //!
 //! The model runs on the quantized CPU kernels (`mlinfra_kernels::cpu::SimdKernels`: the
 //! weights stay in their GGUF blocks, SIMD chosen at run time; the kernels in use are logged
-//! on stderr). `--burn` runs burn's f32 decoder instead (the weights dequantized at load),
+//! on stderr). `--device wgpu` runs its linear layers and attention as cubecl kernels
+//! (`mlinfra_kernels::cube::CubeKernels`) on the first Vulkan adapter, a GPU or Mesa's
+//! software lavapipe, with the CPU kernels' numerics: the same greedy text as `--device cpu`
+//! (the default). `--burn` runs burn's f32 decoder instead (the weights dequantized at load),
 //! as `--adapter` does.
 //!
 //! The default model is SmolLM2-135M-Instruct (Q4_1) where `scripts/fetch-model` puts it
@@ -43,7 +47,8 @@ use anyhow::{Context, bail};
 use burn::tensor::Device;
 use mlinfra_data::tensor::GgufFile;
 use mlinfra_kernels::cpu::SimdKernels;
-use mlinfra_serve::host::HostLlamaRunner;
+use mlinfra_kernels::cube::CubeKernels;
+use mlinfra_serve::host::{HostKernels, HostLlamaRunner};
 use mlinfra_serve::runner::ModelRunner;
 use mlinfra_serve::sched::{StepBatch, StepSeq};
 use mlinfra_serve::server::ServedModel;
@@ -63,6 +68,14 @@ struct Args {
     ignore_eos: bool,
     chat: bool,
     burn: bool,
+    device: Target,
+}
+
+/// Where the quantized decoder's kernels run (`--device`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Target {
+    Cpu,
+    Wgpu,
 }
 
 fn parse_args() -> anyhow::Result<Args> {
@@ -76,6 +89,7 @@ fn parse_args() -> anyhow::Result<Args> {
         ignore_eos: false,
         chat: false,
         burn: false,
+        device: Target::Cpu,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -90,9 +104,17 @@ fn parse_args() -> anyhow::Result<Args> {
             "--ignore-eos" => args.ignore_eos = true,
             "--chat" => args.chat = true,
             "--burn" => args.burn = true,
+            "--device" => {
+                args.device = match value()?.as_str() {
+                    "cpu" => Target::Cpu,
+                    "wgpu" => Target::Wgpu,
+                    other => bail!("--device {other}: expected cpu or wgpu"),
+                }
+            }
             other => bail!(
                 "unknown flag {other}; flags: --model PATH --prompt TEXT --max-new N \
-                 --adapter DIR --logits-out FILE --threads N --ignore-eos --chat --burn"
+                 --adapter DIR --logits-out FILE --threads N --ignore-eos --chat --burn \
+                 --device cpu|wgpu"
             ),
         }
     }
@@ -101,6 +123,9 @@ fn parse_args() -> anyhow::Result<Args> {
     }
     if args.threads == Some(0) {
         bail!("--threads must be at least 1");
+    }
+    if args.device == Target::Wgpu && (args.burn || args.adapter.is_some()) {
+        bail!("--device wgpu runs the quantized decoder: not with --burn or --adapter");
     }
     Ok(args)
 }
@@ -162,8 +187,9 @@ fn run() -> anyhow::Result<()> {
         .threads
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from));
     let use_burn = args.burn || args.adapter.is_some();
-    if use_burn && args.threads.is_some() {
-        // burn's CPU matmuls run on rayon's global pool.
+    if (use_burn || args.device == Target::Wgpu) && args.threads.is_some() {
+        // burn's CPU matmuls, and the host-side steps of the wgpu path, run on rayon's global
+        // pool.
         rayon::ThreadPoolBuilder::new()
             .num_threads(threads)
             .build_global()
@@ -211,12 +237,11 @@ fn run() -> anyhow::Result<()> {
     } else {
         let context = prompt.len() + args.max_new;
         let blocks = context.div_ceil(BLOCK_SIZE);
-        let runner = HostLlamaRunner::from_gguf(
-            &file,
-            Box::new(SimdKernels::new(threads)),
-            blocks,
-            BLOCK_SIZE,
-        )?;
+        let kernels: Box<dyn HostKernels> = match args.device {
+            Target::Cpu => Box::new(SimdKernels::new(threads)),
+            Target::Wgpu => Box::new(CubeKernels::wgpu()?),
+        };
+        let runner = HostLlamaRunner::from_gguf(&file, kernels, blocks, BLOCK_SIZE)?;
         eprintln!(
             "llama_generate: {} ({} MB of weights)",
             runner.kernels(),
@@ -281,6 +306,11 @@ fn run() -> anyhow::Result<()> {
         json!({
             "model": args.model.display().to_string(),
             "adapter": args.adapter.as_ref().map(|dir| dir.display().to_string()),
+            "device": match (use_burn, args.device) {
+                (true, _) => "burn-cpu",
+                (false, Target::Cpu) => "cpu",
+                (false, Target::Wgpu) => "wgpu",
+            },
             "prompt_tokens": prompt.len(),
             "new_tokens": ids.len(),
             "load_s": load_s,

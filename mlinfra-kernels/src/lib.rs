@@ -43,6 +43,7 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod cpu;
+pub mod cube;
 mod device;
 pub mod elementwise;
 mod error;

@@ -36,10 +36,10 @@ const MAX_CUBES_PER_DIM: usize = 65_535;
 const LOWEST: f32 = -3.0e38;
 
 #[cube(launch)]
-fn partition_kernel<F: Float>(
-    q: &[F],
-    k: &[F],
-    v: &[F],
+fn partition_kernel<Q: Float, C: Float>(
+    q: &[Q],
+    k: &[C],
+    v: &[C],
     block_tables: &[u32],
     token_seq: &[u32],
     token_pos: &[u32],
@@ -176,12 +176,12 @@ fn partition_kernel<F: Float>(
 }
 
 #[cube(launch)]
-fn combine_kernel<F: Float>(
+fn combine_kernel<Q: Float>(
     token_pos: &[u32],
     partial_out: &[f32],
     partial_max: &[f32],
     partial_sum: &[f32],
-    out: &mut [F],
+    out: &mut [Q],
     heads: usize,
     partitions: usize,
     #[comptime] head_dim: usize,
@@ -205,8 +205,35 @@ fn combine_kernel<F: Float>(
             acc +=
                 partial_out[(row + p) * head_dim + d] * f32::exp(partial_max[row + p] - common_max);
         }
-        out[(token * heads + head) * head_dim + d] = F::cast_from(acc / common_sum);
+        out[(token * heads + head) * head_dim + d] = Q::cast_from(acc / common_sum);
         d += COMBINE_UNITS;
+    }
+}
+
+/// `k[slots[t]] ← new_k[t]`, `v[slots[t]] ← new_v[t]`: one unit per value (vLLM's
+/// `reshape_and_cache`).
+#[cube(launch)]
+fn store_kernel<C: Float>(
+    new_k: &[C],
+    new_v: &[C],
+    slots: &[u32],
+    k: &mut [C],
+    v: &mut [C],
+    slot_len: usize,
+) {
+    if ABSOLUTE_POS < new_k.len() {
+        let at = slots[ABSOLUTE_POS / slot_len] as usize * slot_len + ABSOLUTE_POS % slot_len;
+        k[at] = new_k[ABSOLUTE_POS];
+        v[at] = new_v[ABSOLUTE_POS];
+    }
+}
+
+/// Block `dst` ← block `src`, keys and values: one unit per value.
+#[cube(launch)]
+fn copy_block_kernel<C: Float>(k: &mut [C], v: &mut [C], src: usize, dst: usize, block_len: usize) {
+    if ABSOLUTE_POS < block_len {
+        k[dst * block_len + ABSOLUTE_POS] = k[src * block_len + ABSOLUTE_POS];
+        v[dst * block_len + ABSOLUTE_POS] = v[src * block_len + ABSOLUTE_POS];
     }
 }
 
@@ -226,10 +253,123 @@ pub struct PagedKv<E> {
     pub block_size: usize,
 }
 
-impl<E: Element> PagedKv<E> {
+impl<C: Element> PagedKv<C> {
+    /// `blocks` blocks of zeros.
+    pub fn zeros(
+        client: &Client,
+        blocks: usize,
+        block_size: usize,
+        kv_heads: usize,
+        head_dim: usize,
+    ) -> Self {
+        let values = vec![C::from_int(0); blocks * block_size * kv_heads * head_dim];
+        Self {
+            k: DeviceBuffer::from_slice(client, &values),
+            v: DeviceBuffer::from_slice(client, &values),
+            kv_heads,
+            head_dim,
+            block_size,
+        }
+    }
+
     /// Blocks the buffers hold.
     pub fn blocks(&self) -> usize {
-        self.k.len() / (self.kv_heads * self.head_dim * self.block_size).max(1)
+        self.k.len() / self.block_len().max(1)
+    }
+
+    /// Values of one slot (`kv_heads · head_dim`).
+    pub fn slot_len(&self) -> usize {
+        self.kv_heads * self.head_dim
+    }
+
+    fn block_len(&self) -> usize {
+        self.slot_len() * self.block_size
+    }
+
+    /// Writes new tokens' keys and values (`slots.len()` slots of [`slot_len`](Self::slot_len)
+    /// values each, in order) into `slots`. Launches one kernel; returns without waiting.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Shape`](crate::Error::Shape) for a slot past the cache or rows of another
+    /// length; [`Error::Unsupported`](crate::Error::Unsupported) when the runtime lacks `C`.
+    pub fn store(
+        &mut self,
+        client: &Client,
+        new_k: &DeviceBuffer<C>,
+        new_v: &DeviceBuffer<C>,
+        slots: &[u32],
+    ) -> Result<()> {
+        const KERNEL: &str = "paged_kv_store";
+        supported::<C>(client, KERNEL)?;
+        let slot_len = self.slot_len();
+        let capacity = self.blocks() * self.block_size;
+        require(
+            new_k.len() == slots.len() * slot_len
+                && new_v.len() == new_k.len()
+                && slots.iter().all(|&s| (s as usize) < capacity),
+            KERNEL,
+            || {
+                format!(
+                    "{}/{} new values for {} slots of {slot_len} in a cache of {capacity} slots (largest slot {:?})",
+                    new_k.len(),
+                    new_v.len(),
+                    slots.len(),
+                    slots.iter().max()
+                )
+            },
+        )?;
+        if slots.is_empty() {
+            return Ok(());
+        }
+        let cube_dim = CubeDim::new_1d(COMBINE_UNITS as u32);
+        store_kernel::launch::<C>(
+            client,
+            cubecl::calculate_cube_count_elemwise(client, new_k.len(), cube_dim),
+            cube_dim,
+            new_k.arg(),
+            new_v.arg(),
+            DeviceBuffer::from_slice(client, slots).arg(),
+            self.k.arg(),
+            self.v.arg(),
+            slot_len,
+        );
+        Ok(())
+    }
+
+    /// Copies block `src` over block `dst` for each `(src, dst)`, in order (serve's
+    /// copy-on-write). Launches one kernel per copy; returns without waiting.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Shape`](crate::Error::Shape) for a block past the cache.
+    pub fn copy_blocks(&mut self, client: &Client, copies: &[(u32, u32)]) -> Result<()> {
+        const KERNEL: &str = "paged_kv_copy";
+        let blocks = self.blocks();
+        if let Some(&(src, dst)) = copies
+            .iter()
+            .find(|&&(src, dst)| src as usize >= blocks || dst as usize >= blocks)
+        {
+            return Err(crate::Error::Shape {
+                kernel: KERNEL,
+                reason: format!("a copy {src} → {dst} outside the {blocks}-block cache").into(),
+            });
+        }
+        let block_len = self.block_len();
+        let cube_dim = CubeDim::new_1d(COMBINE_UNITS as u32);
+        for &(src, dst) in copies {
+            copy_block_kernel::launch::<C>(
+                client,
+                cubecl::calculate_cube_count_elemwise(client, block_len, cube_dim),
+                cube_dim,
+                self.k.arg(),
+                self.v.arg(),
+                src as usize,
+                dst as usize,
+                block_len,
+            );
+        }
+        Ok(())
     }
 }
 
@@ -318,8 +458,9 @@ impl AttentionBatch {
 }
 
 /// Attention of the `tokens × heads × head_dim` queries `q` over the cache, scores scaled by
-/// `scale` (`1/√head_dim` for Llama): `tokens × heads × head_dim` outputs. Query head `h`
-/// reads KV head `h / (heads / kv_heads)`. Launches two kernels; returns without waiting.
+/// `scale` (`1/√head_dim` for Llama): `tokens × heads × head_dim` outputs of the queries'
+/// type (an f16 cache may serve f32 queries). Query head `h` reads KV head
+/// `h / (heads / kv_heads)`. Launches two kernels; returns without waiting.
 ///
 /// # Errors
 ///
@@ -327,16 +468,17 @@ impl AttentionBatch {
 /// the KV heads, `q` not `tokens × heads × head_dim`, a block id past the cache, a block size
 /// other than the batch's) or the context needs more partitions than a grid dimension holds;
 /// [`Error::Unsupported`](crate::Error::Unsupported) when the runtime lacks `E`.
-pub fn paged_attention<E: Element>(
+pub fn paged_attention<Q: Element, C: Element>(
     client: &Client,
-    q: &DeviceBuffer<E>,
+    q: &DeviceBuffer<Q>,
     heads: usize,
-    cache: &PagedKv<E>,
+    cache: &PagedKv<C>,
     batch: &AttentionBatch,
     scale: f32,
-) -> Result<DeviceBuffer<E>> {
+) -> Result<DeviceBuffer<Q>> {
     const KERNEL: &str = "paged_attention";
-    supported::<E>(client, KERNEL)?;
+    supported::<Q>(client, KERNEL)?;
+    supported::<C>(client, KERNEL)?;
     let PagedKv {
         kv_heads,
         head_dim,
@@ -381,7 +523,7 @@ pub fn paged_attention<E: Element>(
     let partial_out = DeviceBuffer::<f32>::poisoned(client, partials * head_dim);
     let partial_max = DeviceBuffer::<f32>::poisoned(client, partials);
     let partial_sum = DeviceBuffer::<f32>::poisoned(client, partials);
-    partition_kernel::launch::<E>(
+    partition_kernel::launch::<Q, C>(
         client,
         CubeCount::Static(partitions as u32, kv_heads as u32, tokens as u32),
         CubeDim::new_1d(PARTITION as u32),
@@ -403,7 +545,7 @@ pub fn paged_attention<E: Element>(
         head_dim,
         group,
     );
-    combine_kernel::launch::<E>(
+    combine_kernel::launch::<Q>(
         client,
         CubeCount::Static(heads as u32, tokens as u32, 1),
         CubeDim::new_1d(COMBINE_UNITS as u32),

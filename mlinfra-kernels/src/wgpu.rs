@@ -4,8 +4,10 @@
 //! wgpu never picks a software adapter by itself, so [`software_device`] names it
 //! (`WgpuDeviceKind::Cpu`) and pins the Vulkan API: on Linux that is Mesa's lavapipe. Without
 //! the pin wgpu would fall back to OpenGL's llvmpipe when Vulkan is missing, and a test would
-//! pass on a different driver than the one it claims to exercise. The adapter is initialised once
-//! per process (cubecl registers one runtime per device) and shared by every caller.
+//! pass on a different driver than the one it claims to exercise. [`default_device`] takes the
+//! first Vulkan adapter instead: a GPU where the machine has one, lavapipe where it has only
+//! that. Each is initialised once per process (cubecl registers one runtime per device) and
+//! shared by every caller.
 //!
 //! lavapipe has no bf16 and no plane (warp) operations, so kernels make those comptime choices;
 //! and its timings are a CPU emulating a GPU, never reported as GPU numbers.
@@ -22,13 +24,13 @@ pub const SOFTWARE_VULKAN_PACKAGE: &str = "mesa-vulkan-drivers";
 
 /// An initialised wgpu device and the adapter behind it.
 #[derive(Debug, Clone)]
-pub struct SoftwareDevice {
+pub struct Adapter {
     device: WgpuDevice,
     adapter_name: String,
     driver: String,
 }
 
-impl SoftwareDevice {
+impl Adapter {
     /// A client to launch kernels on. Cheap: clients share the runtime registered at start-up.
     pub fn client(&self) -> Client {
         cubecl::Device::Wgpu(self.device.clone()).client()
@@ -56,9 +58,24 @@ impl SoftwareDevice {
 ///
 /// [`Error::NoSoftwareAdapter`], naming [`SOFTWARE_VULKAN_PACKAGE`], when no such adapter exists. The
 /// outcome is remembered: later calls return the same device or an equivalent error.
-pub fn software_device() -> Result<SoftwareDevice> {
-    static DEVICE: OnceLock<Result<SoftwareDevice, String>> = OnceLock::new();
-    let outcome = DEVICE.get_or_init(|| init(WgpuDeviceKind::Cpu).map_err(|e| e.to_string()));
+pub fn software_device() -> Result<Adapter> {
+    static DEVICE: OnceLock<Result<Adapter, String>> = OnceLock::new();
+    once(&DEVICE, WgpuDeviceKind::Cpu)
+}
+
+/// The first Vulkan adapter, hardware or software, initialised on first use: what
+/// `llama_generate --device wgpu` runs on.
+///
+/// # Errors
+///
+/// As [`software_device`], when the machine has no Vulkan adapter at all.
+pub fn default_device() -> Result<Adapter> {
+    static DEVICE: OnceLock<Result<Adapter, String>> = OnceLock::new();
+    once(&DEVICE, WgpuDeviceKind::DefaultDevice)
+}
+
+fn once(cell: &OnceLock<Result<Adapter, String>>, kind: WgpuDeviceKind) -> Result<Adapter> {
+    let outcome = cell.get_or_init(|| init(kind).map_err(|e| e.to_string()));
     match outcome {
         Ok(device) => Ok(device.clone()),
         // Initialisation is attempted once per process (cubecl cannot register a device twice);
@@ -69,11 +86,11 @@ pub fn software_device() -> Result<SoftwareDevice> {
     }
 }
 
-fn init(kind: WgpuDeviceKind) -> Result<SoftwareDevice, WgpuInitError> {
+fn init(kind: WgpuDeviceKind) -> Result<Adapter, WgpuInitError> {
     let device = WgpuDevice::new(kind);
     let setup = cubecl::wgpu::try_init_setup::<Vulkan>(&device, RuntimeOptions::try_default()?)?;
     let info = setup.adapter.get_info();
-    Ok(SoftwareDevice {
+    Ok(Adapter {
         device,
         adapter_name: info.name,
         driver: format!("{} {}", info.driver, info.driver_info)

@@ -91,6 +91,17 @@ pub enum Error {
         requests: usize,
     },
 
+    /// The kernels failed to run a step: a device lost, out of memory or misbehaving (the
+    /// machine).
+    #[error("kernels failed: {reason}")]
+    Kernels {
+        /// What was running.
+        reason: Box<str>,
+        /// What the kernels reported.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+
     /// A configuration that cannot work (zero blocks...). Caller error.
     #[error("invalid serving configuration: {reason}")]
     InvalidConfig {

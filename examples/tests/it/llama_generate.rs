@@ -60,3 +60,44 @@ fn greedy_chat_ids_are_llama_cpps() {
         .unwrap();
     assert_eq!(bad.status.code(), Some(2));
 }
+
+/// `--device wgpu` (issue 25, item 3): the linear layers and attention as cubecl kernels on
+/// the first Vulkan adapter (lavapipe here), printing the same greedy text and ids as
+/// `--device cpu`.
+#[test]
+fn device_wgpu_prints_the_cpus_greedy_text() {
+    let Some(model) = mlinfra_test_utils::model("SmolLM2-135M-Instruct.Q4_1.gguf") else {
+        return;
+    };
+    let run = |device: &str| {
+        let output = crate::example("llama_generate")
+            .arg("--model")
+            .arg(&model)
+            .args(["--max-new", "16", "--device", device])
+            .output()
+            .unwrap();
+        let summary = last_json(&output);
+        assert_eq!(summary["device"], device);
+        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+        let text = stdout
+            .rsplit_once('\n')
+            .map_or("", |(text, _)| text)
+            .to_owned();
+        let text = text
+            .rsplit_once('\n')
+            .map_or(text.clone(), |(text, _)| text.to_owned());
+        (text, summary["output_ids"].clone())
+    };
+    let (cpu_text, cpu_ids) = run("cpu");
+    let (wgpu_text, wgpu_ids) = run("wgpu");
+    assert_eq!(cpu_ids.as_array().map(Vec::len), Some(16));
+    assert_eq!(wgpu_ids, cpu_ids);
+    assert_eq!(wgpu_text, cpu_text);
+    assert!(cpu_text.contains("Paris"), "{cpu_text}");
+
+    let bad = crate::example("llama_generate")
+        .args(["--device", "tpu"])
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(2));
+}

@@ -193,8 +193,9 @@ impl HostKernels for SimdKernels {
         }))
     }
 
-    fn attention(&self, step: &AttentionStep<'_>, out: &mut [f32]) {
+    fn attention(&self, step: &AttentionStep<'_>, out: &mut [f32]) -> Result<()> {
         attention::attention(step, out, self.isa, &self.parallelism);
+        Ok(())
     }
 
     fn for_each_chunk(

@@ -14,7 +14,7 @@
 //!   `HostLlamaRunner`.
 
 mod attention;
-mod convert;
+pub(crate) mod convert;
 mod host;
 pub mod matrix;
 pub mod pool;

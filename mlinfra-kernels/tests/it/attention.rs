@@ -97,6 +97,7 @@ fn pieces_are_their_f64_twins() {
         let qkv_width = (heads + 2 * kv_heads) * head_dim;
         let qkv = rng.vec_f32(tokens * qkv_width, -2.0, 2.0);
         let step = AttentionStep {
+            layer: 0,
             k,
             v,
             qkv: &qkv,
@@ -113,13 +114,13 @@ fn pieces_are_their_f64_twins() {
             .flat_map(|piece| twin(&step, piece))
             .collect();
         let mut reference = vec![f32::NAN; tokens * heads * head_dim];
-        ReferenceKernels.attention(&step, &mut reference);
+        ReferenceKernels.attention(&step, &mut reference).unwrap();
         for kernels in [
             SimdKernels::with_parallelism(Parallelism::Serial),
             SimdKernels::new(3),
         ] {
             let mut out = vec![f32::NAN; tokens * heads * head_dim];
-            kernels.attention(&step, &mut out);
+            kernels.attention(&step, &mut out).unwrap();
             for (name, got) in [("simd", &out), ("reference", &reference)] {
                 let worst = got
                     .iter()
@@ -164,6 +165,7 @@ fn a_query_gets_the_same_bits_in_any_tile() {
         };
         let seq_of_token = vec![0; queries];
         let step = AttentionStep {
+            layer: 0,
             k: KvSlice::F16(&k),
             v: KvSlice::F16(&v),
             qkv: &qkv[(9 - queries) * qkv_width..],
@@ -177,7 +179,7 @@ fn a_query_gets_the_same_bits_in_any_tile() {
             seq_of_token: &seq_of_token,
         };
         let mut out = vec![f32::NAN; queries * heads * head_dim];
-        SimdKernels::new(2).attention(&step, &mut out);
+        SimdKernels::new(2).attention(&step, &mut out).unwrap();
         out.iter().map(|v| v.to_bits()).collect()
     };
     let whole = run(9);

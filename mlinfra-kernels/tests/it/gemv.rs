@@ -1,11 +1,13 @@
 //! Dequantize-GEMV over Q8_0, Q4_0 and Q4_1 blocks on the software Vulkan adapter against an
 //! f64 twin (mlinfra-data's ggml dequantization, then f64 sums): row counts that leave a cube
 //! partly empty, rows of one block and of blocks not a multiple of the 32 units, several
-//! tokens, outputs poisoned before launch, f32 and f16 activations.
+//! tokens, outputs poisoned before launch, f32 and f16 activations; and the Q8_1 path: the
+//! device quantizer against the CPU one, the integer GEMV against its twin.
 
 use half::f16;
 use mlinfra_data::tensor::{GgmlType, dequantize_into};
-use mlinfra_kernels::gemv::{DeviceWeights, quant_gemv};
+use mlinfra_kernels::cpu::quant::quantize_q8_1_portable;
+use mlinfra_kernels::gemv::{DeviceWeights, quant_gemv, quant_gemv_q8_1, quantize_q8_1};
 use mlinfra_kernels::wgpu::software_device;
 use mlinfra_kernels::{DeviceBuffer, Error};
 use mlinfra_test_utils::rng::SplitMix64;
@@ -135,6 +137,43 @@ fn quant_gemv_with_f16_activations_matches_the_f64_twin_within_f16s_tolerance() 
 }
 
 #[test]
+fn dequantized_rows_equal_mlinfra_datas_dequantization() {
+    let device = software_device().unwrap_or_else(|error| panic!("{error}"));
+    let client = device.client();
+    let mut rng = SplitMix64::new(0xd0);
+    let (rows, cols) = (11, 96);
+    for format in DeviceWeights::FORMATS {
+        let bytes = random_blocks(&mut rng, format, rows, cols);
+        let weights = DeviceWeights::upload(&client, format, rows, cols, &bytes).unwrap();
+        let mut want = vec![0f32; rows * cols];
+        assert!(dequantize_into(format, &bytes, &mut want));
+        let picks = [10u32, 0, 3, 3];
+        let got = weights
+            .dequantize_rows(&client, &picks)
+            .unwrap()
+            .to_vec(&client, "dequantize_rows")
+            .unwrap();
+        for (i, &row) in picks.iter().enumerate() {
+            let row = row as usize;
+            // Exact for Q8_0 and Q4_0 (`d · q` is exact in f32); Q4_1's `d · q + m` is one
+            // rounding, fused or not.
+            for c in 0..cols {
+                let (g, w) = (got[i * cols + c], want[row * cols + c]);
+                assert!(
+                    (g - w).abs() <= f32::EPSILON * w.abs(),
+                    "{}: row {row}, col {c}: {g} vs {w}",
+                    format.name()
+                );
+            }
+        }
+        assert!(matches!(
+            weights.dequantize_rows(&client, &[11]),
+            Err(Error::Shape { .. })
+        ));
+    }
+}
+
+#[test]
 fn weights_of_other_formats_or_shapes_are_refused() {
     let device = software_device().unwrap_or_else(|error| panic!("{error}"));
     let client = device.client();
@@ -159,4 +198,102 @@ fn weights_of_other_formats_or_shapes_are_refused() {
         ),
         Err(Error::Shape { .. })
     ));
+}
+
+/// The device quantizer gives the CPU quantizer's blocks, bit for bit: codes (ties to even),
+/// f16 scales and sums.
+#[test]
+fn activations_quantize_to_the_cpu_quantizers_q8_1_blocks() {
+    let device = software_device().unwrap_or_else(|error| panic!("{error}"));
+    let client = device.client();
+    let mut rng = SplitMix64::new(0x81);
+    let cols = 96;
+    let mut x = rng.vec_f32(3 * cols, -3.0, 3.0);
+    // A zero block, and values landing exactly on ties (127/2 steps of a block whose largest
+    // magnitude is 127).
+    x[32..64].fill(0.0);
+    x[64] = 127.0;
+    x[65] = 2.5;
+    x[66] = -3.5;
+    x[67] = 0.5;
+    let got = quantize_q8_1(&client, &DeviceBuffer::from_slice(&client, &x), cols)
+        .unwrap()
+        .to_blocks(&client)
+        .unwrap();
+    let want = quantize_q8_1_portable(&x);
+    assert_eq!(got.len(), want.len());
+    for (b, (got, want)) in got.iter().zip(&want).enumerate() {
+        assert_eq!(got, want, "block {b}: device vs CPU quantizer");
+    }
+}
+
+/// Integer block sums against Q8_1 activations: the f64 twin is the same formula over the CPU
+/// quantizer's blocks, `Σ d_w·d_x·Σq_w·q_x (− 8·Σq_x) (+ m_w·s_x)`.
+#[test]
+fn quant_gemv_against_q8_1_activations_matches_the_integer_twin() {
+    let device = software_device().unwrap_or_else(|error| panic!("{error}"));
+    let client = device.client();
+    let mut rng = SplitMix64::new(0x818);
+    for format in DeviceWeights::FORMATS {
+        let (rows, cols, tokens) = (19, 320, 2);
+        let bytes = random_blocks(&mut rng, format, rows, cols);
+        let weights = DeviceWeights::upload(&client, format, rows, cols, &bytes).unwrap();
+        let x = rng.vec_f32(tokens * cols, -2.0, 2.0);
+        let quantized =
+            quantize_q8_1(&client, &DeviceBuffer::from_slice(&client, &x), cols).unwrap();
+        let got = quant_gemv_q8_1(&client, &weights, &quantized)
+            .unwrap()
+            .to_vec(&client, "quant_gemv_q8_1")
+            .unwrap();
+        let blocks = quantize_q8_1_portable(&x);
+        let per_row = cols / 32;
+        let block_bytes = format.type_size();
+        for t in 0..tokens {
+            for r in 0..rows {
+                let (mut want, mut magnitude) = (0f64, 0f64);
+                for b in 0..per_row {
+                    let block = &bytes[(r * per_row + b) * block_bytes..][..block_bytes];
+                    let xb = &blocks[t * per_row + b];
+                    let half = |at: usize| {
+                        f64::from(f16::from_le_bytes([block[at], block[at + 1]]).to_f32())
+                    };
+                    let codes: Vec<i32> = match format {
+                        GgmlType::Q8_0 => block[2..].iter().map(|&q| i32::from(q as i8)).collect(),
+                        _ => {
+                            let nibbles = if format == GgmlType::Q4_1 {
+                                &block[4..]
+                            } else {
+                                &block[2..]
+                            };
+                            let low = nibbles.iter().map(|&q| i32::from(q & 0xF));
+                            low.chain(nibbles.iter().map(|&q| i32::from(q >> 4)))
+                                .collect()
+                        }
+                    };
+                    let mut isum: i32 = codes
+                        .iter()
+                        .zip(&xb.qs)
+                        .map(|(&w, &q)| w * i32::from(q))
+                        .sum();
+                    if format == GgmlType::Q4_0 {
+                        isum -= 8 * xb.sum;
+                    }
+                    let term = half(0) * f64::from(xb.d) * f64::from(isum);
+                    let min = if format == GgmlType::Q4_1 {
+                        half(2) * f64::from(xb.s)
+                    } else {
+                        0.0
+                    };
+                    want += term + min;
+                    magnitude += term.abs() + min.abs();
+                }
+                let g = f64::from(got[t * rows + r]);
+                assert!(
+                    (g - want).abs() <= F32_TOLERANCE * magnitude + 1e-12,
+                    "{} token {t}, row {r}: {g} vs {want}",
+                    format.name()
+                );
+            }
+        }
+    }
 }

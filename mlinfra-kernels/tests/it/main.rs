@@ -2,6 +2,7 @@
 //! software Vulkan adapter (lavapipe) through cubecl's wgpu runtime.
 
 mod attention;
+mod cube;
 mod gelu;
 mod gemv;
 mod host;

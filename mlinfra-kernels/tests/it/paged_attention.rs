@@ -230,3 +230,54 @@ fn batches_and_caches_that_do_not_fit_are_refused() {
         Err(Error::Shape { .. })
     ));
 }
+
+/// New tokens' keys and values land in their slots, and block copies copy whole blocks, as
+/// the same operations on a host copy do.
+#[test]
+fn stores_and_block_copies_match_the_same_operations_on_the_host() {
+    let device = software_device().unwrap_or_else(|error| panic!("{error}"));
+    let client = device.client();
+    let (blocks, block_size, kv_heads, head_dim) = (5, 4, 2, 3);
+    let slot_len = kv_heads * head_dim;
+    let mut cache = PagedKv::<f32>::zeros(&client, blocks, block_size, kv_heads, head_dim);
+    assert_eq!((cache.blocks(), cache.slot_len()), (blocks, slot_len));
+    let mut host_k = vec![0f32; blocks * block_size * slot_len];
+    let mut host_v = host_k.clone();
+    let slots = [0u32, 5, 6, 19];
+    let new_k: Vec<f32> = (0..slots.len() * slot_len)
+        .map(|i| i as f32 + 1.0)
+        .collect();
+    let new_v: Vec<f32> = new_k.iter().map(|x| -x).collect();
+    cache
+        .store(
+            &client,
+            &DeviceBuffer::from_slice(&client, &new_k),
+            &DeviceBuffer::from_slice(&client, &new_v),
+            &slots,
+        )
+        .unwrap();
+    for (i, &slot) in slots.iter().enumerate() {
+        let at = slot as usize * slot_len;
+        host_k[at..at + slot_len].copy_from_slice(&new_k[i * slot_len..][..slot_len]);
+        host_v[at..at + slot_len].copy_from_slice(&new_v[i * slot_len..][..slot_len]);
+    }
+    // Block 1 over 3, then 3 over 0: in order.
+    cache.copy_blocks(&client, &[(1, 3), (3, 0)]).unwrap();
+    let block_len = block_size * slot_len;
+    for (src, dst) in [(1, 3), (3, 0)] {
+        host_k.copy_within(src * block_len..(src + 1) * block_len, dst * block_len);
+        host_v.copy_within(src * block_len..(src + 1) * block_len, dst * block_len);
+    }
+    assert_eq!(cache.k.to_vec(&client, "paged_kv_store").unwrap(), host_k);
+    assert_eq!(cache.v.to_vec(&client, "paged_kv_store").unwrap(), host_v);
+
+    let one = DeviceBuffer::from_slice(&client, &[0f32; 6]);
+    assert!(matches!(
+        cache.store(&client, &one, &one, &[20]),
+        Err(Error::Shape { .. })
+    ));
+    assert!(matches!(
+        cache.copy_blocks(&client, &[(0, 5)]),
+        Err(Error::Shape { .. })
+    ));
+}

@@ -62,6 +62,9 @@ impl KvSlice<'_> {
 /// `h / (heads / kv_heads)`.
 #[derive(Debug, Clone, Copy)]
 pub struct AttentionStep<'a> {
+    /// The layer's index: kernels that keep their own copy of the cache (device memory) key
+    /// it by this.
+    pub layer: usize,
     /// The layer's keys, `[slots, kv_heads, head_dim]` (slot `block · block_size + offset`).
     pub k: KvSlice<'a>,
     /// The layer's values, as `k`.

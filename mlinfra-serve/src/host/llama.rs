@@ -480,6 +480,7 @@ impl HostLlamaRunner {
         // Attention: one piece of the output per (token, head).
         let attended = sized(attended, tokens * heads * head_dim);
         let step = AttentionStep {
+            layer: index,
             k: self.kv.k[index].as_slice(),
             v: self.kv.v[index].as_slice(),
             qkv,
@@ -492,7 +493,7 @@ impl HostLlamaRunner {
             layout,
             seq_of_token,
         };
-        self.kernels.attention(&step, attended);
+        self.kernels.attention(&step, attended)?;
         let projected = sized(projected, tokens * hidden);
         layer.output.forward(attended, projected)?;
         add_and_norm(x, Some(projected), &layer.ffn_norm, eps, normed);
@@ -586,6 +587,9 @@ impl ModelRunner for HostLlamaRunner {
             });
         }
         self.kv.copy_blocks(&batch.copies)?;
+        if !batch.copies.is_empty() {
+            self.kernels.kv_blocks_copied(&batch.copies);
+        }
         let hidden = self.config.hidden_size;
         let mut x = vec![0f32; batch.tokens.len() * hidden];
         for (&token, row) in batch.tokens.iter().zip(x.chunks_exact_mut(hidden)) {

@@ -26,6 +26,7 @@ use std::borrow::Cow;
 
 use mlinfra_data::tensor::{GgmlType, dequantize_into};
 
+use crate::kv::BlockCopy;
 use crate::{Error, Result};
 
 /// A weight matrix as the GGUF stores it: `rows × cols` (output × input features), row after
@@ -130,10 +131,23 @@ pub trait HostKernels: Send + Sync {
     ///
     /// Contract (serve's batch invariance): a piece's result depends on its own query and
     /// sequence only, never on the other pieces of the step.
-    fn attention(&self, step: &AttentionStep<'_>, out: &mut [f32]) {
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Kernels`] when the kernels' device fails (host kernels do not fail).
+    fn attention(&self, step: &AttentionStep<'_>, out: &mut [f32]) -> Result<()> {
         self.for_each_chunk(out, step.head_dim, &|piece, out| {
             step.attend_reference(piece, out);
         });
+        Ok(())
+    }
+
+    /// Every layer's cache blocks were copied (`copies`, in order: copy-on-write of shared
+    /// blocks) before this step's attention. Kernels that keep their own copy of the cache
+    /// (in device memory) follow; the default does nothing, the host cache being the one
+    /// [`attention`](Self::attention) reads.
+    fn kv_blocks_copied(&self, copies: &[BlockCopy]) {
+        let _ = copies;
     }
 
     /// Calls `task(i, chunk)` for each `chunk`-long piece of `out` (the last may be shorter),

@@ -1,0 +1,133 @@
+//! SmolLM2-135M (Q4_1) on serve's host runner with [`CubeKernels`] on the software Vulkan
+//! adapter (issue 25, item 3): its linear layers and attention run as cubecl kernels. With
+//! Q8_1 activations it produces the CPU kernels' first 16 greedy tokens; with f32 activations,
+//! burn's f32 decoder's (the two references part at a near tie, the sixth token).
+
+use burn::tensor::Device;
+use mlinfra_data::tensor::GgufFile;
+use mlinfra_kernels::cpu::SimdKernels;
+use mlinfra_kernels::cube::{Activations, CubeKernels};
+use mlinfra_kernels::wgpu::software_device;
+use mlinfra_serve::host::{HostKernels, HostLlamaRunner};
+use mlinfra_serve::runner::{LlamaRunner, ModelRunner};
+use mlinfra_serve::sched::{StepBatch, StepSeq};
+use mlinfra_test_utils::log_line;
+
+const MODEL: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
+const BLOCK: usize = 16;
+const NEW_TOKENS: usize = 16;
+/// Per prefill row, `max |Δ| / (max − min)` of burn's f32 logits: the CPU kernels' bound
+/// (`host.rs`), the device path having their 8-bit activations and f16 cache.
+const RELATIVE_TOLERANCE: f32 = 0.08;
+/// The same with f32 activations: f32 arithmetic and the f16 cache (measured 0.0006).
+const F32_TOLERANCE: f32 = 0.005;
+
+fn step(tokens: &[u32], start: usize, table: &[u32]) -> StepBatch {
+    StepBatch {
+        copies: Vec::new(),
+        tokens: tokens.to_vec(),
+        positions: (start..start + tokens.len()).collect(),
+        seqs: vec![StepSeq {
+            id: 0,
+            query_start: 0,
+            query_len: tokens.len(),
+            context_len: start + tokens.len(),
+            block_table: table.to_vec(),
+            adapter: None,
+        }],
+        logit_rows: (0..tokens.len()).collect(),
+    }
+}
+
+fn argmax(row: &[f32]) -> u32 {
+    row.iter()
+        .enumerate()
+        .fold((0, f32::NEG_INFINITY), |(bi, bv), (i, &v)| {
+            if v > bv { (i, v) } else { (bi, bv) }
+        })
+        .0 as u32
+}
+
+/// The prompt's logits (every row) and `NEW_TOKENS` greedy ids.
+fn greedy(runner: &mut dyn ModelRunner, prompt: &[u32]) -> (Vec<Vec<f32>>, Vec<u32>) {
+    let table: Vec<u32> = (0..(prompt.len() + NEW_TOKENS).div_ceil(BLOCK) as u32).collect();
+    let logits = runner.execute(&step(prompt, 0, &table)).unwrap();
+    let rows: Vec<Vec<f32>> = logits.iter().map(<[f32]>::to_vec).collect();
+    let mut ids = vec![argmax(rows.last().unwrap())];
+    while ids.len() < NEW_TOKENS {
+        let position = prompt.len() + ids.len() - 1;
+        let logits = runner
+            .execute(&step(&[*ids.last().unwrap()], position, &table))
+            .unwrap();
+        ids.push(argmax(logits.iter().next().unwrap()));
+    }
+    (rows, ids)
+}
+
+#[test]
+fn smollm2_on_the_cubecl_kernels_gives_the_cpu_and_f32_references_greedy_tokens() {
+    let Some(path) = mlinfra_test_utils::model(MODEL) else {
+        return;
+    };
+    let adapter = software_device().unwrap_or_else(|error| panic!("{error}"));
+    let file = GgufFile::open(&path).unwrap();
+    let tokenizer = mlinfra_data::tokenizer::Tokenizer::from_gguf(&file).unwrap();
+    let prompt = tokenizer.encode("The capital of France is").unwrap();
+    let blocks = (prompt.len() + NEW_TOKENS).div_ceil(BLOCK);
+
+    let kernels = CubeKernels::new(adapter.client(), adapter.adapter_name());
+    log_line(&format!("cubecl kernels: {}", kernels.describe()));
+    let mut device = HostLlamaRunner::from_gguf(&file, Box::new(kernels), blocks, BLOCK).unwrap();
+    let mut cpu =
+        HostLlamaRunner::from_gguf(&file, Box::new(SimdKernels::new(2)), blocks, BLOCK).unwrap();
+    let mut reference = LlamaRunner::from_gguf(&file, blocks, BLOCK, &Device::flex()).unwrap();
+
+    let (device_rows, device_ids) = greedy(&mut device, &prompt);
+    let (_, cpu_ids) = greedy(&mut cpu, &prompt);
+    let (reference_rows, reference_ids) = greedy(&mut reference, &prompt);
+    let exact = CubeKernels::new(adapter.client(), adapter.adapter_name())
+        .with_activations(Activations::F32);
+    let mut exact = HostLlamaRunner::from_gguf(&file, Box::new(exact), blocks, BLOCK).unwrap();
+    let (exact_rows, exact_ids) = greedy(&mut exact, &prompt);
+
+    let worst = |rows: &[Vec<f32>]| -> f32 {
+        let mut worst = 0f32;
+        for (got, want) in rows.iter().zip(&reference_rows) {
+            let spread = want.iter().fold(f32::MIN, |m, &v| m.max(v))
+                - want.iter().fold(f32::MAX, |m, &v| m.min(v));
+            let diff = got
+                .iter()
+                .zip(want)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0f32, f32::max);
+            worst = worst.max(diff / spread);
+        }
+        worst
+    };
+    let (worst_q8_1, worst_f32) = (worst(&device_rows), worst(&exact_rows));
+    let text = |ids: &[u32]| tokenizer.decode(ids).unwrap().replace('\n', "\\n");
+    log_line(&format!(
+        "SmolLM2 Q4_1 on {}: Q8_1 activations {:?} ({}), prefill max|Δ|/spread vs burn f32 \
+         {worst_q8_1:.4}; f32 activations ({}), {worst_f32:.4}",
+        adapter.adapter_name(),
+        device_ids,
+        text(&device_ids),
+        text(&exact_ids),
+    ));
+    assert_eq!(
+        device_ids, cpu_ids,
+        "greedy ids: cubecl kernels (Q8_1) vs CPU kernels"
+    );
+    assert_eq!(
+        exact_ids, reference_ids,
+        "greedy ids: cubecl kernels (f32) vs burn f32"
+    );
+    assert!(
+        worst_q8_1 < RELATIVE_TOLERANCE,
+        "Q8_1: max |Δ| / spread = {worst_q8_1}"
+    );
+    assert!(
+        worst_f32 < F32_TOLERANCE,
+        "f32: max |Δ| / spread = {worst_f32}"
+    );
+}
