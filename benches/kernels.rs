@@ -5,12 +5,21 @@ use std::hint::black_box;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group};
 use mlinfra_benches::ELEMENTWISE_SIZES;
+use mlinfra_data::tensor::GgmlType;
 use mlinfra_kernels::cpu::matrix::{QuantMatrix, WeightFormat};
 use mlinfra_kernels::cpu::pool::{Parallelism, SpinPool};
 use mlinfra_kernels::cpu::quant::quantize_q8_1;
+use mlinfra_kernels::gemv::{
+    DeviceWeights, quant_gemv as device_gemv, quant_gemv_q8_1, quantize_q8_1 as device_quantize,
+};
+use mlinfra_kernels::loss::{Targets, cross_entropy_with_grad_in_place};
+use mlinfra_kernels::norm::{rms_norm, rms_norm_backward};
+use mlinfra_kernels::paged_attention::{
+    AttentionBatch, PagedKv, paged_attention as device_attention,
+};
 use mlinfra_kernels::{
-    gelu_tanh, gelu_tanh_reference, swiglu, swiglu_backward, swiglu_reference,
-    wgpu::software_device,
+    DeviceBuffer, gelu_tanh, gelu_tanh_reference, roofline, swiglu, swiglu_backward,
+    swiglu_reference, synchronize, wgpu::software_device,
 };
 
 fn gelu(c: &mut Criterion) {
@@ -221,4 +230,152 @@ fn paged_attention(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, gelu, swiglu_fused, quant_gemv, paged_attention);
+/// The cubecl kernels of issue 25 on the software Vulkan driver, inputs resident on the
+/// device and each iteration ending synchronised with it; throughput is the kernels' minimum
+/// traffic ([`mlinfra_kernels::roofline`]). Labelled `wgpu_software`: a CPU emulating a GPU,
+/// never compared with GPU figures (those come from the `gpu_bench` example).
+fn cubecl_kernels(c: &mut Criterion) {
+    let Ok(adapter) = software_device() else {
+        eprintln!("cubecl_kernels: no software Vulkan adapter; skipped");
+        return;
+    };
+    let client = adapter.client();
+    let sync = || synchronize(&client).expect("device runs");
+    let values = |len: usize, seed: usize| -> Vec<f32> {
+        (0..len)
+            .map(|i| (((i * 7 + seed) % 1024) as f32 - 512.0) / 256.0)
+            .collect()
+    };
+    let mut group = c.benchmark_group("cubecl_kernels");
+    group.sample_size(10);
+
+    // RMSNorm with the residual add over 2,048 tokens of SmolLM2's 576 features.
+    let (rows, cols) = (2048, 576);
+    let x = DeviceBuffer::from_slice(&client, &values(rows * cols, 1));
+    let r = DeviceBuffer::from_slice(&client, &values(rows * cols, 2));
+    let w = DeviceBuffer::from_slice(&client, &values(cols, 3));
+    group.throughput(Throughput::Bytes(
+        roofline::rms_norm(rows, cols, true, 4).bytes,
+    ));
+    group.bench_function("wgpu_software/rms_norm_residual_2048x576", |b| {
+        b.iter(|| {
+            black_box(rms_norm(&client, &x, Some(&r), &w, 1e-5).expect("kernel runs"));
+            sync()
+        })
+    });
+    let out = rms_norm(&client, &x, Some(&r), &w, 1e-5).expect("kernel runs");
+    let stream = out.stream.expect("a residual was added");
+    group.throughput(Throughput::Bytes(
+        roofline::rms_norm_backward(rows, cols, false, 4).bytes,
+    ));
+    group.bench_function("wgpu_software/rms_norm_backward_2048x576", |b| {
+        b.iter(|| {
+            black_box(
+                rms_norm_backward(&client, &x, &stream, &w, &out.rstd, None).expect("kernel runs"),
+            );
+            sync()
+        })
+    });
+
+    // Cross-entropy with the gradient in place: 16 tokens of a 49,152-token vocabulary.
+    let (tokens, vocab) = (16, 49_152);
+    let logits = values(tokens * vocab, 4);
+    let targets: Vec<i32> = (0..tokens as i32).map(|t| t * 997).collect();
+    let targets = Targets::new(&client, &targets, vocab).expect("targets fit");
+    group.throughput(Throughput::Bytes(
+        roofline::cross_entropy(tokens, vocab, true, 4).bytes,
+    ));
+    group.bench_function("wgpu_software/cross_entropy_grad_16x49152", |b| {
+        b.iter_batched(
+            || DeviceBuffer::from_slice(&client, &logits),
+            |mut logits| {
+                black_box(
+                    cross_entropy_with_grad_in_place(&client, &mut logits, &targets, 1.0 / 16.0)
+                        .expect("kernel runs"),
+                );
+                sync()
+            },
+            criterion::BatchSize::LargeInput,
+        )
+    });
+
+    // Dequantize-GEMV, one token through SmolLM2's ffn_down (576 × 1536) in Q4_1, f32 and Q8_1
+    // activations. Arbitrary but valid blocks: the cost does not depend on the values.
+    let (rows, cols) = (576, 1536);
+    let blocks: Vec<u8> = (0..rows * cols / 32)
+        .flat_map(|i| {
+            let mut block = vec![0u8; 20];
+            block[..2].copy_from_slice(&half::f16::from_f32(0.01).to_le_bytes());
+            block[2..4].copy_from_slice(&half::f16::from_f32(-0.05).to_le_bytes());
+            block[4..]
+                .iter_mut()
+                .enumerate()
+                .for_each(|(j, b)| *b = (i * 31 + j * 17) as u8);
+            block
+        })
+        .collect();
+    let weights =
+        DeviceWeights::upload(&client, GgmlType::Q4_1, rows, cols, &blocks).expect("blocks fit");
+    let x = DeviceBuffer::from_slice(&client, &values(cols, 5));
+    let traffic = roofline::quant_gemv(rows, cols, 1, weights.resident_bytes(), 4);
+    group.throughput(Throughput::Bytes(traffic.bytes));
+    group.bench_function("wgpu_software/quant_gemv_q4_1_f32_576x1536", |b| {
+        b.iter(|| {
+            black_box(device_gemv(&client, &weights, &x).expect("kernel runs"));
+            sync()
+        })
+    });
+    group.bench_function("wgpu_software/quant_gemv_q4_1_q8_1_576x1536", |b| {
+        b.iter(|| {
+            let quantized = device_quantize(&client, &x, cols).expect("kernel runs");
+            black_box(quant_gemv_q8_1(&client, &weights, &quantized).expect("kernel runs"));
+            sync()
+        })
+    });
+
+    // Paged decode attention: 8 sequences at 1,024 positions, SmolLM2's heads (9 over 3 KV
+    // heads of 64), an f16 cache in blocks of 16, 8 partitions each (split-K).
+    let (seqs, context, heads, kv_heads, head_dim, block_size) = (8, 1024, 9, 3, 64, 16);
+    let blocks_per_seq = context / block_size;
+    let cache_values = seqs * context * kv_heads * head_dim;
+    let half_values = |seed| -> Vec<half::f16> {
+        values(cache_values, seed)
+            .into_iter()
+            .map(half::f16::from_f32)
+            .collect()
+    };
+    let cache = PagedKv {
+        k: DeviceBuffer::from_slice(&client, &half_values(6)),
+        v: DeviceBuffer::from_slice(&client, &half_values(7)),
+        kv_heads,
+        head_dim,
+        block_size,
+    };
+    let tables: Vec<Vec<u32>> = (0..seqs)
+        .map(|s| ((s * blocks_per_seq) as u32..((s + 1) * blocks_per_seq) as u32).collect())
+        .collect();
+    let table_refs: Vec<&[u32]> = tables.iter().map(Vec::as_slice).collect();
+    let decode: Vec<(usize, usize)> = (0..seqs).map(|s| (s, context - 1)).collect();
+    let batch = AttentionBatch::new(&client, &table_refs, &decode, block_size).expect("batch fits");
+    let q = DeviceBuffer::from_slice(&client, &values(seqs * heads * head_dim, 8));
+    let traffic = roofline::paged_attention(&vec![context; seqs], heads, kv_heads, head_dim, 2, 4);
+    group.throughput(Throughput::Bytes(traffic.bytes));
+    group.bench_function("wgpu_software/paged_attention_8x1024_f16", |b| {
+        b.iter(|| {
+            black_box(
+                device_attention(&client, &q, heads, &cache, &batch, 0.125).expect("kernel runs"),
+            );
+            sync()
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(
+    benches,
+    gelu,
+    swiglu_fused,
+    quant_gemv,
+    paged_attention,
+    cubecl_kernels
+);

@@ -80,6 +80,19 @@ impl<T: CubeElement> DeviceBuffer<T> {
     }
 }
 
+/// Waits until every kernel launched on `client` has finished (benchmarks time launches this
+/// way).
+///
+/// # Errors
+///
+/// [`Error::Device`] when the runtime reports a failure.
+pub fn synchronize(client: &Client) -> Result<()> {
+    cubecl::future::block_on(client.sync()).map_err(|source| Error::Device {
+        kernel: "synchronize",
+        source: Box::new(source),
+    })
+}
+
 /// `Ok` when the runtime has the element type `E`.
 pub(crate) fn supported<E: Element>(client: &Client, kernel: &'static str) -> Result<()> {
     if client.properties().supports_type(E::elem_type_native()) {

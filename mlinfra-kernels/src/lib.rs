@@ -52,9 +52,10 @@ pub mod loss;
 pub mod norm;
 pub mod paged_attention;
 mod reduce;
+pub mod roofline;
 pub mod wgpu;
 
-pub use device::{DeviceBuffer, Element};
+pub use device::{DeviceBuffer, Element, synchronize};
 
 pub use elementwise::gelu::{gelu_tanh, gelu_tanh_reference};
 pub use elementwise::swiglu::{
