@@ -46,6 +46,28 @@ impl<T: CubeElement> DeviceBuffer<T> {
         }
     }
 
+    /// A buffer over memory the caller allocated (a burn tensor's): `handle` must hold at least
+    /// `len` values of `T` (checked: a shorter handle is a bug in the caller, not a launch
+    /// reading past it).
+    pub(crate) fn from_handle(handle: cubecl::server::Handle, len: usize) -> Self {
+        assert!(
+            handle.size() as usize >= len * size_of::<T>(),
+            "a handle of {} bytes for {len} values of {} bytes",
+            handle.size(),
+            size_of::<T>()
+        );
+        Self {
+            handle,
+            len,
+            element: PhantomData,
+        }
+    }
+
+    /// The memory, for a burn tensor to take over.
+    pub(crate) fn into_handle(self) -> cubecl::server::Handle {
+        self.handle
+    }
+
     /// Values held.
     pub fn len(&self) -> usize {
         self.len

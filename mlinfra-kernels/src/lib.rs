@@ -47,6 +47,7 @@ pub mod cube;
 mod device;
 pub mod elementwise;
 mod error;
+pub mod fused;
 pub mod gemv;
 pub mod loss;
 pub mod norm;

@@ -80,7 +80,8 @@ fn cross_entropy_kernel<F: Float>(
     }
 }
 
-/// One unit per logit: `logits[r, c] ← grad_loss[r] · (exp(logits[r, c] − lse[r]) − [c = t_r])`.
+/// One unit per logit: `logits[r, c] ← scale · g_r · (exp(logits[r, c] − lse[r]) − [c = t_r])`,
+/// `g_r` the row's upstream gradient, or the one value of `grad_loss` for every row.
 #[cube(launch)]
 fn cross_entropy_backward_kernel<F: Float>(
     logits: &mut [F],
@@ -88,6 +89,7 @@ fn cross_entropy_backward_kernel<F: Float>(
     lse: &[f32],
     grad_loss: &[f32],
     vocab: usize,
+    scale: f32,
 ) {
     if ABSOLUTE_POS < logits.len() {
         let row = ABSOLUTE_POS / vocab;
@@ -95,8 +97,9 @@ fn cross_entropy_backward_kernel<F: Float>(
         let target = targets[row];
         let p = f32::exp(f32::cast_from(logits[ABSOLUTE_POS]) - lse[row]);
         let onehot = select(i32::cast_from(c) == target, 1f32, 0f32);
-        let scale = select(target >= 0, grad_loss[row], 0f32);
-        logits[ABSOLUTE_POS] = F::cast_from((p - onehot) * scale);
+        let upstream = grad_loss[select(grad_loss.len() == 1, 0, row)];
+        let factor = select(target >= 0, upstream * scale, 0f32);
+        logits[ABSOLUTE_POS] = F::cast_from((p - onehot) * factor);
     }
 }
 
@@ -195,9 +198,10 @@ pub fn cross_entropy_with_grad_in_place<E: Element>(
     launch_rows(client, logits, targets, Some(grad_scale))
 }
 
-/// The backward of [`cross_entropy`] for a per-row upstream gradient `grad_loss` (`rows`
-/// values): the logits, as [`cross_entropy`] read them, are overwritten with
-/// `grad_loss[r] · (softmax − onehot)`. One unit per logit.
+/// The backward of [`cross_entropy`] for the upstream gradient `grad_loss`, one value per
+/// row or one for every row (a mean's, with `scale = 1 / rows`): the logits, as
+/// [`cross_entropy`] read them, are overwritten with `scale · g_r · (softmax − onehot)`. One
+/// unit per logit; the gradient takes the logits' memory.
 ///
 /// # Errors
 ///
@@ -209,16 +213,17 @@ pub fn cross_entropy_backward_in_place<E: Element>(
     targets: &Targets,
     lse: &DeviceBuffer<f32>,
     grad_loss: &DeviceBuffer<f32>,
+    scale: f32,
 ) -> Result<()> {
     const KERNEL: &str = "cross_entropy_backward";
     supported::<E>(client, KERNEL)?;
     check_logits(KERNEL, logits, targets)?;
     require(
-        lse.len() == targets.rows() && grad_loss.len() == targets.rows(),
+        lse.len() == targets.rows() && (grad_loss.len() == targets.rows() || grad_loss.len() == 1),
         KERNEL,
         || {
             format!(
-                "lse of {} and grad_loss of {} values for {} rows",
+                "lse of {} and grad_loss of {} values for {} rows (grad_loss: one per row, or one)",
                 lse.len(),
                 grad_loss.len(),
                 targets.rows()
@@ -238,6 +243,7 @@ pub fn cross_entropy_backward_in_place<E: Element>(
         lse.arg(),
         grad_loss.arg(),
         targets.vocab,
+        scale,
     );
     Ok(())
 }

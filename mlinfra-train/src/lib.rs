@@ -84,6 +84,7 @@ pub mod collective;
 mod data_parallel;
 mod error;
 mod fault;
+pub mod fused;
 pub mod models;
 pub mod optim;
 mod params;

@@ -16,6 +16,7 @@ use cubecl::prelude::*;
 
 use super::{Element, checked, grid, poisoned, read, upload};
 use crate::Result;
+use crate::device::{DeviceBuffer, require, supported};
 
 #[cube]
 fn sigmoid<F: Float>(x: F) -> F {
@@ -119,6 +120,84 @@ pub fn swiglu_backward<E: Element>(
         read(client, grad_gate, "swiglu_backward")?,
         read(client, grad_up, "swiglu_backward")?,
     ))
+}
+
+/// [`swiglu`] on device buffers: launches one kernel and returns without waiting.
+///
+/// # Errors
+///
+/// As [`swiglu`].
+pub fn swiglu_on_device<E: Element>(
+    client: &Client,
+    gate: &DeviceBuffer<E>,
+    up: &DeviceBuffer<E>,
+) -> Result<DeviceBuffer<E>> {
+    const KERNEL: &str = "swiglu";
+    supported::<E>(client, KERNEL)?;
+    require(gate.len() == up.len(), KERNEL, || {
+        format!("operands of lengths {} and {}", gate.len(), up.len())
+    })?;
+    let out = DeviceBuffer::poisoned(client, gate.len());
+    if gate.is_empty() {
+        return Ok(out);
+    }
+    let (cube_count, cube_dim) = grid(client, gate.len());
+    swiglu_kernel::launch::<E>(
+        client,
+        cube_count,
+        cube_dim,
+        gate.arg(),
+        up.arg(),
+        out.arg(),
+    );
+    Ok(out)
+}
+
+/// [`swiglu_backward`] on device buffers: `(d gate, d up)`. Launches one kernel and returns
+/// without waiting.
+///
+/// # Errors
+///
+/// As [`swiglu`].
+pub fn swiglu_backward_on_device<E: Element>(
+    client: &Client,
+    gate: &DeviceBuffer<E>,
+    up: &DeviceBuffer<E>,
+    grad: &DeviceBuffer<E>,
+) -> Result<(DeviceBuffer<E>, DeviceBuffer<E>)> {
+    const KERNEL: &str = "swiglu_backward";
+    supported::<E>(client, KERNEL)?;
+    require(
+        gate.len() == up.len() && grad.len() == gate.len(),
+        KERNEL,
+        || {
+            format!(
+                "operands of lengths {}, {} and {}",
+                gate.len(),
+                up.len(),
+                grad.len()
+            )
+        },
+    )?;
+    let (grad_gate, grad_up) = (
+        DeviceBuffer::poisoned(client, gate.len()),
+        DeviceBuffer::poisoned(client, gate.len()),
+    );
+    if gate.is_empty() {
+        return Ok((grad_gate, grad_up));
+    }
+    let (cube_count, cube_dim) = grid(client, gate.len());
+    swiglu_backward_kernel::launch::<E>(
+        client,
+        cube_count,
+        cube_dim,
+        gate.arg(),
+        up.arg(),
+        grad.arg(),
+        grad_gate.arg(),
+        grad_up.arg(),
+    );
+    Ok((grad_gate, grad_up))
 }
 
 /// The naive f64 twin of [`swiglu`].

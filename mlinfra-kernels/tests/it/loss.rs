@@ -87,11 +87,33 @@ fn cross_entropy_loss_and_gradients_match_the_f64_twin() {
             &targets_d,
             &plain.lse,
             &DeviceBuffer::from_slice(&client, &grad_loss),
+            1.0,
         )
         .unwrap();
         let backward_grad = backward_d
             .to_vec(&client, "cross_entropy_backward")
             .unwrap();
+
+        // One upstream value for every row, scaled (a mean's backward): the fused gradient.
+        let mut broadcast_d = DeviceBuffer::from_slice(&client, &logits);
+        cross_entropy_backward_in_place(
+            &client,
+            &mut broadcast_d,
+            &targets_d,
+            &plain.lse,
+            &DeviceBuffer::from_slice(&client, &[1.0f32]),
+            grad_scale,
+        )
+        .unwrap();
+        let broadcast_grad = broadcast_d
+            .to_vec(&client, "cross_entropy_backward")
+            .unwrap();
+        for (i, (b, f)) in broadcast_grad.iter().zip(&fused_grad).enumerate() {
+            assert!(
+                (b - f).abs() <= 1e-7,
+                "{what}: broadcast grad [{i}] {b} vs fused {f}"
+            );
+        }
 
         for rows_out in [&plain, &fused] {
             let loss = rows_out.loss.to_vec(&client, "cross_entropy").unwrap();

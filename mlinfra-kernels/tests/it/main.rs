@@ -3,6 +3,7 @@
 
 mod attention;
 mod cube;
+mod fused;
 mod gelu;
 mod gemv;
 mod host;

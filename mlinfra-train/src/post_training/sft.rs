@@ -1,6 +1,5 @@
 //! [`Sft`]: next-token cross-entropy on packed rows, on the tokens a loss mask selects.
 
-use burn::nn::loss::CrossEntropyLossConfig;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use mlinfra_loader::TensorBatch;
 
@@ -118,9 +117,7 @@ impl Sft {
         let count = targets.len();
         let targets_tensor =
             Tensor::<1, Int>::from_data(TensorData::new(targets.clone(), [count]), device);
-        let loss = CrossEntropyLossConfig::new()
-            .init(device)
-            .forward(logits.clone(), targets_tensor);
+        let loss = crate::fused::cross_entropy(logits.clone(), targets_tensor);
         Ok((loss, logits, targets))
     }
 }

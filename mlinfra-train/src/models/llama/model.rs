@@ -3,7 +3,6 @@
 //! `layers.3.self_attn.q_proj.weight`).
 
 use burn::module::Module;
-use burn::nn::loss::CrossEntropyLossConfig;
 use burn::nn::{Embedding, Linear, RmsNorm};
 
 use crate::peft::{AdapterRouting, LoraLinear};
@@ -177,9 +176,7 @@ impl Llama {
         let logits = self.forward(inputs)?;
         let vocab = logits.dims()[2];
         let logits = logits.reshape([batch * (seq - 1), vocab]);
-        Ok(CrossEntropyLossConfig::new()
-            .init(&logits.device())
-            .forward(logits, targets))
+        Ok(crate::fused::cross_entropy(logits, targets))
     }
 
     /// Logits (fp32) for a flattened batch of tokens from several sequences, the way a

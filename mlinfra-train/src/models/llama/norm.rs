@@ -36,6 +36,9 @@ const ROWS_PER_TASK: usize = 32;
 /// `norm` applied to `x` over its last dimension.
 pub(super) fn rms_norm<const D: usize>(norm: &RmsNorm, x: Tensor<D>) -> Tensor<D> {
     let gamma = norm.gamma.val();
+    if let Some(out) = crate::fused::rms_norm(&x, &gamma, norm.epsilon) {
+        return out;
+    }
     if x.dtype() == DType::F32 && gamma.dtype() == DType::F32 {
         let epsilon = norm.epsilon as f32;
         if let Some(out) = fused_autodiff(&x, &gamma, epsilon) {

@@ -8,7 +8,8 @@
 //! Liger Kernel's fused SwiGLU, the step registered here keeps `g` and `u` only and computes
 //! both gradients in one pass, recomputing the sigmoid:
 //! `d/dg = dy · u · σ(g) · (1 + g · (1 − σ(g)))`, `d/du = dy · g · σ(g)`. It is written against
-//! `burn-autodiff`'s backend-extension API for the CPU backend (`Autodiff<Flex>`) in f32; other
+//! `burn-autodiff`'s backend-extension API for the CPU backend (`Autodiff<Flex>`) in f32; an
+//! installed [`FusedOps`](crate::fused::FusedOps) takes the tensors it recognises first; other
 //! backends and dtypes compute `silu(g) * u` with burn's ops.
 //!
 //! # Costs
@@ -33,6 +34,9 @@ const CHUNK: usize = 16 * 1024;
 
 /// `silu(gate) · up`, elementwise, for tensors of one shape.
 pub(super) fn swiglu<const D: usize>(gate: Tensor<D>, up: Tensor<D>) -> Tensor<D> {
+    if let Some(out) = crate::fused::swiglu(&gate, &up) {
+        return out;
+    }
     if gate.dtype() == DType::F32 && up.dtype() == DType::F32 && gate.dims() == up.dims() {
         if let Some(out) = fused_autodiff(&gate, &up) {
             return out;
