@@ -49,6 +49,7 @@ impl<T: CubeElement> DeviceBuffer<T> {
     /// A buffer over memory the caller allocated (a burn tensor's): `handle` must hold at least
     /// `len` values of `T` (checked: a shorter handle is a bug in the caller, not a launch
     /// reading past it).
+    #[cfg(feature = "fused")]
     pub(crate) fn from_handle(handle: cubecl::server::Handle, len: usize) -> Self {
         assert!(
             handle.size() as usize >= len * size_of::<T>(),
@@ -64,6 +65,7 @@ impl<T: CubeElement> DeviceBuffer<T> {
     }
 
     /// The memory, for a burn tensor to take over.
+    #[cfg(feature = "fused")]
     pub(crate) fn into_handle(self) -> cubecl::server::Handle {
         self.handle
     }

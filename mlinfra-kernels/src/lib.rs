@@ -7,11 +7,21 @@
 //!
 //! # Status
 //!
-//! - GPU: the runtime plumbing ([`wgpu::software_device`], the adapter every CPU-only test
-//!   machine runs kernels on) and elementwise kernels proven against their f64 twins:
-//!   [`gelu_tanh`] and the fused SwiGLU, [`swiglu`] and [`swiglu_backward`] (Liger's fusion:
-//!   the backward recomputes the sigmoid instead of storing it). They take host slices and
-//!   plug into no trait yet; the serving and training kernels are next (issue 25).
+//! - GPU (cubecl, one source for CUDA, Vulkan, Metal; tested on Mesa's software Vulkan,
+//!   [`wgpu::software_device`]), each kernel against a naive f64 twin, on [`DeviceBuffer`]s so
+//!   that launches chain without host round trips:
+//!   - [`norm`]: RMSNorm with an optional fused residual add, forward and backward;
+//!   - [`loss`]: softmax cross-entropy whose gradient is written over the logits (Liger's);
+//!   - [`elementwise`]: the fused SwiGLU ([`swiglu`], [`swiglu_backward`]) and GELU;
+//!   - [`paged_attention`]: decode (and prefill) attention over serve's paged KV cache,
+//!     query groups per cube (GQA) and split-K partitions (vLLM's v2, FlashDecoding);
+//!   - [`gemv`]: dequantize-GEMV on Q8_0 / Q4_0 / Q4_1 blocks, f32 or Q8_1 activations;
+//!   - [`roofline`]: each kernel's bytes and FLOPs for a shape, what benchmarks divide by.
+//!
+//!   They plug into the layers above by their traits: [`cube::CubeKernels`] is serve's
+//!   `HostKernels` on a cubecl device (`llama_generate --device wgpu`), [`fused::CubeFusedOps`]
+//!   is train's `FusedOps` for burn's cubecl backend (the Llama decoder's norms, gates and loss
+//!   as autodiff steps).
 //! - CPU: [`cpu::SimdKernels`], serve's `HostKernels` for its `HostLlamaRunner` and the
 //!   default of the `llama_generate` and `serve_openai` examples: quantized GEMV/GEMM on
 //!   repacked GGUF blocks (Q4_0, Q4_1, Q5_0, Q8_0, Q4_K, Q6_K; other types converted to Q8_0
@@ -34,10 +44,12 @@
 //!
 //! | Name | Description | Default? |
 //! |---|---|---|
-//! | `cuda` | cubecl's CUDA runtime and burn's CUDA backend (needs an LLVM bundle to link) | no |
+//! | `fused` | [`fused`]: train's fused ops on burn's cubecl backend (burn's `wgpu` backend built) | yes |
+//! | `cuda` | cubecl's CUDA runtime and burn's CUDA backend (links with `scripts/setup-cuda-build`, docs/CUDA.md) | no |
 //!
-//! The `wgpu` runtime is always compiled: it needs no SDK at build time and loads the Vulkan or
-//! Metal driver at run time. Its timings on the software driver are not GPU numbers.
+//! The `wgpu` runtime (and burn's cubecl backend on it) is always compiled: it needs no SDK at
+//! build time and loads the Vulkan or Metal driver at run time. Its timings on the software
+//! driver are not GPU numbers.
 
 #![warn(missing_docs)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
@@ -47,6 +59,7 @@ pub mod cube;
 mod device;
 pub mod elementwise;
 mod error;
+#[cfg(feature = "fused")]
 pub mod fused;
 pub mod gemv;
 pub mod loss;

@@ -3,6 +3,7 @@
 
 mod attention;
 mod cube;
+#[cfg(feature = "fused")]
 mod fused;
 mod gelu;
 mod gemv;
