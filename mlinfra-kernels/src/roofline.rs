@@ -8,6 +8,13 @@
 //! the cache shows as a lower fraction). FLOPs count multiplies, adds and transcendental
 //! functions as one each, the convention of FlashAttention's and Liger's reports.
 
+use std::time::Instant;
+
+use cubecl::prelude::*;
+
+use crate::Result;
+use crate::device::{DeviceBuffer, synchronize};
+
 /// Bytes moved and floating-point operations of one launch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Traffic {
@@ -130,6 +137,85 @@ pub fn quant_gemv(
         weight_bytes + tokens * (rows + cols) * activation_bytes,
         2 * rows * cols * tokens,
     )
+}
+
+/// Wall times of repeated runs, in seconds.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Timing {
+    /// The median.
+    pub median: f64,
+    /// The 10th percentile.
+    pub p10: f64,
+    /// The 90th percentile.
+    pub p90: f64,
+    /// Runs timed.
+    pub runs: usize,
+}
+
+/// Times `runs` calls of `launch`, each followed by [`synchronize`] (the launch and the
+/// device's work, measured from the host: for working sets larger than the device's cache the
+/// launch overhead is a small part), after two untimed warm-up calls (kernel compilation).
+///
+/// # Errors
+///
+/// The first error `launch` or the device returns.
+pub fn time_runs(
+    client: &Client,
+    runs: usize,
+    mut launch: impl FnMut() -> Result<()>,
+) -> Result<Timing> {
+    for _ in 0..2 {
+        launch()?;
+        synchronize(client)?;
+    }
+    let mut times = Vec::with_capacity(runs.max(1));
+    for _ in 0..runs.max(1) {
+        let started = Instant::now();
+        launch()?;
+        synchronize(client)?;
+        times.push(started.elapsed().as_secs_f64());
+    }
+    times.sort_by(f64::total_cmp);
+    let at = |q: f64| times[((times.len() - 1) as f64 * q).round() as usize];
+    Ok(Timing {
+        median: at(0.5),
+        p10: at(0.1),
+        p90: at(0.9),
+        runs: times.len(),
+    })
+}
+
+#[cube(launch)]
+fn copy_kernel(input: &[f32], output: &mut [f32]) {
+    if ABSOLUTE_POS < input.len() {
+        output[ABSOLUTE_POS] = input[ABSOLUTE_POS];
+    }
+}
+
+/// The device-to-device copy bandwidth the kernels are measured against: a `values`-long f32
+/// buffer copied by a cubecl kernel of one unit per value (the kernels' own access pattern),
+/// `runs` times; GB/s of bytes read plus written at the median, and the timing.
+///
+/// # Errors
+///
+/// [`crate::Error::Device`] when the device fails.
+pub fn copy_bandwidth(client: &Client, values: usize, runs: usize) -> Result<(f64, Timing)> {
+    let input = DeviceBuffer::<f32>::poisoned(client, values);
+    let output = DeviceBuffer::<f32>::poisoned(client, values);
+    let cube_dim = CubeDim::new_1d(256);
+    let cube_count = cubecl::calculate_cube_count_elemwise(client, values, cube_dim);
+    let timing = time_runs(client, runs, || {
+        copy_kernel::launch(
+            client,
+            cube_count.clone(),
+            cube_dim,
+            input.arg(),
+            output.arg(),
+        );
+        Ok(())
+    })?;
+    let bytes = Traffic::new(2 * values * 4, 0);
+    Ok((bytes.gb_per_s(timing.median), timing))
 }
 
 #[cfg(test)]
