@@ -174,14 +174,7 @@ fn time_burn<const D: usize>(
             times.push(started.elapsed().as_secs_f64());
         }
     }
-    times.sort_by(f64::total_cmp);
-    let at = |q: f64| times[((times.len() - 1) as f64 * q).round() as usize];
-    Ok(Timing {
-        median: at(0.5),
-        p10: at(0.1),
-        p90: at(0.9),
-        runs,
-    })
+    Ok(Timing::from_samples(times))
 }
 
 fn run() -> anyhow::Result<()> {

@@ -68,6 +68,36 @@ enum LayerCache {
     F32(PagedKv<f32>),
 }
 
+/// The cache precisions, and their [`LayerCache`] variant.
+trait CacheElement: Element {
+    fn wrap(cache: PagedKv<Self>) -> LayerCache;
+    fn unwrap(cache: &mut LayerCache) -> Option<&mut PagedKv<Self>>;
+}
+
+impl CacheElement for f16 {
+    fn wrap(cache: PagedKv<Self>) -> LayerCache {
+        LayerCache::F16(cache)
+    }
+    fn unwrap(cache: &mut LayerCache) -> Option<&mut PagedKv<Self>> {
+        match cache {
+            LayerCache::F16(cache) => Some(cache),
+            LayerCache::F32(_) => None,
+        }
+    }
+}
+
+impl CacheElement for f32 {
+    fn wrap(cache: PagedKv<Self>) -> LayerCache {
+        LayerCache::F32(cache)
+    }
+    fn unwrap(cache: &mut LayerCache) -> Option<&mut PagedKv<Self>> {
+        match cache {
+            LayerCache::F32(cache) => Some(cache),
+            LayerCache::F16(_) => None,
+        }
+    }
+}
+
 impl std::fmt::Debug for CubeKernels {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("CubeKernels")
@@ -178,36 +208,16 @@ impl HostKernels for CubeKernels {
             caches.resize_with(step.layer + 1, || None);
         }
         let entry = &mut caches[step.layer];
-        let slots = new_slots(step);
         let attended = match (step.k, step.v) {
-            (KvSlice::F16(k), KvSlice::F16(v)) => {
-                if !matches!(entry, Some(LayerCache::F16(cache)) if cache.k.len() == k.len()) {
-                    *entry = Some(LayerCache::F16(self.whole_cache(step, k, v)));
-                } else if let Some(LayerCache::F16(cache)) = entry {
-                    store_new(&self.client, cache, step, &slots, k, v).map_err(failed())?;
-                }
-                let Some(LayerCache::F16(cache)) = entry else {
-                    unreachable!("made above")
-                };
-                self.attend(step, cache).map_err(failed())?
-            }
-            (KvSlice::F32(k), KvSlice::F32(v)) => {
-                if !matches!(entry, Some(LayerCache::F32(cache)) if cache.k.len() == k.len()) {
-                    *entry = Some(LayerCache::F32(self.whole_cache(step, k, v)));
-                } else if let Some(LayerCache::F32(cache)) = entry {
-                    store_new(&self.client, cache, step, &slots, k, v).map_err(failed())?;
-                }
-                let Some(LayerCache::F32(cache)) = entry else {
-                    unreachable!("made above")
-                };
-                self.attend(step, cache).map_err(failed())?
-            }
+            (KvSlice::F16(k), KvSlice::F16(v)) => self.attend_layer(step, entry, k, v),
+            (KvSlice::F32(k), KvSlice::F32(v)) => self.attend_layer(step, entry, k, v),
             _ => {
                 return Err(mlinfra_serve::Error::InvalidBatch {
                     reason: "keys and values in different precisions".into(),
                 });
             }
-        };
+        }
+        .map_err(failed())?;
         if attended.len() != out.len() {
             return Err(mlinfra_serve::Error::InvalidBatch {
                 reason: format!(
@@ -255,6 +265,29 @@ impl HostKernels for CubeKernels {
 }
 
 impl CubeKernels {
+    /// The step's attention over the layer's device copy of the cache (`entry`): made whole
+    /// from the host cache when missing or of another shape or precision, else brought up to
+    /// date with the step's new keys and values.
+    fn attend_layer<C: CacheElement>(
+        &self,
+        step: &AttentionStep<'_>,
+        entry: &mut Option<LayerCache>,
+        k: &[C],
+        v: &[C],
+    ) -> crate::Result<Vec<f32>> {
+        match entry.as_mut().and_then(C::unwrap) {
+            Some(cache) if cache.k.len() == k.len() => {
+                store_new(&self.client, cache, step, &new_slots(step), k, v)?;
+            }
+            _ => *entry = Some(C::wrap(self.whole_cache(step, k, v))),
+        }
+        let cache = entry
+            .as_mut()
+            .and_then(C::unwrap)
+            .expect("the layer's cache was made above");
+        self.attend(step, cache)
+    }
+
     /// A device copy of the whole host cache of `step`'s layer.
     fn whole_cache<C: Element>(&self, step: &AttentionStep<'_>, k: &[C], v: &[C]) -> PagedKv<C> {
         PagedKv {

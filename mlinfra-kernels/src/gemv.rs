@@ -28,6 +28,7 @@ use mlinfra_data::tensor::GgmlType;
 
 use crate::cpu::quant::BlockQ8_1;
 use crate::device::{DeviceBuffer, Element, require, supported};
+use crate::reduce::tree;
 use crate::{Error, Result};
 
 /// Values per block in every format here.
@@ -101,22 +102,22 @@ fn quant_gemv_kernel<F: Float>(
             b += LANES;
         }
     }
-    // Every unit reaches the barriers, the rows past the end included.
-    let mut shared = Shared::<[f32]>::new_slice(LANES * ROWS_PER_CUBE);
-    let slot = row_in_cube * LANES + lane;
-    shared[slot] = sum;
-    sync_cube();
-    let mut stride = comptime!(LANES / 2).runtime();
-    while stride > 0 {
-        if lane < stride {
-            shared[slot] += shared[slot + stride];
-        }
-        sync_cube();
-        stride /= 2;
-    }
+    let total = row_sum(sum);
     if lane == 0 && row < rows {
-        out[token * rows + row] = F::cast_from(shared[slot]);
+        out[token * rows + row] = F::cast_from(total);
     }
+}
+
+/// The sum of a row's 32 lanes' `value`s, for lane 0 (the others get partial sums). Every unit
+/// of the cube calls it, the rows past the matrix included: it synchronises.
+#[cube]
+fn row_sum(value: f32) -> f32 {
+    let mut shared = Shared::<[f32]>::new_slice(LANES * ROWS_PER_CUBE);
+    let slot = UNIT_POS_Y as usize * LANES + UNIT_POS_X as usize;
+    shared[slot] = value;
+    sync_cube();
+    tree(&mut shared, slot, LANES, false);
+    shared[slot]
 }
 
 /// `byte` (0..=255) as the two's-complement i8 it stores.
@@ -236,20 +237,9 @@ fn quant_gemv_q8_1_kernel(
             b += LANES;
         }
     }
-    let mut shared = Shared::<[f32]>::new_slice(LANES * ROWS_PER_CUBE);
-    let slot = row_in_cube * LANES + lane;
-    shared[slot] = sum + min_terms;
-    sync_cube();
-    let mut stride = comptime!(LANES / 2).runtime();
-    while stride > 0 {
-        if lane < stride {
-            shared[slot] += shared[slot + stride];
-        }
-        sync_cube();
-        stride /= 2;
-    }
+    let total = row_sum(sum + min_terms);
     if lane == 0 && row < rows {
-        out[token * rows + row] = shared[slot];
+        out[token * rows + row] = total;
     }
 }
 

@@ -102,18 +102,7 @@ fn partition_kernel<Q: Float, C: Float>(
             tree[h * PARTITION + unit] = score;
         }
         sync_cube();
-        let mut stride = comptime!(PARTITION / 2).runtime();
-        while stride > 0 {
-            if unit < stride {
-                #[unroll]
-                for h in 0..group {
-                    let at = h * PARTITION + unit;
-                    tree[at] = max(tree[at], tree[at + stride]);
-                }
-            }
-            sync_cube();
-            stride /= 2;
-        }
+        group_tree(&mut tree, unit, group, true);
 
         // Probabilities relative to each head's maximum (0 past the context).
         #[unroll]
@@ -134,18 +123,7 @@ fn partition_kernel<Q: Float, C: Float>(
             tree[h * PARTITION + unit] = scores[h * PARTITION + unit];
         }
         sync_cube();
-        let mut stride = comptime!(PARTITION / 2).runtime();
-        while stride > 0 {
-            if unit < stride {
-                #[unroll]
-                for h in 0..group {
-                    let at = h * PARTITION + unit;
-                    tree[at] += tree[at + stride];
-                }
-            }
-            sync_cube();
-            stride /= 2;
-        }
+        group_tree(&mut tree, unit, group, false);
 
         // One value dimension per unit, every position of the partition, the whole group.
         let mut d = unit;
@@ -172,6 +150,33 @@ fn partition_kernel<Q: Float, C: Float>(
             partial_max[at] = head_max[unit];
             partial_sum[at] = tree[unit * PARTITION];
         }
+    }
+}
+
+/// Folds each head's `PARTITION` values of `tree` into its first (maximum or sum), every head
+/// of the group in the same sweep: one barrier per level for all of them.
+#[cube]
+fn group_tree(
+    tree: &mut Shared<[f32]>,
+    unit: usize,
+    #[comptime] group: usize,
+    #[comptime] maximum: bool,
+) {
+    let mut stride = comptime!(PARTITION / 2).runtime();
+    while stride > 0 {
+        if unit < stride {
+            #[unroll]
+            for h in 0..group {
+                let at = h * PARTITION + unit;
+                if comptime!(maximum) {
+                    tree[at] = max(tree[at], tree[at + stride]);
+                } else {
+                    tree[at] += tree[at + stride];
+                }
+            }
+        }
+        sync_cube();
+        stride /= 2;
     }
 }
 

@@ -12,36 +12,52 @@ use cubecl::prelude::*;
 /// the function returns.
 #[cube]
 pub(crate) fn cube_sum(shared: &mut Shared<[f32]>, value: f32, #[comptime] units: usize) -> f32 {
-    let unit = UNIT_POS as usize;
-    // The units still reading the previous reduction's result out of `shared[0]`.
-    sync_cube();
-    shared[unit] = value;
-    sync_cube();
-    let mut stride = comptime!(units / 2).runtime();
-    while stride > 0 {
-        if unit < stride {
-            shared[unit] += shared[unit + stride];
-        }
-        sync_cube();
-        stride /= 2;
-    }
-    shared[0]
+    cube_reduce(shared, value, units, false)
 }
 
 /// The maximum of every unit's `value`, as [`cube_sum`].
 #[cube]
 pub(crate) fn cube_max(shared: &mut Shared<[f32]>, value: f32, #[comptime] units: usize) -> f32 {
+    cube_reduce(shared, value, units, true)
+}
+
+#[cube]
+fn cube_reduce(
+    shared: &mut Shared<[f32]>,
+    value: f32,
+    #[comptime] units: usize,
+    #[comptime] maximum: bool,
+) -> f32 {
     let unit = UNIT_POS as usize;
+    // The units still reading the previous reduction's result out of `shared[0]`.
     sync_cube();
     shared[unit] = value;
     sync_cube();
-    let mut stride = comptime!(units / 2).runtime();
+    tree(shared, unit, units, maximum);
+    shared[0]
+}
+
+/// Folds each aligned run of `width` values of `shared` into its first (sum or maximum): the
+/// unit owning `slot` (its value's index) works on its run's `slot % width`. Every unit of the
+/// cube calls it (it synchronises); `width` is a power of two.
+#[cube]
+pub(crate) fn tree(
+    shared: &mut Shared<[f32]>,
+    slot: usize,
+    #[comptime] width: usize,
+    #[comptime] maximum: bool,
+) {
+    let lane = slot % width;
+    let mut stride = comptime!(width / 2).runtime();
     while stride > 0 {
-        if unit < stride {
-            shared[unit] = max(shared[unit], shared[unit + stride]);
+        if lane < stride {
+            if comptime!(maximum) {
+                shared[slot] = max(shared[slot], shared[slot + stride]);
+            } else {
+                shared[slot] += shared[slot + stride];
+            }
         }
         sync_cube();
         stride /= 2;
     }
-    shared[0]
 }

@@ -175,14 +175,22 @@ pub fn time_runs(
         synchronize(client)?;
         times.push(started.elapsed().as_secs_f64());
     }
-    times.sort_by(f64::total_cmp);
-    let at = |q: f64| times[((times.len() - 1) as f64 * q).round() as usize];
-    Ok(Timing {
-        median: at(0.5),
-        p10: at(0.1),
-        p90: at(0.9),
-        runs: times.len(),
-    })
+    Ok(Timing::from_samples(times))
+}
+
+impl Timing {
+    /// The median and percentiles of `seconds` (nearest rank; at least one sample).
+    pub fn from_samples(mut seconds: Vec<f64>) -> Self {
+        assert!(!seconds.is_empty(), "a timing of no runs");
+        seconds.sort_by(f64::total_cmp);
+        let at = |q: f64| seconds[((seconds.len() - 1) as f64 * q).round() as usize];
+        Timing {
+            median: at(0.5),
+            p10: at(0.1),
+            p90: at(0.9),
+            runs: seconds.len(),
+        }
+    }
 }
 
 #[cube(launch)]

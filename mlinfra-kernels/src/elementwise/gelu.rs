@@ -6,8 +6,9 @@
 
 use cubecl::prelude::*;
 
-use super::{checked, grid, poisoned, read, upload};
+use super::grid;
 use crate::Result;
+use crate::device::DeviceBuffer;
 
 const SQRT_2_OVER_PI: f64 = 0.797_884_560_802_865_4;
 const CUBIC_COEFF: f64 = 0.044_715;
@@ -32,22 +33,18 @@ fn gelu_tanh_kernel<F: Float>(input: &[F], output: &mut [F]) {
 /// [`Error::Device`](crate::Error::Device) when the runtime fails to run or read back the
 /// kernel.
 pub fn gelu_tanh(client: &Client, input: &[f32]) -> Result<Vec<f32>> {
-    let len = checked::<f32>(client, "gelu_tanh", &[input.len()])?;
-    if len == 0 {
-        return Ok(Vec::new());
+    let output = DeviceBuffer::<f32>::poisoned(client, input.len());
+    if !input.is_empty() {
+        let (cube_count, cube_dim) = grid(client, input.len());
+        gelu_tanh_kernel::launch::<f32>(
+            client,
+            cube_count,
+            cube_dim,
+            DeviceBuffer::from_slice(client, input).arg(),
+            output.arg(),
+        );
     }
-    let output = poisoned::<f32>(client, len);
-    let (cube_count, cube_dim) = grid(client, len);
-    gelu_tanh_kernel::launch::<f32>(
-        client,
-        cube_count,
-        cube_dim,
-        // SAFETY: each handle was just allocated for exactly `len` f32 elements.
-        unsafe { BufferArg::from_raw_parts(upload(client, input), len) },
-        // SAFETY: as above.
-        unsafe { BufferArg::from_raw_parts(output.clone(), len) },
-    );
-    read(client, output, "gelu_tanh")
+    output.to_vec(client, "gelu_tanh")
 }
 
 /// The naive f64 twin of [`gelu_tanh`]: the oracle its tests compare against.

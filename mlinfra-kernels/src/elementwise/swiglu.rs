@@ -14,7 +14,7 @@
 
 use cubecl::prelude::*;
 
-use super::{Element, checked, grid, poisoned, read, upload};
+use super::{Element, grid};
 use crate::Result;
 use crate::device::{DeviceBuffer, require, supported};
 
@@ -60,24 +60,8 @@ fn swiglu_backward_kernel<F: Float>(
 /// [`Error::Unsupported`](crate::Error::Unsupported) when the runtime lacks `E`;
 /// [`Error::Device`](crate::Error::Device) when it fails to run or read back the kernel.
 pub fn swiglu<E: Element>(client: &Client, gate: &[E], up: &[E]) -> Result<Vec<E>> {
-    let len = checked::<E>(client, "swiglu", &[gate.len(), up.len()])?;
-    if len == 0 {
-        return Ok(Vec::new());
-    }
-    let out = poisoned::<E>(client, len);
-    let (cube_count, cube_dim) = grid(client, len);
-    swiglu_kernel::launch::<E>(
-        client,
-        cube_count,
-        cube_dim,
-        // SAFETY: each handle was just allocated for exactly `len` elements of `E`.
-        unsafe { BufferArg::from_raw_parts(upload(client, gate), len) },
-        // SAFETY: as above.
-        unsafe { BufferArg::from_raw_parts(upload(client, up), len) },
-        // SAFETY: as above.
-        unsafe { BufferArg::from_raw_parts(out.clone(), len) },
-    );
-    read(client, out, "swiglu")
+    let upload = |values: &[E]| DeviceBuffer::from_slice(client, values);
+    swiglu_on_device(client, &upload(gate), &upload(up))?.to_vec(client, "swiglu")
 }
 
 /// The backward of [`swiglu`] for the upstream gradient `grad`: `(d gate, d up)`.
@@ -91,34 +75,12 @@ pub fn swiglu_backward<E: Element>(
     up: &[E],
     grad: &[E],
 ) -> Result<(Vec<E>, Vec<E>)> {
-    let len = checked::<E>(
-        client,
-        "swiglu_backward",
-        &[gate.len(), up.len(), grad.len()],
-    )?;
-    if len == 0 {
-        return Ok((Vec::new(), Vec::new()));
-    }
-    let (grad_gate, grad_up) = (poisoned::<E>(client, len), poisoned::<E>(client, len));
-    let (cube_count, cube_dim) = grid(client, len);
-    swiglu_backward_kernel::launch::<E>(
-        client,
-        cube_count,
-        cube_dim,
-        // SAFETY: each handle was just allocated for exactly `len` elements of `E`.
-        unsafe { BufferArg::from_raw_parts(upload(client, gate), len) },
-        // SAFETY: as above.
-        unsafe { BufferArg::from_raw_parts(upload(client, up), len) },
-        // SAFETY: as above.
-        unsafe { BufferArg::from_raw_parts(upload(client, grad), len) },
-        // SAFETY: as above.
-        unsafe { BufferArg::from_raw_parts(grad_gate.clone(), len) },
-        // SAFETY: as above.
-        unsafe { BufferArg::from_raw_parts(grad_up.clone(), len) },
-    );
+    let upload = |values: &[E]| DeviceBuffer::from_slice(client, values);
+    let (grad_gate, grad_up) =
+        swiglu_backward_on_device(client, &upload(gate), &upload(up), &upload(grad))?;
     Ok((
-        read(client, grad_gate, "swiglu_backward")?,
-        read(client, grad_up, "swiglu_backward")?,
+        grad_gate.to_vec(client, "swiglu_backward")?,
+        grad_up.to_vec(client, "swiglu_backward")?,
     ))
 }
 
