@@ -12,11 +12,13 @@ use cubecl::prelude::*;
 
 use crate::{Error, Result};
 
-/// The float element types the kernels take: f32 everywhere, f16 where the runtime has it
-/// ([`Error::Unsupported`] where it does not). Kernels accumulate in f32 whatever the element.
+/// The float element types the kernels take: f32 everywhere; f16 and bf16 where the runtime
+/// has them ([`Error::Unsupported`] where it does not: lavapipe has f16, no bf16). The type is a
+/// comptime choice (each kernel compiles per element type); sums run in f32 whatever it is.
 pub trait Element: Float + CubeElement {}
 impl Element for f32 {}
 impl Element for half::f16 {}
+impl Element for half::bf16 {}
 
 /// `len` values of `T` in device memory.
 #[derive(Debug, Clone)]
@@ -117,9 +119,15 @@ pub fn synchronize(client: &Client) -> Result<()> {
     })
 }
 
+/// Whether `client`'s runtime has the element type `E` (f32 always; f16 and bf16 depend on
+/// the device).
+pub fn supports<E: Element>(client: &Client) -> bool {
+    client.properties().supports_type(E::elem_type_native())
+}
+
 /// `Ok` when the runtime has the element type `E`.
 pub(crate) fn supported<E: Element>(client: &Client, kernel: &'static str) -> Result<()> {
-    if client.properties().supports_type(E::elem_type_native()) {
+    if supports::<E>(client) {
         Ok(())
     } else {
         Err(Error::Unsupported {

@@ -69,7 +69,7 @@ mod reduce;
 pub mod roofline;
 pub mod wgpu;
 
-pub use device::{DeviceBuffer, Element, synchronize};
+pub use device::{DeviceBuffer, Element, supports, synchronize};
 
 pub use elementwise::gelu::{gelu_tanh, gelu_tanh_reference};
 pub use elementwise::swiglu::{

@@ -231,3 +231,50 @@ fn rms_norm_refuses_operands_that_do_not_fit() {
         })
     ));
 }
+
+/// bf16 is a comptime choice like f16: where the runtime has it (not lavapipe) the norm runs
+/// within bf16's tolerance (relative step 2^-8), elsewhere it is a typed error, not a panic or
+/// a wrong answer.
+#[test]
+fn rms_norm_in_bf16_runs_where_the_runtime_has_it_and_is_refused_elsewhere() {
+    use half::bf16;
+    let device = software_device().unwrap_or_else(|error| panic!("{error}"));
+    let client = device.client();
+    let cols = 300;
+    let x: Vec<bf16> = (0..2 * cols)
+        .map(|i| bf16::from_f32((i % 17) as f32 / 4.0 - 2.0))
+        .collect();
+    let w: Vec<bf16> = (0..cols)
+        .map(|i| bf16::from_f32(1.0 + (i % 5) as f32 / 10.0))
+        .collect();
+    let out = rms_norm(
+        &client,
+        &DeviceBuffer::from_slice(&client, &x),
+        None,
+        &DeviceBuffer::from_slice(&client, &w),
+        EPS,
+    );
+    if !mlinfra_kernels::supports::<bf16>(&client) {
+        assert!(
+            matches!(
+                out,
+                Err(Error::Unsupported {
+                    kernel: "rms_norm",
+                    ..
+                })
+            ),
+            "{out:?}"
+        );
+        return;
+    }
+    let normed = out.unwrap().normed.to_vec(&client, "rms_norm").unwrap();
+    let wide = |v: &[bf16]| -> Vec<f64> { v.iter().map(|x| f64::from(x.to_f32())).collect() };
+    for row in 0..2 {
+        let span = row * cols..(row + 1) * cols;
+        let (want, _) =
+            rms_norm_reference(&wide(&x[span.clone()]), None, &wide(&w), f64::from(EPS));
+        for (g, w) in wide(&normed[span]).iter().zip(&want) {
+            assert!((g - w).abs() <= 2e-2 * w.abs().max(1.0), "{g} vs {w}");
+        }
+    }
+}
