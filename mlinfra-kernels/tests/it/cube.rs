@@ -19,6 +19,10 @@ const NEW_TOKENS: usize = 16;
 /// Per prefill row, `max |Δ| / (max − min)` of burn's f32 logits: the CPU kernels' bound
 /// (`host.rs`), the device path having their 8-bit activations and f16 cache.
 const RELATIVE_TOLERANCE: f32 = 0.08;
+/// The forked decode against the CPU kernels: the same 8-bit activations and f16 cache; sums in
+/// another order and the CPU attention's polynomial `exp` (measured 0.021). A copy that does
+/// not reach the device moves the greedy choice itself (checked by disabling it).
+const FORK_TOLERANCE: f32 = 0.05;
 /// The same with f32 activations: f32 arithmetic and the f16 cache (measured 0.0006).
 const F32_TOLERANCE: f32 = 0.005;
 
@@ -130,4 +134,68 @@ fn smollm2_on_the_cubecl_kernels_gives_the_cpu_and_f32_references_greedy_tokens(
         worst_f32 < F32_TOLERANCE,
         "f32: max |Δ| / spread = {worst_f32}"
     );
+}
+
+/// Copy-on-write reaches the device copy of the cache: a sequence forked from a prompt's
+/// partial block (serve copies the block, `kv_blocks_copied`), both branches decoding in one
+/// step, gives the CPU kernels' logits.
+#[test]
+fn a_forked_sequence_reads_its_copied_block_on_the_device() {
+    let Some(path) = mlinfra_test_utils::model(MODEL) else {
+        return;
+    };
+    let adapter = software_device().unwrap_or_else(|error| panic!("{error}"));
+    let file = GgufFile::open(&path).unwrap();
+    let tokenizer = mlinfra_data::tokenizer::Tokenizer::from_gguf(&file).unwrap();
+    let prompt = tokenizer.encode("The capital of France is").unwrap();
+    let kernels = CubeKernels::new(adapter.client(), adapter.adapter_name());
+    let mut device = HostLlamaRunner::from_gguf(&file, Box::new(kernels), 4, BLOCK).unwrap();
+    let mut cpu =
+        HostLlamaRunner::from_gguf(&file, Box::new(SimdKernels::new(2)), 4, BLOCK).unwrap();
+    let at = prompt.len();
+    let fork = StepBatch {
+        // Sequence 1 forks from sequence 0: its copy of block 0 is block 1.
+        copies: vec![mlinfra_serve::kv::BlockCopy { src: 0, dst: 1 }],
+        tokens: vec![7042, 3_000],
+        positions: vec![at, at],
+        seqs: vec![
+            StepSeq {
+                id: 0,
+                query_start: 0,
+                query_len: 1,
+                context_len: at + 1,
+                block_table: vec![0],
+                adapter: None,
+            },
+            StepSeq {
+                id: 1,
+                query_start: 1,
+                query_len: 1,
+                context_len: at + 1,
+                block_table: vec![1],
+                adapter: None,
+            },
+        ],
+        logit_rows: vec![0, 1],
+    };
+    let mut worst = 0f32;
+    for runner in [&mut device, &mut cpu] {
+        runner.execute(&step(&prompt, 0, &[0])).unwrap();
+    }
+    let (got, want) = (device.execute(&fork).unwrap(), cpu.execute(&fork).unwrap());
+    for (g, w) in got.iter().zip(want.iter()) {
+        let spread =
+            w.iter().fold(f32::MIN, |m, &v| m.max(v)) - w.iter().fold(f32::MAX, |m, &v| m.min(v));
+        let diff = g
+            .iter()
+            .zip(w)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        worst = worst.max(diff / spread);
+        assert_eq!(argmax(g), argmax(w));
+    }
+    log_line(&format!(
+        "forked decode, cubecl vs CPU kernels: worst max|Δ|/spread {worst:.5}"
+    ));
+    assert!(worst < FORK_TOLERANCE, "{worst}");
 }
