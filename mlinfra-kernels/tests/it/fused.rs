@@ -33,12 +33,8 @@ impl ModuleVisitor for Grads<'_> {
     }
 }
 
-#[test]
-fn a_llama_training_step_with_the_fused_kernels_matches_the_composed_step() {
-    let adapter = software_device().unwrap_or_else(|error| panic!("{error}"));
-    let device = Device::from(adapter.device().clone()).autodiff();
-    mlinfra_kernels::fused::install();
-    let config = LlamaConfig {
+fn config() -> LlamaConfig {
+    LlamaConfig {
         vocab_size: 300,
         hidden_size: 64,
         intermediate_size: 160,
@@ -50,14 +46,66 @@ fn a_llama_training_step_with_the_fused_kernels_matches_the_composed_step() {
         rope_theta: 10_000.0,
         max_seq_len: 32,
         tie_embeddings: false,
-    };
-    let model = config.init(11, &device).unwrap();
+    }
+}
+
+fn tokens(config: &LlamaConfig, device: &Device) -> Tensor<2, Int> {
     let mut rng = SplitMix64::new(0x11a);
     let (batch, seq) = (2, 13);
     let ids: Vec<i64> = (0..batch * seq)
         .map(|_| (rng.next_u64() % config.vocab_size as u64) as i64)
         .collect();
-    let tokens = Tensor::<2, Int>::from_data(TensorData::new(ids, [batch, seq]), &device);
+    Tensor::<2, Int>::from_data(TensorData::new(ids, [batch, seq]), device)
+}
+
+/// Without autodiff (inference on the device) the fused forward steps give the composed
+/// logits and loss.
+#[test]
+fn the_fused_kernels_serve_inference_on_the_device_too() {
+    let adapter = software_device().unwrap_or_else(|error| panic!("{error}"));
+    let device = Device::from(adapter.device().clone());
+    mlinfra_kernels::fused::install();
+    let config = config();
+    let model = config.init(5, &device).unwrap();
+    let tokens = tokens(&config, &device);
+    let run = || {
+        let logits = model.forward(tokens.clone()).unwrap();
+        let loss = model
+            .next_token_loss(tokens.clone())
+            .unwrap()
+            .into_scalar::<f32>();
+        let logits = logits
+            .into_data()
+            .convert::<f32>()
+            .try_into_vec::<f32>()
+            .unwrap();
+        (logits, loss)
+    };
+    let ((fused_logits, fused_loss), (logits, loss)) = (run(), without_fused_ops(run));
+    assert!(
+        (fused_loss - loss).abs() <= LOSS_TOLERANCE * loss.abs(),
+        "loss {fused_loss} vs {loss}"
+    );
+    let scale = logits.iter().fold(1e-3f32, |m, v| m.max(v.abs()));
+    let diff = fused_logits
+        .iter()
+        .zip(&logits)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    assert!(
+        diff <= GRAD_TOLERANCE * scale,
+        "logits: max |Δ| {diff} at scale {scale}"
+    );
+}
+
+#[test]
+fn a_llama_training_step_with_the_fused_kernels_matches_the_composed_step() {
+    let adapter = software_device().unwrap_or_else(|error| panic!("{error}"));
+    let device = Device::from(adapter.device().clone()).autodiff();
+    mlinfra_kernels::fused::install();
+    let config = config();
+    let model = config.init(11, &device).unwrap();
+    let tokens = tokens(&config, &device);
 
     let step = || {
         let loss = model.next_token_loss(tokens.clone()).unwrap();
