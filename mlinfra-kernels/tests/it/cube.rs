@@ -5,9 +5,10 @@
 
 use burn::tensor::Device;
 use mlinfra_data::tensor::GgufFile;
+use mlinfra_data::tokenizer::Tokenizer;
 use mlinfra_kernels::cpu::SimdKernels;
 use mlinfra_kernels::cube::{Activations, CubeKernels};
-use mlinfra_kernels::wgpu::software_device;
+use mlinfra_kernels::wgpu::{Adapter, software_device};
 use mlinfra_serve::host::{HostKernels, HostLlamaRunner};
 use mlinfra_serve::runner::{LlamaRunner, ModelRunner};
 use mlinfra_serve::sched::{StepBatch, StepSeq};
@@ -68,15 +69,34 @@ fn greedy(runner: &mut dyn ModelRunner, prompt: &[u32]) -> (Vec<Vec<f32>>, Vec<u
     (rows, ids)
 }
 
-#[test]
-fn smollm2_on_the_cubecl_kernels_gives_the_cpu_and_f32_references_greedy_tokens() {
-    let Some(path) = mlinfra_test_utils::model(MODEL) else {
-        return;
-    };
+/// The software adapter, SmolLM2, its tokenizer and the prompt's ids; `None` (a printed skip,
+/// a failure under `CI=true`) without the model.
+fn model_and_prompt() -> Option<(Adapter, GgufFile, Tokenizer, Vec<u32>)> {
+    let path = mlinfra_test_utils::model(MODEL)?;
     let adapter = software_device().unwrap_or_else(|error| panic!("{error}"));
     let file = GgufFile::open(&path).unwrap();
-    let tokenizer = mlinfra_data::tokenizer::Tokenizer::from_gguf(&file).unwrap();
+    let tokenizer = Tokenizer::from_gguf(&file).unwrap();
     let prompt = tokenizer.encode("The capital of France is").unwrap();
+    Some((adapter, file, tokenizer, prompt))
+}
+
+/// `max |got − want| / (max − min of want)`: a logits row's error against its spread.
+fn relative_error(got: &[f32], want: &[f32]) -> f32 {
+    let spread =
+        want.iter().fold(f32::MIN, |m, &v| m.max(v)) - want.iter().fold(f32::MAX, |m, &v| m.min(v));
+    let diff = got
+        .iter()
+        .zip(want)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    diff / spread
+}
+
+#[test]
+fn smollm2_on_the_cubecl_kernels_gives_the_cpu_and_f32_references_greedy_tokens() {
+    let Some((adapter, file, tokenizer, prompt)) = model_and_prompt() else {
+        return;
+    };
     let blocks = (prompt.len() + NEW_TOKENS).div_ceil(BLOCK);
 
     let kernels = CubeKernels::new(adapter.client(), adapter.adapter_name());
@@ -95,18 +115,10 @@ fn smollm2_on_the_cubecl_kernels_gives_the_cpu_and_f32_references_greedy_tokens(
     let (exact_rows, exact_ids) = greedy(&mut exact, &prompt);
 
     let worst = |rows: &[Vec<f32>]| -> f32 {
-        let mut worst = 0f32;
-        for (got, want) in rows.iter().zip(&reference_rows) {
-            let spread = want.iter().fold(f32::MIN, |m, &v| m.max(v))
-                - want.iter().fold(f32::MAX, |m, &v| m.min(v));
-            let diff = got
-                .iter()
-                .zip(want)
-                .map(|(a, b)| (a - b).abs())
-                .fold(0f32, f32::max);
-            worst = worst.max(diff / spread);
-        }
-        worst
+        rows.iter()
+            .zip(&reference_rows)
+            .map(|(got, want)| relative_error(got, want))
+            .fold(0f32, f32::max)
     };
     let (worst_q8_1, worst_f32) = (worst(&device_rows), worst(&exact_rows));
     let text = |ids: &[u32]| tokenizer.decode(ids).unwrap().replace('\n', "\\n");
@@ -141,13 +153,9 @@ fn smollm2_on_the_cubecl_kernels_gives_the_cpu_and_f32_references_greedy_tokens(
 /// step, gives the CPU kernels' logits.
 #[test]
 fn a_forked_sequence_reads_its_copied_block_on_the_device() {
-    let Some(path) = mlinfra_test_utils::model(MODEL) else {
+    let Some((adapter, file, _, prompt)) = model_and_prompt() else {
         return;
     };
-    let adapter = software_device().unwrap_or_else(|error| panic!("{error}"));
-    let file = GgufFile::open(&path).unwrap();
-    let tokenizer = mlinfra_data::tokenizer::Tokenizer::from_gguf(&file).unwrap();
-    let prompt = tokenizer.encode("The capital of France is").unwrap();
     let kernels = CubeKernels::new(adapter.client(), adapter.adapter_name());
     let mut device = HostLlamaRunner::from_gguf(&file, Box::new(kernels), 4, BLOCK).unwrap();
     let mut cpu =
@@ -184,14 +192,7 @@ fn a_forked_sequence_reads_its_copied_block_on_the_device() {
     }
     let (got, want) = (device.execute(&fork).unwrap(), cpu.execute(&fork).unwrap());
     for (g, w) in got.iter().zip(want.iter()) {
-        let spread =
-            w.iter().fold(f32::MIN, |m, &v| m.max(v)) - w.iter().fold(f32::MAX, |m, &v| m.min(v));
-        let diff = g
-            .iter()
-            .zip(w)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0f32, f32::max);
-        worst = worst.max(diff / spread);
+        worst = worst.max(relative_error(g, w));
         assert_eq!(argmax(g), argmax(w));
     }
     log_line(&format!(
