@@ -17,6 +17,7 @@ use mlinfra_kernels::norm::{rms_norm, rms_norm_backward};
 use mlinfra_kernels::paged_attention::{
     AttentionBatch, PagedKv, paged_attention as device_attention,
 };
+use mlinfra_kernels::prefill::{PrefillRoutine, prefill_attention};
 use mlinfra_kernels::{
     DeviceBuffer, gelu_tanh, gelu_tanh_reference, roofline, swiglu, swiglu_backward,
     swiglu_reference, synchronize, wgpu::software_device,
@@ -368,6 +369,42 @@ fn cubecl_kernels(c: &mut Criterion) {
             sync()
         })
     });
+
+    // Prefill of one prompt over the same cache (sequence 0's first positions), f32 queries:
+    // the paged kernel (each token reads its whole context) beside cubek's flash attention
+    // (the context gathered once, read once per query tile). Equal FLOPs; throughput in them.
+    let routine = PrefillRoutine::for_device(&client);
+    for prompt in [16, 64, 256] {
+        let positions: Vec<(usize, usize)> = (0..prompt).map(|p| (0, p)).collect();
+        let batch =
+            AttentionBatch::new(&client, &table_refs, &positions, block_size).expect("batch fits");
+        let q = DeviceBuffer::from_slice(&client, &values(prompt * heads * head_dim, 9));
+        group.throughput(Throughput::Elements(
+            roofline::prefill_attention(prompt, prompt, (heads, kv_heads, head_dim), 2, 4).flops,
+        ));
+        group.bench_function(format!("wgpu_software/prefill_paged_{prompt}_f16"), |b| {
+            b.iter(|| {
+                black_box(
+                    device_attention(&client, &q, heads, &cache, &batch, 0.125)
+                        .expect("kernel runs"),
+                );
+                sync()
+            })
+        });
+        // Compiled outside the measurement: lavapipe takes seconds to build cubek's kernel.
+        prefill_attention(&client, &q, heads, &cache, &tables[0], prompt, routine)
+            .expect("cubek runs here");
+        sync();
+        group.bench_function(format!("wgpu_software/prefill_cubek_{prompt}_f16"), |b| {
+            b.iter(|| {
+                black_box(
+                    prefill_attention(&client, &q, heads, &cache, &tables[0], prompt, routine)
+                        .expect("cubek runs here"),
+                );
+                sync()
+            })
+        });
+    }
     group.finish();
 }
 

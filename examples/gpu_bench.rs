@@ -34,6 +34,7 @@ use mlinfra_kernels::gemv::{DeviceWeights, quant_gemv, quant_gemv_q8_1, quantize
 use mlinfra_kernels::loss::{Targets, cross_entropy, cross_entropy_with_grad_in_place};
 use mlinfra_kernels::norm::{rms_norm, rms_norm_backward};
 use mlinfra_kernels::paged_attention::{AttentionBatch, PagedKv, paged_attention};
+use mlinfra_kernels::prefill::{PrefillRoutine, prefill_attention};
 use mlinfra_kernels::roofline::{self, Timing, Traffic, time_runs};
 use mlinfra_kernels::{DeviceBuffer, synchronize};
 use serde_json::json;
@@ -369,6 +370,47 @@ fn run() -> anyhow::Result<()> {
         roofline::paged_attention(&vec![context; seqs], heads, kv_heads, head_dim, 2, 4),
         timing,
         None,
+    );
+
+    // Prefill of one prompt over sequence 0's blocks, f32 queries: cubek's flash attention
+    // (the context gathered out of the paged cache, then read once per query tile) beside the
+    // paged kernel (each token reads its whole context). The same FLOPs; GB/s from each one's
+    // own minimum traffic.
+    let prompt = pick(context, 256);
+    let q = up(&values(prompt * heads * head_dim, 13));
+    let shape = format!("{prompt} {heads}/{kv_heads}x{head_dim}");
+    let mut routine = PrefillRoutine::for_device(&client);
+    let flash = || prefill_attention(&client, &q, heads, &cache, &tables[0], prompt, routine);
+    if let Err(mlinfra_kernels::Error::Unavailable { reason, .. }) = flash() {
+        println!("prefill: {routine:?} cannot run here ({reason}); the unit routine instead");
+        routine = PrefillRoutine::Unit;
+    }
+    let flash = time_runs(&client, runs, || {
+        prefill_attention(&client, &q, heads, &cache, &tables[0], prompt, routine).map(drop)
+    })?;
+    report.add(
+        &format!("prefill_cubek_{routine:?}_f16").to_lowercase(),
+        &shape,
+        roofline::prefill_attention(prompt, prompt, (heads, kv_heads, head_dim), 2, 4),
+        flash,
+        None,
+    );
+    let positions: Vec<(usize, usize)> = (0..prompt).map(|p| (0, p)).collect();
+    let batch = AttentionBatch::new(&client, &table_refs, &positions, block)?;
+    let paged = time_runs(&client, runs, || {
+        paged_attention(&client, &q, heads, &cache, &batch, scale).map(drop)
+    })?;
+    let attended: Vec<usize> = (1..=prompt).collect();
+    report.add(
+        "prefill_paged_f16",
+        &shape,
+        roofline::paged_attention(&attended, heads, kv_heads, head_dim, 2, 4),
+        paged,
+        None,
+    );
+    println!(
+        "prefill: cubek's flash attention {:.2}x the paged kernel",
+        paged.median / flash.median
     );
     drop((cache, batch, q));
 

@@ -14,7 +14,10 @@
 //!   whole on a layer's first step, then each step writes only its new tokens' keys and
 //!   values ([`PagedKv::store`]) and copy-on-write copies follow
 //!   ([`HostKernels::kv_blocks_copied`]). Then [`paged_attention`] with f32 queries and outputs,
-//!   whatever the cache's precision.
+//!   whatever the cache's precision. A sequence's prompt chunk of [`FLASH_MIN_TOKENS`] or more
+//!   tokens goes to cubek's flash attention instead ([`crate::prefill`], feature `prefill`):
+//!   12.7x the paged kernel on a 256-token prompt on lavapipe, 2x at 16 (docs/BENCHMARKS.md,
+//!   run K3); where cubek has no routine for the device, the paged kernel takes it.
 //! - Norms, RoPE and SwiGLU stay in the runner, on the host.
 //!
 //! The costs this layout leaves (the cache twice, a host round trip per linear layer: about
@@ -27,6 +30,7 @@ use std::sync::Mutex;
 use cubecl::prelude::*;
 use half::f16;
 use mlinfra_data::tensor::GgmlType;
+use mlinfra_serve::attention::SeqLayout;
 use mlinfra_serve::host::{
     AttentionStep, HostKernels, HostLinear, KvSlice, WeightBlocks, stacked_cols,
 };
@@ -39,6 +43,8 @@ use crate::cpu::matrix::WeightFormat;
 use crate::device::DeviceBuffer;
 use crate::gemv::{DeviceWeights, quant_gemv, quant_gemv_q8_1, quantize_q8_1};
 use crate::paged_attention::{AttentionBatch, PagedKv, paged_attention};
+#[cfg(feature = "prefill")]
+use crate::prefill::{PrefillRoutine, prefill_attention};
 
 type ServeResult<T> = mlinfra_serve::Result<T>;
 
@@ -54,11 +60,35 @@ pub enum Activations {
     F32,
 }
 
+/// Prompt chunks of at least this many tokens go to cubek's flash attention by default: the
+/// smallest chunk measured (16) already ran 2x the paged kernel on lavapipe.
+#[cfg(feature = "prefill")]
+pub const FLASH_MIN_TOKENS: usize = 16;
+
+/// How a sequence's prompt chunk attends.
+#[cfg(feature = "prefill")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Prefill {
+    /// Every token through the paged kernel.
+    Paged,
+    /// Chunks of at least `min_tokens` tokens through cubek's flash attention with `routine`
+    /// (the paged kernel where the routine cannot run here); shorter ones, and decode tokens,
+    /// through the paged kernel.
+    Flash {
+        /// cubek's routine.
+        routine: PrefillRoutine,
+        /// The smallest chunk it takes.
+        min_tokens: usize,
+    },
+}
+
 /// [`HostKernels`] on a cubecl device.
 pub struct CubeKernels {
     client: Client,
     device: String,
     activations: Activations,
+    #[cfg(feature = "prefill")]
+    prefill: Prefill,
     /// Each layer's cache copy, made on its first step.
     caches: Mutex<Vec<Option<LayerCache>>>,
 }
@@ -108,13 +138,27 @@ impl std::fmt::Debug for CubeKernels {
 
 impl CubeKernels {
     /// Kernels launched on `client`; `device` names it in [`HostKernels::describe`].
+    /// Prompt chunks of [`FLASH_MIN_TOKENS`] or more go to cubek's flash attention with the
+    /// device's routine ([`PrefillRoutine::for_device`]).
     pub fn new(client: Client, device: impl Into<String>) -> Self {
         Self {
+            #[cfg(feature = "prefill")]
+            prefill: Prefill::Flash {
+                routine: PrefillRoutine::for_device(&client),
+                min_tokens: FLASH_MIN_TOKENS,
+            },
             client,
             device: device.into(),
             activations: Activations::default(),
             caches: Mutex::new(Vec::new()),
         }
+    }
+
+    /// With prompt chunks attending as `prefill` says.
+    #[cfg(feature = "prefill")]
+    pub fn with_prefill(mut self, prefill: Prefill) -> Self {
+        self.prefill = prefill;
+        self
     }
 
     /// With the linear layers taking `activations`.
@@ -136,6 +180,20 @@ impl CubeKernels {
         ))
     }
 
+    fn prefill_description(&self) -> String {
+        #[cfg(feature = "prefill")]
+        if let Prefill::Flash {
+            routine,
+            min_tokens,
+        } = self.prefill
+        {
+            return format!(
+                ", prompt chunks of {min_tokens}+ tokens by cubek's flash attention ({routine:?})"
+            );
+        }
+        String::new()
+    }
+
     fn failed(&self, what: String) -> impl FnOnce(crate::Error) -> mlinfra_serve::Error {
         let device = self.device.clone();
         move |source| mlinfra_serve::Error::Kernels {
@@ -149,8 +207,9 @@ impl HostKernels for CubeKernels {
     fn describe(&self) -> String {
         format!(
             "cubecl kernels, {}: dequantize-GEMV on Q8_0/Q4_0/Q4_1 blocks (other types as Q8_0), \
-             split-K paged attention; norms, RoPE and SwiGLU on the host",
-            self.device
+             split-K paged attention{}; norms, RoPE and SwiGLU on the host",
+            self.device,
+            self.prefill_description()
         )
     }
 
@@ -299,25 +358,38 @@ impl CubeKernels {
         }
     }
 
-    /// The step's attention over `cache`, read back.
+    /// The step's attention over `cache`, read back: each long enough prompt chunk by the
+    /// flash kernel, every other token in one paged launch.
     fn attend<C: Element>(
         &self,
         step: &AttentionStep<'_>,
         cache: &PagedKv<C>,
     ) -> crate::Result<Vec<f32>> {
-        let tokens = step.seq_of_token.len();
-        let query_len = step.heads * step.head_dim;
-        let mut queries = Vec::with_capacity(tokens * query_len);
-        let mut positions = Vec::with_capacity(tokens);
-        for token in 0..tokens {
-            let row = &step.qkv[token * step.qkv_width..];
-            queries.extend_from_slice(&row[..query_len]);
-            positions.push((step.seq_of_token[token], step.position(token * step.heads)));
+        let row = step.heads * step.head_dim;
+        let mut out = vec![0f32; step.seq_of_token.len() * row];
+        let mut paged_tokens = Vec::new();
+        for seq in &step.layout.seqs {
+            let tokens = seq.query_start..seq.query_start + seq.query_len;
+            if !self.flash_prefill(
+                step,
+                seq,
+                cache,
+                &mut out[tokens.start * row..tokens.end * row],
+            )? {
+                paged_tokens.extend(tokens);
+            }
         }
+        if paged_tokens.is_empty() {
+            return Ok(out);
+        }
+        let positions: Vec<(usize, usize)> = paged_tokens
+            .iter()
+            .map(|&token| (step.seq_of_token[token], step.position(token * step.heads)))
+            .collect();
         let tables: Vec<&[u32]> = step.layout.seqs.iter().map(|seq| seq.block_table).collect();
         let batch = AttentionBatch::new(&self.client, &tables, &positions, step.block_size)?;
-        let queries = DeviceBuffer::from_slice(&self.client, &queries);
-        paged_attention(
+        let queries = DeviceBuffer::from_slice(&self.client, &queries(step, &paged_tokens));
+        let attended = paged_attention(
             &self.client,
             &queries,
             step.heads,
@@ -325,8 +397,77 @@ impl CubeKernels {
             &batch,
             step.scale,
         )?
-        .to_vec(&self.client, "paged_attention")
+        .to_vec(&self.client, "paged_attention")?;
+        for (&token, rows) in paged_tokens.iter().zip(attended.chunks_exact(row)) {
+            out[token * row..][..row].copy_from_slice(rows);
+        }
+        Ok(out)
     }
+
+    /// `seq`'s chunk through cubek's flash attention into `out` (its tokens' rows), when the
+    /// chunk is long enough, the step's scale is cubek's `1/√head_dim` and the routine runs
+    /// here; `false` leaves it to the paged kernel.
+    #[cfg(feature = "prefill")]
+    fn flash_prefill<C: Element>(
+        &self,
+        step: &AttentionStep<'_>,
+        seq: &SeqLayout<'_>,
+        cache: &PagedKv<C>,
+        out: &mut [f32],
+    ) -> crate::Result<bool> {
+        let Prefill::Flash {
+            routine,
+            min_tokens,
+        } = self.prefill
+        else {
+            return Ok(false);
+        };
+        let cubeks_scale = 1.0 / (step.head_dim as f32).sqrt();
+        if seq.query_len < min_tokens.max(2)
+            || (step.scale - cubeks_scale).abs() > 1e-6 * cubeks_scale
+        {
+            return Ok(false);
+        }
+        let tokens: Vec<usize> = (seq.query_start..seq.query_start + seq.query_len).collect();
+        let queries = DeviceBuffer::from_slice(&self.client, &queries(step, &tokens));
+        match prefill_attention(
+            &self.client,
+            &queries,
+            step.heads,
+            cache,
+            seq.block_table,
+            seq.context_len,
+            routine,
+        ) {
+            Ok(attended) => {
+                out.copy_from_slice(&attended.to_vec(&self.client, "prefill_attention")?);
+                Ok(true)
+            }
+            Err(crate::Error::Unavailable { .. }) => Ok(false),
+            Err(error) => Err(error),
+        }
+    }
+
+    #[cfg(not(feature = "prefill"))]
+    fn flash_prefill<C: Element>(
+        &self,
+        _: &AttentionStep<'_>,
+        _: &SeqLayout<'_>,
+        _: &PagedKv<C>,
+        _: &mut [f32],
+    ) -> crate::Result<bool> {
+        Ok(false)
+    }
+}
+
+/// The queries of `tokens` (RoPE applied), one row of `heads · head_dim` each.
+fn queries(step: &AttentionStep<'_>, tokens: &[usize]) -> Vec<f32> {
+    let row = step.heads * step.head_dim;
+    let mut queries = Vec::with_capacity(tokens.len() * row);
+    for &token in tokens {
+        queries.extend_from_slice(&step.qkv[token * step.qkv_width..][..row]);
+    }
+    queries
 }
 
 /// Each token's slot this step.

@@ -72,6 +72,12 @@ impl<T: CubeElement> DeviceBuffer<T> {
         self.handle
     }
 
+    /// The memory, for launches that take tensors (cubek's) rather than slices.
+    #[cfg(feature = "prefill")]
+    pub(crate) fn handle(&self) -> &cubecl::server::Handle {
+        &self.handle
+    }
+
     /// Values held.
     pub fn len(&self) -> usize {
         self.len

@@ -34,6 +34,16 @@ pub enum Error {
         /// The element type.
         element: &'static str,
     },
+    /// A kernel library (cubek) has no routine for this device or shape (the machine: no
+    /// tensor cores or plane operations; or a shape outside its blueprints). The caller falls
+    /// back to another kernel.
+    #[error("kernel `{kernel}` cannot run here: {reason}")]
+    Unavailable {
+        /// The kernel that was asked to run.
+        kernel: &'static str,
+        /// Why, as the library says it.
+        reason: Box<str>,
+    },
     /// Weights in a block format the kernel does not take (the caller).
     #[error("kernel `{kernel}` does not take {format} weights")]
     Format {

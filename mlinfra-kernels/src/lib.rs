@@ -15,6 +15,8 @@
 //!   - [`elementwise`]: the fused SwiGLU ([`swiglu`], [`swiglu_backward`]) and GELU;
 //!   - [`paged_attention`]: decode (and prefill) attention over serve's paged KV cache,
 //!     query groups per cube (GQA) and split-K partitions (vLLM's v2, FlashDecoding);
+//!   - [`prefill`]: a prompt chunk's causal attention by cubek's flash attention, its context
+//!     gathered out of the paged cache (where a cubek routine runs on the device);
 //!   - [`gemv`]: dequantize-GEMV on Q8_0 / Q4_0 / Q4_1 blocks, f32 or Q8_1 activations;
 //!   - [`roofline`]: each kernel's bytes and FLOPs for a shape, what benchmarks divide by.
 //!
@@ -45,6 +47,7 @@
 //! | Name | Description | Default? |
 //! |---|---|---|
 //! | `fused` | [`fused`]: train's fused ops on burn's cubecl backend (burn's `wgpu` backend built) | yes |
+//! | `prefill` | [`prefill`]: cubek's flash attention for prompt chunks (cubek-attention built; in the tree already under `fused`) | yes |
 //! | `cuda` | cubecl's CUDA runtime and burn's CUDA backend (links with `scripts/setup-cuda-build`, docs/CUDA.md) | no |
 //!
 //! The `wgpu` runtime (and burn's cubecl backend on it) is always compiled: it needs no SDK at
@@ -65,6 +68,8 @@ pub mod gemv;
 pub mod loss;
 pub mod norm;
 pub mod paged_attention;
+#[cfg(feature = "prefill")]
+pub mod prefill;
 mod reduce;
 pub mod roofline;
 pub mod wgpu;

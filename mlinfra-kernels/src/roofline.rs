@@ -122,6 +122,33 @@ pub fn paged_attention(
     )
 }
 
+/// Causal prefill of a sequence's last `tokens` positions over a `context`-position cache of
+/// `cache_bytes` per value, as [`crate::prefill::prefill_attention`] runs it: the context
+/// gathered once into dense `element_bytes` buffers (read and written), then read once by the
+/// flash kernel, queries in and outputs out. FLOPs as [`paged_attention`]'s for the same
+/// tokens (the causal triangle only).
+pub fn prefill_attention(
+    tokens: usize,
+    context: usize,
+    (heads, kv_heads, head_dim): (usize, usize, usize),
+    cache_bytes: usize,
+    element_bytes: usize,
+) -> Traffic {
+    let kv_values = 2 * context * kv_heads * head_dim;
+    let attended = causal_positions(tokens, context);
+    Traffic::new(
+        kv_values * (cache_bytes + 2 * element_bytes)
+            + 2 * tokens * heads * head_dim * element_bytes,
+        4 * attended * heads * head_dim + 5 * attended * heads,
+    )
+}
+
+/// Positions attended by a sequence's last `tokens` positions of `context`, each attending
+/// to itself and every earlier one.
+pub fn causal_positions(tokens: usize, context: usize) -> usize {
+    tokens * (context - tokens) + tokens * (tokens + 1) / 2
+}
+
 /// Dequantize-GEMV of `tokens` tokens through a `rows × cols` matrix of `weight_bytes` in
 /// device memory ([`crate::gemv::DeviceWeights::resident_bytes`]): the weights read once,
 /// activations in and outputs out in `activation_bytes` per value; one multiply-add per
@@ -246,5 +273,20 @@ mod tests {
         let t = quant_gemv(4096, 4096, 1, 4096 * 4096 / 32 * 20, 4);
         assert_eq!(t.bytes, 10_485_760 + 8192 * 4);
         assert_eq!(t.flops, 2 * 4096 * 4096);
+    }
+
+    #[test]
+    fn a_whole_prompt_attends_to_the_causal_triangle_as_the_paged_kernel_counts_it() {
+        // Three tokens after a two-position prefix attend to 3, 4 and 5 positions.
+        assert_eq!(causal_positions(3, 5), 12);
+        let prompt = 512;
+        let attended: Vec<usize> = (1..=prompt).collect();
+        let paged = paged_attention(&attended, 9, 3, 64, 2, 4);
+        let flash = prefill_attention(prompt, prompt, (9, 3, 64), 2, 4);
+        assert_eq!(flash.flops, paged.flops);
+        // The context moves a constant number of times, not once per token: 2 · 512 · 3 · 64
+        // values at 2 + 2 · 4 bytes, and the queries and outputs.
+        assert_eq!(flash.bytes, 196_608 * 10 + 2 * 512 * 9 * 64 * 4);
+        assert!(flash.intensity() > 20.0 * paged.intensity());
     }
 }

@@ -12,6 +12,8 @@ mod loss;
 mod matrix;
 mod norm;
 mod paged_attention;
+#[cfg(feature = "prefill")]
+mod prefill;
 mod quant;
 mod runtime;
 mod swiglu;
