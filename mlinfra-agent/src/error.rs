@@ -1,15 +1,54 @@
 //! The error type of `mlinfra-agent`.
 
+use std::path::PathBuf;
+
 /// Errors returned by `mlinfra-agent`.
 ///
-/// Each variant documents who is at fault: the caller (a tool request), the machine, or a lower
-/// layer.
+/// Each variant documents who is at fault: the caller (a tool request), the operator (the
+/// server's configuration), the machine, or a lower layer.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
     /// A kernel or device request failed in the layers below.
     #[error(transparent)]
     Kernels(#[from] mlinfra_kernels::Error),
+    /// A dataset could not be opened or read (the file, or the caller's request).
+    #[error(transparent)]
+    Data(#[from] mlinfra_data::Error),
+    /// The data root is not a usable directory (the operator).
+    #[error("data root {}: {reason}", path.display())]
+    DataRoot {
+        /// The directory given.
+        path: PathBuf,
+        /// Why it cannot serve.
+        reason: Box<str>,
+    },
+    /// A path a client named is refused (the caller): outside the data root, a traversal, a
+    /// URI or glob, or missing.
+    #[error("path `{path}` refused: {reason}")]
+    PathRefused {
+        /// The path as the client sent it.
+        path: Box<str>,
+        /// Why.
+        reason: Box<str>,
+    },
+    /// A tool's arguments are valid JSON of the right shape but out of range (the caller).
+    #[error("{tool}: {reason}")]
+    InvalidArgument {
+        /// The tool.
+        tool: &'static str,
+        /// What is out of range.
+        reason: Box<str>,
+    },
+    /// A transport could not start or failed (the machine: a port in use, a closed pipe).
+    #[error("{transport} transport: {source}")]
+    Transport {
+        /// `stdio` or `http`.
+        transport: &'static str,
+        /// What failed.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
 }
 
 /// `Result` with [`Error`] as the default error type.

@@ -1,14 +1,26 @@
 //! Layer 7 of mlinfra: the stack as Model Context Protocol tools.
 //!
-//! This crate will hold an MCP server runtime (stdio and Streamable HTTP) whose tools are the
-//! layers below (inspect a dataset, run and watch a training job, generate text and read
-//! serving metrics), with sandboxed execution, a trace of every call, content-hash versioning
-//! of tools, prompts, models and data, and refusal of hostile input.
+//! An MCP server runtime, [`AgentServer`], on rmcp (the official Rust SDK, pinned exactly and
+//! kept behind these types), served over stdio ([`serve_stdio`]) or Streamable HTTP
+//! ([`serve_http`], with Host and Origin validation, body limits and bearer tokens). Its tools
+//! read datasets under one directory, the [`DataRoot`], and nowhere else.
 //!
 //! # Status
 //!
-//! Only the error type exists today; the runtime is a later milestone. The README's status
-//! table tracks what works.
+//! Built: the server, both transports, the dataset tools `dataset_schema`, `dataset_sample`
+//! and `dataset_fingerprint`. Not yet: the loader, training and serving tools, resources and
+//! prompts, sandboxed execution, tracing, lineage and durable jobs (issue 26).
+//!
+//! # Quick start
+//!
+//! ```no_run
+//! # async fn run() -> mlinfra_agent::Result<()> {
+//! use mlinfra_agent::{AgentServer, DataRoot, HttpOptions, serve_http};
+//! let server = AgentServer::new(DataRoot::new("data")?);
+//! let http = serve_http(server, HttpOptions::default()).await?;
+//! println!("MCP endpoint: {}", http.url());
+//! # Ok(()) }
+//! ```
 //!
 //! # Features
 //!
@@ -20,5 +32,15 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod error;
+mod framing;
+mod root;
+mod server;
+pub mod tools;
+mod transport;
 
 pub use error::{Error, Result};
+pub use root::DataRoot;
+pub use server::AgentServer;
+pub use transport::{
+    DEFAULT_MAX_BODY_BYTES, HttpOptions, HttpServer, MCP_PATH, serve_http, serve_io, serve_stdio,
+};

@@ -48,18 +48,27 @@ impl Dataset {
             uri: self.uri().to_owned(),
             rows: self.num_rows(),
             files: self.shards().len(),
-            row_groups: self.shards().iter().map(|s| s.num_row_groups()).sum(),
-            columns: self
-                .schema()
-                .fields()
-                .iter()
-                .map(|field| ColumnSummary {
-                    name: field.name().clone(),
-                    data_type: field.data_type().to_string(),
-                    nullable: field.is_nullable(),
-                })
-                .collect(),
+            row_groups: self.num_row_groups(),
+            columns: self.columns(),
             fingerprint: self.fingerprint()?.to_owned(),
         })
+    }
+
+    /// The (projected) schema's columns, in order: from the footers, no I/O.
+    pub fn columns(&self) -> Vec<ColumnSummary> {
+        self.schema()
+            .fields()
+            .iter()
+            .map(|field| ColumnSummary {
+                name: field.name().clone(),
+                data_type: field.data_type().to_string(),
+                nullable: field.is_nullable(),
+            })
+            .collect()
+    }
+
+    /// Row groups across all files, from the footers.
+    pub fn num_row_groups(&self) -> usize {
+        self.shards().iter().map(|s| s.num_row_groups()).sum()
     }
 }

@@ -3,6 +3,7 @@
 mod data_inspect;
 mod gpu_bench;
 mod llama_generate;
+mod mcp_server;
 mod serve_openai;
 mod serve_sim;
 

@@ -1,0 +1,120 @@
+//! [`AgentServer`]: the MCP server whose tools are the stack. The protocol (both eras: the
+//! 2025-11-25 handshake with sessions and 2026-07-28 stateless requests), the JSON-RPC
+//! framing and the tool schemas come from rmcp, the official Rust SDK; this type holds what
+//! the tools need and says which tools there are.
+//!
+//! A tool's failure (a refused path, a corrupt file) is a tool result with `isError: true`
+//! and the error's message, which the model can read and act on; protocol errors (an unknown
+//! tool, arguments that do not match the schema) stay JSON-RPC errors.
+
+use std::sync::Arc;
+
+use rmcp::handler::server::router::tool::ToolRouter;
+use rmcp::handler::server::wrapper::{Json, Parameters};
+use rmcp::model::{Implementation, ServerCapabilities, ServerConfig};
+use rmcp::{ServerHandler, tool, tool_handler, tool_router};
+
+use crate::root::DataRoot;
+use crate::tools::datasets::{
+    self, DatasetPath, FingerprintReport, SampleReport, SampleRequest, SchemaReport,
+};
+
+/// The MCP server: the stack's tools over one data root. Cheap to clone (each HTTP session
+/// gets one).
+#[derive(Debug, Clone)]
+pub struct AgentServer {
+    root: Arc<DataRoot>,
+    tool_router: ToolRouter<Self>,
+}
+
+impl AgentServer {
+    /// Tools that read files under `root` and nowhere else.
+    pub fn new(root: DataRoot) -> Self {
+        Self {
+            root: Arc::new(root),
+            tool_router: Self::tool_router(),
+        }
+    }
+
+    /// The data root.
+    pub fn data_root(&self) -> &DataRoot {
+        &self.root
+    }
+
+    /// Runs `work` on tokio's blocking pool (file reads and hashing), a failure becoming the
+    /// tool's error text.
+    async fn blocking<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&DataRoot) -> crate::Result<T> + Send + 'static,
+    ) -> Result<T, String> {
+        let root = Arc::clone(&self.root);
+        match tokio::task::spawn_blocking(move || work(&root)).await {
+            Ok(result) => result.map_err(|error| error_text(&error)),
+            Err(join) => Err(format!("the tool's task failed: {join}")),
+        }
+    }
+}
+
+/// The error and its causes, one line.
+fn error_text(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+#[tool_router]
+impl AgentServer {
+    /// A dataset's columns (name, Arrow type, nullability), rows, files and row groups, from
+    /// the Parquet footers alone.
+    #[tool(name = "dataset_schema", annotations(read_only_hint = true))]
+    async fn dataset_schema(
+        &self,
+        Parameters(request): Parameters<DatasetPath>,
+    ) -> Result<Json<SchemaReport>, String> {
+        self.blocking(move |root| datasets::schema(root, &request))
+            .await
+            .map(Json)
+    }
+
+    /// A dataset's first rows as JSON objects (1 to 100 rows, at most 1 MiB of JSON).
+    #[tool(name = "dataset_sample", annotations(read_only_hint = true))]
+    async fn dataset_sample(
+        &self,
+        Parameters(request): Parameters<SampleRequest>,
+    ) -> Result<Json<SampleReport>, String> {
+        self.blocking(move |root| datasets::sample(root, &request))
+            .await
+            .map(Json)
+    }
+
+    /// A dataset's content fingerprint (BLAKE3 over its schema and every file's bytes): equal
+    /// exactly when the data is. Reads every byte.
+    #[tool(name = "dataset_fingerprint", annotations(read_only_hint = true))]
+    async fn dataset_fingerprint(
+        &self,
+        Parameters(request): Parameters<DatasetPath>,
+    ) -> Result<Json<FingerprintReport>, String> {
+        self.blocking(move |root| datasets::fingerprint(root, &request))
+            .await
+            .map(Json)
+    }
+}
+
+#[tool_handler(router = self.tool_router)]
+impl ServerHandler for AgentServer {
+    fn get_info(&self) -> ServerConfig {
+        ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
+            .with_server_info(Implementation::new(
+                "mlinfra-agent",
+                env!("CARGO_PKG_VERSION"),
+            ))
+            .with_instructions(
+                "Tools over the mlinfra ML stack. Paths are relative to the server's data root.",
+            )
+    }
+}

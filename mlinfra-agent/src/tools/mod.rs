@@ -1,0 +1,4 @@
+//! The tools over the stack, one module per layer: arguments and results as Rust types (their
+//! JSON schemas are derived), the work as plain functions the server runs.
+
+pub mod datasets;

@@ -1,0 +1,244 @@
+//! The two transports: stdio (a client spawns the server) and Streamable HTTP (a server
+//! clients connect to), with the security settings rmcp leaves to us.
+//!
+//! HTTP, as the MCP specification's security notes ask of a local server:
+//! - bound to `127.0.0.1` unless told otherwise;
+//! - `Host` validated (rmcp: loopback names by default, plus the bound address), against DNS
+//!   rebinding: 403 otherwise;
+//! - `Origin` validated: rmcp leaves it off by default, we turn it on, so a request carrying
+//!   an `Origin` outside [`HttpOptions::allowed_origins`] (by default: any `Origin`, i.e. any
+//!   browser page) gets 403;
+//! - request bodies capped ([`HttpOptions::max_body_bytes`]): 413 past it;
+//! - a bearer token when configured, compared in constant time: 401 otherwise.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+
+use axum::extract::{Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::{Next, from_fn_with_state};
+use axum::response::{IntoResponse, Response};
+use rmcp::transport::async_rw::AsyncRwTransport;
+use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
+use rmcp::transport::{StreamableHttpServerConfig, StreamableHttpService};
+use rmcp::{RoleServer, ServiceExt};
+use subtle::ConstantTimeEq;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::server::AgentServer;
+use crate::{Error, Result};
+
+/// The path the MCP endpoint is served at.
+pub const MCP_PATH: &str = "/mcp";
+/// Default cap on a request body, and the cap on a stdio line: 4 MiB (a tool call's
+/// arguments, with room to spare). A longer stdio line is dropped and answered with an error
+/// (rmcp's own default is 16 MiB).
+pub const DEFAULT_MAX_BODY_BYTES: usize = 4 << 20;
+
+/// Serves `server` on the process's stdin and stdout until the client closes them.
+///
+/// # Errors
+///
+/// [`Error::Transport`] when the handshake fails or the connection breaks.
+pub async fn serve_stdio(server: AgentServer) -> Result<()> {
+    serve_io(server, tokio::io::stdin(), tokio::io::stdout()).await
+}
+
+/// Serves `server` on any byte stream pair (newline-delimited JSON-RPC, as stdio): a pipe, a
+/// Unix socket, an in-memory duplex in tests. Returns when the client closes its end. A line
+/// that is not JSON or is over [`DEFAULT_MAX_BODY_BYTES`] is answered with a JSON-RPC error
+/// (see `framing`), the connection staying open.
+///
+/// # Errors
+///
+/// [`Error::Transport`] when the handshake fails or the connection breaks.
+pub async fn serve_io<R, W>(server: AgentServer, read: R, write: W) -> Result<()>
+where
+    R: tokio::io::AsyncRead + Send + Unpin + 'static,
+    W: tokio::io::AsyncWrite + Send + Unpin + 'static,
+{
+    let failed = |source: Box<dyn std::error::Error + Send + Sync>| Error::Transport {
+        transport: "stdio",
+        source,
+    };
+    let (read, write) = crate::framing::guard(read, write, DEFAULT_MAX_BODY_BYTES);
+    let transport = AsyncRwTransport::<RoleServer, _, _>::new_server(read, write);
+    let running = server
+        .serve(transport)
+        .await
+        .map_err(|error| failed(Box::new(error)))?;
+    running
+        .waiting()
+        .await
+        .map_err(|error| failed(Box::new(error)))?;
+    Ok(())
+}
+
+/// How the HTTP transport listens and whom it lets in.
+#[derive(Debug, Clone)]
+pub struct HttpOptions {
+    /// Where to listen: `127.0.0.1:0` (a free loopback port) by default.
+    pub bind: SocketAddr,
+    /// `Host` values accepted besides the loopback names and the bound address (a public
+    /// name when served behind one).
+    pub allowed_hosts: Vec<String>,
+    /// Browser origins accepted (`scheme://host:port`, `:*` for any port); none by default,
+    /// so any request carrying an `Origin` is refused.
+    pub allowed_origins: Vec<String>,
+    /// The largest request body accepted.
+    pub max_body_bytes: usize,
+    /// When set, every request must carry `Authorization: Bearer <token>`.
+    pub bearer_token: Option<String>,
+}
+
+impl Default for HttpOptions {
+    fn default() -> Self {
+        Self {
+            bind: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0),
+            allowed_hosts: Vec::new(),
+            allowed_origins: Vec::new(),
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            bearer_token: None,
+        }
+    }
+}
+
+/// A running HTTP server; stops when [`HttpServer::shutdown`] is called or it is dropped.
+#[derive(Debug)]
+pub struct HttpServer {
+    address: SocketAddr,
+    cancel: CancellationToken,
+    task: Option<JoinHandle<std::io::Result<()>>>,
+}
+
+impl HttpServer {
+    /// Where it listens (the actual port when bound to port 0).
+    pub fn address(&self) -> SocketAddr {
+        self.address
+    }
+
+    /// The endpoint's URL.
+    pub fn url(&self) -> String {
+        format!("http://{}{MCP_PATH}", self.address)
+    }
+
+    /// Stops accepting requests, ends every session and waits for the server to finish.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Transport`] when the server had failed.
+    pub async fn shutdown(mut self) -> Result<()> {
+        self.cancel.cancel();
+        self.wait().await
+    }
+
+    /// Waits until the server stops (a shutdown, or a failure).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Transport`] when the server failed.
+    pub async fn wait(&mut self) -> Result<()> {
+        let Some(task) = self.task.take() else {
+            return Ok(());
+        };
+        let failed = |source: Box<dyn std::error::Error + Send + Sync>| Error::Transport {
+            transport: "http",
+            source,
+        };
+        task.await
+            .map_err(|error| failed(Box::new(error)))?
+            .map_err(|error| failed(Box::new(error)))
+    }
+}
+
+impl Drop for HttpServer {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+    }
+}
+
+/// Serves `server` over Streamable HTTP at [`MCP_PATH`] on `options.bind`, in the background
+/// on the current tokio runtime. Both protocol eras: a 2025-11-25 client gets a session
+/// (`Mcp-Session-Id`), a 2026-07-28 request is served statelessly.
+///
+/// # Errors
+///
+/// [`Error::Transport`] when the address cannot be bound.
+pub async fn serve_http(server: AgentServer, options: HttpOptions) -> Result<HttpServer> {
+    let listener = tokio::net::TcpListener::bind(options.bind)
+        .await
+        .map_err(|error| Error::Transport {
+            transport: "http",
+            source: Box::new(error),
+        })?;
+    let address = listener.local_addr().map_err(|error| Error::Transport {
+        transport: "http",
+        source: Box::new(error),
+    })?;
+    let cancel = CancellationToken::new();
+    let mut hosts = vec![
+        "localhost".to_owned(),
+        "127.0.0.1".to_owned(),
+        "::1".to_owned(),
+    ];
+    if !address.ip().is_unspecified() {
+        hosts.push(address.ip().to_string());
+    }
+    hosts.extend(options.allowed_hosts.iter().cloned());
+    let config = StreamableHttpServerConfig::default()
+        .with_allowed_hosts(hosts)
+        .with_allowed_origins(options.allowed_origins.iter().cloned())
+        .enforce_origin_validation()
+        .with_max_request_body_bytes(options.max_body_bytes)
+        .with_cancellation_token(cancel.child_token());
+    let service = StreamableHttpService::new(
+        move || Ok(server.clone()),
+        Arc::new(LocalSessionManager::default()),
+        config,
+    );
+    let token: Arc<Option<Box<[u8]>>> = Arc::new(
+        options
+            .bearer_token
+            .map(|t| t.into_bytes().into_boxed_slice()),
+    );
+    let router = axum::Router::new()
+        .nest_service(MCP_PATH, service)
+        .layer(from_fn_with_state(token, require_bearer));
+    let shutdown = cancel.clone();
+    let task = tokio::spawn(async move {
+        axum::serve(listener, router)
+            .with_graceful_shutdown(async move { shutdown.cancelled_owned().await })
+            .await
+    });
+    Ok(HttpServer {
+        address,
+        cancel,
+        task: Some(task),
+    })
+}
+
+/// 401 unless the request carries the configured bearer token (compared in constant time);
+/// every request passes when none is configured.
+async fn require_bearer(
+    State(token): State<Arc<Option<Box<[u8]>>>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let Some(expected) = token.as_ref() else {
+        return next.run(request).await;
+    };
+    let presented = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.as_bytes().strip_prefix(b"Bearer "));
+    match presented {
+        Some(presented) if bool::from(presented.ct_eq(expected)) => next.run(request).await,
+        _ => (
+            StatusCode::UNAUTHORIZED,
+            [(header::WWW_AUTHENTICATE, "Bearer")],
+            "a bearer token is required\n",
+        )
+            .into_response(),
+    }
+}

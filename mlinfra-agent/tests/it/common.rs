@@ -1,0 +1,90 @@
+//! What the transport tests share: a data root with one small Parquet dataset, a server on
+//! it, and JSON-RPC messages pulled out of JSON or server-sent-event bodies.
+
+use mlinfra_agent::{AgentServer, DataRoot};
+use serde_json::Value;
+
+/// Rows of the fixture dataset `points.parquet`.
+pub const POINTS_ROWS: usize = 25;
+
+/// A temporary data root holding `points.parquet` (columns `id`, `label`, `score`) and a
+/// `secret.parquet` outside it.
+pub struct Fixture {
+    pub base: tempfile::TempDir,
+}
+
+impl Fixture {
+    pub fn new() -> Self {
+        let base = tempfile::tempdir().unwrap();
+        let root = base.path().join("data");
+        std::fs::create_dir(&root).unwrap();
+        let mut csv = String::from("id,label,score\n");
+        for i in 0..POINTS_ROWS {
+            csv.push_str(&format!("{i},item-{i},{}\n", i as f64 * 0.5));
+        }
+        let source = base.path().join("points.csv");
+        std::fs::write(&source, csv).unwrap();
+        mlinfra_data::convert::Conversion::csv(&source)
+            .write(root.join("points.parquet"))
+            .unwrap();
+        std::fs::copy(
+            root.join("points.parquet"),
+            base.path().join("secret.parquet"),
+        )
+        .unwrap();
+        Self { base }
+    }
+
+    pub fn root(&self) -> std::path::PathBuf {
+        self.base.path().join("data")
+    }
+
+    pub fn server(&self) -> AgentServer {
+        AgentServer::new(DataRoot::new(self.root()).unwrap())
+    }
+
+    pub fn secret(&self) -> std::path::PathBuf {
+        self.base.path().join("secret.parquet")
+    }
+}
+
+/// The JSON-RPC messages in an HTTP body: the body itself when JSON, else each SSE `data:`
+/// line that is JSON.
+pub fn messages(body: &str) -> Vec<Value> {
+    if let Ok(value) = serde_json::from_str::<Value>(body) {
+        return vec![value];
+    }
+    body.lines()
+        .filter_map(|line| line.strip_prefix("data:"))
+        .filter_map(|data| serde_json::from_str(data.trim()).ok())
+        .collect()
+}
+
+/// The response to request `id` among `messages`.
+pub fn response(messages: &[Value], id: i64) -> Value {
+    messages
+        .iter()
+        .find(|m| m["id"] == id)
+        .unwrap_or_else(|| panic!("no response to id {id} in {messages:?}"))
+        .clone()
+}
+
+/// A `tools/call` request.
+pub fn call(id: i64, tool: &str, arguments: Value) -> Value {
+    serde_json::json!({
+        "jsonrpc": "2.0", "id": id, "method": "tools/call",
+        "params": {"name": tool, "arguments": arguments}
+    })
+}
+
+/// The initialize request of the 2025-11-25 era.
+pub fn initialize(id: i64) -> Value {
+    serde_json::json!({
+        "jsonrpc": "2.0", "id": id, "method": "initialize",
+        "params": {
+            "protocolVersion": "2025-11-25",
+            "capabilities": {},
+            "clientInfo": {"name": "mlinfra-tests", "version": "0"}
+        }
+    })
+}

@@ -1,0 +1,288 @@
+//! Streamable HTTP: both protocol eras end to end with the dataset tools, and the security
+//! settings (Host, Origin, body size, bearer token) refusing what they must while the server
+//! stays up.
+
+use mlinfra_agent::{HttpOptions, MCP_PATH, serve_http};
+use mlinfra_test_utils::http::{Response, request_with};
+use serde_json::{Value, json};
+
+use crate::common::{Fixture, POINTS_ROWS, call, initialize, messages, response};
+
+const ACCEPT: (&str, &str) = ("Accept", "application/json, text/event-stream");
+
+fn post(address: std::net::SocketAddr, headers: &[(&str, &str)], body: &Value) -> Response {
+    let mut all = vec![ACCEPT];
+    all.extend_from_slice(headers);
+    request_with(address, "POST", MCP_PATH, &all, body.to_string().as_bytes())
+}
+
+/// A stateless (2026-07-28) request: the version in a header and in the request's `_meta`.
+fn stateless(id: i64, method: &str, mut params: Value) -> Value {
+    params["_meta"] = json!({
+        "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+        "io.modelcontextprotocol/clientInfo": {"name": "mlinfra-tests", "version": "0"},
+        "io.modelcontextprotocol/clientCapabilities": {}
+    });
+    json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params})
+}
+
+/// Posts a stateless request with the headers 2026-07-28 asks for: the version, and the
+/// method and (for a tool call) the tool's name mirrored from the body.
+fn post_stateless(
+    address: std::net::SocketAddr,
+    headers: &[(&str, &str)],
+    id: i64,
+    method: &str,
+    params: Value,
+) -> Response {
+    let name = params["name"].as_str().map(str::to_owned);
+    let mut all = vec![
+        ("MCP-Protocol-Version", "2026-07-28"),
+        ("Mcp-Method", method),
+    ];
+    if let Some(name) = &name {
+        all.push(("Mcp-Name", name));
+    }
+    all.extend_from_slice(headers);
+    post(address, &all, &stateless(id, method, params))
+}
+
+#[test]
+fn both_eras_list_and_call_the_dataset_tools() {
+    let fixture = Fixture::new();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let server = runtime
+        .block_on(serve_http(fixture.server(), HttpOptions::default()))
+        .unwrap();
+    let address = server.address();
+
+    // 2025-11-25: initialize, a session id, then calls within the session.
+    let reply = post(address, &[], &initialize(1));
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let session = reply
+        .header("mcp-session-id")
+        .unwrap_or_else(|| panic!("no session id: {:?}", reply.headers))
+        .to_owned();
+    let init = response(&messages(&reply.body), 1);
+    assert_eq!(init["result"]["protocolVersion"], "2025-11-25", "{init}");
+    assert_eq!(init["result"]["serverInfo"]["name"], "mlinfra-agent");
+    let in_session = [
+        ("Mcp-Session-Id", session.as_str()),
+        ("MCP-Protocol-Version", "2025-11-25"),
+    ];
+    let notified = post(
+        address,
+        &in_session,
+        &json!({"jsonrpc": "2.0", "method": "notifications/initialized"}),
+    );
+    assert_eq!(notified.status, 202, "{}", notified.body);
+
+    let list = post(
+        address,
+        &in_session,
+        &json!({"jsonrpc": "2.0", "id": 2, "method": "tools/list"}),
+    );
+    let tools = response(&messages(&list.body), 2);
+    let names: Vec<&str> = tools["result"]["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    for name in ["dataset_schema", "dataset_sample", "dataset_fingerprint"] {
+        assert!(names.contains(&name), "{name} not in {names:?}");
+    }
+    let sample_tool = tools["result"]["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "dataset_sample")
+        .unwrap();
+    assert_eq!(
+        sample_tool["inputSchema"]["properties"]["rows"]["type"], "integer",
+        "{sample_tool}"
+    );
+    assert!(
+        sample_tool["outputSchema"]["properties"]["rows"].is_object(),
+        "{sample_tool}"
+    );
+
+    let schema = post(
+        address,
+        &in_session,
+        &call(3, "dataset_schema", json!({"path": "points.parquet"})),
+    );
+    let schema = response(&messages(&schema.body), 3);
+    let report = &schema["result"]["structuredContent"];
+    assert_eq!(report["rows"], POINTS_ROWS as u64, "{schema}");
+    let columns: Vec<(&str, &str)> = report["columns"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            (
+                c["name"].as_str().unwrap(),
+                c["data_type"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        columns,
+        [("id", "Int64"), ("label", "Utf8"), ("score", "Float64")]
+    );
+    assert_ne!(schema["result"]["isError"], true);
+
+    // 2026-07-28: no handshake, each request stands alone.
+    let sample = post_stateless(
+        address,
+        &[],
+        4,
+        "tools/call",
+        json!({"name": "dataset_sample", "arguments": {"path": "points.parquet", "rows": 3}}),
+    );
+    assert_eq!(sample.status, 200, "{}", sample.body);
+    let sample = response(&messages(&sample.body), 4);
+    let rows = &sample["result"]["structuredContent"]["rows"];
+    assert_eq!(
+        rows,
+        &json!([
+            {"id": 0, "label": "item-0", "score": 0.0},
+            {"id": 1, "label": "item-1", "score": 0.5},
+            {"id": 2, "label": "item-2", "score": 1.0}
+        ]),
+        "{sample}"
+    );
+
+    let fingerprint = post_stateless(
+        address,
+        &[],
+        5,
+        "tools/call",
+        json!({"name": "dataset_fingerprint", "arguments": {"path": "points.parquet"}}),
+    );
+    let fingerprint = response(&messages(&fingerprint.body), 5);
+    let expected =
+        mlinfra_data::Dataset::open(fixture.root().join("points.parquet").to_str().unwrap())
+            .unwrap()
+            .fingerprint()
+            .unwrap()
+            .to_owned();
+    assert_eq!(
+        fingerprint["result"]["structuredContent"]["fingerprint"],
+        expected.as_str()
+    );
+
+    // A tool failure is a result with isError, not a protocol error; the file outside the
+    // root is never read.
+    let secret = fixture.secret();
+    for path in ["../secret.parquet", secret.to_str().unwrap()] {
+        let refused = post(
+            address,
+            &in_session,
+            &call(6, "dataset_sample", json!({"path": path})),
+        );
+        let refused = response(&messages(&refused.body), 6);
+        assert_eq!(refused["result"]["isError"], true, "{refused}");
+        let text = refused["result"]["content"][0]["text"].as_str().unwrap();
+        assert!(text.contains("refused"), "{text}");
+        assert!(!text.contains("item-0"), "{text}");
+    }
+    let out_of_range = post(
+        address,
+        &in_session,
+        &call(
+            7,
+            "dataset_sample",
+            json!({"path": "points.parquet", "rows": 0}),
+        ),
+    );
+    let out_of_range = response(&messages(&out_of_range.body), 7);
+    assert_eq!(out_of_range["result"]["isError"], true, "{out_of_range}");
+    // An unknown tool is a protocol error.
+    let unknown = post(address, &in_session, &call(8, "rm_rf", json!({})));
+    assert!(
+        response(&messages(&unknown.body), 8)["error"]["code"].is_i64(),
+        "{}",
+        unknown.body
+    );
+    // Arguments off the schema are a tool error the model can correct (the 2025-11-25
+    // revision's rule), naming what was wrong.
+    let wrong = post(
+        address,
+        &in_session,
+        &call(9, "dataset_sample", json!({"path": 7})),
+    );
+    let wrong = response(&messages(&wrong.body), 9);
+    assert_eq!(wrong["result"]["isError"], true, "{wrong}");
+    assert!(
+        wrong["result"]["content"][0]["text"]
+            .as_str()
+            .unwrap()
+            .contains("expected a string"),
+        "{wrong}"
+    );
+
+    runtime.block_on(server.shutdown()).unwrap();
+}
+
+#[test]
+fn foreign_hosts_origins_big_bodies_and_missing_tokens_are_refused_and_the_server_stays_up() {
+    let fixture = Fixture::new();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let options = HttpOptions {
+        max_body_bytes: 64 << 10,
+        bearer_token: Some("s3cret-token".into()),
+        allowed_origins: vec!["http://localhost:*".into()],
+        ..HttpOptions::default()
+    };
+    let server = runtime
+        .block_on(serve_http(fixture.server(), options))
+        .unwrap();
+    let address = server.address();
+    let auth = ("Authorization", "Bearer s3cret-token");
+
+    for (what, headers, status) in [
+        ("no token", vec![], 401),
+        (
+            "a wrong token",
+            vec![("Authorization", "Bearer s3cret-tokem")],
+            401,
+        ),
+        (
+            "a longer token",
+            vec![("Authorization", "Bearer s3cret-token-and-more")],
+            401,
+        ),
+        (
+            "a foreign Host (DNS rebinding)",
+            vec![auth, ("Host", "evil.example:80")],
+            403,
+        ),
+        (
+            "a foreign Origin",
+            vec![auth, ("Origin", "http://evil.example")],
+            403,
+        ),
+    ] {
+        let reply = post(address, &headers, &initialize(1));
+        assert_eq!(reply.status, status, "{what}: {}", reply.body);
+    }
+    let big = json!({"jsonrpc": "2.0", "id": 1, "method": "ping", "params": {"pad": "x".repeat(100 << 10)}});
+    assert_eq!(post(address, &[auth], &big).status, 413);
+
+    // The allowed origin and the token get through, and the server is still up.
+    let reply = post(
+        address,
+        &[auth, ("Origin", "http://localhost:3000")],
+        &initialize(1),
+    );
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let reply = post_stateless(address, &[auth], 2, "tools/list", json!({}));
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert!(
+        response(&messages(&reply.body), 2)["result"]["tools"].is_array(),
+        "{}",
+        reply.body
+    );
+    runtime.block_on(server.shutdown()).unwrap();
+}

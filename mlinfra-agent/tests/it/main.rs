@@ -1,0 +1,6 @@
+//! Integration tests of `mlinfra-agent`: one binary, one module per area.
+
+mod common;
+mod http;
+mod root;
+mod stdio;

@@ -1,0 +1,112 @@
+//! The newline-delimited transport (stdio's framing, here over an in-memory pipe): the
+//! handshake and a tool call, then hostile lines, each answered with exactly one well-formed
+//! JSON-RPC error (or a tool error), and the server still answering afterwards.
+
+use std::time::Duration;
+
+use mlinfra_agent::serve_io;
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+
+use crate::common::{Fixture, POINTS_ROWS, call, initialize};
+
+/// Writes `lines` to the server and collects what it answers until `until` (an id) arrives.
+async fn exchange(
+    writer: &mut (impl AsyncWriteExt + Unpin),
+    reader: &mut (impl AsyncBufReadExt + Unpin),
+    lines: &[String],
+    until: i64,
+) -> Vec<Value> {
+    for line in lines {
+        writer.write_all(line.as_bytes()).await.unwrap();
+        writer.write_all(b"\n").await.unwrap();
+    }
+    writer.flush().await.unwrap();
+    let mut replies = Vec::new();
+    let mut line = String::new();
+    loop {
+        line.clear();
+        let read = tokio::time::timeout(Duration::from_secs(30), reader.read_line(&mut line))
+            .await
+            .expect("the server answers within 30 s")
+            .unwrap();
+        assert!(read > 0, "the server closed the pipe; so far {replies:?}");
+        let reply: Value = serde_json::from_str(&line)
+            .unwrap_or_else(|e| panic!("the server wrote a line that is not JSON ({e}): {line}"));
+        let done = reply["id"] == until;
+        replies.push(reply);
+        if done {
+            return replies;
+        }
+    }
+}
+
+/// What else the server writes within half a second.
+async fn drain(reader: &mut (impl AsyncBufReadExt + Unpin)) -> Vec<Value> {
+    let mut replies = Vec::new();
+    let mut line = String::new();
+    while let Ok(Ok(read)) =
+        tokio::time::timeout(Duration::from_millis(500), reader.read_line(&mut line)).await
+    {
+        if read == 0 {
+            break;
+        }
+        replies.push(serde_json::from_str(&line).expect("JSON"));
+        line.clear();
+    }
+    replies
+}
+
+#[test]
+fn hostile_lines_get_errors_and_the_server_keeps_answering() {
+    let fixture = Fixture::new();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let (client, server_end) = tokio::io::duplex(1 << 20);
+        let (server_read, server_write) = tokio::io::split(server_end);
+        let server = tokio::spawn(serve_io(fixture.server(), server_read, server_write));
+        let (client_read, mut writer) = tokio::io::split(client);
+        let mut reader = BufReader::new(client_read);
+
+        let replies = exchange(&mut writer, &mut reader, &[initialize(1).to_string()], 1).await;
+        assert_eq!(replies[0]["result"]["protocolVersion"], "2025-11-25");
+        let lines = [
+            json!({"jsonrpc": "2.0", "method": "notifications/initialized"}).to_string(),
+            call(2, "dataset_sample", json!({"path": "points.parquet", "rows": 100})).to_string(),
+        ];
+        let replies = exchange(&mut writer, &mut reader, &lines, 2).await;
+        let rows = &replies.last().unwrap()["result"]["structuredContent"]["rows"];
+        assert_eq!(rows.as_array().unwrap().len(), POINTS_ROWS, "{replies:?}");
+
+        let ping = |id: i64| json!({"jsonrpc": "2.0", "id": id, "method": "ping"}).to_string();
+        let hostile = [
+            ("malformed JSON", "{\"jsonrpc\": \"2.0\", \"id\": 9, \"method\"".to_owned()),
+            ("not an object", "[1, 2, 3]".to_owned()),
+            ("a JSON-RPC batch", format!("[{}, {}]", ping(90), ping(91))),
+            ("a null id", json!({"jsonrpc": "2.0", "id": null, "method": "ping"}).to_string()),
+            ("no such method", json!({"jsonrpc": "2.0", "id": 92, "method": "tools/destroy"}).to_string()),
+            ("the wrong JSON-RPC version", json!({"jsonrpc": "1.0", "id": 93, "method": "ping"}).to_string()),
+            ("a 4 MB line", format!("{{\"jsonrpc\":\"2.0\",\"id\":94,\"method\":\"ping\",\"params\":{{\"pad\":\"{}\"}}}}", "x".repeat(4 << 20))),
+            (
+                "shell metacharacters in a path",
+                call(95, "dataset_schema", json!({"path": "points.parquet; rm -rf / $(reboot) `id`"})).to_string(),
+            ),
+        ];
+        for (what, line) in &hostile {
+            let mut replies =
+                exchange(&mut writer, &mut reader, &[line.clone(), ping(100)], 100).await;
+            // Requests are served concurrently: an answer may come after the ping's.
+            replies.extend(drain(&mut reader).await);
+            let answers: Vec<&Value> = replies.iter().filter(|r| r["id"] != 100).collect();
+            assert_eq!(answers.len(), 1, "{what}: {replies:?}");
+            assert!(
+                answers[0]["error"]["code"].is_i64() || answers[0]["result"]["isError"] == true,
+                "{what}: {}",
+                answers[0]
+            );
+        }
+        drop(writer);
+        drop(reader);
+        let _ = tokio::time::timeout(Duration::from_secs(10), server).await;
+    });
+}
