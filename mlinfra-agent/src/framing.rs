@@ -13,13 +13,19 @@
 use serde_json::json;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader, DuplexStream};
 use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 
 /// Bytes the in-memory pipes buffer.
 const PIPE_BYTES: usize = 1 << 16;
 
-/// The pipe ends rmcp reads from and writes to; the tasks run until the client or rmcp hangs
-/// up.
-pub(crate) fn guard<R, W>(read: R, write: W, max_line: usize) -> (DuplexStream, DuplexStream)
+/// The pipe ends rmcp reads from and writes to, and the writer task: await it after rmcp
+/// stops, so that its last replies reach the client before the process exits. The reader task
+/// ends when the client hangs up (it may stay blocked on stdin until then).
+pub(crate) fn guard<R, W>(
+    read: R,
+    write: W,
+    max_line: usize,
+) -> (DuplexStream, DuplexStream, JoinHandle<()>)
 where
     R: AsyncRead + Send + Unpin + 'static,
     W: AsyncWrite + Send + Unpin + 'static,
@@ -28,8 +34,8 @@ where
     let (rmcp_writes, from_rmcp) = tokio::io::duplex(PIPE_BYTES);
     let (errors, error_lines) = mpsc::channel::<String>(64);
     tokio::spawn(read_lines(read, to_rmcp, errors, max_line));
-    tokio::spawn(write_lines(write, from_rmcp, error_lines));
-    (rmcp_reads, rmcp_writes)
+    let writer = tokio::spawn(write_lines(write, from_rmcp, error_lines));
+    (rmcp_reads, rmcp_writes, writer)
 }
 
 /// Frames the client's lines: good ones on to rmcp, an error for each bad one.
@@ -54,7 +60,9 @@ async fn read_lines<R: AsyncRead + Unpin>(
                 &format!("a message over the {max_line}-byte limit was dropped"),
             )),
             Line::Complete if line.iter().all(u8::is_ascii_whitespace) => continue,
-            Line::Complete => match serde_json::from_slice::<serde_json::Value>(&line) {
+            Line::Complete => match serde_json::from_slice::<serde_json::Value>(
+                line.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(&line),
+            ) {
                 Ok(_) => None,
                 Err(parse) => Some(error_line(-32700, &format!("parse error: {parse}"))),
             },
@@ -147,7 +155,16 @@ async fn write_lines<W: AsyncWrite + Unpin>(
                     reply.push('\n');
                     reply
                 }
-                _ => return,
+                _ => {
+                    // rmcp is done: the errors already queued still go out.
+                    while let Ok(error) = errors.try_recv() {
+                        if write.write_all(error.as_bytes()).await.is_err() {
+                            return;
+                        }
+                    }
+                    let _ = write.flush().await;
+                    return;
+                }
             },
             error = errors.recv(), if errors_open => match error {
                 Some(error) => error,

@@ -45,6 +45,14 @@ impl DataRoot {
                 reason: "not a directory".into(),
             });
         }
+        if has_pattern(&root) {
+            return Err(Error::DataRoot {
+                path: root,
+                reason:
+                    "a path with `*`, `?`, `[` or `://`: the data layer would read it as a pattern"
+                        .into(),
+            });
+        }
         Ok(Self { root })
     }
 
@@ -89,6 +97,13 @@ impl DataRoot {
         if !canonical.starts_with(&self.root) {
             return Err(refuse("outside the data root"));
         }
+        // The data layer opens a path with glob characters as a pattern, which could match
+        // names the checks here never saw (a link to `weird[12]/` reaching `weird1`).
+        if has_pattern(&canonical) {
+            return Err(refuse(
+                "it leads to a name with `*`, `?` or `[`, which the data layer would read as a pattern",
+            ));
+        }
         if canonical.is_dir() {
             self.check_tree(&canonical, requested)?;
         }
@@ -120,8 +135,11 @@ impl DataRoot {
                     })?
                     .path();
                 let Ok(target) = path.canonicalize() else {
-                    // A dangling symlink leads nowhere; the data layer will not open it either.
-                    continue;
+                    // A dangling symlink could lead outside once its target appears.
+                    return Err(refuse(format!(
+                        "{} is a dangling link",
+                        path.strip_prefix(&self.root).unwrap_or(&path).display()
+                    )));
                 };
                 if !target.starts_with(&self.root) {
                     return Err(refuse(format!(
@@ -138,4 +156,10 @@ impl DataRoot {
         }
         Ok(())
     }
+}
+
+/// Whether the data layer would read `path` as a glob or a URI.
+fn has_pattern(path: &Path) -> bool {
+    let text = path.to_string_lossy();
+    text.contains(['*', '?', '[']) || text.contains("://")
 }

@@ -62,7 +62,7 @@ where
         transport: "stdio",
         source,
     };
-    let (read, write) = crate::framing::guard(read, write, DEFAULT_MAX_BODY_BYTES);
+    let (read, write, writer) = crate::framing::guard(read, write, DEFAULT_MAX_BODY_BYTES);
     let transport = AsyncRwTransport::<RoleServer, _, _>::new_server(read, write);
     let running = server
         .serve(transport)
@@ -72,7 +72,8 @@ where
         .waiting()
         .await
         .map_err(|error| failed(Box::new(error)))?;
-    Ok(())
+    // rmcp has handed its last replies to the pipe; they reach the client before we return.
+    writer.await.map_err(|error| failed(Box::new(error)))
 }
 
 /// How the HTTP transport listens and whom it lets in.
@@ -88,7 +89,8 @@ pub struct HttpOptions {
     pub allowed_origins: Vec<String>,
     /// The largest request body accepted.
     pub max_body_bytes: usize,
-    /// When set, every request must carry `Authorization: Bearer <token>`.
+    /// When set, every request must carry `Authorization: Bearer <token>`; required (and not
+    /// empty) when [`bind`](Self::bind) is not a loopback address.
     pub bearer_token: Option<String>,
 }
 
@@ -164,8 +166,23 @@ impl Drop for HttpServer {
 ///
 /// # Errors
 ///
-/// [`Error::Transport`] when the address cannot be bound.
+/// [`Error::Transport`] when the address cannot be bound, the bearer token is empty, or the
+/// address is not a loopback one and no bearer token is set.
 pub async fn serve_http(server: AgentServer, options: HttpOptions) -> Result<HttpServer> {
+    let insecure = |reason: &str| Error::Transport {
+        transport: "http",
+        source: reason.into(),
+    };
+    if options.bearer_token.as_deref().is_some_and(str::is_empty) {
+        return Err(insecure("an empty bearer token would let every request in"));
+    }
+    // The Host check stops DNS rebinding, not a client on the network that sends
+    // `Host: localhost`: off the loopback interface, a token is required.
+    if !options.bind.ip().is_loopback() && options.bearer_token.is_none() {
+        return Err(insecure(
+            "binding beyond the loopback interface needs a bearer token (MLINFRA_MCP_TOKEN)",
+        ));
+    }
     let listener = tokio::net::TcpListener::bind(options.bind)
         .await
         .map_err(|error| Error::Transport {
@@ -228,10 +245,13 @@ async fn require_bearer(
     let Some(expected) = token.as_ref() else {
         return next.run(request).await;
     };
+    // The scheme is case-insensitive (RFC 7235); the token is compared in constant time.
     let presented = request
         .headers()
         .get(header::AUTHORIZATION)
-        .and_then(|value| value.as_bytes().strip_prefix(b"Bearer "));
+        .map(|value| value.as_bytes())
+        .filter(|value| value.len() > 7 && value[..7].eq_ignore_ascii_case(b"bearer "))
+        .map(|value| &value[7..]);
     match presented {
         Some(presented) if bool::from(presented.ct_eq(expected)) => next.run(request).await,
         _ => (

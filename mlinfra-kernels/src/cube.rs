@@ -25,7 +25,8 @@
 //! what the trait is; a runner that keeps activations on the device removes them. Correctness
 //! is what this path proves: the same greedy tokens as the CPU kernels.
 
-use std::sync::Mutex;
+use std::sync::atomic::AtomicUsize;
+use std::sync::{Arc, Mutex};
 
 use cubecl::prelude::*;
 use half::f16;
@@ -89,6 +90,8 @@ pub struct CubeKernels {
     activations: Activations,
     #[cfg(feature = "prefill")]
     prefill: Prefill,
+    /// Prompt chunks cubek's flash attention has served.
+    flash_chunks: Arc<AtomicUsize>,
     /// Each layer's cache copy, made on its first step.
     caches: Mutex<Vec<Option<LayerCache>>>,
 }
@@ -150,8 +153,16 @@ impl CubeKernels {
             client,
             device: device.into(),
             activations: Activations::default(),
+            flash_chunks: Arc::default(),
             caches: Mutex::new(Vec::new()),
         }
+    }
+
+    /// A counter of the prompt chunks (one per sequence and layer) cubek's flash attention
+    /// has served, the rest having gone to the paged kernel; shared, so it can be read after
+    /// the kernels move into a runner.
+    pub fn flash_chunks(&self) -> Arc<AtomicUsize> {
+        Arc::clone(&self.flash_chunks)
     }
 
     /// With prompt chunks attending as `prefill` says.
@@ -430,22 +441,33 @@ impl CubeKernels {
         }
         let tokens: Vec<usize> = (seq.query_start..seq.query_start + seq.query_len).collect();
         let queries = DeviceBuffer::from_slice(&self.client, &queries(step, &tokens));
-        match prefill_attention(
-            &self.client,
-            &queries,
-            step.heads,
-            cache,
-            seq.block_table,
-            seq.context_len,
-            routine,
-        ) {
-            Ok(attended) => {
-                out.copy_from_slice(&attended.to_vec(&self.client, "prefill_attention")?);
-                Ok(true)
-            }
-            Err(crate::Error::Unavailable { .. }) => Ok(false),
-            Err(error) => Err(error),
+        // The tensor-core routine takes only some chunk lengths: the unit routine takes the
+        // rest where it runs, the paged kernel where it does not.
+        let mut routines = vec![routine];
+        if routine != PrefillRoutine::Unit {
+            routines.push(PrefillRoutine::Unit);
         }
+        for routine in routines {
+            match prefill_attention(
+                &self.client,
+                &queries,
+                step.heads,
+                cache,
+                seq.block_table,
+                seq.context_len,
+                routine,
+            ) {
+                Ok(attended) => {
+                    out.copy_from_slice(&attended.to_vec(&self.client, "prefill_attention")?);
+                    self.flash_chunks
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    return Ok(true);
+                }
+                Err(crate::Error::Unavailable { .. }) => {}
+                Err(error) => return Err(error),
+            }
+        }
+        Ok(false)
     }
 
     #[cfg(not(feature = "prefill"))]

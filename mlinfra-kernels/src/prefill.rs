@@ -19,10 +19,12 @@
 //! tokens where a routine runs, the paged kernel for decode tokens and where none does.
 //!
 //! Two routines, by what the device has: [`PrefillRoutine::Accelerated`] runs the tile
-//! matmuls on tensor cores (cmma, f16 fragments whatever the input type, as cubek does), and
-//! [`PrefillRoutine::Unit`] on plain units, which needs plane (warp) operations. Mesa's
-//! software Vulkan driver has neither: there every call is [`Error::Unavailable`], and the
-//! caller falls back to the paged kernel.
+//! matmuls on tensor cores (cmma, f16 fragments whatever the input type, as cubek does; it
+//! takes only chunks whose length is a multiple of its query tile), and
+//! [`PrefillRoutine::Unit`] on plain units, which needs a plane (warp) size of at least 2.
+//! Mesa's software Vulkan driver (plane size 8, no cmma) runs the unit routine; where a
+//! routine cannot run, the call is [`Error::Unavailable`] and the caller falls back (the unit
+//! routine, then the paged kernel).
 
 use cubecl::prelude::*;
 use cubecl::zspace::{Shape, Strides};
@@ -139,6 +141,7 @@ pub fn gather_context<E: Element, C: Element>(
     let blocks = cache.blocks();
     require(
         context > 0
+            && cache.block_size > 0
             && context.div_ceil(cache.block_size) <= table.len()
             && table.iter().all(|&b| (b as usize) < blocks),
         KERNEL,

@@ -286,3 +286,46 @@ fn foreign_hosts_origins_big_bodies_and_missing_tokens_are_refused_and_the_serve
     );
     runtime.block_on(server.shutdown()).unwrap();
 }
+
+#[test]
+fn an_empty_token_and_an_open_bind_without_a_token_are_refused_and_the_scheme_is_case_blind() {
+    let fixture = Fixture::new();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    for options in [
+        HttpOptions {
+            bearer_token: Some(String::new()),
+            ..HttpOptions::default()
+        },
+        HttpOptions {
+            bind: "0.0.0.0:0".parse().unwrap(),
+            ..HttpOptions::default()
+        },
+    ] {
+        let what = format!("{options:?}");
+        let result = runtime.block_on(serve_http(fixture.server(), options));
+        assert!(
+            matches!(result, Err(mlinfra_agent::Error::Transport { .. })),
+            "{what}: {result:?}"
+        );
+    }
+    let options = HttpOptions {
+        bearer_token: Some("tok".into()),
+        ..HttpOptions::default()
+    };
+    let server = runtime
+        .block_on(serve_http(fixture.server(), options))
+        .unwrap();
+    let reply = post(
+        server.address(),
+        &[("Authorization", "bearer tok")],
+        &initialize(1),
+    );
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let reply = post(
+        server.address(),
+        &[("Authorization", "Bearer ")],
+        &initialize(1),
+    );
+    assert_eq!(reply.status, 401, "{}", reply.body);
+    runtime.block_on(server.shutdown()).unwrap();
+}

@@ -89,3 +89,33 @@ fn a_root_that_is_not_a_directory_is_refused() {
         assert!(matches!(DataRoot::new(&path), Err(Error::DataRoot { .. })));
     }
 }
+
+/// The data layer reads a path with glob characters as a pattern: a root named like one is
+/// refused, and so is a link inside the root to a directory named like one.
+#[test]
+fn names_the_data_layer_would_read_as_patterns_are_refused() {
+    let base = tempfile::tempdir().unwrap();
+    let patterned = base.path().join("d[1]");
+    fs::create_dir(&patterned).unwrap();
+    assert!(matches!(
+        DataRoot::new(&patterned),
+        Err(Error::DataRoot { .. })
+    ));
+    let root_dir = base.path().join("data");
+    fs::create_dir_all(root_dir.join("weird[12]")).unwrap();
+    fs::create_dir_all(root_dir.join("weird1")).unwrap();
+    symlink(root_dir.join("weird[12]"), root_dir.join("plain")).unwrap();
+    let root = DataRoot::new(&root_dir).unwrap();
+    for path in ["plain", "weird1"] {
+        let result = root.resolve(path);
+        let ok = path == "weird1";
+        assert_eq!(result.is_ok(), ok, "{path}: {result:?}");
+    }
+    // A dangling link inside a dataset directory is refused (its target may appear later).
+    fs::create_dir(root_dir.join("set")).unwrap();
+    symlink("/tmp/not-yet.parquet", root_dir.join("set/x.parquet")).unwrap();
+    assert!(matches!(
+        root.resolve("set"),
+        Err(Error::PathRefused { .. })
+    ));
+}

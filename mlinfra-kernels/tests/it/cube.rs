@@ -225,10 +225,12 @@ fn a_prompt_through_cubeks_flash_attention_gives_the_f32_references_greedy_token
         .unwrap();
     assert!(prompt.len() > 32, "{} tokens", prompt.len());
     let blocks = (prompt.len() + NEW_TOKENS).div_ceil(BLOCK);
+    let flash_chunks = std::cell::RefCell::new(Vec::new());
     let runner = |prefill: Prefill| {
         let kernels = CubeKernels::new(adapter.client(), adapter.adapter_name())
             .with_activations(Activations::F32)
             .with_prefill(prefill);
+        flash_chunks.borrow_mut().push(kernels.flash_chunks());
         HostLlamaRunner::from_gguf(&file, Box::new(kernels), blocks, BLOCK).unwrap()
     };
     let flash = Prefill::Flash {
@@ -254,6 +256,14 @@ fn a_prompt_through_cubeks_flash_attention_gives_the_f32_references_greedy_token
         flash_ids,
         tokenizer.decode(&flash_ids).unwrap().replace('\n', "\\n")
     ));
+    // The flash runner's prompt went through cubek in every layer (not a silent fallback);
+    // the paged runner's never did.
+    let counts: Vec<usize> = flash_chunks
+        .borrow()
+        .iter()
+        .map(|count| count.load(std::sync::atomic::Ordering::Relaxed))
+        .collect();
+    assert_eq!(counts, [30, 0], "flash chunks served (30 layers)");
     assert_eq!(
         flash_ids, reference_ids,
         "greedy ids: flash prefill vs burn f32"
