@@ -6,8 +6,9 @@
 //! - `Host` validated (rmcp: loopback names by default, plus the bound address), against DNS
 //!   rebinding: 403 otherwise;
 //! - `Origin` validated: rmcp leaves it off by default, we turn it on, so a request carrying
-//!   an `Origin` outside [`HttpOptions::allowed_origins`] (by default: any `Origin`, i.e. any
-//!   browser page) gets 403;
+//!   an `Origin` other than the server's own (`http://localhost:PORT`, `127.0.0.1`, `[::1]`)
+//!   or one in [`HttpOptions::allowed_origins`] gets 403: another page in a browser cannot
+//!   call the tools;
 //! - request bodies capped ([`HttpOptions::max_body_bytes`]): 413 past it;
 //! - a bearer token when configured, compared in constant time: 401 otherwise.
 
@@ -84,8 +85,8 @@ pub struct HttpOptions {
     /// `Host` values accepted besides the loopback names and the bound address (a public
     /// name when served behind one).
     pub allowed_hosts: Vec<String>,
-    /// Browser origins accepted (`scheme://host:port`, `:*` for any port); none by default,
-    /// so any request carrying an `Origin` is refused.
+    /// Browser origins accepted besides the server's own (`scheme://host:port`, `:*` for any
+    /// port); none by default, so a request carrying any other `Origin` is refused.
     pub allowed_origins: Vec<String>,
     /// The largest request body accepted.
     pub max_body_bytes: usize,
@@ -203,9 +204,21 @@ pub async fn serve_http(server: AgentServer, options: HttpOptions) -> Result<Htt
         hosts.push(address.ip().to_string());
     }
     hosts.extend(options.allowed_hosts.iter().cloned());
+    // The server's own origins (a page it served, the conformance suite's same-origin check)
+    // pass; any other page's do not.
+    let port = address.port();
+    let mut origins = vec![
+        format!("http://localhost:{port}"),
+        format!("http://127.0.0.1:{port}"),
+        format!("http://[::1]:{port}"),
+    ];
+    if !address.ip().is_unspecified() && !address.ip().is_loopback() {
+        origins.push(format!("http://{address}"));
+    }
+    origins.extend(options.allowed_origins.iter().cloned());
     let config = StreamableHttpServerConfig::default()
         .with_allowed_hosts(hosts)
-        .with_allowed_origins(options.allowed_origins.iter().cloned())
+        .with_allowed_origins(origins)
         .enforce_origin_validation()
         .with_max_request_body_bytes(options.max_body_bytes)
         .with_cancellation_token(cancel.child_token());

@@ -270,7 +270,11 @@ fn foreign_hosts_origins_big_bodies_and_missing_tokens_are_refused_and_the_serve
     let big = json!({"jsonrpc": "2.0", "id": 1, "method": "ping", "params": {"pad": "x".repeat(100 << 10)}});
     assert_eq!(post(address, &[auth], &big).status, 413);
 
-    // The allowed origin and the token get through, and the server is still up.
+    // The server's own origin (the conformance suite's same-origin check), the allowed
+    // origin and the token get through, and the server is still up.
+    let own = format!("http://{address}");
+    let reply = post(address, &[auth, ("Origin", own.as_str())], &initialize(1));
+    assert_eq!(reply.status, 200, "{}", reply.body);
     let reply = post(
         address,
         &[auth, ("Origin", "http://localhost:3000")],
