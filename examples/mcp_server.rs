@@ -12,7 +12,9 @@
 //! token); `--data-root DIR` (default `.`) is the only directory whose files the tools read.
 //! Status lines go to stderr: on stdio, stdout is the protocol's.
 //!
-//! Tools: `dataset_schema {path}`, `dataset_sample {path, rows}`, `dataset_fingerprint {path}`.
+//! Tools: `dataset_schema {path}`, `dataset_sample {path, rows}`, `dataset_fingerprint {path}`,
+//! `dataset_verify {path, fingerprint}`, `dataset_convert {input, output}`.
+//! `--http` beyond the loopback interface requires `MLINFRA_MCP_TOKEN`.
 
 use std::net::SocketAddr;
 use std::process::ExitCode;

@@ -7,8 +7,9 @@
 //!
 //! # Status
 //!
-//! Built: the server, both transports, the dataset tools `dataset_schema`, `dataset_sample`
-//! and `dataset_fingerprint`. Not yet: the loader, training and serving tools, resources and
+//! Built: the server, both transports, the dataset tools `dataset_schema`, `dataset_sample`,
+//! `dataset_fingerprint`, `dataset_verify` and `dataset_convert` (CSV / JSON lines to a new
+//! Parquet file under the root; never overwrites). Not yet: the loader, training and serving tools, resources and
 //! prompts, sandboxed execution, tracing, lineage and durable jobs (issue 26).
 //!
 //! # Quick start

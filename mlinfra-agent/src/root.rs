@@ -110,6 +110,43 @@ impl DataRoot {
         Ok(canonical)
     }
 
+    /// Where a new file named `requested` would go: its directory resolves inside the root
+    /// (as [`resolve`](Self::resolve) checks it), its name is a plain one ending in
+    /// `extension`, and nothing exists there yet (tools never overwrite).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::PathRefused`] naming the path and why.
+    pub fn resolve_new(&self, requested: &str, extension: &str) -> Result<PathBuf> {
+        let refuse = |reason: &str| Error::PathRefused {
+            path: requested.into(),
+            reason: reason.into(),
+        };
+        let path = Path::new(requested);
+        let name = path
+            .file_name()
+            .and_then(|name| name.to_str())
+            .filter(|name| name.ends_with(extension) && name.len() > extension.len())
+            .ok_or_else(|| refuse(&format!("a new file's name must end in `{extension}`")))?;
+        if name.contains(['*', '?', '[']) || name.starts_with('.') {
+            return Err(refuse("a new file's name must not be hidden or a pattern"));
+        }
+        let parent = match path.parent().and_then(|p| p.to_str()) {
+            Some("") | None => self.root.clone(),
+            Some(parent) => self.resolve(parent)?,
+        };
+        if !parent.is_dir() {
+            return Err(refuse("its directory is not a directory"));
+        }
+        let target = parent.join(name);
+        if target.symlink_metadata().is_ok() {
+            return Err(refuse(
+                "a file already exists there; tools do not overwrite",
+            ));
+        }
+        Ok(target)
+    }
+
     /// Every entry under `dir` resolves inside the root.
     fn check_tree(&self, dir: &Path, requested: &str) -> Result<()> {
         let refuse = |reason: String| Error::PathRefused {

@@ -16,7 +16,8 @@ use rmcp::{ServerHandler, tool, tool_handler, tool_router};
 
 use crate::root::DataRoot;
 use crate::tools::datasets::{
-    self, DatasetPath, FingerprintReport, SampleReport, SampleRequest, SchemaReport,
+    self, ConvertReport, ConvertRequest, DatasetPath, FingerprintReport, SampleReport,
+    SampleRequest, SchemaReport, VerifyReport, VerifyRequest,
 };
 
 /// The MCP server: the stack's tools over one data root. Cheap to clone (each HTTP session
@@ -100,6 +101,33 @@ impl AgentServer {
         Parameters(request): Parameters<DatasetPath>,
     ) -> Result<Json<FingerprintReport>, String> {
         self.blocking(move |root| datasets::fingerprint(root, &request))
+            .await
+            .map(Json)
+    }
+
+    /// Whether a dataset still has the fingerprint recorded earlier (its bytes unchanged).
+    /// Reads every byte.
+    #[tool(name = "dataset_verify", annotations(read_only_hint = true))]
+    async fn dataset_verify(
+        &self,
+        Parameters(request): Parameters<VerifyRequest>,
+    ) -> Result<Json<VerifyReport>, String> {
+        self.blocking(move |root| datasets::verify(root, &request))
+            .await
+            .map(Json)
+    }
+
+    /// Converts a CSV or JSON-lines file under the data root into a new Parquet file there
+    /// (types inferred; atomic; never overwrites).
+    #[tool(
+        name = "dataset_convert",
+        annotations(read_only_hint = false, destructive_hint = false)
+    )]
+    async fn dataset_convert(
+        &self,
+        Parameters(request): Parameters<ConvertRequest>,
+    ) -> Result<Json<ConvertReport>, String> {
+        self.blocking(move |root| datasets::convert(root, &request))
             .await
             .map(Json)
     }

@@ -168,6 +168,104 @@ pub(crate) fn fingerprint(root: &DataRoot, request: &DatasetPath) -> Result<Fing
     })
 }
 
+/// A CSV or JSON-lines file to turn into Parquet.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ConvertRequest {
+    /// The input, relative to the data root: `.csv` (header row, types inferred), or
+    /// `.jsonl` / `.ndjson` (one JSON object per line).
+    pub input: String,
+    /// The new Parquet file, relative to the data root: a name ending in `.parquet` that
+    /// does not exist yet.
+    pub output: String,
+}
+
+/// What a conversion wrote.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct ConvertReport {
+    /// The output as requested.
+    pub output: String,
+    /// Rows written.
+    pub rows: u64,
+    /// Row groups written.
+    pub row_groups: usize,
+    /// Bytes read and written.
+    pub bytes_in: u64,
+    /// Bytes of Parquet written.
+    pub bytes_out: u64,
+    /// The columns inferred.
+    pub columns: Vec<Column>,
+}
+
+/// A dataset and the fingerprint it should have.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct VerifyRequest {
+    /// A Parquet file, or a directory of them, relative to the server's data root.
+    pub path: String,
+    /// The fingerprint recorded earlier (`blake3:...`, from `dataset_fingerprint`).
+    pub fingerprint: String,
+}
+
+/// Whether a dataset is still the one fingerprinted.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct VerifyReport {
+    /// The path as requested.
+    pub path: String,
+    /// Whether its fingerprint is the expected one.
+    pub matches: bool,
+    /// Its fingerprint now.
+    pub fingerprint: String,
+}
+
+/// `dataset_convert`: streams the input into a new Parquet file (atomic: a temporary file
+/// renamed into place, nothing left on failure). Bad records fail the conversion, named by
+/// line.
+pub(crate) fn convert(root: &DataRoot, request: &ConvertRequest) -> Result<ConvertReport> {
+    let input = root.resolve(&request.input)?;
+    let output = root.resolve_new(&request.output, ".parquet")?;
+    let extension = input
+        .extension()
+        .and_then(|e| e.to_str())
+        .map(str::to_ascii_lowercase);
+    let conversion = match extension.as_deref() {
+        Some("csv") => mlinfra_data::convert::Conversion::csv(&input),
+        Some("jsonl" | "ndjson") => mlinfra_data::convert::Conversion::json_lines(&input),
+        _ => {
+            return Err(Error::InvalidArgument {
+                tool: "dataset_convert",
+                reason: "the input must end in .csv, .jsonl or .ndjson".into(),
+            });
+        }
+    };
+    let report = conversion.write(&output)?;
+    // The columns as the dataset tools name them: read back from the new file's footer.
+    let columns = Dataset::open(path_string(root, &request.output)?)?.columns();
+    Ok(ConvertReport {
+        output: request.output.clone(),
+        rows: report.rows_written,
+        row_groups: report.row_groups,
+        bytes_in: report.bytes_in,
+        bytes_out: report.bytes_out,
+        columns: columns.into_iter().map(Column::from).collect(),
+    })
+}
+
+/// `dataset_verify`: recomputes the fingerprint (every byte read) and compares.
+pub(crate) fn verify(root: &DataRoot, request: &VerifyRequest) -> Result<VerifyReport> {
+    let now = fingerprint(
+        root,
+        &DatasetPath {
+            path: request.path.clone(),
+        },
+    )?;
+    Ok(VerifyReport {
+        path: request.path.clone(),
+        matches: now.fingerprint == request.fingerprint,
+        fingerprint: now.fingerprint,
+    })
+}
+
 /// The data layer opens URIs as strings; a resolved local path is one.
 fn path_string(root: &DataRoot, requested: &str) -> Result<String> {
     let path = root.resolve(requested)?;

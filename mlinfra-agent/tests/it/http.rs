@@ -333,3 +333,88 @@ fn an_empty_token_and_an_open_bind_without_a_token_are_refused_and_the_scheme_is
     assert_eq!(reply.status, 401, "{}", reply.body);
     runtime.block_on(server.shutdown()).unwrap();
 }
+
+#[test]
+fn a_csv_becomes_parquet_under_the_root_and_verifies_against_its_fingerprint() {
+    let fixture = Fixture::new();
+    std::fs::write(fixture.root().join("new.csv"), "x,y\n1,a\n2,b\n").unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let server = runtime
+        .block_on(serve_http(fixture.server(), HttpOptions::default()))
+        .unwrap();
+    let address = server.address();
+    let call = |id: i64, tool: &str, arguments: Value| -> Value {
+        let reply = post_stateless(
+            address,
+            &[],
+            id,
+            "tools/call",
+            json!({"name": tool, "arguments": arguments}),
+        );
+        response(&messages(&reply.body), id)["result"].clone()
+    };
+    let converted = call(
+        1,
+        "dataset_convert",
+        json!({"input": "new.csv", "output": "out/new.parquet"}),
+    );
+    // `out/` does not exist: the directory must already be under the root.
+    assert_eq!(converted["isError"], true, "{converted}");
+    let converted = call(
+        2,
+        "dataset_convert",
+        json!({"input": "new.csv", "output": "new.parquet"}),
+    );
+    assert_eq!(converted["structuredContent"]["rows"], 2, "{converted}");
+    assert_eq!(
+        converted["structuredContent"]["columns"][1],
+        json!({"name": "y", "data_type": "Utf8", "nullable": true})
+    );
+    let sample = call(
+        3,
+        "dataset_sample",
+        json!({"path": "new.parquet", "rows": 5}),
+    );
+    assert_eq!(
+        sample["structuredContent"]["rows"],
+        json!([{"x": 1, "y": "a"}, {"x": 2, "y": "b"}])
+    );
+
+    let fingerprint = call(4, "dataset_fingerprint", json!({"path": "new.parquet"}));
+    let fingerprint = fingerprint["structuredContent"]["fingerprint"].clone();
+    let verified = call(
+        5,
+        "dataset_verify",
+        json!({"path": "new.parquet", "fingerprint": fingerprint}),
+    );
+    assert_eq!(verified["structuredContent"]["matches"], true, "{verified}");
+    let verified = call(
+        6,
+        "dataset_verify",
+        json!({"path": "points.parquet", "fingerprint": fingerprint}),
+    );
+    assert_eq!(
+        verified["structuredContent"]["matches"], false,
+        "{verified}"
+    );
+
+    // Never overwrite, never outside the root, only Parquet names, only CSV/JSON-lines input.
+    for (id, input, output) in [
+        (7, "new.csv", "new.parquet"),
+        (8, "new.csv", "points.parquet"),
+        (9, "new.csv", "../escaped.parquet"),
+        (10, "new.csv", "new.txt"),
+        (11, "points.parquet", "again.parquet"),
+        (12, "../points.csv", "stolen.parquet"),
+    ] {
+        let refused = call(
+            id,
+            "dataset_convert",
+            json!({"input": input, "output": output}),
+        );
+        assert_eq!(refused["isError"], true, "{input} -> {output}: {refused}");
+    }
+    assert!(!fixture.base.path().join("escaped.parquet").exists());
+    assert!(!fixture.root().join("stolen.parquet").exists());
+    runtime.block_on(server.shutdown()).unwrap();
+}
