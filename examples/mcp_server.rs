@@ -14,25 +14,29 @@
 //!
 //! Tools: `dataset_schema {path}`, `dataset_sample {path, rows}`, `dataset_fingerprint {path}`,
 //! `dataset_verify {path, fingerprint}`, `dataset_convert {input, output}`.
-//! `--http` beyond the loopback interface requires `MLINFRA_MCP_TOKEN`.
+//! `--http` beyond the loopback interface requires `MLINFRA_MCP_TOKEN`. `--trace FILE` appends
+//! one JSON line per tool call (OpenTelemetry GenAI/MCP attributes; `mlinfra_agent::trace`).
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
 
 use anyhow::{Context, bail};
 use mlinfra_agent::{AgentServer, DataRoot, HttpOptions, serve_http, serve_stdio};
+use tracing_subscriber::layer::SubscriberExt;
 
-const USAGE: &str = "usage: mcp_server [--http ADDR] [--data-root DIR]";
+const USAGE: &str = "usage: mcp_server [--http ADDR] [--data-root DIR] [--trace FILE]";
 
 struct Args {
     http: Option<SocketAddr>,
     data_root: String,
+    trace: Option<String>,
 }
 
 fn parse_args() -> anyhow::Result<Args> {
     let mut args = Args {
         http: None,
         data_root: ".".into(),
+        trace: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -44,6 +48,7 @@ fn parse_args() -> anyhow::Result<Args> {
                 args.http = Some(value.parse().with_context(|| format!("--http {value}"))?);
             }
             "--data-root" => args.data_root = it.next().context("--data-root needs a directory")?,
+            "--trace" => args.trace = Some(it.next().context("--trace needs a file")?),
             "--help" | "-h" => {
                 println!("{USAGE}");
                 std::process::exit(0);
@@ -56,6 +61,16 @@ fn parse_args() -> anyhow::Result<Args> {
 
 async fn run() -> anyhow::Result<()> {
     let args = parse_args()?;
+    if let Some(path) = &args.trace {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .with_context(|| format!("--trace {path}"))?;
+        let subscriber =
+            tracing_subscriber::registry().with(mlinfra_agent::trace::JsonlTraceLayer::new(file));
+        tracing::subscriber::set_global_default(subscriber)?;
+    }
     let root = DataRoot::new(&args.data_root)?;
     let root_path = root.path().display().to_string();
     let server = AgentServer::new(root);

@@ -9,8 +9,9 @@
 //!
 //! Built: the server, both transports, the dataset tools `dataset_schema`, `dataset_sample`,
 //! `dataset_fingerprint`, `dataset_verify` and `dataset_convert` (CSV / JSON lines to a new
-//! Parquet file under the root; never overwrites). Not yet: the loader, training and serving tools, resources and
-//! prompts, sandboxed execution, tracing, lineage and durable jobs (issue 26).
+//! Parquet file under the root; never overwrites). Every tool call is a `tracing` span with
+//! OpenTelemetry's GenAI/MCP attributes ([`trace`], a JSONL exporter). Not yet: the loader, training and serving tools, resources
+//! and prompts, sandboxed execution, OTLP export, lineage and durable jobs (issue 26).
 //!
 //! # Quick start
 //!
@@ -37,6 +38,7 @@ mod framing;
 mod root;
 mod server;
 pub mod tools;
+pub mod trace;
 mod transport;
 
 pub use error::{Error, Result};

@@ -13,6 +13,7 @@ use rmcp::handler::server::router::tool::ToolRouter;
 use rmcp::handler::server::wrapper::{Json, Parameters};
 use rmcp::model::{Implementation, ServerCapabilities, ServerConfig};
 use rmcp::{ServerHandler, tool, tool_handler, tool_router};
+use tracing::Instrument;
 
 use crate::root::DataRoot;
 use crate::tools::datasets::{
@@ -42,17 +43,49 @@ impl AgentServer {
         &self.root
     }
 
-    /// Runs `work` on tokio's blocking pool (file reads and hashing), a failure becoming the
-    /// tool's error text.
+    /// Runs tool `tool`'s `work` on tokio's blocking pool (file reads and hashing) inside its
+    /// trace span (see [`crate::trace`]), a failure becoming the tool's error text.
     async fn blocking<T: Send + 'static>(
         &self,
+        tool: &'static str,
+        arguments: &impl serde::Serialize,
         work: impl FnOnce(&DataRoot) -> crate::Result<T> + Send + 'static,
     ) -> Result<T, String> {
+        let span = tracing::info_span!(
+            "execute_tool",
+            otel.name = format!("execute_tool {tool}"),
+            gen_ai.operation.name = "execute_tool",
+            gen_ai.tool.name = tool,
+            mcp.method.name = "tools/call",
+            gen_ai.tool.call.arguments.hash = crate::trace::arguments_hash(arguments),
+            outcome = tracing::field::Empty,
+            error.type = tracing::field::Empty,
+        );
         let root = Arc::clone(&self.root);
-        match tokio::task::spawn_blocking(move || work(&root)).await {
-            Ok(result) => result.map_err(|error| error_text(&error)),
-            Err(join) => Err(format!("the tool's task failed: {join}")),
-        }
+        let result = match tokio::task::spawn_blocking(move || work(&root))
+            .instrument(span.clone())
+            .await
+        {
+            Ok(result) => result.map_err(|error| (error_kind(&error), error_text(&error))),
+            Err(join) => Err(("task", format!("the tool's task failed: {join}"))),
+        };
+        match &result {
+            Ok(_) => span.record("outcome", "ok"),
+            Err((kind, _)) => span
+                .record("outcome", "tool_error")
+                .record("error.type", *kind),
+        };
+        result.map_err(|(_, text)| text)
+    }
+}
+
+/// The error's kind, for the trace's `error.type`.
+fn error_kind(error: &crate::Error) -> &'static str {
+    match error {
+        crate::Error::PathRefused { .. } => "path_refused",
+        crate::Error::InvalidArgument { .. } => "invalid_argument",
+        crate::Error::Data(_) => "data",
+        _ => "other",
     }
 }
 
@@ -77,9 +110,11 @@ impl AgentServer {
         &self,
         Parameters(request): Parameters<DatasetPath>,
     ) -> Result<Json<SchemaReport>, String> {
-        self.blocking(move |root| datasets::schema(root, &request))
-            .await
-            .map(Json)
+        self.blocking("dataset_schema", &request.clone(), move |root| {
+            datasets::schema(root, &request)
+        })
+        .await
+        .map(Json)
     }
 
     /// A dataset's first rows as JSON objects (1 to 100 rows, at most 1 MiB of JSON).
@@ -88,9 +123,11 @@ impl AgentServer {
         &self,
         Parameters(request): Parameters<SampleRequest>,
     ) -> Result<Json<SampleReport>, String> {
-        self.blocking(move |root| datasets::sample(root, &request))
-            .await
-            .map(Json)
+        self.blocking("dataset_sample", &request.clone(), move |root| {
+            datasets::sample(root, &request)
+        })
+        .await
+        .map(Json)
     }
 
     /// A dataset's content fingerprint (BLAKE3 over its schema and every file's bytes): equal
@@ -100,9 +137,11 @@ impl AgentServer {
         &self,
         Parameters(request): Parameters<DatasetPath>,
     ) -> Result<Json<FingerprintReport>, String> {
-        self.blocking(move |root| datasets::fingerprint(root, &request))
-            .await
-            .map(Json)
+        self.blocking("dataset_fingerprint", &request.clone(), move |root| {
+            datasets::fingerprint(root, &request)
+        })
+        .await
+        .map(Json)
     }
 
     /// Whether a dataset still has the fingerprint recorded earlier (its bytes unchanged).
@@ -112,9 +151,11 @@ impl AgentServer {
         &self,
         Parameters(request): Parameters<VerifyRequest>,
     ) -> Result<Json<VerifyReport>, String> {
-        self.blocking(move |root| datasets::verify(root, &request))
-            .await
-            .map(Json)
+        self.blocking("dataset_verify", &request.clone(), move |root| {
+            datasets::verify(root, &request)
+        })
+        .await
+        .map(Json)
     }
 
     /// Converts a CSV or JSON-lines file under the data root into a new Parquet file there
@@ -127,9 +168,11 @@ impl AgentServer {
         &self,
         Parameters(request): Parameters<ConvertRequest>,
     ) -> Result<Json<ConvertReport>, String> {
-        self.blocking(move |root| datasets::convert(root, &request))
-            .await
-            .map(Json)
+        self.blocking("dataset_convert", &request.clone(), move |root| {
+            datasets::convert(root, &request)
+        })
+        .await
+        .map(Json)
     }
 }
 

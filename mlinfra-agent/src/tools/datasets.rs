@@ -20,7 +20,7 @@ pub const MAX_SAMPLE_ROWS: u32 = 100;
 pub const MAX_SAMPLE_BYTES: usize = 1 << 20;
 
 /// A dataset to look at.
-#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DatasetPath {
     /// A Parquet file, or a directory of them, relative to the server's data root.
@@ -28,7 +28,7 @@ pub struct DatasetPath {
 }
 
 /// The first rows of a dataset.
-#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SampleRequest {
     /// A Parquet file, or a directory of them, relative to the server's data root.
@@ -169,7 +169,7 @@ pub(crate) fn fingerprint(root: &DataRoot, request: &DatasetPath) -> Result<Fing
 }
 
 /// A CSV or JSON-lines file to turn into Parquet.
-#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ConvertRequest {
     /// The input, relative to the data root: `.csv` (header row, types inferred), or
@@ -198,7 +198,7 @@ pub struct ConvertReport {
 }
 
 /// A dataset and the fingerprint it should have.
-#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct VerifyRequest {
     /// A Parquet file, or a directory of them, relative to the server's data root.
