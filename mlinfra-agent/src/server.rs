@@ -43,26 +43,30 @@ impl AgentServer {
         &self.root
     }
 
-    /// Runs tool `tool`'s `work` on tokio's blocking pool (file reads and hashing) inside its
+    /// Runs tool `tool`'s `work` on `request` on tokio's blocking pool (file reads and hashing) inside its
     /// trace span (see [`crate::trace`]), a failure becoming the tool's error text.
-    async fn blocking<T: Send + 'static>(
+    async fn run<R, T>(
         &self,
         tool: &'static str,
-        arguments: &impl serde::Serialize,
-        work: impl FnOnce(&DataRoot) -> crate::Result<T> + Send + 'static,
-    ) -> Result<T, String> {
+        request: R,
+        work: fn(&DataRoot, &R) -> crate::Result<T>,
+    ) -> Result<Json<T>, String>
+    where
+        R: serde::Serialize + Send + 'static,
+        T: Send + 'static,
+    {
         let span = tracing::info_span!(
             "execute_tool",
             otel.name = format!("execute_tool {tool}"),
             gen_ai.operation.name = "execute_tool",
             gen_ai.tool.name = tool,
             mcp.method.name = "tools/call",
-            gen_ai.tool.call.arguments.hash = crate::trace::arguments_hash(arguments),
+            gen_ai.tool.call.arguments.hash = crate::trace::arguments_hash(&request),
             outcome = tracing::field::Empty,
             error.type = tracing::field::Empty,
         );
         let root = Arc::clone(&self.root);
-        let result = match tokio::task::spawn_blocking(move || work(&root))
+        let result = match tokio::task::spawn_blocking(move || work(&root, &request))
             .instrument(span.clone())
             .await
         {
@@ -75,7 +79,7 @@ impl AgentServer {
                 .record("outcome", "tool_error")
                 .record("error.type", *kind),
         };
-        result.map_err(|(_, text)| text)
+        result.map(Json).map_err(|(_, text)| text)
     }
 }
 
@@ -110,11 +114,7 @@ impl AgentServer {
         &self,
         Parameters(request): Parameters<DatasetPath>,
     ) -> Result<Json<SchemaReport>, String> {
-        self.blocking("dataset_schema", &request.clone(), move |root| {
-            datasets::schema(root, &request)
-        })
-        .await
-        .map(Json)
+        self.run("dataset_schema", request, datasets::schema).await
     }
 
     /// A dataset's first rows as JSON objects (1 to 100 rows, at most 1 MiB of JSON).
@@ -123,11 +123,7 @@ impl AgentServer {
         &self,
         Parameters(request): Parameters<SampleRequest>,
     ) -> Result<Json<SampleReport>, String> {
-        self.blocking("dataset_sample", &request.clone(), move |root| {
-            datasets::sample(root, &request)
-        })
-        .await
-        .map(Json)
+        self.run("dataset_sample", request, datasets::sample).await
     }
 
     /// A dataset's content fingerprint (BLAKE3 over its schema and every file's bytes): equal
@@ -137,11 +133,8 @@ impl AgentServer {
         &self,
         Parameters(request): Parameters<DatasetPath>,
     ) -> Result<Json<FingerprintReport>, String> {
-        self.blocking("dataset_fingerprint", &request.clone(), move |root| {
-            datasets::fingerprint(root, &request)
-        })
-        .await
-        .map(Json)
+        self.run("dataset_fingerprint", request, datasets::fingerprint)
+            .await
     }
 
     /// Whether a dataset still has the fingerprint recorded earlier (its bytes unchanged).
@@ -151,11 +144,7 @@ impl AgentServer {
         &self,
         Parameters(request): Parameters<VerifyRequest>,
     ) -> Result<Json<VerifyReport>, String> {
-        self.blocking("dataset_verify", &request.clone(), move |root| {
-            datasets::verify(root, &request)
-        })
-        .await
-        .map(Json)
+        self.run("dataset_verify", request, datasets::verify).await
     }
 
     /// Converts a CSV or JSON-lines file under the data root into a new Parquet file there
@@ -168,11 +157,8 @@ impl AgentServer {
         &self,
         Parameters(request): Parameters<ConvertRequest>,
     ) -> Result<Json<ConvertReport>, String> {
-        self.blocking("dataset_convert", &request.clone(), move |root| {
-            datasets::convert(root, &request)
-        })
-        .await
-        .map(Json)
+        self.run("dataset_convert", request, datasets::convert)
+            .await
     }
 }
 
