@@ -13,7 +13,13 @@
 //! Status lines go to stderr: on stdio, stdout is the protocol's.
 //!
 //! Tools: `dataset_schema {path}`, `dataset_sample {path, rows}`, `dataset_fingerprint {path}`,
-//! `dataset_verify {path, fingerprint}`, `dataset_convert {input, output}`.
+//! `dataset_verify {path, fingerprint}`, `dataset_convert {input, output}`; training jobs
+//! `train_start {config}`, `train_status {job}`, `train_stop {job}`, `train_resume {job}`,
+//! `train_list {}`, kept in `--state-dir DIR` (default `DATA_ROOT/.mlinfra-agent`; hidden, so
+//! not listed as a dataset): a job outlives the client and the server (`kill -9` it, start it
+//! again: the job is `interrupted`, its checkpoints intact, and `train_resume` continues it).
+//! Resources: the datasets under the root (`mlinfra://datasets/{+path}`); prompt
+//! `explore_dataset {path}`; completion of dataset paths.
 //! `--http` beyond the loopback interface requires `MLINFRA_MCP_TOKEN`. `--trace FILE` appends
 //! one JSON line per tool call (OpenTelemetry GenAI/MCP attributes; `mlinfra_agent::trace`).
 
@@ -24,11 +30,13 @@ use anyhow::{Context, bail};
 use mlinfra_agent::{AgentServer, DataRoot, HttpOptions, serve_http, serve_stdio};
 use tracing_subscriber::layer::SubscriberExt;
 
-const USAGE: &str = "usage: mcp_server [--http ADDR] [--data-root DIR] [--trace FILE]";
+const USAGE: &str =
+    "usage: mcp_server [--http ADDR] [--data-root DIR] [--state-dir DIR] [--trace FILE]";
 
 struct Args {
     http: Option<SocketAddr>,
     data_root: String,
+    state_dir: Option<String>,
     trace: Option<String>,
 }
 
@@ -36,6 +44,7 @@ fn parse_args() -> anyhow::Result<Args> {
     let mut args = Args {
         http: None,
         data_root: ".".into(),
+        state_dir: None,
         trace: None,
     };
     let mut it = std::env::args().skip(1);
@@ -48,6 +57,9 @@ fn parse_args() -> anyhow::Result<Args> {
                 args.http = Some(value.parse().with_context(|| format!("--http {value}"))?);
             }
             "--data-root" => args.data_root = it.next().context("--data-root needs a directory")?,
+            "--state-dir" => {
+                args.state_dir = Some(it.next().context("--state-dir needs a directory")?)
+            }
             "--trace" => args.trace = Some(it.next().context("--trace needs a file")?),
             "--help" | "-h" => {
                 println!("{USAGE}");
@@ -73,7 +85,12 @@ async fn run() -> anyhow::Result<()> {
     }
     let root = DataRoot::new(&args.data_root)?;
     let root_path = root.path().display().to_string();
-    let server = AgentServer::new(root);
+    let state_dir = args
+        .state_dir
+        .map_or_else(|| root.path().join(".mlinfra-agent"), Into::into);
+    let server = AgentServer::new(root)
+        .with_jobs(&state_dir)
+        .with_context(|| format!("--state-dir {}", state_dir.display()))?;
     match args.http {
         None => {
             eprintln!("mcp_server: data root {root_path}; serving MCP on stdio");

@@ -15,6 +15,27 @@ pub enum Error {
     /// A dataset could not be opened or read (the file, or the caller's request).
     #[error(transparent)]
     Data(#[from] mlinfra_data::Error),
+    /// A training job failed in the trainer (its configuration, its data, a checkpoint).
+    #[error(transparent)]
+    Train(#[from] mlinfra_train::Error),
+    /// A job request cannot be served (the caller: an unknown job, one in the wrong state),
+    /// or its state on disk is unreadable (the machine).
+    #[error("job `{job}`: {reason}")]
+    Job {
+        /// The job's id as the client sent it.
+        job: Box<str>,
+        /// Why.
+        reason: Box<str>,
+    },
+    /// The job store's directory could not be read or written (the machine).
+    #[error("job store {}: {source}", path.display())]
+    JobStore {
+        /// The file or directory.
+        path: PathBuf,
+        /// What failed.
+        #[source]
+        source: std::io::Error,
+    },
     /// The data root is not a usable directory (the operator).
     #[error("data root {}: {reason}", path.display())]
     DataRoot {

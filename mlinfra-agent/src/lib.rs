@@ -7,11 +7,22 @@
 //!
 //! # Status
 //!
-//! Built: the server, both transports, the dataset tools `dataset_schema`, `dataset_sample`,
-//! `dataset_fingerprint`, `dataset_verify` and `dataset_convert` (CSV / JSON lines to a new
-//! Parquet file under the root; never overwrites). Every tool call is a `tracing` span with
-//! OpenTelemetry's GenAI/MCP attributes ([`trace`], a JSONL exporter). Not yet: the loader, training and serving tools, resources
-//! and prompts, sandboxed execution, OTLP export, lineage and durable jobs (issue 26).
+//! Built: the server, both transports, both protocol eras (the 2025-11-25 handshake with
+//! sessions, 2026-07-28 stateless requests); the official conformance suite passes against
+//! the fixtures' server on the same runtime (`mcp_conformance_server`, run in CI).
+//! - Dataset tools `dataset_schema`, `dataset_sample`, `dataset_fingerprint`,
+//!   `dataset_verify` and `dataset_convert` (CSV / JSON lines to a new Parquet file under the
+//!   root; never overwrites); the datasets as resources ([`catalog`]:
+//!   `mlinfra://datasets/{+path}`, paged), the `explore_dataset` prompt, completion of paths.
+//! - Training jobs ([`jobs`]): `train_start`, `train_status`, `train_stop`, `train_resume`,
+//!   `train_list`; a job runs in the background, outlives the client, and survives a
+//!   `kill -9` of the server (found `interrupted`, resumed from its newest checkpoint).
+//! - Every tool call is a `tracing` span with OpenTelemetry's GenAI/MCP attributes
+//!   ([`trace`], a JSONL exporter).
+//!
+//! Not yet (issue 26): the loader and serving tools (`generate`), LoRA/DPO jobs, progress
+//! notifications and elicitation in the product's tools, sandboxed execution, OTLP export,
+//! lineage.
 //!
 //! # Quick start
 //!
@@ -33,8 +44,10 @@
 #![warn(missing_docs)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+pub mod catalog;
 mod error;
 mod framing;
+pub mod jobs;
 mod root;
 mod server;
 pub mod tools;
@@ -45,5 +58,11 @@ pub use error::{Error, Result};
 pub use root::DataRoot;
 pub use server::AgentServer;
 pub use transport::{
-    DEFAULT_MAX_BODY_BYTES, HttpOptions, HttpServer, MCP_PATH, serve_http, serve_io, serve_stdio,
+    DEFAULT_MAX_BODY_BYTES, Handler, HttpOptions, HttpServer, MCP_PATH, serve_http, serve_io,
+    serve_stdio,
 };
+
+/// The MCP SDK this runtime is built on (rmcp, pinned exactly in the workspace manifest), for
+/// handlers other than [`AgentServer`] served on the same transports: the conformance
+/// fixtures' server, a custom tool set. Depending on it through this path keeps one pin.
+pub use rmcp as mcp;

@@ -11,31 +11,56 @@ use std::sync::Arc;
 
 use rmcp::handler::server::router::tool::ToolRouter;
 use rmcp::handler::server::wrapper::{Json, Parameters};
-use rmcp::model::{Implementation, ServerCapabilities, ServerConfig};
-use rmcp::{ServerHandler, tool, tool_handler, tool_router};
+use rmcp::model::{
+    CacheScope, CompleteRequestParams, CompleteResult, CompletionInfo, ErrorData,
+    GetPromptRequestParams, GetPromptResponse, GetPromptResult, Implementation, ListPromptsResult,
+    ListResourceTemplatesResult, ListResourcesResult, PaginatedRequestParams, Prompt,
+    PromptArgument, PromptMessage, ReadResourceRequestParams, ReadResourceResponse,
+    ReadResourceResult, Reference, Resource, ResourceContents, ResourceTemplate, Role,
+    ServerCapabilities, ServerConfig,
+};
+use rmcp::service::RequestContext;
+use rmcp::{RoleServer, ServerHandler, tool, tool_handler, tool_router};
 use tracing::Instrument;
 
+use crate::catalog;
+use crate::jobs::{JobStatus, JobStore};
 use crate::root::DataRoot;
 use crate::tools::datasets::{
     self, ConvertReport, ConvertRequest, DatasetPath, FingerprintReport, SampleReport,
     SampleRequest, SchemaReport, VerifyReport, VerifyRequest,
 };
+use crate::tools::jobs::{JobList, JobRequest, NoArguments, TrainStartRequest};
 
 /// The MCP server: the stack's tools over one data root. Cheap to clone (each HTTP session
 /// gets one).
 #[derive(Debug, Clone)]
 pub struct AgentServer {
     root: Arc<DataRoot>,
+    jobs: Option<Arc<JobStore>>,
     tool_router: ToolRouter<Self>,
 }
 
 impl AgentServer {
-    /// Tools that read files under `root` and nowhere else.
+    /// Tools that read files under `root` and nowhere else. The training tools answer that
+    /// there is no job store until [`AgentServer::with_jobs`] gives one.
     pub fn new(root: DataRoot) -> Self {
         Self {
             root: Arc::new(root),
+            jobs: None,
             tool_router: Self::tool_router(),
         }
+    }
+
+    /// Training jobs kept in `state_dir` (see [`crate::jobs`]): created if missing; jobs a
+    /// dead process left running are marked interrupted, to be resumed.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::JobStore`](crate::Error::JobStore) when the directory cannot be made or read.
+    pub fn with_jobs(mut self, state_dir: impl AsRef<std::path::Path>) -> crate::Result<Self> {
+        self.jobs = Some(Arc::new(JobStore::open(state_dir, Arc::clone(&self.root))?));
+        Ok(self)
     }
 
     /// The data root.
@@ -43,13 +68,51 @@ impl AgentServer {
         &self.root
     }
 
-    /// Runs tool `tool`'s `work` on `request` on tokio's blocking pool (file reads and hashing) inside its
-    /// trace span (see [`crate::trace`]), a failure becoming the tool's error text.
+    /// The job store, if any.
+    pub fn jobs(&self) -> Option<&Arc<JobStore>> {
+        self.jobs.as_ref()
+    }
+
+    /// `work` over the data root, for [`AgentServer::run`].
+    fn on_root<R, T: 'static>(
+        &self,
+        work: fn(&DataRoot, &R) -> crate::Result<T>,
+    ) -> impl FnOnce(R) -> crate::Result<T> + Send + 'static
+    where
+        R: Send + 'static,
+    {
+        let root = Arc::clone(&self.root);
+        move |request| work(&root, &request)
+    }
+
+    /// `work` over the job store, for [`AgentServer::run`]; an error when there is none.
+    fn on_jobs<R, T: 'static>(
+        &self,
+        work: fn(&Arc<JobStore>, R) -> crate::Result<T>,
+    ) -> impl FnOnce(R) -> crate::Result<T> + Send + 'static
+    where
+        R: Send + 'static,
+    {
+        let jobs = self.jobs.clone();
+        move |request| match &jobs {
+            Some(jobs) => work(jobs, request),
+            None => Err(crate::Error::InvalidArgument {
+                tool: "train",
+                reason: "this server keeps no jobs (start it with a state directory: \
+                         mcp_server --state-dir DIR)"
+                    .into(),
+            }),
+        }
+    }
+
+    /// Runs tool `tool`'s `work` on `request` on tokio's blocking pool (file reads, hashing,
+    /// job records) inside its trace span (see [`crate::trace`]), a failure becoming the
+    /// tool's error text.
     async fn run<R, T>(
         &self,
         tool: &'static str,
         request: R,
-        work: fn(&DataRoot, &R) -> crate::Result<T>,
+        work: impl FnOnce(R) -> crate::Result<T> + Send + 'static,
     ) -> Result<Json<T>, String>
     where
         R: serde::Serialize + Send + 'static,
@@ -65,8 +128,7 @@ impl AgentServer {
             outcome = tracing::field::Empty,
             error.type = tracing::field::Empty,
         );
-        let root = Arc::clone(&self.root);
-        let result = match tokio::task::spawn_blocking(move || work(&root, &request))
+        let result = match tokio::task::spawn_blocking(move || work(request))
             .instrument(span.clone())
             .await
         {
@@ -89,12 +151,15 @@ fn error_kind(error: &crate::Error) -> &'static str {
         crate::Error::PathRefused { .. } => "path_refused",
         crate::Error::InvalidArgument { .. } => "invalid_argument",
         crate::Error::Data(_) => "data",
+        crate::Error::Train(_) => "train",
+        crate::Error::Job { .. } => "job",
+        crate::Error::JobStore { .. } => "job_store",
         _ => "other",
     }
 }
 
 /// The error and its causes, one line.
-fn error_text(error: &dyn std::error::Error) -> String {
+pub(crate) fn error_text(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
     while let Some(cause) = source {
@@ -114,7 +179,8 @@ impl AgentServer {
         &self,
         Parameters(request): Parameters<DatasetPath>,
     ) -> Result<Json<SchemaReport>, String> {
-        self.run("dataset_schema", request, datasets::schema).await
+        self.run("dataset_schema", request, self.on_root(datasets::schema))
+            .await
     }
 
     /// A dataset's first rows as JSON objects (1 to 100 rows, at most 1 MiB of JSON).
@@ -123,7 +189,8 @@ impl AgentServer {
         &self,
         Parameters(request): Parameters<SampleRequest>,
     ) -> Result<Json<SampleReport>, String> {
-        self.run("dataset_sample", request, datasets::sample).await
+        self.run("dataset_sample", request, self.on_root(datasets::sample))
+            .await
     }
 
     /// A dataset's content fingerprint (BLAKE3 over its schema and every file's bytes): equal
@@ -133,8 +200,12 @@ impl AgentServer {
         &self,
         Parameters(request): Parameters<DatasetPath>,
     ) -> Result<Json<FingerprintReport>, String> {
-        self.run("dataset_fingerprint", request, datasets::fingerprint)
-            .await
+        self.run(
+            "dataset_fingerprint",
+            request,
+            self.on_root(datasets::fingerprint),
+        )
+        .await
     }
 
     /// Whether a dataset still has the fingerprint recorded earlier (its bytes unchanged).
@@ -144,7 +215,8 @@ impl AgentServer {
         &self,
         Parameters(request): Parameters<VerifyRequest>,
     ) -> Result<Json<VerifyReport>, String> {
-        self.run("dataset_verify", request, datasets::verify).await
+        self.run("dataset_verify", request, self.on_root(datasets::verify))
+            .await
     }
 
     /// Converts a CSV or JSON-lines file under the data root into a new Parquet file there
@@ -157,21 +229,320 @@ impl AgentServer {
         &self,
         Parameters(request): Parameters<ConvertRequest>,
     ) -> Result<Json<ConvertReport>, String> {
-        self.run("dataset_convert", request, datasets::convert)
+        self.run("dataset_convert", request, self.on_root(datasets::convert))
             .await
+    }
+
+    /// Starts a training job in the background (it outlives this request and the client's
+    /// connection) and returns its id and status. The configuration and its data are checked
+    /// first: a mistake is this call's error, not a failed job. One job trains at a time.
+    #[tool(
+        name = "train_start",
+        annotations(read_only_hint = false, destructive_hint = false)
+    )]
+    async fn train_start(
+        &self,
+        Parameters(request): Parameters<TrainStartRequest>,
+    ) -> Result<Json<JobStatus>, String> {
+        self.run(
+            "train_start",
+            request,
+            self.on_jobs(|jobs, r: TrainStartRequest| jobs.start(r.config)),
+        )
+        .await
+    }
+
+    /// A training job's state, last step and loss, checkpoints and outcome.
+    #[tool(name = "train_status", annotations(read_only_hint = true))]
+    async fn train_status(
+        &self,
+        Parameters(request): Parameters<JobRequest>,
+    ) -> Result<Json<JobStatus>, String> {
+        self.run(
+            "train_status",
+            request,
+            self.on_jobs(|jobs, r: JobRequest| jobs.status(&r.job)),
+        )
+        .await
+    }
+
+    /// Stops a running job after its current step, with a final checkpoint (resumable).
+    #[tool(
+        name = "train_stop",
+        annotations(read_only_hint = false, destructive_hint = false)
+    )]
+    async fn train_stop(
+        &self,
+        Parameters(request): Parameters<JobRequest>,
+    ) -> Result<Json<JobStatus>, String> {
+        self.run(
+            "train_stop",
+            request,
+            self.on_jobs(|jobs, r: JobRequest| jobs.stop(&r.job)),
+        )
+        .await
+    }
+
+    /// Continues a stopped, failed or interrupted job from its newest valid checkpoint.
+    #[tool(
+        name = "train_resume",
+        annotations(read_only_hint = false, destructive_hint = false)
+    )]
+    async fn train_resume(
+        &self,
+        Parameters(request): Parameters<JobRequest>,
+    ) -> Result<Json<JobStatus>, String> {
+        self.run(
+            "train_resume",
+            request,
+            self.on_jobs(|jobs, r: JobRequest| jobs.resume(&r.job)),
+        )
+        .await
+    }
+
+    /// Every training job, newest first, with its state and checkpoints.
+    #[tool(name = "train_list", annotations(read_only_hint = true))]
+    async fn train_list(
+        &self,
+        Parameters(request): Parameters<NoArguments>,
+    ) -> Result<Json<JobList>, String> {
+        self.run(
+            "train_list",
+            request,
+            self.on_jobs(|jobs, _: NoArguments| Ok(JobList { jobs: jobs.list()? })),
+        )
+        .await
     }
 }
 
 #[tool_handler(router = self.tool_router)]
 impl ServerHandler for AgentServer {
     fn get_info(&self) -> ServerConfig {
-        ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
+        let capabilities = ServerCapabilities::builder()
+            .enable_completions()
+            .enable_prompts()
+            .enable_resources()
+            .enable_tools()
+            .build();
+        ServerConfig::new(capabilities)
             .with_server_info(Implementation::new(
                 "mlinfra-agent",
                 env!("CARGO_PKG_VERSION"),
             ))
             .with_instructions(
-                "Tools over the mlinfra ML stack. Paths are relative to the server's data root.",
+                "Tools over the mlinfra ML stack. Paths are relative to the server's data root; \
+                 the datasets there are resources (mlinfra://datasets/{+path}).",
             )
     }
+
+    async fn list_resources(
+        &self,
+        request: Option<PaginatedRequestParams>,
+        _cx: RequestContext<RoleServer>,
+    ) -> Result<ListResourcesResult, ErrorData> {
+        let cursor = request.and_then(|r| r.cursor);
+        let root = Arc::clone(&self.root);
+        let datasets = blocking(move || Ok(catalog::datasets(&root))).await?;
+        let (page, next) = page(&datasets, cursor.as_deref())?;
+        let resources = page
+            .iter()
+            .map(|path| {
+                Resource::new(catalog::dataset_uri(path), path.clone())
+                    .with_description("A dataset: its schema, rows, files and row groups")
+                    .with_mime_type("application/json")
+            })
+            .collect();
+        let mut result = ListResourcesResult::with_all_items(resources)
+            // Files come and go: a listing is not to be cached.
+            .with_ttl_ms(0)
+            .with_cache_scope(CacheScope::Private);
+        result.next_cursor = next;
+        Ok(result)
+    }
+
+    async fn list_resource_templates(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        _cx: RequestContext<RoleServer>,
+    ) -> Result<ListResourceTemplatesResult, ErrorData> {
+        let template = ResourceTemplate::new(catalog::DATASET_URI_TEMPLATE, "dataset")
+            .with_description(
+                "Any dataset under the data root by path: its schema, rows, files and row groups",
+            )
+            .with_mime_type("application/json");
+        Ok(ListResourceTemplatesResult::with_all_items(vec![template])
+            .with_ttl_ms(3_600_000)
+            .with_cache_scope(CacheScope::Public))
+    }
+
+    async fn read_resource(
+        &self,
+        request: ReadResourceRequestParams,
+        _cx: RequestContext<RoleServer>,
+    ) -> Result<ReadResourceResponse, ErrorData> {
+        let uri = request.uri;
+        let not_found = |reason: String| {
+            ErrorData::invalid_params(reason, Some(serde_json::json!({ "uri": uri.clone() })))
+        };
+        let Some(path) = catalog::dataset_path(&uri) else {
+            return Err(not_found(format!(
+                "no such resource: {uri} (datasets are {})",
+                catalog::DATASET_URI_TEMPLATE
+            )));
+        };
+        let root = Arc::clone(&self.root);
+        let report =
+            tokio::task::spawn_blocking(move || datasets::schema(&root, &DatasetPath { path }))
+                .await
+                .map_err(|join| ErrorData::internal_error(join.to_string(), None))?
+                .map_err(|error| not_found(error_text(&error)))?;
+        let text = serde_json::to_string(&report)
+            .map_err(|error| ErrorData::internal_error(error.to_string(), None))?;
+        let contents = ResourceContents::TextResourceContents {
+            uri: uri.clone(),
+            mime_type: Some("application/json".into()),
+            text,
+            meta: None,
+        };
+        Ok(ReadResourceResult::new(vec![contents])
+            .with_ttl_ms(0)
+            .with_cache_scope(CacheScope::Private)
+            .into())
+    }
+
+    async fn list_prompts(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        _cx: RequestContext<RoleServer>,
+    ) -> Result<ListPromptsResult, ErrorData> {
+        let path = PromptArgument::new("path")
+            .with_description("A dataset under the data root")
+            .with_required(true);
+        let prompts = vec![Prompt::new(
+            EXPLORE_DATASET,
+            Some(
+                "Explore a dataset: its schema embedded, then sampled rows, summarised for training use",
+            ),
+            Some(vec![path]),
+        )];
+        Ok(ListPromptsResult::with_all_items(prompts)
+            .with_ttl_ms(3_600_000)
+            .with_cache_scope(CacheScope::Public))
+    }
+
+    async fn get_prompt(
+        &self,
+        request: GetPromptRequestParams,
+        _cx: RequestContext<RoleServer>,
+    ) -> Result<GetPromptResponse, ErrorData> {
+        if request.name != EXPLORE_DATASET {
+            return Err(ErrorData::invalid_params(
+                format!("no prompt named {}", request.name),
+                None,
+            ));
+        }
+        let path = request
+            .arguments
+            .as_ref()
+            .and_then(|arguments| arguments.get("path"))
+            .and_then(serde_json::Value::as_str)
+            .ok_or_else(|| {
+                ErrorData::invalid_params("explore_dataset needs a `path` argument", None)
+            })?
+            .to_owned();
+        let root = Arc::clone(&self.root);
+        let request = DatasetPath { path: path.clone() };
+        let report = tokio::task::spawn_blocking(move || datasets::schema(&root, &request))
+            .await
+            .map_err(|join| ErrorData::internal_error(join.to_string(), None))?
+            .map_err(|error| ErrorData::invalid_params(error_text(&error), None))?;
+        let schema = serde_json::to_string_pretty(&report)
+            .map_err(|error| ErrorData::internal_error(error.to_string(), None))?;
+        let messages = vec![
+            PromptMessage::new_resource(
+                Role::User,
+                catalog::dataset_uri(&path),
+                Some("application/json".into()),
+                Some(schema),
+                None,
+                None,
+                None,
+            ),
+            PromptMessage::new_text(
+                Role::User,
+                format!(
+                    "Above is the schema of the dataset `{path}`. Call `dataset_sample` with \
+                     {{\"path\": \"{path}\", \"rows\": 5}} to see its first rows. Then describe \
+                     each column (what it likely holds, its type, whether nulls occur), point out \
+                     anything that would hurt training (all-null or constant columns, numbers \
+                     stored as text, ids that leak the label), and say which columns could be the \
+                     features and which the target."
+                ),
+            ),
+        ];
+        Ok(GetPromptResult::new(messages)
+            .with_description(format!("Explore the dataset {path}"))
+            .into())
+    }
+
+    async fn complete(
+        &self,
+        request: CompleteRequestParams,
+        _cx: RequestContext<RoleServer>,
+    ) -> Result<CompleteResult, ErrorData> {
+        let completes_a_path = request.argument.name == "path"
+            && match &request.r#ref {
+                Reference::Prompt(prompt) => prompt.name == EXPLORE_DATASET,
+                Reference::Resource(template) => template.uri == catalog::DATASET_URI_TEMPLATE,
+                _ => false,
+            };
+        let info = if completes_a_path {
+            let root = Arc::clone(&self.root);
+            let typed = request.argument.value;
+            let (values, total) =
+                blocking(move || Ok(catalog::complete(&root, &typed, CompletionInfo::MAX_VALUES)))
+                    .await?;
+            let more = total > values.len();
+            CompletionInfo::with_pagination(values, u32::try_from(total).ok(), more)
+        } else {
+            CompletionInfo::new(Vec::new())
+        };
+        Ok(CompleteResult::new(
+            info.map_err(|error| ErrorData::internal_error(error, None))?,
+        ))
+    }
+}
+
+/// The prompt that walks a model through a dataset.
+const EXPLORE_DATASET: &str = "explore_dataset";
+
+/// Resources listed per page.
+const PAGE: usize = 100;
+
+/// One page of `items` from `cursor` (an offset the previous page returned), and the next
+/// page's cursor.
+fn page<'a>(
+    items: &'a [String],
+    cursor: Option<&str>,
+) -> Result<(&'a [String], Option<String>), ErrorData> {
+    let start = match cursor {
+        None => 0,
+        Some(cursor) => cursor
+            .parse::<usize>()
+            .ok()
+            .filter(|&start| start <= items.len())
+            .ok_or_else(|| ErrorData::invalid_params(format!("invalid cursor `{cursor}`"), None))?,
+    };
+    let end = (start + PAGE).min(items.len());
+    let next = (end < items.len()).then(|| end.to_string());
+    Ok((&items[start..end], next))
+}
+
+/// Runs file-system work on tokio's blocking pool.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, ErrorData> + Send + 'static,
+) -> Result<T, ErrorData> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|join| ErrorData::internal_error(join.to_string(), None))?
 }

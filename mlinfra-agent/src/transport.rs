@@ -27,8 +27,14 @@ use subtle::ConstantTimeEq;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::server::AgentServer;
 use crate::{Error, Result};
+
+/// What the transports serve: an MCP server handler ([`crate::AgentServer`], or any other
+/// built on [`crate::mcp`], such as the conformance fixtures' server). Cloned once per HTTP
+/// session, so it should be cheap to clone (state behind an `Arc`).
+pub trait Handler: rmcp::ServerHandler + Clone + Send + Sync + 'static {}
+
+impl<T: rmcp::ServerHandler + Clone + Send + Sync + 'static> Handler for T {}
 
 /// The path the MCP endpoint is served at.
 pub const MCP_PATH: &str = "/mcp";
@@ -42,7 +48,7 @@ pub const DEFAULT_MAX_BODY_BYTES: usize = 4 << 20;
 /// # Errors
 ///
 /// [`Error::Transport`] when the handshake fails or the connection breaks.
-pub async fn serve_stdio(server: AgentServer) -> Result<()> {
+pub async fn serve_stdio(server: impl Handler) -> Result<()> {
     serve_io(server, tokio::io::stdin(), tokio::io::stdout()).await
 }
 
@@ -54,7 +60,7 @@ pub async fn serve_stdio(server: AgentServer) -> Result<()> {
 /// # Errors
 ///
 /// [`Error::Transport`] when the handshake fails or the connection breaks.
-pub async fn serve_io<R, W>(server: AgentServer, read: R, write: W) -> Result<()>
+pub async fn serve_io<R, W>(server: impl Handler, read: R, write: W) -> Result<()>
 where
     R: tokio::io::AsyncRead + Send + Unpin + 'static,
     W: tokio::io::AsyncWrite + Send + Unpin + 'static,
@@ -169,7 +175,7 @@ impl Drop for HttpServer {
 ///
 /// [`Error::Transport`] when the address cannot be bound, the bearer token is empty, or the
 /// address is not a loopback one and no bearer token is set.
-pub async fn serve_http(server: AgentServer, options: HttpOptions) -> Result<HttpServer> {
+pub async fn serve_http(server: impl Handler, options: HttpOptions) -> Result<HttpServer> {
     let insecure = |reason: &str| Error::Transport {
         transport: "http",
         source: reason.into(),

@@ -3,6 +3,8 @@
 mod data_inspect;
 mod gpu_bench;
 mod llama_generate;
+mod mcp_conformance;
+mod mcp_python;
 mod mcp_server;
 mod serve_openai;
 mod serve_sim;

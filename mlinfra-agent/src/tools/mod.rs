@@ -2,3 +2,4 @@
 //! JSON schemas are derived), the work as plain functions the server runs.
 
 pub mod datasets;
+pub mod jobs;

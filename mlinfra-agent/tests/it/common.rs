@@ -1,8 +1,11 @@
 //! What the transport tests share: a data root with one small Parquet dataset, a server on
 //! it, and JSON-RPC messages pulled out of JSON or server-sent-event bodies.
 
+use std::time::Duration;
+
 use mlinfra_agent::{AgentServer, DataRoot};
 use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 
 /// Rows of the fixture dataset `points.parquet`.
 pub const POINTS_ROWS: usize = 25;
@@ -87,4 +90,35 @@ pub fn initialize(id: i64) -> Value {
             "clientInfo": {"name": "mlinfra-tests", "version": "0"}
         }
     })
+}
+
+/// Writes `lines` to the server and collects what it answers until `until` (an id) arrives.
+pub async fn exchange(
+    writer: &mut (impl AsyncWriteExt + Unpin),
+    reader: &mut (impl AsyncBufReadExt + Unpin),
+    lines: &[String],
+    until: i64,
+) -> Vec<Value> {
+    for line in lines {
+        writer.write_all(line.as_bytes()).await.unwrap();
+        writer.write_all(b"\n").await.unwrap();
+    }
+    writer.flush().await.unwrap();
+    let mut replies = Vec::new();
+    let mut line = String::new();
+    loop {
+        line.clear();
+        let read = tokio::time::timeout(Duration::from_secs(30), reader.read_line(&mut line))
+            .await
+            .expect("the server answers within 30 s")
+            .unwrap();
+        assert!(read > 0, "the server closed the pipe; so far {replies:?}");
+        let reply: Value = serde_json::from_str(&line)
+            .unwrap_or_else(|e| panic!("the server wrote a line that is not JSON ({e}): {line}"));
+        let done = reply["id"] == until;
+        replies.push(reply);
+        if done {
+            return replies;
+        }
+    }
 }

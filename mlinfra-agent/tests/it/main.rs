@@ -2,6 +2,8 @@
 
 mod common;
 mod http;
+mod jobs;
+mod resources;
 mod root;
 mod stdio;
 mod trace;

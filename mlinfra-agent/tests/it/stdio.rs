@@ -6,40 +6,9 @@ use std::time::Duration;
 
 use mlinfra_agent::serve_io;
 use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, BufReader};
 
-use crate::common::{Fixture, POINTS_ROWS, call, initialize};
-
-/// Writes `lines` to the server and collects what it answers until `until` (an id) arrives.
-async fn exchange(
-    writer: &mut (impl AsyncWriteExt + Unpin),
-    reader: &mut (impl AsyncBufReadExt + Unpin),
-    lines: &[String],
-    until: i64,
-) -> Vec<Value> {
-    for line in lines {
-        writer.write_all(line.as_bytes()).await.unwrap();
-        writer.write_all(b"\n").await.unwrap();
-    }
-    writer.flush().await.unwrap();
-    let mut replies = Vec::new();
-    let mut line = String::new();
-    loop {
-        line.clear();
-        let read = tokio::time::timeout(Duration::from_secs(30), reader.read_line(&mut line))
-            .await
-            .expect("the server answers within 30 s")
-            .unwrap();
-        assert!(read > 0, "the server closed the pipe; so far {replies:?}");
-        let reply: Value = serde_json::from_str(&line)
-            .unwrap_or_else(|e| panic!("the server wrote a line that is not JSON ({e}): {line}"));
-        let done = reply["id"] == until;
-        replies.push(reply);
-        if done {
-            return replies;
-        }
-    }
-}
+use crate::common::{Fixture, POINTS_ROWS, call, exchange, initialize};
 
 /// What else the server writes within half a second.
 async fn drain(reader: &mut (impl AsyncBufReadExt + Unpin)) -> Vec<Value> {

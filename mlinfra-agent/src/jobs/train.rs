@@ -1,0 +1,301 @@
+//! What a training job trains, and the run itself: mlinfra-train's [`Trainer`] on one rank,
+//! with its checkpoints and metrics log in the job's directory.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
+use arrow::datatypes::DataType;
+use burn::tensor::Device;
+use mlinfra_data::Dataset;
+use mlinfra_loader::{Loader, Remainder, Shuffle};
+use mlinfra_train::checkpoint::{CheckpointConfig, SaveMode};
+use mlinfra_train::collective::ThreadGroup;
+use mlinfra_train::models::MlpConfig;
+use mlinfra_train::optim::{LrSchedule, OptimizerConfig};
+use mlinfra_train::trainer::{CheckpointSchedule, Classification, TrainerConfig};
+use mlinfra_train::{Precision, Sharding, StepOptions, Trainer};
+use rmcp::schemars::{self, JsonSchema};
+use serde::{Deserialize, Serialize};
+
+use crate::root::DataRoot;
+use crate::{Error, Result};
+
+/// The checkpoints a job keeps (older ones are deleted as new ones complete).
+pub const KEEP_CHECKPOINTS: usize = 3;
+
+/// What `train_start` trains.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(tag = "task", rename_all = "snake_case")]
+pub enum TrainConfig {
+    /// A multilayer-perceptron classifier (cross-entropy, AdamW) on a Parquet dataset with a
+    /// fixed-size list column of floats (the features) and an integer column (the class).
+    Classifier(ClassifierConfig),
+}
+
+/// A classifier's data, shape and schedule.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ClassifierConfig {
+    /// The training dataset: a Parquet file or directory under the data root.
+    pub train: String,
+    /// A held-out dataset to evaluate on (ten times a run and at its end); none by default.
+    #[serde(default)]
+    pub eval: Option<String>,
+    /// The features column: a fixed-size list of floats.
+    #[serde(default = "default_features")]
+    pub features: String,
+    /// The class column: integers in `0..classes`.
+    #[serde(default = "default_label")]
+    pub label: String,
+    /// How many classes.
+    pub classes: usize,
+    /// Hidden layer widths.
+    #[serde(default = "default_hidden")]
+    pub hidden: Vec<usize>,
+    /// Passes over the training data.
+    #[serde(default = "default_epochs")]
+    pub epochs: u64,
+    /// Rows per optimizer step (the last partial batch of an epoch is dropped).
+    #[serde(default = "default_batch")]
+    pub batch: usize,
+    /// AdamW's learning rate, constant.
+    #[serde(default = "default_lr")]
+    pub lr: f64,
+    /// Seeds the weights and the shuffle: a run is reproducible.
+    #[serde(default)]
+    pub seed: u64,
+    /// A checkpoint every this many steps (and one when the job is stopped).
+    #[serde(default = "default_checkpoint_every")]
+    pub checkpoint_every: u64,
+}
+
+fn default_features() -> String {
+    "features".into()
+}
+fn default_label() -> String {
+    "label".into()
+}
+fn default_hidden() -> Vec<usize> {
+    vec![64]
+}
+fn default_epochs() -> u64 {
+    10
+}
+fn default_batch() -> usize {
+    64
+}
+fn default_lr() -> f64 {
+    1e-3
+}
+fn default_checkpoint_every() -> u64 {
+    50
+}
+
+/// What a finished (or stopped) run reports.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct TrainOutcome {
+    /// Optimizer steps taken in all, across resumes.
+    pub steps: u64,
+    /// The step this launch resumed from, if it did.
+    pub resumed_from: Option<u64>,
+    /// The last step's mean loss.
+    pub last_loss: f64,
+    /// The final evaluation's accuracy, with an eval dataset.
+    pub eval_accuracy: Option<f64>,
+    /// The final evaluation's mean loss, with an eval dataset.
+    pub eval_loss: Option<f64>,
+    /// Training samples per second of this launch.
+    pub samples_per_s: f64,
+    /// Whether it stopped early on request, after a final checkpoint.
+    pub stopped: bool,
+}
+
+impl TrainConfig {
+    /// Checks the configuration and its data before a job is created for it, and returns the
+    /// steps the run will take: a mistake is an error to the caller now, not a failed job.
+    pub(crate) fn plan(&self, root: &DataRoot) -> Result<u64> {
+        let TrainConfig::Classifier(config) = self;
+        let invalid = |reason: String| Error::InvalidArgument {
+            tool: "train_start",
+            reason: reason.into(),
+        };
+        if config.classes < 2 {
+            return Err(invalid(format!(
+                "classes must be at least 2, got {}",
+                config.classes
+            )));
+        }
+        if config.hidden.is_empty() || config.hidden.iter().any(|&w| w == 0 || w > 65_536) {
+            return Err(invalid(format!(
+                "hidden widths must be 1 to 65536, at least one layer: {:?}",
+                config.hidden
+            )));
+        }
+        if !(config.lr.is_finite() && config.lr > 0.0) {
+            return Err(invalid(format!(
+                "lr must be a positive number, got {}",
+                config.lr
+            )));
+        }
+        if config.batch == 0 || config.epochs == 0 || config.checkpoint_every == 0 {
+            return Err(invalid(
+                "batch, epochs and checkpoint_every must be positive".into(),
+            ));
+        }
+        let train = open(root, &config.train)?;
+        features_of(&train, config)?;
+        if let Some(eval) = &config.eval {
+            features_of(&*open(root, eval)?, config)?;
+        }
+        let steps = train.num_rows() / config.batch as u64 * config.epochs;
+        if steps == 0 {
+            return Err(invalid(format!(
+                "{} has {} rows: fewer than one batch of {}",
+                config.train,
+                train.num_rows(),
+                config.batch
+            )));
+        }
+        Ok(steps)
+    }
+}
+
+fn open(root: &DataRoot, path: &str) -> Result<Arc<Dataset>> {
+    let resolved = root.resolve(path)?;
+    let uri = resolved.to_str().ok_or_else(|| Error::PathRefused {
+        path: path.into(),
+        reason: "not UTF-8".into(),
+    })?;
+    Ok(Arc::new(Dataset::open(uri)?))
+}
+
+/// The width of the features column, after checking both columns' types.
+fn features_of(dataset: &Dataset, config: &ClassifierConfig) -> Result<usize> {
+    let schema = dataset.schema();
+    let column = |name: &str| {
+        schema
+            .field_with_name(name)
+            .map_err(|_| Error::InvalidArgument {
+                tool: "train_start",
+                reason: format!(
+                    "no column `{name}`; the columns are {:?}",
+                    schema.fields().iter().map(|f| f.name()).collect::<Vec<_>>()
+                )
+                .into(),
+            })
+    };
+    let wrong = |what: String| Error::InvalidArgument {
+        tool: "train_start",
+        reason: what.into(),
+    };
+    let width = match column(&config.features)?.data_type() {
+        DataType::FixedSizeList(item, width) if item.data_type().is_floating() => *width as usize,
+        other => {
+            return Err(wrong(format!(
+                "`{}` must be a fixed-size list of floats, not {other}",
+                config.features
+            )));
+        }
+    };
+    let label = column(&config.label)?.data_type();
+    if !label.is_integer() {
+        return Err(wrong(format!(
+            "`{}` must be integers, not {label}",
+            config.label
+        )));
+    }
+    Ok(width)
+}
+
+/// Trains `config` with checkpoints in `dir/checkpoints` and the metrics log at
+/// `dir/metrics.jsonl`, resuming from the newest valid checkpoint when `resume`. Returns when
+/// the run completes or `stop` is raised (after a final checkpoint).
+pub(crate) fn run(
+    root: &DataRoot,
+    dir: &Path,
+    config: &TrainConfig,
+    resume: bool,
+    stop: Arc<AtomicBool>,
+) -> Result<TrainOutcome> {
+    let TrainConfig::Classifier(config) = config;
+    let steps = TrainConfig::Classifier(config.clone()).plan(root)?;
+    let train = open(root, &config.train)?;
+    let eval = config
+        .eval
+        .as_deref()
+        .map(|path| open(root, path))
+        .transpose()?;
+    let device = Device::flex().autodiff();
+    let model = MlpConfig {
+        input: features_of(&train, config)?,
+        hidden: config.hidden.clone(),
+        classes: config.classes,
+        seed: config.seed,
+    }
+    .init(&device)?;
+    let loader = Loader::builder(train, config.batch)
+        .shuffle(Shuffle::Exact)
+        .seed(config.seed)
+        .remainder(Remainder::Drop)
+        .workers(1);
+    let trainer_config = TrainerConfig {
+        steps,
+        micro_batches: 1,
+        eval_every: eval.as_ref().map(|_| (steps / 10).max(1)),
+        checkpoint: Some(CheckpointSchedule {
+            config: CheckpointConfig {
+                dir: dir.join("checkpoints"),
+                keep_last: KEEP_CHECKPOINTS,
+                mode: SaveMode::Sync,
+            },
+            every: config.checkpoint_every,
+            resume,
+        }),
+        metrics: Some(dir.join("metrics.jsonl")),
+        progress: false,
+        seed: config.seed,
+    };
+    let options = StepOptions {
+        schedule: LrSchedule::constant(config.lr),
+        max_grad_norm: None,
+        sharding: Sharding::Replicated,
+        precision: Precision::F32,
+        loss_scaling: None,
+    };
+    let collective = ThreadGroup::new(1)
+        .into_iter()
+        .next()
+        .ok_or_else(|| Error::Job {
+            job: dir.display().to_string().into(),
+            reason: "no rank to train on".into(),
+        })?;
+    let mut trainer = Trainer::new(
+        collective,
+        model,
+        Classification::new(config.features.clone(), config.label.clone()),
+        loader,
+        &OptimizerConfig::adamw(),
+        options,
+        trainer_config,
+    )?
+    .with_stop_flag(stop);
+    if let Some(eval) = eval {
+        trainer = trainer.with_eval(move |rank, world| {
+            Ok(Loader::builder(Arc::clone(&eval), 512)
+                .rank(rank as u64, world as u64)
+                .workers(1)
+                .build()?)
+        });
+    }
+    let summary = trainer.fit()?;
+    Ok(TrainOutcome {
+        steps: summary.steps,
+        resumed_from: summary.resumed_from,
+        last_loss: summary.last_loss,
+        eval_accuracy: summary.eval.as_ref().map(|e| e.accuracy()),
+        eval_loss: summary.eval.as_ref().map(|e| e.loss()),
+        samples_per_s: summary.samples_per_s,
+        stopped: summary.stopped,
+    })
+}

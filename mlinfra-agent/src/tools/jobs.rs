@@ -1,0 +1,35 @@
+//! The training tools' arguments and results; the work is [`crate::jobs::JobStore`]'s. The
+//! types are the tools' contract: their JSON schemas are derived from them.
+
+use rmcp::schemars::{self, JsonSchema};
+use serde::{Deserialize, Serialize};
+
+use crate::jobs::{JobStatus, TrainConfig};
+
+/// `train_start`'s arguments.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TrainStartRequest {
+    /// What to train (`task` picks the kind; `classifier` today).
+    pub config: TrainConfig,
+}
+
+/// A job, by id.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct JobRequest {
+    /// The id `train_start` returned.
+    pub job: String,
+}
+
+/// No arguments.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NoArguments {}
+
+/// `train_list`'s result.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct JobList {
+    /// Newest first.
+    pub jobs: Vec<JobStatus>,
+}
