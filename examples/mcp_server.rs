@@ -18,6 +18,11 @@
 //! `train_list {}`, kept in `--state-dir DIR` (default `DATA_ROOT/.mlinfra-agent`; hidden, so
 //! not listed as a dataset): a job outlives the client and the server (`kill -9` it, start it
 //! again: the job is `interrupted`, its checkpoints intact, and `train_resume` continues it).
+//! Serving: `generate {prompt, max_tokens}`, `chat {messages, max_tokens}`, `engine_metrics {}`,
+//! `adapter_load {name, path}`, `adapter_unload {name}` with `--model FILE.gguf` (the engine
+//! embedded: mlinfra-serve's OpenAI server called in memory, `--threads N`) or
+//! `--openai-url http://HOST:PORT` (any OpenAI-compatible server; `--openai-model NAME`,
+//! `MLINFRA_OPENAI_API_KEY`).
 //! Resources: the datasets under the root (`mlinfra://datasets/{+path}`); prompt
 //! `explore_dataset {path}`; completion of dataset paths.
 //! `--http` beyond the loopback interface requires `MLINFRA_MCP_TOKEN`. `--trace FILE` appends
@@ -27,16 +32,22 @@ use std::net::SocketAddr;
 use std::process::ExitCode;
 
 use anyhow::{Context, bail};
+use mlinfra_agent::serving::Serving;
 use mlinfra_agent::{AgentServer, DataRoot, HttpOptions, serve_http, serve_stdio};
 use tracing_subscriber::layer::SubscriberExt;
 
-const USAGE: &str =
-    "usage: mcp_server [--http ADDR] [--data-root DIR] [--state-dir DIR] [--trace FILE]";
+const USAGE: &str = "usage: mcp_server [--http ADDR] [--data-root DIR] [--state-dir DIR] \
+                     [--model FILE.gguf [--threads N] | --openai-url URL [--openai-model NAME]] \
+                     [--trace FILE]";
 
 struct Args {
     http: Option<SocketAddr>,
     data_root: String,
     state_dir: Option<String>,
+    model: Option<std::path::PathBuf>,
+    threads: Option<usize>,
+    openai_url: Option<String>,
+    openai_model: String,
     trace: Option<String>,
 }
 
@@ -45,6 +56,10 @@ fn parse_args() -> anyhow::Result<Args> {
         http: None,
         data_root: ".".into(),
         state_dir: None,
+        model: None,
+        threads: None,
+        openai_url: None,
+        openai_model: "default".into(),
         trace: None,
     };
     let mut it = std::env::args().skip(1);
@@ -60,6 +75,21 @@ fn parse_args() -> anyhow::Result<Args> {
             "--state-dir" => {
                 args.state_dir = Some(it.next().context("--state-dir needs a directory")?)
             }
+            "--model" => args.model = Some(it.next().context("--model needs a GGUF file")?.into()),
+            "--threads" => {
+                let value = it.next().context("--threads needs a count")?;
+                args.threads = Some(
+                    value
+                        .parse()
+                        .with_context(|| format!("--threads {value}"))?,
+                );
+            }
+            "--openai-url" => {
+                args.openai_url = Some(it.next().context("--openai-url needs a URL")?)
+            }
+            "--openai-model" => {
+                args.openai_model = it.next().context("--openai-model needs a name")?
+            }
             "--trace" => args.trace = Some(it.next().context("--trace needs a file")?),
             "--help" | "-h" => {
                 println!("{USAGE}");
@@ -67,6 +97,9 @@ fn parse_args() -> anyhow::Result<Args> {
             }
             other => bail!("unknown argument {other}; {USAGE}"),
         }
+    }
+    if args.model.is_some() && args.openai_url.is_some() {
+        bail!("--model and --openai-url exclude each other; {USAGE}");
     }
     Ok(args)
 }
@@ -88,9 +121,18 @@ async fn run() -> anyhow::Result<()> {
     let state_dir = args
         .state_dir
         .map_or_else(|| root.path().join(".mlinfra-agent"), Into::into);
-    let server = AgentServer::new(root)
+    let mut server = AgentServer::new(root)
         .with_jobs(&state_dir)
         .with_context(|| format!("--state-dir {}", state_dir.display()))?;
+    if let Some(model) = &args.model {
+        let threads = args
+            .threads
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from));
+        server = server.with_serving(Serving::embedded(model, threads)?);
+    } else if let Some(url) = &args.openai_url {
+        let key = std::env::var("MLINFRA_OPENAI_API_KEY").ok();
+        server = server.with_serving(Serving::remote(url.clone(), args.openai_model.clone(), key));
+    }
     match args.http {
         None => {
             eprintln!("mcp_server: data root {root_path}; serving MCP on stdio");

@@ -27,6 +27,12 @@ pub enum Error {
         /// Why.
         reason: Box<str>,
     },
+    /// The model server behind the serving tools failed or refused a request (its message).
+    #[error("serving: {reason}")]
+    Serving {
+        /// What failed, with the server's message.
+        reason: Box<str>,
+    },
     /// The job store's directory could not be read or written (the machine).
     #[error("job store {}: {source}", path.display())]
     JobStore {

@@ -50,6 +50,7 @@ mod framing;
 pub mod jobs;
 mod root;
 mod server;
+pub mod serving;
 pub mod tools;
 pub mod trace;
 mod transport;

@@ -26,6 +26,10 @@ use tracing::Instrument;
 use crate::catalog;
 use crate::jobs::{JobStatus, JobStore};
 use crate::root::DataRoot;
+use crate::serving::{
+    AdapterLoadRequest, AdapterName, AdapterReport, ChatRequest, EngineMetrics, GenerateRequest,
+    Generation, Serving,
+};
 use crate::tools::datasets::{
     self, ConvertReport, ConvertRequest, DatasetPath, FingerprintReport, SampleReport,
     SampleRequest, SchemaReport, VerifyReport, VerifyRequest,
@@ -38,6 +42,7 @@ use crate::tools::jobs::{JobList, JobRequest, NoArguments, TrainStartRequest};
 pub struct AgentServer {
     root: Arc<DataRoot>,
     jobs: Option<Arc<JobStore>>,
+    serving: Option<Arc<Serving>>,
     tool_router: ToolRouter<Self>,
 }
 
@@ -48,6 +53,7 @@ impl AgentServer {
         Self {
             root: Arc::new(root),
             jobs: None,
+            serving: None,
             tool_router: Self::tool_router(),
         }
     }
@@ -61,6 +67,13 @@ impl AgentServer {
     pub fn with_jobs(mut self, state_dir: impl AsRef<std::path::Path>) -> crate::Result<Self> {
         self.jobs = Some(Arc::new(JobStore::open(state_dir, Arc::clone(&self.root))?));
         Ok(self)
+    }
+
+    /// Serving tools (`generate`, `chat`, `engine_metrics`, `adapter_load`,
+    /// `adapter_unload`) over `serving`: the embedded engine or a server at a URL.
+    pub fn with_serving(mut self, serving: Serving) -> Self {
+        self.serving = Some(Arc::new(serving));
+        self
     }
 
     /// The data root.
@@ -118,31 +131,71 @@ impl AgentServer {
         R: serde::Serialize + Send + 'static,
         T: Send + 'static,
     {
-        let span = tracing::info_span!(
-            "execute_tool",
-            otel.name = format!("execute_tool {tool}"),
-            gen_ai.operation.name = "execute_tool",
-            gen_ai.tool.name = tool,
-            mcp.method.name = "tools/call",
-            gen_ai.tool.call.arguments.hash = crate::trace::arguments_hash(&request),
-            outcome = tracing::field::Empty,
-            error.type = tracing::field::Empty,
-        );
-        let result = match tokio::task::spawn_blocking(move || work(request))
-            .instrument(span.clone())
-            .await
-        {
-            Ok(result) => result.map_err(|error| (error_kind(&error), error_text(&error))),
-            Err(join) => Err(("task", format!("the tool's task failed: {join}"))),
+        let hash = crate::trace::arguments_hash(&request);
+        let work = async move {
+            tokio::task::spawn_blocking(move || work(request))
+                .await
+                .unwrap_or_else(|join| {
+                    Err(crate::Error::InvalidArgument {
+                        tool,
+                        reason: format!("the tool's task failed: {join}").into(),
+                    })
+                })
         };
-        match &result {
-            Ok(_) => span.record("outcome", "ok"),
-            Err((kind, _)) => span
-                .record("outcome", "tool_error")
-                .record("error.type", *kind),
-        };
-        result.map(Json).map_err(|(_, text)| text)
+        traced(tool, hash, work).await
     }
+
+    /// The serving backend, or the error saying there is none.
+    fn serving(&self, tool: &'static str) -> crate::Result<Arc<Serving>> {
+        self.serving
+            .clone()
+            .ok_or_else(|| crate::Error::InvalidArgument {
+                tool,
+                reason: "this server has no model (start it with mcp_server --model FILE.gguf or \
+                     --openai-url URL)"
+                    .into(),
+            })
+    }
+}
+
+/// Runs a tool's `work` inside its trace span (see [`crate::trace`]): the span records the
+/// outcome, the error's kind, and (set by generation tools) the token counts; a failure
+/// becomes the tool's error text.
+async fn traced<T>(
+    tool: &'static str,
+    arguments_hash: String,
+    work: impl Future<Output = crate::Result<T>>,
+) -> Result<Json<T>, String> {
+    let span = tracing::info_span!(
+        "execute_tool",
+        otel.name = format!("execute_tool {tool}"),
+        gen_ai.operation.name = "execute_tool",
+        gen_ai.tool.name = tool,
+        mcp.method.name = "tools/call",
+        gen_ai.tool.call.arguments.hash = arguments_hash,
+        gen_ai.usage.input_tokens = tracing::field::Empty,
+        gen_ai.usage.output_tokens = tracing::field::Empty,
+        outcome = tracing::field::Empty,
+        error.type = tracing::field::Empty,
+    );
+    let result = work
+        .instrument(span.clone())
+        .await
+        .map_err(|error| (error_kind(&error), error_text(&error)));
+    match &result {
+        Ok(_) => span.record("outcome", "ok"),
+        Err((kind, _)) => span
+            .record("outcome", "tool_error")
+            .record("error.type", *kind),
+    };
+    result.map(Json).map_err(|(_, text)| text)
+}
+
+/// Records a generation's token counts on the current tool span.
+fn record_usage(generation: &Generation) {
+    tracing::Span::current()
+        .record("gen_ai.usage.input_tokens", generation.prompt_tokens)
+        .record("gen_ai.usage.output_tokens", generation.completion_tokens);
 }
 
 /// The error's kind, for the trace's `error.type`.
@@ -154,6 +207,7 @@ fn error_kind(error: &crate::Error) -> &'static str {
         crate::Error::Train(_) => "train",
         crate::Error::Job { .. } => "job",
         crate::Error::JobStore { .. } => "job_store",
+        crate::Error::Serving { .. } => "serving",
         _ => "other",
     }
 }
@@ -297,6 +351,93 @@ impl AgentServer {
             request,
             self.on_jobs(|jobs, r: JobRequest| jobs.resume(&r.job)),
         )
+        .await
+    }
+
+    /// Generates a continuation of `prompt` (at most `max_tokens` tokens; greedy unless a
+    /// temperature is given) with the served model, or a loaded adapter.
+    #[tool(name = "generate", annotations(read_only_hint = true))]
+    async fn generate(
+        &self,
+        Parameters(request): Parameters<GenerateRequest>,
+    ) -> Result<Json<Generation>, String> {
+        let hash = crate::trace::arguments_hash(&request);
+        let serving = self.serving("generate");
+        traced("generate", hash, async move {
+            check_max_tokens("generate", request.max_tokens)?;
+            let generation = serving?.generate(&request).await?;
+            record_usage(&generation);
+            Ok(generation)
+        })
+        .await
+    }
+
+    /// Answers a conversation (the model's chat template applied) with the served model.
+    #[tool(name = "chat", annotations(read_only_hint = true))]
+    async fn chat(
+        &self,
+        Parameters(request): Parameters<ChatRequest>,
+    ) -> Result<Json<Generation>, String> {
+        let hash = crate::trace::arguments_hash(&request);
+        let serving = self.serving("chat");
+        traced("chat", hash, async move {
+            check_max_tokens("chat", request.max_tokens)?;
+            let generation = serving?.chat(&request).await?;
+            record_usage(&generation);
+            Ok(generation)
+        })
+        .await
+    }
+
+    /// The serving engine's metrics: requests, tokens, KV blocks in use, prefix-cache hits.
+    #[tool(name = "engine_metrics", annotations(read_only_hint = true))]
+    async fn engine_metrics(
+        &self,
+        Parameters(request): Parameters<NoArguments>,
+    ) -> Result<Json<EngineMetrics>, String> {
+        let hash = crate::trace::arguments_hash(&request);
+        let serving = self.serving("engine_metrics");
+        traced(
+            "engine_metrics",
+            hash,
+            async move { serving?.metrics().await },
+        )
+        .await
+    }
+
+    /// Loads a PEFT LoRA adapter (a directory under the data root) into the served model, to
+    /// be named in `generate` and `chat`.
+    #[tool(
+        name = "adapter_load",
+        annotations(read_only_hint = false, destructive_hint = false)
+    )]
+    async fn adapter_load(
+        &self,
+        Parameters(request): Parameters<AdapterLoadRequest>,
+    ) -> Result<Json<AdapterReport>, String> {
+        let hash = crate::trace::arguments_hash(&request);
+        let serving = self.serving("adapter_load");
+        let path = self.root.resolve(&request.path);
+        traced("adapter_load", hash, async move {
+            serving?.load_adapter(&request.name, &path?).await
+        })
+        .await
+    }
+
+    /// Unloads a LoRA adapter.
+    #[tool(
+        name = "adapter_unload",
+        annotations(read_only_hint = false, destructive_hint = false)
+    )]
+    async fn adapter_unload(
+        &self,
+        Parameters(request): Parameters<AdapterName>,
+    ) -> Result<Json<AdapterReport>, String> {
+        let hash = crate::trace::arguments_hash(&request);
+        let serving = self.serving("adapter_unload");
+        traced("adapter_unload", hash, async move {
+            serving?.unload_adapter(&request.name).await
+        })
         .await
     }
 
@@ -545,4 +686,19 @@ async fn blocking<T: Send + 'static>(
     tokio::task::spawn_blocking(work)
         .await
         .map_err(|join| ErrorData::internal_error(join.to_string(), None))?
+}
+
+/// The most tokens one generation may ask for.
+pub const MAX_GENERATE_TOKENS: u32 = 4096;
+
+fn check_max_tokens(tool: &'static str, max_tokens: u32) -> crate::Result<()> {
+    if (1..=MAX_GENERATE_TOKENS).contains(&max_tokens) {
+        Ok(())
+    } else {
+        Err(crate::Error::InvalidArgument {
+            tool,
+            reason: format!("max_tokens must be 1 to {MAX_GENERATE_TOKENS}, got {max_tokens}")
+                .into(),
+        })
+    }
 }

@@ -104,10 +104,11 @@ struct StdioClient {
 }
 
 impl StdioClient {
-    fn spawn(data_root: &std::path::Path, state_dir: &std::path::Path) -> Self {
+    fn spawn(data_root: &std::path::Path, state_dir: &std::path::Path, more: &[&str]) -> Self {
         let mut child = example("mcp_server")
             .args(["--data-root", data_root.to_str().unwrap()])
             .args(["--state-dir", state_dir.to_str().unwrap()])
+            .args(more)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -224,7 +225,7 @@ fn a_training_job_survives_kill_9_of_the_server_and_resumes() {
     classification_parquet(&data.join("train.parquet"), 2048);
     let state = dir.path().join("state");
 
-    let mut server = StdioClient::spawn(&data, &state);
+    let mut server = StdioClient::spawn(&data, &state, &[]);
     let config = json!({"task": "classifier", "train": "train.parquet", "classes": 4,
         "hidden": [32], "epochs": 60, "batch": 32, "lr": 0.01, "checkpoint_every": 25});
     let started = server.call("train_start", json!({"config": config}));
@@ -238,7 +239,7 @@ fn a_training_job_survives_kill_9_of_the_server_and_resumes() {
     server.child.kill().unwrap(); // SIGKILL: no chance to record anything
     server.child.wait().unwrap();
 
-    let mut server = StdioClient::spawn(&data, &state);
+    let mut server = StdioClient::spawn(&data, &state, &[]);
     let after = server.call("train_status", json!({"job": job}));
     assert_eq!(after["state"], "interrupted", "{after}");
     let checkpoints = after["checkpoints"].as_array().unwrap().clone();
@@ -253,6 +254,29 @@ fn a_training_job_survives_kill_9_of_the_server_and_resumes() {
     assert_eq!(done["outcome"]["steps"], 2048 / 32 * 60);
     assert_eq!(done["outcome"]["resumed_from"], checkpoints[0], "{done}");
     assert_eq!(done["launches"], 2);
+    drop(server.stdin);
+    assert!(server.child.wait().unwrap().success());
+}
+
+#[test]
+fn generate_answers_with_the_model_given_by_flag() {
+    let Some(model) = mlinfra_test_utils::model("SmolLM2-135M-Instruct.Q4_1.gguf") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let model = model.to_str().unwrap();
+    let mut server = StdioClient::spawn(
+        dir.path(),
+        &dir.path().join("state"),
+        &["--model", model, "--threads", "2"],
+    );
+    let generation = server.call(
+        "generate",
+        json!({"prompt": "The capital of France is", "max_tokens": 6}),
+    );
+    assert_eq!(generation["completion_tokens"], 6, "{generation}");
+    assert_eq!(generation["prompt_tokens"], 5);
+    assert!(!generation["text"].as_str().unwrap().is_empty());
     drop(server.stdin);
     assert!(server.child.wait().unwrap().success());
 }

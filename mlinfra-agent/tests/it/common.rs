@@ -1,6 +1,8 @@
 //! What the transport tests share: a data root with one small Parquet dataset, a server on
 //! it, and JSON-RPC messages pulled out of JSON or server-sent-event bodies.
 
+use std::io::Write;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use mlinfra_agent::{AgentServer, DataRoot};
@@ -120,5 +122,19 @@ pub async fn exchange(
         if done {
             return replies;
         }
+    }
+}
+
+/// A shared buffer the layer writes into.
+#[derive(Clone, Default)]
+pub struct Buffer(pub Arc<Mutex<Vec<u8>>>);
+
+impl Write for Buffer {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }

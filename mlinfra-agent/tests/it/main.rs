@@ -5,5 +5,6 @@ mod http;
 mod jobs;
 mod resources;
 mod root;
+mod serving;
 mod stdio;
 mod trace;

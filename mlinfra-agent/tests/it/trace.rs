@@ -1,30 +1,13 @@
 //! Every tool call leaves one JSONL trace line with the GenAI/MCP attributes: the tool's name,
 //! the arguments' hash (not the arguments), the outcome and the error type.
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
-
 use mlinfra_agent::trace::{JsonlTraceLayer, arguments_hash};
 use mlinfra_agent::{HttpOptions, serve_http};
 use mlinfra_test_utils::http::request_with;
 use serde_json::{Value, json};
 use tracing_subscriber::layer::SubscriberExt;
 
-use crate::common::{Fixture, call, initialize, messages, response};
-
-/// A shared buffer the layer writes into.
-#[derive(Clone, Default)]
-struct Buffer(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Buffer {
-    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(bytes);
-        Ok(bytes.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
+use crate::common::{Buffer, Fixture, call, initialize, messages, response};
 
 #[test]
 fn each_tool_call_is_one_trace_line_with_the_genai_attributes() {
