@@ -75,6 +75,8 @@ TOOLS = (
     "train_resume",
     "train_list",
 )
+# Called when the server has a model (`--model FILE.gguf`).
+SERVING_TOOLS = ("generate", "chat", "engine_metrics", "adapter_load", "adapter_unload")
 DATASET_URI_PREFIX = "mlinfra://datasets/"
 DATASET_URI_TEMPLATE = "mlinfra://datasets/{+path}"
 PROMPT = "explore_dataset"
@@ -256,6 +258,32 @@ async def exercise(run: Run, expected_version: str, output: str) -> dict[str, An
         await run.call_refused(tool, {"job": "train-0-0"}, "no such job")
     await run.call_refused("train_status", {"job": "../../etc"}, "an id that is a path")
 
+    # --- serving: where the server has a model ---------------------------------------------------
+    if "generate" in names:
+        generation = await run.call_ok(
+            "generate", {"prompt": "The capital of France is", "max_tokens": 4}
+        )
+        run.check(
+            generation["completion_tokens"] == 4 and generation["prompt_tokens"] > 0,
+            f"generate: {generation['text']!r} ({generation['prompt_tokens']} prompt tokens)",
+        )
+        answer = await run.call_ok(
+            "chat", {"messages": [{"role": "user", "content": "What is 2+2?"}], "max_tokens": 12}
+        )
+        run.check("4" in answer["text"], f"chat answers 2+2: {answer['text']!r}")
+        metrics = await run.call_ok("engine_metrics", {})
+        run.check(
+            metrics["samples"].get("mlinfra_generation_tokens_total", 0) >= 16,
+            "engine_metrics counts the tokens generated so far",
+        )
+        await run.call_refused(
+            "adapter_load", {"name": "a", "path": "../adapter"}, "outside the data root"
+        )
+        await run.call_refused("adapter_unload", {"name": "never-loaded"}, "not loaded")
+        run.summary["generated"] = generation["text"]
+    else:
+        run.skip("serving: the server has no model")
+
     # --- resources, prompts, completion: where advertised --------------------------------------
     if capabilities.resources is not None:
         run.summary["resources"] = await exercise_resources(run, output)
@@ -425,11 +453,13 @@ def column_names(report: dict[str, Any]) -> list[str]:
 
 
 @contextmanager
-def http_server(binary: Path, data_root: Path, timeout: float) -> Iterator[str]:
+def http_server(
+    binary: Path, data_root: Path, extra: list[str], timeout: float
+) -> Iterator[str]:
     """Starts `binary --http 127.0.0.1:0`, yields its endpoint URL, and stops it with SIGINT
     (its graceful shutdown), requiring exit status 0. Its stderr is copied to ours."""
     process = subprocess.Popen(
-        [str(binary), "--http", "127.0.0.1:0", "--data-root", str(data_root)],
+        [str(binary), "--http", "127.0.0.1:0", "--data-root", str(data_root), *extra],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
@@ -504,13 +534,14 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     (root / FIXTURE_CSV).write_text(FIXTURE_TEXT)
     print(f"fixture: {root / FIXTURE_CSV} ({len(FIXTURE_ROWS)} rows)", flush=True)
 
-    stdio = StdioServerParameters(command=str(binary), args=["--data-root", str(root)])
+    extra = ["--model", str(args.model.resolve())] if args.model else []
+    stdio = StdioServerParameters(command=str(binary), args=["--data-root", str(root), *extra])
     runs = [
         await run_client(
             "stdio", stdio, "legacy", HANDSHAKE_VERSION, outputs["stdio"], args.timeout
         )
     ]
-    with http_server(binary, root, args.timeout) as url:
+    with http_server(binary, root, extra, args.timeout) as url:
         runs.append(
             await run_client(
                 "http_2025", url, "legacy", HANDSHAKE_VERSION, outputs["http_2025"], args.timeout
@@ -531,7 +562,8 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     print("[all] ok: the three runs' Parquet files have one fingerprint", flush=True)
     summary: dict[str, Any] = {run.label: run.summary for run in runs}
     summary["tools_called"] = sorted(set().union(*(run.tools_called for run in runs)))
-    missing = set(TOOLS) - set(summary["tools_called"])
+    expected = set(TOOLS) | (set(SERVING_TOOLS) if args.model else set())
+    missing = expected - set(summary["tools_called"])
     if missing:
         raise CheckFailed(f"tools never called: {sorted(missing)}")
     return summary
@@ -561,6 +593,9 @@ def main() -> int:
     )
     parser.add_argument(
         "--timeout", type=float, default=120.0, help="seconds per connection (default 120)"
+    )
+    parser.add_argument(
+        "--model", type=Path, help="a GGUF model for the server: the serving tools are called too"
     )
     args = parser.parse_args()
     try:

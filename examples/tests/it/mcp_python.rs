@@ -38,14 +38,19 @@ fn the_official_python_client_drives_every_tool_on_both_transports_and_eras() {
     let server = example("mcp_server");
     let data_root = tempfile::tempdir().unwrap();
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/mcp_client.py");
-    let run = std::process::Command::new(python)
+    let mut command = std::process::Command::new(python);
+    command
         .arg(script)
         .arg("--server-binary")
         .arg(server.get_program())
         .arg("--data-root")
-        .arg(data_root.path())
-        .output()
-        .unwrap();
+        .arg(data_root.path());
+    // With the model, the serving tools are called too (without it, outside CI, they are not).
+    let model = mlinfra_test_utils::model("SmolLM2-135M-Instruct.Q4_1.gguf");
+    if let Some(model) = &model {
+        command.arg("--model").arg(model);
+    }
+    let run = command.output().unwrap();
     let stdout = String::from_utf8_lossy(&run.stdout);
     assert!(
         run.status.success(),
