@@ -74,6 +74,8 @@ TOOLS = (
     "train_stop",
     "train_resume",
     "train_list",
+    "train_wait",
+    "job_delete",
 )
 # Called when the server has a model (`--model FILE.gguf`).
 SERVING_TOOLS = ("generate", "chat", "engine_metrics", "adapter_load", "adapter_unload")
@@ -254,7 +256,7 @@ async def exercise(run: Run, expected_version: str, output: str) -> dict[str, An
         refused.is_error is True and "score" in error_text(refused),
         f"train_start refuses a scalar features column, naming it: {error_text(refused)!r}",
     )
-    for tool in ("train_status", "train_stop", "train_resume"):
+    for tool in ("train_status", "train_stop", "train_resume", "train_wait", "job_delete"):
         await run.call_refused(tool, {"job": "train-0-0"}, "no such job")
     await run.call_refused("train_status", {"job": "../../etc"}, "an id that is a path")
 

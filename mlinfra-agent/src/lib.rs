@@ -44,6 +44,7 @@
 #![warn(missing_docs)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+mod approval;
 pub mod catalog;
 mod error;
 mod framing;

@@ -8,23 +8,26 @@
 //! tool, arguments that do not match the schema) stay JSON-RPC errors.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use rmcp::handler::server::router::tool::ToolRouter;
+use rmcp::handler::server::tool::InputResponses;
 use rmcp::handler::server::wrapper::{Json, Parameters};
 use rmcp::model::{
-    CacheScope, CompleteRequestParams, CompleteResult, CompletionInfo, ErrorData,
-    GetPromptRequestParams, GetPromptResponse, GetPromptResult, Implementation, ListPromptsResult,
-    ListResourceTemplatesResult, ListResourcesResult, PaginatedRequestParams, Prompt,
-    PromptArgument, PromptMessage, ReadResourceRequestParams, ReadResourceResponse,
-    ReadResourceResult, Reference, Resource, ResourceContents, ResourceTemplate, Role,
-    ServerCapabilities, ServerConfig,
+    CacheScope, CallToolResponse, CallToolResult, CompleteRequestParams, CompleteResult,
+    CompletionInfo, ContentBlock, ErrorData, GetPromptRequestParams, GetPromptResponse,
+    GetPromptResult, Implementation, ListPromptsResult, ListResourceTemplatesResult,
+    ListResourcesResult, PaginatedRequestParams, ProgressNotificationParam, Prompt, PromptArgument,
+    PromptMessage, ReadResourceRequestParams, ReadResourceResponse, ReadResourceResult, Reference,
+    Resource, ResourceContents, ResourceTemplate, Role, ServerCapabilities, ServerConfig,
 };
 use rmcp::service::RequestContext;
 use rmcp::{RoleServer, ServerHandler, tool, tool_handler, tool_router};
 use tracing::Instrument;
 
+use crate::approval::{self, Approval};
 use crate::catalog;
-use crate::jobs::{JobStatus, JobStore};
+use crate::jobs::{JobState, JobStatus, JobStore};
 use crate::root::DataRoot;
 use crate::serving::{
     AdapterLoadRequest, AdapterName, AdapterReport, ChatRequest, EngineMetrics, GenerateRequest,
@@ -34,7 +37,9 @@ use crate::tools::datasets::{
     self, ConvertReport, ConvertRequest, DatasetPath, FingerprintReport, SampleReport,
     SampleRequest, SchemaReport, VerifyReport, VerifyRequest,
 };
-use crate::tools::jobs::{JobList, JobRequest, NoArguments, TrainStartRequest};
+use crate::tools::jobs::{
+    Deleted, JobList, JobRequest, NoArguments, TrainStartRequest, WaitRequest,
+};
 
 /// The MCP server: the stack's tools over one data root. Cheap to clone (each HTTP session
 /// gets one).
@@ -441,6 +446,127 @@ impl AgentServer {
         .await
     }
 
+    /// Waits for a job to leave `running` (or `timeout_s`), sending progress notifications
+    /// (step of total steps, loss) when the request carries a progress token. Cancelling the
+    /// request ends the wait, not the job.
+    #[tool(name = "train_wait", annotations(read_only_hint = true))]
+    async fn train_wait(
+        &self,
+        Parameters(request): Parameters<WaitRequest>,
+        cx: RequestContext<RoleServer>,
+    ) -> Result<Json<JobStatus>, String> {
+        let hash = crate::trace::arguments_hash(&request);
+        let jobs = self.on_jobs(|jobs, ()| Ok(Arc::clone(jobs)));
+        traced("train_wait", hash, async move {
+            let jobs = jobs(())?;
+            if !(1..=3600).contains(&request.timeout_s) {
+                return Err(crate::Error::InvalidArgument {
+                    tool: "train_wait",
+                    reason: format!("timeout_s must be 1 to 3600, got {}", request.timeout_s)
+                        .into(),
+                });
+            }
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(request.timeout_s);
+            let token = cx.meta.get_progress_token();
+            let mut reported = None;
+            loop {
+                let status = {
+                    let (jobs, job) = (Arc::clone(&jobs), request.job.clone());
+                    blocking_job(move || jobs.status(&job)).await?
+                };
+                if let Some(token) = &token
+                    && reported != Some(status.step)
+                {
+                    reported = Some(status.step);
+                    let loss = status
+                        .loss
+                        .map_or_else(String::new, |l| format!(", loss {l:.4}"));
+                    let progress =
+                        ProgressNotificationParam::new(token.clone(), status.step as f64)
+                            .with_total(status.record.total_steps as f64)
+                            .with_message(format!(
+                                "step {} of {}{loss}",
+                                status.step, status.record.total_steps
+                            ));
+                    let _ = cx.peer.notify_progress(progress).await;
+                }
+                if status.record.state != JobState::Running
+                    || tokio::time::Instant::now() >= deadline
+                {
+                    return Ok(status);
+                }
+                tokio::select! {
+                    () = cx.ct.cancelled() => return Err(crate::Error::Job {
+                        job: request.job.clone().into(),
+                        reason: "the wait was cancelled (the job goes on)".into(),
+                    }),
+                    () = tokio::time::sleep(Duration::from_millis(200)) => {}
+                }
+            }
+        })
+        .await
+    }
+
+    /// Deletes a job with its checkpoints and metrics, irreversibly: only after the user
+    /// approves (MCP elicitation; refused when the client cannot ask).
+    #[tool(
+        name = "job_delete",
+        annotations(read_only_hint = false, destructive_hint = true),
+        // The result is `Deleted` (or, 2026-07-28, the question): the schema is declared as
+        // the macro cannot see it through `CallToolResponse`.
+        output_schema = rmcp::handler::server::common::schema_for_output::<Deleted>()
+    )]
+    async fn job_delete(
+        &self,
+        Parameters(request): Parameters<JobRequest>,
+        InputResponses(responses): InputResponses,
+        cx: RequestContext<RoleServer>,
+    ) -> CallToolResponse {
+        let hash = crate::trace::arguments_hash(&request);
+        let jobs = self.on_jobs(|jobs, ()| Ok(Arc::clone(jobs)));
+        let result = traced("job_delete", hash, async move {
+            let jobs = jobs(())?;
+            let status = {
+                let (jobs, job) = (Arc::clone(&jobs), request.job.clone());
+                blocking_job(move || jobs.status(&job)).await?
+            };
+            let question = format!(
+                "Delete training job {} ({:?}, step {} of {}) and its {} checkpoints? This cannot be undone.",
+                request.job,
+                status.record.state,
+                status.step,
+                status.record.total_steps,
+                status.checkpoints.len()
+            );
+            match approval::ask(&cx, responses.as_ref(), &question).await {
+                Approval::Granted => {
+                    let job = request.job.clone();
+                    blocking_job(move || jobs.delete(&job)).await?;
+                    Ok(Ok(Deleted {
+                        job: request.job,
+                        checkpoints: status.checkpoints.len(),
+                    }))
+                }
+                Approval::Ask(input_required) => Ok(Err(input_required)),
+                Approval::Refused(reason) => Err(crate::Error::Job {
+                    job: request.job.into(),
+                    reason: format!("not deleted: {reason}").into(),
+                }),
+            }
+        })
+        .await;
+        match result {
+            Ok(Json(Ok(deleted))) => match serde_json::to_value(&deleted) {
+                Ok(value) => CallToolResult::structured(value).into(),
+                Err(error) => {
+                    CallToolResult::error(vec![ContentBlock::text(error.to_string())]).into()
+                }
+            },
+            Ok(Json(Err(input_required))) => input_required.into(),
+            Err(text) => CallToolResult::error(vec![ContentBlock::text(text)]).into(),
+        }
+    }
+
     /// Every training job, newest first, with its state and checkpoints.
     #[tool(name = "train_list", annotations(read_only_hint = true))]
     async fn train_list(
@@ -701,4 +827,18 @@ fn check_max_tokens(tool: &'static str, max_tokens: u32) -> crate::Result<()> {
                 .into(),
         })
     }
+}
+
+/// Job-store work on tokio's blocking pool (file reads and writes).
+async fn blocking_job<T: Send + 'static>(
+    work: impl FnOnce() -> crate::Result<T> + Send + 'static,
+) -> crate::Result<T> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .unwrap_or_else(|join| {
+            Err(crate::Error::Job {
+                job: "-".into(),
+                reason: format!("the task failed: {join}").into(),
+            })
+        })
 }

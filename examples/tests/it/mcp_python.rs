@@ -71,8 +71,9 @@ fn the_official_python_client_drives_every_tool_on_both_transports_and_eras() {
             );
         }
     }
+    // The script itself fails when a listed tool goes uncalled; this holds it to the list.
     let called = summary["tools_called"].as_array().unwrap();
-    for tool in [
+    let mut expected = vec![
         "dataset_schema",
         "dataset_sample",
         "dataset_fingerprint",
@@ -83,7 +84,19 @@ fn the_official_python_client_drives_every_tool_on_both_transports_and_eras() {
         "train_stop",
         "train_resume",
         "train_list",
-    ] {
+        "train_wait",
+        "job_delete",
+    ];
+    if model.is_some() {
+        expected.extend([
+            "generate",
+            "chat",
+            "engine_metrics",
+            "adapter_load",
+            "adapter_unload",
+        ]);
+    }
+    for tool in expected {
         assert!(
             called.iter().any(|t| t == tool),
             "{tool} not called: {summary}"

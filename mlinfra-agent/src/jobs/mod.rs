@@ -241,6 +241,31 @@ impl JobStore {
             .collect())
     }
 
+    /// Deletes job `id`: its record, checkpoints and metrics. Irreversible: the
+    /// `job_delete` tool asks the user first.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Job`] for an unknown or running job; [`Error::JobStore`] when the directory
+    /// cannot be removed.
+    pub fn delete(&self, id: &str) -> Result<()> {
+        let dir = self.dir(id)?;
+        let running = self
+            .running
+            .lock()
+            .map_err(|_| job_error(id, "the job table is poisoned"))?;
+        if running.contains_key(id) {
+            return Err(job_error(id, "it is running: stop it first"));
+        }
+        // The record goes first: a crash part-way leaves a directory no listing reads as a job.
+        let record = dir.join("job.json");
+        std::fs::remove_file(&record).map_err(|source| Error::JobStore {
+            path: record,
+            source,
+        })?;
+        std::fs::remove_dir_all(&dir).map_err(|source| Error::JobStore { path: dir, source })
+    }
+
     /// Waits until job `id` is no longer running, or `timeout` passes; returns its status.
     ///
     /// # Errors

@@ -33,3 +33,27 @@ pub struct JobList {
     /// Newest first.
     pub jobs: Vec<JobStatus>,
 }
+
+/// `train_wait`'s arguments.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WaitRequest {
+    /// The id `train_start` returned.
+    pub job: String,
+    /// How long to wait at most, seconds (1 to 3600; 60 by default).
+    #[serde(default = "default_wait")]
+    pub timeout_s: u64,
+}
+
+fn default_wait() -> u64 {
+    60
+}
+
+/// `job_delete`'s result.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct Deleted {
+    /// The job deleted.
+    pub job: String,
+    /// The checkpoints deleted with it.
+    pub checkpoints: usize,
+}

@@ -418,3 +418,82 @@ fn a_csv_becomes_parquet_under_the_root_and_verifies_against_its_fingerprint() {
     assert!(!fixture.root().join("stolen.parquet").exists());
     runtime.block_on(server.shutdown()).unwrap();
 }
+
+/// 2026-07-28 cannot send the client a request: `job_delete` asks through an
+/// `input_required` result, and deletes on the retry that carries the user's yes.
+#[test]
+fn job_delete_asks_through_an_input_required_round_trip_when_stateless() {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use mlinfra_agent::DataRoot;
+    use mlinfra_agent::jobs::{JobState, JobStore, TrainConfig};
+
+    let fixture = Fixture::new();
+    crate::jobs::teacher_parquet(&fixture.root().join("train.parquet"), 256, 3);
+    let state = fixture.base.path().join("state");
+    let config: TrainConfig = serde_json::from_value(json!({"task": "classifier",
+        "train": "train.parquet", "classes": 4, "epochs": 2, "batch": 32}))
+    .unwrap();
+    let job = {
+        let root = Arc::new(DataRoot::new(fixture.root()).unwrap());
+        let store = Arc::new(JobStore::open(&state, root).unwrap());
+        let id = store.start(config).unwrap().record.id;
+        let done = store.wait(&id, Duration::from_secs(120)).unwrap();
+        assert_eq!(done.record.state, JobState::Completed);
+        id
+    };
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let server = runtime
+        .block_on(serve_http(
+            fixture.server().with_jobs(&state).unwrap(),
+            HttpOptions::default(),
+        ))
+        .unwrap();
+    let delete = |id: i64, extra: Value| {
+        let mut params = json!({"name": "job_delete", "arguments": {"job": job}});
+        if let Value::Object(extra) = extra {
+            params.as_object_mut().unwrap().extend(extra);
+        }
+        params["_meta"] = json!({
+            "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+            "io.modelcontextprotocol/clientInfo": {"name": "mlinfra-tests", "version": "0"},
+            "io.modelcontextprotocol/clientCapabilities": {"elicitation": {}}
+        });
+        let body = json!({"jsonrpc": "2.0", "id": id, "method": "tools/call", "params": params});
+        let headers = [
+            ("MCP-Protocol-Version", "2026-07-28"),
+            ("Mcp-Method", "tools/call"),
+            ("Mcp-Name", "job_delete"),
+        ];
+        let reply = post(server.address(), &headers, &body);
+        response(&messages(&reply.body), id)
+    };
+    let asked = delete(1, json!({}));
+    let result = &asked["result"];
+    assert_eq!(result["resultType"], "input_required", "{asked}");
+    assert_eq!(
+        result["inputRequests"]["approve"]["method"],
+        "elicitation/create"
+    );
+    assert!(
+        state.join("jobs").join(&job).is_dir(),
+        "nothing deleted before the answer"
+    );
+    let no = delete(
+        2,
+        json!({"inputResponses": {"approve": {"action": "decline"}}}),
+    );
+    assert_eq!(no["result"]["isError"], true, "{no}");
+    assert!(state.join("jobs").join(&job).is_dir());
+    let yes = delete(
+        3,
+        json!({"inputResponses": {"approve": {"action": "accept", "content": {"approve": true}}}}),
+    );
+    assert_eq!(
+        yes["result"]["structuredContent"]["job"],
+        job.as_str(),
+        "{yes}"
+    );
+    assert!(!state.join("jobs").join(&job).exists());
+}

@@ -19,7 +19,7 @@ const CLASSES: usize = 4;
 
 /// `rows` rows of features uniform in [-1, 1], labelled by a fixed linear teacher
 /// (`argmax(W x)`): learnable to high accuracy, so a run that does not train fails the test.
-fn teacher_parquet(path: &Path, rows: usize, seed: u64) {
+pub fn teacher_parquet(path: &Path, rows: usize, seed: u64) {
     let w = SplitMix64::new(99).vec_f32(CLASSES * FEATURES, -1.0, 1.0);
     let x = SplitMix64::new(seed).vec_f32(rows * FEATURES, -1.0, 1.0);
     let labels: Vec<i64> = x

@@ -1,5 +1,6 @@
 //! Integration tests of `mlinfra-agent`: one binary, one module per area.
 
+mod approval;
 mod common;
 mod http;
 mod jobs;
