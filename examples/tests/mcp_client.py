@@ -69,6 +69,8 @@ TOOLS = (
     "dataset_fingerprint",
     "dataset_verify",
     "dataset_convert",
+    "loader_plan",
+    "loader_probe",
     "train_start",
     "train_status",
     "train_stop",
@@ -245,6 +247,20 @@ async def exercise(run: Run, expected_version: str, output: str) -> dict[str, An
         "dataset_convert", {"input": FIXTURE_CSV, "output": output}, "never overwrites"
     )
     run.summary.update(rows=schema["rows"], fingerprint=fingerprint)
+
+    # --- loader: the epoch's plan and a throughput probe over the converted file --------------
+    plan = await run.call_ok("loader_plan", {"path": output, "batch": 2, "world": 2, "batches": 1})
+    run.check(
+        [rank["samples"] for rank in plan["ranks"]] == [2, 2]
+        and sorted(plan["ranks"][0]["first_batches"][0] + plan["ranks"][1]["first_batches"][0])
+        == [0, 1, 2, 3],
+        f"loader_plan splits the 4 rows over 2 ranks: {plan['ranks']}",
+    )
+    probe = await run.call_ok("loader_probe", {"path": output, "batch": 2, "seconds": 5})
+    run.check(
+        probe["samples"] == len(FIXTURE_ROWS) and probe["epoch_done"] is True,
+        f"loader_probe reads the epoch: {probe['samples']} samples, {probe['samples_per_s']:.0f}/s",
+    )
 
     # --- training jobs: the wire contract and its refusals (a whole run, killed and resumed,
     # is examples/tests/it/mcp_server.rs's test; the CSV has no feature-vector column) ------------

@@ -15,6 +15,9 @@ pub enum Error {
     /// A dataset could not be opened or read (the file, or the caller's request).
     #[error(transparent)]
     Data(#[from] mlinfra_data::Error),
+    /// The loader refused a plan or failed to read (the caller's arguments, or the data).
+    #[error(transparent)]
+    Loader(#[from] mlinfra_loader::Error),
     /// A training job failed in the trainer (its configuration, its data, a checkpoint).
     #[error(transparent)]
     Train(#[from] mlinfra_train::Error),

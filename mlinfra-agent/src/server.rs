@@ -40,6 +40,7 @@ use crate::tools::datasets::{
 use crate::tools::jobs::{
     Deleted, JobList, JobRequest, NoArguments, TrainStartRequest, WaitRequest,
 };
+use crate::tools::loader::{self, PlanReport, PlanRequest, ProbeReport, ProbeRequest};
 
 /// The MCP server: the stack's tools over one data root. Cheap to clone (each HTTP session
 /// gets one).
@@ -210,6 +211,7 @@ fn error_kind(error: &crate::Error) -> &'static str {
         crate::Error::InvalidArgument { .. } => "invalid_argument",
         crate::Error::Data(_) => "data",
         crate::Error::Train(_) => "train",
+        crate::Error::Loader(_) => "loader",
         crate::Error::Job { .. } => "job",
         crate::Error::JobStore { .. } => "job_store",
         crate::Error::Serving { .. } => "serving",
@@ -289,6 +291,28 @@ impl AgentServer {
         Parameters(request): Parameters<ConvertRequest>,
     ) -> Result<Json<ConvertReport>, String> {
         self.run("dataset_convert", request, self.on_root(datasets::convert))
+            .await
+    }
+
+    /// The order a training run reads a dataset in: each rank's samples and batches this
+    /// epoch and its first batches' row ids (the plan a trainer with these settings follows).
+    #[tool(name = "loader_plan", annotations(read_only_hint = true))]
+    async fn loader_plan(
+        &self,
+        Parameters(request): Parameters<PlanRequest>,
+    ) -> Result<Json<PlanReport>, String> {
+        self.run("loader_plan", request, self.on_root(loader::plan))
+            .await
+    }
+
+    /// How fast the loader delivers a dataset's shuffled batches on this machine (samples/s,
+    /// time to the first batch, time waiting), for up to `seconds`.
+    #[tool(name = "loader_probe", annotations(read_only_hint = true))]
+    async fn loader_probe(
+        &self,
+        Parameters(request): Parameters<ProbeRequest>,
+    ) -> Result<Json<ProbeReport>, String> {
+        self.run("loader_probe", request, self.on_root(loader::probe))
             .await
     }
 

@@ -79,6 +79,8 @@ fn the_official_python_client_drives_every_tool_on_both_transports_and_eras() {
         "dataset_fingerprint",
         "dataset_verify",
         "dataset_convert",
+        "loader_plan",
+        "loader_probe",
         "train_start",
         "train_status",
         "train_stop",

@@ -3,3 +3,4 @@
 
 pub mod datasets;
 pub mod jobs;
+pub mod loader;
