@@ -122,16 +122,17 @@ async fn run() -> anyhow::Result<()> {
         .state_dir
         .map_or_else(|| root.path().join(".mlinfra-agent"), Into::into);
     let mut server = AgentServer::new(root)
-        .with_jobs(&state_dir)
+        .with_state(&state_dir)
         .with_context(|| format!("--state-dir {}", state_dir.display()))?;
     if let Some(model) = &args.model {
         let threads = args
             .threads
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from));
-        server = server.with_serving(Serving::embedded(model, threads)?);
+        server = server.with_serving(Serving::embedded(model, threads)?)?;
     } else if let Some(url) = &args.openai_url {
         let key = std::env::var("MLINFRA_OPENAI_API_KEY").ok();
-        server = server.with_serving(Serving::remote(url.clone(), args.openai_model.clone(), key));
+        server =
+            server.with_serving(Serving::remote(url.clone(), args.openai_model.clone(), key))?;
     }
     match args.http {
         None => {

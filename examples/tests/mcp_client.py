@@ -78,6 +78,7 @@ TOOLS = (
     "train_list",
     "train_wait",
     "job_delete",
+    "lineage_list",
 )
 # Called when the server has a model (`--model FILE.gguf`).
 SERVING_TOOLS = ("generate", "chat", "engine_metrics", "adapter_load", "adapter_unload")
@@ -247,6 +248,14 @@ async def exercise(run: Run, expected_version: str, output: str) -> dict[str, An
         "dataset_convert", {"input": FIXTURE_CSV, "output": output}, "never overwrites"
     )
     run.summary.update(rows=schema["rows"], fingerprint=fingerprint)
+
+    # --- lineage: every tool recorded by definition hash, the converted dataset among them ------
+    registry = await run.call_ok("lineage_list", {})
+    recorded = {(entry["kind"], entry["name"]) for entry in registry["entries"]}
+    run.check(
+        {("tool", name) for name in names} <= recorded,
+        f"lineage_list records every listed tool ({len(registry['entries'])} entries)",
+    )
 
     # --- loader: the epoch's plan and a throughput probe over the converted file --------------
     plan = await run.call_ok("loader_plan", {"path": output, "batch": 2, "world": 2, "batches": 1})

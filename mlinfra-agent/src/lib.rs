@@ -14,22 +14,31 @@
 //!   `dataset_verify` and `dataset_convert` (CSV / JSON lines to a new Parquet file under the
 //!   root; never overwrites); the datasets as resources ([`catalog`]:
 //!   `mlinfra://datasets/{+path}`, paged), the `explore_dataset` prompt, completion of paths.
-//! - Training jobs ([`jobs`]): `train_start`, `train_status`, `train_stop`, `train_resume`,
-//!   `train_list`; a job runs in the background, outlives the client, and survives a
+//! - Loader tools `loader_plan` (each rank's share and first batches: the plan a trainer
+//!   follows) and `loader_probe` (samples/s, time to the first batch, waits).
+//! - Training jobs ([`jobs`]): `train_start`, `train_status`, `train_wait` (progress
+//!   notifications), `train_stop`, `train_resume`, `train_list`, `job_delete` (only on the
+//!   user's yes, by elicitation: a request in a session, an `input_required` round
+//!   trip when stateless); a job runs in the background, outlives the client, and survives a
 //!   `kill -9` of the server (found `interrupted`, resumed from its newest checkpoint).
-//! - Every tool call is a `tracing` span with OpenTelemetry's GenAI/MCP attributes
-//!   ([`trace`], a JSONL exporter).
+//! - Serving tools ([`serving`]): `generate`, `chat`, `engine_metrics`, `adapter_load`,
+//!   `adapter_unload`, over mlinfra-serve's OpenAI server embedded in memory or at a URL.
+//! - Lineage ([`lineage`]): tools, prompts, models, adapters and datasets by content hash,
+//!   with versions; each run records its dataset fingerprints, configuration and the
+//!   `train_start` definition; a tool changed since its approval is flagged and asked about
+//!   again (`lineage_list`).
+//! - Every tool call is a `tracing` span with OpenTelemetry's GenAI/MCP attributes, token
+//!   counts for generations ([`trace`], a JSONL exporter).
 //!
-//! Not yet (issue 26): the loader and serving tools (`generate`), LoRA/DPO jobs, progress
-//! notifications and elicitation in the product's tools, sandboxed execution, OTLP export,
-//! lineage.
+//! Not yet (issue 26): LoRA/DPO jobs, sandboxed execution, OTLP export, spans for requests
+//! other than tool calls.
 //!
 //! # Quick start
 //!
 //! ```no_run
 //! # async fn run() -> mlinfra_agent::Result<()> {
 //! use mlinfra_agent::{AgentServer, DataRoot, HttpOptions, serve_http};
-//! let server = AgentServer::new(DataRoot::new("data")?);
+//! let server = AgentServer::new(DataRoot::new("data")?).with_state("state")?;
 //! let http = serve_http(server, HttpOptions::default()).await?;
 //! println!("MCP endpoint: {}", http.url());
 //! # Ok(()) }
@@ -49,6 +58,7 @@ pub mod catalog;
 mod error;
 mod framing;
 pub mod jobs;
+pub mod lineage;
 mod root;
 mod server;
 pub mod serving;

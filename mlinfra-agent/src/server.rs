@@ -27,7 +27,8 @@ use tracing::Instrument;
 
 use crate::approval::{self, Approval};
 use crate::catalog;
-use crate::jobs::{JobState, JobStatus, JobStore};
+use crate::jobs::{JobState, JobStatus, JobStore, TrainConfig};
+use crate::lineage::{self, Kind, Registry};
 use crate::root::DataRoot;
 use crate::serving::{
     AdapterLoadRequest, AdapterName, AdapterReport, ChatRequest, EngineMetrics, GenerateRequest,
@@ -38,7 +39,8 @@ use crate::tools::datasets::{
     SampleRequest, SchemaReport, VerifyReport, VerifyRequest,
 };
 use crate::tools::jobs::{
-    Deleted, JobList, JobRequest, NoArguments, TrainStartRequest, WaitRequest,
+    Deleted, JobList, JobRequest, LineageEntry, LineageList, NoArguments, TrainStartRequest,
+    WaitRequest,
 };
 use crate::tools::loader::{self, PlanReport, PlanRequest, ProbeReport, ProbeRequest};
 
@@ -48,38 +50,78 @@ use crate::tools::loader::{self, PlanReport, PlanRequest, ProbeReport, ProbeRequ
 pub struct AgentServer {
     root: Arc<DataRoot>,
     jobs: Option<Arc<JobStore>>,
+    lineage: Option<Arc<Registry>>,
     serving: Option<Arc<Serving>>,
     tool_router: ToolRouter<Self>,
 }
 
 impl AgentServer {
     /// Tools that read files under `root` and nowhere else. The training tools answer that
-    /// there is no job store until [`AgentServer::with_jobs`] gives one.
+    /// there is no job store until [`AgentServer::with_state`] gives one.
     pub fn new(root: DataRoot) -> Self {
         Self {
             root: Arc::new(root),
             jobs: None,
+            lineage: None,
             serving: None,
             tool_router: Self::tool_router(),
         }
     }
 
-    /// Training jobs kept in `state_dir` (see [`crate::jobs`]): created if missing; jobs a
-    /// dead process left running are marked interrupted, to be resumed.
+    /// State kept in `state_dir` (created if missing): training jobs (see [`crate::jobs`];
+    /// jobs a dead process left running are marked interrupted, to be resumed) and the lineage
+    /// registry (see [`crate::lineage`]), in which this server's tool and prompt definitions
+    /// are recorded now (a tool changed since its approval is flagged).
     ///
     /// # Errors
     ///
-    /// [`Error::JobStore`](crate::Error::JobStore) when the directory cannot be made or read.
-    pub fn with_jobs(mut self, state_dir: impl AsRef<std::path::Path>) -> crate::Result<Self> {
+    /// [`Error::JobStore`](crate::Error::JobStore) when the directory or the registry cannot
+    /// be made or read.
+    pub fn with_state(mut self, state_dir: impl AsRef<std::path::Path>) -> crate::Result<Self> {
+        let state_dir = state_dir.as_ref();
         self.jobs = Some(Arc::new(JobStore::open(state_dir, Arc::clone(&self.root))?));
+        let registry = Registry::open(state_dir.join("lineage.json"))?;
+        for tool in self.tool_router.list_all() {
+            registry.observe(Kind::Tool, &tool.name, &lineage::definition_hash(&tool))?;
+        }
+        for prompt in prompt_definitions() {
+            registry.observe(
+                Kind::Prompt,
+                &prompt.name,
+                &lineage::definition_hash(&prompt),
+            )?;
+        }
+        self.lineage = Some(Arc::new(registry));
+        self.register_model()?;
         Ok(self)
+    }
+
+    /// Records the served model in the registry, once both exist.
+    fn register_model(&self) -> crate::Result<()> {
+        if let (Some(registry), Some(serving)) = (&self.lineage, &self.serving)
+            && let Some(hash) = serving.model_hash()
+        {
+            registry.observe(Kind::Model, serving.model(), hash)?;
+        }
+        Ok(())
     }
 
     /// Serving tools (`generate`, `chat`, `engine_metrics`, `adapter_load`,
     /// `adapter_unload`) over `serving`: the embedded engine or a server at a URL.
-    pub fn with_serving(mut self, serving: Serving) -> Self {
+    ///
+    /// # Errors
+    ///
+    /// [`Error::JobStore`](crate::Error::JobStore) when the lineage registry cannot record
+    /// the model.
+    pub fn with_serving(mut self, serving: Serving) -> crate::Result<Self> {
         self.serving = Some(Arc::new(serving));
-        self
+        self.register_model()?;
+        Ok(self)
+    }
+
+    /// The lineage registry, if any.
+    pub fn lineage(&self) -> Option<&Arc<Registry>> {
+        self.lineage.as_ref()
     }
 
     /// The data root.
@@ -327,11 +369,24 @@ impl AgentServer {
         &self,
         Parameters(request): Parameters<TrainStartRequest>,
     ) -> Result<Json<JobStatus>, String> {
-        self.run(
-            "train_start",
-            request,
-            self.on_jobs(|jobs, r: TrainStartRequest| jobs.start(r.config)),
-        )
+        let jobs = self.on_jobs(|jobs, ()| Ok(Arc::clone(jobs)));
+        let registry = self.lineage.clone();
+        // The run records the definition of the tool that started it.
+        let tool = registry
+            .as_ref()
+            .and_then(|registry| registry.get(Kind::Tool, "train_start"))
+            .map(|entry| entry.hash);
+        self.run("train_start", request, move |request: TrainStartRequest| {
+            let status = jobs(())?.start(request.config, tool)?;
+            if let (Some(registry), Some(lineage)) = (&registry, &status.record.lineage) {
+                let TrainConfig::Classifier(config) = &status.record.config;
+                registry.observe(Kind::Dataset, &config.train, &lineage.train_dataset)?;
+                if let (Some(path), Some(fingerprint)) = (&config.eval, &lineage.eval_dataset) {
+                    registry.observe(Kind::Dataset, path, fingerprint)?;
+                }
+            }
+            Ok(status)
+        })
         .await
     }
 
@@ -447,8 +502,18 @@ impl AgentServer {
         let hash = crate::trace::arguments_hash(&request);
         let serving = self.serving("adapter_load");
         let path = self.root.resolve(&request.path);
+        let registry = self.lineage.clone();
         traced("adapter_load", hash, async move {
-            serving?.load_adapter(&request.name, &path?).await
+            let path = path?;
+            let report = serving?.load_adapter(&request.name, &path).await?;
+            if let Some(registry) = registry {
+                let name = request.path.clone();
+                blocking_job(move || {
+                    registry.observe(Kind::Adapter, &name, &lineage::content_hash(&path)?)
+                })
+                .await?;
+            }
+            Ok(report)
         })
         .await
     }
@@ -548,14 +613,27 @@ impl AgentServer {
     ) -> CallToolResponse {
         let hash = crate::trace::arguments_hash(&request);
         let jobs = self.on_jobs(|jobs, ()| Ok(Arc::clone(jobs)));
+        let registry = self.lineage.clone();
         let result = traced("job_delete", hash, async move {
             let jobs = jobs(())?;
             let status = {
                 let (jobs, job) = (Arc::clone(&jobs), request.job.clone());
                 blocking_job(move || jobs.status(&job)).await?
             };
+            // The tool's own definition: a change since the user last approved it is said.
+            let definition = registry
+                .as_ref()
+                .and_then(|registry| registry.get(Kind::Tool, "job_delete"));
+            let flag = match &definition {
+                Some(entry) if entry.changed_since_approval() => format!(
+                    " Note: job_delete's definition changed since you approved it ({} now, {} then).",
+                    entry.hash,
+                    entry.approved.as_deref().unwrap_or("-")
+                ),
+                _ => String::new(),
+            };
             let question = format!(
-                "Delete training job {} ({:?}, step {} of {}) and its {} checkpoints? This cannot be undone.",
+                "Delete training job {} ({:?}, step {} of {}) and its {} checkpoints? This cannot be undone.{flag}",
                 request.job,
                 status.record.state,
                 status.step,
@@ -564,6 +642,9 @@ impl AgentServer {
             );
             match approval::ask(&cx, responses.as_ref(), &question).await {
                 Approval::Granted => {
+                    if let (Some(registry), Some(entry)) = (&registry, &definition) {
+                        registry.approve(Kind::Tool, "job_delete", &entry.hash)?;
+                    }
                     let job = request.job.clone();
                     blocking_job(move || jobs.delete(&job)).await?;
                     Ok(Ok(Deleted {
@@ -589,6 +670,34 @@ impl AgentServer {
             Ok(Json(Err(input_required))) => input_required.into(),
             Err(text) => CallToolResult::error(vec![ContentBlock::text(text)]).into(),
         }
+    }
+
+    /// The lineage registry: every tool, prompt, model, adapter and dataset this server has
+    /// seen, by content hash, with its versions; a tool changed since a user approved it is
+    /// flagged (`changed_since_approval`).
+    #[tool(name = "lineage_list", annotations(read_only_hint = true))]
+    async fn lineage_list(
+        &self,
+        Parameters(request): Parameters<NoArguments>,
+    ) -> Result<Json<LineageList>, String> {
+        let registry = self.lineage.clone();
+        self.run("lineage_list", request, move |_| {
+            let registry = registry.ok_or_else(|| crate::Error::InvalidArgument {
+                tool: "lineage_list",
+                reason: "this server keeps no state (start it with --state-dir DIR)".into(),
+            })?;
+            Ok(LineageList {
+                entries: registry
+                    .entries()
+                    .into_iter()
+                    .map(|entry| LineageEntry {
+                        changed_since_approval: entry.changed_since_approval(),
+                        entry,
+                    })
+                    .collect(),
+            })
+        })
+        .await
     }
 
     /// Every training job, newest first, with its state and checkpoints.
@@ -706,17 +815,7 @@ impl ServerHandler for AgentServer {
         _request: Option<PaginatedRequestParams>,
         _cx: RequestContext<RoleServer>,
     ) -> Result<ListPromptsResult, ErrorData> {
-        let path = PromptArgument::new("path")
-            .with_description("A dataset under the data root")
-            .with_required(true);
-        let prompts = vec![Prompt::new(
-            EXPLORE_DATASET,
-            Some(
-                "Explore a dataset: its schema embedded, then sampled rows, summarised for training use",
-            ),
-            Some(vec![path]),
-        )];
-        Ok(ListPromptsResult::with_all_items(prompts)
+        Ok(ListPromptsResult::with_all_items(prompt_definitions())
             .with_ttl_ms(3_600_000)
             .with_cache_scope(CacheScope::Public))
     }
@@ -802,6 +901,20 @@ impl ServerHandler for AgentServer {
             info.map_err(|error| ErrorData::internal_error(error, None))?,
         ))
     }
+}
+
+/// The prompts' definitions.
+fn prompt_definitions() -> Vec<Prompt> {
+    let path = PromptArgument::new("path")
+        .with_description("A dataset under the data root")
+        .with_required(true);
+    vec![Prompt::new(
+        EXPLORE_DATASET,
+        Some(
+            "Explore a dataset: its schema embedded, then sampled rows, summarised for training use",
+        ),
+        Some(vec![path]),
+    )]
 }
 
 /// The prompt that walks a model through a dataset.

@@ -49,6 +49,8 @@ enum Backend {
 pub struct Serving {
     backend: Backend,
     model: String,
+    /// The model file's content hash (embedded models), for the lineage registry.
+    model_hash: Option<String>,
 }
 
 impl std::fmt::Debug for Serving {
@@ -104,12 +106,14 @@ impl Serving {
         let mut config = ServerConfig::new(model.clone());
         config.allow_runtime_lora = true;
         let server = Server::start(engine, served, config).map_err(|e| failed("serving", &e))?;
+        let model_hash = crate::lineage::content_hash(path)?;
         Ok(Self {
             backend: Backend::Embedded {
                 router: server.router(),
                 _server: server,
             },
             model,
+            model_hash: Some(model_hash),
         })
     }
 
@@ -136,7 +140,13 @@ impl Serving {
                 api_key,
             },
             model: model.into(),
+            model_hash: None,
         }
+    }
+
+    /// The model file's content hash, for an embedded model.
+    pub fn model_hash(&self) -> Option<&str> {
+        self.model_hash.as_deref()
     }
 
     /// The model name requests use.

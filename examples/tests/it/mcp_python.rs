@@ -88,6 +88,7 @@ fn the_official_python_client_drives_every_tool_on_both_transports_and_eras() {
         "train_list",
         "train_wait",
         "job_delete",
+        "lineage_list",
     ];
     if model.is_some() {
         expected.extend([

@@ -65,6 +65,25 @@ pub struct JobRecord {
     pub outcome: Option<TrainOutcome>,
     /// Why the last launch failed, if it did.
     pub error: Option<String>,
+    /// What it ran with, by content hash (see [`crate::lineage`]).
+    #[serde(default)]
+    pub lineage: Option<RunLineage>,
+}
+
+/// A run's inputs by content hash: the data, the configuration, the tool definition that
+/// started it and the software: two runs with equal lineage trained the same thing.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct RunLineage {
+    /// The training dataset's content fingerprint (mlinfra-data's).
+    pub train_dataset: String,
+    /// The evaluation dataset's, if any.
+    pub eval_dataset: Option<String>,
+    /// The configuration's hash.
+    pub config: String,
+    /// The definition hash of the tool that started the job, when started through one.
+    pub tool: Option<String>,
+    /// mlinfra-agent's version.
+    pub agent_version: String,
 }
 
 /// A job's record and its progress, as `train_status` reports it.
@@ -131,8 +150,9 @@ impl JobStore {
     /// [`Error::InvalidArgument`] or [`Error::PathRefused`] for a configuration that cannot
     /// run (checked before the job exists); [`Error::Job`] while another job trains;
     /// [`Error::JobStore`] when its directory cannot be written.
-    pub fn start(self: &Arc<Self>, config: TrainConfig) -> Result<JobStatus> {
+    pub fn start(self: &Arc<Self>, config: TrainConfig, tool: Option<String>) -> Result<JobStatus> {
         let total_steps = config.plan(&self.root)?;
+        let lineage = Some(config.lineage(&self.root, tool)?);
         let now = now_ms();
         let id = format!(
             "train-{now}-{}",
@@ -148,6 +168,7 @@ impl JobStore {
             launches: 1,
             outcome: None,
             error: None,
+            lineage,
         };
         self.launch(record, false)?;
         self.status(&id)

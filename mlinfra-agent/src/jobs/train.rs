@@ -161,6 +161,27 @@ impl TrainConfig {
     }
 }
 
+impl TrainConfig {
+    /// The run's inputs by content hash. Reads every byte of the datasets (their
+    /// fingerprints), as the run itself will.
+    pub(crate) fn lineage(
+        &self,
+        root: &DataRoot,
+        tool: Option<String>,
+    ) -> Result<super::RunLineage> {
+        let TrainConfig::Classifier(config) = self;
+        let fingerprint =
+            |path: &str| -> Result<String> { Ok(open(root, path)?.fingerprint()?.to_owned()) };
+        Ok(super::RunLineage {
+            train_dataset: fingerprint(&config.train)?,
+            eval_dataset: config.eval.as_deref().map(fingerprint).transpose()?,
+            config: crate::lineage::definition_hash(self),
+            tool,
+            agent_version: env!("CARGO_PKG_VERSION").to_owned(),
+        })
+    }
+}
+
 fn open(root: &DataRoot, path: &str) -> Result<Arc<Dataset>> {
     let resolved = root.resolve(path)?;
     let uri = resolved.to_str().ok_or_else(|| Error::PathRefused {

@@ -5,6 +5,7 @@ use rmcp::schemars::{self, JsonSchema};
 use serde::{Deserialize, Serialize};
 
 use crate::jobs::{JobStatus, TrainConfig};
+use crate::lineage::Entry;
 
 /// `train_start`'s arguments.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
@@ -56,4 +57,21 @@ pub struct Deleted {
     pub job: String,
     /// The checkpoints deleted with it.
     pub checkpoints: usize,
+}
+
+/// One registry entry, flagged when changed since approval.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct LineageEntry {
+    /// The entry.
+    #[serde(flatten)]
+    pub entry: Entry,
+    /// Approved once and changed since: a destructive call asks again.
+    pub changed_since_approval: bool,
+}
+
+/// `lineage_list`'s result.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct LineageList {
+    /// By kind, then name.
+    pub entries: Vec<LineageEntry>,
 }

@@ -13,13 +13,13 @@ use crate::common::{Fixture, call};
 use crate::jobs::teacher_parquet;
 
 /// A client over a pipe that answers the server's elicitation requests with `answer`.
-struct Client<R, W> {
+pub struct Client<R, W> {
     reader: BufReader<R>,
     writer: W,
     /// Progress notifications seen, in order.
     progress: Vec<Value>,
     /// Elicitation requests seen.
-    asked: Vec<Value>,
+    pub asked: Vec<Value>,
 }
 
 impl<R: tokio::io::AsyncRead + Unpin, W: tokio::io::AsyncWrite + Unpin> Client<R, W> {
@@ -32,7 +32,7 @@ impl<R: tokio::io::AsyncRead + Unpin, W: tokio::io::AsyncWrite + Unpin> Client<R
     }
 
     /// Sends `request` and returns the response to it, answering elicitations with `answer`.
-    async fn request(&mut self, request: Value, answer: &Value) -> Value {
+    pub async fn request(&mut self, request: Value, answer: &Value) -> Value {
         let id = request["id"].clone();
         self.send(&request).await;
         loop {
@@ -65,7 +65,7 @@ fn initialize(capabilities: Value) -> Value {
 }
 
 /// A server with jobs, on a pipe, and a client initialized with `capabilities`.
-async fn connect(
+pub async fn connect(
     fixture: &Fixture,
     capabilities: Value,
 ) -> Client<
@@ -74,7 +74,7 @@ async fn connect(
 > {
     let server = fixture
         .server()
-        .with_jobs(fixture.base.path().join("state"))
+        .with_state(fixture.base.path().join("state"))
         .unwrap();
     let (client, server_end) = tokio::io::duplex(1 << 20);
     let (server_read, server_write) = tokio::io::split(server_end);
@@ -94,7 +94,7 @@ async fn connect(
     client
 }
 
-fn train_config() -> Value {
+pub fn train_config() -> Value {
     json!({"task": "classifier", "train": "train.parquet", "classes": 4, "hidden": [16],
            "epochs": 20, "batch": 32, "lr": 0.01, "checkpoint_every": 40})
 }

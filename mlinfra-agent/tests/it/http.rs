@@ -438,7 +438,7 @@ fn job_delete_asks_through_an_input_required_round_trip_when_stateless() {
     let job = {
         let root = Arc::new(DataRoot::new(fixture.root()).unwrap());
         let store = Arc::new(JobStore::open(&state, root).unwrap());
-        let id = store.start(config).unwrap().record.id;
+        let id = store.start(config, None).unwrap().record.id;
         let done = store.wait(&id, Duration::from_secs(120)).unwrap();
         assert_eq!(done.record.state, JobState::Completed);
         id
@@ -446,7 +446,7 @@ fn job_delete_asks_through_an_input_required_round_trip_when_stateless() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let server = runtime
         .block_on(serve_http(
-            fixture.server().with_jobs(&state).unwrap(),
+            fixture.server().with_state(&state).unwrap(),
             HttpOptions::default(),
         ))
         .unwrap();

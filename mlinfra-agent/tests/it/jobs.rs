@@ -95,7 +95,9 @@ fn classifier(epochs: u64) -> ClassifierConfig {
 fn a_job_trains_in_the_background_to_the_accuracy_its_data_allows() {
     let setup = Setup::new();
     let store = setup.store();
-    let started = store.start(TrainConfig::Classifier(classifier(8))).unwrap();
+    let started = store
+        .start(TrainConfig::Classifier(classifier(8)), None)
+        .unwrap();
     assert_eq!(started.record.state, JobState::Running);
     assert_eq!(started.record.total_steps, 1024 / 32 * 8);
     let done = store
@@ -125,7 +127,7 @@ fn a_stopped_job_resumes_from_its_checkpoint_to_the_same_end() {
     let setup = Setup::new();
     let store = setup.store();
     let id = store
-        .start(TrainConfig::Classifier(classifier(40)))
+        .start(TrainConfig::Classifier(classifier(40)), None)
         .unwrap()
         .record
         .id;
@@ -160,7 +162,7 @@ fn a_job_left_running_by_a_dead_process_is_interrupted_and_resumable() {
     let setup = Setup::new();
     let store = setup.store();
     let id = store
-        .start(TrainConfig::Classifier(classifier(40)))
+        .start(TrainConfig::Classifier(classifier(40)), None)
         .unwrap()
         .record
         .id;
@@ -259,7 +261,9 @@ fn configurations_that_cannot_run_are_refused_before_a_job_exists() {
         ),
     ];
     for (what, config) in cases {
-        let error = store.start(TrainConfig::Classifier(config)).unwrap_err();
+        let error = store
+            .start(TrainConfig::Classifier(config), None)
+            .unwrap_err();
         assert!(
             matches!(
                 error,

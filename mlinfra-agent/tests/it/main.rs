@@ -4,6 +4,7 @@ mod approval;
 mod common;
 mod http;
 mod jobs;
+mod lineage;
 mod loader;
 mod resources;
 mod root;

@@ -24,7 +24,8 @@ fn chat_and_generate_run_the_embedded_engine_and_trace_their_tokens() {
     let fixture = Fixture::new();
     let server = fixture
         .server()
-        .with_serving(Serving::embedded(&model, 2).unwrap());
+        .with_serving(Serving::embedded(&model, 2).unwrap())
+        .unwrap();
     let buffer = Buffer::default();
     let subscriber = tracing_subscriber::registry().with(JsonlTraceLayer::new(buffer.clone()));
     // One thread: the server's tasks run where the subscriber is the default.
