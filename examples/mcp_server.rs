@@ -23,6 +23,9 @@
 //! embedded: mlinfra-serve's OpenAI server called in memory, `--threads N`) or
 //! `--openai-url http://HOST:PORT` (any OpenAI-compatible server; `--openai-model NAME`,
 //! `MLINFRA_OPENAI_API_KEY`).
+//! `--sandbox`: the `sandbox_run {command, stdin}` tool runs commands in the subprocess sandbox
+//! (`mlinfra_agent::sandbox`: Landlock, seccomp, rlimits; reads the data root, writes a scratch
+//! directory under the state directory; refused where the kernel lacks Landlock).
 //! Resources: the datasets under the root (`mlinfra://datasets/{+path}`); prompt
 //! `explore_dataset {path}`; completion of dataset paths.
 //! `--http` beyond the loopback interface requires `MLINFRA_MCP_TOKEN`. `--trace FILE` appends
@@ -38,7 +41,7 @@ use tracing_subscriber::layer::SubscriberExt;
 
 const USAGE: &str = "usage: mcp_server [--http ADDR] [--data-root DIR] [--state-dir DIR] \
                      [--model FILE.gguf [--threads N] | --openai-url URL [--openai-model NAME]] \
-                     [--trace FILE]";
+                     [--sandbox] [--trace FILE]";
 
 struct Args {
     http: Option<SocketAddr>,
@@ -48,6 +51,7 @@ struct Args {
     threads: Option<usize>,
     openai_url: Option<String>,
     openai_model: String,
+    sandbox: bool,
     trace: Option<String>,
 }
 
@@ -60,6 +64,7 @@ fn parse_args() -> anyhow::Result<Args> {
         threads: None,
         openai_url: None,
         openai_model: "default".into(),
+        sandbox: false,
         trace: None,
     };
     let mut it = std::env::args().skip(1);
@@ -90,6 +95,7 @@ fn parse_args() -> anyhow::Result<Args> {
             "--openai-model" => {
                 args.openai_model = it.next().context("--openai-model needs a name")?
             }
+            "--sandbox" => args.sandbox = true,
             "--trace" => args.trace = Some(it.next().context("--trace needs a file")?),
             "--help" | "-h" => {
                 println!("{USAGE}");
@@ -124,6 +130,12 @@ async fn run() -> anyhow::Result<()> {
     let mut server = AgentServer::new(root)
         .with_state(&state_dir)
         .with_context(|| format!("--state-dir {}", state_dir.display()))?;
+    if args.sandbox {
+        server = server.with_sandbox(
+            mlinfra_agent::sandbox::Limits::default(),
+            state_dir.join("sandbox"),
+        )?;
+    }
     if let Some(model) = &args.model {
         let threads = args
             .threads

@@ -113,6 +113,7 @@ class Run:
 
     label: str
     client: Client
+    sandbox: bool = False
     tools_called: set[str] = field(default_factory=set)
     summary: dict[str, Any] = field(default_factory=dict)
 
@@ -248,6 +249,18 @@ async def exercise(run: Run, expected_version: str, output: str) -> dict[str, An
         "dataset_convert", {"input": FIXTURE_CSV, "output": output}, "never overwrites"
     )
     run.summary.update(rows=schema["rows"], fingerprint=fingerprint)
+
+    # --- sandbox: a command that reads the data root, where the server runs commands ----------
+    if run.sandbox:
+        listed = await run.call_ok("sandbox_run", {"command": ["ls", "."]})
+        run.check(listed["exit_code"] == 0, f"sandbox_run runs a command: {listed['stdout']!r}")
+        escaped = await run.call_ok("sandbox_run", {"command": ["cat", "/etc/passwd"]})
+        run.check(
+            escaped["exit_code"] != 0 and "Permission denied" in escaped["stderr"],
+            "sandbox_run keeps the command away from /etc/passwd",
+        )
+    else:
+        await run.call_refused("sandbox_run", {"command": ["ls"]}, "the server runs no commands")
 
     # --- lineage: every tool recorded by definition hash, the converted dataset among them ------
     registry = await run.call_ok("lineage_list", {})
@@ -538,11 +551,12 @@ async def run_client(
     version: str,
     output: str,
     timeout: float,
+    sandbox: bool = False,
 ) -> Run:
     """Connects in `mode`, runs every check, and returns the run (its summary filled in)."""
     with anyio.fail_after(timeout):
         async with Client(server, mode=mode, read_timeout_seconds=timeout) as client:
-            run = Run(label, client)
+            run = Run(label, client, sandbox)
             await exercise(run, version, output)
     return run
 
@@ -562,16 +576,24 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     print(f"fixture: {root / FIXTURE_CSV} ({len(FIXTURE_ROWS)} rows)", flush=True)
 
     extra = ["--model", str(args.model.resolve())] if args.model else []
+    if args.sandbox:
+        extra.append("--sandbox")
     stdio = StdioServerParameters(command=str(binary), args=["--data-root", str(root), *extra])
     runs = [
         await run_client(
-            "stdio", stdio, "legacy", HANDSHAKE_VERSION, outputs["stdio"], args.timeout
+            "stdio", stdio, "legacy", HANDSHAKE_VERSION, outputs["stdio"], args.timeout, args.sandbox
         )
     ]
     with http_server(binary, root, extra, args.timeout) as url:
         runs.append(
             await run_client(
-                "http_2025", url, "legacy", HANDSHAKE_VERSION, outputs["http_2025"], args.timeout
+                "http_2025",
+                url,
+                "legacy",
+                HANDSHAKE_VERSION,
+                outputs["http_2025"],
+                args.timeout,
+                args.sandbox,
             )
         )
         # mode="auto" probes server/discover and goes stateless when the server offers
@@ -579,7 +601,13 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         # version makes a fallback a failure.
         runs.append(
             await run_client(
-                "http_2026", url, "auto", STATELESS_VERSION, outputs["http_2026"], args.timeout
+                "http_2026",
+                url,
+                "auto",
+                STATELESS_VERSION,
+                outputs["http_2026"],
+                args.timeout,
+                args.sandbox,
             )
         )
     # The same CSV converted three times: the same data, so the same fingerprint.
@@ -590,6 +618,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     summary: dict[str, Any] = {run.label: run.summary for run in runs}
     summary["tools_called"] = sorted(set().union(*(run.tools_called for run in runs)))
     expected = set(TOOLS) | (set(SERVING_TOOLS) if args.model else set())
+    expected |= {"sandbox_run"}
     missing = expected - set(summary["tools_called"])
     if missing:
         raise CheckFailed(f"tools never called: {sorted(missing)}")
@@ -623,6 +652,9 @@ def main() -> int:
     )
     parser.add_argument(
         "--model", type=Path, help="a GGUF model for the server: the serving tools are called too"
+    )
+    parser.add_argument(
+        "--sandbox", action="store_true", help="start the server with --sandbox: call sandbox_run"
     )
     args = parser.parse_args()
     try:

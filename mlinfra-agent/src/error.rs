@@ -30,6 +30,13 @@ pub enum Error {
         /// Why.
         reason: Box<str>,
     },
+    /// The sandbox cannot run a command (the kernel lacks what it needs, or the command could
+    /// not start). What a sandboxed command does is its output, not an error.
+    #[error("sandbox: {reason}")]
+    Sandbox {
+        /// Why.
+        reason: Box<str>,
+    },
     /// The model server behind the serving tools failed or refused a request (its message).
     #[error("serving: {reason}")]
     Serving {

@@ -30,8 +30,12 @@
 //! - Every tool call is a `tracing` span with OpenTelemetry's GenAI/MCP attributes, token
 //!   counts for generations ([`trace`], a JSONL exporter).
 //!
-//! Not yet (issue 26): LoRA/DPO jobs, sandboxed execution, OTLP export, spans for requests
-//! other than tool calls.
+//! - A subprocess sandbox ([`sandbox`]: Landlock filesystem and TCP allow-list, seccomp,
+//!   rlimits, a process group killed on time or output overflow; refused where the kernel
+//!   lacks Landlock), behind the `sandbox_run` tool.
+//!
+//! Not yet (issue 26): the WebAssembly sandbox (wasmtime), LoRA/DPO jobs, OTLP export, spans
+//! for requests other than tool calls, the FastMCP benchmark's figures.
 //!
 //! # Quick start
 //!
@@ -60,6 +64,7 @@ mod framing;
 pub mod jobs;
 pub mod lineage;
 mod root;
+pub mod sandbox;
 mod server;
 pub mod serving;
 pub mod tools;

@@ -30,6 +30,7 @@ use crate::catalog;
 use crate::jobs::{JobState, JobStatus, JobStore, TrainConfig};
 use crate::lineage::{self, Kind, Registry};
 use crate::root::DataRoot;
+use crate::sandbox::Sandbox;
 use crate::serving::{
     AdapterLoadRequest, AdapterName, AdapterReport, ChatRequest, EngineMetrics, GenerateRequest,
     Generation, Serving,
@@ -43,6 +44,7 @@ use crate::tools::jobs::{
     WaitRequest,
 };
 use crate::tools::loader::{self, PlanReport, PlanRequest, ProbeReport, ProbeRequest};
+use crate::tools::sandbox::{RunReport, RunRequest};
 
 /// The MCP server: the stack's tools over one data root. Cheap to clone (each HTTP session
 /// gets one).
@@ -52,6 +54,8 @@ pub struct AgentServer {
     jobs: Option<Arc<JobStore>>,
     lineage: Option<Arc<Registry>>,
     serving: Option<Arc<Serving>>,
+    /// The sandbox `sandbox_run` uses, and where its scratch directories go.
+    sandbox: Option<Arc<(Sandbox, std::path::PathBuf)>>,
     tool_router: ToolRouter<Self>,
 }
 
@@ -64,6 +68,7 @@ impl AgentServer {
             jobs: None,
             lineage: None,
             serving: None,
+            sandbox: None,
             tool_router: Self::tool_router(),
         }
     }
@@ -116,6 +121,23 @@ impl AgentServer {
     pub fn with_serving(mut self, serving: Serving) -> crate::Result<Self> {
         self.serving = Some(Arc::new(serving));
         self.register_model()?;
+        Ok(self)
+    }
+
+    /// Enables `sandbox_run`: commands run under `limits` in the subprocess sandbox (see
+    /// [`crate::sandbox`]), reading the data root, writing a scratch directory of their own
+    /// under `scratch_root`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Sandbox`](crate::Error::Sandbox) when this kernel cannot enforce the sandbox.
+    pub fn with_sandbox(
+        mut self,
+        limits: crate::sandbox::Limits,
+        scratch_root: impl Into<std::path::PathBuf>,
+    ) -> crate::Result<Self> {
+        let sandbox = Sandbox::new(limits)?.allow_read(self.root.path());
+        self.sandbox = Some(Arc::new((sandbox, scratch_root.into())));
         Ok(self)
     }
 
@@ -257,6 +279,7 @@ fn error_kind(error: &crate::Error) -> &'static str {
         crate::Error::Job { .. } => "job",
         crate::Error::JobStore { .. } => "job_store",
         crate::Error::Serving { .. } => "serving",
+        crate::Error::Sandbox { .. } => "sandbox",
         _ => "other",
     }
 }
@@ -696,6 +719,33 @@ impl AgentServer {
                     })
                     .collect(),
             })
+        })
+        .await
+    }
+
+    /// Runs a command (no shell) in the sandbox: it reads the data root and writes only a
+    /// scratch directory of its own; no network; CPU, memory, processes, files, time and
+    /// output limited. Returns its exit, output and the files it wrote.
+    #[tool(
+        name = "sandbox_run",
+        annotations(
+            read_only_hint = false,
+            destructive_hint = false,
+            open_world_hint = false
+        )
+    )]
+    async fn sandbox_run(
+        &self,
+        Parameters(request): Parameters<RunRequest>,
+    ) -> Result<Json<RunReport>, String> {
+        let sandbox = self.sandbox.clone();
+        self.run("sandbox_run", request, move |request: RunRequest| {
+            let sandbox = sandbox.ok_or_else(|| crate::Error::InvalidArgument {
+                tool: "sandbox_run",
+                reason: "this server runs no commands (start it with mcp_server --sandbox)".into(),
+            })?;
+            let (sandbox, scratch) = &*sandbox;
+            crate::tools::sandbox::run(sandbox, scratch, &request)
         })
         .await
     }

@@ -50,6 +50,11 @@ fn the_official_python_client_drives_every_tool_on_both_transports_and_eras() {
     if let Some(model) = &model {
         command.arg("--model").arg(model);
     }
+    // The sandbox where this kernel can enforce it (CI's can); `sandbox_run` is called either
+    // way (refused without it).
+    if mlinfra_agent::sandbox::check_support(mlinfra_agent::sandbox::landlock_abi()).is_ok() {
+        command.arg("--sandbox");
+    }
     let run = command.output().unwrap();
     let stdout = String::from_utf8_lossy(&run.stdout);
     assert!(
@@ -89,6 +94,7 @@ fn the_official_python_client_drives_every_tool_on_both_transports_and_eras() {
         "train_wait",
         "job_delete",
         "lineage_list",
+        "sandbox_run",
     ];
     if model.is_some() {
         expected.extend([

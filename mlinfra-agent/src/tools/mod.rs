@@ -4,3 +4,4 @@
 pub mod datasets;
 pub mod jobs;
 pub mod loader;
+pub mod sandbox;

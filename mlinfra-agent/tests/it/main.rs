@@ -8,6 +8,7 @@ mod lineage;
 mod loader;
 mod resources;
 mod root;
+mod sandbox;
 mod serving;
 mod stdio;
 mod trace;

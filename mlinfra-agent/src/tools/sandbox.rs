@@ -1,0 +1,105 @@
+//! `sandbox_run`: a command run in the subprocess sandbox ([`crate::sandbox`]), reading the
+//! data root, writing only a scratch directory of its own (removed afterwards).
+
+use std::path::{Path, PathBuf};
+
+use rmcp::schemars::{self, JsonSchema};
+use serde::{Deserialize, Serialize};
+
+use crate::sandbox::{Sandbox, SandboxOutput};
+use crate::{Error, Result};
+
+/// `sandbox_run`'s arguments.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RunRequest {
+    /// The program (an absolute path, or a name found in `/usr/bin` or `/bin`) and its
+    /// arguments, passed as they are (no shell).
+    pub command: Vec<String>,
+    /// Its standard input.
+    #[serde(default)]
+    pub stdin: String,
+}
+
+/// What `sandbox_run` reports.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct RunReport {
+    /// The command's exit, output and whether it was cut short.
+    #[serde(flatten)]
+    pub output: SandboxOutput,
+    /// The files it left in its scratch directory (which is then removed).
+    pub files: Vec<String>,
+}
+
+/// Runs `request` in `sandbox`, in a fresh scratch directory under `scratch_root`.
+pub(crate) fn run(
+    sandbox: &Sandbox,
+    scratch_root: &Path,
+    request: &RunRequest,
+) -> Result<RunReport> {
+    let (program, args) = request
+        .command
+        .split_first()
+        .ok_or_else(|| Error::InvalidArgument {
+            tool: "sandbox_run",
+            reason: "command is empty".into(),
+        })?;
+    let program = resolve(program)?;
+    std::fs::create_dir_all(scratch_root).map_err(|source| Error::JobStore {
+        path: scratch_root.to_path_buf(),
+        source,
+    })?;
+    let scratch = tempfile::Builder::new()
+        .prefix("run-")
+        .tempdir_in(scratch_root)
+        .map_err(|source| Error::JobStore {
+            path: scratch_root.to_path_buf(),
+            source,
+        })?;
+    // The command may run as `nobody` (see the sandbox's docs): it must be able to write here.
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(scratch.path(), std::fs::Permissions::from_mode(0o777)).map_err(
+            |source| Error::JobStore {
+                path: scratch.path().to_path_buf(),
+                source,
+            },
+        )?;
+    }
+    let sandbox = sandbox.clone().allow_write(scratch.path());
+    let output = sandbox.run(&program, args, scratch.path(), request.stdin.as_bytes())?;
+    let mut files: Vec<String> = std::fs::read_dir(scratch.path())
+        .map(|entries| {
+            entries
+                .flatten()
+                .map(|entry| entry.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    files.sort();
+    Ok(RunReport { output, files })
+}
+
+/// An absolute program path as given, or a bare name found in `/usr/bin` or `/bin`.
+fn resolve(program: &str) -> Result<PathBuf> {
+    let missing = || Error::InvalidArgument {
+        tool: "sandbox_run",
+        reason: format!(
+            "no program `{program}` (give an absolute path, or a name in /usr/bin or /bin)"
+        )
+        .into(),
+    };
+    if program.contains('/') {
+        let path = PathBuf::from(program);
+        return if path.is_absolute() && path.is_file() {
+            Ok(path)
+        } else {
+            Err(missing())
+        };
+    }
+    ["/usr/bin", "/bin"]
+        .iter()
+        .map(|dir| Path::new(dir).join(program))
+        .find(|path| path.is_file())
+        .ok_or_else(missing)
+}
