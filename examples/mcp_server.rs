@@ -176,18 +176,5 @@ async fn run() -> anyhow::Result<()> {
 }
 
 fn main() -> ExitCode {
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(runtime) => runtime,
-        Err(error) => {
-            eprintln!("mcp_server: {error}");
-            return ExitCode::from(2);
-        }
-    };
-    match runtime.block_on(run()) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
-            eprintln!("mcp_server: {error:#}");
-            ExitCode::from(2)
-        }
-    }
+    mlinfra_examples::block_on_main("mcp_server", run())
 }

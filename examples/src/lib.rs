@@ -93,3 +93,21 @@ pub fn peak_rss_bytes() -> u64 {
         })
         .map_or(0, |kb| kb * 1024)
 }
+
+/// An async example's `main`: runs `run` on a multi-threaded tokio runtime; an error (or a
+/// runtime that cannot start) is printed as `NAME: error: causes` on stderr and exits 2.
+pub fn block_on_main(
+    name: &str,
+    run: impl Future<Output = anyhow::Result<()>>,
+) -> std::process::ExitCode {
+    let outcome = tokio::runtime::Runtime::new()
+        .map_err(anyhow::Error::from)
+        .and_then(|runtime| runtime.block_on(run));
+    match outcome {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("{name}: {error:#}");
+            std::process::ExitCode::from(2)
+        }
+    }
+}

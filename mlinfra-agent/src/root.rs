@@ -110,6 +110,25 @@ impl DataRoot {
         Ok(canonical)
     }
 
+    /// The dataset at `requested` (a Parquet file or a directory of them), after
+    /// [`DataRoot::resolve`].
+    ///
+    /// # Errors
+    ///
+    /// As [`DataRoot::resolve`]; [`Error::PathRefused`] for a path that is not UTF-8 (the
+    /// data layer takes paths as strings); [`Error::Data`] when it cannot be read.
+    pub fn open_dataset(&self, requested: &str) -> Result<mlinfra_data::Dataset> {
+        let path = self.resolve(requested)?;
+        let path = path
+            .into_os_string()
+            .into_string()
+            .map_err(|path| Error::PathRefused {
+                path: requested.into(),
+                reason: format!("{} is not UTF-8", path.to_string_lossy()).into(),
+            })?;
+        Ok(mlinfra_data::Dataset::open(path)?)
+    }
+
     /// Where a new file named `requested` would go: its directory resolves inside the root
     /// (as [`resolve`](Self::resolve) checks it), its name is a plain one ending in
     /// `extension`, and nothing exists there yet (tools never overwrite).

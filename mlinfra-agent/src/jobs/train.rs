@@ -183,12 +183,7 @@ impl TrainConfig {
 }
 
 fn open(root: &DataRoot, path: &str) -> Result<Arc<Dataset>> {
-    let resolved = root.resolve(path)?;
-    let uri = resolved.to_str().ok_or_else(|| Error::PathRefused {
-        path: path.into(),
-        reason: "not UTF-8".into(),
-    })?;
-    Ok(Arc::new(Dataset::open(uri)?))
+    Ok(Arc::new(root.open_dataset(path)?))
 }
 
 /// The width of the features column, after checking both columns' types.

@@ -6,7 +6,7 @@
 //! schemas' descriptions.
 
 use arrow::json::ArrayWriter;
-use mlinfra_data::{ColumnSummary, Dataset};
+use mlinfra_data::ColumnSummary;
 use rmcp::schemars::{self, JsonSchema};
 use serde::{Deserialize, Serialize};
 
@@ -103,7 +103,7 @@ pub struct FingerprintReport {
 
 /// `dataset_schema`: reads the files' footers, not their data.
 pub(crate) fn schema(root: &DataRoot, request: &DatasetPath) -> Result<SchemaReport> {
-    let dataset = Dataset::open(path_string(root, &request.path)?)?;
+    let dataset = root.open_dataset(&request.path)?;
     Ok(SchemaReport {
         path: request.path.clone(),
         rows: dataset.num_rows(),
@@ -121,7 +121,7 @@ pub(crate) fn sample(root: &DataRoot, request: &SampleRequest) -> Result<SampleR
             reason: format!("rows must be 1 to {MAX_SAMPLE_ROWS}, not {}", request.rows).into(),
         });
     }
-    let dataset = Dataset::open(path_string(root, &request.path)?)?;
+    let dataset = root.open_dataset(&request.path)?;
     let total_rows = dataset.num_rows();
     let indices: Vec<u64> = (0..u64::from(request.rows).min(total_rows)).collect();
     let batch = dataset.take(&indices)?;
@@ -160,7 +160,7 @@ pub(crate) fn sample(root: &DataRoot, request: &SampleRequest) -> Result<SampleR
 
 /// `dataset_fingerprint`: hashes every byte of every file (BLAKE3 on all cores).
 pub(crate) fn fingerprint(root: &DataRoot, request: &DatasetPath) -> Result<FingerprintReport> {
-    let dataset = Dataset::open(path_string(root, &request.path)?)?;
+    let dataset = root.open_dataset(&request.path)?;
     Ok(FingerprintReport {
         path: request.path.clone(),
         fingerprint: dataset.fingerprint()?.to_owned(),
@@ -240,7 +240,7 @@ pub(crate) fn convert(root: &DataRoot, request: &ConvertRequest) -> Result<Conve
     };
     let report = conversion.write(&output)?;
     // The columns as the dataset tools name them: read back from the new file's footer.
-    let columns = Dataset::open(path_string(root, &request.output)?)?.columns();
+    let columns = root.open_dataset(&request.output)?.columns();
     Ok(ConvertReport {
         output: request.output.clone(),
         rows: report.rows_written,
@@ -264,15 +264,4 @@ pub(crate) fn verify(root: &DataRoot, request: &VerifyRequest) -> Result<VerifyR
         matches: now.fingerprint == request.fingerprint,
         fingerprint: now.fingerprint,
     })
-}
-
-/// The data layer opens URIs as strings; a resolved local path is one.
-fn path_string(root: &DataRoot, requested: &str) -> Result<String> {
-    let path = root.resolve(requested)?;
-    path.into_os_string()
-        .into_string()
-        .map_err(|path| Error::PathRefused {
-            path: requested.into(),
-            reason: format!("{} is not UTF-8", path.to_string_lossy()).into(),
-        })
 }

@@ -5,7 +5,6 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use mlinfra_data::Dataset;
 use mlinfra_loader::{EpochPlan, Loader, Remainder, Shuffle, Source, Tensors};
 use rmcp::schemars::{self, JsonSchema};
 use serde::{Deserialize, Serialize};
@@ -121,15 +120,6 @@ fn invalid(tool: &'static str, reason: String) -> Error {
     }
 }
 
-fn open(root: &DataRoot, path: &str) -> Result<Dataset> {
-    let resolved = root.resolve(path)?;
-    let uri = resolved.to_str().ok_or_else(|| Error::PathRefused {
-        path: path.into(),
-        reason: "not UTF-8".into(),
-    })?;
-    Ok(Dataset::open(uri)?)
-}
-
 /// `loader_plan`: the epoch's order, computed (no data is read but the fingerprint's hash).
 pub(crate) fn plan(root: &DataRoot, request: &PlanRequest) -> Result<PlanReport> {
     let tool = "loader_plan";
@@ -155,7 +145,7 @@ pub(crate) fn plan(root: &DataRoot, request: &PlanRequest) -> Result<PlanReport>
             format!("world × batches × batch = {shown} ids: at most {MAX_PREVIEW_IDS} are shown"),
         ));
     }
-    let dataset = open(root, &request.path)?;
+    let dataset = root.open_dataset(&request.path)?;
     let samples = dataset.num_rows();
     let fingerprint = Source::fingerprint(&dataset)?;
     let shuffle = match request.shuffle {
@@ -265,7 +255,7 @@ pub(crate) fn probe(root: &DataRoot, request: &ProbeRequest) -> Result<ProbeRepo
             "batch must be positive and workers 1 to 16".into(),
         ));
     }
-    let dataset = Arc::new(open(root, &request.path)?);
+    let dataset = Arc::new(root.open_dataset(&request.path)?);
     let columns = match &request.columns {
         Some(columns) => columns.clone(),
         None => fixed_width_columns(&Source::schema(&*dataset)),

@@ -138,3 +138,64 @@ impl Write for Buffer {
         Ok(())
     }
 }
+
+/// A client's ends of an in-memory pipe to a server run by `serve_io` on a spawned task,
+/// past the 2025-11-25 handshake.
+pub struct Pipe {
+    pub reader: tokio::io::BufReader<tokio::io::ReadHalf<tokio::io::DuplexStream>>,
+    pub writer: tokio::io::WriteHalf<tokio::io::DuplexStream>,
+    pub server: tokio::task::JoinHandle<mlinfra_agent::Result<()>>,
+}
+
+impl Pipe {
+    /// Serves `server` on a pipe and initializes.
+    pub async fn open(server: AgentServer) -> Self {
+        let (client, server_end) = tokio::io::duplex(1 << 20);
+        let (server_read, server_write) = tokio::io::split(server_end);
+        let server = tokio::spawn(mlinfra_agent::serve_io(server, server_read, server_write));
+        let (client_read, writer) = tokio::io::split(client);
+        let mut pipe = Self {
+            reader: tokio::io::BufReader::new(client_read),
+            writer,
+            server,
+        };
+        exchange(
+            &mut pipe.writer,
+            &mut pipe.reader,
+            &[initialize(1).to_string()],
+            1,
+        )
+        .await;
+        pipe
+    }
+
+    /// Sends `request` (with an `id`) and returns the `result` of its response (`null` for an
+    /// error response, which `reply` returns whole).
+    pub async fn result(&mut self, request: Value) -> Value {
+        self.reply(request).await["result"].clone()
+    }
+
+    /// Sends `request` and returns its response.
+    pub async fn reply(&mut self, request: Value) -> Value {
+        let id = request["id"].as_i64().expect("a request id");
+        let replies = exchange(
+            &mut self.writer,
+            &mut self.reader,
+            &[request.to_string()],
+            id,
+        )
+        .await;
+        replies.last().unwrap().clone()
+    }
+
+    /// Closes the client's end and waits (10 s at most) for the server to finish.
+    pub async fn close(self) {
+        let Self {
+            reader,
+            writer,
+            server,
+        } = self;
+        drop((reader, writer));
+        let _ = tokio::time::timeout(Duration::from_secs(10), server).await;
+    }
+}

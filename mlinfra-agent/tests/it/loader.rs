@@ -3,34 +3,22 @@
 //! changes with the seed and the epoch; `loader_probe` reads real batches and says so.
 
 use std::sync::Arc;
-use std::time::Duration;
 
-use mlinfra_agent::serve_io;
 use mlinfra_loader::{Loader, Remainder, Shuffle};
 use serde_json::{Value, json};
-use tokio::io::BufReader;
 
-use crate::common::{Fixture, call, exchange, initialize};
+use crate::common::{Fixture, Pipe, call};
 use crate::jobs::teacher_parquet;
 
 const ROWS: u64 = 103;
 
 async fn ask(fixture: &Fixture, calls: Vec<Value>) -> Vec<Value> {
-    let (client, server_end) = tokio::io::duplex(1 << 20);
-    let (server_read, server_write) = tokio::io::split(server_end);
-    let server = tokio::spawn(serve_io(fixture.server(), server_read, server_write));
-    let (client_read, mut writer) = tokio::io::split(client);
-    let mut reader = BufReader::new(client_read);
-    exchange(&mut writer, &mut reader, &[initialize(1).to_string()], 1).await;
+    let mut pipe = Pipe::open(fixture.server()).await;
     let mut results = Vec::new();
     for request in calls {
-        let id = request["id"].as_i64().unwrap();
-        let replies = exchange(&mut writer, &mut reader, &[request.to_string()], id).await;
-        results.push(replies.last().unwrap()["result"].clone());
+        results.push(pipe.result(request).await);
     }
-    drop(writer);
-    drop(reader);
-    let _ = tokio::time::timeout(Duration::from_secs(10), server).await;
+    pipe.close().await;
     results
 }
 

@@ -215,11 +215,9 @@ fn without_landlock_the_sandbox_refuses_to_run() {
 /// left there; the file beside the root stays out of reach; a missing program is a tool error.
 #[test]
 fn sandbox_run_reads_the_root_and_nothing_beside_it() {
-    use mlinfra_agent::serve_io;
     use serde_json::{Value, json};
-    use tokio::io::BufReader;
 
-    use crate::common::{Fixture, call, exchange, initialize};
+    use crate::common::{Fixture, Pipe, call};
 
     if !supported() {
         return;
@@ -236,12 +234,7 @@ fn sandbox_run_reads_the_root_and_nothing_beside_it() {
     let secret = fixture.secret().display().to_string();
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let results: Vec<Value> = runtime.block_on(async {
-        let (client, server_end) = tokio::io::duplex(1 << 20);
-        let (server_read, server_write) = tokio::io::split(server_end);
-        tokio::spawn(serve_io(server, server_read, server_write));
-        let (client_read, mut writer) = tokio::io::split(client);
-        let mut reader = BufReader::new(client_read);
-        exchange(&mut writer, &mut reader, &[initialize(1).to_string()], 1).await;
+        let mut pipe = Pipe::open(server).await;
         let calls = [
             json!(["ls", root]),
             json!(["sh", "-c", "echo hi > out.txt; cat out.txt"]),
@@ -250,9 +243,10 @@ fn sandbox_run_reads_the_root_and_nothing_beside_it() {
         ];
         let mut results = Vec::new();
         for (id, command) in (2..).zip(calls) {
-            let request = call(id, "sandbox_run", json!({"command": command}));
-            let replies = exchange(&mut writer, &mut reader, &[request.to_string()], id).await;
-            results.push(replies.last().unwrap()["result"].clone());
+            results.push(
+                pipe.result(call(id, "sandbox_run", json!({"command": command})))
+                    .await,
+            );
         }
         results
     });

@@ -3,14 +3,12 @@
 //! tokens the two reported, each generation's token counts are in its trace line, and bad
 //! arguments are tool errors.
 
-use mlinfra_agent::serve_io;
 use mlinfra_agent::serving::{GenerateRequest, Serving};
 use mlinfra_agent::trace::JsonlTraceLayer;
 use serde_json::{Value, json};
-use tokio::io::BufReader;
 use tracing_subscriber::layer::SubscriberExt;
 
-use crate::common::{Buffer, Fixture, call, exchange, initialize};
+use crate::common::{Buffer, Fixture, Pipe, call};
 
 /// llama.cpp's greedy answer to the chat prompt "What is 2+2?" with this model's template
 /// (its first 11 tokens; recorded offline, see examples/tests/it/llama_generate.rs).
@@ -35,12 +33,7 @@ fn chat_and_generate_run_the_embedded_engine_and_trace_their_tokens() {
         .unwrap();
     let results = tracing::subscriber::with_default(subscriber, || {
         runtime.block_on(async {
-            let (client, server_end) = tokio::io::duplex(1 << 20);
-            let (server_read, server_write) = tokio::io::split(server_end);
-            tokio::spawn(serve_io(server, server_read, server_write));
-            let (client_read, mut writer) = tokio::io::split(client);
-            let mut reader = BufReader::new(client_read);
-            exchange(&mut writer, &mut reader, &[initialize(1).to_string()], 1).await;
+            let mut pipe = Pipe::open(server).await;
             let mut results = Vec::new();
             let calls = [
                 call(2, "chat", json!({"messages": [{"role": "user", "content": "What is 2+2?"}], "max_tokens": 16})),
@@ -50,9 +43,8 @@ fn chat_and_generate_run_the_embedded_engine_and_trace_their_tokens() {
                 call(6, "adapter_load", json!({"name": "a", "path": "../secret.parquet"})),
                 call(7, "chat", json!({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 4, "adapter": "nope"})),
             ];
-            for (id, line) in (2..).zip(calls) {
-                let replies = exchange(&mut writer, &mut reader, &[line.to_string()], id).await;
-                results.push(replies.last().unwrap()["result"].clone());
+            for request in calls {
+                results.push(pipe.result(request).await);
             }
             results
         })
