@@ -15,8 +15,8 @@
 //! Tools: `dataset_schema {path}`, `dataset_sample {path, rows}`, `dataset_fingerprint {path}`,
 //! `dataset_verify {path, fingerprint}`, `dataset_convert {input, output}`; training jobs
 //! `train_start {config}`, `train_status {job}`, `train_stop {job}`, `train_resume {job}`,
-//! `train_list {}`, kept in `--state-dir DIR` (default `DATA_ROOT/.mlinfra-agent`; hidden, so
-//! not listed as a dataset): a job outlives the client and the server (`kill -9` it, start it
+//! `train_list {}`, kept in `--state-dir DIR` (default `$XDG_STATE_HOME/mlinfra-agent`, else
+//! `~/.local/state/mlinfra-agent`; never inside the data root, which the tools read): a job outlives the client and the server (`kill -9` it, start it
 //! again: the job is `interrupted`, its checkpoints intact, and `train_resume` continues it).
 //! Serving: `generate {prompt, max_tokens}`, `chat {messages, max_tokens}`, `engine_metrics {}`,
 //! `adapter_load {name, path}`, `adapter_unload {name}` with `--model FILE.gguf` (the engine
@@ -124,9 +124,10 @@ async fn run() -> anyhow::Result<()> {
     }
     let root = DataRoot::new(&args.data_root)?;
     let root_path = root.path().display().to_string();
-    let state_dir = args
-        .state_dir
-        .map_or_else(|| root.path().join(".mlinfra-agent"), Into::into);
+    let state_dir = match args.state_dir {
+        Some(dir) => std::path::PathBuf::from(dir),
+        None => default_state_dir()?,
+    };
     let mut server = AgentServer::new(root)
         .with_state(&state_dir)
         .with_context(|| format!("--state-dir {}", state_dir.display()))?;
@@ -173,6 +174,19 @@ async fn run() -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// `$XDG_STATE_HOME/mlinfra-agent`, else `$HOME/.local/state/mlinfra-agent`.
+fn default_state_dir() -> anyhow::Result<std::path::PathBuf> {
+    let base = match std::env::var_os("XDG_STATE_HOME") {
+        Some(dir) if !dir.is_empty() => std::path::PathBuf::from(dir),
+        _ => std::path::PathBuf::from(
+            std::env::var_os("HOME")
+                .context("no HOME for the state directory; pass --state-dir")?,
+        )
+        .join(".local/state"),
+    };
+    Ok(base.join("mlinfra-agent"))
 }
 
 fn main() -> ExitCode {

@@ -10,8 +10,10 @@
 //! (`s3://`, `file://`) and globs are refused: the data layer would open them, and neither
 //! has a place under a local root.
 //!
-//! What this does not cover: a file swapped for a symlink between the check and the open (the
-//! root is the operator's directory; a client cannot create files in it through these tools).
+//! What this does not cover: a file swapped for a symlink between the check and the open. The
+//! root is the operator's directory, and no client can plant such a file: the tools' only
+//! writes there are `dataset_convert`'s new Parquet files, sandboxed commands only read it,
+//! and the server's own state must live outside it ([`DataRoot::refuse_inside`]).
 
 use std::path::{Component, Path, PathBuf};
 
@@ -108,6 +110,35 @@ impl DataRoot {
             self.check_tree(&canonical, requested)?;
         }
         Ok(canonical)
+    }
+
+    /// An error when `dir` (created if missing) is the root or inside it: for the server's
+    /// own directories, which the tools must not reach.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::DataRoot`] naming `what` when it is inside; [`Error::JobStore`] when it cannot
+    /// be created.
+    pub fn refuse_inside(&self, dir: &Path, what: &str) -> Result<()> {
+        std::fs::create_dir_all(dir).map_err(|source| Error::JobStore {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        let canonical = dir.canonicalize().map_err(|source| Error::JobStore {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        if canonical.starts_with(&self.root) {
+            return Err(Error::DataRoot {
+                path: self.root.clone(),
+                reason: format!(
+                    "{what} {} is inside it, where the tools could read it",
+                    canonical.display()
+                )
+                .into(),
+            });
+        }
+        Ok(())
     }
 
     /// The dataset at `requested` (a Parquet file or a directory of them), after

@@ -8,15 +8,24 @@
 //!   the process limit applies (the kernel does not count root's processes against it).
 //! - **Landlock** (`landlock`, ABI 4 or later, or the sandbox refuses to run): reads only under
 //!   the system directories a program needs to load (`/usr`, `/lib`, `/lib64`, `/bin`, the
-//!   loader's cache, `/dev/null`, `/dev/zero`, `/dev/urandom`) and the directories given as
-//!   readable, writes only under those given as writable; no TCP bind or connect. Rules are
-//!   about the files reached, not the names used, so `..`, symbolic links and name prefixes
-//!   (`/data-evil` beside `/data`) lead nowhere new.
+//!   loader's cache, `/dev/zero`, `/dev/urandom`; `/dev/null` also writable) and the
+//!   directories given as readable, writes only under those given as writable; no TCP bind
+//!   or connect; from ABI 6, no signals to processes outside the sandbox and no abstract Unix
+//!   sockets. Rules are about the files reached, not the names used, so `..`, symbolic links
+//!   and name prefixes (`/data-evil` beside `/data`) lead nowhere new.
 //! - **seccomp** (`seccompiler`, Firecracker's): `socket` (every other kind of network, raw
-//!   sockets, netlink), `ptrace`, mounts and namespaces, module loading, `bpf`, keyrings,
-//!   `io_uring` (which bypasses seccomp) and cross-process memory calls fail with `EPERM`.
-//! - **a session of its own**: the wall-clock limit and the output budget kill the whole
-//!   process group (a fork bomb's children included), and so does the end of the command.
+//!   sockets, netlink), leaving the process group (`setsid`, `setpgid`), `ptrace`, mounts,
+//!   new namespaces (`unshare`, `setns`, `clone` with a `CLONE_NEW*` flag; `clone3` answers
+//!   `ENOSYS` so the C library falls back to `clone`), module loading, `bpf`, keyrings,
+//!   `io_uring` (which bypasses seccomp), cross-process memory, and changing owners, modes,
+//!   times or extended attributes (which Landlock does not cover) fail with `EPERM`.
+//! - **a process group of its own**, which it cannot leave: the wall-clock limit, the output
+//!   budget and the command's end kill the whole group (a fork bomb's children included).
+//!
+//! Known gaps: without Landlock ABI 6 (Linux 6.12) signals are not scoped, so a command run
+//! with the server's own uid (a server not running as root) could signal the server; the
+//! process limit counts every process of the sandbox's uid (as `nobody`, shared by concurrent
+//! runs), where a cgroup's `pids.max` would count one run's.
 //!
 //! The threat model is Firecracker's and gVisor's in miniature: the command is hostile, the
 //! kernel is trusted. A microVM or gVisor would also shrink the kernel's surface; that is not
@@ -35,15 +44,19 @@ use std::time::{Duration, Instant};
 
 use landlock::{
     ABI, Access, AccessFs, AccessNet, CompatLevel, Compatible, PathBeneath, PathFd, Ruleset,
-    RulesetAttr, RulesetCreated, RulesetCreatedAttr, RulesetStatus,
+    RulesetAttr, RulesetCreated, RulesetCreatedAttr, RulesetStatus, Scope,
 };
 use rmcp::schemars::{self, JsonSchema};
-use seccompiler::{BpfProgram, SeccompAction, SeccompFilter};
+use seccompiler::{
+    BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
+    SeccompRule,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::{Error, Result};
 
-/// The Landlock ABI the sandbox needs: 4 adds TCP rules (Linux 6.7).
+/// The Landlock ABI the sandbox needs: 4 adds TCP rules (Linux 6.7). From ABI 6 it also
+/// scopes signals and abstract Unix sockets.
 pub const REQUIRED_LANDLOCK_ABI: i64 = 4;
 
 /// System paths every program may read (and execute): the loader, libraries, binaries.
@@ -53,7 +66,6 @@ const SYSTEM_READ: &[&str] = &[
     "/lib64",
     "/bin",
     "/etc/ld.so.cache",
-    "/dev/null",
     "/dev/zero",
     "/dev/urandom",
 ];
@@ -215,7 +227,7 @@ impl Sandbox {
             self.ruleset()
                 .map_err(|e| failed("the Landlock ruleset", &e))?,
         );
-        let filter = syscall_filter().map_err(|e| failed("the seccomp filter", &e))?;
+        let filters = syscall_filters().map_err(|e| failed("the seccomp filter", &e))?;
         // SAFETY: geteuid cannot fail.
         let drop_root = unsafe { libc::geteuid() } == 0;
         let limits = self.limits.clone();
@@ -226,6 +238,7 @@ impl Sandbox {
             .env_clear()
             .env("PATH", "/usr/bin:/bin")
             .env("HOME", cwd)
+            .env("TMPDIR", cwd)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
@@ -251,7 +264,10 @@ impl Sandbox {
                     Ok(status) if status.ruleset == RulesetStatus::FullyEnforced => {}
                     _ => return Err(std::io::Error::other("Landlock not enforced")),
                 }
-                seccompiler::apply_filter(&filter).map_err(std::io::Error::other)
+                for filter in &filters {
+                    seccompiler::apply_filter(filter).map_err(std::io::Error::other)?;
+                }
+                Ok(())
             });
         }
         let started = Instant::now();
@@ -278,9 +294,14 @@ impl Sandbox {
             let (overflowed, cap) = (Arc::clone(&overflowed), self.limits.output_bytes);
             std::thread::spawn(move || capture(stream, cap, &overflowed, kill_group))
         });
+        // Input on a thread of its own: a command that does not read it must not stop the
+        // clock (a full pipe would block this thread forever).
         if let Some(mut input) = child.stdin.take() {
-            // A command that does not read its input closes the pipe: not an error.
-            let _ = input.write_all(stdin);
+            let stdin = stdin.to_vec();
+            std::thread::spawn(move || {
+                // A command that does not read its input closes the pipe: not an error.
+                let _ = input.write_all(&stdin);
+            });
         }
         let deadline = Duration::from_secs_f64(self.limits.wall_seconds.max(0.0));
         let mut timed_out = false;
@@ -297,6 +318,7 @@ impl Sandbox {
         };
         // Whatever the command left behind (a fork bomb's children) goes with it.
         kill_group();
+        // The group is dead, so its pipes close; the readers end promptly.
         let [stdout, stderr] = readers.map(|reader| reader.join().unwrap_or_default());
         Ok(SandboxOutput {
             exit_code: status.code(),
@@ -312,17 +334,27 @@ impl Sandbox {
     /// The Landlock ruleset: every filesystem access and TCP handled (so denied unless a rule
     /// allows it), reads of the system paths and `read`, everything under `write`.
     fn ruleset(&self) -> std::result::Result<RulesetCreated, Box<dyn std::error::Error>> {
-        let abi = ABI::V4;
+        // The newest ABI this kernel has that the sandbox uses (checked at `new`: at least 4).
+        let abi = if landlock_abi() >= 6 {
+            ABI::V6
+        } else {
+            ABI::V4
+        };
         let mut ruleset = Ruleset::default()
             .set_compatibility(CompatLevel::HardRequirement)
             .handle_access(AccessFs::from_all(abi))?
             .handle_access(AccessNet::from_all(abi))?
+            .scope(Scope::from_all(abi))?
             .create()?;
         // System files (the loader's cache, devices) get the file subset of the read rights;
         // those this system lacks are skipped.
         ruleset = ruleset.add_rules(landlock::path_beneath_rules(
             SYSTEM_READ,
             AccessFs::from_read(abi),
+        ))?;
+        ruleset = ruleset.add_rules(landlock::path_beneath_rules(
+            ["/dev/null"],
+            AccessFs::ReadFile | AccessFs::WriteFile,
         ))?;
         for (dirs, access) in [
             (&self.read, AccessFs::from_read(abi)),
@@ -337,11 +369,15 @@ impl Sandbox {
     }
 }
 
-/// The system calls a sandboxed command may not make (each fails with `EPERM`).
-fn syscall_filter() -> std::result::Result<BpfProgram, Box<dyn std::error::Error>> {
-    let denied = [
+/// The system calls a sandboxed command may not make (`EPERM`), then `clone3` answering
+/// `ENOSYS` (its flags are behind a pointer a filter cannot read; the C library then uses
+/// `clone`, whose namespace flags the first filter refuses).
+fn syscall_filters() -> std::result::Result<[BpfProgram; 2], Box<dyn std::error::Error>> {
+    let mut denied = vec![
         libc::SYS_socket,
         libc::SYS_socketpair,
+        libc::SYS_setsid,
+        libc::SYS_setpgid,
         libc::SYS_ptrace,
         libc::SYS_process_vm_readv,
         libc::SYS_process_vm_writev,
@@ -362,14 +398,67 @@ fn syscall_filter() -> std::result::Result<BpfProgram, Box<dyn std::error::Error
         libc::SYS_request_key,
         libc::SYS_userfaultfd,
         libc::SYS_io_uring_setup,
+        // Owners, modes, times and extended attributes: not covered by Landlock.
+        libc::SYS_fchmod,
+        libc::SYS_fchmodat,
+        libc::SYS_fchown,
+        libc::SYS_fchownat,
+        libc::SYS_utimensat,
+        libc::SYS_setxattr,
+        libc::SYS_lsetxattr,
+        libc::SYS_fsetxattr,
+        libc::SYS_removexattr,
+        libc::SYS_lremovexattr,
+        libc::SYS_fremovexattr,
     ];
-    let filter = SeccompFilter::new(
-        denied.into_iter().map(|call| (call, Vec::new())).collect(),
+    #[cfg(target_arch = "x86_64")]
+    denied.extend([
+        libc::SYS_chmod,
+        libc::SYS_chown,
+        libc::SYS_lchown,
+        libc::SYS_utime,
+        libc::SYS_utimes,
+        libc::SYS_futimesat,
+    ]);
+    let arch = std::env::consts::ARCH.try_into()?;
+    let mut rules: std::collections::BTreeMap<i64, Vec<SeccompRule>> =
+        denied.into_iter().map(|call| (call, Vec::new())).collect();
+    // `clone` creating a namespace: one rule per flag (a rule matches when its flag is set).
+    let namespaces = [
+        libc::CLONE_NEWUSER,
+        libc::CLONE_NEWNS,
+        libc::CLONE_NEWPID,
+        libc::CLONE_NEWNET,
+        libc::CLONE_NEWUTS,
+        libc::CLONE_NEWIPC,
+        libc::CLONE_NEWCGROUP,
+    ];
+    let clone_rules = namespaces
+        .into_iter()
+        .map(|flag| {
+            let flag = flag as u64;
+            SeccompRule::new(vec![SeccompCondition::new(
+                0,
+                SeccompCmpArgLen::Qword,
+                SeccompCmpOp::MaskedEq(flag),
+                flag,
+            )?])
+        })
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    rules.insert(libc::SYS_clone, clone_rules);
+    let refuse = SeccompFilter::new(
+        rules,
         SeccompAction::Allow,
         SeccompAction::Errno(libc::EPERM as u32),
-        std::env::consts::ARCH.try_into()?,
+        arch,
     )?;
-    Ok(filter.try_into()?)
+    let no_clone3 = SeccompFilter::new(
+        [(libc::SYS_clone3, Vec::new())].into_iter().collect(),
+        SeccompAction::Allow,
+        SeccompAction::Errno(libc::ENOSYS as u32),
+        arch,
+    )?;
+    Ok([refuse.try_into()?, no_clone3.try_into()?])
 }
 
 /// The child's resource limits.

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rmcp::handler::server::router::tool::ToolRouter;
-use rmcp::handler::server::tool::InputResponses;
+use rmcp::handler::server::tool::{InputResponses, RequestState};
 use rmcp::handler::server::wrapper::{Json, Parameters};
 use rmcp::model::{
     CacheScope, CallToolResponse, CallToolResult, CompleteRequestParams, CompleteResult,
@@ -54,6 +54,9 @@ pub struct AgentServer {
     jobs: Option<Arc<JobStore>>,
     lineage: Option<Arc<Registry>>,
     serving: Option<Arc<Serving>>,
+    /// Seals the questions approvals ask (2026-07-28).
+    /// (`None` when the system gave no random key: stateless approvals are then refused.)
+    seal: Option<Arc<approval::Seal>>,
     /// The sandbox `sandbox_run` uses, and where its scratch directories go.
     sandbox: Option<Arc<(Sandbox, std::path::PathBuf)>>,
     tool_router: ToolRouter<Self>,
@@ -69,6 +72,7 @@ impl AgentServer {
             lineage: None,
             serving: None,
             sandbox: None,
+            seal: approval::Seal::new().ok().map(Arc::new),
             tool_router: Self::tool_router(),
         }
     }
@@ -84,6 +88,9 @@ impl AgentServer {
     /// be made or read.
     pub fn with_state(mut self, state_dir: impl AsRef<std::path::Path>) -> crate::Result<Self> {
         let state_dir = state_dir.as_ref();
+        // The tools read the data root: state there (job records, checkpoints, sandbox
+        // scratch) would be theirs to read, and a sandboxed command's to plant files in.
+        self.root.refuse_inside(state_dir, "the state directory")?;
         self.jobs = Some(Arc::new(JobStore::open(state_dir, Arc::clone(&self.root))?));
         let registry = Registry::open(state_dir.join("lineage.json"))?;
         for tool in self.tool_router.list_all() {
@@ -136,8 +143,11 @@ impl AgentServer {
         limits: crate::sandbox::Limits,
         scratch_root: impl Into<std::path::PathBuf>,
     ) -> crate::Result<Self> {
+        let scratch_root = scratch_root.into();
+        self.root
+            .refuse_inside(&scratch_root, "the sandbox's scratch directory")?;
         let sandbox = Sandbox::new(limits)?.allow_read(self.root.path());
-        self.sandbox = Some(Arc::new((sandbox, scratch_root.into())));
+        self.sandbox = Some(Arc::new((sandbox, scratch_root)));
         Ok(self)
     }
 
@@ -632,11 +642,13 @@ impl AgentServer {
         &self,
         Parameters(request): Parameters<JobRequest>,
         InputResponses(responses): InputResponses,
+        RequestState(request_state): RequestState,
         cx: RequestContext<RoleServer>,
     ) -> CallToolResponse {
         let hash = crate::trace::arguments_hash(&request);
         let jobs = self.on_jobs(|jobs, ()| Ok(Arc::clone(jobs)));
         let registry = self.lineage.clone();
+        let seal = self.seal.clone();
         let result = traced("job_delete", hash, async move {
             let jobs = jobs(())?;
             let status = {
@@ -663,13 +675,29 @@ impl AgentServer {
                 status.record.total_steps,
                 status.checkpoints.len()
             );
-            match approval::ask(&cx, responses.as_ref(), &question).await {
+            // What the yes is for: this job as it is now, under this definition of the tool.
+            let subject = format!(
+                "job_delete {} {} {}",
+                request.job,
+                status.record.updated_unix_ms,
+                definition.as_ref().map_or("", |entry| entry.hash.as_str())
+            );
+            let answer = approval::ask(
+                &cx,
+                seal.as_deref(),
+                responses.as_ref(),
+                request_state.as_deref(),
+                &subject,
+                &question,
+            )
+            .await;
+            match answer {
                 Approval::Granted => {
+                    let job = request.job.clone();
+                    blocking_job(move || jobs.delete(&job)).await?;
                     if let (Some(registry), Some(entry)) = (&registry, &definition) {
                         registry.approve(Kind::Tool, "job_delete", &entry.hash)?;
                     }
-                    let job = request.job.clone();
-                    blocking_job(move || jobs.delete(&job)).await?;
                     Ok(Ok(Deleted {
                         job: request.job,
                         checkpoints: status.checkpoints.len(),

@@ -25,6 +25,8 @@ use crate::{Error, Result};
 
 /// The largest response body read from the backend.
 const MAX_RESPONSE_BYTES: usize = 16 << 20;
+/// The longest a request to a remote server may take (generation included).
+const REMOTE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(600);
 /// KV blocks of the embedded engine (16 tokens each): room for 64 sequences of 512 tokens.
 const KV_BLOCKS: usize = 2048;
 /// Tokens per KV block.
@@ -131,12 +133,16 @@ impl Serving {
         }
         Self {
             backend: Backend::Remote {
-                base: base
-                    .into()
-                    .trim_end_matches('/')
-                    .trim_end_matches("/v1")
-                    .to_owned(),
-                client: reqwest::Client::new(),
+                base: {
+                    let base: String = base.into();
+                    let base = base.trim_end_matches('/');
+                    base.strip_suffix("/v1").unwrap_or(base).to_owned()
+                },
+                client: reqwest::Client::builder()
+                    .connect_timeout(std::time::Duration::from_secs(10))
+                    .timeout(REMOTE_TIMEOUT)
+                    .build()
+                    .unwrap_or_default(),
                 api_key,
             },
             model: model.into(),
@@ -199,13 +205,19 @@ impl Serving {
                 if let Some(key) = api_key {
                     request = request.bearer_auth(key);
                 }
-                let response = request.send().await.map_err(|e| failed(&e))?;
+                let mut response = request.send().await.map_err(|e| failed(&e))?;
                 let status = response.status().as_u16();
-                let body = response.bytes().await.map_err(|e| failed(&e))?;
-                if body.len() > MAX_RESPONSE_BYTES {
-                    return Err(failed(&format!("a response of {} bytes", body.len())));
+                // Read up to the cap, not the whole body first.
+                let mut body = Vec::new();
+                while let Some(chunk) = response.chunk().await.map_err(|e| failed(&e))? {
+                    if body.len() + chunk.len() > MAX_RESPONSE_BYTES {
+                        return Err(failed(&format!(
+                            "a response over {MAX_RESPONSE_BYTES} bytes"
+                        )));
+                    }
+                    body.extend_from_slice(&chunk);
                 }
-                Ok((status, body.to_vec()))
+                Ok((status, body))
             }
         }
     }

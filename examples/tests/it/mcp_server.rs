@@ -265,8 +265,10 @@ fn generate_answers_with_the_model_given_by_flag() {
     };
     let dir = tempfile::tempdir().unwrap();
     let model = model.to_str().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).unwrap();
     let mut server = StdioClient::spawn(
-        dir.path(),
+        &data,
         &dir.path().join("state"),
         &["--model", model, "--threads", "2"],
     );
@@ -279,4 +281,18 @@ fn generate_answers_with_the_model_given_by_flag() {
     assert!(!generation["text"].as_str().unwrap().is_empty());
     drop(server.stdin);
     assert!(server.child.wait().unwrap().success());
+}
+
+#[test]
+fn a_state_directory_inside_the_data_root_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = example("mcp_server")
+        .args(["--data-root", dir.path().to_str().unwrap()])
+        .args(["--state-dir", dir.path().join("state").to_str().unwrap()])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("inside it"), "{stderr}");
 }

@@ -21,6 +21,10 @@ use serde::{Deserialize, Serialize};
 use crate::root::DataRoot;
 use crate::{Error, Result};
 
+/// The most weights a classifier job's model may have (about 1 GiB of training state).
+pub const MAX_PARAMETERS: usize = 64 << 20;
+/// The most optimizer steps one job may take.
+pub const MAX_STEPS: u64 = 10_000_000;
 /// The checkpoints a job keeps (older ones are deleted as new ones complete).
 pub const KEEP_CHECKPOINTS: usize = 3;
 
@@ -144,11 +148,32 @@ impl TrainConfig {
             ));
         }
         let train = open(root, &config.train)?;
-        features_of(&train, config)?;
+        let input = features_of(&train, config)?;
+        // Every layer's weights: input → hidden… → classes.
+        let layers: Vec<usize> = std::iter::once(input)
+            .chain(config.hidden.iter().copied())
+            .chain(std::iter::once(config.classes))
+            .collect();
+        let parameters = layers
+            .windows(2)
+            .map(|pair| pair[0].saturating_mul(pair[1]))
+            .fold(0usize, usize::saturating_add);
+        // The job trains inside the server: a model past this would take its memory (weights,
+        // gradients and AdamW's two moments: 16 bytes a weight).
+        if parameters > MAX_PARAMETERS {
+            return Err(invalid(format!(
+                "layers {layers:?} hold {parameters} weights: at most {MAX_PARAMETERS}"
+            )));
+        }
         if let Some(eval) = &config.eval {
             features_of(&*open(root, eval)?, config)?;
         }
-        let steps = train.num_rows() / config.batch as u64 * config.epochs;
+        let steps = (train.num_rows() / config.batch as u64).saturating_mul(config.epochs);
+        if steps > MAX_STEPS {
+            return Err(invalid(format!(
+                "{steps} steps: at most {MAX_STEPS} in one job"
+            )));
+        }
         if steps == 0 {
             return Err(invalid(format!(
                 "{} has {} rows: fewer than one batch of {}",

@@ -56,15 +56,20 @@ pub(crate) fn run(
             path: scratch_root.to_path_buf(),
             source,
         })?;
-    // The command may run as `nobody` (see the sandbox's docs): it must be able to write here.
+    // The command's alone: 0700, owned by `nobody` when it runs as `nobody` (see the
+    // sandbox's docs), so no concurrent run can look in.
     {
         use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(scratch.path(), std::fs::Permissions::from_mode(0o777)).map_err(
-            |source| Error::JobStore {
-                path: scratch.path().to_path_buf(),
-                source,
-            },
-        )?;
+        let failed = |source| Error::JobStore {
+            path: scratch.path().to_path_buf(),
+            source,
+        };
+        std::fs::set_permissions(scratch.path(), std::fs::Permissions::from_mode(0o700))
+            .map_err(failed)?;
+        // SAFETY: geteuid cannot fail.
+        if unsafe { libc::geteuid() } == 0 {
+            std::os::unix::fs::chown(scratch.path(), Some(65534), Some(65534)).map_err(failed)?;
+        }
     }
     let sandbox = sandbox.clone().allow_write(scratch.path());
     let output = sandbox.run(&program, args, scratch.path(), request.stdin.as_bytes())?;

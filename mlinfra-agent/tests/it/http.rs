@@ -476,24 +476,35 @@ fn job_delete_asks_through_an_input_required_round_trip_when_stateless() {
         result["inputRequests"]["approve"]["method"],
         "elicitation/create"
     );
+    let sealed = result["requestState"]
+        .as_str()
+        .expect("a sealed question")
+        .to_owned();
     assert!(
         state.join("jobs").join(&job).is_dir(),
         "nothing deleted before the answer"
     );
+    let yes = json!({"approve": {"action": "accept", "content": {"approve": true}}});
+    // A yes without the question it answers, or with an altered one, counts for nothing.
+    for forged in [
+        json!({"inputResponses": yes}),
+        json!({"inputResponses": yes, "requestState": format!("{sealed}x")}),
+    ] {
+        let refused = delete(2, forged);
+        assert_eq!(refused["result"]["isError"], true, "{refused}");
+        assert!(state.join("jobs").join(&job).is_dir());
+    }
     let no = delete(
-        2,
-        json!({"inputResponses": {"approve": {"action": "decline"}}}),
+        3,
+        json!({"inputResponses": {"approve": {"action": "decline"}}, "requestState": sealed}),
     );
     assert_eq!(no["result"]["isError"], true, "{no}");
     assert!(state.join("jobs").join(&job).is_dir());
-    let yes = delete(
-        3,
-        json!({"inputResponses": {"approve": {"action": "accept", "content": {"approve": true}}}}),
-    );
+    let deleted = delete(4, json!({"inputResponses": yes, "requestState": sealed}));
     assert_eq!(
-        yes["result"]["structuredContent"]["job"],
+        deleted["result"]["structuredContent"]["job"],
         job.as_str(),
-        "{yes}"
+        "{deleted}"
     );
     assert!(!state.join("jobs").join(&job).exists());
 }

@@ -75,6 +75,28 @@ impl Setup {
     }
 }
 
+/// Waits (60 s at most) until the running job's status satisfies `reached`; fails when it
+/// ends first.
+fn until(store: &JobStore, id: &str, reached: impl Fn(&mlinfra_agent::jobs::JobStatus) -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let status = store.status(id).unwrap();
+        if reached(&status) {
+            return;
+        }
+        assert_eq!(
+            status.record.state,
+            JobState::Running,
+            "ended first: {status:?}"
+        );
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out: {status:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 fn classifier(epochs: u64) -> ClassifierConfig {
     ClassifierConfig {
         train: "train.parquet".into(),
@@ -132,9 +154,7 @@ fn a_stopped_job_resumes_from_its_checkpoint_to_the_same_end() {
         .record
         .id;
     // Let it take some steps, then stop it: a checkpoint after the current step.
-    while store.status(&id).unwrap().step < 30 {
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    until(&store, &id, |status| status.step >= 30);
     store.stop(&id).unwrap();
     let stopped = store.wait(&id, Duration::from_secs(120)).unwrap();
     assert_eq!(stopped.record.state, JobState::Stopped, "{stopped:?}");
@@ -166,9 +186,7 @@ fn a_job_left_running_by_a_dead_process_is_interrupted_and_resumable() {
         .unwrap()
         .record
         .id;
-    while store.status(&id).unwrap().checkpoints.is_empty() {
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    until(&store, &id, |status| !status.checkpoints.is_empty());
     store.stop(&id).unwrap();
     let before = store.wait(&id, Duration::from_secs(120)).unwrap();
     // What a kill -9 mid-run leaves: checkpoints, and a record that says `running`.

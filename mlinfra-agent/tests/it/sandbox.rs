@@ -181,6 +181,80 @@ fn fork_memory_and_cpu_bombs_are_contained() {
 }
 
 #[test]
+fn leaving_the_group_stalling_on_input_and_changing_modes_fail() {
+    if !supported() {
+        return;
+    }
+    let layout = Layout::new();
+    let base = layout.base.path().display().to_string();
+    // A child that leaves the process group would outlive the kill (and hold the pipes).
+    let started = Instant::now();
+    let limits = Limits {
+        wall_seconds: 2.0,
+        ..Limits::default()
+    };
+    let escape = layout.run(
+        limits,
+        "/usr/bin/python3",
+        &["-c", "import os; os.setsid()"],
+    );
+    assert!(escape.stderr.contains("PermissionError"), "{escape:?}");
+    let detached = layout.run(
+        Limits {
+            wall_seconds: 2.0,
+            ..Limits::default()
+        },
+        "/bin/sh",
+        &["-c", "setsid sleep 100 & sleep 100"],
+    );
+    assert!(detached.timed_out, "{detached:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "the run came back"
+    );
+    // 1 MiB of input to a command that never reads it: the clock still runs.
+    let args = vec!["100".to_owned()];
+    let started = Instant::now();
+    let stalled = layout
+        .sandbox(Limits {
+            wall_seconds: 2.0,
+            ..Limits::default()
+        })
+        .run(
+            Path::new("/bin/sleep"),
+            &args,
+            &layout.path("scratch"),
+            &vec![b'x'; 1 << 20],
+        )
+        .unwrap();
+    assert!(
+        stalled.timed_out && started.elapsed() < Duration::from_secs(10),
+        "{stalled:?}"
+    );
+    // Modes, owners and namespaces, which Landlock does not cover.
+    for script in [
+        format!("chmod 600 {base}/secret.txt"),
+        format!("touch -d 2000-01-01 {base}/secret.txt"),
+        "unshare -U true".to_owned(),
+    ] {
+        let refused = sh(&layout, &script);
+        assert_ne!(refused.exit_code, Some(0), "{script}: {refused:?}");
+    }
+    let mode = std::fs::metadata(layout.path("secret.txt"))
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o644, "the mode is unchanged");
+    // What a shell needs still works: /dev/null, a temporary file.
+    let ordinary = sh(
+        &layout,
+        "echo x > /dev/null && mktemp > /dev/null && echo ok",
+    );
+    assert_eq!(ordinary.stdout, "ok\n", "{ordinary:?}");
+}
+
+#[test]
 fn an_output_flood_is_cut_and_killed() {
     if !supported() {
         return;
