@@ -37,6 +37,7 @@ import re
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import traceback
 from collections.abc import Awaitable, Iterator
@@ -575,7 +576,11 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     (root / FIXTURE_CSV).write_text(FIXTURE_TEXT)
     print(f"fixture: {root / FIXTURE_CSV} ({len(FIXTURE_ROWS)} rows)", flush=True)
 
-    extra = ["--model", str(args.model.resolve())] if args.model else []
+    # The server's own state (jobs, lineage) in a directory of this run's, outside the root.
+    state = args.state_dir or Path(tempfile.mkdtemp(prefix="mcp_client_state_"))
+    extra = ["--state-dir", str(state)]
+    if args.model:
+        extra += ["--model", str(args.model.resolve())]
     if args.sandbox:
         extra.append("--sandbox")
     stdio = StdioServerParameters(command=str(binary), args=["--data-root", str(root), *extra])
@@ -652,6 +657,9 @@ def main() -> int:
     )
     parser.add_argument(
         "--model", type=Path, help="a GGUF model for the server: the serving tools are called too"
+    )
+    parser.add_argument(
+        "--state-dir", type=Path, help="the server's state directory (default: a new temporary one)"
     )
     parser.add_argument(
         "--sandbox", action="store_true", help="start the server with --sandbox: call sandbox_run"

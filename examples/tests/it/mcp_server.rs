@@ -26,6 +26,7 @@ fn stdio_serves_the_dataset_tools_under_the_data_root() {
     let dir = data_root();
     let mut child = example("mcp_server")
         .args(["--data-root", dir.path().join("data").to_str().unwrap()])
+        .args(["--state-dir", dir.path().join("state").to_str().unwrap()])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())

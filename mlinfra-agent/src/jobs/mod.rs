@@ -105,6 +105,9 @@ pub struct JobStatus {
 /// The jobs under one state directory, and those running in this process.
 #[derive(Debug)]
 pub struct JobStore {
+    /// Held open for the store's life: its exclusive lock keeps a second server off this
+    /// state directory (it would mark this one's running jobs interrupted).
+    _lock: std::fs::File,
     jobs: PathBuf,
     root: Arc<DataRoot>,
     /// Stop flags of the jobs running in this process.
@@ -127,7 +130,9 @@ impl JobStore {
             path: jobs.clone(),
             source,
         })?;
+        let lock = lock(&state_dir.as_ref().join("lock"))?;
         let store = Self {
+            _lock: lock,
             jobs,
             root,
             running: Mutex::default(),
@@ -434,6 +439,39 @@ impl JobStore {
             .map_err(|error| job_error(&record.id, error.to_string()))?;
         mlinfra_data::files::write_atomic(&path, &json)
             .map_err(|source| Error::JobStore { path, source })
+    }
+}
+
+/// How long opening a store waits for another holder of its lock (a server shutting down).
+const LOCK_WAIT: Duration = Duration::from_secs(5);
+
+/// `path` opened and exclusively locked (`flock`), waiting up to [`LOCK_WAIT`].
+fn lock(path: &Path) -> Result<std::fs::File> {
+    use std::os::fd::AsRawFd;
+    let failed = |source| Error::JobStore {
+        path: path.to_path_buf(),
+        source,
+    };
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .map_err(failed)?;
+    let deadline = std::time::Instant::now() + LOCK_WAIT;
+    loop {
+        // SAFETY: flock on a descriptor this function owns.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+            return Ok(file);
+        }
+        let error = std::io::Error::last_os_error();
+        if error.kind() != std::io::ErrorKind::WouldBlock || std::time::Instant::now() >= deadline {
+            return Err(failed(std::io::Error::new(
+                error.kind(),
+                format!("another server holds this state directory ({error})"),
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 

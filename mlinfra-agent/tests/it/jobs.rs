@@ -139,6 +139,7 @@ fn a_job_trains_in_the_background_to_the_accuracy_its_data_allows() {
     );
     assert_eq!(done.checkpoints[0], 256, "the final step is checkpointed");
     // Listed, and read back by a fresh store (another process, after a restart) unchanged.
+    drop(store);
     let listed = setup.store().list().unwrap();
     assert_eq!(listed.len(), 1);
     assert_eq!(listed[0].record, done.record);
@@ -294,4 +295,18 @@ fn configurations_that_cannot_run_are_refused_before_a_job_exists() {
     for id in ["../state", "", "a/b", "TRAIN-1", "train-1"] {
         assert!(matches!(store.status(id), Err(Error::Job { .. })), "{id:?}");
     }
+}
+
+#[test]
+fn a_second_server_on_the_same_state_directory_is_refused() {
+    let setup = Setup::new();
+    let first = setup.store();
+    let second = JobStore::open(setup.base.path().join("state"), Arc::clone(&setup.root));
+    let error = second.unwrap_err().to_string();
+    assert!(
+        error.contains("another server holds this state directory"),
+        "{error}"
+    );
+    drop(first);
+    setup.store();
 }
