@@ -8,6 +8,9 @@
 //! $ scripts/mcp-conformance http://127.0.0.1:8931/mcp
 //! ```
 //!
+//! `--stdio` serves the same fixtures on stdin and stdout instead (a client spawns it;
+//! benches/compare/mcp.sh times `test_simple_text` both ways). Status lines go to stderr.
+//!
 //! The suite (`@modelcontextprotocol/conformance`) defines the fixtures: tools named `test_*`,
 //! resources under `test://`, prompts `test_*`, with literal contents it compares. They are
 //! not the product's tools (`mcp_server` serves those); this server exists so the protocol
@@ -42,11 +45,12 @@ use mlinfra_agent::mcp::model::{
 };
 use mlinfra_agent::mcp::service::{RequestContext, SubscriptionContext, SubscriptionSink};
 use mlinfra_agent::mcp::{RoleServer, ServerHandler};
-use mlinfra_agent::{HttpOptions, serve_http};
+use mlinfra_agent::{HttpOptions, serve_http, serve_stdio};
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value, json};
 
-const USAGE: &str = "usage: mcp_conformance_server [--http ADDR]   (default 127.0.0.1:0)";
+const USAGE: &str =
+    "usage: mcp_conformance_server [--http ADDR | --stdio]   (default: --http 127.0.0.1:0)";
 
 /// A 1x1 PNG and a minimal WAV: the suite checks that image and audio content carry data and
 /// a MIME type, not which bytes.
@@ -1033,8 +1037,16 @@ impl ServerHandler for Fixtures {
     }
 }
 
-fn parse_args() -> anyhow::Result<SocketAddr> {
-    let mut bind: SocketAddr = "127.0.0.1:0".parse()?;
+/// Where the fixtures are served.
+enum Transport {
+    /// Streamable HTTP on this address.
+    Http(SocketAddr),
+    /// The process's stdin and stdout.
+    Stdio,
+}
+
+fn parse_args() -> anyhow::Result<Transport> {
+    let mut transport = Transport::Http("127.0.0.1:0".parse()?);
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         match flag.as_str() {
@@ -1042,8 +1054,10 @@ fn parse_args() -> anyhow::Result<SocketAddr> {
                 let value = it
                     .next()
                     .context("--http needs an address (127.0.0.1:PORT)")?;
-                bind = value.parse().with_context(|| format!("--http {value}"))?;
+                transport =
+                    Transport::Http(value.parse().with_context(|| format!("--http {value}"))?);
             }
+            "--stdio" => transport = Transport::Stdio,
             "--help" | "-h" => {
                 println!("{USAGE}");
                 std::process::exit(0);
@@ -1051,11 +1065,19 @@ fn parse_args() -> anyhow::Result<SocketAddr> {
             other => bail!("unknown argument {other}; {USAGE}"),
         }
     }
-    Ok(bind)
+    Ok(transport)
 }
 
 async fn run() -> anyhow::Result<()> {
-    let bind = parse_args()?;
+    let bind = match parse_args()? {
+        Transport::Stdio => {
+            // stdout is the protocol's: the status line goes to stderr.
+            eprintln!("mcp_conformance_server: serving MCP on stdio");
+            serve_stdio(Fixtures::new()?).await?;
+            return Ok(());
+        }
+        Transport::Http(bind) => bind,
+    };
     let options = HttpOptions {
         bind,
         ..HttpOptions::default()
@@ -1070,18 +1092,5 @@ async fn run() -> anyhow::Result<()> {
 }
 
 fn main() -> ExitCode {
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(runtime) => runtime,
-        Err(error) => {
-            eprintln!("mcp_conformance_server: {error}");
-            return ExitCode::from(2);
-        }
-    };
-    match runtime.block_on(run()) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
-            eprintln!("mcp_conformance_server: {error:#}");
-            ExitCode::from(2)
-        }
-    }
+    mlinfra_examples::block_on_main("mcp_conformance_server", run())
 }
