@@ -35,7 +35,7 @@
 //!   lacks Landlock), behind the `sandbox_run` tool.
 //!
 //! Not yet (issue 26): the WebAssembly sandbox (wasmtime), LoRA/DPO jobs, OTLP export, spans
-//! for requests other than tool calls, the FastMCP benchmark's figures.
+//! for requests other than tool calls.
 //!
 //! # Quick start
 //!
