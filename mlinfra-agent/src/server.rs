@@ -596,8 +596,10 @@ impl AgentServer {
                     let (jobs, job) = (Arc::clone(&jobs), request.job.clone());
                     blocking_job(move || jobs.status(&job)).await?
                 };
+                // Progress only ever rises (the MCP spec): a resumed run's log can restart below
+                // the last step reported.
                 if let Some(token) = &token
-                    && reported != Some(status.step)
+                    && reported.is_none_or(|last| status.step > last)
                 {
                     reported = Some(status.step);
                     let loss = status

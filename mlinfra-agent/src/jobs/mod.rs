@@ -193,6 +193,22 @@ impl JobStore {
                 format!("it is {:?}: nothing to resume", record.state),
             ));
         }
+        // The checkpoints were trained on the data as it was: a resume on changed data would
+        // mix two datasets under one lineage.
+        if let Some(lineage) = &record.lineage {
+            let now = record.config.lineage(&self.root, lineage.tool.clone())?;
+            if now.train_dataset != lineage.train_dataset
+                || now.eval_dataset != lineage.eval_dataset
+            {
+                return Err(job_error(
+                    id,
+                    format!(
+                        "its data changed since it started (training data {} then, {} now): start a new job",
+                        lineage.train_dataset, now.train_dataset
+                    ),
+                ));
+            }
+        }
         record.state = JobState::Running;
         record.launches += 1;
         record.error = None;

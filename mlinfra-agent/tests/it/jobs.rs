@@ -165,6 +165,14 @@ fn a_stopped_job_resumes_from_its_checkpoint_to_the_same_end() {
     // Only one job trains at a time; a stopped one cannot be stopped again.
     assert!(matches!(store.stop(&id), Err(Error::Job { .. })));
 
+    // The data changed since the start: no resume onto it.
+    let train = setup.base.path().join("data/train.parquet");
+    let original = std::fs::read(&train).unwrap();
+    teacher_parquet(&train, 1024, 99);
+    let refused = store.resume(&id).unwrap_err().to_string();
+    assert!(refused.contains("its data changed"), "{refused}");
+    std::fs::write(&train, original).unwrap();
+
     let resumed = store.resume(&id).unwrap();
     assert_eq!(resumed.record.launches, 2);
     let done = store.wait(&id, Duration::from_secs(600)).unwrap();
