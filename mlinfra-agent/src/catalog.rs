@@ -49,6 +49,11 @@ fn search(dir: &Path, prefix: &str, depth: usize, visited: &mut usize, found: &m
         if name.starts_with('.') || kind.is_symlink() {
             continue;
         }
+        // A name the data layer would read as a glob is refused by `DataRoot::resolve`: not
+        // listed as something the tools could open.
+        if name.contains(['*', '?', '[']) {
+            continue;
+        }
         let path = format!("{prefix}{name}");
         if kind.is_file() && name.ends_with(".parquet") {
             found.push(path);
@@ -57,7 +62,10 @@ fn search(dir: &Path, prefix: &str, depth: usize, visited: &mut usize, found: &m
         }
     }
     for (dir, path) in subdirs {
-        if holds_parquet(&dir) {
+        if *visited > MAX_VISITED {
+            return;
+        }
+        if holds_parquet(&dir, visited) {
             found.push(path);
         } else if depth + 1 < MAX_DEPTH {
             search(&dir, &format!("{path}/"), depth + 1, visited, found);
@@ -65,16 +73,28 @@ fn search(dir: &Path, prefix: &str, depth: usize, visited: &mut usize, found: &m
     }
 }
 
-fn holds_parquet(dir: &Path) -> bool {
-    std::fs::read_dir(dir).is_ok_and(|entries| {
-        entries.flatten().any(|entry| {
-            entry.file_type().is_ok_and(|kind| kind.is_file())
-                && entry
-                    .file_name()
-                    .to_str()
-                    .is_some_and(|name| name.ends_with(".parquet"))
-        })
-    })
+/// Whether `dir` holds a `.parquet` file directly; the entries looked at count toward
+/// [`MAX_VISITED`].
+fn holds_parquet(dir: &Path, visited: &mut usize) -> bool {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return false;
+    };
+    for entry in entries.flatten() {
+        *visited += 1;
+        if *visited > MAX_VISITED {
+            return false;
+        }
+        let is_file = entry.file_type().is_ok_and(|kind| kind.is_file());
+        if is_file
+            && entry
+                .file_name()
+                .to_str()
+                .is_some_and(|name| name.ends_with(".parquet"))
+        {
+            return true;
+        }
+    }
+    false
 }
 
 /// A dataset's resource URI.

@@ -11,8 +11,8 @@ use tokio::io::BufReader;
 use crate::common::{Fixture, POINTS_ROWS, exchange, initialize};
 
 /// Lays out, beside `points.parquet`: a sharded dataset `shards/` (two files), a nested one,
-/// 150 one-file directories under `bulk/`, and what is not a dataset (a hidden one, a link out
-/// of the root, a text file).
+/// 150 one-file directories under `bulk/`, and what is not listed (a hidden one, a link out of
+/// the root, a text file, a name read as a glob).
 fn lay_out(fixture: &Fixture) {
     let root = fixture.root();
     let points = root.join("points.parquet");
@@ -24,6 +24,8 @@ fn lay_out(fixture: &Fixture) {
     copy(root.join("shards/part-1.parquet"));
     copy(root.join("nested/deeper/x.parquet"));
     copy(root.join(".hidden/h.parquet"));
+    // A name the tools would refuse (the data layer reads `[`, `*`, `?` as a glob).
+    copy(root.join("weird[1].parquet"));
     for i in 0..150 {
         copy(root.join(format!("bulk/d{i:03}/data.parquet")));
     }
