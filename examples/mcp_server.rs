@@ -16,7 +16,8 @@
 //! `dataset_verify {path, fingerprint}`, `dataset_convert {input, output}`; training jobs
 //! `train_start {config}`, `train_status {job}`, `train_stop {job}`, `train_resume {job}`,
 //! `train_list {}`, kept in `--state-dir DIR` (default `$XDG_STATE_HOME/mlinfra-agent`, else
-//! `~/.local/state/mlinfra-agent`; never inside the data root, which the tools read): a job outlives the client and the server (`kill -9` it, start it
+//! `~/.local/state/mlinfra-agent`, or a directory of this process's beside it while another
+//! server holds that one; never inside the data root, which the tools read): a job outlives the client and the server (`kill -9` it, start it
 //! again: the job is `interrupted`, its checkpoints intact, and `train_resume` continues it).
 //! Serving: `generate {prompt, max_tokens}`, `chat {messages, max_tokens}`, `engine_metrics {}`,
 //! `adapter_load {name, path}`, `adapter_unload {name}` with `--model FILE.gguf` (the engine
@@ -124,13 +125,34 @@ async fn run() -> anyhow::Result<()> {
     }
     let root = DataRoot::new(&args.data_root)?;
     let root_path = root.path().display().to_string();
-    let state_dir = match args.state_dir {
+    let explicit = args.state_dir.is_some();
+    let mut state_dir = match args.state_dir {
         Some(dir) => std::path::PathBuf::from(dir),
         None => default_state_dir()?,
     };
-    let mut server = AgentServer::new(root)
-        .with_state(&state_dir)
-        .with_context(|| format!("--state-dir {}", state_dir.display()))?;
+    let server = AgentServer::new(root);
+    let mut server = match server.clone().with_state(&state_dir) {
+        Ok(server) => server,
+        // Another server holds the default directory (a second client spawned its own): this
+        // one keeps its state beside it rather than failing; `--state-dir` is never moved.
+        Err(mlinfra_agent::Error::JobStore { source, .. })
+            if !explicit && source.kind() == std::io::ErrorKind::WouldBlock =>
+        {
+            state_dir = state_dir.join(format!("instance-{}", std::process::id()));
+            eprintln!(
+                "mcp_server: the default state directory is in use; this server keeps its state in {}",
+                state_dir.display()
+            );
+            server
+                .with_state(&state_dir)
+                .with_context(|| format!("state directory {}", state_dir.display()))?
+        }
+        Err(error) => {
+            return Err(
+                anyhow::Error::new(error).context(format!("--state-dir {}", state_dir.display()))
+            );
+        }
+    };
     if args.sandbox {
         server = server.with_sandbox(
             mlinfra_agent::sandbox::Limits::default(),

@@ -52,6 +52,12 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// A bug in this crate, not the caller's doing (a worker task that panicked).
+    #[error("internal error: {reason}")]
+    Internal {
+        /// What went wrong.
+        reason: Box<str>,
+    },
     /// The data root is not a usable directory (the operator).
     #[error("data root {}: {reason}", path.display())]
     DataRoot {

@@ -212,17 +212,7 @@ impl AgentServer {
         T: Send + 'static,
     {
         let hash = crate::trace::arguments_hash(&request);
-        let work = async move {
-            tokio::task::spawn_blocking(move || work(request))
-                .await
-                .unwrap_or_else(|join| {
-                    Err(crate::Error::InvalidArgument {
-                        tool,
-                        reason: format!("the tool's task failed: {join}").into(),
-                    })
-                })
-        };
-        traced(tool, hash, work).await
+        traced(tool, hash, blocking(move || work(request))).await
     }
 
     /// The serving backend, or the error saying there is none.
@@ -290,6 +280,7 @@ fn error_kind(error: &crate::Error) -> &'static str {
         crate::Error::JobStore { .. } => "job_store",
         crate::Error::Serving { .. } => "serving",
         crate::Error::Sandbox { .. } => "sandbox",
+        crate::Error::Internal { .. } => "internal",
         _ => "other",
     }
 }
@@ -541,7 +532,7 @@ impl AgentServer {
             let report = serving?.load_adapter(&request.name, &path).await?;
             if let Some(registry) = registry {
                 let name = request.path.clone();
-                blocking_job(move || {
+                blocking(move || {
                     registry.observe(Kind::Adapter, &name, &lineage::content_hash(&path)?)
                 })
                 .await?;
@@ -594,7 +585,7 @@ impl AgentServer {
             loop {
                 let status = {
                     let (jobs, job) = (Arc::clone(&jobs), request.job.clone());
-                    blocking_job(move || jobs.status(&job)).await?
+                    blocking(move || jobs.status(&job)).await?
                 };
                 // Progress only ever rises (the MCP spec): a resumed run's log can restart below
                 // the last step reported.
@@ -655,7 +646,7 @@ impl AgentServer {
             let jobs = jobs(())?;
             let status = {
                 let (jobs, job) = (Arc::clone(&jobs), request.job.clone());
-                blocking_job(move || jobs.status(&job)).await?
+                blocking(move || jobs.status(&job)).await?
             };
             // The tool's own definition: a change since the user last approved it is said.
             let definition = registry
@@ -696,7 +687,7 @@ impl AgentServer {
             match answer {
                 Approval::Granted => {
                     let job = request.job.clone();
-                    blocking_job(move || jobs.delete(&job)).await?;
+                    blocking(move || jobs.delete(&job)).await?;
                     if let (Some(registry), Some(entry)) = (&registry, &definition) {
                         registry.approve(Kind::Tool, "job_delete", &entry.hash)?;
                     }
@@ -822,7 +813,9 @@ impl ServerHandler for AgentServer {
     ) -> Result<ListResourcesResult, ErrorData> {
         let cursor = request.and_then(|r| r.cursor);
         let root = Arc::clone(&self.root);
-        let datasets = blocking(move || Ok(catalog::datasets(&root))).await?;
+        let datasets = blocking(move || Ok(catalog::datasets(&root)))
+            .await
+            .map_err(|error| protocol_error(error, |text| ErrorData::internal_error(text, None)))?;
         let (page, next) = page(&datasets, cursor.as_deref())?;
         let resources = page
             .iter()
@@ -871,11 +864,9 @@ impl ServerHandler for AgentServer {
             )));
         };
         let root = Arc::clone(&self.root);
-        let report =
-            tokio::task::spawn_blocking(move || datasets::schema(&root, &DatasetPath { path }))
-                .await
-                .map_err(|join| ErrorData::internal_error(join.to_string(), None))?
-                .map_err(|error| not_found(error_text(&error)))?;
+        let report = blocking(move || datasets::schema(&root, &DatasetPath { path }))
+            .await
+            .map_err(|error| protocol_error(error, not_found))?;
         let text = serde_json::to_string(&report)
             .map_err(|error| ErrorData::internal_error(error.to_string(), None))?;
         let contents = ResourceContents::TextResourceContents {
@@ -922,10 +913,9 @@ impl ServerHandler for AgentServer {
             .to_owned();
         let root = Arc::clone(&self.root);
         let request = DatasetPath { path: path.clone() };
-        let report = tokio::task::spawn_blocking(move || datasets::schema(&root, &request))
+        let report = blocking(move || datasets::schema(&root, &request))
             .await
-            .map_err(|join| ErrorData::internal_error(join.to_string(), None))?
-            .map_err(|error| ErrorData::invalid_params(error_text(&error), None))?;
+            .map_err(|error| protocol_error(error, |text| ErrorData::invalid_params(text, None)))?;
         let schema = serde_json::to_string_pretty(&report)
             .map_err(|error| ErrorData::internal_error(error.to_string(), None))?;
         let messages = vec![
@@ -971,7 +961,10 @@ impl ServerHandler for AgentServer {
             let typed = request.argument.value;
             let (values, total) =
                 blocking(move || Ok(catalog::complete(&root, &typed, CompletionInfo::MAX_VALUES)))
-                    .await?;
+                    .await
+                    .map_err(|error| {
+                        protocol_error(error, |text| ErrorData::internal_error(text, None))
+                    })?;
             let more = total > values.len();
             CompletionInfo::with_pagination(values, u32::try_from(total).ok(), more)
         } else {
@@ -1022,15 +1015,6 @@ fn page<'a>(
     Ok((&items[start..end], next))
 }
 
-/// Runs file-system work on tokio's blocking pool.
-async fn blocking<T: Send + 'static>(
-    work: impl FnOnce() -> Result<T, ErrorData> + Send + 'static,
-) -> Result<T, ErrorData> {
-    tokio::task::spawn_blocking(work)
-        .await
-        .map_err(|join| ErrorData::internal_error(join.to_string(), None))?
-}
-
 /// The most tokens one generation may ask for.
 pub const MAX_GENERATE_TOKENS: u32 = 4096;
 
@@ -1046,16 +1030,25 @@ fn check_max_tokens(tool: &'static str, max_tokens: u32) -> crate::Result<()> {
     }
 }
 
-/// Job-store work on tokio's blocking pool (file reads and writes).
-async fn blocking_job<T: Send + 'static>(
+/// File-system work (reads, hashing, job records) on tokio's blocking pool; a task that
+/// panicked is an [`Error::Internal`](crate::Error::Internal).
+async fn blocking<T: Send + 'static>(
     work: impl FnOnce() -> crate::Result<T> + Send + 'static,
 ) -> crate::Result<T> {
     tokio::task::spawn_blocking(work)
         .await
         .unwrap_or_else(|join| {
-            Err(crate::Error::Job {
-                job: "-".into(),
-                reason: format!("the task failed: {join}").into(),
+            Err(crate::Error::Internal {
+                reason: format!("a worker task failed: {join}").into(),
             })
         })
+}
+
+/// A failure as a protocol error: an internal one as such, any other as the caller's
+/// (`caller` builds it from the error's text).
+fn protocol_error(error: crate::Error, caller: impl FnOnce(String) -> ErrorData) -> ErrorData {
+    match error {
+        crate::Error::Internal { reason } => ErrorData::internal_error(reason.to_string(), None),
+        other => caller(error_text(&other)),
+    }
 }

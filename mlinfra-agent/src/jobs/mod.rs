@@ -363,7 +363,14 @@ impl JobStore {
     fn train(&self, mut record: JobRecord, resume: bool, stop: Arc<AtomicBool>) {
         let dir = self.jobs.join(&record.id);
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            train::run(&self.root, &dir, &record.config, resume, stop)
+            train::run(
+                &self.root,
+                &dir,
+                &record.config,
+                record.total_steps,
+                resume,
+                stop,
+            )
         }));
         match result {
             Ok(Ok(outcome)) => {
@@ -516,7 +523,8 @@ fn last_step(metrics: &Path) -> (u64, Option<f64>) {
         .unwrap_or((0, None))
 }
 
-fn now_ms() -> u64 {
+/// The time now, Unix milliseconds (0 before 1970).
+pub(crate) fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)

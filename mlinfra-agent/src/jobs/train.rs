@@ -249,18 +249,19 @@ fn features_of(dataset: &Dataset, config: &ClassifierConfig) -> Result<usize> {
     Ok(width)
 }
 
-/// Trains `config` with checkpoints in `dir/checkpoints` and the metrics log at
+/// Trains `config` for `steps` (its [`TrainConfig::plan`], made when the job was created) with
+/// checkpoints in `dir/checkpoints` and the metrics log at
 /// `dir/metrics.jsonl`, resuming from the newest valid checkpoint when `resume`. Returns when
 /// the run completes or `stop` is raised (after a final checkpoint).
 pub(crate) fn run(
     root: &DataRoot,
     dir: &Path,
     config: &TrainConfig,
+    steps: u64,
     resume: bool,
     stop: Arc<AtomicBool>,
 ) -> Result<TrainOutcome> {
     let TrainConfig::Classifier(config) = config;
-    let steps = TrainConfig::Classifier(config.clone()).plan(root)?;
     let train = open(root, &config.train)?;
     let eval = config
         .eval

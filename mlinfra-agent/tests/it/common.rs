@@ -142,6 +142,8 @@ impl Write for Buffer {
 /// A client's ends of an in-memory pipe to a server run by `serve_io` on a spawned task,
 /// past the 2025-11-25 handshake.
 pub struct Pipe {
+    /// The server's answer to `initialize`.
+    pub hello: Value,
     pub reader: tokio::io::BufReader<tokio::io::ReadHalf<tokio::io::DuplexStream>>,
     pub writer: tokio::io::WriteHalf<tokio::io::DuplexStream>,
     pub server: tokio::task::JoinHandle<mlinfra_agent::Result<()>>,
@@ -153,20 +155,15 @@ impl Pipe {
         let (client, server_end) = tokio::io::duplex(1 << 20);
         let (server_read, server_write) = tokio::io::split(server_end);
         let server = tokio::spawn(mlinfra_agent::serve_io(server, server_read, server_write));
-        let (client_read, writer) = tokio::io::split(client);
-        let mut pipe = Self {
-            reader: tokio::io::BufReader::new(client_read),
+        let (client_read, mut writer) = tokio::io::split(client);
+        let mut reader = tokio::io::BufReader::new(client_read);
+        let replies = exchange(&mut writer, &mut reader, &[initialize(1).to_string()], 1).await;
+        Self {
+            hello: replies.last().unwrap().clone(),
+            reader,
             writer,
             server,
-        };
-        exchange(
-            &mut pipe.writer,
-            &mut pipe.reader,
-            &[initialize(1).to_string()],
-            1,
-        )
-        .await;
-        pipe
+        }
     }
 
     /// Sends `request` (with an `id`) and returns the `result` of its response (`null` for an
@@ -194,6 +191,7 @@ impl Pipe {
             reader,
             writer,
             server,
+            ..
         } = self;
         drop((reader, writer));
         let _ = tokio::time::timeout(Duration::from_secs(10), server).await;

@@ -2,13 +2,9 @@
 //! their schema, refused outside the root; the `explore_dataset` prompt embedding that schema;
 //! completion of dataset paths for the prompt and the template.
 
-use std::time::Duration;
-
-use mlinfra_agent::serve_io;
 use serde_json::{Value, json};
-use tokio::io::BufReader;
 
-use crate::common::{Fixture, POINTS_ROWS, exchange, initialize};
+use crate::common::{Fixture, POINTS_ROWS, Pipe};
 
 /// Lays out, beside `points.parquet`: a sharded dataset `shards/` (two files), a nested one,
 /// 150 one-file directories under `bulk/`, and what is not listed (a hidden one, a link out of
@@ -33,8 +29,8 @@ fn lay_out(fixture: &Fixture) {
     std::fs::write(root.join("notes.txt"), "not a dataset").unwrap();
 }
 
-fn request(id: i64, method: &str, params: Value) -> String {
-    json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params}).to_string()
+fn request(id: i64, method: &str, params: Value) -> Value {
+    json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params})
 }
 
 #[test]
@@ -43,18 +39,12 @@ fn datasets_are_resources_with_a_prompt_and_path_completion() {
     lay_out(&fixture);
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
-        let (client, server_end) = tokio::io::duplex(1 << 20);
-        let (server_read, server_write) = tokio::io::split(server_end);
-        let server = tokio::spawn(serve_io(fixture.server(), server_read, server_write));
-        let (client_read, mut writer) = tokio::io::split(client);
-        let mut reader = BufReader::new(client_read);
+        let mut pipe = Pipe::open(fixture.server()).await;
+        let hello = pipe.hello.clone();
         let mut ask = async |id: i64, method: &str, params: Value| -> Value {
-            let replies =
-                exchange(&mut writer, &mut reader, &[request(id, method, params)], id).await;
-            replies.last().unwrap().clone()
+            pipe.reply(request(id, method, params)).await
         };
 
-        let hello = ask(1, "initialize", initialize(1)["params"].clone()).await;
         let capabilities = &hello["result"]["capabilities"];
         for capability in ["tools", "resources", "prompts", "completions"] {
             assert!(
@@ -163,36 +153,15 @@ fn datasets_are_resources_with_a_prompt_and_path_completion() {
         };
         let prompt_ref = json!({"type": "ref/prompt", "name": "explore_dataset"});
         let template_ref = json!({"type": "ref/resource", "uri": "mlinfra://datasets/{+path}"});
-        let replies = exchange(
-            &mut writer,
-            &mut reader,
-            &[complete(15, prompt_ref.clone(), "sh")],
-            15,
-        )
-        .await;
+        let reply = pipe.reply(complete(15, prompt_ref.clone(), "sh")).await;
+        assert_eq!(reply["result"]["completion"]["values"], json!(["shards"]));
+        let reply = pipe.reply(complete(16, template_ref, "n")).await;
         assert_eq!(
-            replies.last().unwrap()["result"]["completion"]["values"],
-            json!(["shards"])
-        );
-        let replies = exchange(
-            &mut writer,
-            &mut reader,
-            &[complete(16, template_ref, "n")],
-            16,
-        )
-        .await;
-        assert_eq!(
-            replies.last().unwrap()["result"]["completion"]["values"],
+            reply["result"]["completion"]["values"],
             json!(["nested/deeper"])
         );
-        let replies = exchange(
-            &mut writer,
-            &mut reader,
-            &[complete(17, prompt_ref, "")],
-            17,
-        )
-        .await;
-        let completion = &replies.last().unwrap()["result"]["completion"];
+        let reply = pipe.reply(complete(17, prompt_ref, "")).await;
+        let completion = &reply["result"]["completion"];
         assert_eq!(
             completion["values"].as_array().unwrap().len(),
             100,
@@ -201,8 +170,6 @@ fn datasets_are_resources_with_a_prompt_and_path_completion() {
         assert_eq!(completion["total"], 153);
         assert_eq!(completion["hasMore"], true);
 
-        drop(writer);
-        drop(reader);
-        let _ = tokio::time::timeout(Duration::from_secs(10), server).await;
+        pipe.close().await;
     });
 }
