@@ -59,7 +59,7 @@ use mlinfra_data::convert::Conversion;
 use mlinfra_data::tensor::GgufFile;
 use mlinfra_data::tokenizer::Tokenizer;
 use mlinfra_examples::arithmetic::{self, Sum};
-use mlinfra_loader::{Loader, LoaderBuilder, Pack, Pad, Shuffle, Tensors};
+use mlinfra_loader::{Loader, LoaderBuilder, Pack, Shuffle, Tensors};
 use mlinfra_train::collective::Single;
 use mlinfra_train::models::Llama;
 use mlinfra_train::optim::{LrSchedule, OptimizerConfig};
@@ -508,7 +508,7 @@ fn dpo(
     let held_pairs = tokenized("dpo-held-out", &held)?;
     drop(sft_model);
     let before = reward_sums(&dpo, &model, &held_pairs)?;
-    let loader = preference_loader(train_pairs)
+    let loader = preference_loader(&dpo, train_pairs)
         .shuffle(Shuffle::Exact)
         .seed(args.seed);
     let metrics = dir.join("dpo-metrics.jsonl");
@@ -569,15 +569,8 @@ const DPO_BATCH: usize = 8;
 
 /// Preference columns padded by the loader into the tensors [`Dpo`] reads, `DPO_BATCH`
 /// pairs at a time, in the dataset's order unless shuffled.
-fn preference_loader(pairs: Arc<Dataset>) -> LoaderBuilder {
-    let pad = Pad::new(0);
-    Loader::builder(pairs, DPO_BATCH).collate(
-        Tensors::new()
-            .pad("chosen", pad)
-            .pad("rejected", pad)
-            .pad("chosen_completion", pad)
-            .pad("rejected_completion", pad),
-    )
+fn preference_loader(dpo: &Dpo, pairs: Arc<Dataset>) -> LoaderBuilder {
+    Loader::builder(pairs, DPO_BATCH).collate(dpo.collate())
 }
 
 /// `pairs` with `ref_chosen_logps` and `ref_rejected_logps` columns, `reference`'s
@@ -591,7 +584,7 @@ fn with_reference(
 ) -> anyhow::Result<Arc<Dataset>> {
     let plain = parquet_dataset(&dir.join(format!("{name}-pairs.parquet")), pairs)?;
     let (mut chosen, mut rejected) = (Vec::new(), Vec::new());
-    for batch in preference_loader(plain).build()? {
+    for batch in preference_loader(dpo, plain).build()? {
         let (c, r) = dpo.completion_logps(reference, batch?.data)?;
         chosen.extend(c);
         rejected.extend(r);
@@ -628,7 +621,7 @@ fn parquet_dataset(path: &Path, batch: &RecordBatch) -> anyhow::Result<Arc<Datas
 fn reward_sums(dpo: &Dpo, model: &Llama, pairs: &Arc<Dataset>) -> anyhow::Result<DpoSums> {
     let model = model.valid();
     let mut total = DpoSums::default();
-    for batch in preference_loader(Arc::clone(pairs)).build()? {
+    for batch in preference_loader(dpo, Arc::clone(pairs)).build()? {
         total.add(&dpo.pair_losses(&model, batch?.data)?.1);
     }
     Ok(total)

@@ -14,22 +14,32 @@
 //!
 //! Tools: `dataset_schema {path}`, `dataset_sample {path, rows}`, `dataset_fingerprint {path}`,
 //! `dataset_verify {path, fingerprint}`, `dataset_convert {input, output}`; training jobs
-//! `train_start {config}`, `train_status {job}`, `train_stop {job}`, `train_resume {job}`,
-//! `train_list {}`, kept in `--state-dir DIR` (default `$XDG_STATE_HOME/mlinfra-agent`, else
-//! `~/.local/state/mlinfra-agent`, or a directory of this process's beside it while another
-//! server holds that one; never inside the data root, which the tools read): a job outlives the client and the server (`kill -9` it, start it
+//! `train_start {config}` (`config.task`: `classifier`, an MLP on a Parquet dataset; `sft`, a
+//! LoRA/DoRA/QLoRA fine-tune of a GGUF chat model on conversations; `dpo`, preference
+//! optimisation, from scratch or `from_job`), `train_status {job}`, `train_stop {job}`,
+//! `train_resume {job}`, `train_list {}`, kept in `--state-dir DIR` (default
+//! `$XDG_STATE_HOME/mlinfra-agent`, else `~/.local/state/mlinfra-agent`, or a directory of
+//! this process's beside it while another server holds that one; never inside the data root,
+//! which the tools read): a job outlives the client and the server (`kill -9` it, start it
 //! again: the job is `interrupted`, its checkpoints intact, and `train_resume` continues it).
 //! Serving: `generate {prompt, max_tokens}`, `chat {messages, max_tokens}`, `engine_metrics {}`,
-//! `adapter_load {name, path}`, `adapter_unload {name}` with `--model FILE.gguf` (the engine
-//! embedded: mlinfra-serve's OpenAI server called in memory, `--threads N`) or
+//! `adapter_load {name, path | job}`, `adapter_unload {name}` with `--model FILE.gguf` (the
+//! engine embedded: mlinfra-serve's OpenAI server called in memory, `--threads N`; its SIMD
+//! kernels serve the base model only, `--enable-lora` serves on burn's f32 decoder with
+//! adapters loadable, a fine-tune job's among them) or
 //! `--openai-url http://HOST:PORT` (any OpenAI-compatible server; `--openai-model NAME`,
 //! `MLINFRA_OPENAI_API_KEY`).
 //! `--sandbox`: the `sandbox_run {command, stdin}` tool runs commands in the subprocess sandbox
 //! (`mlinfra_agent::sandbox`: Landlock, seccomp, rlimits; reads the data root, writes a scratch
 //! directory under the state directory; refused where the kernel lacks Landlock).
+//! `--wasm`: the `wasm_run {wat | path, input, entry}` tool runs WebAssembly guests in the
+//! WebAssembly sandbox (`mlinfra_agent::wasm`: wasmtime with fuel, time and memory limits, no
+//! imports but its own small host interface; reads the data root at `/data`, writes a scratch
+//! directory under the state directory at `/scratch`).
 //! Resources: the datasets under the root (`mlinfra://datasets/{+path}`); prompt
 //! `explore_dataset {path}`; completion of dataset paths.
-//! `--http` beyond the loopback interface requires `MLINFRA_MCP_TOKEN`. `--trace FILE` appends
+//! `--http` beyond the loopback interface requires `MLINFRA_MCP_TOKEN`; its sessions are kept
+//! in the state directory, so a client's session survives a restart of the server. `--trace FILE` appends
 //! one JSON line per tool call (OpenTelemetry GenAI/MCP attributes; `mlinfra_agent::trace`).
 
 use std::net::SocketAddr;
@@ -41,8 +51,8 @@ use mlinfra_agent::{AgentServer, DataRoot, HttpOptions, serve_http, serve_stdio}
 use tracing_subscriber::layer::SubscriberExt;
 
 const USAGE: &str = "usage: mcp_server [--http ADDR] [--data-root DIR] [--state-dir DIR] \
-                     [--model FILE.gguf [--threads N] | --openai-url URL [--openai-model NAME]] \
-                     [--sandbox] [--trace FILE]";
+                     [--model FILE.gguf [--threads N] [--enable-lora] | --openai-url URL [--openai-model NAME]] \
+                     [--sandbox] [--wasm] [--trace FILE]";
 
 struct Args {
     http: Option<SocketAddr>,
@@ -50,9 +60,11 @@ struct Args {
     state_dir: Option<String>,
     model: Option<std::path::PathBuf>,
     threads: Option<usize>,
+    enable_lora: bool,
     openai_url: Option<String>,
     openai_model: String,
     sandbox: bool,
+    wasm: bool,
     trace: Option<String>,
 }
 
@@ -63,9 +75,11 @@ fn parse_args() -> anyhow::Result<Args> {
         state_dir: None,
         model: None,
         threads: None,
+        enable_lora: false,
         openai_url: None,
         openai_model: "default".into(),
         sandbox: false,
+        wasm: false,
         trace: None,
     };
     let mut it = std::env::args().skip(1);
@@ -96,7 +110,9 @@ fn parse_args() -> anyhow::Result<Args> {
             "--openai-model" => {
                 args.openai_model = it.next().context("--openai-model needs a name")?
             }
+            "--enable-lora" => args.enable_lora = true,
             "--sandbox" => args.sandbox = true,
+            "--wasm" => args.wasm = true,
             "--trace" => args.trace = Some(it.next().context("--trace needs a file")?),
             "--help" | "-h" => {
                 println!("{USAGE}");
@@ -159,11 +175,22 @@ async fn run() -> anyhow::Result<()> {
             state_dir.join("sandbox"),
         )?;
     }
+    if args.wasm {
+        server = server.with_wasm(
+            mlinfra_agent::wasm::WasmLimits::default(),
+            state_dir.join("wasm"),
+        )?;
+    }
     if let Some(model) = &args.model {
         let threads = args
             .threads
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from));
-        server = server.with_serving(Serving::embedded(model, threads)?)?;
+        let serving = if args.enable_lora {
+            Serving::embedded_with_adapters(model)?
+        } else {
+            Serving::embedded(model, threads)?
+        };
+        server = server.with_serving(serving)?;
     } else if let Some(url) = &args.openai_url {
         let key = std::env::var("MLINFRA_OPENAI_API_KEY").ok();
         server =
@@ -178,6 +205,8 @@ async fn run() -> anyhow::Result<()> {
             let options = HttpOptions {
                 bind,
                 bearer_token: std::env::var("MLINFRA_MCP_TOKEN").ok(),
+                // 2025-11-25 sessions outlive a restart of the server.
+                session_dir: Some(state_dir.join("sessions")),
                 ..HttpOptions::default()
             };
             let mut http = serve_http(server, options).await?;

@@ -68,6 +68,7 @@ TOOLS = (
     "dataset_schema",
     "dataset_sample",
     "dataset_fingerprint",
+    "dataset_stats",
     "dataset_verify",
     "dataset_convert",
     "loader_plan",
@@ -77,6 +78,7 @@ TOOLS = (
     "train_stop",
     "train_resume",
     "train_list",
+    "wasm_run",
     "train_wait",
     "job_delete",
     "lineage_list",
@@ -86,6 +88,18 @@ SERVING_TOOLS = ("generate", "chat", "engine_metrics", "adapter_load", "adapter_
 DATASET_URI_PREFIX = "mlinfra://datasets/"
 DATASET_URI_TEMPLATE = "mlinfra://datasets/{+path}"
 PROMPT = "explore_dataset"
+
+# WebAssembly guests for wasm_run: one copies its input to its output and exits with 7, one
+# never ends (the sandbox's fuel stops it).
+WASM_ECHO = """(module
+  (import "mlinfra" "input_read" (func $in (param i32 i32) (result i32)))
+  (import "mlinfra" "output_write" (func $out (param i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (func (export "run") (result i32)
+    (drop (call $out (i32.const 0) (call $in (i32.const 0) (i32.const 4096))))
+    (i32.const 7)))"""
+WASM_SPIN = """(module (memory (export "memory") 1)
+  (func (export "run") (loop $forever (br $forever))))"""
 
 # The fixture: the CSV the script writes under the data root, and what it should read back as.
 FIXTURE_CSV = "mcp_client.csv"
@@ -225,6 +239,20 @@ async def exercise(run: Run, expected_version: str, output: str) -> dict[str, An
         f"{sample['rows']}",
     )
 
+    stats = await run.call_ok("dataset_stats", {"path": output})
+    scores = [row["score"] for row in FIXTURE_ROWS]
+    mean = sum(scores) / len(scores)
+    std = (sum((x - mean) ** 2 for x in scores) / (len(scores) - 1)) ** 0.5
+    by_name = {column["name"]: column for column in stats["columns"]}
+    run.check(
+        stats["rows"] == len(FIXTURE_ROWS)
+        and abs(by_name["score"]["mean"] - mean) < 1e-12
+        and abs(by_name["score"]["std"] - std) < 1e-12
+        and by_name["id"]["min"] == 1
+        and by_name["label"]["max_length"] == 4,
+        f"dataset_stats: score mean {by_name['score']['mean']}, std {by_name['score']['std']}",
+    )
+
     printed = await run.call_ok("dataset_fingerprint", {"path": output})
     fingerprint = printed["fingerprint"]
     run.check(
@@ -262,6 +290,15 @@ async def exercise(run: Run, expected_version: str, output: str) -> dict[str, An
         )
     else:
         await run.call_refused("sandbox_run", {"command": ["ls"]}, "the server runs no commands")
+
+    # --- wasm: a guest that echoes its input, and one that loops until its fuel runs out -------
+    echo = await run.call_ok("wasm_run", {"wat": WASM_ECHO, "input": "echo me"})
+    run.check(
+        echo["outcome"] == "exited" and echo["output"] == "echo me" and echo["exit_code"] == 7,
+        f"wasm_run runs a guest: {echo}",
+    )
+    spin = await run.call_ok("wasm_run", {"wat": WASM_SPIN})
+    run.check(spin["outcome"] == "out_of_fuel", f"wasm_run stops a guest in a loop: {spin}")
 
     # --- lineage: every tool recorded by definition hash, the converted dataset among them ------
     registry = await run.call_ok("lineage_list", {})
@@ -583,6 +620,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         extra += ["--model", str(args.model.resolve())]
     if args.sandbox:
         extra.append("--sandbox")
+    extra.append("--wasm")
     stdio = StdioServerParameters(command=str(binary), args=["--data-root", str(root), *extra])
     runs = [
         await run_client(

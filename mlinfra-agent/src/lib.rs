@@ -8,9 +8,10 @@
 //! # Status
 //!
 //! Built: the server, both transports, both protocol eras (the 2025-11-25 handshake with
-//! sessions, 2026-07-28 stateless requests); the official conformance suite passes against
-//! the fixtures' server on the same runtime (`mcp_conformance_server`, run in CI).
-//! - Dataset tools `dataset_schema`, `dataset_sample`, `dataset_fingerprint`,
+//! sessions, kept on disk across restarts when asked ([`sessions`]), 2026-07-28 stateless
+//! requests); the official conformance suite passes against the fixtures' server on the same
+//! runtime (`mcp_conformance_server`, run in CI).
+//! - Dataset tools `dataset_schema`, `dataset_sample`, `dataset_stats`, `dataset_fingerprint`,
 //!   `dataset_verify` and `dataset_convert` (CSV / JSON lines to a new Parquet file under the
 //!   root; never overwrites); the datasets as resources ([`catalog`]:
 //!   `mlinfra://datasets/{+path}`, paged), the `explore_dataset` prompt, completion of paths.
@@ -20,7 +21,10 @@
 //!   notifications), `train_stop`, `train_resume`, `train_list`, `job_delete` (only on the
 //!   user's yes, by elicitation: a request in a session, an `input_required` round
 //!   trip when stateless); a job runs in the background, outlives the client, and survives a
-//!   `kill -9` of the server (found `interrupted`, resumed from its newest checkpoint).
+//!   `kill -9` of the server (found `interrupted`, resumed from its newest checkpoint). A job
+//!   trains a classifier, or fine-tunes a GGUF chat model through mlinfra-train's
+//!   post-training layer (SFT or DPO through a LoRA, DoRA or QLoRA adapter; `adapter_load
+//!   {job}` serves the result).
 //! - Serving tools ([`serving`]): `generate`, `chat`, `engine_metrics`, `adapter_load`,
 //!   `adapter_unload`, over mlinfra-serve's OpenAI server embedded in memory or at a URL.
 //! - Lineage ([`lineage`]): tools, prompts, models, adapters and datasets by content hash,
@@ -29,13 +33,14 @@
 //!   again (`lineage_list`).
 //! - Every tool call is a `tracing` span with OpenTelemetry's GenAI/MCP attributes, token
 //!   counts for generations ([`trace`], a JSONL exporter).
-//!
 //! - A subprocess sandbox ([`sandbox`]: Landlock filesystem and TCP allow-list, seccomp,
 //!   rlimits, a process group killed on time or output overflow; refused where the kernel
 //!   lacks Landlock), behind the `sandbox_run` tool.
+//! - A WebAssembly sandbox ([`wasm`]: wasmtime's core runtime, fuel and epoch deadlines, a
+//!   memory cap, our own small host interface with only `/data` and a scratch directory
+//!   pre-opened), behind the `wasm_run` tool.
 //!
-//! Not yet (issue 26): the WebAssembly sandbox (wasmtime), LoRA/DPO jobs, OTLP export, spans
-//! for requests other than tool calls.
+//! Not yet (issue 26): OTLP export, spans for requests other than tool calls.
 //!
 //! # Quick start
 //!
@@ -67,9 +72,11 @@ mod root;
 pub mod sandbox;
 mod server;
 pub mod serving;
+pub mod sessions;
 pub mod tools;
 pub mod trace;
 mod transport;
+pub mod wasm;
 
 pub use error::{Error, Result};
 pub use root::DataRoot;

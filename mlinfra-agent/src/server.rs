@@ -27,7 +27,7 @@ use tracing::Instrument;
 
 use crate::approval::{self, Approval};
 use crate::catalog;
-use crate::jobs::{JobState, JobStatus, JobStore, TrainConfig};
+use crate::jobs::{JobState, JobStatus, JobStore};
 use crate::lineage::{self, Kind, Registry};
 use crate::root::DataRoot;
 use crate::sandbox::Sandbox;
@@ -45,6 +45,9 @@ use crate::tools::jobs::{
 };
 use crate::tools::loader::{self, PlanReport, PlanRequest, ProbeReport, ProbeRequest};
 use crate::tools::sandbox::{RunReport, RunRequest};
+use crate::tools::stats::StatsReport;
+use crate::tools::wasm::{WasmRunReport, WasmRunRequest};
+use crate::wasm::WasmSandbox;
 
 /// The MCP server: the stack's tools over one data root. Cheap to clone (each HTTP session
 /// gets one).
@@ -59,6 +62,8 @@ pub struct AgentServer {
     seal: Option<Arc<approval::Seal>>,
     /// The sandbox `sandbox_run` uses, and where its scratch directories go.
     sandbox: Option<Arc<(Sandbox, std::path::PathBuf)>>,
+    /// The WebAssembly sandbox `wasm_run` uses, and where its scratch directories go.
+    wasm: Option<Arc<(WasmSandbox, std::path::PathBuf)>>,
     tool_router: ToolRouter<Self>,
 }
 
@@ -72,6 +77,7 @@ impl AgentServer {
             lineage: None,
             serving: None,
             sandbox: None,
+            wasm: None,
             seal: approval::Seal::new().ok().map(Arc::new),
             tool_router: Self::tool_router(),
         }
@@ -151,6 +157,27 @@ impl AgentServer {
         Ok(self)
     }
 
+    /// Enables `wasm_run`: WebAssembly guests run under `limits` in the WebAssembly sandbox
+    /// (see [`crate::wasm`]), reading the data root at `/data`, writing a scratch directory of
+    /// their own under `scratch_root` at `/scratch`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::DataRoot`](crate::Error::DataRoot) when `scratch_root` is inside the data
+    /// root; [`Error::Sandbox`](crate::Error::Sandbox) when wasmtime cannot run here.
+    pub fn with_wasm(
+        mut self,
+        limits: crate::wasm::WasmLimits,
+        scratch_root: impl Into<std::path::PathBuf>,
+    ) -> crate::Result<Self> {
+        let scratch_root = scratch_root.into();
+        self.root
+            .refuse_inside(&scratch_root, "the WebAssembly sandbox's scratch directory")?;
+        let wasm = WasmSandbox::new(limits)?.allow_read((*self.root).clone());
+        self.wasm = Some(Arc::new((wasm, scratch_root)));
+        Ok(self)
+    }
+
     /// The lineage registry, if any.
     pub fn lineage(&self) -> Option<&Arc<Registry>> {
         self.lineage.as_ref()
@@ -186,16 +213,20 @@ impl AgentServer {
     where
         R: Send + 'static,
     {
-        let jobs = self.jobs.clone();
-        move |request| match &jobs {
-            Some(jobs) => work(jobs, request),
-            None => Err(crate::Error::InvalidArgument {
-                tool: "train",
+        let jobs = self.job_store("train");
+        move |request| work(&jobs?, request)
+    }
+
+    /// The job store, or the error saying there is none.
+    fn job_store(&self, tool: &'static str) -> crate::Result<Arc<JobStore>> {
+        self.jobs
+            .clone()
+            .ok_or_else(|| crate::Error::InvalidArgument {
+                tool,
                 reason: "this server keeps no jobs (start it with a state directory: \
-                         mcp_server --state-dir DIR)"
+                     mcp_server --state-dir DIR)"
                     .into(),
-            }),
-        }
+            })
     }
 
     /// Runs tool `tool`'s `work` on `request` on tokio's blocking pool (file reads, hashing,
@@ -335,6 +366,21 @@ impl AgentServer {
         .await
     }
 
+    /// Per-column statistics over every row: count, nulls, min, max, mean and standard
+    /// deviation of numbers; shortest and longest strings. Reads every row once.
+    #[tool(name = "dataset_stats", annotations(read_only_hint = true))]
+    async fn dataset_stats(
+        &self,
+        Parameters(request): Parameters<DatasetPath>,
+    ) -> Result<Json<StatsReport>, String> {
+        self.run(
+            "dataset_stats",
+            request,
+            self.on_root(crate::tools::stats::stats),
+        )
+        .await
+    }
+
     /// Whether a dataset still has the fingerprint recorded earlier (its bytes unchanged).
     /// Reads every byte.
     #[tool(name = "dataset_verify", annotations(read_only_hint = true))]
@@ -403,10 +449,14 @@ impl AgentServer {
         self.run("train_start", request, move |request: TrainStartRequest| {
             let status = jobs(())?.start(request.config, tool)?;
             if let (Some(registry), Some(lineage)) = (&registry, &status.record.lineage) {
-                let TrainConfig::Classifier(config) = &status.record.config;
-                registry.observe(Kind::Dataset, &config.train, &lineage.train_dataset)?;
-                if let (Some(path), Some(fingerprint)) = (&config.eval, &lineage.eval_dataset) {
+                let config = &status.record.config;
+                let (train, eval) = config.datasets();
+                registry.observe(Kind::Dataset, train, &lineage.train_dataset)?;
+                if let (Some(path), Some(fingerprint)) = (eval, &lineage.eval_dataset) {
                     registry.observe(Kind::Dataset, path, fingerprint)?;
+                }
+                if let (Some(path), Some(hash)) = (config.model(), &lineage.model) {
+                    registry.observe(Kind::Model, path, hash)?;
                 }
             }
             Ok(status)
@@ -525,13 +575,25 @@ impl AgentServer {
     ) -> Result<Json<AdapterReport>, String> {
         let hash = crate::trace::arguments_hash(&request);
         let serving = self.serving("adapter_load");
-        let path = self.root.resolve(&request.path);
+        let path = match (&request.path, &request.job) {
+            (Some(path), None) => self.root.resolve(path),
+            (None, Some(job)) => self
+                .job_store("adapter_load")
+                .and_then(|jobs| jobs.adapter(job)),
+            _ => Err(crate::Error::InvalidArgument {
+                tool: "adapter_load",
+                reason: "give exactly one of `path` and `job`".into(),
+            }),
+        };
         let registry = self.lineage.clone();
         traced("adapter_load", hash, async move {
             let path = path?;
             let report = serving?.load_adapter(&request.name, &path).await?;
             if let Some(registry) = registry {
-                let name = request.path.clone();
+                let name = match (request.path, request.job) {
+                    (Some(path), _) => path,
+                    (_, job) => format!("job:{}", job.unwrap_or_default()),
+                };
                 blocking(move || {
                     registry.observe(Kind::Adapter, &name, &lineage::content_hash(&path)?)
                 })
@@ -767,6 +829,35 @@ impl AgentServer {
             })?;
             let (sandbox, scratch) = &*sandbox;
             crate::tools::sandbox::run(sandbox, scratch, &request)
+        })
+        .await
+    }
+
+    /// Runs a WebAssembly module (a file under the data root, or WebAssembly text) in the
+    /// WebAssembly sandbox: its imports are only `mlinfra`'s input, output and file calls, it
+    /// reads the data root at `/data` and writes only `/scratch`; fuel, time, memory and
+    /// output limited. Returns how it ended, its output and the files it wrote.
+    #[tool(
+        name = "wasm_run",
+        annotations(
+            read_only_hint = false,
+            destructive_hint = false,
+            open_world_hint = false
+        )
+    )]
+    async fn wasm_run(
+        &self,
+        Parameters(request): Parameters<WasmRunRequest>,
+    ) -> Result<Json<WasmRunReport>, String> {
+        let wasm = self.wasm.clone();
+        let root = Arc::clone(&self.root);
+        self.run("wasm_run", request, move |request: WasmRunRequest| {
+            let wasm = wasm.ok_or_else(|| crate::Error::InvalidArgument {
+                tool: "wasm_run",
+                reason: "this server runs no WebAssembly (start it with mcp_server --wasm)".into(),
+            })?;
+            let (wasm, scratch) = &*wasm;
+            crate::tools::wasm::run(wasm, &root, scratch, &request)
         })
         .await
     }

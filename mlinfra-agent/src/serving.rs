@@ -11,9 +11,11 @@ use std::time::Instant;
 
 use axum::body::Body;
 use axum::http::{Method, Request, header};
+use burn::tensor::Device;
 use mlinfra_kernels::cpu::SimdKernels;
 use mlinfra_serve::engine::{Engine, EngineConfig};
 use mlinfra_serve::host::HostLlamaRunner;
+use mlinfra_serve::runner::{LlamaRunner, ModelRunner};
 use mlinfra_serve::sched::SchedulerConfig;
 use mlinfra_serve::server::{ServedModel, Server, ServerConfig};
 use rmcp::schemars::{self, JsonSchema};
@@ -68,28 +70,61 @@ impl std::fmt::Debug for Serving {
     }
 }
 
+/// The GGUF file at `path`, or the serving error naming it.
+fn open_gguf(path: &Path) -> Result<mlinfra_data::tensor::GgufFile> {
+    mlinfra_data::tensor::GgufFile::open(path).map_err(|e| embedded_error("opening", path, &e))
+}
+
+fn embedded_error(what: &str, path: &Path, error: &dyn std::fmt::Display) -> Error {
+    Error::Serving {
+        reason: format!("{what} {}: {error}", path.display()).into(),
+    }
+}
+
 impl Serving {
-    /// The GGUF model at `path` served in this process on `threads` CPU threads (mlinfra-serve's
-    /// SIMD path), its adapters loadable at run time.
+    /// The GGUF model at `path` served in this process on `threads` CPU threads: mlinfra-serve's
+    /// SIMD kernels over the quantized weights, the fast path, for the base model only
+    /// (`adapter_load` is refused; see [`Serving::embedded_with_adapters`]).
     ///
     /// # Errors
     ///
     /// [`Error::Serving`] when the file cannot be read as a Llama-family GGUF model or the
     /// engine cannot start.
     pub fn embedded(path: &Path, threads: usize) -> Result<Self> {
-        let failed = |what: &str, error: &dyn std::fmt::Display| Error::Serving {
-            reason: format!("{what} {}: {error}", path.display()).into(),
-        };
-        let file = mlinfra_data::tensor::GgufFile::open(path).map_err(|e| failed("opening", &e))?;
-        let served =
-            ServedModel::from_gguf(&file).map_err(|e| failed("reading the tokenizer of", &e))?;
+        let file = open_gguf(path)?;
         let runner = HostLlamaRunner::from_gguf(
             &file,
             Box::new(SimdKernels::new(threads.max(1))),
             KV_BLOCKS,
             BLOCK_SIZE,
         )
-        .map_err(|e| failed("loading", &e))?;
+        .map_err(|e| embedded_error("loading", path, &e))?;
+        Self::start_embedded(path, &file, runner)
+    }
+
+    /// The GGUF model at `path` served in this process on burn's f32 decoder, slower than
+    /// [`Serving::embedded`] but with PEFT adapters loadable at run time (`adapter_load`, a
+    /// request's `adapter`): the fine-tune jobs' adapters served beside the base. vLLM's
+    /// `--enable-lora`.
+    ///
+    /// # Errors
+    ///
+    /// As [`Serving::embedded`].
+    pub fn embedded_with_adapters(path: &Path) -> Result<Self> {
+        let file = open_gguf(path)?;
+        let runner = LlamaRunner::from_gguf(&file, KV_BLOCKS, BLOCK_SIZE, &Device::flex())
+            .map_err(|e| embedded_error("loading", path, &e))?;
+        Self::start_embedded(path, &file, runner)
+    }
+
+    /// mlinfra-serve's engine and OpenAI server around `runner`, called in memory.
+    fn start_embedded<R: ModelRunner + Send + 'static>(
+        path: &Path,
+        file: &mlinfra_data::tensor::GgufFile,
+        runner: R,
+    ) -> Result<Self> {
+        let served = ServedModel::from_gguf(file)
+            .map_err(|e| embedded_error("reading the tokenizer of", path, &e))?;
         let engine = Engine::new(
             runner,
             EngineConfig {
@@ -100,14 +135,15 @@ impl Serving {
                 ..EngineConfig::default()
             },
         )
-        .map_err(|e| failed("starting the engine for", &e))?;
+        .map_err(|e| embedded_error("starting the engine for", path, &e))?;
         let model = path.file_stem().map_or_else(
             || "model".into(),
             |stem| stem.to_string_lossy().into_owned(),
         );
         let mut config = ServerConfig::new(model.clone());
         config.allow_runtime_lora = true;
-        let server = Server::start(engine, served, config).map_err(|e| failed("serving", &e))?;
+        let server = Server::start(engine, served, config)
+            .map_err(|e| embedded_error("serving", path, &e))?;
         let model_hash = crate::lineage::content_hash(path)?;
         Ok(Self {
             backend: Backend::Embedded {
@@ -238,6 +274,23 @@ impl Serving {
         Ok(value)
     }
 
+    /// POSTs `body` to `path`, whose success answer is a line of text (vLLM's adapter
+    /// endpoints: "Success: LoRA adapter ... added"); its errors are OpenAI's JSON.
+    async fn post_for_text(&self, path: &str, body: &Value) -> Result<()> {
+        let (status, bytes) = self.send(path, Some(body)).await?;
+        if status >= 400 {
+            let value: Value = serde_json::from_slice(&bytes).unwrap_or_default();
+            let message = value["error"]["message"].as_str().map_or_else(
+                || String::from_utf8_lossy(&bytes).into_owned(),
+                str::to_owned,
+            );
+            return Err(Error::Serving {
+                reason: format!("{path}: HTTP {status}: {message}").into(),
+            });
+        }
+        Ok(())
+    }
+
     /// A text completion of `request.prompt`.
     pub async fn generate(&self, request: &GenerateRequest) -> Result<Generation> {
         let model = request.adapter.as_deref().unwrap_or(&self.model);
@@ -293,7 +346,7 @@ impl Serving {
     /// Loads the PEFT adapter at `path` (already resolved under the data root) as `name`.
     pub async fn load_adapter(&self, name: &str, path: &Path) -> Result<AdapterReport> {
         let body = json!({"lora_name": name, "lora_path": path.display().to_string()});
-        self.post("/v1/load_lora_adapter", &body).await?;
+        self.post_for_text("/v1/load_lora_adapter", &body).await?;
         Ok(AdapterReport {
             name: name.to_owned(),
             loaded: true,
@@ -302,7 +355,7 @@ impl Serving {
 
     /// Unloads adapter `name`.
     pub async fn unload_adapter(&self, name: &str) -> Result<AdapterReport> {
-        self.post("/v1/unload_lora_adapter", &json!({"lora_name": name}))
+        self.post_for_text("/v1/unload_lora_adapter", &json!({"lora_name": name}))
             .await?;
         Ok(AdapterReport {
             name: name.to_owned(),
@@ -408,8 +461,13 @@ pub struct AdapterLoadRequest {
     /// The name requests will use for it.
     pub name: String,
     /// A PEFT adapter directory (`adapter_config.json`, `adapter_model.safetensors`) under the
-    /// data root.
-    pub path: String,
+    /// data root. Give this or `job`.
+    #[serde(default)]
+    pub path: Option<String>,
+    /// A finished fine-tune job whose adapter to load (its directory is on this machine: a
+    /// server at a URL must share the file system). Give this or `path`.
+    #[serde(default)]
+    pub job: Option<String>,
 }
 
 /// `adapter_unload`'s arguments.

@@ -128,6 +128,9 @@ pub struct HttpOptions {
     /// When set, every request must carry `Authorization: Bearer <token>`; required (and not
     /// empty) when [`bind`](Self::bind) is not a loopback address.
     pub bearer_token: Option<String>,
+    /// Where 2025-11-25 sessions are kept, so that they survive a restart (see
+    /// [`crate::sessions`]); in memory only when `None` (the default).
+    pub session_dir: Option<std::path::PathBuf>,
 }
 
 impl Default for HttpOptions {
@@ -138,6 +141,7 @@ impl Default for HttpOptions {
             allowed_origins: Vec::new(),
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             bearer_token: None,
+            session_dir: None,
         }
     }
 }
@@ -251,12 +255,15 @@ pub async fn serve_http(server: impl Handler, options: HttpOptions) -> Result<Ht
         origins.push(format!("http://{address}"));
     }
     origins.extend(options.allowed_origins.iter().cloned());
-    let config = StreamableHttpServerConfig::default()
+    let mut config = StreamableHttpServerConfig::default()
         .with_allowed_hosts(hosts)
         .with_allowed_origins(origins)
         .enforce_origin_validation()
         .with_max_request_body_bytes(options.max_body_bytes)
         .with_cancellation_token(cancel.child_token());
+    if let Some(dir) = &options.session_dir {
+        config.session_store = Some(Arc::new(crate::sessions::FileSessionStore::open(dir)?));
+    }
     let service = StreamableHttpService::new(
         move || Ok(server.clone()),
         Arc::new(LocalSessionManager::default()),

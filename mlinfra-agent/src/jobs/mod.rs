@@ -13,6 +13,7 @@
 //! and [`JobStore::resume`] continues it from the newest valid one. One job trains at a time
 //! (training takes every core; two would each run at half speed and finish no sooner).
 
+pub mod finetune;
 pub mod train;
 
 use std::collections::HashMap;
@@ -26,6 +27,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::root::DataRoot;
 use crate::{Error, Result};
+pub use finetune::{AdapterSpec, DpoConfig, Method, SftConfig};
 pub use train::{ClassifierConfig, TrainConfig, TrainOutcome};
 
 /// Where a job is in its life.
@@ -78,6 +80,9 @@ pub struct RunLineage {
     pub train_dataset: String,
     /// The evaluation dataset's, if any.
     pub eval_dataset: Option<String>,
+    /// A fine-tune's base model file, by content hash.
+    #[serde(default)]
+    pub model: Option<String>,
     /// The configuration's hash.
     pub config: String,
     /// The definition hash of the tool that started the job, when started through one.
@@ -156,7 +161,7 @@ impl JobStore {
     /// run (checked before the job exists); [`Error::Job`] while another job trains;
     /// [`Error::JobStore`] when its directory cannot be written.
     pub fn start(self: &Arc<Self>, config: TrainConfig, tool: Option<String>) -> Result<JobStatus> {
-        let total_steps = config.plan(&self.root)?;
+        let total_steps = config.plan(&self.root, &self.jobs)?;
         let lineage = Some(config.lineage(&self.root, tool)?);
         let now = now_ms();
         let id = format!(
@@ -179,6 +184,16 @@ impl JobStore {
         self.status(&id)
     }
 
+    /// The adapter directory finished fine-tune `id` wrote.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Job`] for an unknown job, or one that wrote no adapter (not a fine-tune, or not
+    /// finished).
+    pub fn adapter(&self, id: &str) -> Result<PathBuf> {
+        finetune::finished_adapter(&self.jobs, id)
+    }
+
     /// Continues a stopped, failed or interrupted job from its newest valid checkpoint (from
     /// the start when it has none).
     ///
@@ -197,16 +212,24 @@ impl JobStore {
         // mix two datasets under one lineage.
         if let Some(lineage) = &record.lineage {
             let now = record.config.lineage(&self.root, lineage.tool.clone())?;
-            if now.train_dataset != lineage.train_dataset
+            let changed = if now.train_dataset != lineage.train_dataset
                 || now.eval_dataset != lineage.eval_dataset
             {
-                return Err(job_error(
-                    id,
-                    format!(
-                        "its data changed since it started (training data {} then, {} now): start a new job",
-                        lineage.train_dataset, now.train_dataset
-                    ),
-                ));
+                Some(format!(
+                    "its data changed since it started (training data {} then, {} now)",
+                    lineage.train_dataset, now.train_dataset
+                ))
+            } else if now.model != lineage.model {
+                Some(format!(
+                    "its base model changed since it started ({} then, {} now)",
+                    lineage.model.as_deref().unwrap_or("none"),
+                    now.model.as_deref().unwrap_or("none")
+                ))
+            } else {
+                None
+            };
+            if let Some(changed) = changed {
+                return Err(job_error(id, format!("{changed}: start a new job")));
             }
         }
         record.state = JobState::Running;

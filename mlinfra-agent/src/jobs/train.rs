@@ -13,11 +13,12 @@ use mlinfra_train::checkpoint::{CheckpointConfig, SaveMode};
 use mlinfra_train::collective::ThreadGroup;
 use mlinfra_train::models::MlpConfig;
 use mlinfra_train::optim::{LrSchedule, OptimizerConfig};
-use mlinfra_train::trainer::{CheckpointSchedule, Classification, TrainerConfig};
+use mlinfra_train::trainer::{CheckpointSchedule, Classification, EvalLoader, TrainerConfig};
 use mlinfra_train::{Precision, Sharding, StepOptions, Trainer};
 use rmcp::schemars::{self, JsonSchema};
 use serde::{Deserialize, Serialize};
 
+use super::finetune::{self, DpoConfig, RunPlace, SftConfig};
 use crate::root::DataRoot;
 use crate::{Error, Result};
 
@@ -35,6 +36,12 @@ pub enum TrainConfig {
     /// A multilayer-perceptron classifier (cross-entropy, AdamW) on a Parquet dataset with a
     /// fixed-size list column of floats (the features) and an integer column (the class).
     Classifier(ClassifierConfig),
+    /// Supervised fine-tuning of a GGUF chat model through a LoRA, DoRA or QLoRA adapter
+    /// (see [`super::finetune`]).
+    Sft(SftConfig),
+    /// Direct preference optimisation of a GGUF chat model through an adapter, from scratch
+    /// or from a finished fine-tune's adapter (see [`super::finetune`]).
+    Dpo(DpoConfig),
 }
 
 /// A classifier's data, shape and schedule.
@@ -113,13 +120,45 @@ pub struct TrainOutcome {
     pub samples_per_s: f64,
     /// Whether it stopped early on request, after a final checkpoint.
     pub stopped: bool,
+    /// A fine-tune's adapter directory (PEFT's format), once the run completed.
+    #[serde(default)]
+    pub adapter: Option<String>,
 }
 
 impl TrainConfig {
     /// Checks the configuration and its data before a job is created for it, and returns the
     /// steps the run will take: a mistake is an error to the caller now, not a failed job.
-    pub(crate) fn plan(&self, root: &DataRoot) -> Result<u64> {
-        let TrainConfig::Classifier(config) = self;
+    /// `jobs_dir` holds the jobs a DPO run may start from.
+    pub(crate) fn plan(&self, root: &DataRoot, jobs_dir: &Path) -> Result<u64> {
+        match self {
+            TrainConfig::Classifier(config) => config.plan(root),
+            TrainConfig::Sft(config) => config.plan(root),
+            TrainConfig::Dpo(config) => config.plan(root, jobs_dir),
+        }
+    }
+
+    /// The datasets a run reads: training, and evaluation if any.
+    pub(crate) fn datasets(&self) -> (&str, Option<&str>) {
+        match self {
+            TrainConfig::Classifier(config) => (&config.train, config.eval.as_deref()),
+            TrainConfig::Sft(config) => (&config.train, None),
+            TrainConfig::Dpo(config) => (&config.train, None),
+        }
+    }
+
+    /// The base model a fine-tune starts from.
+    pub(crate) fn model(&self) -> Option<&str> {
+        match self {
+            TrainConfig::Classifier(_) => None,
+            TrainConfig::Sft(config) => Some(&config.model),
+            TrainConfig::Dpo(config) => Some(&config.model),
+        }
+    }
+}
+
+impl ClassifierConfig {
+    fn plan(&self, root: &DataRoot) -> Result<u64> {
+        let config = self;
         let invalid = |reason: String| Error::InvalidArgument {
             tool: "train_start",
             reason: reason.into(),
@@ -194,12 +233,16 @@ impl TrainConfig {
         root: &DataRoot,
         tool: Option<String>,
     ) -> Result<super::RunLineage> {
-        let TrainConfig::Classifier(config) = self;
         let fingerprint =
             |path: &str| -> Result<String> { Ok(open(root, path)?.fingerprint()?.to_owned()) };
+        let (train, eval) = self.datasets();
         Ok(super::RunLineage {
-            train_dataset: fingerprint(&config.train)?,
-            eval_dataset: config.eval.as_deref().map(fingerprint).transpose()?,
+            train_dataset: fingerprint(train)?,
+            eval_dataset: eval.map(fingerprint).transpose()?,
+            model: self
+                .model()
+                .map(|model| crate::lineage::content_hash(&root.resolve(model)?))
+                .transpose()?,
             config: crate::lineage::definition_hash(self),
             tool,
             agent_version: env!("CARGO_PKG_VERSION").to_owned(),
@@ -250,9 +293,9 @@ fn features_of(dataset: &Dataset, config: &ClassifierConfig) -> Result<usize> {
 }
 
 /// Trains `config` for `steps` (its [`TrainConfig::plan`], made when the job was created) with
-/// checkpoints in `dir/checkpoints` and the metrics log at
-/// `dir/metrics.jsonl`, resuming from the newest valid checkpoint when `resume`. Returns when
-/// the run completes or `stop` is raised (after a final checkpoint).
+/// checkpoints in `dir/checkpoints` and the metrics log at `dir/metrics.jsonl`, resuming from
+/// the newest valid checkpoint when `resume`. Returns when the run completes or `stop` is
+/// raised (after a final checkpoint).
 pub(crate) fn run(
     root: &DataRoot,
     dir: &Path,
@@ -261,12 +304,34 @@ pub(crate) fn run(
     resume: bool,
     stop: Arc<AtomicBool>,
 ) -> Result<TrainOutcome> {
-    let TrainConfig::Classifier(config) = config;
-    let train = open(root, &config.train)?;
+    let place = RunPlace {
+        root,
+        dir,
+        steps,
+        resume,
+        stop,
+    };
+    match config {
+        TrainConfig::Classifier(config) => run_classifier(config, place),
+        TrainConfig::Sft(config) => finetune::run_sft(config, place),
+        TrainConfig::Dpo(config) => {
+            let jobs_dir = dir.parent().unwrap_or(dir);
+            let from = config
+                .from_job
+                .as_deref()
+                .map(|job| finetune::finished_adapter(jobs_dir, job))
+                .transpose()?;
+            finetune::run_dpo(config, from.as_deref(), place)
+        }
+    }
+}
+
+fn run_classifier(config: &ClassifierConfig, place: RunPlace<'_>) -> Result<TrainOutcome> {
+    let train = open(place.root, &config.train)?;
     let eval = config
         .eval
         .as_deref()
-        .map(|path| open(root, path))
+        .map(|path| open(place.root, path))
         .transpose()?;
     let device = Device::flex().autodiff();
     let model = MlpConfig {
@@ -281,6 +346,73 @@ pub(crate) fn run(
         .seed(config.seed)
         .remainder(Remainder::Drop)
         .workers(1);
+    let steps = place.steps;
+    let eval_loader = eval.map(|eval| -> EvalLoader {
+        Box::new(move |rank, world| {
+            Ok(Loader::builder(Arc::clone(&eval), 512)
+                .rank(rank as u64, world as u64)
+                .workers(1)
+                .build()?)
+        })
+    });
+    fit_one_rank(
+        model,
+        Classification::new(config.features.clone(), config.label.clone()),
+        loader,
+        Schedule {
+            dir: place.dir,
+            steps,
+            checkpoint_every: config.checkpoint_every,
+            resume: place.resume,
+            seed: config.seed,
+            lr: LrSchedule::constant(config.lr),
+            max_grad_norm: None,
+            stop: place.stop,
+            eval: eval_loader,
+        },
+        |_| Ok(None),
+    )
+}
+
+/// How a job's trainer runs: its directory, length, checkpoints and optimizer schedule.
+pub(super) struct Schedule<'a> {
+    pub dir: &'a Path,
+    pub steps: u64,
+    pub checkpoint_every: u64,
+    pub resume: bool,
+    pub seed: u64,
+    pub lr: LrSchedule,
+    pub max_grad_norm: Option<f64>,
+    pub stop: Arc<AtomicBool>,
+    /// Evaluated ten times a run and at its end, when given.
+    pub eval: Option<EvalLoader>,
+}
+
+/// Trains `model` on one rank with AdamW, checkpoints in `dir/checkpoints` and the metrics log
+/// at `dir/metrics.jsonl`; once the run completes (not when stopped), `finish` saves what the
+/// job delivers and names it (a fine-tune's adapter directory).
+pub(super) fn fit_one_rank<M, T>(
+    model: M,
+    task: T,
+    loader: mlinfra_loader::LoaderBuilder,
+    schedule: Schedule<'_>,
+    finish: impl FnOnce(&M) -> mlinfra_train::Result<Option<std::path::PathBuf>>,
+) -> Result<TrainOutcome>
+where
+    M: burn::module::Module,
+    T: mlinfra_train::trainer::Task<M>,
+{
+    let Schedule {
+        dir,
+        steps,
+        checkpoint_every,
+        resume,
+        seed,
+        lr,
+        max_grad_norm,
+        stop,
+        eval,
+    } = schedule;
     let trainer_config = TrainerConfig {
         steps,
         micro_batches: 1,
@@ -291,16 +423,16 @@ pub(crate) fn run(
                 keep_last: KEEP_CHECKPOINTS,
                 mode: SaveMode::Sync,
             },
-            every: config.checkpoint_every,
+            every: checkpoint_every,
             resume,
         }),
         metrics: Some(dir.join("metrics.jsonl")),
         progress: false,
-        seed: config.seed,
+        seed,
     };
     let options = StepOptions {
-        schedule: LrSchedule::constant(config.lr),
-        max_grad_norm: None,
+        schedule: lr,
+        max_grad_norm,
         sharding: Sharding::Replicated,
         precision: Precision::F32,
         loss_scaling: None,
@@ -315,7 +447,7 @@ pub(crate) fn run(
     let mut trainer = Trainer::new(
         collective,
         model,
-        Classification::new(config.features.clone(), config.label.clone()),
+        task,
         loader,
         &OptimizerConfig::adamw(),
         options,
@@ -323,14 +455,14 @@ pub(crate) fn run(
     )?
     .with_stop_flag(stop);
     if let Some(eval) = eval {
-        trainer = trainer.with_eval(move |rank, world| {
-            Ok(Loader::builder(Arc::clone(&eval), 512)
-                .rank(rank as u64, world as u64)
-                .workers(1)
-                .build()?)
-        });
+        trainer = trainer.with_eval(eval);
     }
     let summary = trainer.fit()?;
+    let adapter = if summary.stopped {
+        None
+    } else {
+        finish(trainer.model())?
+    };
     Ok(TrainOutcome {
         steps: summary.steps,
         resumed_from: summary.resumed_from,
@@ -339,5 +471,6 @@ pub(crate) fn run(
         eval_loss: summary.eval.as_ref().map(|e| e.loss()),
         samples_per_s: summary.samples_per_s,
         stopped: summary.stopped,
+        adapter: adapter.map(|dir| dir.display().to_string()),
     })
 }

@@ -5,3 +5,5 @@ pub mod datasets;
 pub mod jobs;
 pub mod loader;
 pub mod sandbox;
+pub mod stats;
+pub mod wasm;

@@ -45,35 +45,44 @@ pub(crate) fn run(
             reason: "command is empty".into(),
         })?;
     let program = resolve(program)?;
-    std::fs::create_dir_all(scratch_root).map_err(|source| Error::JobStore {
-        path: scratch_root.to_path_buf(),
-        source,
-    })?;
-    let scratch = tempfile::Builder::new()
-        .prefix("run-")
-        .tempdir_in(scratch_root)
-        .map_err(|source| Error::JobStore {
-            path: scratch_root.to_path_buf(),
-            source,
+    let scratch = scratch_dir(scratch_root)?;
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } == 0 {
+        // The command runs as `nobody` (see the sandbox's docs): the directory is its own.
+        std::os::unix::fs::chown(scratch.path(), Some(65534), Some(65534)).map_err(|source| {
+            Error::JobStore {
+                path: scratch.path().to_path_buf(),
+                source,
+            }
         })?;
-    // The command's alone: 0700, owned by `nobody` when it runs as `nobody` (see the
-    // sandbox's docs), so no concurrent run can look in.
-    {
-        use std::os::unix::fs::PermissionsExt;
-        let failed = |source| Error::JobStore {
-            path: scratch.path().to_path_buf(),
-            source,
-        };
-        std::fs::set_permissions(scratch.path(), std::fs::Permissions::from_mode(0o700))
-            .map_err(failed)?;
-        // SAFETY: geteuid cannot fail.
-        if unsafe { libc::geteuid() } == 0 {
-            std::os::unix::fs::chown(scratch.path(), Some(65534), Some(65534)).map_err(failed)?;
-        }
     }
     let sandbox = sandbox.clone().allow_write(scratch.path());
     let output = sandbox.run(&program, args, scratch.path(), request.stdin.as_bytes())?;
-    let mut files: Vec<String> = std::fs::read_dir(scratch.path())
+    let files = file_names(scratch.path());
+    Ok(RunReport { output, files })
+}
+
+/// A fresh scratch directory under `scratch_root` (created if missing), 0700 so that no
+/// concurrent run can look in; removed when dropped.
+pub(crate) fn scratch_dir(scratch_root: &Path) -> Result<tempfile::TempDir> {
+    use std::os::unix::fs::PermissionsExt;
+    let failed = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| Error::JobStore { path, source }
+    };
+    std::fs::create_dir_all(scratch_root).map_err(failed(scratch_root))?;
+    let scratch = tempfile::Builder::new()
+        .prefix("run-")
+        .tempdir_in(scratch_root)
+        .map_err(failed(scratch_root))?;
+    std::fs::set_permissions(scratch.path(), std::fs::Permissions::from_mode(0o700))
+        .map_err(failed(scratch.path()))?;
+    Ok(scratch)
+}
+
+/// The names of the entries in `dir`, sorted.
+pub(crate) fn file_names(dir: &Path) -> Vec<String> {
+    let mut files: Vec<String> = std::fs::read_dir(dir)
         .map(|entries| {
             entries
                 .flatten()
@@ -82,7 +91,7 @@ pub(crate) fn run(
         })
         .unwrap_or_default();
     files.sort();
-    Ok(RunReport { output, files })
+    files
 }
 
 /// An absolute program path as given, or a bare name found in `/usr/bin` or `/bin`.

@@ -508,3 +508,69 @@ fn job_delete_asks_through_an_input_required_round_trip_when_stateless() {
     );
     assert!(!state.join("jobs").join(&job).exists());
 }
+
+#[test]
+fn a_session_survives_a_restart_of_the_server_when_kept_on_disk() {
+    let fixture = Fixture::new();
+    let sessions = fixture.base.path().join("sessions");
+    let options = || HttpOptions {
+        session_dir: Some(sessions.clone()),
+        ..HttpOptions::default()
+    };
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let first = runtime
+        .block_on(serve_http(fixture.server(), options()))
+        .unwrap();
+    let reply = post(first.address(), &[], &initialize(1));
+    let session = reply.header("mcp-session-id").unwrap().to_owned();
+    assert!(sessions.join(format!("{session}.json")).is_file());
+    runtime.block_on(first.shutdown()).unwrap();
+
+    // A new process (here: a new server on the same directory) knows the session.
+    let second = runtime
+        .block_on(serve_http(fixture.server(), options()))
+        .unwrap();
+    let in_session = [
+        ("Mcp-Session-Id", session.as_str()),
+        ("MCP-Protocol-Version", "2025-11-25"),
+    ];
+    let called = post(
+        second.address(),
+        &in_session,
+        &call(2, "dataset_schema", json!({"path": "points.parquet"})),
+    );
+    assert_eq!(called.status, 200, "{}", called.body);
+    let result = response(&messages(&called.body), 2);
+    assert_eq!(
+        result["result"]["structuredContent"]["rows"], POINTS_ROWS,
+        "{result}"
+    );
+
+    // Ids that are paths, or unknown, are not sessions; the server stays up.
+    for id in ["../../etc/passwd", "nope", "a/b"] {
+        let refused = post(
+            second.address(),
+            &[
+                ("Mcp-Session-Id", id),
+                ("MCP-Protocol-Version", "2025-11-25"),
+            ],
+            &call(3, "dataset_schema", json!({"path": "points.parquet"})),
+        );
+        assert_eq!(refused.status, 404, "{id}: {}", refused.body);
+    }
+
+    // Ended by the client (DELETE): gone from disk too.
+    let deleted = request_with(
+        second.address(),
+        "DELETE",
+        MCP_PATH,
+        &[
+            ("Mcp-Session-Id", session.as_str()),
+            ("MCP-Protocol-Version", "2025-11-25"),
+        ],
+        b"",
+    );
+    assert!(deleted.status < 300, "{}", deleted.status);
+    assert!(!sessions.join(format!("{session}.json")).exists());
+    runtime.block_on(second.shutdown()).unwrap();
+}

@@ -2,6 +2,7 @@
 
 mod approval;
 mod common;
+mod finetune;
 mod http;
 mod jobs;
 mod lineage;
@@ -10,5 +11,7 @@ mod resources;
 mod root;
 mod sandbox;
 mod serving;
+mod stats;
 mod stdio;
 mod trace;
+mod wasm;

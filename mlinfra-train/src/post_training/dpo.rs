@@ -33,7 +33,7 @@ use burn::tensor::activation::{log_sigmoid, log_softmax};
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use mlinfra_data::chat::{ChatTemplate, Message};
 use mlinfra_data::tokenizer::Tokenizer;
-use mlinfra_loader::TensorBatch;
+use mlinfra_loader::{Pad, TensorBatch, Tensors};
 
 use super::{integers, take_column};
 use crate::models::{Llama, PackedRows};
@@ -147,6 +147,20 @@ impl Dpo {
             rejected: rejected.into(),
             sums: Arc::default(),
         })
+    }
+
+    /// The collate a loader of [`preference_batch`] rows needs for this task: both sides'
+    /// token ids and completion masks, each padded with 0 to the batch's longest (the ids get
+    /// their `{c}_mask` columns from the padding).
+    pub fn collate(&self) -> Tensors {
+        let pad = Pad::new(0);
+        let mut collate = Tensors::new();
+        for side in [&self.chosen, &self.rejected] {
+            collate = collate
+                .pad(side.as_str(), pad)
+                .pad(format!("{side}_completion"), pad);
+        }
+        collate
     }
 
     /// `beta`.
