@@ -39,8 +39,10 @@
 //! Resources: the datasets under the root (`mlinfra://datasets/{+path}`); prompt
 //! `explore_dataset {path}`; completion of dataset paths.
 //! `--http` beyond the loopback interface requires `MLINFRA_MCP_TOKEN`; its sessions are kept
-//! in the state directory, so a client's session survives a restart of the server. `--trace FILE` appends
-//! one JSON line per tool call (OpenTelemetry GenAI/MCP attributes; `mlinfra_agent::trace`).
+//! in the state directory, so a client's session survives a restart of the server.
+//! `--trace FILE` appends one JSON line per request and per tool call (OpenTelemetry GenAI/MCP
+//! attributes; `mlinfra_agent::trace`); `--otlp http://HOST:4318/v1/traces` exports the same
+//! spans to an OpenTelemetry collector (built with `--features otlp`).
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -52,7 +54,7 @@ use tracing_subscriber::layer::SubscriberExt;
 
 const USAGE: &str = "usage: mcp_server [--http ADDR] [--data-root DIR] [--state-dir DIR] \
                      [--model FILE.gguf [--threads N] [--enable-lora] | --openai-url URL [--openai-model NAME]] \
-                     [--sandbox] [--wasm] [--trace FILE]";
+                     [--sandbox] [--wasm] [--trace FILE] [--otlp URL]";
 
 struct Args {
     http: Option<SocketAddr>,
@@ -66,6 +68,7 @@ struct Args {
     sandbox: bool,
     wasm: bool,
     trace: Option<String>,
+    otlp: Option<String>,
 }
 
 fn parse_args() -> anyhow::Result<Args> {
@@ -81,6 +84,7 @@ fn parse_args() -> anyhow::Result<Args> {
         sandbox: false,
         wasm: false,
         trace: None,
+        otlp: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -114,6 +118,7 @@ fn parse_args() -> anyhow::Result<Args> {
             "--sandbox" => args.sandbox = true,
             "--wasm" => args.wasm = true,
             "--trace" => args.trace = Some(it.next().context("--trace needs a file")?),
+            "--otlp" => args.otlp = Some(it.next().context("--otlp needs a URL")?),
             "--help" | "-h" => {
                 println!("{USAGE}");
                 std::process::exit(0);
@@ -127,16 +132,49 @@ fn parse_args() -> anyhow::Result<Args> {
     Ok(args)
 }
 
+/// Flushes the last batch of spans to the collector when `run` returns.
+#[cfg(feature = "otlp")]
+struct OtlpFlush(opentelemetry_sdk::trace::SdkTracerProvider);
+
+#[cfg(feature = "otlp")]
+impl Drop for OtlpFlush {
+    fn drop(&mut self) {
+        if let Err(error) = self.0.shutdown() {
+            eprintln!("mcp_server: flushing the spans to the collector: {error}");
+        }
+    }
+}
+
 async fn run() -> anyhow::Result<()> {
     let args = parse_args()?;
-    if let Some(path) = &args.trace {
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .with_context(|| format!("--trace {path}"))?;
-        let subscriber =
-            tracing_subscriber::registry().with(mlinfra_agent::trace::JsonlTraceLayer::new(file));
+    let jsonl = match &args.trace {
+        Some(path) => Some(mlinfra_agent::trace::JsonlTraceLayer::new(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .with_context(|| format!("--trace {path}"))?,
+        )),
+        None => None,
+    };
+    let traced = jsonl.is_some() || args.otlp.is_some();
+    let subscriber = tracing_subscriber::registry().with(jsonl);
+    #[cfg(feature = "otlp")]
+    let (subscriber, _otlp) = {
+        let (layer, provider) = match &args.otlp {
+            Some(url) => {
+                let (layer, provider) = mlinfra_agent::trace::otlp_layer(url, "mlinfra-agent")?;
+                (Some(layer), Some(OtlpFlush(provider)))
+            }
+            None => (None, None),
+        };
+        (subscriber.with(layer), provider)
+    };
+    #[cfg(not(feature = "otlp"))]
+    if args.otlp.is_some() {
+        bail!("--otlp: this mcp_server was built without the `otlp` feature (--features otlp)");
+    }
+    if traced {
         tracing::subscriber::set_global_default(subscriber)?;
     }
     let root = DataRoot::new(&args.data_root)?;

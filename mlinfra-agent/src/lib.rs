@@ -75,6 +75,7 @@ pub mod serving;
 pub mod sessions;
 pub mod tools;
 pub mod trace;
+pub mod traced;
 mod transport;
 pub mod wasm;
 

@@ -70,6 +70,15 @@ impl std::fmt::Debug for Serving {
     }
 }
 
+/// rustls is built without a default crypto provider (no aws-lc build): installs ring unless
+/// the application installed one (for every HTTPS client of this crate: a remote model server,
+/// an OTLP collector). Losing a race to another installer is fine.
+pub(crate) fn install_crypto_provider() {
+    if rustls::crypto::CryptoProvider::get_default().is_none() {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    }
+}
+
 /// The GGUF file at `path`, or the serving error naming it.
 fn open_gguf(path: &Path) -> Result<mlinfra_data::tensor::GgufFile> {
     mlinfra_data::tensor::GgufFile::open(path).map_err(|e| embedded_error("opening", path, &e))
@@ -162,11 +171,7 @@ impl Serving {
         model: impl Into<String>,
         api_key: Option<String>,
     ) -> Self {
-        // rustls is built without a default crypto provider (no aws-lc build): install ring
-        // unless the application installed one. Losing a race to another installer is fine.
-        if rustls::crypto::CryptoProvider::get_default().is_none() {
-            let _ = rustls::crypto::ring::default_provider().install_default();
-        }
+        install_crypto_provider();
         Self {
             backend: Backend::Remote {
                 base: {

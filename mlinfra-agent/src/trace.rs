@@ -7,8 +7,9 @@
 //! (`execute_tool`), `gen_ai.tool.name`, `mcp.method.name` (`tools/call`),
 //! `gen_ai.tool.call.arguments.hash` (BLAKE3 of the arguments' JSON: the call is traceable
 //! without its arguments, which may be private, in the trace), and on completion `outcome`
-//! (`ok` or `tool_error`) and `error.type`. The line adds the span's name, start time and
-//! duration.
+//! (`ok` or `tool_error`) and `error.type`. It is the child of its request's span: every
+//! request and notification the transports serve is a span too ([`crate::traced`]). The line
+//! adds the span's name, id, its parent's id, start time and duration.
 
 use std::io::Write;
 use std::sync::Mutex;
@@ -111,6 +112,12 @@ where
         };
         let mut line = Map::new();
         line.insert("name".into(), span.name().into());
+        // tracing's ids are unique among open spans: with the start time they tie a tool
+        // call's span to its request's.
+        line.insert("span_id".into(), id.into_u64().into());
+        if let Some(parent) = span.parent() {
+            line.insert("parent_id".into(), parent.id().into_u64().into());
+        }
         line.insert(
             "start_unix_nanos".into(),
             Value::from(u64::try_from(open.start_unix_nanos).unwrap_or(u64::MAX)),
@@ -129,4 +136,47 @@ where
         // A trace that cannot be written must not fail the call it describes.
         let _ = out.write_all(text.as_bytes()).and_then(|()| out.flush());
     }
+}
+
+/// Spans exported to an OpenTelemetry collector over OTLP/HTTP (protobuf), batched on the
+/// SDK's own thread: what a deployment sends to Jaeger, Tempo or any OTLP endpoint instead of
+/// (or beside) the JSONL file. `endpoint` is the collector's traces URL
+/// (`http://127.0.0.1:4318/v1/traces`); spans carry `service.name` = `service`. Keep the
+/// provider: [`SdkTracerProvider::shutdown`](opentelemetry_sdk::trace::SdkTracerProvider::shutdown)
+/// flushes the last batch at exit.
+///
+/// # Errors
+///
+/// [`Error::Transport`](crate::Error::Transport) when the exporter cannot be built (a bad
+/// endpoint).
+#[cfg(feature = "otlp")]
+#[cfg_attr(docsrs, doc(cfg(feature = "otlp")))]
+pub fn otlp_layer<S>(
+    endpoint: &str,
+    service: &str,
+) -> crate::Result<(impl Layer<S>, opentelemetry_sdk::trace::SdkTracerProvider)>
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+{
+    use opentelemetry::trace::TracerProvider as _;
+    use opentelemetry_otlp::WithExportConfig as _;
+    crate::serving::install_crypto_provider();
+    let exporter = opentelemetry_otlp::SpanExporter::builder()
+        .with_http()
+        .with_endpoint(endpoint)
+        .build()
+        .map_err(|error| crate::Error::Transport {
+            transport: "otlp",
+            source: Box::new(error),
+        })?;
+    let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder()
+        .with_batch_exporter(exporter)
+        .with_resource(
+            opentelemetry_sdk::Resource::builder()
+                .with_service_name(service.to_owned())
+                .build(),
+        )
+        .build();
+    let layer = tracing_opentelemetry::layer().with_tracer(provider.tracer("mlinfra-agent"));
+    Ok((layer, provider))
 }

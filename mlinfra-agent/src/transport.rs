@@ -100,7 +100,7 @@ where
     };
     let (read, write, writer) = crate::framing::guard(read, write, DEFAULT_MAX_BODY_BYTES);
     let transport = AsyncRwTransport::<RoleServer, _, _>::new_server(read, write);
-    let running = server
+    let running = crate::traced::Traced::new(server)
         .serve(transport)
         .await
         .map_err(|error| failed(Box::new(error)))?;
@@ -264,6 +264,7 @@ pub async fn serve_http(server: impl Handler, options: HttpOptions) -> Result<Ht
     if let Some(dir) = &options.session_dir {
         config.session_store = Some(Arc::new(crate::sessions::FileSessionStore::open(dir)?));
     }
+    let server = crate::traced::Traced::new(server);
     let service = StreamableHttpService::new(
         move || Ok(server.clone()),
         Arc::new(LocalSessionManager::default()),

@@ -56,6 +56,24 @@ fn hostile_lines_get_errors_and_the_server_keeps_answering() {
             ("no such method", json!({"jsonrpc": "2.0", "id": 92, "method": "tools/destroy"}).to_string()),
             ("the wrong JSON-RPC version", json!({"jsonrpc": "1.0", "id": 93, "method": "ping"}).to_string()),
             ("a 4 MB line", format!("{{\"jsonrpc\":\"2.0\",\"id\":94,\"method\":\"ping\",\"params\":{{\"pad\":\"{}\"}}}}", "x".repeat(4 << 20))),
+            // Schema bombs: arguments nested past any parser's stack, or wide past any schema.
+            (
+                "arguments nested 100000 deep",
+                format!(
+                    "{{\"jsonrpc\":\"2.0\",\"id\":96,\"method\":\"tools/call\",\"params\":{{\"name\":\"dataset_schema\",\"arguments\":{{\"path\":{}{}}}}}}}",
+                    "[".repeat(100_000),
+                    "]".repeat(100_000)
+                ),
+            ),
+            (
+                "an arguments object with 100000 keys",
+                call(97, "dataset_schema", Value::Object((0..100_000).map(|i| (format!("k{i}"), json!(i))).collect())).to_string(),
+            ),
+            (
+                "a number past f64",
+                r#"{"jsonrpc":"2.0","id":98,"method":"tools/call","params":{"name":"dataset_sample","arguments":{"path":"points.parquet","rows":1e400}}}"#.to_owned(),
+            ),
+            ("a 1 MB tool name", call(99, &"x".repeat(1 << 20), json!({})).to_string()),
             (
                 "shell metacharacters in a path",
                 call(95, "dataset_schema", json!({"path": "points.parquet; rm -rf / $(reboot) `id`"})).to_string(),
