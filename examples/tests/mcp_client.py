@@ -80,6 +80,7 @@ TOOLS = (
     "train_list",
     "wasm_run",
     "train_wait",
+    "checkpoint_inspect",
     "job_delete",
     "lineage_list",
 )
@@ -332,7 +333,14 @@ async def exercise(run: Run, expected_version: str, output: str) -> dict[str, An
         refused.is_error is True and "score" in error_text(refused),
         f"train_start refuses a scalar features column, naming it: {error_text(refused)!r}",
     )
-    for tool in ("train_status", "train_stop", "train_resume", "train_wait", "job_delete"):
+    for tool in (
+        "train_status",
+        "train_stop",
+        "train_resume",
+        "train_wait",
+        "job_delete",
+        "checkpoint_inspect",
+    ):
         await run.call_refused(tool, {"job": "train-0-0"}, "no such job")
     await run.call_refused("train_status", {"job": "../../etc"}, "an id that is a path")
 

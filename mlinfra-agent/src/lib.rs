@@ -14,7 +14,9 @@
 //! - Dataset tools `dataset_schema`, `dataset_sample`, `dataset_stats`, `dataset_fingerprint`,
 //!   `dataset_verify` and `dataset_convert` (CSV / JSON lines to a new Parquet file under the
 //!   root; never overwrites); the datasets as resources ([`catalog`]:
-//!   `mlinfra://datasets/{+path}`, paged), the `explore_dataset` prompt, completion of paths.
+//!   `mlinfra://datasets/{+path}`, paged; subscribed to with `resources/subscribe` or a
+//!   2026-07-28 `subscriptions/listen` stream, updates sent when a dataset's files change),
+//!   the `explore_dataset` prompt, completion of paths.
 //! - Loader tools `loader_plan` (each rank's share and first batches: the plan a trainer
 //!   follows) and `loader_probe` (samples/s, time to the first batch, waits).
 //! - Training jobs ([`jobs`]): `train_start`, `train_status`, `train_wait` (progress
@@ -30,9 +32,11 @@
 //! - Lineage ([`lineage`]): tools, prompts, models, adapters and datasets by content hash,
 //!   with versions; each run records its dataset fingerprints, configuration and the
 //!   `train_start` definition; a tool changed since its approval is flagged and asked about
-//!   again (`lineage_list`).
-//! - Every tool call is a `tracing` span with OpenTelemetry's GenAI/MCP attributes, token
-//!   counts for generations ([`trace`], a JSONL exporter).
+//!   again (`lineage_list`). `checkpoint_inspect` verifies a job's checkpoints and lists what
+//!   they hold.
+//! - Every request and every tool call is a `tracing` span with OpenTelemetry's GenAI/MCP
+//!   attributes, token counts for generations ([`traced`], [`trace`]: a JSONL exporter, OTLP
+//!   behind the `otlp` feature).
 //! - A subprocess sandbox ([`sandbox`]: Landlock filesystem and TCP allow-list, seccomp,
 //!   rlimits, a process group killed on time or output overflow; refused where the kernel
 //!   lacks Landlock), behind the `sandbox_run` tool.
@@ -40,7 +44,7 @@
 //!   memory cap, our own small host interface with only `/data` and a scratch directory
 //!   pre-opened), behind the `wasm_run` tool.
 //!
-//! Not yet (issue 26): OTLP export, spans for requests other than tool calls.
+//! Not yet (issue 26): `logging/setLevel` and log notifications from the product's tools.
 //!
 //! # Quick start
 //!
@@ -58,6 +62,7 @@
 //! | Name | Description | Default? |
 //! |---|---|---|
 //! | `cuda` | Run the tools' device work on NVIDIA GPUs | no |
+//! | `otlp` | Export the spans to an OpenTelemetry collector over OTLP/HTTP (`trace::otlp_layer`) | no |
 
 #![warn(missing_docs)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
@@ -78,6 +83,7 @@ pub mod trace;
 pub mod traced;
 mod transport;
 pub mod wasm;
+mod watch;
 
 pub use error::{Error, Result};
 pub use root::DataRoot;

@@ -19,9 +19,11 @@ use rmcp::model::{
     GetPromptResult, Implementation, ListPromptsResult, ListResourceTemplatesResult,
     ListResourcesResult, PaginatedRequestParams, ProgressNotificationParam, Prompt, PromptArgument,
     PromptMessage, ReadResourceRequestParams, ReadResourceResponse, ReadResourceResult, Reference,
-    Resource, ResourceContents, ResourceTemplate, Role, ServerCapabilities, ServerConfig,
+    Resource, ResourceContents, ResourceTemplate, ResourceUpdatedNotificationParam, Role,
+    ServerCapabilities, ServerConfig, SubscribeRequestParams, SubscriptionFilter,
+    UnsubscribeRequestParams,
 };
-use rmcp::service::RequestContext;
+use rmcp::service::{RequestContext, SubscriptionContext};
 use rmcp::{RoleServer, ServerHandler, tool, tool_handler, tool_router};
 use tracing::Instrument;
 
@@ -40,14 +42,15 @@ use crate::tools::datasets::{
     SampleRequest, SchemaReport, VerifyReport, VerifyRequest,
 };
 use crate::tools::jobs::{
-    Deleted, JobList, JobRequest, LineageEntry, LineageList, NoArguments, TrainStartRequest,
-    WaitRequest,
+    CheckpointList, Deleted, InspectRequest, JobList, JobRequest, LineageEntry, LineageList,
+    NoArguments, TrainStartRequest, WaitRequest,
 };
 use crate::tools::loader::{self, PlanReport, PlanRequest, ProbeReport, ProbeRequest};
 use crate::tools::sandbox::{RunReport, RunRequest};
 use crate::tools::stats::StatsReport;
 use crate::tools::wasm::{WasmRunReport, WasmRunRequest};
 use crate::wasm::WasmSandbox;
+use crate::watch::Watches;
 
 /// The MCP server: the stack's tools over one data root. Cheap to clone (each HTTP session
 /// gets one).
@@ -64,6 +67,8 @@ pub struct AgentServer {
     sandbox: Option<Arc<(Sandbox, std::path::PathBuf)>>,
     /// The WebAssembly sandbox `wasm_run` uses, and where its scratch directories go.
     wasm: Option<Arc<(WasmSandbox, std::path::PathBuf)>>,
+    /// The datasets clients subscribed to (see [`crate::watch`]).
+    watches: Arc<Watches>,
     tool_router: ToolRouter<Self>,
 }
 
@@ -78,6 +83,7 @@ impl AgentServer {
             serving: None,
             sandbox: None,
             wasm: None,
+            watches: Arc::default(),
             seal: approval::Seal::new().ok().map(Arc::new),
             tool_router: Self::tool_router(),
         }
@@ -257,6 +263,16 @@ impl AgentServer {
                     .into(),
             })
     }
+}
+
+/// Who a 2025-11-25 subscription belongs to: the HTTP session, or the one stdio client.
+fn subscriber(cx: &RequestContext<RoleServer>) -> String {
+    cx.extensions
+        .get::<axum::http::request::Parts>()
+        .and_then(|parts| parts.headers.get("mcp-session-id"))
+        .and_then(|value| value.to_str().ok())
+        .unwrap_or_default()
+        .to_owned()
 }
 
 /// Runs a tool's `work` inside its trace span (see [`crate::trace`]): the span records the
@@ -862,6 +878,26 @@ impl AgentServer {
         .await
     }
 
+    /// A job's checkpoints (one step's, or all), each verified against its manifest (every
+    /// file's size and SHA-256): the tensors it holds with their shapes, the optimizer, its
+    /// files. Reads every byte of the checkpoints inspected.
+    #[tool(name = "checkpoint_inspect", annotations(read_only_hint = true))]
+    async fn checkpoint_inspect(
+        &self,
+        Parameters(request): Parameters<InspectRequest>,
+    ) -> Result<Json<CheckpointList>, String> {
+        self.run(
+            "checkpoint_inspect",
+            request,
+            self.on_jobs(|jobs, r: InspectRequest| {
+                Ok(CheckpointList {
+                    checkpoints: jobs.checkpoints(&r.job, r.step)?,
+                })
+            }),
+        )
+        .await
+    }
+
     /// Every training job, newest first, with its state and checkpoints.
     #[tool(name = "train_list", annotations(read_only_hint = true))]
     async fn train_list(
@@ -884,6 +920,7 @@ impl ServerHandler for AgentServer {
             .enable_completions()
             .enable_prompts()
             .enable_resources()
+            .enable_resources_subscribe()
             .enable_tools()
             .build();
         ServerConfig::new(capabilities)
@@ -970,6 +1007,106 @@ impl ServerHandler for AgentServer {
             .with_ttl_ms(0)
             .with_cache_scope(CacheScope::Private)
             .into())
+    }
+
+    // 2025-11-25: a session subscribes to a dataset's URI and is told when its files change;
+    // 2026-07-28 clients listen instead (below). See crate::watch.
+    async fn subscribe(
+        &self,
+        request: SubscribeRequestParams,
+        cx: RequestContext<RoleServer>,
+    ) -> Result<(), ErrorData> {
+        let uri = request.uri;
+        let root = Arc::clone(&self.root);
+        let exists = {
+            let (root, uri) = (Arc::clone(&root), uri.clone());
+            blocking(move || Ok(Watches::is_dataset(&root, &uri)))
+                .await
+                .unwrap_or(false)
+        };
+        if !exists {
+            return Err(ErrorData::invalid_params(
+                format!("no dataset to subscribe to at {uri}"),
+                Some(serde_json::json!({ "uri": uri })),
+            ));
+        }
+        let peer = cx.peer.clone();
+        let started = self.watches.start(root, subscriber(&cx), uri, move |uri| {
+            let peer = peer.clone();
+            async move {
+                peer.notify_resource_updated(ResourceUpdatedNotificationParam::new(uri))
+                    .await
+                    .is_ok()
+            }
+        });
+        if started {
+            Ok(())
+        } else {
+            Err(ErrorData::invalid_request(
+                format!(
+                    "this server watches {} datasets already",
+                    crate::watch::MAX_WATCHES
+                ),
+                None,
+            ))
+        }
+    }
+
+    async fn unsubscribe(
+        &self,
+        request: UnsubscribeRequestParams,
+        cx: RequestContext<RoleServer>,
+    ) -> Result<(), ErrorData> {
+        self.watches.stop(&subscriber(&cx), &request.uri);
+        Ok(())
+    }
+
+    fn accepted_subscription_filter(
+        &self,
+        requested: &SubscriptionFilter,
+    ) -> Option<SubscriptionFilter> {
+        // Updates of datasets; the lists of tools, prompts and resources do not change.
+        let uris: Vec<String> = requested
+            .resource_subscriptions
+            .iter()
+            .flatten()
+            .filter(|uri| catalog::dataset_path(uri).is_some())
+            .cloned()
+            .collect();
+        Some(
+            SubscriptionFilter::builder()
+                .resource_subscriptions(uris)
+                .build(),
+        )
+    }
+
+    async fn listen(&self, context: SubscriptionContext) -> Result<(), ErrorData> {
+        let uris = context
+            .accepted()
+            .resource_subscriptions
+            .clone()
+            .unwrap_or_default();
+        let Some(stop) = self.watches.reserve() else {
+            return Err(ErrorData::invalid_request(
+                format!(
+                    "this server watches {} datasets already",
+                    crate::watch::MAX_WATCHES
+                ),
+                None,
+            ));
+        };
+        let sink = context.sink().clone();
+        let watching =
+            crate::watch::watch(Arc::clone(&self.root), uris, stop.clone(), move |uri| {
+                let sink = sink.clone();
+                async move { sink.notify_resource_updated(uri).await.is_ok() }
+            });
+        tokio::select! {
+            () = context.cancelled() => stop.cancel(),
+            () = watching => {}
+        }
+        self.watches.release();
+        Ok(())
     }
 
     async fn list_prompts(

@@ -464,7 +464,7 @@ impl Host {
         }
     }
 
-    fn file_read(&self, path: &str, offset: u64, buf: &mut [u8]) -> i64 {
+    fn file_read(&mut self, path: &str, offset: u64, buf: &mut [u8]) -> i64 {
         let file = match self.resolve(path) {
             Ok(GuestPath::Data(path)) => std::fs::File::open(path),
             Ok(GuestPath::Scratch(path)) => open_no_follow(&path, false),
@@ -570,6 +570,30 @@ fn guest_path(memory: &[u8], pointer: i32, length: i32) -> Result<String, i64> {
         .map_err(|_| INVALID)
 }
 
+/// `file_read` and `file_write`: the path and buffer checked against the guest's memory, then
+/// `op` on at most [`MAX_CALL_BYTES`] of the buffer.
+fn file_call(
+    mut caller: Caller<'_, Host>,
+    (path, path_len): (i32, i32),
+    offset: i64,
+    (buf, len): (i32, i32),
+    op: impl FnOnce(&mut Host, &str, u64, &mut [u8]) -> i64,
+) -> i64 {
+    let Some(memory) = memory(&mut caller) else {
+        return INVALID;
+    };
+    let (bytes, host) = memory.data_and_store_mut(&mut caller);
+    let path = match guest_path(bytes, path, path_len) {
+        Ok(path) => path,
+        Err(code) => return code,
+    };
+    let (Ok(offset), Some(range)) = (u64::try_from(offset), guest_range(bytes, buf, len)) else {
+        return INVALID;
+    };
+    let end = range.start + range.len().min(MAX_CALL_BYTES);
+    op(host, &path, offset, &mut bytes[range.start..end])
+}
+
 /// The `mlinfra` import module.
 fn host_interface(engine: &Engine) -> Result<Linker<Host>> {
     let mut linker = Linker::new(engine);
@@ -639,28 +663,19 @@ fn host_interface(engine: &Engine) -> Result<Linker<Host>> {
         .func_wrap(
             HOST_MODULE,
             "file_read",
-            |mut caller: Caller<'_, Host>,
+            |caller: Caller<'_, Host>,
              path: i32,
              path_len: i32,
              offset: i64,
              buf: i32,
-             len: i32|
-             -> i64 {
-                let Some(memory) = memory(&mut caller) else {
-                    return INVALID;
-                };
-                let (bytes, host) = memory.data_and_store_mut(&mut caller);
-                let path = match guest_path(bytes, path, path_len) {
-                    Ok(path) => path,
-                    Err(code) => return code,
-                };
-                let (Ok(offset), Some(range)) =
-                    (u64::try_from(offset), guest_range(bytes, buf, len))
-                else {
-                    return INVALID;
-                };
-                let end = range.start + range.len().min(MAX_CALL_BYTES);
-                host.file_read(&path, offset, &mut bytes[range.start..end])
+             len: i32| {
+                file_call(
+                    caller,
+                    (path, path_len),
+                    offset,
+                    (buf, len),
+                    Host::file_read,
+                )
             },
         )
         .map_err(failed)?;
@@ -668,28 +683,19 @@ fn host_interface(engine: &Engine) -> Result<Linker<Host>> {
         .func_wrap(
             HOST_MODULE,
             "file_write",
-            |mut caller: Caller<'_, Host>,
+            |caller: Caller<'_, Host>,
              path: i32,
              path_len: i32,
              offset: i64,
              buf: i32,
-             len: i32|
-             -> i64 {
-                let Some(memory) = memory(&mut caller) else {
-                    return INVALID;
-                };
-                let (bytes, host) = memory.data_and_store_mut(&mut caller);
-                let path = match guest_path(bytes, path, path_len) {
-                    Ok(path) => path,
-                    Err(code) => return code,
-                };
-                let (Ok(offset), Some(range)) =
-                    (u64::try_from(offset), guest_range(bytes, buf, len))
-                else {
-                    return INVALID;
-                };
-                let end = range.start + range.len().min(MAX_CALL_BYTES);
-                host.file_write(&path, offset, &bytes[range.start..end])
+             len: i32| {
+                file_call(
+                    caller,
+                    (path, path_len),
+                    offset,
+                    (buf, len),
+                    |host, path, offset, bytes| host.file_write(path, offset, bytes),
+                )
             },
         )
         .map_err(failed)?;

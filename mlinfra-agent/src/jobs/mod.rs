@@ -14,6 +14,7 @@
 //! (training takes every core; two would each run at half speed and finish no sooner).
 
 pub mod finetune;
+pub mod inspect;
 pub mod train;
 
 use std::collections::HashMap;
@@ -285,6 +286,20 @@ impl JobStore {
             checkpoints,
             dir: dir.display().to_string(),
         })
+    }
+
+    /// Job `id`'s checkpoints, newest first (only `step`'s when given), each verified.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Job`] for an unknown job, or a step it has no checkpoint of.
+    pub fn checkpoints(
+        &self,
+        id: &str,
+        step: Option<u64>,
+    ) -> Result<Vec<inspect::CheckpointReport>> {
+        self.record(id)?;
+        inspect::inspect(&self.dir(id)?.join("checkpoints"), id, step)
     }
 
     /// Every job's status, newest first. A job whose record cannot be read is left out (its

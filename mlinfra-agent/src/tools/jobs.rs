@@ -11,7 +11,7 @@ use crate::lineage::Entry;
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TrainStartRequest {
-    /// What to train (`task` picks the kind; `classifier` today).
+    /// What to train: `task` picks the kind (`classifier`, `sft`, `dpo`).
     pub config: TrainConfig,
 }
 
@@ -48,6 +48,24 @@ pub struct WaitRequest {
 
 fn default_wait() -> u64 {
     60
+}
+
+/// `checkpoint_inspect`'s arguments.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct InspectRequest {
+    /// The id `train_start` returned.
+    pub job: String,
+    /// One checkpoint's step; every checkpoint when absent.
+    #[serde(default)]
+    pub step: Option<u64>,
+}
+
+/// `checkpoint_inspect`'s result.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct CheckpointList {
+    /// Newest first.
+    pub checkpoints: Vec<crate::jobs::inspect::CheckpointReport>,
 }
 
 /// `job_delete`'s result.

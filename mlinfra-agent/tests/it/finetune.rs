@@ -42,6 +42,17 @@ fn metric_losses(dir: &std::path::Path) -> Vec<f64> {
         .collect()
 }
 
+/// Job `id`'s status once it ended (15 minutes at most), waited for off the runtime.
+async fn finished(
+    jobs: &std::sync::Arc<mlinfra_agent::jobs::JobStore>,
+    id: &str,
+) -> mlinfra_agent::jobs::JobStatus {
+    let (jobs, id) = (jobs.clone(), id.to_owned());
+    tokio::task::spawn_blocking(move || jobs.wait(&id, Duration::from_secs(900)).unwrap())
+        .await
+        .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sft_then_dpo_jobs_train_adapters_the_server_then_serves() {
     let Some(model) = mlinfra_test_utils::model(MODEL) else {
@@ -140,12 +151,7 @@ async fn sft_then_dpo_jobs_train_adapters_the_server_then_serves() {
         .as_str()
         .unwrap()
         .to_owned();
-    let done = tokio::task::spawn_blocking({
-        let (jobs, id) = (jobs.clone(), id.clone());
-        move || jobs.wait(&id, Duration::from_secs(900)).unwrap()
-    })
-    .await
-    .unwrap();
+    let done = finished(&jobs, &id).await;
     assert_eq!(
         done.record.state,
         mlinfra_agent::jobs::JobState::Completed,
@@ -161,6 +167,31 @@ async fn sft_then_dpo_jobs_train_adapters_the_server_then_serves() {
     assert!(
         losses.last().unwrap() < &(losses[0] * 0.5),
         "SFT did not learn: {losses:?}"
+    );
+
+    // Its checkpoints hold the adapter alone: rank-8 A and B of 4 projections in 30 layers
+    // (921,600 weights of the model's 135 million).
+    let inspected = pipe
+        .result(call(
+            20,
+            "checkpoint_inspect",
+            json!({"job": id, "step": 12}),
+        ))
+        .await;
+    let checkpoint = &inspected["structuredContent"]["checkpoints"][0];
+    assert_eq!(checkpoint["verified"], true, "{inspected}");
+    let parameters = checkpoint["parameters"].as_u64().unwrap();
+    assert_eq!(
+        parameters,
+        30 * (2 * (576 * 8 + 8 * 576) + 2 * (576 * 8 + 8 * 192))
+    );
+    assert!(
+        checkpoint["tensors"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|t| t["path"].as_str().unwrap().contains("adapters")),
+        "{checkpoint}"
     );
 
     let loaded = pipe
@@ -192,10 +223,7 @@ async fn sft_then_dpo_jobs_train_adapters_the_server_then_serves() {
         .as_str()
         .unwrap_or_else(|| panic!("{started}"))
         .to_owned();
-    let done =
-        tokio::task::spawn_blocking(move || jobs.wait(&dpo_id, Duration::from_secs(900)).unwrap())
-            .await
-            .unwrap();
+    let done = finished(&jobs, &dpo_id).await;
     assert_eq!(
         done.record.state,
         mlinfra_agent::jobs::JobState::Completed,

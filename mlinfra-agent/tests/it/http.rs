@@ -574,3 +574,62 @@ fn a_session_survives_a_restart_of_the_server_when_kept_on_disk() {
     assert!(!sessions.join(format!("{session}.json")).exists());
     runtime.block_on(second.shutdown()).unwrap();
 }
+
+#[test]
+fn a_stateless_listen_stream_carries_updates_of_the_datasets_it_names() {
+    use std::io::{BufRead, BufReader, Write};
+    let fixture = Fixture::new();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let server = runtime
+        .block_on(serve_http(fixture.server(), HttpOptions::default()))
+        .unwrap();
+    let uri = "mlinfra://datasets/points.parquet";
+    let body = stateless(
+        1,
+        "subscriptions/listen",
+        json!({"notifications": {"resourceSubscriptions": [uri, "file:///etc/passwd"], "toolsListChanged": true}}),
+    )
+    .to_string();
+    let mut stream = std::net::TcpStream::connect(server.address()).unwrap();
+    write!(
+        stream,
+        "POST {MCP_PATH} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n\
+         Accept: application/json, text/event-stream\r\nMCP-Protocol-Version: 2026-07-28\r\n\
+         Mcp-Method: subscriptions/listen\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    let mut lines = BufReader::new(stream).lines();
+    // The SSE data lines, as JSON, until `pred` holds for one (10 s at most).
+    let mut until = |pred: &dyn Fn(&Value) -> bool| -> Value {
+        loop {
+            let line = lines
+                .next()
+                .expect("stream ended")
+                .expect("no event in time");
+            if let Some(data) = line.strip_prefix("data:")
+                && let Ok(message) = serde_json::from_str::<Value>(data.trim())
+                && pred(&message)
+            {
+                return message;
+            }
+        }
+    };
+    let acknowledged = until(&|m| m["method"] == "notifications/subscriptions/acknowledged");
+    // Only datasets are accepted: not another scheme, not list changes that never come.
+    assert_eq!(
+        acknowledged["params"]["notifications"],
+        json!({"resourceSubscriptions": [uri]}),
+        "{acknowledged}"
+    );
+    let points = fixture.root().join("points.parquet");
+    let mut bytes = std::fs::read(&points).unwrap();
+    bytes.extend_from_slice(b"changed");
+    std::fs::write(&points, bytes).unwrap();
+    let update = until(&|m| m["method"] == "notifications/resources/updated");
+    assert_eq!(update["params"]["uri"], uri);
+    runtime.block_on(server.shutdown()).unwrap();
+}

@@ -138,6 +138,41 @@ fn a_job_trains_in_the_background_to_the_accuracy_its_data_allows() {
         done.checkpoints
     );
     assert_eq!(done.checkpoints[0], 256, "the final step is checkpointed");
+
+    // Inspected: each checkpoint verified, holding the MLP's 8x32 + 32 + 32x4 + 4 weights.
+    let id = &started.record.id;
+    let inspected = store.checkpoints(id, None).unwrap();
+    let steps: Vec<u64> = inspected.iter().map(|c| c.step).collect();
+    assert_eq!(steps, done.checkpoints);
+    assert!(inspected.iter().all(|c| c.verified), "{inspected:?}");
+    let newest = &inspected[0];
+    assert_eq!(newest.parameters, Some(8 * 32 + 32 + 32 * 4 + 4));
+    let shapes: Vec<&[usize]> = newest.tensors.iter().map(|t| t.shape.as_slice()).collect();
+    assert!(
+        shapes.contains(&&[8, 32][..]) && shapes.contains(&&[32, 4][..]),
+        "{shapes:?}"
+    );
+    assert!(newest.bytes > 0 && newest.files.iter().all(|f| f.sha256.len() == 64));
+    // A rank file altered on disk: the checkpoint no longer verifies, and says which file.
+    let file = mlinfra_train::checkpoint::step_dir(&Path::new(&done.dir).join("checkpoints"), 256)
+        .join(&newest.files[0].name);
+    let mut bytes = std::fs::read(&file).unwrap();
+    bytes[0] ^= 0xff;
+    std::fs::write(&file, bytes).unwrap();
+    let altered = store.checkpoints(id, Some(256)).unwrap();
+    assert!(!altered[0].verified);
+    assert!(
+        altered[0]
+            .error
+            .as_deref()
+            .unwrap()
+            .contains(&newest.files[0].name),
+        "{altered:?}"
+    );
+    assert!(matches!(
+        store.checkpoints(id, Some(7)),
+        Err(Error::Job { .. })
+    ));
     // Listed, and read back by a fresh store (another process, after a restart) unchanged.
     drop(store);
     let listed = setup.store().list().unwrap();

@@ -173,3 +173,73 @@ fn datasets_are_resources_with_a_prompt_and_path_completion() {
         pipe.close().await;
     });
 }
+
+/// The next `notifications/resources/updated` on `pipe` within `wait`, if any.
+async fn next_update(pipe: &mut Pipe, wait: std::time::Duration) -> Option<Value> {
+    use tokio::io::AsyncBufReadExt;
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        let mut line = String::new();
+        match tokio::time::timeout_at(deadline, pipe.reader.read_line(&mut line)).await {
+            Ok(Ok(n)) if n > 0 => {
+                let message: Value = serde_json::from_str(&line).unwrap();
+                if message["method"] == "notifications/resources/updated" {
+                    return Some(message);
+                }
+            }
+            _ => return None,
+        }
+    }
+}
+
+#[test]
+fn a_subscribed_dataset_notifies_when_its_files_change() {
+    let fixture = Fixture::new();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let mut pipe = Pipe::open(fixture.server()).await;
+        assert_eq!(
+            pipe.hello["result"]["capabilities"]["resources"]["subscribe"], true,
+            "{}",
+            pipe.hello
+        );
+        let uri = "mlinfra://datasets/points.parquet";
+        let ok = pipe
+            .reply(request(2, "resources/subscribe", json!({"uri": uri})))
+            .await;
+        assert!(ok["result"].is_object(), "{ok}");
+        for (id, missing) in [
+            (3, "mlinfra://datasets/missing.parquet"),
+            (4, "mlinfra://datasets/../secret.parquet"),
+            (5, "file:///etc/passwd"),
+        ] {
+            let refused = pipe
+                .reply(request(id, "resources/subscribe", json!({"uri": missing})))
+                .await;
+            assert!(refused["error"]["code"].is_i64(), "{missing}: {refused}");
+        }
+        // Nothing changed: no update.
+        let quiet = std::time::Duration::from_millis(1500);
+        assert!(next_update(&mut pipe, quiet).await.is_none());
+
+        // The file rewritten (other rows): an update for its URI.
+        let points = fixture.root().join("points.parquet");
+        let mut rows = std::fs::read(&points).unwrap();
+        rows.extend_from_slice(b"appended");
+        std::fs::write(&points, &rows).unwrap();
+        let update = next_update(&mut pipe, std::time::Duration::from_secs(5))
+            .await
+            .expect("no update after the file changed");
+        assert_eq!(update["params"]["uri"], uri);
+
+        // Unsubscribed: changes go unannounced.
+        let ok = pipe
+            .reply(request(6, "resources/unsubscribe", json!({"uri": uri})))
+            .await;
+        assert!(ok["result"].is_object(), "{ok}");
+        rows.extend_from_slice(b"more");
+        std::fs::write(&points, &rows).unwrap();
+        assert!(next_update(&mut pipe, quiet).await.is_none());
+        pipe.close().await;
+    });
+}
