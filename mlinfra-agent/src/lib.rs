@@ -87,7 +87,7 @@ mod watch;
 
 pub use error::{Error, Result};
 pub use root::DataRoot;
-pub use server::AgentServer;
+pub use server::{AgentServer, TOOLS_PAGE};
 pub use transport::{
     DEFAULT_MAX_BODY_BYTES, Handler, HttpOptions, HttpServer, MCP_PATH, serve_http, serve_io,
     serve_stdio,

@@ -17,11 +17,11 @@ use rmcp::model::{
     CacheScope, CallToolResponse, CallToolResult, CompleteRequestParams, CompleteResult,
     CompletionInfo, ContentBlock, ErrorData, GetPromptRequestParams, GetPromptResponse,
     GetPromptResult, Implementation, ListPromptsResult, ListResourceTemplatesResult,
-    ListResourcesResult, PaginatedRequestParams, ProgressNotificationParam, Prompt, PromptArgument,
-    PromptMessage, ReadResourceRequestParams, ReadResourceResponse, ReadResourceResult, Reference,
-    Resource, ResourceContents, ResourceTemplate, ResourceUpdatedNotificationParam, Role,
-    ServerCapabilities, ServerConfig, SubscribeRequestParams, SubscriptionFilter,
-    UnsubscribeRequestParams,
+    ListResourcesResult, ListToolsResult, PaginatedRequestParams, ProgressNotificationParam,
+    Prompt, PromptArgument, PromptMessage, ProtocolVersion, ReadResourceRequestParams,
+    ReadResourceResponse, ReadResourceResult, Reference, Resource, ResourceContents,
+    ResourceTemplate, ResourceUpdatedNotificationParam, Role, ServerCapabilities, ServerConfig,
+    SubscribeRequestParams, SubscriptionFilter, UnsubscribeRequestParams,
 };
 use rmcp::service::{RequestContext, SubscriptionContext};
 use rmcp::{RoleServer, ServerHandler, tool, tool_handler, tool_router};
@@ -264,6 +264,9 @@ impl AgentServer {
             })
     }
 }
+
+/// Tools in one page of `tools/list`.
+pub const TOOLS_PAGE: usize = 20;
 
 /// Who a 2025-11-25 subscription belongs to: the HTTP session, or the one stdio client.
 fn subscriber(cx: &RequestContext<RoleServer>) -> String {
@@ -932,6 +935,38 @@ impl ServerHandler for AgentServer {
                 "Tools over the mlinfra ML stack. Paths are relative to the server's data root; \
                  the datasets there are resources (mlinfra://datasets/{+path}).",
             )
+    }
+
+    /// The tools by name, [`TOOLS_PAGE`] a page; the cursor is the next page's first name
+    /// (stable across restarts, and across a tool added between pages).
+    async fn list_tools(
+        &self,
+        request: Option<PaginatedRequestParams>,
+        cx: RequestContext<RoleServer>,
+    ) -> Result<ListToolsResult, ErrorData> {
+        let mut tools = self.tool_router.list_all();
+        tools.sort_by(|a, b| a.name.cmp(&b.name));
+        let start = match request.and_then(|r| r.cursor) {
+            None => 0,
+            Some(cursor) => tools
+                .iter()
+                .position(|tool| tool.name == cursor)
+                .ok_or_else(|| {
+                    ErrorData::invalid_params(format!("no tools page at cursor {cursor:?}"), None)
+                })?,
+        };
+        let end = (start + TOOLS_PAGE).min(tools.len());
+        let next_cursor = tools.get(end).map(|tool| tool.name.to_string());
+        let mut result = ListToolsResult::with_all_items(tools[start..end].to_vec());
+        result.next_cursor = next_cursor;
+        // 2026-07-28 cache hints: the list changes only with the server's version.
+        if cx
+            .protocol_version()
+            .is_some_and(|version| version >= ProtocolVersion::V_2026_07_28)
+        {
+            result = result.with_ttl_ms(0).with_cache_scope(CacheScope::Public);
+        }
+        Ok(result)
     }
 
     async fn list_resources(

@@ -97,3 +97,52 @@ fn hostile_lines_get_errors_and_the_server_keeps_answering() {
         let _ = tokio::time::timeout(Duration::from_secs(10), server).await;
     });
 }
+
+#[tokio::test]
+async fn tools_are_listed_in_pages_by_name() {
+    let fixture = Fixture::new();
+    let mut pipe = crate::common::Pipe::open(fixture.server()).await;
+    let mut names: Vec<String> = Vec::new();
+    let mut cursor: Option<String> = None;
+    let mut pages = 0;
+    loop {
+        let params = match &cursor {
+            Some(cursor) => json!({"cursor": cursor}),
+            None => json!({}),
+        };
+        let page = pipe
+            .result(json!({"jsonrpc": "2.0", "id": 10 + pages, "method": "tools/list", "params": params}))
+            .await;
+        let tools = page["tools"].as_array().unwrap();
+        assert!(tools.len() <= mlinfra_agent::TOOLS_PAGE, "{page}");
+        names.extend(tools.iter().map(|t| t["name"].as_str().unwrap().to_owned()));
+        pages += 1;
+        match page["nextCursor"].as_str() {
+            Some(next) => cursor = Some(next.to_owned()),
+            None => break,
+        }
+    }
+    assert!(pages >= 2, "{} tools fit one page", names.len());
+    let mut sorted = names.clone();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!(names, sorted, "pages in name order, no tool twice");
+    for contract in [
+        "dataset_schema",
+        "dataset_sample",
+        "dataset_fingerprint",
+        "train_start",
+        "train_status",
+        "generate",
+    ] {
+        assert!(
+            names.iter().any(|n| n == contract),
+            "{contract} not listed: {names:?}"
+        );
+    }
+    let bad = pipe
+        .reply(json!({"jsonrpc": "2.0", "id": 99, "method": "tools/list", "params": {"cursor": "no-such-tool"}}))
+        .await;
+    assert_eq!(bad["error"]["code"], -32602, "{bad}");
+    pipe.close().await;
+}
