@@ -35,19 +35,14 @@ impl<H> Traced<H> {
     }
 }
 
-/// The span of one request: its method, id and session.
+/// The span of one request: its method, id and session. With no subscriber listening, a
+/// disabled span: nothing is formatted or looked up.
 fn request_span(
     method: &str,
     target: Option<&str>,
     context: &RequestContext<RoleServer>,
 ) -> tracing::Span {
-    let session = context
-        .extensions
-        .get::<axum::http::request::Parts>()
-        .and_then(|parts| parts.headers.get("mcp-session-id"))
-        .and_then(|value| value.to_str().ok())
-        .map(str::to_owned);
-    tracing::info_span!(
+    let span = tracing::info_span!(
         "mcp_request",
         otel.name = match target {
             Some(target) => format!("{method} {target}"),
@@ -55,11 +50,21 @@ fn request_span(
         },
         mcp.method.name = method,
         jsonrpc.request.id = %context.id,
-        mcp.session.id = session.as_deref(),
+        mcp.session.id = tracing::field::Empty,
         gen_ai.tool.name = target,
         outcome = tracing::field::Empty,
         error.type = tracing::field::Empty,
-    )
+    );
+    if !span.is_disabled()
+        && let Some(session) = context
+            .extensions
+            .get::<axum::http::request::Parts>()
+            .and_then(|parts| parts.headers.get("mcp-session-id"))
+            .and_then(|value| value.to_str().ok())
+    {
+        span.record("mcp.session.id", session);
+    }
+    span
 }
 
 /// Runs `work` in `span`, recording how it ended.
