@@ -84,6 +84,9 @@ pub struct RunLineage {
     /// A fine-tune's base model file, by content hash.
     #[serde(default)]
     pub model: Option<String>,
+    /// The adapter a DPO run started from (its `from_job`'s), by content hash.
+    #[serde(default)]
+    pub start_adapter: Option<String>,
     /// The configuration's hash.
     pub config: String,
     /// The definition hash of the tool that started the job, when started through one.
@@ -163,7 +166,7 @@ impl JobStore {
     /// [`Error::JobStore`] when its directory cannot be written.
     pub fn start(self: &Arc<Self>, config: TrainConfig, tool: Option<String>) -> Result<JobStatus> {
         let total_steps = config.plan(&self.root, &self.jobs)?;
-        let lineage = Some(config.lineage(&self.root, tool)?);
+        let lineage = Some(config.lineage(&self.root, &self.jobs, tool)?);
         let now = now_ms();
         let id = format!(
             "train-{now}-{}",
@@ -212,7 +215,9 @@ impl JobStore {
         // The checkpoints were trained on the data as it was: a resume on changed data would
         // mix two datasets under one lineage.
         if let Some(lineage) = &record.lineage {
-            let now = record.config.lineage(&self.root, lineage.tool.clone())?;
+            let now = record
+                .config
+                .lineage(&self.root, &self.jobs, lineage.tool.clone())?;
             let changed = if now.train_dataset != lineage.train_dataset
                 || now.eval_dataset != lineage.eval_dataset
             {
@@ -220,9 +225,9 @@ impl JobStore {
                     "its data changed since it started (training data {} then, {} now)",
                     lineage.train_dataset, now.train_dataset
                 ))
-            } else if now.model != lineage.model {
+            } else if now.model != lineage.model || now.start_adapter != lineage.start_adapter {
                 Some(format!(
-                    "its base model changed since it started ({} then, {} now)",
+                    "its base model or starting adapter changed since it started ({} then, {} now)",
                     lineage.model.as_deref().unwrap_or("none"),
                     now.model.as_deref().unwrap_or("none")
                 ))

@@ -228,9 +228,11 @@ impl ClassifierConfig {
 impl TrainConfig {
     /// The run's inputs by content hash. Reads every byte of the datasets (their
     /// fingerprints), as the run itself will.
+    /// `jobs_dir` holds the job a DPO run starts from, whose adapter is hashed.
     pub(crate) fn lineage(
         &self,
         root: &DataRoot,
+        jobs_dir: &Path,
         tool: Option<String>,
     ) -> Result<super::RunLineage> {
         let fingerprint =
@@ -243,6 +245,15 @@ impl TrainConfig {
                 .model()
                 .map(|model| crate::lineage::content_hash(&root.resolve(model)?))
                 .transpose()?,
+            start_adapter: match self {
+                TrainConfig::Dpo(DpoConfig {
+                    from_job: Some(job),
+                    ..
+                }) => Some(crate::lineage::content_hash(&finetune::finished_adapter(
+                    jobs_dir, job,
+                )?)?),
+                _ => None,
+            },
             config: crate::lineage::definition_hash(self),
             tool,
             agent_version: env!("CARGO_PKG_VERSION").to_owned(),

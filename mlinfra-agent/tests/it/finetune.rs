@@ -230,6 +230,12 @@ async fn sft_then_dpo_jobs_train_adapters_the_server_then_serves() {
         "{done:?}"
     );
     assert!(done.record.outcome.unwrap().adapter.is_some());
+    // Its lineage names the adapter it started from by content hash.
+    let started_from = done.record.lineage.unwrap().start_adapter.unwrap();
+    assert_eq!(
+        started_from,
+        mlinfra_agent::lineage::content_hash(&adapter).unwrap()
+    );
     let losses = metric_losses(std::path::Path::new(&done.dir));
     assert_eq!(losses.len(), 6);
     assert!(losses[5] < losses[0], "DPO loss did not fall: {losses:?}");
