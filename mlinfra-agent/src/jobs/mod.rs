@@ -549,21 +549,50 @@ fn job_error(job: &str, reason: impl Into<String>) -> Error {
 }
 
 /// The last training step in a metrics log and its loss; `(0, None)` before the first.
+///
+/// Reads the log from its end, a window that grows fourfold until it holds a training record
+/// (or is the whole file): `train_status` and `train_wait` poll it, and a long job's log runs
+/// to millions of lines. A line torn by a crash mid-write does not parse and is passed over.
 fn last_step(metrics: &Path) -> (u64, Option<f64>) {
-    let Ok(log) = mlinfra_train::trainer::read_metrics(metrics) else {
+    use std::io::{Read, Seek, SeekFrom};
+    let Ok(mut file) = std::fs::File::open(metrics) else {
         return (0, None);
     };
-    log.records
-        .iter()
-        .rev()
-        .find(|r| r.get("kind").and_then(|k| k.as_str()) == Some("train"))
-        .map(|r| {
-            (
-                r.get("step").and_then(|s| s.as_u64()).unwrap_or(0),
-                r.get("loss").and_then(|l| l.as_f64()),
-            )
-        })
-        .unwrap_or((0, None))
+    let Ok(len) = file.metadata().map(|meta| meta.len()) else {
+        return (0, None);
+    };
+    let mut window: u64 = 64 << 10;
+    loop {
+        let start = len.saturating_sub(window);
+        let mut tail = Vec::new();
+        if file.seek(SeekFrom::Start(start)).is_err()
+            || (&mut file)
+                .take(len - start)
+                .read_to_end(&mut tail)
+                .is_err()
+        {
+            return (0, None);
+        }
+        let mut lines = tail.split(|&b| b == b'\n');
+        if start > 0 {
+            // The window's first line may begin mid-record.
+            lines.next();
+        }
+        let found = lines.rev().find_map(|line| {
+            let record: serde_json::Value = serde_json::from_slice(line).ok()?;
+            (record.get("kind")?.as_str()? == "train").then(|| {
+                (
+                    record.get("step").and_then(|s| s.as_u64()).unwrap_or(0),
+                    record.get("loss").and_then(|l| l.as_f64()),
+                )
+            })
+        });
+        match found {
+            Some(found) => return found,
+            None if start == 0 => return (0, None),
+            None => window = window.saturating_mul(4),
+        }
+    }
 }
 
 /// The time now, Unix milliseconds (0 before 1970).
@@ -571,4 +600,42 @@ pub(crate) fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::last_step;
+
+    fn train(step: u64) -> String {
+        format!(
+            "{{\"kind\":\"train\",\"step\":{step},\"loss\":{}}}\n",
+            1.0 / step as f64
+        )
+    }
+
+    #[test]
+    fn the_last_step_is_read_from_the_end_of_a_long_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("metrics.jsonl");
+        assert_eq!(last_step(&path), (0, None), "no log yet");
+
+        // 200,000 steps (~9 MB), then a line torn mid-write.
+        let mut log: String = (1..=200_000).map(train).collect();
+        log.push_str("{\"kind\":\"train\",\"step\":200001,\"lo");
+        std::fs::write(&path, &log).unwrap();
+        assert_eq!(last_step(&path), (200_000, Some(1.0 / 200_000.0)));
+
+        // 300 KB of evaluation records after the last step: the window grows past them.
+        let eval = "{\"kind\":\"eval\",\"step\":200000,\"accuracy\":0.5}\n".repeat(6_000);
+        std::fs::write(
+            &path,
+            format!("{}{eval}", (1..=5).map(train).collect::<String>()),
+        )
+        .unwrap();
+        assert_eq!(last_step(&path), (5, Some(0.2)));
+
+        // Only evaluations: no step.
+        std::fs::write(&path, &eval).unwrap();
+        assert_eq!(last_step(&path), (0, None));
+    }
 }
