@@ -157,8 +157,11 @@ impl Registry {
             source: std::io::Error::other("the registry's lock is poisoned"),
         })?;
         let now = now_ms();
+        let key = key(kind, name);
         let mut changed = false;
-        let entry = entries.entry(key(kind, name)).or_insert_with(|| {
+        // Changed on a copy, kept in memory only once it is on disk: a failed write leaves
+        // the registry as the file says it is.
+        let mut entry = entries.get(&key).cloned().unwrap_or_else(|| {
             changed = true;
             Entry {
                 kind,
@@ -170,10 +173,11 @@ impl Registry {
                 changed_unix_ms: now,
             }
         });
-        changed |= change(entry, now);
-        let entry = entry.clone();
+        changed |= change(&mut entry, now);
         if changed {
-            let all: Vec<&Entry> = entries.values().collect();
+            let mut all: BTreeMap<&String, &Entry> = entries.iter().collect();
+            all.insert(&key, &entry);
+            let all: Vec<&Entry> = all.into_values().collect();
             let json = serde_json::to_vec_pretty(&all).map_err(|error| Error::JobStore {
                 path: self.path.clone(),
                 source: std::io::Error::other(error),
@@ -184,6 +188,7 @@ impl Registry {
                     source,
                 }
             })?;
+            entries.insert(key, entry.clone());
         }
         Ok(entry)
     }
@@ -257,4 +262,40 @@ fn collect_files(base: &Path, dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Re
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Kind, Registry};
+
+    #[test]
+    fn a_change_that_cannot_be_written_is_not_kept_in_memory() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        std::fs::create_dir(&state).unwrap();
+        let registry = Registry::open(state.join("lineage.json")).unwrap();
+        registry.observe(Kind::Tool, "a", "blake3:1").unwrap();
+
+        // The directory gone and a file in its place: no write can succeed, even as root.
+        std::fs::remove_dir_all(&state).unwrap();
+        std::fs::write(&state, "not a directory").unwrap();
+        assert!(registry.observe(Kind::Tool, "b", "blake3:2").is_err());
+        assert!(registry.observe(Kind::Tool, "a", "blake3:3").is_err());
+        assert!(
+            registry.get(Kind::Tool, "b").is_none(),
+            "b was never written"
+        );
+        assert_eq!(registry.get(Kind::Tool, "a").unwrap().hash, "blake3:1");
+
+        // Writable again: the same changes land, in memory and on disk.
+        std::fs::remove_file(&state).unwrap();
+        std::fs::create_dir(&state).unwrap();
+        registry.observe(Kind::Tool, "a", "blake3:3").unwrap();
+        let reopened = Registry::open(state.join("lineage.json")).unwrap();
+        assert_eq!(
+            reopened.get(Kind::Tool, "a").unwrap().versions,
+            ["blake3:1", "blake3:3"]
+        );
+        assert!(reopened.get(Kind::Tool, "b").is_none());
+    }
 }
