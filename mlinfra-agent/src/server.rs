@@ -270,12 +270,7 @@ pub const TOOLS_PAGE: usize = 20;
 
 /// Who a 2025-11-25 subscription belongs to: the HTTP session, or the one stdio client.
 fn subscriber(cx: &RequestContext<RoleServer>) -> String {
-    cx.extensions
-        .get::<axum::http::request::Parts>()
-        .and_then(|parts| parts.headers.get("mcp-session-id"))
-        .and_then(|value| value.to_str().ok())
-        .unwrap_or_default()
-        .to_owned()
+    crate::traced::session_id(cx).unwrap_or_default().to_owned()
 }
 
 /// Runs a tool's `work` inside its trace span (see [`crate::trace`]): the span records the

@@ -56,15 +56,21 @@ fn request_span(
         error.type = tracing::field::Empty,
     );
     if !span.is_disabled()
-        && let Some(session) = context
-            .extensions
-            .get::<axum::http::request::Parts>()
-            .and_then(|parts| parts.headers.get("mcp-session-id"))
-            .and_then(|value| value.to_str().ok())
+        && let Some(session) = session_id(context)
     {
         span.record("mcp.session.id", session);
     }
     span
+}
+
+/// The HTTP session a request belongs to (`Mcp-Session-Id`); `None` on stdio and for
+/// stateless requests.
+pub(crate) fn session_id(context: &RequestContext<RoleServer>) -> Option<&str> {
+    context
+        .extensions
+        .get::<axum::http::request::Parts>()
+        .and_then(|parts| parts.headers.get("mcp-session-id"))
+        .and_then(|value| value.to_str().ok())
 }
 
 /// Runs `work` in `span`, recording how it ended.

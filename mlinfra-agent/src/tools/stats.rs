@@ -9,7 +9,7 @@
 //! rounded at its magnitude.
 
 use arrow::array::{Array, AsArray};
-use arrow::datatypes::{DataType, Float64Type};
+use arrow::datatypes::{DataType, Float64Type, Int64Type};
 use rmcp::schemars::{self, JsonSchema};
 use serde::Serialize;
 
@@ -113,34 +113,24 @@ impl Running {
                 }
             })?;
             self.add_numbers(numbers.as_primitive::<Float64Type>().iter().flatten());
-        } else {
-            match kind {
-                DataType::Utf8 => column
-                    .as_string::<i32>()
-                    .iter()
-                    .flatten()
-                    .for_each(|s| self.add_length(s.len() as u64)),
-                DataType::LargeUtf8 => column
-                    .as_string::<i64>()
-                    .iter()
-                    .flatten()
-                    .for_each(|s| self.add_length(s.len() as u64)),
-                DataType::Utf8View => column
-                    .as_string_view()
-                    .iter()
-                    .flatten()
-                    .for_each(|s| self.add_length(s.len() as u64)),
-                DataType::Binary => column
-                    .as_binary::<i32>()
-                    .iter()
-                    .flatten()
-                    .for_each(|b| self.add_length(b.len() as u64)),
-                DataType::LargeBinary => column
-                    .as_binary::<i64>()
-                    .iter()
-                    .flatten()
-                    .for_each(|b| self.add_length(b.len() as u64)),
-                _ => {}
+        } else if matches!(
+            kind,
+            DataType::Utf8
+                | DataType::LargeUtf8
+                | DataType::Utf8View
+                | DataType::Binary
+                | DataType::LargeBinary
+                | DataType::BinaryView
+        ) {
+            // Byte lengths by Arrow's own kernel (Int32 or Int64 by type), nulls kept null.
+            let lengths = arrow::compute::kernels::length::length(column)
+                .and_then(|lengths| arrow::compute::cast(&lengths, &DataType::Int64))
+                .map_err(|error| Error::InvalidArgument {
+                    tool: "dataset_stats",
+                    reason: format!("the lengths of a {kind} column: {error}").into(),
+                })?;
+            for length in lengths.as_primitive::<Int64Type>().iter().flatten() {
+                self.add_length(length as u64);
             }
         }
         Ok(())
